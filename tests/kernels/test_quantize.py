@@ -1,0 +1,130 @@
+"""The fused quantize kernel against the reference (numerics.quantize): identical codes, scales, tensor scale.
+
+On CPU the kernels run in Triton's interpreter (tests/conftest.py), so shapes stay tiny; the GPU tests
+repeat the comparison at real shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ufp4_compile import recipes
+from ufp4_compile.numerics.formats import OperandFormat
+from ufp4_compile.numerics.quantize import quantize as quantize_reference
+
+kernels_quantize = pytest.importorskip("ufp4_compile.kernels.quantize")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def preset_specs() -> list[tuple[str, int]]:
+    """Every (operand format spec, RHT size) used by the preset recipes."""
+    specs = set()
+    for recipe in recipes.PRESETS.values():
+        for role in recipe.quantized_roles:
+            gemm = recipe.gemm(role)
+            specs.add((gemm.a.spec, gemm.rht))
+            specs.add((gemm.b.spec, gemm.rht))
+    return sorted(specs)
+
+
+EXTRA_SPECS = [("int4/32/e8m0-floor/nearest", 0), ("e2m1/32/e8m0-floor/stochastic", 32),
+               ("int4/32/e8m0/stochastic", 16), ("e2m1/16/e8m0/nearest", 64)]
+
+
+def assert_same(x, axis, spec, rht=0, rht_seed=3, seed=1234, offset=5):
+    ref = quantize_reference(x, axis, spec, rht=rht, rht_seed=rht_seed, seed=seed, offset=offset)
+    codes, scales, tensor_scale = kernels_quantize.quantize(x, axis, spec, rht, rht_seed, seed, offset)
+    assert codes.dtype == ref.codes.dtype and scales.dtype == ref.scales.dtype
+    assert codes.shape == ref.codes.shape and scales.shape == ref.scales.shape
+    torch.testing.assert_close(codes, ref.codes, rtol=0, atol=0)
+    # Compare bit patterns: NaN scales must match too.
+    as_bits = {torch.float32: torch.int32, torch.float8_e4m3fn: torch.uint8, torch.uint8: torch.uint8}
+    torch.testing.assert_close(scales.view(as_bits[scales.dtype]), ref.scales.view(as_bits[scales.dtype]),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(tensor_scale, ref.tensor_scale, rtol=0, atol=0, equal_nan=True)
+
+
+def shapes_for(spec: str) -> list[tuple[tuple[int, ...], int]]:
+    if "/32/" in spec:
+        return [((96, 64), 1), ((96, 64), 0), ((2, 3, 64), -1)]
+    cases = [((48, 80), 1), ((48, 80), 0), ((16, 16), 0)]
+    if "16x16" not in spec:
+        cases += [((2, 3, 32), -1), ((32, 3, 5), 0), ((2, 32, 3), 1)]
+    return cases
+
+
+def _cases():
+    for spec, rht in preset_specs() + EXTRA_SPECS:
+        for shape, axis in shapes_for(spec):
+            for r in sorted({0, rht}):
+                if r == 0 or shape[axis] % r == 0:
+                    yield pytest.param(spec, shape, axis, r, id=f"{spec}-{'x'.join(map(str, shape))}-ax{axis}-rht{r}")
+
+
+@pytest.mark.parametrize("spec, shape, axis, rht", list(_cases()))
+def test_kernel_matches_reference(spec, shape, axis, rht):
+    gen = torch.Generator().manual_seed(hash((spec, shape, axis, rht)) % 2**31)
+    x = torch.randn(shape, generator=gen) * torch.exp(torch.randn(shape, generator=gen))
+    assert_same(x.to(DEVICE), axis, spec, rht)
+
+
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "e2m1/16/e4m3/stochastic", "e2m1/32/e8m0/nearest",
+                                  "int4/16/e4m3/nearest", "int4/32/e8m0-floor/stochastic"])
+def test_special_blocks(spec):
+    """All-zero blocks, NaN / Inf blocks, subnormal and huge blocks, ties on the grid."""
+    block = OperandFormat.from_spec(spec).block
+    x = torch.randn(16, 4 * block)
+    x[0] = 0.0
+    x[1, :block] = float("nan")
+    x[2, block:2 * block] = float("inf")
+    x[3, :block] = 1e-40  # subnormal
+    x[4, :block] = torch.linspace(-1e-38, 1e-38, block)
+    x[5, :block] = torch.linspace(-3e38, 3e38, block)
+    x[6, :] = torch.arange(4 * block) * 0.25 - 8.0  # exact ties for both grids
+    x[7, :block] = -0.0
+    assert_same(x.to(DEVICE), 1, spec)
+    finite = x.clone()
+    finite[1:3] = 1.0  # a finite tensor: E4M3 tensor scale from a finite amax
+    assert_same(finite.to(DEVICE), 1, spec)
+    assert_same(finite.t().contiguous().to(DEVICE), 0, spec)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs(dtype):
+    x = (torch.randn(32, 48) * 4).to(dtype)
+    assert_same(x.to(DEVICE), 1, "int4/16/fp32/stochastic", rht=16)
+    assert_same(x.to(DEVICE), 0, "e2m1/16/e4m3/nearest", rht=16)
+
+
+def test_strided_input_and_large_counters():
+    """A transposed (non-contiguous) view, an offset past 2**32 and seeds past 2**63 (64-bit keys)."""
+    base = torch.randn(64, 48)
+    view = base.t()  # (48, 64), strides (1, 48)
+    assert_same(view.to(DEVICE), 1, "int4/16/fp32/stochastic", seed=2**64 - 3, offset=2**33 + 7)
+    assert_same(view.to(DEVICE), 0, "e2m1/16/fp32/stochastic", seed=-5, offset=3, rht=16, rht_seed=2**40 + 1)
+    seed = torch.tensor(987654321987, dtype=torch.int64)
+    assert_same(view.to(DEVICE), 1, "int4/16/e4m3/stochastic", seed=seed.to(DEVICE), rht=32)
+
+
+def test_bad_input_is_a_value_error():
+    x = torch.randn(16, 24, device=DEVICE)
+    with pytest.raises(ValueError, match="multiple of the block"):
+        kernels_quantize.quantize(x, 1, "int4/16/fp32/nearest")
+    with pytest.raises(ValueError, match="seed is required"):
+        kernels_quantize.quantize(x, 0, "int4/16/fp32/stochastic")
+    with pytest.raises(ValueError, match="x.dtype"):
+        kernels_quantize.quantize(x.to(torch.int32), 0, "int4/16/fp32/nearest")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec, rht", preset_specs())
+@pytest.mark.parametrize("axis", [0, 1])
+def test_kernel_matches_reference_real_shapes(spec, rht, axis):
+    x = torch.randn(4096, 2048, device="cuda") * 2
+    x[7, 100] = 300.0
+    assert_same(x.to(torch.bfloat16), axis, spec, rht, rht_seed=11, seed=torch.tensor(99, device="cuda"),
+                offset=123456)
