@@ -1,0 +1,239 @@
+"""Native block-scaled 4-bit GEMM with ``tl.dot_scaled``: Blackwell (sm_100) and MI350 (gfx950).
+
+``C = A B^T`` for operands quantized along K (docs/pipeline.md, ``ufp4::scaled_mm``): codes ``(M, K/2)``
+and ``(N, K/2)`` with two codes per byte along K, low nibble first; block scales ``(M, K/block)`` and
+``(N, K/block)``; any strides. The hardware applies the block scales inside the MMA:
+
+- E2M1 codes go to ``tl.dot_scaled`` as they are: its packed ``e2m1`` layout is ours (first element in the
+  low nibble, packed along K).
+- INT4 codes (-7..7) are converted in registers to FP8 E4M3 values (exact) and go in as ``e4m3``.
+- E8M0 scales (uint8 biased exponents, block 32) and E4M3 scales (``float8_e4m3fn``, block 16, NVFP4) are
+  passed unchanged; Triton picks the block from the scale dtype. The FP32 tensor scales (NVFP4 two-level
+  scales) multiply the FP32 accumulator in the epilogue.
+
+Which format pairs run here on which GPU is decided by ``ufp4_compile.lowering.dispatch``. These kernels
+have been **compiled** for sm_100 and gfx950 (``ufp4 kernels``) but never run on either: the project has
+neither GPU. On sm_90 Triton lowers ``dot_scaled`` with E8M0 scales to a bf16 ``wgmma`` after upcasting,
+so the E8M0 variants also run (slowly) on Hopper, which is how their layout is checked against the
+reference on a GPU we have. ``EMULATE_DOT`` swaps ``dot_scaled`` for a decode + ``tl.dot`` of the very
+operands that would be handed to it, so the Triton interpreter (which has no ``dot_scaled``) can check
+the addressing, masking, INT4 conversion and epilogue on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+from ufp4_compile.numerics.formats import Grid, OperandFormat, ScaleFormat
+
+
+@triton.jit
+def _unpack_nibbles(packed):
+    """``[R, C]`` uint8, two 4-bit codes per byte (low nibble first) -> ``[R, 2C]`` uint8 nibbles."""
+    lo = packed & 0xF
+    hi = packed >> 4
+    return tl.reshape(tl.join(lo, hi), (packed.shape[0], 2 * packed.shape[1]))
+
+
+@triton.jit
+def _int4_to_e4m3(packed):
+    """Packed INT4 codes (two's complement nibbles) -> FP8 E4M3 values, exact for -8..7."""
+    nibbles = _unpack_nibbles(packed).to(tl.int8)
+    codes = (nibbles ^ 8) - 8
+    return codes.to(tl.float32).to(tl.float8e4nv)
+
+
+@triton.jit
+def _e2m1_to_f32(packed):
+    """Packed OCP E2M1 codes -> FP32 values (only for EMULATE_DOT)."""
+    nibbles = _unpack_nibbles(packed).to(tl.int32)
+    exp = (nibbles >> 1) & 3
+    man = (nibbles & 1).to(tl.float32)
+    magnitude = tl.where(exp == 0, 0.5 * man, (2.0 + man) * (1 << exp).to(tl.float32) * 0.25)
+    return tl.where((nibbles & 8) != 0, -magnitude, magnitude)
+
+
+@triton.jit
+def _scale_to_f32(scale, SCALE_BLOCK: tl.constexpr):
+    """Block scales (E8M0 uint8 for block 32, E4M3 for block 16) -> FP32 (only for EMULATE_DOT)."""
+    if SCALE_BLOCK == 32:
+        bits = scale.to(tl.int32) << 23
+        bits = tl.where(scale == 0, 0x00400000, bits)  # 2^-127 is an FP32 subnormal
+        value = bits.to(tl.float32, bitcast=True)
+        return tl.where(scale == 255, float("nan"), value)
+    return scale.to(tl.float32)
+
+
+@triton.jit
+def _emulated_dot_scaled(a, a_scale, A_ELEM: tl.constexpr, b, b_scale, B_ELEM: tl.constexpr, acc,
+                         SCALE_BLOCK: tl.constexpr):
+    """What ``tl.dot_scaled(a, a_scale, A_ELEM, b, b_scale, B_ELEM, acc)`` computes, from the same operands."""
+    if A_ELEM == "e2m1":
+        a_val = _e2m1_to_f32(a)
+    else:
+        a_val = a.to(tl.float32)
+    if B_ELEM == "e2m1":
+        b_val = tl.trans(_e2m1_to_f32(tl.trans(b)))  # b is [K/2, N], packed along K
+    else:
+        b_val = b.to(tl.float32)
+    sa = _scale_to_f32(a_scale, SCALE_BLOCK)
+    sb = _scale_to_f32(b_scale, SCALE_BLOCK)
+    rows_a: tl.constexpr = a_val.shape[0]
+    cols_b: tl.constexpr = b_val.shape[1]
+    k_dim: tl.constexpr = a_val.shape[1]
+    sa = tl.reshape(tl.broadcast_to(sa[:, :, None], (rows_a, k_dim // SCALE_BLOCK, SCALE_BLOCK)), (rows_a, k_dim))
+    sb = tl.reshape(tl.broadcast_to(sb[:, :, None], (cols_b, k_dim // SCALE_BLOCK, SCALE_BLOCK)), (cols_b, k_dim))
+    return tl.dot(a_val * sa, b_val * tl.trans(sb), acc, input_precision="ieee")
+
+
+@triton.jit
+def _native_scaled_mm_kernel(
+    a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, a_ts_ptr, b_ts_ptr, c_ptr,  # scales as uint8 bytes
+    M, N, K,
+    stride_am, stride_ak, stride_bn, stride_bk,  # packed codes, in bytes
+    stride_asm, stride_ask, stride_bsn, stride_bsk,  # block scales
+    stride_cm, stride_cn,
+    A_ELEM: tl.constexpr, B_ELEM: tl.constexpr,  # "e2m1" (E2M1 codes) or "e4m3" (INT4 codes -> FP8)
+    SCALE_BLOCK: tl.constexpr,  # 32: E8M0 scales, 16: E4M3 scales (NVFP4)
+    TENSOR_SCALES: tl.constexpr, EVEN_K: tl.constexpr, EMULATE_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * grid_n)
+    first_m = group * GROUP_M
+    group_size = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * grid_n)) % group_size
+    pid_n = (pid % (GROUP_M * grid_n)) // group_size
+
+    # Rows past M / N wrap around (their results are masked at the store): loads stay unmasked.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    offs_kp = tl.arange(0, BLOCK_K // 2)
+    offs_ks = tl.arange(0, BLOCK_K // SCALE_BLOCK)
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_kp[None, :] * stride_ak
+    b_ptrs = b_ptr + offs_n[:, None] * stride_bn + offs_kp[None, :] * stride_bk
+    as_ptrs = a_scale_ptr + offs_m[:, None] * stride_asm + offs_ks[None, :] * stride_ask
+    bs_ptrs = b_scale_ptr + offs_n[:, None] * stride_bsn + offs_ks[None, :] * stride_bsk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in tl.range(0, tl.cdiv(K, BLOCK_K), num_stages=NUM_STAGES):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+            a_scale = tl.load(as_ptrs)
+            b_scale = tl.load(bs_ptrs)
+        else:  # K is a multiple of the block, not of BLOCK_K: zero codes and scales past K
+            kp_left = (K - kb * BLOCK_K) // 2
+            ks_left = (K - kb * BLOCK_K) // SCALE_BLOCK
+            a = tl.load(a_ptrs, mask=offs_kp[None, :] < kp_left, other=0)
+            b = tl.load(b_ptrs, mask=offs_kp[None, :] < kp_left, other=0)
+            a_scale = tl.load(as_ptrs, mask=offs_ks[None, :] < ks_left, other=0)
+            b_scale = tl.load(bs_ptrs, mask=offs_ks[None, :] < ks_left, other=0)
+        if SCALE_BLOCK == 16:  # E4M3 scales travel as their bytes (uint8) until here
+            a_scale = a_scale.to(tl.float8e4nv, bitcast=True)
+            b_scale = b_scale.to(tl.float8e4nv, bitcast=True)
+        if A_ELEM == "e4m3":
+            a = _int4_to_e4m3(a)
+        if B_ELEM == "e4m3":
+            b = _int4_to_e4m3(b)
+        b = tl.trans(b)  # [K (packed for e2m1), N]
+        if EMULATE_DOT:
+            acc = _emulated_dot_scaled(a, a_scale, A_ELEM, b, b_scale, B_ELEM, acc, SCALE_BLOCK)
+        else:
+            acc = tl.dot_scaled(a, a_scale, A_ELEM, b, b_scale, B_ELEM, acc)
+        a_ptrs += (BLOCK_K // 2) * stride_ak
+        b_ptrs += (BLOCK_K // 2) * stride_bk
+        as_ptrs += (BLOCK_K // SCALE_BLOCK) * stride_ask
+        bs_ptrs += (BLOCK_K // SCALE_BLOCK) * stride_bsk
+
+    if TENSOR_SCALES:  # NVFP4 two-level scales: FP32 tensor scales in the epilogue
+        acc = acc * (tl.load(a_ts_ptr) * tl.load(b_ts_ptr))
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :] * stride_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+# ---- formats and launcher ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NativeConfig:
+    block_m: int = 128
+    block_n: int = 128
+    block_k: int = 128  # elements; 64 bytes of E2M1 codes per row
+    group_m: int = 8
+    num_stages: int = 3
+    num_warps: int = 4
+
+
+DEFAULT_CONFIG = NativeConfig()
+
+
+def native_operand(fmt: OperandFormat | str) -> tuple[str, int]:
+    """``(dot_scaled element format, scale block)`` of ``fmt``; ValueError if it has no native form."""
+    if isinstance(fmt, str):
+        fmt = OperandFormat.from_spec(fmt)
+    elem = {Grid.E2M1: "e2m1", Grid.INT4: "e4m3"}[fmt.grid]
+    if fmt.scale is ScaleFormat.E8M0 and fmt.block == 32:
+        return elem, 32
+    if fmt.scale is ScaleFormat.E4M3 and fmt.block == 16 and fmt.grid is Grid.E2M1:
+        return elem, 16
+    raise ValueError(f"format {fmt.spec!r} has no native dot_scaled form; valid: E2M1 or INT4 with "
+                     f"E8M0 scales of block 32 ('e2m1/32/e8m0/...', 'int4/32/e8m0/...'), or E2M1 with E4M3 "
+                     f"scales of block 16 ('e2m1/16/e4m3/...')")
+
+
+def _check_operand(name: str, codes: torch.Tensor, scales: torch.Tensor, rows: int, k: int, block: int):
+    if codes.dtype != torch.uint8 or codes.dim() != 2 or codes.shape[0] != rows:
+        raise ValueError(f"{name}_codes must be a 2-D uint8 tensor with {rows} rows, got "
+                         f"{codes.dtype} {tuple(codes.shape)}")
+    want = torch.uint8 if block == 32 else torch.float8_e4m3fn
+    if scales.dtype != want or tuple(scales.shape) != (rows, k // block):
+        raise ValueError(f"{name}_scales must be {want} of shape {(rows, k // block)}, got "
+                         f"{scales.dtype} {tuple(scales.shape)}")
+
+
+def native_scaled_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale,
+                     a_fmt: OperandFormat | str, b_fmt: OperandFormat | str,
+                     out_dtype: torch.dtype = torch.bfloat16, config: NativeConfig = DEFAULT_CONFIG,
+                     emulate_dot: bool = False) -> torch.Tensor:
+    """``C = A B^T`` with ``tl.dot_scaled``; the arguments of ``ufp4::scaled_mm`` (docs/pipeline.md).
+
+    ``emulate_dot=True`` replaces ``dot_scaled`` by an FP32 decode + ``tl.dot`` (for the interpreter).
+    """
+    a_elem, a_block = native_operand(a_fmt)
+    b_elem, b_block = native_operand(b_fmt)
+    if a_block != b_block:
+        raise ValueError(f"a_fmt and b_fmt need one scale kind and block, got blocks {a_block} and {b_block}")
+    M, N, K = a_codes.shape[0], b_codes.shape[0], 2 * a_codes.shape[-1]
+    if K % a_block or b_codes.dim() != 2 or 2 * b_codes.shape[1] != K:
+        raise ValueError(f"a_codes {tuple(a_codes.shape)} and b_codes {tuple(b_codes.shape)} must hold the "
+                         f"same K (a multiple of {a_block}) packed two codes per byte")
+    _check_operand("a", a_codes, a_scales, M, K, a_block)
+    _check_operand("b", b_codes, b_scales, N, K, b_block)
+    out = torch.empty((M, N), device=a_codes.device, dtype=out_dtype)
+    if M == 0 or N == 0:
+        return out
+    ts_a = a_tensor_scale.reshape(1).float()
+    ts_b = b_tensor_scale.reshape(1).float()
+    cfg = config
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n),)
+    _native_scaled_mm_kernel[grid](
+        a_codes, b_codes, a_scales.view(torch.uint8), b_scales.view(torch.uint8), ts_a, ts_b, out, M, N, K,
+        a_codes.stride(0), a_codes.stride(1), b_codes.stride(0), b_codes.stride(1),
+        a_scales.stride(0), a_scales.stride(1), b_scales.stride(0), b_scales.stride(1),
+        out.stride(0), out.stride(1),
+        A_ELEM=a_elem, B_ELEM=b_elem, SCALE_BLOCK=a_block, TENSOR_SCALES=a_block == 16,
+        EVEN_K=K % cfg.block_k == 0, EMULATE_DOT=emulate_dot,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
+    )
+    return out
