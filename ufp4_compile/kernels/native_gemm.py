@@ -28,7 +28,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ufp4_compile.kernels.common import GRID_IDS, SCALE_IDS, decode_nibbles, decode_scales
 from ufp4_compile.numerics.formats import Grid, OperandFormat, ScaleFormat
+
+# The format ids of kernels/common.py's decode helpers (used by EMULATE_DOT only).
+_E2M1_ID = tl.constexpr(GRID_IDS[Grid.E2M1])
+_E8M0_ID = tl.constexpr(SCALE_IDS[ScaleFormat.E8M0])
+_E4M3_ID = tl.constexpr(SCALE_IDS[ScaleFormat.E4M3])
 
 
 @triton.jit
@@ -48,40 +54,20 @@ def _int4_to_e4m3(packed):
 
 
 @triton.jit
-def _e2m1_to_f32(packed):
-    """Packed OCP E2M1 codes -> FP32 values (only for EMULATE_DOT)."""
-    nibbles = _unpack_nibbles(packed).to(tl.int32)
-    exp = (nibbles >> 1) & 3
-    man = (nibbles & 1).to(tl.float32)
-    magnitude = tl.where(exp == 0, 0.5 * man, (2.0 + man) * (1 << exp).to(tl.float32) * 0.25)
-    return tl.where((nibbles & 8) != 0, -magnitude, magnitude)
-
-
-@triton.jit
-def _scale_to_f32(scale, SCALE_BLOCK: tl.constexpr):
-    """Block scales (E8M0 uint8 for block 32, E4M3 for block 16) -> FP32 (only for EMULATE_DOT)."""
-    if SCALE_BLOCK == 32:
-        bits = scale.to(tl.int32) << 23
-        bits = tl.where(scale == 0, 0x00400000, bits)  # 2^-127 is an FP32 subnormal
-        value = bits.to(tl.float32, bitcast=True)
-        return tl.where(scale == 255, float("nan"), value)
-    return scale.to(tl.float32)
-
-
-@triton.jit
 def _emulated_dot_scaled(a, a_scale, A_ELEM: tl.constexpr, b, b_scale, B_ELEM: tl.constexpr, acc,
                          SCALE_BLOCK: tl.constexpr):
     """What ``tl.dot_scaled(a, a_scale, A_ELEM, b, b_scale, B_ELEM, acc)`` computes, from the same operands."""
+    SCALE: tl.constexpr = _E8M0_ID if SCALE_BLOCK == 32 else _E4M3_ID
     if A_ELEM == "e2m1":
-        a_val = _e2m1_to_f32(a)
+        a_val = decode_nibbles(_unpack_nibbles(a).to(tl.int32), _E2M1_ID)
     else:
         a_val = a.to(tl.float32)
-    if B_ELEM == "e2m1":
-        b_val = tl.trans(_e2m1_to_f32(tl.trans(b)))  # b is [K/2, N], packed along K
+    if B_ELEM == "e2m1":  # b is [K/2, N], packed along K
+        b_val = tl.trans(decode_nibbles(_unpack_nibbles(tl.trans(b)).to(tl.int32), _E2M1_ID))
     else:
         b_val = b.to(tl.float32)
-    sa = _scale_to_f32(a_scale, SCALE_BLOCK)
-    sb = _scale_to_f32(b_scale, SCALE_BLOCK)
+    sa = decode_scales(a_scale, SCALE)
+    sb = decode_scales(b_scale, SCALE)
     rows_a: tl.constexpr = a_val.shape[0]
     cols_b: tl.constexpr = b_val.shape[1]
     k_dim: tl.constexpr = a_val.shape[1]
