@@ -7,7 +7,7 @@ nibble layouts:
   produced (it decodes to -8).
 - ``E2M1``: OCP E2M1, bit 3 the sign, bits 2..0 the level index into (0, .5, 1, 1.5, 2, 3, 4, 6). The sign
   bit is ``y < 0`` of the scaled value, so a negative value that rounds to zero is ``0x8`` (-0), as in
-  NVIDIA's NVFP4 reference quantizer (TransformerEngine ``cast_to_fp4x2``) and the hardware conversion.
+  NVIDIA's NVFP4 reference quantizer (TransformerEngine ``cast_to_fp4x2``).
 """
 
 from __future__ import annotations
