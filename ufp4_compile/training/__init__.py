@@ -1,0 +1,1 @@
+"""The main job's machinery: one training run, its metrics, checkpoints, diagnostics and the report."""
