@@ -25,21 +25,6 @@ SMALL = NativeConfig(block_m=32, block_n=32, block_k=64, group_m=2, num_stages=1
 HAS_GPU = torch.cuda.is_available()
 
 
-@pytest.fixture(autouse=True)
-def _interpreter_numpy_24(monkeypatch):
-    """Work-around for triton-lang/triton#9171 (Triton 3.6 interpreter + NumPy >= 2.4: a runtime loop bound
-    raises "only 0-dimensional arrays can be converted to Python scalars"). Scope: interpreter runs in this
-    module. Delete once the project's Triton has the upstream fix."""
-    interpreter = pytest.importorskip("triton.runtime.interpreter")
-    original = interpreter._patch_lang_tensor
-
-    def patch_lang_tensor(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patch_lang_tensor)
-
-
 def _operands(m, n, k, a_fmt, b_fmt, device="cpu", seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=gen) * torch.logspace(-3, 3, k)  # wide dynamic range across blocks

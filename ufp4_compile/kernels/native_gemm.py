@@ -223,3 +223,41 @@ def native_scaled_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_ten
         NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps,
     )
     return out
+
+
+# ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
+
+# (name, recipe label, a format, b format, EVEN_K): every format pair dispatch may send here.
+_VARIANTS = (
+    ("nvfp4", "nvfp4", "e2m1/16/e4m3/nearest", "e2m1/16x16/e4m3/nearest", True),
+    ("mxfp4", "mxfp4", "e2m1/32/e8m0/nearest", "e2m1/32/e8m0/nearest", True),
+    ("mxfp4-k-tail", "mxfp4", "e2m1/32/e8m0/nearest", "e2m1/32/e8m0/nearest", False),
+    ("int4-e8m0", "int4/32/e8m0 (INT4 as FP8)", "int4/32/e8m0/nearest", "int4/32/e8m0/nearest", True),
+    ("e2m1-x-int4-e8m0", "e2m1 x int4, e8m0/32", "e2m1/32/e8m0/nearest", "int4/32/e8m0/nearest", True),
+)
+_UNIT_STRIDES = ("stride_ak", "stride_bk", "stride_ask", "stride_bsk", "stride_cn")
+
+
+def compile_variants(config: NativeConfig = DEFAULT_CONFIG):
+    """The launcher's kernel instances (contiguous K, bf16 output) for ``ufp4 kernels``."""
+    from ufp4_compile.kernels.targets import KernelVariant
+    from ufp4_compile.lowering.dispatch import GemmPath
+
+    pointers = ("a_ptr", "b_ptr", "a_scale_ptr", "b_scale_ptr", "a_ts_ptr", "b_ts_ptr", "c_ptr")
+    types = {name: "*u8" for name in pointers} | {"a_ts_ptr": "*fp32", "b_ts_ptr": "*fp32", "c_ptr": "*bf16"}
+    types |= {name: "i32" for name in _native_scaled_mm_kernel.arg_names
+              if name not in types and (name in "MNK" or name.startswith("stride_"))}
+    variants = []
+    for name, recipe, a_spec, b_spec, even_k in _VARIANTS:
+        a_fmt, b_fmt = OperandFormat.from_spec(a_spec), OperandFormat.from_spec(b_spec)
+        (a_elem, block), (b_elem, _) = native_operand(a_fmt), native_operand(b_fmt)
+        constexprs = {name: 1 for name in _UNIT_STRIDES} | dict(
+            A_ELEM=a_elem, B_ELEM=b_elem, SCALE_BLOCK=block, TENSOR_SCALES=block == 16, EVEN_K=even_k,
+            EMULATE_DOT=False, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            GROUP_M=config.group_m, NUM_STAGES=config.num_stages)
+        variants.append(KernelVariant.build(
+            f"native_scaled_mm[{name}]", recipe, _native_scaled_mm_kernel,
+            {k: v for k, v in types.items() if k not in constexprs}, constexprs,
+            aligned=pointers + ("M", "N", "K", "stride_am", "stride_bn", "stride_cm"),
+            options={"num_warps": config.num_warps}, formats=(a_fmt, b_fmt), path=GemmPath.NATIVE))
+    return variants

@@ -1,0 +1,192 @@
+"""Compile-only verification for GPUs we do not have: the native GEMM must use the block-scaled MMA.
+
+The unit tests run in-process with a fake compiler. The compile test runs ``ufp4 kernels`` in a fresh
+process without ``TRITON_INTERPRET`` (this suite sets it on CPU machines, and interpreter kernels cannot
+be compiled) and reads its JSON report.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+triton = pytest.importorskip("triton", reason="compiling kernels needs triton")
+
+from ufp4_compile.kernels import targets  # noqa: E402
+from ufp4_compile.kernels.targets import (  # noqa: E402
+    KernelVariant, compile_variant, find_matrix_instructions, instruction_matches, short_instruction)
+from ufp4_compile.lowering.dispatch import GemmPath, Target  # noqa: E402
+from ufp4_compile.numerics.formats import OperandFormat  # noqa: E402
+
+SM90, SM100, GFX950 = Target("cuda", 90), Target("cuda", 100), Target("hip", "gfx950")
+PTX = """
+    tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X [%r1], %rd2, %rd3, %r4, [%r5], [%r6], p;
+    wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%f1}, %rd1, %rd2, p, 1, 1, 0, 1;
+    tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X [%r7], %rd8, %rd9, %r4, [%r5], [%r6], p;
+"""
+AMDGCN = "  v_mfma_scale_f32_32x32x64_f8f6f4 a[0:15], v[0:7], v[8:15], 0 op_sel_hi:[0,0,0]\n  v_mfma_f32_16x16x32_bf16 v1"
+
+
+def test_find_matrix_instructions():
+    assert find_matrix_instructions(PTX) == (
+        "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X",
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16")
+    assert find_matrix_instructions(AMDGCN) == ("v_mfma_scale_f32_32x32x64_f8f6f4", "v_mfma_f32_16x16x32_bf16")
+    assert find_matrix_instructions("ld.global.u8 %r1, [%rd1];") == ()
+
+
+def test_instruction_matches_kind_exactly():
+    found = find_matrix_instructions(PTX)
+    assert instruction_matches("tcgen05.mma kind::mxf4nvf4", found)
+    assert not instruction_matches("tcgen05.mma kind::mxf4", found)  # mxf4 is not mxf4nvf4
+    assert instruction_matches("v_mfma_scale_f32_*_f8f6f4", find_matrix_instructions(AMDGCN))
+    assert not instruction_matches("v_mfma_scale_f32_*_f8f6f4", ("v_mfma_f32_16x16x32_bf16",))
+
+
+def test_short_instruction():
+    assert short_instruction("tcgen05.mma.cta_group::1.kind::mxf4.block_scale.scale_vec::2X") == \
+        "tcgen05.mma kind::mxf4 2X"
+    assert short_instruction("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16") == "wgmma m64n128k16 f32.bf16.bf16"
+    assert short_instruction("v_mfma_scale_f32_32x32x64_f8f6f4") == "v_mfma_scale_f32_32x32x64_f8f6f4"
+
+
+class _FakeKernel:
+    __name__ = "_fake_kernel"
+    arg_names = ["x_ptr", "n", "BLOCK"]
+
+
+MXFP4 = OperandFormat.from_spec("e2m1/32/e8m0/nearest")
+NVFP4 = OperandFormat.from_spec("e2m1/16/e4m3/nearest")
+
+
+def _variant(formats=(MXFP4, MXFP4), path=GemmPath.NATIVE):
+    return KernelVariant.build("fake", "mxfp4", _FakeKernel(), {"x_ptr": "*u8", "n": "i32"}, {"BLOCK": 64},
+                               aligned=("x_ptr",), formats=formats, path=path)
+
+
+def test_build_fills_signature_and_checks_names():
+    variant = _variant()
+    assert variant.signature == {"x_ptr": "*u8", "n": "i32", "BLOCK": "constexpr"}
+    with pytest.raises(ValueError, match="'n' of _fake_kernel has neither"):
+        KernelVariant.build("bad", "-", _FakeKernel(), {"x_ptr": "*u8"}, {"BLOCK": 64})
+    with pytest.raises(ValueError, match=r"\['y'\] are not arguments"):
+        KernelVariant.build("bad", "-", _FakeKernel(), {"x_ptr": "*u8", "n": "i32", "y": "i32"}, {"BLOCK": 64})
+
+
+def test_used_on_and_expected_follow_dispatch():
+    native = _variant()
+    assert native.used_on(SM100) and native.used_on(GFX950) and not native.used_on(SM90)
+    assert native.expected_instruction(SM100) == "tcgen05.mma kind::mxf4"
+    assert native.expected_instruction(SM90) is None
+    assert not _variant((NVFP4, NVFP4)).used_on(GFX950)
+    emulated = _variant(path=GemmPath.EMULATED)
+    assert emulated.used_on(SM90) and emulated.used_on(SM100) and emulated.expected_instruction(SM100) is None
+    quantize = _variant(formats=None, path=None)
+    assert quantize.used_on(GFX950) and not quantize.used_on(Target("cpu"))
+
+
+def _fake_compile(asm=None, error=None):
+    def compile_fn(source, target, options):
+        assert source.attrs == {(0,): [["tt.divisibility", 16]]}
+        if error:
+            os.write(2, b"x.py:3:4: error: 'ttg.convert_layout' op requires the same element type\n")
+            raise RuntimeError("PassManager::run failed")
+        key = "amdgcn" if target.backend == "hip" else "ptx"
+        return types.SimpleNamespace(asm={key: asm})
+    return compile_fn
+
+
+def test_compile_variant_statuses():
+    ok = compile_variant(_variant(), SM100, _fake_compile(asm=PTX.replace("mxf4nvf4", "mxf4")))
+    assert (ok.status, ok.compiled, ok.used, ok.error) == ("ok", True, True, None)
+    wrong = compile_variant(_variant(), SM100, _fake_compile(asm=PTX))
+    assert wrong.status == "FAIL" and wrong.compiled and "expected tcgen05.mma kind::mxf4" in wrong.error
+    broken = compile_variant(_variant(), GFX950, _fake_compile(error=True))
+    assert (broken.status, broken.compiled) == ("FAIL", False)
+    assert broken.error == "RuntimeError: 'ttg.convert_layout' op requires the same element type"
+    unused = compile_variant(_variant((NVFP4, NVFP4)), GFX950, _fake_compile(error=True))
+    assert unused.status == "unused"
+    no_mma = compile_variant(_variant(path=GemmPath.EMULATED), SM90, _fake_compile(asm="ld.global.u8 %r1;"))
+    assert no_mma.status == "FAIL" and "without a matrix instruction" in no_mma.error
+
+
+def test_interpreter_kernels_are_reported_not_compiled():
+    class InterpretedFunction:
+        arg_names = ["x_ptr", "n", "BLOCK"]
+    variant = KernelVariant("k", "-", InterpretedFunction(), {"x_ptr": "*u8", "n": "i32", "BLOCK": "constexpr"},
+                            {"BLOCK": 64})
+    result = compile_variant(variant, SM90, _fake_compile(asm=PTX))
+    assert not result.compiled and "TRITON_INTERPRET=1" in result.error
+
+
+def test_collect_variants_reports_missing_modules():
+    variants, missing = targets.collect_variants(["ufp4_compile.kernels.no_such_module", "ufp4_compile.recipes"])
+    assert variants == []
+    assert "import failed" in missing["ufp4_compile.kernels.no_such_module"]
+    assert "no compile_variants()" in missing["ufp4_compile.recipes"]
+
+
+# ---- real compilation (one subprocess, ~20-60 s on 2 cores) --------------------------------------------
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kernels") / "kernels.json"
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    proc = subprocess.run([sys.executable, "-m", "ufp4_compile", "kernels", "--targets", "sm_90,sm_100,gfx950",
+                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    assert out.exists(), f"ufp4 kernels wrote no report (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    data = json.loads(out.read_text())
+    data["returncode"], data["stdout"] = proc.returncode, proc.stdout
+    return data
+
+
+def _row(report, kernel, target):
+    rows = [r for r in report["results"] if r["kernel"] == kernel and r["target"] == target]
+    assert len(rows) == 1, (kernel, target)
+    return rows[0]
+
+
+# Facts of Triton 3.6 (checked by compiling), written out rather than taken from the dispatch.
+NATIVE_EXPECTED = [
+    ("native_scaled_mm[nvfp4]", "sm_100", ".kind::mxf4nvf4."),
+    ("native_scaled_mm[mxfp4]", "sm_100", ".kind::mxf4."),
+    ("native_scaled_mm[mxfp4-k-tail]", "sm_100", ".kind::mxf4."),
+    ("native_scaled_mm[int4-e8m0]", "sm_100", ".kind::mxf8f6f4."),
+    ("native_scaled_mm[e2m1-x-int4-e8m0]", "sm_100", ".kind::mxf8f6f4."),
+    ("native_scaled_mm[mxfp4]", "gfx950", "v_mfma_scale_f32_"),
+    ("native_scaled_mm[int4-e8m0]", "gfx950", "v_mfma_scale_f32_"),
+    ("native_scaled_mm[e2m1-x-int4-e8m0]", "gfx950", "v_mfma_scale_f32_"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel, target, needle", NATIVE_EXPECTED)
+def test_native_gemm_uses_block_scaled_mma(report, kernel, target, needle):
+    row = _row(report, kernel, target)
+    assert row["compiled"] and row["used"] and row["status"] == "ok", row
+    assert any(needle in i for i in row["instructions"]), row["instructions"]
+
+
+@pytest.mark.slow
+def test_sm90_upcasts_and_e4m3_scales_stay_off_gfx950(report):
+    # sm_90: Triton lowers dot_scaled with E8M0 scales to a bf16 wgmma; the dispatch does not use it there.
+    mx = _row(report, "native_scaled_mm[mxfp4]", "sm_90")
+    assert mx["compiled"] and not mx["used"] and any("wgmma" in i and "bf16" in i for i in mx["instructions"])
+    # NVFP4 (E4M3 scales) does not compile for gfx950 or sm_90 with Triton 3.6; if it starts to, the
+    # dispatch (which sends NVFP4 there to the emulated path) should be revisited.
+    for target in ("gfx950", "sm_90"):
+        nv = _row(report, "native_scaled_mm[nvfp4]", target)
+        assert not nv["compiled"] and nv["status"] == "unused", nv
+
+
+@pytest.mark.slow
+def test_every_kernel_compiles_where_dispatch_uses_it(report):
+    failing = [r for r in report["results"] if r["status"] == "FAIL"]
+    assert failing == [] and report["returncode"] == 0, failing or report["stdout"]
+    with_rows = {r["module"] for r in report["results"]}
+    assert "ufp4_compile.kernels.native_gemm" in with_rows
+    for module in targets.KERNEL_MODULES:  # every kernel module has rows, or says why it has none
+        assert (module in with_rows) != (module in report["not_available"]), module
