@@ -1,0 +1,41 @@
+"""The dequantize kernel against numerics.dequantize: identical values, any axis, transposed views."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ufp4_compile.numerics.quantize import _values_times_scales, dequantize as dequantize_reference, quantize
+
+kernels_dequantize = pytest.importorskip("ufp4_compile.kernels.dequantize")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SPECS = ["int4/16/fp32/nearest", "e2m1/16/e4m3/nearest", "e2m1/32/e8m0/nearest", "int4/16x16/e4m3/nearest"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("shape, axis", [((48, 64), 1), ((64, 48), 0), ((2, 3, 64), -1), ((64, 3, 5), 0),
+                                         ((2, 64, 3), 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_reference(spec, shape, axis, dtype):
+    if "16x16" in spec and len(shape) != 2:
+        pytest.skip("2-D blocks are for 2-D weights")
+    q = quantize(torch.randn(shape).to(DEVICE), axis, spec)
+    out = kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, axis, spec, dtype)
+    torch.testing.assert_close(out, dequantize_reference(q, dtype), rtol=0, atol=0)
+    no_ts = kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, axis, spec, dtype,
+                                          apply_tensor_scale=False)
+    torch.testing.assert_close(no_ts, _values_times_scales(q).to(dtype), rtol=0, atol=0)
+
+
+def test_transposed_view():
+    q = quantize(torch.randn(64, 48).to(DEVICE), 0, "int4/16/e4m3/nearest")
+    qt = q.t()  # codes (48, 32) with strides (1, 48), quantized along dim 1
+    out = kernels_dequantize.dequantize(qt.codes, qt.scales, qt.tensor_scale, qt.axis, qt.fmt)
+    torch.testing.assert_close(out, dequantize_reference(q).t(), rtol=0, atol=0)
+
+
+def test_bad_scales_shape_is_a_value_error():
+    q = quantize(torch.randn(16, 32).to(DEVICE), 1, "int4/16/fp32/nearest")
+    with pytest.raises(ValueError, match="scales has shape"):
+        kernels_dequantize.dequantize(q.codes, q.scales[:, :1], q.tensor_scale, 1, q.fmt)

@@ -1,0 +1,94 @@
+"""Dequantize packed codes: ``(grid_value x scale) [x tensor_scale]`` in FP32, cast to a dtype.
+
+``dequantize(..., apply_tensor_scale=True)`` is ``numerics.dequantize`` (the ``ufp4::dequantize`` op);
+``apply_tensor_scale=False`` gives the GEMM reference's operand (``code x scale`` rounded to the compute
+dtype; the tensor scales belong to the GEMM's epilogue), used by the dequantize + cuBLAS GEMM path.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ufp4_compile.kernels.common import decode_nibbles, decode_scales, format_constants
+from ufp4_compile.numerics.formats import OperandFormat
+from ufp4_compile.numerics.quantize import as_format
+
+
+@triton.jit
+def _dequantize_kernel(codes_ptr, scales_ptr, ts_ptr, out_ptr, O, L2, s_page, s_o, s_l, ss_page, ss_o, ss_l,
+                       GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, APPLY_TS: tl.constexpr,
+                       ROWWISE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L2: tl.constexpr):
+    page = tl.program_id(2).to(tl.int64)
+    offs_o = (tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)).to(tl.int64)
+    offs_l2 = (tl.program_id(1) * BLOCK_L2 + tl.arange(0, BLOCK_L2)).to(tl.int64)
+    mask = (offs_o < O)[:, None] & (offs_l2 < L2)[None, :]
+    packed = tl.load(codes_ptr + page * s_page + offs_o[:, None] * s_o + offs_l2[None, :] * s_l,
+                     mask=mask, other=0).to(tl.int32)
+    values = tl.reshape(tl.join(decode_nibbles(packed & 15, GRID), decode_nibbles(packed >> 4, GRID)),
+                        (BLOCK_O, 2 * BLOCK_L2))
+    NB: tl.constexpr = 2 * BLOCK_L2 // BLOCK
+    offs_b = tl.program_id(1).to(tl.int64) * NB + tl.arange(0, NB)
+    LB = (2 * L2) // BLOCK
+    s_mask = (offs_o < O)[:, None] & (offs_b < LB)[None, :]
+    raw = tl.load(scales_ptr + page * ss_page + offs_o[:, None] * ss_o + offs_b[None, :] * ss_l, mask=s_mask)
+    s = tl.where(s_mask, decode_scales(raw, SCALE), 0.0)
+    out = tl.reshape(tl.reshape(values, (BLOCK_O, NB, BLOCK)) * s[:, :, None], (BLOCK_O, 2 * BLOCK_L2))
+    if APPLY_TS:
+        out = out * tl.load(ts_ptr)
+    L = 2 * L2
+    offs_l = tl.program_id(1).to(tl.int64) * (2 * BLOCK_L2) + tl.arange(0, 2 * BLOCK_L2)
+    if ROWWISE:
+        dst = offs_o[:, None] * L + offs_l[None, :]
+    else:
+        dst = page * L * O + offs_l[None, :] * O + offs_o[:, None]
+    out_mask = (offs_o < O)[:, None] & (offs_l < L)[None, :]
+    tl.store(out_ptr + dst, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+def _view3(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, bool]:
+    if axis == t.ndim - 1:
+        return t.reshape(1, -1, t.shape[axis]), True
+    pages = 1
+    for d in t.shape[:axis]:
+        pages *= d
+    return t.reshape(pages, t.shape[axis], -1), False
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, axis: int,
+               fmt: OperandFormat | str, dtype: torch.dtype = torch.float32, *,
+               apply_tensor_scale: bool = True) -> torch.Tensor:
+    """Values of packed ``codes`` quantized along ``axis`` (a contiguous tensor in the original shape)."""
+    fmt = as_format(fmt)
+    if codes.dtype != torch.uint8:
+        raise ValueError(f"codes.dtype={codes.dtype} is not valid; valid values: torch.uint8")
+    if codes.ndim == 0 or not -codes.ndim <= axis < codes.ndim:
+        raise ValueError(f"axis={axis!r} is not valid for {codes.ndim}-d codes")
+    axis %= codes.ndim
+    shape = list(codes.shape)
+    shape[axis] *= 2
+    expected = list(codes.shape)
+    expected[axis] = shape[axis] // fmt.block
+    if list(scales.shape) != expected or shape[axis] % fmt.block:
+        raise ValueError(f"scales has shape {tuple(scales.shape)}, expected {tuple(expected)} for codes "
+                         f"{tuple(codes.shape)} along axis {axis} with block {fmt.block}")
+    out = torch.empty(shape, dtype=dtype, device=codes.device)
+    if out.numel() == 0:
+        return out
+    c = format_constants(fmt)
+    c3, rowwise = _view3(codes, axis)
+    s3, _ = _view3(scales, axis)
+    if rowwise:
+        pages, O, L2 = 1, c3.shape[1], c3.shape[2]
+        strides = (0, c3.stride(1), c3.stride(2), 0, s3.stride(1), s3.stride(2))
+    else:
+        pages, L2, O = c3.shape
+        strides = (c3.stride(0), c3.stride(2), c3.stride(1), s3.stride(0), s3.stride(2), s3.stride(1))
+    block_l2 = max(fmt.block // 2, min(triton.next_power_of_2(L2), 64 if rowwise else 32))
+    block_o = max(16, min(triton.next_power_of_2(O), 4096 // (2 * block_l2)))
+    grid = (triton.cdiv(O, block_o), triton.cdiv(L2, block_l2), pages)
+    _dequantize_kernel[grid](c3, s3, tensor_scale, out, O, L2, *strides, GRID=c.grid, SCALE=c.scale,
+                             BLOCK=fmt.block, APPLY_TS=apply_tensor_scale, ROWWISE=rowwise, BLOCK_O=block_o,
+                             BLOCK_L2=block_l2)
+    return out
