@@ -194,3 +194,23 @@ def test_stochastic_format_through_gemm():
     fmt = OperandFormat(Grid.INT4, 16, ScaleFormat.FP32, Rounding.STOCHASTIC)
     q = quantize(_x(8, 32), 1, fmt, seed=torch.tensor(3, dtype=torch.int64), offset=9)
     assert gemm_reference(q, q).shape == (8, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fmt", FORMATS + [OperandFormat(Grid.INT4, 16, "fp32", Rounding.STOCHASTIC),
+                                          OperandFormat(Grid.E2M1, 16, "e4m3", Rounding.STOCHASTIC)],
+                         ids=lambda f: f.spec)
+def test_cuda_gives_the_cpu_bits(fmt):
+    # The reference runs on any device with the same bits (it never divides by a Python scalar, which CUDA
+    # turns into a reciprocal multiply).
+    x = _x(256, 512) * torch.logspace(-6, 3, 512)
+    x[3, :16] = 0.0
+    for axis in (0, 1):
+        cpu = quantize(x, axis, fmt, rht=16, rht_seed=5, seed=123, offset=7)
+        gpu = quantize(x.cuda(), axis, fmt, rht=16, rht_seed=5, seed=torch.tensor(123, device="cuda"), offset=7)
+        assert torch.equal(cpu.codes, gpu.codes.cpu())
+        assert torch.equal(cpu.scales.view(torch.uint8) if cpu.scales.dtype.itemsize == 1 else cpu.scales,
+                           (gpu.scales.view(torch.uint8) if gpu.scales.dtype.itemsize == 1 else gpu.scales).cpu())
+        assert torch.equal(cpu.tensor_scale, gpu.tensor_scale.cpu())
+        assert torch.equal(dequantize(cpu), dequantize(gpu).cpu())

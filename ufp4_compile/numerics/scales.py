@@ -19,6 +19,8 @@ E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127
 
 
 def _f32(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d FP32 constant on ``like``'s device. Divide by these, never by a Python number: CUDA computes
+    ``tensor / scalar`` as a multiplication by the rounded reciprocal, which is not IEEE division."""
     return torch.tensor(value, dtype=torch.float32, device=like.device)
 
 
@@ -26,7 +28,7 @@ def _f32(value: float, like: torch.Tensor) -> torch.Tensor:
 
 def fp32_scales(amax: torch.Tensor, q_max: float) -> torch.Tensor:
     """``s = amax / q_max`` (IEEE division); NaN for a non-finite block."""
-    s = amax / q_max
+    s = amax / _f32(q_max, amax)
     return torch.where(torch.isfinite(amax), s, float("nan"))
 
 
@@ -85,7 +87,7 @@ def e8m0_exponents(amax: torch.Tensor, q_max: float, rounding: E8M0Rounding) -> 
     ``floor(log2 amax) - floor(log2 q_max)``, and floor(log2 q_max) = 2 for both grids.
     """
     if rounding is E8M0Rounding.UP:
-        e = _ceil_log2(torch.where(torch.isfinite(amax), amax / q_max, 0.0))
+        e = _ceil_log2(torch.where(torch.isfinite(amax), amax / _f32(q_max, amax), 0.0))
     else:
         e = _floor_log2(torch.where(torch.isfinite(amax), amax, 0.0)) - 2
     return e.clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
