@@ -1,0 +1,224 @@
+"""End-to-end training step: bf16 eager, bf16 torch.compile (Inductor) and backend="ufp4" per recipe.
+
+The GPT of issue 6: D=1024, 12 layers, 16 heads, T=1024, batch 8, vocabulary 32000, SwiGLU, RMSNorm, SDPA;
+bf16 autocast over FP32 master weights; fused AdamW. Per variant: step time (CUDA events, median of the
+timed steps after warm-up), tokens/s, peak memory (CUDA max allocated over the timed steps) and compile
+time (first step minus the median step). Ratios are to bf16-compiled measured in the same run.
+
+    python benchmarks/train_step.py                                 # every recipe (GPU)
+    python benchmarks/train_step.py --recipes bf16,ufp4,nvfp4      # a subset
+    python benchmarks/train_step.py --tiny                          # CPU smoke run of the machinery
+
+Writes train_step_<device>.json and .md under --out (default benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import pathlib
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import torch
+
+from ufp4_compile.models.gpt import GPT, get_config
+from ufp4_compile.recipes import get_recipe, recipe_names
+
+BASELINE = "bf16-inductor"
+TARGETS = {"step_time": 1.10, "peak_memory": 0.80, "compile_time": 2.0}  # issue 6, ratios to bf16-compiled
+VARIANT_KINDS = ("eager", "inductor", "ufp4")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipes", default=",".join(recipe_names()), help="recipes for backend='ufp4' (default: all)")
+    p.add_argument("--variants", default=",".join(VARIANT_KINDS),
+                   help="which of eager, inductor (both bf16) and ufp4 (one per recipe) to run")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
+    p.add_argument("--iters", type=int, default=20, help="timed steps")
+    p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="output directory")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke mode: the tiny model, fp32, 2 timed steps")
+    args = p.parse_args(argv)
+    kinds = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in kinds if v not in VARIANT_KINDS]
+    if bad or not kinds:
+        p.error(f"--variants={args.variants!r} is not valid; valid values: {', '.join(VARIANT_KINDS)}")
+    args.kinds = kinds
+    try:
+        args.recipe_list = [get_recipe(n.strip()).name for n in args.recipes.split(",") if n.strip()]
+    except ValueError as err:
+        p.error(str(err))
+    if args.tiny:
+        args.batch_size, args.warmup, args.iters = min(args.batch_size, 2), min(args.warmup, 1), min(args.iters, 2)
+    elif not torch.cuda.is_available():
+        p.error("no CUDA device: this benchmark measures GPU step time; use --tiny for a CPU smoke run")
+    return args
+
+
+def variants(args) -> list[tuple[str, str, str | None]]:
+    """(label, kind, recipe) in run order; the baseline (bf16-inductor) first."""
+    out = []
+    if "inductor" in args.kinds:
+        out.append((BASELINE, "inductor", None))
+    if "eager" in args.kinds:
+        out.append(("bf16-eager", "eager", None))
+    if "ufp4" in args.kinds:
+        out += [(f"ufp4:{name}", "ufp4", name) for name in args.recipe_list]
+    return out
+
+
+def build(kind: str, recipe: str | None, config, device):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(config).to(device)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **fused)
+    if kind == "inductor":
+        fn = torch.compile(model)
+    elif kind == "ufp4":
+        fn = torch.compile(model, backend="ufp4", options={"recipe": recipe})
+    else:
+        fn = model
+    return model, optimizer, fn
+
+
+def timed_steps(step, n: int, device) -> list[float]:
+    """Seconds per step: CUDA events on a GPU, perf_counter with a synchronizing read on the CPU."""
+    times = []
+    for _ in range(n):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(kind: str, recipe: str | None, config, args, device) -> dict:
+    model, optimizer, fn = build(kind, recipe, config, device)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, config.vocab_size, (args.batch_size, config.seq_len), generator=g).to(device)
+    y = torch.randint(0, config.vocab_size, (args.batch_size, config.seq_len), generator=g).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def step():
+        with autocast:
+            loss = fn(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    first = timed_steps(step, 1, device)[0]  # compiles forward and backward
+    timed_steps(step, args.warmup, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = timed_steps(step, args.iters, device)
+    median = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    del model, optimizer, fn
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"step_time_s": median, "step_times_s": times, "tokens_per_s": args.batch_size * config.seq_len / median,
+            "peak_memory_bytes": peak, "first_step_s": first, "compile_time_s": max(0.0, first - median)}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    base = next((r for r in rows if r["variant"] == BASELINE and "error" not in r), None)
+    for row in rows:
+        if base is None or "error" in row:
+            continue
+        row["ratio_step_time"] = row["step_time_s"] / base["step_time_s"]
+        if row["peak_memory_bytes"] and base["peak_memory_bytes"]:
+            row["ratio_peak_memory"] = row["peak_memory_bytes"] / base["peak_memory_bytes"]
+        if base["compile_time_s"] > 0:
+            row["ratio_compile_time"] = row["compile_time_s"] / base["compile_time_s"]
+        if row["variant"].startswith("ufp4:") and row["variant"] != "ufp4:bf16":
+            row["meets_targets"] = {k: row.get(f"ratio_{k}") is not None and row[f"ratio_{k}"] <= v
+                                    for k, v in TARGETS.items()}
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    lines = [f"# Training step: {meta['device']}", "",
+             f"torch {meta['torch']}, triton {meta['triton']}, git {meta['git']}; model D={meta['model']['d_model']}, "
+             f"{meta['model']['n_layers']} layers, {meta['model']['n_heads']} heads, T={meta['model']['seq_len']}, "
+             f"vocab {meta['model']['vocab_size']}, batch {meta['batch_size']}; {meta['precision']}; median of "
+             f"{meta['iters']} steps after {meta['warmup']} warm-up steps. Ratios are to `{BASELINE}`.", "",
+             "| variant | step ms | × | tokens/s | peak GiB | × | compile s | × |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | error: {r['error'].splitlines()[-1][:120]} |||||||")
+            continue
+        peak = r["peak_memory_bytes"] / 2**30 if r["peak_memory_bytes"] else None
+        lines.append(f"| {r['variant']} | {1e3 * r['step_time_s']:.2f} | {_fmt(r.get('ratio_step_time'), '.2f')} | "
+                     f"{r['tokens_per_s']:,.0f} | {_fmt(peak, '.2f')} | {_fmt(r.get('ratio_peak_memory'), '.2f')} | "
+                     f"{r['compile_time_s']:.1f} | {_fmt(r.get('ratio_compile_time'), '.2f')} |")
+    lines += ["", "Targets (issue 6): step ≤ 1.10×, peak memory ≤ 0.80×, compile ≤ 2× bf16-compiled.", "",
+              f"Command: `{meta['command']}`", ""]
+    return "\n".join(lines)
+
+
+def metadata(args, config, device) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=pathlib.Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        git = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    return {"device": name, "torch": torch.__version__, "triton": triton_version, "git": git,
+            "model": dataclasses.asdict(config), "batch_size": args.batch_size, "warmup": args.warmup,
+            "iters": args.iters, "precision": "bf16 autocast, fused AdamW" if device.type == "cuda" else "fp32",
+            "tiny": args.tiny, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device("cpu" if args.tiny else "cuda")
+    config = get_config("tiny", seq_len=64) if args.tiny else get_config("bench")
+    meta = metadata(args, config, device)
+    rows = []
+    for label, kind, recipe in variants(args):
+        print(f"{label} ...", flush=True)
+        try:
+            rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
+        except Exception:  # one failing variant must not hide the others' figures
+            rows.append({"variant": label, "error": traceback.format_exc()})
+            print(rows[-1]["error"], file=sys.stderr)
+    add_ratios(rows)
+    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-") + ("-tiny" if args.tiny else "")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"train_step_{slug}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    (out / f"train_step_{slug}.md").write_text(markdown(meta, rows))
+    print(markdown(meta, rows))
+    print(f"wrote {out / f'train_step_{slug}.json'} and .md")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Smoke test of benchmarks/train_step.py (the GPU benchmark's machinery, run on the CPU in --tiny mode)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_step_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_smoke_run_writes_json_and_markdown(bench, tmp_path):
+    assert bench.main(["--tiny", "--variants", "eager", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("train_step_*-tiny.json")
+    data = json.loads(json_path.read_text())
+    (row,) = data["rows"]
+    assert row["variant"] == "bf16-eager" and len(row["step_times_s"]) == 2
+    assert row["tokens_per_s"] == pytest.approx(2 * 64 / row["step_time_s"])
+    assert "| bf16-eager |" in json_path.with_suffix(".md").read_text()
+
+
+def test_ratios_against_bf16_compiled(bench):
+    rows = [{"variant": "bf16-inductor", "step_time_s": 0.030, "peak_memory_bytes": 8e9, "compile_time_s": 40.0},
+            {"variant": "ufp4:ufp4", "step_time_s": 0.032, "peak_memory_bytes": 6e9, "compile_time_s": 100.0},
+            {"variant": "ufp4:nvfp4", "error": "Traceback ...\nRuntimeError: boom"}]
+    bench.add_ratios(rows)
+    assert rows[1]["ratio_step_time"] == pytest.approx(0.032 / 0.030)
+    assert rows[1]["meets_targets"] == {"step_time": True, "peak_memory": True, "compile_time": False}
+    assert "ratio_step_time" not in rows[2]
+
+
+def test_bad_arguments(bench):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tiny", "--recipes", "fp3"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tiny", "--variants", "tensorrt"])
