@@ -31,6 +31,7 @@ def write_png(path: pathlib.Path, results: list[dict], analysis: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     main = [r for r in results if r["tag"] == "" and r["losses"]]
     steps = max((r["steps_expected"] for r in main), default=1)
@@ -52,9 +53,14 @@ def write_png(path: pathlib.Path, results: list[dict], analysis: dict) -> None:
             if len(gaps) > 1:
                 ax_gap.fill_between(range(len(g_mean)), [100 * v for v in g_low], [100 * v for v in g_high],
                                     color=line.get_color(), alpha=0.2, lw=0)
+    seeds = sorted(baselines)
+    if len(seeds) > 1:  # what a different seed alone does, on the same scale
+        pair = smooth(per_step_gap(baselines[seeds[1]], baselines[seeds[0]]), span)
+        ax_gap.plot(range(len(pair)), [100 * v for v in pair], color="gray", lw=0.8,
+                    label=f"bf16 seed {seeds[1]} vs seed {seeds[0]}")
     floor = analysis["noise_floor"]["floor"]
     if floor is not None and math.isfinite(floor):
-        ax_gap.axhline(100 * floor, color="gray", ls="--", lw=1, label="bf16 noise floor")
+        ax_gap.axhline(100 * floor, color="gray", ls="--", lw=1, label="bf16 noise floor (window)")
     for ax in (ax_loss, ax_gap):
         ax.axvspan(steps - analysis["last_n"], steps, color="gray", alpha=0.08, lw=0)
         ax.set_xlabel("step")
@@ -62,6 +68,8 @@ def write_png(path: pathlib.Path, results: list[dict], analysis: dict) -> None:
         ax.legend(fontsize=8)
     ax_loss.set_ylabel(f"training loss (trailing mean over {span} steps)")
     ax_loss.set_yscale("log")
+    ax_loss.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax_loss.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax_gap.set_ylabel("|L − L_bf16| / L_bf16 (%)")
     ax_gap.set_title(f"BF16-relative gap; shaded: last {analysis['last_n']} steps", fontsize=9)
     fig.tight_layout()
