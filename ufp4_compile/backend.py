@@ -1,0 +1,207 @@
+"""The ``ufp4`` torch.compile backend: Inductor with the ufp4 joint-graph pass.
+
+``torch.compile(model, backend="ufp4", options={"recipe": "ufp4", ...})`` works after ``pip install`` with
+no import (entry point ``torch_dynamo_backends``); ``backend=ufp4_backend`` (the function) or
+``backend=make_backend({...})`` work too; :func:`register` names the backend in a checkout that is not
+installed. Options (an unknown key raises ValueError listing these):
+
+- ``recipe``: a preset name (``ufp4``, ``ufp4-nv``, ``ufp4-mean``, ``e2m1-ref``, ``nvfp4``, ``mxfp4``,
+  ``bf16``) or a :class:`~ufp4_compile.recipes.Recipe`;
+- layer policy: ``skip`` (fnmatch patterns on module names), ``keep_first``, ``keep_last``,
+  ``min_features``, ``keep_output_head``, ``keep_attention``;
+- seeds: ``sr_seed``, ``sr_seed_policy`` (``per_step`` / ``fixed``), ``rht_seed``, ``rht_seed_policy``
+  (``shared`` / ``per_layer``); ``compute_dtype`` (``bf16`` / ``fp32``);
+- ``dump_dir``: write readable graphs and reports there (see :mod:`ufp4_compile.debug`);
+- any ``torch._inductor.config`` key (``max_autotune``, ``freezing``, ``triton.cudagraphs``...), forwarded to
+  Inductor; ``mode=`` is expanded with ``torch._inductor.list_mode_options`` and forwarded too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import logging
+
+import torch
+
+from ufp4_compile.recipes import LayerPolicy, Recipe, get_recipe
+
+log = logging.getLogger("ufp4_compile.backend")
+
+LAYER_OPTIONS = tuple(f.name for f in dataclasses.fields(LayerPolicy))
+RECIPE_OPTIONS = ("sr_seed", "sr_seed_policy", "rht_seed", "rht_seed_policy", "compute_dtype")
+UFP4_OPTIONS = ("recipe",) + LAYER_OPTIONS + RECIPE_OPTIONS + ("dump_dir",)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendOptions:
+    recipe: Recipe
+    dump_dir: str | None
+    inductor: dict  # forwarded to Inductor as config patches
+
+
+def _inductor_keys() -> set[str]:
+    import torch._inductor.config as inductor_config
+
+    return set(inductor_config._config)
+
+
+def resolve_options(options: dict | None, mode: str | None = None) -> BackendOptions:
+    """Split ``options`` into the recipe (with layer and seed overrides), dump dir and Inductor patches."""
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"options must be a dict, got {type(options).__name__}")
+    options = dict(options or {})
+    recipe = get_recipe(options.pop("recipe", "ufp4"))
+    layers = {k: options.pop(k) for k in LAYER_OPTIONS if k in options}
+    overrides = {k: options.pop(k) for k in RECIPE_OPTIONS if k in options}
+    dump_dir = options.pop("dump_dir", None)
+    unknown = sorted(set(options) - _inductor_keys()) if options else []
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; valid ufp4 options: "
+                         f"{', '.join(UFP4_OPTIONS)}; any torch._inductor.config key (e.g. 'max_autotune', "
+                         f"'freezing') is forwarded to Inductor")
+    if layers:
+        recipe = dataclasses.replace(recipe, layers=dataclasses.replace(recipe.layers, **layers))
+    if overrides:
+        recipe = dataclasses.replace(recipe, **overrides)
+    inductor = {}
+    if mode not in (None, "default"):
+        import torch._inductor
+
+        inductor.update(torch._inductor.list_mode_options(mode))
+    inductor.update(options)
+    return BackendOptions(recipe, dump_dir, inductor)
+
+
+def register_lowering(example_inputs) -> bool:
+    """Let ``ufp4_compile.lowering`` register its Inductor lowerings when CUDA tensors are compiled."""
+    if not any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs):
+        return False
+    if importlib.util.find_spec("ufp4_compile.lowering") is None:
+        return False
+    register = getattr(importlib.import_module("ufp4_compile.lowering"), "register", None)
+    if not callable(register):
+        return False
+    register()
+    return True
+
+
+def _sinks(extra_sinks, dump_dir) -> list:
+    from ufp4_compile.debug import DumpDir, default_dump_dir
+
+    sinks = list(extra_sinks)
+    path = default_dump_dir(dump_dir)
+    if path is not None:
+        sinks.append(DumpDir(path))
+    return sinks
+
+
+def _inner_compile(joint, sinks):
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    if not sinks:
+        return compile_fx_inner
+
+    def inner(gm, example_inputs, **kwargs):
+        for sink in sinks:
+            sink.compiled(joint.last_graph_id, gm, bool(kwargs.get("is_backward", False)))
+        return compile_fx_inner(gm, example_inputs, **kwargs)
+
+    return inner
+
+
+class Ufp4Backend:
+    """A configured backend: ``torch.compile(m, backend=make_backend({"recipe": "nvfp4"}))``.
+
+    ``report`` accumulates the rows of every graph it compiled (what :func:`ufp4_compile.explain` shows).
+    """
+
+    def __init__(self, options: dict | None = None, mode: str | None = None, sinks=()):
+        from ufp4_compile.passes.report import Report
+
+        self.options, self.mode, self.sinks = dict(options or {}), mode, tuple(sinks)
+        self.resolved = resolve_options(self.options, mode)  # validate early
+        self.report = Report(self.resolved.recipe.name)
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs, mode: str | None = None,
+                 options: dict | None = None):
+        from torch._inductor.compile_fx import compile_fx
+
+        from ufp4_compile.passes.joint_pass import Ufp4JointPass
+
+        resolved = resolve_options({**self.options, **(options or {})}, mode or self.mode)
+        patches = dict(resolved.inductor)
+        sinks = _sinks(self.sinks, resolved.dump_dir)
+        joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks,
+                              extra=patches.pop("joint_custom_pre_pass", None))
+        patches["joint_custom_pre_pass"] = joint
+        register_lowering(example_inputs)
+        return compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks), config_patches=patches)
+
+
+def make_backend(options: dict | None = None, *, mode: str | None = None, sinks=()) -> Ufp4Backend:
+    return Ufp4Backend(options, mode, sinks)
+
+
+def ufp4_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None,
+                 options: dict | None = None):
+    """The backend function behind ``backend="ufp4"`` (entry point ``torch_dynamo_backends``)."""
+    return Ufp4Backend(options, mode)(gm, example_inputs)
+
+
+def make_aot_backend(options: dict | None = None, *, sinks=(), dry_run: bool = False,
+                     inductor_decompositions: bool = False, report=None):
+    """The same pass under AOTAutograd with eager execution and no Inductor (``aot_eager``-style): fast
+    tests of the rewrite, and :func:`ufp4_compile.explain` (``dry_run``, with Inductor's decompositions so
+    that it sees the graphs Inductor would). Inductor options are accepted and ignored."""
+    from functools import partial
+
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    from ufp4_compile.passes.joint_pass import Ufp4JointPass
+    from ufp4_compile.passes.report import Report
+
+    resolved = resolve_options(options)
+    report = report if report is not None else Report(resolved.recipe.name)
+    decompositions = None
+    if inductor_decompositions:
+        from torch._inductor.decomposition import select_decomp_table
+
+        decompositions = select_decomp_table()
+
+    def backend(gm, example_inputs, **_):
+        all_sinks = _sinks(sinks, resolved.dump_dir)
+        joint = Ufp4JointPass(resolved.recipe, report=report, sinks=all_sinks, dry_run=dry_run)
+
+        def compiled(gm, example_inputs, is_backward):
+            for sink in all_sinks:
+                sink.compiled(joint.last_graph_id, gm, is_backward)
+            return make_boxed_func(gm.forward)
+
+        def partition(joint_module, joint_inputs, **kwargs):
+            joint(joint_module.graph)
+            joint_module.recompile()
+            return min_cut_rematerialization_partition(joint_module, joint_inputs, **kwargs)
+
+        def inference(gm, example_inputs):
+            joint(gm.graph)
+            gm.recompile()
+            return compiled(gm, example_inputs, False)
+
+        return aot_autograd(fw_compiler=partial(compiled, is_backward=False),
+                            bw_compiler=partial(compiled, is_backward=True), inference_compiler=inference,
+                            partition_fn=partition, decompositions=decompositions)(gm, example_inputs)
+
+    backend.report = report
+    return backend
+
+
+def register(name: str = "ufp4") -> None:
+    """Register ``backend=name`` in a checkout that is not pip-installed (idempotent)."""
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+
+    if name not in _COMPILER_FNS:
+        register_backend(compiler_fn=ufp4_backend, name=name)

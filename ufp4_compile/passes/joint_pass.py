@@ -1,0 +1,85 @@
+"""The Inductor hook: one composite ``CustomGraphPass`` run on the joint (or inference) graph.
+
+It rewrites the matmuls (:func:`rewrite_matmuls`), collects the report rows and hands the graph before and
+after to the debugging sinks (dump files, structured trace). ``uuid()`` covers everything that changes
+the compiled output, so Inductor's FX/AOT caches stay correct: the sources of the pass, the ops, the
+numerics, the lowering and the kernels, the recipe and the torch/Triton versions. On a cache hit Inductor
+does not call the pass at all (no report rows, no dumps).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+from ufp4_compile.passes.report import Report
+from ufp4_compile.passes.rewrite_matmuls import rewrite_matmuls
+from ufp4_compile.recipes import Recipe
+
+log = logging.getLogger("ufp4_compile.passes.joint_pass")
+_PACKAGE = Path(__file__).resolve().parent.parent
+# Sources whose content changes what a compiled graph computes or how it is generated.
+_HASHED_DIRS = ("passes", "numerics", "lowering", "kernels")
+_HASHED_FILES = ("ops.py", "backend.py", "recipes.py")
+_GRAPH_IDS = itertools.count()
+
+
+@functools.lru_cache(maxsize=1)
+def source_hash() -> str:
+    files = [_PACKAGE / name for name in _HASHED_FILES]
+    for folder in _HASHED_DIRS:
+        files += sorted((_PACKAGE / folder).rglob("*.py"))
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    extra = f"torch={torch.__version__};triton={triton_version}"
+    return get_hash_for_files(tuple(str(f) for f in files if f.is_file()), extra).hex()
+
+
+class Ufp4JointPass(CustomGraphPass):
+    """Rewrites matmuls per ``recipe``; ``dry_run`` only decides and reports; ``extra`` runs after it
+    (a user's own ``joint_custom_pre_pass``: Inductor takes one callable per hook on torch 2.11)."""
+
+    def __init__(self, recipe: Recipe, *, report: Report | None = None, sinks=(), dry_run: bool = False,
+                 extra=None):
+        self.recipe, self.sinks, self.dry_run, self.extra = recipe, tuple(sinks), dry_run, extra
+        self.report = report if report is not None else Report(recipe.name)
+        self.last_graph_id: int | None = None
+
+    def __call__(self, graph: fx.Graph) -> None:
+        graph_id = self.last_graph_id = next(_GRAPH_IDS)
+        for sink in self.sinks:
+            sink.graph_before(graph_id, graph)
+        rows = rewrite_matmuls(graph, self.recipe, graph_index=graph_id, dry_run=self.dry_run)
+        self.report.extend(rows)
+        self.report.graphs += 1
+        done = sum(r.rewritten for r in rows)
+        log.info("graph %d: %d matmul(s), %d rewritten, %d kept (recipe %r)", graph_id, len(rows), done,
+                 len(rows) - done, self.recipe.name)
+        for sink in self.sinks:
+            sink.graph_after(graph_id, graph, rows)
+        from ufp4_compile.debug import trace_report
+
+        trace_report(graph_id, rows)
+        if self.extra is not None:
+            self.extra(graph)
+
+    def uuid(self) -> str | None:
+        """None (no caching) while graphs are dumped or when the extra pass has no uuid of its own."""
+        if any(getattr(sink, "needs_pass", True) for sink in self.sinks):
+            return None
+        extra_uuid = ""
+        if self.extra is not None:
+            extra_uuid = self.extra.uuid() if hasattr(self.extra, "uuid") else None
+            if not extra_uuid:
+                return None
+        return f"ufp4-{source_hash()}-{self.recipe.fingerprint()}-dry{int(self.dry_run)}-{extra_uuid}"

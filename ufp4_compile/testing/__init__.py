@@ -1,0 +1,6 @@
+"""Helpers for testing the ufp4 backend: graph capture, normalization, counting, small models."""
+
+from ufp4_compile.testing.graphs import (GraphCapture, count_calls, eligible_matmuls, normalized, saved_tensors,
+                                         ufp4_gemms)
+
+__all__ = ["GraphCapture", "count_calls", "eligible_matmuls", "normalized", "saved_tensors", "ufp4_gemms"]
