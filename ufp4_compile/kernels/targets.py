@@ -199,9 +199,6 @@ def compile_variant(variant: KernelVariant, target: Target, compile_fn: Callable
     elif expected is not None and not instruction_matches(expected, instructions):
         status = "FAIL"
         error = f"expected {expected}, found {', '.join(instructions) or 'no matrix instruction'}"
-    elif used and variant.formats is not None and not instructions:
-        status = "FAIL"
-        error = "a GEMM kernel without a matrix instruction"
     else:
         status = "ok"
     return CompileResult(variant.module, variant.name, variant.recipe, target.name, status, compiled_ok, error, instructions,
