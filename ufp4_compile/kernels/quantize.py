@@ -45,6 +45,16 @@ def _load_tile(x_ptr, page, pid_o, pid_l, O, L, s_page, s_o, s_l, BLOCK_O: tl.co
 
 
 @triton.jit
+def _butterfly(v, rows: tl.constexpr, R: tl.constexpr, h: tl.constexpr):
+    """One butterfly stage of stride h over each row of R: (a, b) -> (a + b, a - b) on pairs (i, i + h)."""
+    if h < R:
+        pairs = tl.permute(tl.reshape(v, (rows, R // (2 * h), 2, h)), (0, 1, 3, 2))
+        a, b = tl.split(pairs)
+        v = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (rows, R))
+    return v
+
+
+@triton.jit
 def _rht(x, rht_seed, inv_sqrt_n, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr):
     """``H_R diag(s) v / sqrt(R)`` on each group of R consecutive elements along dim 1 (numerics.hadamard).
 
@@ -56,12 +66,14 @@ def _rht(x, rht_seed, inv_sqrt_n, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, 
     signs = 1.0 - 2.0 * (bits & 1).to(tl.float32)
     rows: tl.constexpr = BLOCK_O * (BLOCK_L // R)
     v = tl.reshape(x, (rows, R)) * signs[None, :]
-    for i in tl.static_range(9):  # R <= 256
-        h: tl.constexpr = 1 << i
-        if h < R:
-            pairs = tl.permute(tl.reshape(v, (rows, R // (2 * h), 2, h)), (0, 1, 3, 2))
-            a, b = tl.split(pairs)
-            v = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (rows, R))
+    v = _butterfly(v, rows, R, 1)
+    v = _butterfly(v, rows, R, 2)
+    v = _butterfly(v, rows, R, 4)
+    v = _butterfly(v, rows, R, 8)
+    v = _butterfly(v, rows, R, 16)
+    v = _butterfly(v, rows, R, 32)
+    v = _butterfly(v, rows, R, 64)
+    v = _butterfly(v, rows, R, 128)
     return tl.reshape(v * inv_sqrt_n, (BLOCK_O, BLOCK_L))
 
 

@@ -1,0 +1,28 @@
+"""Inductor lowerings of the ufp4 ops (``scaled_mm``: Triton template + extern choices, autotuned) and the
+CUDA implementations of the ops (Triton launchers). :func:`register` is lazy and idempotent; the backend
+calls it before compiling. Importing this package imports neither Inductor nor Triton.
+"""
+
+from __future__ import annotations
+
+_registered = False
+
+
+def register() -> None:
+    """Register the ``ufp4::scaled_mm`` lowering and the ops' CUDA kernels, once per process."""
+    global _registered
+    if _registered:
+        return
+    import torch
+    from torch._inductor.lowering import lowerings, register_lowering
+
+    import ufp4_compile.ops  # noqa: F401  (defines the ops)
+    from ufp4_compile.lowering.cuda_impls import register_cuda_impls
+    from ufp4_compile.lowering.scaled_mm import lower_scaled_mm
+
+    op = torch.ops.ufp4.scaled_mm.default
+    if op not in lowerings:
+        register_lowering(op, type_promotion_kind=None)(lower_scaled_mm)
+    if torch.cuda.is_available():
+        register_cuda_impls()
+    _registered = True
