@@ -93,6 +93,8 @@ def test_launcher_rejects_bad_operands():
     with pytest.raises(ValueError, match="same K"):
         native_scaled_mm(a.codes, a.scales, a.tensor_scale, b.codes[:, :16], b.scales, b.tensor_scale,
                          MXFP4, MXFP4)
+    with pytest.raises(ValueError, match="emulate_dot=True"):
+        native_scaled_mm(a.codes, a.scales, a.tensor_scale, b.codes, b.scales, b.tensor_scale, MXFP4, MXFP4)
     with pytest.raises(ValueError, match="one scale kind"):
         nv = quantize(torch.randn(8, 64), 1, NVFP4)
         native_scaled_mm(a.codes, a.scales, a.tensor_scale, nv.codes, nv.scales, nv.tensor_scale, MXFP4, NVFP4)

@@ -11,7 +11,9 @@ and ``(N, K/2)`` with two codes per byte along K, low nibble first; block scales
   passed unchanged; Triton picks the block from the scale dtype. The FP32 tensor scales (NVFP4 two-level
   scales) multiply the FP32 accumulator in the epilogue.
 
-Which format pairs run here on which GPU is decided by ``ufp4_compile.lowering.dispatch``. These kernels
+The main loop is :func:`native_main_loop`, a ``@triton.jit`` function an Inductor template can call; the
+standalone kernel adds tile ordering and the epilogue. Which format pairs run here on which GPU is decided
+by ``ufp4_compile.lowering.dispatch``. These kernels
 have been **compiled** for sm_100 and gfx950 (``ufp4 kernels``) but never run on either: the project has
 neither GPU. On sm_90 Triton lowers ``dot_scaled`` with E8M0 scales to a bf16 ``wgmma`` after upcasting,
 so the E8M0 variants also run (slowly) on Hopper, which is how their layout is checked against the
@@ -77,30 +79,16 @@ def _emulated_dot_scaled(a, a_scale, A_ELEM: tl.constexpr, b, b_scale, B_ELEM: t
 
 
 @triton.jit
-def _native_scaled_mm_kernel(
-    a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, a_ts_ptr, b_ts_ptr, c_ptr,  # scales as uint8 bytes
-    M, N, K,
-    stride_am, stride_ak, stride_bn, stride_bk,  # packed codes, in bytes
-    stride_asm, stride_ask, stride_bsn, stride_bsk,  # block scales
-    stride_cm, stride_cn,
-    A_ELEM: tl.constexpr, B_ELEM: tl.constexpr,  # "e2m1" (E2M1 codes) or "e4m3" (INT4 codes -> FP8)
-    SCALE_BLOCK: tl.constexpr,  # 32: E8M0 scales, 16: E4M3 scales (NVFP4)
-    TENSOR_SCALES: tl.constexpr, EVEN_K: tl.constexpr, EMULATE_DOT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * grid_n)
-    first_m = group * GROUP_M
-    group_size = tl.minimum(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * grid_n)) % group_size
-    pid_n = (pid % (GROUP_M * grid_n)) // group_size
+def native_main_loop(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, offs_m, offs_n, K,
+                     stride_am, stride_ak, stride_bn, stride_bk, stride_asm, stride_ask, stride_bsn, stride_bsk,
+                     A_ELEM: tl.constexpr, B_ELEM: tl.constexpr, SCALE_BLOCK: tl.constexpr,
+                     EVEN_K: tl.constexpr, EMULATE_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """FP32 ``sum_k A[offs_m, k] B[offs_n, k]`` with block scales (tensor scales not applied).
 
-    # Rows past M / N wrap around (their results are masked at the store): loads stay unmasked.
-    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
-    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    Shared by the standalone kernel and an Inductor template. ``offs_m`` / ``offs_n`` must be valid rows
+    (wrap them with ``% M``); scales are read as uint8 bytes (E4M3 scales are bitcast here).
+    """
     offs_kp = tl.arange(0, BLOCK_K // 2)
     offs_ks = tl.arange(0, BLOCK_K // SCALE_BLOCK)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_kp[None, :] * stride_ak
@@ -138,7 +126,38 @@ def _native_scaled_mm_kernel(
         b_ptrs += (BLOCK_K // 2) * stride_bk
         as_ptrs += (BLOCK_K // SCALE_BLOCK) * stride_ask
         bs_ptrs += (BLOCK_K // SCALE_BLOCK) * stride_bsk
+    return acc
 
+
+@triton.jit
+def _native_scaled_mm_kernel(
+    a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, a_ts_ptr, b_ts_ptr, c_ptr,  # scales as uint8 bytes
+    M, N, K,
+    stride_am, stride_ak, stride_bn, stride_bk,  # packed codes, in bytes
+    stride_asm, stride_ask, stride_bsn, stride_bsk,  # block scales
+    stride_cm, stride_cn,
+    A_ELEM: tl.constexpr, B_ELEM: tl.constexpr,  # "e2m1" (E2M1 codes) or "e4m3" (INT4 codes -> FP8)
+    SCALE_BLOCK: tl.constexpr,  # 32: E8M0 scales, 16: E4M3 scales (NVFP4)
+    TENSOR_SCALES: tl.constexpr, EVEN_K: tl.constexpr, EMULATE_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * grid_n)
+    first_m = group * GROUP_M
+    group_size = tl.minimum(grid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * grid_n)) % group_size
+    pid_n = (pid % (GROUP_M * grid_n)) // group_size
+
+    # Rows past M / N wrap around (their results are masked at the store): loads stay unmasked.
+    offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
+    offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+    acc = native_main_loop(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, offs_m, offs_n, K,
+                           stride_am, stride_ak, stride_bn, stride_bk, stride_asm, stride_ask, stride_bsn,
+                           stride_bsk, A_ELEM, B_ELEM, SCALE_BLOCK, EVEN_K, EMULATE_DOT, BLOCK_M, BLOCK_N,
+                           BLOCK_K, NUM_STAGES)
     if TENSOR_SCALES:  # NVFP4 two-level scales: FP32 tensor scales in the epilogue
         acc = acc * (tl.load(a_ts_ptr) * tl.load(b_ts_ptr))
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -205,6 +224,9 @@ def native_scaled_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_ten
                          f"same K (a multiple of {a_block}) packed two codes per byte")
     _check_operand("a", a_codes, a_scales, M, K, a_block)
     _check_operand("b", b_codes, b_scales, N, K, b_block)
+    if a_codes.device.type == "cpu" and not emulate_dot:
+        raise ValueError("native_scaled_mm on CPU tensors runs in the Triton interpreter, which has no "
+                         "tl.dot_scaled: pass emulate_dot=True, or use GPU tensors")
     out = torch.empty((M, N), device=a_codes.device, dtype=out_dtype)
     if M == 0 or N == 0:
         return out
