@@ -119,3 +119,22 @@ def test_gpu_template_fuses_bias_and_gelu():
     assert any("erf" in k and "tl.store" in k for k in kernels), "GELU not fused into the template"
     ref = torch.nn.functional.gelu(gemm_reference(qa, qb) + bias).to(torch.bfloat16)
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["ufp4", "nvfp4"])
+def test_backend_linear_bias_gelu_fuses_into_template(recipe):
+    """Linear -> bias -> GELU through ``backend="ufp4"``: the ufp4 template kernel carries the epilogue."""
+    from ufp4_compile.backend import make_backend
+
+    model = torch.nn.Sequential(torch.nn.Linear(512, 768), torch.nn.GELU()).cuda()
+    x = torch.randn(256, 512, device="cuda")
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(model, backend=make_backend({"recipe": recipe})), x)
+    text = "\n".join(code)
+    kernels = [k for k in text.split("@triton.jit") if "mm_main_loop(" in k and "def triton" in k]
+    assert kernels, "no ufp4 template kernel in the generated code"
+    assert any("erf" in k for k in kernels), "bias + GELU not fused into the ufp4 template"
+    ref = model(x)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.2  # 4-bit quantization error, not a bug-sized one

@@ -37,14 +37,11 @@ CHOICE_NAMES = ("template", "blockscale", "extern")
 DEQUANT_CONFIGS = (
     (128, 128, 128, 8, 8, 3),
     (128, 256, 64, 8, 8, 3),
-    (128, 128, 64, 8, 4, 4),
     (64, 128, 128, 8, 4, 3),
-    (64, 64, 128, 8, 4, 3),
 )
 BLOCKSCALE_CONFIGS = (
     (128, 128, 0, 8, 8, 3),
     (128, 256, 0, 8, 8, 3),
-    (64, 128, 0, 8, 4, 4),
 )
 
 _forced: tuple[str, ...] | None = None

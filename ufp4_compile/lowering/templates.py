@@ -94,7 +94,10 @@ def _mm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b^T`` accumulated and returned in FP32."""
     if a.dtype == torch.float32 or a.device.type != "cuda":
         return a.float() @ b.float().t()
-    return torch.mm(a, b.t(), out_dtype=torch.float32)
+    try:
+        return torch.mm(a, b.t(), out_dtype=torch.float32)
+    except (TypeError, RuntimeError):  # a torch without mm(out_dtype=): the same products, FP32 operands
+        return a.float() @ b.float().t()
 
 
 def ufp4_dequant_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale, *, a_fmt: str,

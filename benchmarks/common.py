@@ -1,0 +1,97 @@
+"""Shared pieces of the kernel benchmarks: environment header, timing, and the result files.
+
+Results go to ``benchmarks/results/<name>_<device>.{json,md,png}`` (``--out`` changes the folder), the
+device name made file-safe (``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100-80gb-hbm3``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) if sha else os.environ.get("UFP4_GIT_SHA", "unknown")
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("UFP4_GIT_SHA", "unknown")
+
+
+def environment() -> dict:
+    import triton
+
+    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    return {
+        "device": props.name if props else "cpu",
+        "sm_count": props.multi_processor_count if props else None,
+        "capability": f"sm_{props.major}{props.minor}" if props else None,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+        "git_sha": git_sha(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def device_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def header(env: dict, title: str) -> str:
+    return (f"# {title}\n\n"
+            f"- device: {env['device']} ({env['capability']}, {env['sm_count']} SMs)\n"
+            f"- torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}\n"
+            f"- git {env['git_sha']}, {env['date']}\n")
+
+
+def bench_ms(fn, warmup_ms: int = 10, rep_ms: int = 40) -> float:
+    """Median milliseconds of ``fn`` (CUDA events, after warm-up; triton.testing.do_bench)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """``columns``: (key, heading); floats printed with 3 significant decimals."""
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, env: dict, rows: list[dict], markdown: str, out_dir: Path | None = None,
+                  plot=None) -> list[Path]:
+    """``<name>_<device>.json`` and ``.md`` (and ``.png`` if ``plot(path)`` is given) in ``out_dir``."""
+    out_dir = Path(out_dir or RESULTS)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{name}_{device_slug(env['device'])}"
+    paths = [stem.with_suffix(".json"), stem.with_suffix(".md")]
+    paths[0].write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
+    paths[1].write_text(markdown)
+    if plot is not None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            plot(stem.with_suffix(".png"))
+            paths.append(stem.with_suffix(".png"))
+        except Exception as exc:  # noqa: BLE001 (a plot must not lose the numbers)
+            print(f"plot skipped: {type(exc).__name__}: {exc}")
+    return paths

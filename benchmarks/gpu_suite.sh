@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU evidence in one call: GPU tests (kernels vs reference at real shapes, the lowering, epilogue
+# fusion through backend="ufp4"), the GEMM and quantize benchmarks, and Nsight Compute profiles of one
+# GEMM and one quantize launch. Everything lands under $OUT (default benchmarks/results/gpu_suite) and is
+# bundled into $OUT/gpu_suite.tar.gz. Each stage has its own time limit; a failing stage does not stop
+# the others.
+#
+#   bash benchmarks/gpu_suite.sh                  # everything
+#   STAGES="bench_gemm" bash benchmarks/gpu_suite.sh
+set -u
+OUT=${OUT:-benchmarks/results/gpu_suite}
+R="$OUT/suite"
+mkdir -p "$R"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+STAGES=${STAGES:-"env tests bench_gemm bench_quantize profile"}
+NCU=${NCU:-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)}
+
+stage() {  # stage NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
+  local t0=$SECONDS
+  echo "=== $name (limit ${limit}s)"
+  timeout "$limit" "$@" >"$R/$name.log" 2>&1
+  local rc=$?
+  echo "=== $name rc=$rc in $((SECONDS - t0))s" | tee -a "$R/status.txt"
+}
+
+stage env 30 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"; git rev-parse HEAD'
+stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml="$R/pytest_gpu.xml" \
+  tests/kernels/test_quantize.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py
+stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"
+stage bench_quantize 100 python3 benchmarks/quantize.py --out "$R"
+if [ -n "$NCU" ]; then
+  SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy"
+  stage profile 80 bash -c "
+    '$NCU' --clock-control none --kernel-name regex:_scaled_mm_kernel --launch-skip 1 --launch-count 1 $SECTIONS \
+      python3 benchmarks/gemm.py --profile-one ufp4 > '$R/ncu_gemm.txt' 2>&1;
+    '$NCU' --clock-control none --kernel-name regex:_quantize_kernel --launch-skip 1 --launch-count 1 $SECTIONS \
+      python3 benchmarks/quantize.py --profile-one int4/16/fp32/stochastic > '$R/ncu_quantize.txt' 2>&1"
+fi
+
+tar czf "$OUT/gpu_suite.tar.gz" -C "$OUT" suite
+echo "=== summary"
+cat "$R/status.txt"
+tail -n 5 "$R/tests.log" 2>/dev/null
+grep -E "^(FAILED|ERROR)" "$R/tests.log" 2>/dev/null | head -30
+grep -E "8192\^3|ratio" "$R/bench_gemm.log" 2>/dev/null | head -12
+grep -E "GB/s" "$R/bench_quantize.log" 2>/dev/null | head -30
+grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued" "$R"/ncu_*.txt 2>/dev/null | head -30

@@ -1,0 +1,126 @@
+"""Fused RHT + quantize throughput (GB/s) per operand format of the recipes vs a device-to-device copy.
+
+    python benchmarks/quantize.py                   # bf16 8192 x 8192, every preset format, both axes
+    python benchmarks/quantize.py --rows 16384 --cols 4096
+    python benchmarks/quantize.py --profile-one int4/16/fp32/nearest   # one launch (for ncu)
+
+Bytes counted: input read once + codes + scales written (the E4M3 formats' amax pre-pass reads the input
+a second time; that read is not counted, so their GB/s shows its cost). The copy moves the input once
+(read + write), torch's ``Tensor.copy_``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_ms, environment, header, markdown_table, write_results  # noqa: E402
+
+from ufp4_compile import recipes  # noqa: E402
+from ufp4_compile.numerics.formats import OperandFormat  # noqa: E402
+
+
+def preset_formats(every: bool = False) -> list[tuple[str, int, str]]:
+    """(spec, rht, presets using it) for the quantizations of the presets.
+
+    By default each format once, with the largest RHT the presets use with it, plus ``ufp4``'s format
+    without RHT (the RHT's cost); ``every=True`` lists every (format, RHT) pair.
+    """
+    seen: dict[tuple[str, int], set] = {}
+    for recipe in recipes.PRESETS.values():
+        for role in recipe.quantized_roles:
+            g = recipe.gemm(role)
+            for fmt in (g.a, g.b):
+                seen.setdefault((fmt.spec, g.rht), set()).add(recipe.name)
+    if not every:
+        largest = {}
+        for spec, rht in seen:
+            largest[spec] = max(rht, largest.get(spec, 0))
+        seen = {(spec, rht): names for (spec, rht), names in seen.items() if rht == largest[spec]
+                or (spec, rht) == ("int4/16/fp32/nearest", 0)}
+        seen.setdefault(("int4/16/fp32/nearest", 0), {"(no RHT)"})
+    return [(spec, rht, ",".join(sorted(names))) for (spec, rht), names in sorted(seen.items())]
+
+
+def run(rows: int, cols: int, every: bool = False) -> list[dict]:
+    from ufp4_compile.kernels.quantize import quantize
+
+    x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(x)
+    copy_ms = bench_ms(lambda: dst.copy_(x))
+    copy_gbs = 2 * x.numel() * x.element_size() / copy_ms / 1e6
+    seed = torch.tensor(1234, device="cuda")
+    results = []
+    for spec, rht, presets in preset_formats(every):
+        fmt = OperandFormat.from_spec(spec)
+        for axis in (1, 0):
+            ms = bench_ms(lambda: quantize(x, axis, fmt, rht, 5, seed, 0))
+            scale_bytes = {"fp32": 4}.get(fmt.scale.value, 1)
+            moved = x.numel() * (x.element_size() + 0.5 + scale_bytes / fmt.block)
+            gbs = moved / ms / 1e6
+            row = {"spec": spec, "rht": rht, "axis": axis, "presets": presets, "ms": ms, "GB/s": gbs,
+                   "copy_GB/s": copy_gbs, "fraction_of_copy": gbs / copy_gbs}
+            results.append(row)
+            print(f"{spec:32s} rht {rht:3d} axis {axis}: {ms:7.3f} ms {gbs:7.0f} GB/s "
+                  f"({row['fraction_of_copy']:.2f} of copy {copy_gbs:.0f})", flush=True)
+    return results
+
+
+def plot(results: list[dict]):
+    def draw(path):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(12, 5))
+        labels = [f"{r['spec']}\nrht{r['rht']} ax{r['axis']}" for r in results]
+        ax.bar(range(len(results)), [r["GB/s"] for r in results])
+        ax.axhline(results[0]["copy_GB/s"], color="k", ls="--", label="device copy")
+        ax.axhline(0.7 * results[0]["copy_GB/s"], color="k", ls=":", label="70% of copy (target)")
+        ax.set_xticks(range(len(results)), labels, rotation=90, fontsize=6)
+        ax.set_ylabel("GB/s")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+
+    return draw
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--cols", type=int, default=8192)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--profile-one", metavar="SPEC", default=None)
+    parser.add_argument("--every", action="store_true", help="every (format, RHT) pair of the presets")
+    parser.add_argument("--rht", type=int, default=16)
+    parser.add_argument("--axis", type=int, default=1)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/quantize.py needs a CUDA GPU")
+        return 2
+    if args.profile_one:
+        from ufp4_compile.kernels.quantize import quantize
+
+        x = torch.randn(args.rows, args.cols, device="cuda", dtype=torch.bfloat16)
+        for _ in range(2):
+            quantize(x, args.axis, args.profile_one, args.rht, 5, torch.tensor(1, device="cuda"), 0)
+        torch.cuda.synchronize()
+        return 0
+    env = environment()
+    results = run(args.rows, args.cols, args.every)
+    columns = [("spec", "format"), ("rht", "RHT"), ("axis", "axis"), ("presets", "presets"), ("ms", "ms"),
+               ("GB/s", "GB/s"), ("fraction_of_copy", "of copy")]
+    md = header(env, f"ufp4 fused RHT + quantize, bf16 {args.rows} x {args.cols}") + (
+        f"\nDevice copy: {results[0]['copy_GB/s']:.0f} GB/s (read + write). Median of triton.testing.do_bench. "
+        f"Command: `python benchmarks/quantize.py {' '.join(argv or sys.argv[1:])}`\n\n") + markdown_table(results, columns)
+    paths = write_results("quantize", env, results, md, args.out, plot(results))
+    print(md)
+    print("wrote", *map(str, paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
