@@ -13,7 +13,8 @@ import torch
 
 triton = pytest.importorskip("triton", reason="the native GEMM kernels need triton")
 
-from ufp4_compile.kernels.native_gemm import NativeConfig, native_operand, native_scaled_mm  # noqa: E402
+from ufp4_compile.kernels.native_gemm import (  # noqa: E402
+    NATIVE_HELPERS, NativeConfig, native_operand, native_scaled_mm)
 from ufp4_compile.lowering.dispatch import current_target  # noqa: E402
 from ufp4_compile.numerics import OperandFormat, dequantize, gemm_reference, quantize  # noqa: E402
 
@@ -74,6 +75,19 @@ def test_interpreter_transposed_operands_and_bf16_out():
     # The store casts the FP32 result once. The interpreter truncates FP32 -> bf16 (compiled Triton rounds
     # to nearest even, checked in the gpu test), so here the bf16 result is within one bf16 ulp.
     torch.testing.assert_close(out_bf16.float(), out, rtol=2**-7, atol=0)
+
+
+def test_helpers_are_listed_in_dependency_order():
+    # A template appends these sources in order; each may call only helpers listed before it.
+    import inspect
+    import re
+
+    names = [fn.__name__ for fn in NATIVE_HELPERS]
+    assert names[-1] == "native_main_loop"
+    for i, fn in enumerate(NATIVE_HELPERS):
+        source = inspect.getsource(fn.fn)
+        called = set(re.findall(r"\b(\w+)\(", source.split(":", 1)[1])) & set(names) - {fn.__name__}
+        assert called <= set(names[:i]), (fn.__name__, called - set(names[:i]))
 
 
 def test_native_operand_names_valid_formats():

@@ -153,6 +153,7 @@ def _row(report, kernel, target):
 # Facts of Triton 3.6 (checked by compiling), written out rather than taken from the dispatch.
 NATIVE_EXPECTED = [
     ("native_scaled_mm[nvfp4]", "sm_100", ".kind::mxf4nvf4."),
+    ("native_scaled_mm[nvfp4-k-tail]", "sm_100", ".kind::mxf4nvf4."),
     ("native_scaled_mm[mxfp4]", "sm_100", ".kind::mxf4."),
     ("native_scaled_mm[mxfp4-k-tail]", "sm_100", ".kind::mxf4."),
     ("native_scaled_mm[int4-e8m0]", "sm_100", ".kind::mxf8f6f4."),

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ufp4_compile.kernels.common import GRID_IDS, SCALE_IDS, decode_nibbles, decode_scales
+from ufp4_compile.kernels.common import GRID_IDS, SCALE_IDS, decode_nibbles, decode_scales, pow2
 from ufp4_compile.numerics.formats import Grid, OperandFormat, ScaleFormat
 
 # The format ids of kernels/common.py's decode helpers (used by EMULATE_DOT only).
@@ -87,8 +87,11 @@ def native_main_loop(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, offs_m, offs_n, K,
     """FP32 ``sum_k A[offs_m, k] B[offs_n, k]`` with block scales (tensor scales not applied).
 
     Shared by the standalone kernel and an Inductor template. ``offs_m`` / ``offs_n`` must be valid rows
-    (wrap them with ``% M``); scales are read as uint8 bytes (E4M3 scales are bitcast here).
+    (wrap them with ``% M``). Scale pointers may be uint8 or float8_e4m3fn: scales are read as bytes (a
+    masked FP8 load cannot take a zero ``other``) and E4M3 ones bitcast back.
     """
+    a_scale_ptr = a_scale_ptr.to(tl.pointer_type(tl.uint8))
+    b_scale_ptr = b_scale_ptr.to(tl.pointer_type(tl.uint8))
     offs_kp = tl.arange(0, BLOCK_K // 2)
     offs_ks = tl.arange(0, BLOCK_K // SCALE_BLOCK)
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_kp[None, :] * stride_ak
@@ -110,7 +113,7 @@ def native_main_loop(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, offs_m, offs_n, K,
             b = tl.load(b_ptrs, mask=offs_kp[None, :] < kp_left, other=0)
             a_scale = tl.load(as_ptrs, mask=offs_ks[None, :] < ks_left, other=0)
             b_scale = tl.load(bs_ptrs, mask=offs_ks[None, :] < ks_left, other=0)
-        if SCALE_BLOCK == 16:  # E4M3 scales travel as their bytes (uint8) until here
+        if SCALE_BLOCK == 16:  # E4M3 scales travel as their bytes until here
             a_scale = a_scale.to(tl.float8e4nv, bitcast=True)
             b_scale = b_scale.to(tl.float8e4nv, bitcast=True)
         if A_ELEM == "e4m3":
@@ -164,6 +167,11 @@ def _native_scaled_mm_kernel(
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rows[:, None] < M) & (cols[None, :] < N))
+
+
+# The jit functions native_main_loop calls, in dependency order: a template appends their sources.
+NATIVE_HELPERS = (pow2, decode_nibbles, decode_scales, _unpack_nibbles, _int4_to_e4m3, _emulated_dot_scaled,
+                  native_main_loop)
 
 
 # ---- formats and launcher ------------------------------------------------------------------------------
@@ -252,6 +260,7 @@ def native_scaled_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_ten
 # (name, recipe label, a format, b format, EVEN_K): every format pair dispatch may send here.
 _VARIANTS = (
     ("nvfp4", "nvfp4", "e2m1/16/e4m3/nearest", "e2m1/16x16/e4m3/nearest", True),
+    ("nvfp4-k-tail", "nvfp4", "e2m1/16/e4m3/nearest", "e2m1/16x16/e4m3/nearest", False),
     ("mxfp4", "mxfp4", "e2m1/32/e8m0/nearest", "e2m1/32/e8m0/nearest", True),
     ("mxfp4-k-tail", "mxfp4", "e2m1/32/e8m0/nearest", "e2m1/32/e8m0/nearest", False),
     ("int4-e8m0", "int4/32/e8m0 (INT4 as FP8)", "int4/32/e8m0/nearest", "int4/32/e8m0/nearest", True),
@@ -277,9 +286,12 @@ def compile_variants(config: NativeConfig = DEFAULT_CONFIG):
             A_ELEM=a_elem, B_ELEM=b_elem, SCALE_BLOCK=block, TENSOR_SCALES=block == 16, EVEN_K=even_k,
             EMULATE_DOT=False, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             GROUP_M=config.group_m, NUM_STAGES=config.num_stages)
+        # E4M3 scales as float8_e4m3fn pointers, as a template receives them (the launcher passes bytes).
+        scale_type = "*fp8e4nv" if block == 16 else "*u8"
+        arg_types = dict(types, a_scale_ptr=scale_type, b_scale_ptr=scale_type)
         variants.append(KernelVariant.build(
             f"native_scaled_mm[{name}]", recipe, _native_scaled_mm_kernel,
-            {k: v for k, v in types.items() if k not in constexprs}, constexprs,
+            {k: v for k, v in arg_types.items() if k not in constexprs}, constexprs,
             aligned=pointers + ("M", "N", "K", "stride_am", "stride_bn", "stride_cm"),
             options={"num_warps": config.num_warps}, formats=(a_fmt, b_fmt), path=GemmPath.NATIVE))
     return variants
