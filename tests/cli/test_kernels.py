@@ -74,3 +74,15 @@ def test_interpreter_mode_reruns_in_a_fresh_process(monkeypatch):
     (argv, env), = calls
     assert argv[1:] == ["-m", "ufp4_compile", "kernels", "--targets", "gfx950", "--kernels", "native*", "--markdown"]
     assert env["TRITON_INTERPRET"] == "0"
+
+
+def test_markdown_pivots_targets_into_columns():
+    from ufp4_compile.lowering.dispatch import Target
+
+    results = [_result(), _result("unused", False, "RuntimeError: no", "gfx950")]
+    header, rows = kernels._pivot_rows(results, {"ufp4_compile.kernels.gemm": "not available"},
+                                       [Target.parse("sm_100"), Target.parse("gfx950"), Target.parse("sm_90")])
+    assert header == ["kernel", "recipe / formats", "sm_100", "gfx950", "sm_90"]
+    assert rows[0] == ["native_scaled_mm[mxfp4]", "mxfp4", "`tcgen05.mma kind::mxf4 2X`",
+                       "does not compile (RuntimeError: no)", "-"]
+    assert rows[1] == ["gemm", "-"] + ["not available"] * 3

@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--kernels", default="*", metavar="GLOB",
                         help="only variants whose name matches this glob, e.g. 'native_scaled_mm[*'")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
-    parser.add_argument("--markdown", action="store_true", help="print markdown tables (for docs/support.md)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print markdown, one column per target (the tables of docs/support.md)")
     parser.add_argument("--matrix", action="store_true",
                         help="print only the recipe x hardware support matrix from the dispatch (no compiling)")
     return parser
@@ -104,6 +105,28 @@ def _result_rows(results, missing) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def _pivot_rows(results, missing, targets) -> tuple[list[str], list[list[str]]]:
+    """One row per kernel variant, one column per target (the form docs/support.md shows)."""
+    from ufp4_compile.kernels.targets import short_instruction
+
+    header = ["kernel", "recipe / formats"] + [t.name for t in targets]
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in results:
+        if r.compiled:
+            text = ", ".join(f"`{short_instruction(i)}`" for i in r.instructions) or "no matrix instruction"
+        else:
+            text = f"does not compile ({r.error})"
+        if r.status == "FAIL":
+            text = f"FAIL: {r.error}" if r.compiled else f"FAIL: {text}"
+        elif not r.used:
+            text += " (not used)"
+        cells.setdefault((r.kernel, r.recipe), {})[r.target] = text
+    rows = [[kernel, recipe] + [by_target.get(t.name, "-") for t in targets]
+            for (kernel, recipe), by_target in cells.items()]
+    rows += [[module.rsplit(".", 1)[-1], "-"] + [why] * len(targets) for module, why in missing.items()]
+    return header, rows
+
+
 def format_table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
@@ -144,7 +167,8 @@ def run(args) -> int:
     from ufp4_compile.kernels.targets import compile_all
 
     results, missing = compile_all(targets, args.kernels)
-    print(format_table(*_result_rows(results, missing), markdown=args.markdown))
+    rows = _pivot_rows(results, missing, targets) if args.markdown else _result_rows(results, missing)
+    print(format_table(*rows, markdown=args.markdown))
     failures = [r for r in results if r.status == "FAIL"]
     compiled = sum(r.compiled for r in results)
     versions = _versions()
