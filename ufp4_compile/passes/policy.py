@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from ufp4_compile.recipes import GemmRecipe, LayerPolicy, Recipe, Role
+from ufp4_compile.recipes import GemmRecipe, LayerPolicy, MeanSplit, Recipe, Role
 
 QUANTIZABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Last name components of output heads in common model code (GPT-2/HF ``lm_head``, Llama ``output``...).
@@ -29,7 +29,7 @@ class SiteFacts:
     kind: str  # "mm", "addmm" or "bmm"
     dtype: torch.dtype
     batch: int | None  # bmm batch size, None for 2-D
-    m: object  # rows (tokens); an int, or a SymInt under dynamic shapes
+    m: object  # rows (tokens); an int, or a SymInt under dynamic shapes (then Wgrad stays)
     k: object  # reduction (in-features)
     n: object  # columns (out-features)
     head: str | None = None  # why this is the output head, when it is
@@ -71,8 +71,8 @@ def site_keep_reason(facts: SiteFacts, layers: LayerPolicy, blocks: dict[str, in
     if facts.dtype not in QUANTIZABLE_DTYPES:
         kind = "floating point" if facts.dtype.is_floating_point else "integer"
         return f"{kind} dtype {facts.dtype} is not quantized (only float32, bfloat16, float16)"
-    if not _static(facts.batch, facts.m, facts.k, facts.n):
-        return (f"dynamic shape (M={facts.m}, K={facts.k}, N={facts.n}): only static shapes are rewritten; "
+    if not _static(facts.batch, facts.k, facts.n):
+        return (f"dynamic shape (K={facts.k}, N={facts.n}): only a dynamic token count M is supported; "
                 f"compile with dynamic=False")
     if facts.attention_like and layers.keep_attention:
         return "attention score/value batched matmul (layers.keep_attention)"
@@ -110,6 +110,10 @@ def gemm_keep_reason(role: Role, recipe: Recipe, m: int, k: int, n: int, dtype: 
     if dtype not in QUANTIZABLE_DTYPES:
         return f"dtype {dtype} is not quantized (only float32, bfloat16, float16)"
     label, length = reduction_dim(role, m, k, n)
+    if not _static(length):
+        return f"{label}={length} (reduction of {role.value}) is dynamic; blocks need a static length"
+    if gemm.mean_split is not MeanSplit.OFF and not _static(m):
+        return f"mean split needs a static token count, M={m} is dynamic"
     multiple = math.lcm(gemm.a.block, gemm.rht or 1)
     if length % multiple:
         what = f"block {gemm.a.block}" + (f" and RHT size {gemm.rht}" if gemm.rht else "")

@@ -181,6 +181,7 @@ def _site_facts(site: Site, sites: list[Site], embeddings: dict) -> SiteFacts:
 def _row(graph_index: int, site_name: str, gemm: Gemm, action: str, reason=None, **fields) -> MatmulRow:
     batch, rows, red, cols = gemm.dims
     shape = (rows, red, cols) if batch is None else (batch, rows, red, cols)
+    shape = tuple(d if isinstance(d, int) or d is None else str(d) for d in shape)  # SymInts as text
     return MatmulRow(graph_index, gemm.node.name, site_name, gemm.role.value if gemm.role else None, gemm.kind,
                      shape, str(gemm.dtype), action, reason, **fields)
 

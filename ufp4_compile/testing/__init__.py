@@ -3,4 +3,6 @@
 from ufp4_compile.testing.graphs import (GraphCapture, count_calls, eligible_matmuls, normalized, saved_tensors,
                                          ufp4_gemms)
 
-__all__ = ["GraphCapture", "count_calls", "eligible_matmuls", "normalized", "saved_tensors", "ufp4_gemms"]
+from ufp4_compile.testing.run import Compiled, compile_and_run
+
+__all__ = ["Compiled", "compile_and_run", "GraphCapture", "count_calls", "eligible_matmuls", "normalized", "saved_tensors", "ufp4_gemms"]
