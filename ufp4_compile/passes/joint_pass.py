@@ -30,11 +30,17 @@ _HASHED_FILES = ("ops.py", "backend.py", "recipes.py")
 _GRAPH_IDS = itertools.count()
 
 
-@functools.lru_cache(maxsize=1)
-def source_hash() -> str:
+def hashed_files() -> list[Path]:
+    """The package sources ``uuid()`` covers."""
     files = [_PACKAGE / name for name in _HASHED_FILES]
     for folder in _HASHED_DIRS:
         files += sorted((_PACKAGE / folder).rglob("*.py"))
+    return [f for f in files if f.is_file()]
+
+
+@functools.lru_cache(maxsize=1)
+def source_hash() -> str:
+    files = hashed_files()
     try:
         import triton
 
@@ -42,7 +48,7 @@ def source_hash() -> str:
     except ImportError:
         triton_version = "none"
     extra = f"torch={torch.__version__};triton={triton_version}"
-    return get_hash_for_files(tuple(str(f) for f in files if f.is_file()), extra).hex()
+    return get_hash_for_files(tuple(str(f) for f in files), extra).hex()
 
 
 class Ufp4JointPass(CustomGraphPass):
@@ -67,7 +73,7 @@ class Ufp4JointPass(CustomGraphPass):
                  len(rows) - done, self.recipe.name)
         for sink in self.sinks:
             sink.graph_after(graph_id, graph, rows)
-        from ufp4_compile.debug import trace_report
+        from ufp4_compile.explain import trace_report
 
         trace_report(graph_id, rows)
         if self.extra is not None:

@@ -1,4 +1,7 @@
-"""Seeing what the ufp4 pass did: readable graph text, dump files, logging and the structured trace.
+"""Seeing what the ufp4 pass did: ``explain``, readable graph text, dump files, logging, structured trace.
+
+- ``ufp4_compile.explain(model, *example_args, **options)`` returns a :class:`Report`: one row per matmul
+  (module, role, shape, what was done with which recipe fields, or kept and why); ``str()`` and ``to_dict()``.
 
 - ``UFP4_DUMP_DIR=DIR`` (or ``options={"dump_dir": DIR}``, or ``TORCH_COMPILE_DEBUG=1``, which dumps into
   ``<torch debug dir>/ufp4``) writes, per compiled graph ``NNN``:
@@ -22,7 +25,7 @@ import torch.fx as fx
 
 from ufp4_compile.passes.report import Report
 
-log = logging.getLogger("ufp4_compile.debug")
+log = logging.getLogger("ufp4_compile.explain")
 DUMP_ENV = "UFP4_DUMP_DIR"
 
 
@@ -126,3 +129,20 @@ def default_dump_dir(option: str | None) -> Path | None:
 
         return Path(get_debug_dir()) / "ufp4"
     return None
+
+
+def explain(model, *example_args, **options) -> Report:
+    """What ``torch.compile(model, backend="ufp4", options=options)`` would do to each matmul.
+
+    Runs ``model(*example_args)`` once through Dynamo and AOTAutograd with Inductor's decompositions (so
+    the graphs are the ones Inductor would see) and the pass in dry-run mode: nothing is quantized, the
+    model runs in its original precision. Gradients are traced (not run) when parameters or inputs require
+    them, so backward matmuls appear too. Inductor options are accepted and ignored; graph breaks give
+    several graphs, all reported.
+    """
+    from ufp4_compile.backend import make_aot_backend
+
+    backend = make_aot_backend(options, dry_run=True, inductor_decompositions=True)
+    compiled = torch.compile(model, backend=backend)
+    compiled(*example_args)
+    return backend.report
