@@ -158,7 +158,8 @@ def run(args) -> list[dict]:
                    "ours_tflops": flops / best["ms"] / 1e9,
                    "cublas_bf16_tflops": flops / base["cublas_bf16_ms"] / 1e9,
                    "cublas_fp8_tflops": flops / base["cublas_fp8_ms"] / 1e9,
-                   "errors": [r for r in rows if "error" in r]}
+                   "errors": [r for r in rows if "error" in r],
+                   "timings": [{"choice": r["choice"], "config": r["config"], "ms": r["ms"]} for r in timed]}
             for name, r in per_choice.items():
                 row[f"{name}_tflops"] = flops / r["ms"] / 1e9
             row["ratio_vs_bf16"] = row["ours_tflops"] / row["cublas_bf16_tflops"]

@@ -92,6 +92,16 @@ def test_gpu_choices_match_reference(spec, choice):
 
 @gpu
 @pytest.mark.gpu
+def test_gpu_default_is_the_extern_choice():
+    """Without max_autotune the lowering takes dequantize + cuBLAS (the measured fastest) unbenchmarked."""
+    qa, qb = operands("int4/16/fp32/nearest", 256, 256, 512, device="cuda")
+    out, code = run_and_get_code(torch.compile(mm_fn("int4/16/fp32/nearest"), backend="inductor"), *args(qa, qb))
+    assert "extern_kernels.ufp4_dequant_mm" in "\n".join(code)
+    torch.testing.assert_close(out, gemm_reference(qa, qb), rtol=1e-5, atol=1e-3)
+
+
+@gpu
+@pytest.mark.gpu
 def test_gpu_autotune_offers_every_choice():
     qa, qb = operands("e2m1/32/e8m0/nearest", 512, 512, 1024, device="cuda")
     with torch._inductor.config.patch(max_autotune=True):
@@ -130,7 +140,7 @@ def test_backend_linear_bias_gelu_fuses_into_template(recipe):
 
     model = torch.nn.Sequential(torch.nn.Linear(512, 768), torch.nn.GELU()).cuda()
     x = torch.randn(256, 512, device="cuda")
-    with torch.no_grad():
+    with torch.no_grad(), scaled_mm_lowering.force_choices("template"):
         out, code = run_and_get_code(torch.compile(model, backend=make_backend({"recipe": recipe})), x)
     text = "\n".join(code)
     kernels = [k for k in text.split("@triton.jit") if "mm_main_loop(" in k and "def triton" in k]

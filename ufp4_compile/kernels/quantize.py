@@ -288,8 +288,11 @@ def _seed_tensor(seed, device) -> torch.Tensor:
 
 
 def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0, rht_seed: int = 0,
-             seed=None, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit."""
+             seed=None, offset: int = 0, *, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit.
+
+    ``config`` (benchmarks): ``{"BLOCK_O": .., "BLOCK_L": .., "num_warps": ..}`` overrides the tile.
+    """
     fmt = as_format(fmt)
     axis = _check_inputs(x, axis, fmt, rht, seed)
     c = format_constants(fmt)
@@ -310,16 +313,24 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
     if x.numel() == 0:
         return codes, scales.view(_RESULT_SCALE_DTYPES[c.scale]), tensor_scale
     block_o, block_l = _tile(L, O, max(fmt.block, rht, 2), rowwise)
+    num_warps = 4
+    if config:
+        block_o, block_l = config.get("BLOCK_O", block_o), config.get("BLOCK_L", block_l)
+        num_warps = config.get("num_warps", num_warps)
+        unit = max(fmt.block, rht, 2)
+        if block_l % unit or block_l & (block_l - 1) or block_o % 16 or block_o & (block_o - 1):
+            raise ValueError(f"config={config!r} is not valid: BLOCK_L must be a power of two multiple of "
+                             f"{unit}, BLOCK_O a power of two multiple of 16")
     grid = (triton.cdiv(O, block_o), triton.cdiv(L, block_l), pages)
     rht_seed = int(rht_seed)
     inv_sqrt_n = inv_sqrt(rht) if rht else 1.0
     gamax = torch.zeros(1, dtype=torch.int32, device=x.device)
     if c.scale == 1:
         _amax_kernel[grid](x3, gamax, O, L, s_page, s_o, s_l, rht_seed, inv_sqrt_n, RHT=rht,
-                           BLOCK_O=block_o, BLOCK_L=block_l, **EXACT_LAUNCH)
+                           BLOCK_O=block_o, BLOCK_L=block_l, num_warps=num_warps, **EXACT_LAUNCH)
     _quantize_kernel[grid](
         x3, codes, scales, tensor_scale, gamax, seed_t, O, L, s_page, s_o, s_l, int(offset), rht_seed,
         inv_sqrt_n, GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
         E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht, ROWWISE=rowwise, BLOCK_O=block_o, BLOCK_L=block_l,
-        **EXACT_LAUNCH)
+        num_warps=num_warps, **EXACT_LAUNCH)
     return codes, scales.view(_RESULT_SCALE_DTYPES[c.scale]), tensor_scale

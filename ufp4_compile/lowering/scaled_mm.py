@@ -8,8 +8,10 @@ loops do for a pair of formats and a compute dtype; ``lowering.dispatch`` decide
   E4M3 tensor cores) where it equals the reference;
 - ``extern``: dequantize + cuBLAS (``ufp4_dequant_mm``).
 
-Without ``max_autotune`` only the default template config is offered (no benchmarking at compile time);
-with it, all of them. CPU tensors (and any case with no choice) go to the op's own implementation.
+Without ``max_autotune`` one choice is taken without benchmarking: ``extern``, the fastest on the H100 at
+every measured shape (benchmarks/results/gemm_*.md); the template's epilogue fusion does not make up for a
+main loop 2.5-4x slower. With ``max_autotune`` all of them are benchmarked. :func:`force_choices` narrows
+the set (tests, benchmarks). CPU tensors (and any case with no choice) go to the op's own implementation.
 """
 
 from __future__ import annotations
@@ -107,9 +109,10 @@ def lower_scaled_mm(a_codes, a_scales, a_ts, b_codes, b_scales, b_ts, a_fmt, b_f
     paths = {d.path for d in dispatch.gemm_paths(fa, fb, compute_dtype, "cpu" if on_cpu else None)}
     autotune = bool(inductor_config.max_autotune or inductor_config.max_autotune_gemm)
     choices = []
-    if dispatch.GemmPath.EMULATED in paths:
+    extern_ok = dispatch.GemmPath.DEQUANT_MM in paths and _wanted("extern")
+    if dispatch.GemmPath.EMULATED in paths and (autotune or _forced is not None or not extern_ok):
         _template_choices(choices, inputs, layout, fa, fb, compute_dtype, K2, autotune)
-    if dispatch.GemmPath.DEQUANT_MM in paths and _wanted("extern") and (autotune or not choices):
+    if extern_ok:
         choices.append(dequant_mm_choice.bind(inputs, layout, a_fmt=fa.spec, b_fmt=fb.spec,
                                               compute_dtype=compute_dtype))
     if not choices:

@@ -113,9 +113,9 @@ def ufp4_dequant_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tens
         if unit_tensor_scales and out.dtype == dtype:
             return torch.mm(a, b.t(), out=out)
         c = _mm_fp32_out(a, b)
-    if not unit_tensor_scales:
-        c = c * (a_tensor_scale * b_tensor_scale)
-    return out.copy_(c)
+    if unit_tensor_scales:
+        return out.copy_(c)
+    return torch.mul(c, a_tensor_scale * b_tensor_scale, out=out)  # one pass: scale in FP32, round once
 
 
 dequant_mm_choice = ExternKernelChoice(ufp4_dequant_mm, name="ufp4_dequant_mm", has_out_variant=True)
