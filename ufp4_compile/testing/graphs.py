@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import torch
 import torch.fx as fx
@@ -40,12 +41,41 @@ class GraphCapture:
         (self.backward if is_backward else self.forward).append(gm)
 
 
+_FREE = re.compile(r";\s+(\w+ = )+None$")  # "; a = b = None": deallocation, not computation
+_ITEM = re.compile(r'^(\s*)(\w+): "([^"]+)" = (\w+)\[(\d+)\]$')
+
+
+_TUPLE = re.compile(r"^(\s*)(\w+) = (.+)$")  # an unannotated assignment: a tuple-valued op
+
+
+def _fold_getitems(lines: list[str]) -> list[str]:
+    """``t = op(...)`` + ``a: "T" = t[0]`` ... -> ``a, b, c = op(...)  # T, ...``: one line per op."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        head = _TUPLE.match(lines[i])
+        items, j = [], i + 1
+        while head and j < len(lines) and (item := _ITEM.match(lines[j])) and item[4] == head[2]:
+            items.append(item)
+            j += 1
+        if items:
+            names, types = ", ".join(it[2] for it in items), ", ".join(it[3] for it in items)
+            out.append(f"{head[1]}{names} = {head[3]}  # {types}")
+            i = j
+        else:
+            out.append(lines[i])
+            i += 1
+    return out
+
+
 def normalized(gm: fx.GraphModule) -> str:
-    """``print_readable`` without addresses, file paths or comments (``torch._dynamo.testing.normalize_gm``)."""
+    """``print_readable`` normalized by ``torch._dynamo.testing.normalize_gm`` (no addresses, paths or
+    comments), without deallocation suffixes, and with each multi-output op on one line."""
     from torch._dynamo.testing import normalize_gm
 
     text = normalize_gm(gm.print_readable(print_output=False, include_stride=False, include_device=False))
-    return "\n".join(line.rstrip() for line in text.strip().splitlines()) + "\n"
+    lines = [_FREE.sub("", line.rstrip()) for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(_fold_getitems(lines)) + "\n"
 
 
 def count_calls(gm: fx.GraphModule, target) -> int:
