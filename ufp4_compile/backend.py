@@ -11,7 +11,7 @@ installed. Options (an unknown key raises ValueError listing these):
   ``min_features``, ``keep_output_head``, ``keep_attention``;
 - seeds: ``sr_seed``, ``sr_seed_policy`` (``per_step`` / ``fixed``), ``rht_seed``, ``rht_seed_policy``
   (``shared`` / ``per_layer``); ``compute_dtype`` (``bf16`` / ``fp32``);
-- ``dump_dir``: write readable graphs and reports there (see :mod:`ufp4_compile.explain`);
+- ``dump_dir``: write readable graphs and reports there (see :mod:`ufp4_compile.debug`);
 - any ``torch._inductor.config`` key (``max_autotune``, ``freezing``, ``triton.cudagraphs``...), forwarded to
   Inductor; ``mode=`` is expanded with ``torch._inductor.list_mode_options`` and forwarded too.
 """
@@ -88,7 +88,7 @@ def register_lowering(example_inputs) -> bool:
 
 
 def _sinks(extra_sinks, dump_dir) -> list:
-    from ufp4_compile.explain import DumpDir, default_dump_dir
+    from ufp4_compile.debug import DumpDir, default_dump_dir
 
     sinks = list(extra_sinks)
     path = default_dump_dir(dump_dir)

@@ -73,7 +73,7 @@ class Ufp4JointPass(CustomGraphPass):
                  len(rows) - done, self.recipe.name)
         for sink in self.sinks:
             sink.graph_after(graph_id, graph, rows)
-        from ufp4_compile.explain import trace_report
+        from ufp4_compile.debug import trace_report
 
         trace_report(graph_id, rows)
         if self.extra is not None:

@@ -15,7 +15,7 @@ aten = torch.ops.aten
 
 @dataclasses.dataclass
 class GraphCapture:
-    """A debugging sink (see :mod:`ufp4_compile.explain`) that keeps the compiled forward and backward graphs.
+    """A debugging sink (see :mod:`ufp4_compile.debug`) that keeps the compiled forward and backward graphs.
 
     ``forward[i]`` / ``backward[i]``: the GraphModules Inductor (or the AOT test backend) compiled, after the
     partitioner; ``joint_after[i]``: the joint graph's text after the rewrite.
@@ -28,12 +28,12 @@ class GraphCapture:
     joint_after: list = dataclasses.field(default_factory=list)
 
     def graph_before(self, graph_id: int, graph: fx.Graph) -> None:
-        from ufp4_compile.explain import format_graph
+        from ufp4_compile.debug import format_graph
 
         self.joint_before.append(format_graph(graph))
 
     def graph_after(self, graph_id: int, graph: fx.Graph, rows) -> None:
-        from ufp4_compile.explain import format_graph
+        from ufp4_compile.debug import format_graph
 
         self.joint_after.append(format_graph(graph))
 

@@ -1,4 +1,5 @@
-"""explain(), graph dumps (UFP4_DUMP_DIR, TORCH_COMPILE_DEBUG), decision logging and the structured trace."""
+"""ufp4_compile.debug: explain(), graph dumps (UFP4_DUMP_DIR, TORCH_COMPILE_DEBUG), decision logging and the
+structured trace."""
 
 import json
 import logging
@@ -6,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from ufp4_compile.explain import explain, format_graph
+from ufp4_compile.debug import explain, format_graph
 from ufp4_compile.testing import compile_and_run
 from ufp4_compile.testing.models import MLP, ManualAttention, TinyLM
 

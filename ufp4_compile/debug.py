@@ -1,7 +1,8 @@
 """Seeing what the ufp4 pass did: ``explain``, readable graph text, dump files, logging, structured trace.
 
-- ``ufp4_compile.explain(model, *example_args, **options)`` returns a :class:`Report`: one row per matmul
-  (module, role, shape, what was done with which recipe fields, or kept and why); ``str()`` and ``to_dict()``.
+- ``explain(model, *example_args, **options)`` (exported as ``ufp4_compile.explain``) returns a
+  :class:`Report`: one row per matmul (module, role, shape, what was done with which recipe fields, or kept
+  and why); ``str()`` and ``to_dict()``.
 
 - ``UFP4_DUMP_DIR=DIR`` (or ``options={"dump_dir": DIR}``, or ``TORCH_COMPILE_DEBUG=1``, which dumps into
   ``<torch debug dir>/ufp4``) writes, per compiled graph ``NNN``:
@@ -25,7 +26,7 @@ import torch.fx as fx
 
 from ufp4_compile.passes.report import Report
 
-log = logging.getLogger("ufp4_compile.explain")
+log = logging.getLogger("ufp4_compile.debug")
 DUMP_ENV = "UFP4_DUMP_DIR"
 
 
