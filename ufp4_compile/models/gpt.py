@@ -54,8 +54,9 @@ class GPTConfig:
 
 # Presets. Every matmul dimension is a multiple of 64 so that 16- and 32-element blocks and the RHT fit.
 PRESETS: dict[str, GPTConfig] = {
-    # CPU: bf16 + ufp4 within about two minutes (the README's main-job command).
-    "tiny": GPTConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, seq_len=128),
+    # CPU: bf16 + ufp4 within about two minutes (the README's main-job command); on the CPU the 4-bit ops
+    # run their pure-PyTorch reference, so tokens per step are kept small.
+    "tiny": GPTConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, seq_len=64),
     # GPU (H100): ~103M parameters, byte-level vocabulary.
     "small": GPTConfig(vocab_size=256, d_model=1024, n_layers=8, n_heads=16, seq_len=512),
     # benchmarks/train_step.py (issue 6): D=1024, 12 layers, 16 heads, T=1024, vocabulary 32000.

@@ -57,7 +57,7 @@ def recipe_table(analysis: dict) -> list[str]:
         gap = _spread(s.get("gap_abs"), pct=True) if name != BASELINE else "—"
         signed = _spread(s.get("gap_signed"), pct=True) if name != BASELINE else "—"
         val_gap = _spread(s.get("val_gap"), pct=True) if name != BASELINE else "—"
-        if name != BASELINE and not s["gap_exceeds_floor"]:
+        if name != BASELINE and analysis["noise_floor"]["floor"] is not None and not s["gap_exceeds_floor"]:
             gap += " (within floor)"
         flags = "; ".join(s["flags"]) or "—"
         lines.append(f"| {name} | {len(s['seeds'])} | {_spread(s['last_n_mean'])} | {_spread(s['val_loss'])} | "
