@@ -187,3 +187,28 @@ def test_dynamic_features_kept():
     torch._dynamo.mark_dynamic(a, 1)
     torch._dynamo.mark_dynamic(b, 0)
     _assert_kept_and_exact(Matmul(), a, b, reason="dynamic shape", backward=False, dynamic=None)
+
+
+def test_graph_without_shape_metadata_is_left_alone():
+    """A matmul whose nodes carry no fake values cannot be checked: it is kept, with that reason."""
+    from ufp4_compile.passes import rewrite_matmuls
+    from ufp4_compile.recipes import UFP4
+
+    traced = torch.fx.experimental.proxy_tensor.make_fx(lambda x, w: x @ w.t())(torch.randn(16, 32),
+                                                                             torch.randn(32, 32))
+    for node in traced.graph.nodes:
+        node.meta.pop("val", None)
+    before = str(traced.graph)
+    rows = rewrite_matmuls(traced.graph, UFP4)
+    assert str(traced.graph) == before
+    assert len(rows) == 1 and not rows[0].rewritten and "no shape metadata" in rows[0].reason
+
+
+def test_freezing_option_is_forwarded_and_correct():
+    model = MLP(32, 64)
+    x = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        plain = compile_and_run(model, x, options=FIXED, backward=False).out
+        frozen = compile_and_run(model, x, options={"freezing": True, **FIXED}, backward=False)
+    assert len(frozen.report.rewritten) == 2
+    torch.testing.assert_close(frozen.out, plain)

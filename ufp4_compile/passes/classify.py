@@ -69,14 +69,15 @@ class Gemm:
         return self.node.target.__name__.split(".")[0]
 
     @property
-    def dtype(self) -> torch.dtype:
-        return value(self.node).dtype
+    def dtype(self) -> torch.dtype | None:
+        val = value(self.node)
+        return val.dtype if val is not None else None
 
     @property
     def dims(self) -> tuple:
         """``(batch, rows, reduction, cols)`` of the canonical product (batch ``None`` for 2-D)."""
         if self.a is None:
-            shape = tuple(value(self.node).shape)
+            shape = tuple(value(self.node).shape) if value(self.node) is not None else (None, None)
             return (shape[0] if len(shape) == 3 else None, shape[-2], None, shape[-1])
         a, b = self.a.shape, self.b.shape
         return (a[0] if len(a) == 3 else None, a[-2], a[-1], b[-2])
@@ -116,7 +117,13 @@ class Classification:
     is_joint: bool
 
 
+def _has_shapes(node: fx.Node) -> bool:
+    return all(value(n) is not None for n in (node, *node.args[:3]) if isinstance(n, fx.Node))
+
+
 def _canonical(node: fx.Node, role: Role | None) -> Gemm:
+    if not _has_shapes(node):
+        return Gemm(node, role, note="no shape metadata (meta['val']) on the matmul or its operands")
     if node.target is aten.addmm.default:
         bias, mat1, mat2 = node.args[:3]
         gemm = Gemm(node, role, peel(Operand(mat1)), peel(Operand(mat2, True)), bias=bias)
@@ -130,6 +137,9 @@ def _canonical(node: fx.Node, role: Role | None) -> Gemm:
 def _link_backward(node: fx.Node, fprop: Gemm) -> Gemm:
     """Classify a backward matmul of ``fprop`` as its Dgrad or Wgrad (or explain why it cannot)."""
     raw = _canonical(node, None)
+    if raw.a is None or fprop.a is None:
+        raw.note = raw.note or fprop.note
+        return raw
     fa, fb = fprop.a.node, fprop.b.node
     if fa is fb:
         raw.note = "both operands of the forward matmul are one tensor: Dgrad and Wgrad are ambiguous"

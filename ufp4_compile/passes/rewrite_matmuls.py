@@ -166,6 +166,8 @@ class _Rewriter:
 def _site_facts(site: Site, sites: list[Site], embeddings: dict) -> SiteFacts:
     gemm = site.fprop
     batch, m, k, n = gemm.dims
+    if gemm.a is None:  # no shape metadata: the note says so and the site is kept
+        return SiteFacts(site.name, gemm.kind, gemm.dtype, batch, m, k, n, note=gemm.note)
     weight = root_placeholder(gemm.b.node)
     head = head_by_name(site.name)
     if weight is not None and weight in embeddings:
@@ -205,7 +207,7 @@ def rewrite_matmuls(graph: fx.Graph, recipe: Recipe, *, graph_index: int = 0,
     """
     found = classify(graph)
     embeddings = {root_placeholder(n.args[0]): value(n.args[0]).shape[0] for n in graph.nodes
-                  if n.op == "call_function" and n.target is aten.embedding.default}
+                  if n.op == "call_function" and n.target is aten.embedding.default and value(n.args[0]) is not None}
     blocks = block_ranges(site.name for site in found.sites)
     rows, todo = [], []
     for site in found.sites:
