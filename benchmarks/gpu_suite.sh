@@ -5,8 +5,9 @@
 # bundled into $OUT/gpu_suite.tar.gz. Each stage has its own time limit; a failing stage does not stop
 # the others.
 #
-#   bash benchmarks/gpu_suite.sh                  # everything
+#   UFP4_GIT_SHA=$(git rev-parse --short HEAD) bash benchmarks/gpu_suite.sh   # everything (~6 min on an H100)
 #   STAGES="bench_gemm" bash benchmarks/gpu_suite.sh
+# UFP4_GIT_SHA names the commit in the result headers where the machine's copy of the tree has no .git.
 set -u
 OUT=${OUT:-benchmarks/results/gpu_suite}
 R="$OUT/suite"
@@ -30,7 +31,7 @@ stage env 30 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.
 stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml="$R/pytest_gpu.xml" \
   tests/kernels/test_quantize.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py
 stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"
-stage bench_quantize 100 python3 benchmarks/quantize.py --out "$R"
+stage bench_quantize 200 python3 benchmarks/quantize.py --out "$R"
 if [ -n "$NCU" ]; then
   SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy"
   stage profile 80 bash -c "

@@ -81,7 +81,7 @@ def run(rows: int, cols: int, every: bool = False) -> list[dict]:
                                      for t, c in timed}}
             results.append(row)
             print(f"{spec:32s} rht {rht:3d} axis {axis}: {ms:7.3f} ms {gbs:7.0f} GB/s "
-                  f"({row['fraction_of_copy']:.2f} of copy {copy_gbs:.0f})", flush=True)
+                  f"({row['fraction_of_copy']:.2f} of copy {copy_gbs:.0f}), tile {row['tile']}", flush=True)
     return results
 
 
