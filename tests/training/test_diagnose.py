@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ufp4_compile.models.gpt import GPT, GPTConfig
-from ufp4_compile.recipes import UFP4, UFP4_MEAN, GemmRecipe, LayerPolicy, MeanSplit, OperandFormat, get_recipe
+from ufp4_compile.recipes import UFP4, UFP4_MEAN, GemmRecipe, LayerPolicy, MeanSplit, OperandFormat, Role, get_recipe
 from ufp4_compile.training import diagnose
 
 MODEL = GPTConfig(vocab_size=64, d_model=64, n_layers=3, n_heads=4, seq_len=32)
@@ -20,7 +20,8 @@ def test_measure_covers_every_rewritten_linear_and_leaves_training_state_alone()
     x = torch.randint(0, 64, (2, 32))
     rng = torch.get_rng_state()
     stats = diagnose.measure(model, get_recipe("ufp4"), x, x, contextlib.nullcontext())
-    assert set(stats) == LINEARS  # lm_head stays in high precision (keep_output_head)
+    assert set(stats) == LINEARS | {"lm_head"}
+    assert "keep_output_head" in stats.pop("lm_head")["kept"]  # the head stays in high precision
     for layer in stats.values():
         assert set(layer) == {"fprop", "dgrad", "wgrad"}
         assert [layer["wgrad"]["a"]["operand"], layer["wgrad"]["b"]["operand"]] == ["dY", "X"]
@@ -35,12 +36,17 @@ def test_measure_covers_every_rewritten_linear_and_leaves_training_state_alone()
     assert diagnose.measure(model, get_recipe("bf16"), x, x, contextlib.nullcontext()) == {}
 
 
-def test_layer_policy_is_respected():
+def test_decisions_follow_the_layer_policy_and_shapes():
     model = GPT(MODEL)
-    policy = LayerPolicy(keep_first=1, skip=("*.mlp.down",))
-    chosen = set(diagnose.rewritten_linears(model, policy, n_blocks=3))
-    assert chosen == {n for n in LINEARS if not n.startswith("layers.0.") and not n.endswith("mlp.down")}
-    assert "lm_head" in diagnose.rewritten_linears(model, LayerPolicy(keep_output_head=False), 3)
+    recipe = dataclasses.replace(get_recipe("ufp4"), layers=LayerPolicy(keep_first=1, skip=("*.mlp.down",)))
+    tokens = {name: 64 for name in LINEARS | {"lm_head"}}
+    decisions = diagnose.plan(model, recipe, tokens, torch.float32)
+    rewritten = {n for n, roles in decisions.items() if "kept" not in roles}
+    assert rewritten == {n for n in LINEARS if not n.startswith("layers.0.") and not n.endswith("mlp.down")}
+    assert "keep_first" in decisions["layers.0.attn.qkv"]["kept"]
+    # 40 tokens is not a multiple of 16: Wgrad (reduction over tokens) stays, Fprop and Dgrad are rewritten.
+    odd = diagnose.plan(model, get_recipe("ufp4"), {"layers.1.mlp.down": 40}, torch.float32)
+    assert set(odd["layers.1.mlp.down"]) == {Role.FPROP, Role.DGRAD}
 
 
 def test_exactly_representable_operand_has_alpha_one_and_infinite_sqnr():

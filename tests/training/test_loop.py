@@ -113,6 +113,13 @@ def test_lr_schedule():
         config(batch_size=0)
 
 
+def test_eager_backend_runs_a_4bit_recipe_through_the_emulation(corpus):
+    spec = RunSpec(get_recipe("ufp4"), 0)
+    quantized = Run(spec, MODEL, corpus, config(steps=4)).execute()
+    plain = Run(RunSpec(get_recipe("bf16"), 0), MODEL, corpus, config(steps=4)).execute()
+    assert quantized["complete"] and quantized["losses"][0] != plain["losses"][0]
+
+
 def test_backend_checks():
     with pytest.raises(ValueError, match="valid values: ufp4, inductor, eager"):
         compile_step.check_backend("tvm", get_recipe("bf16"))

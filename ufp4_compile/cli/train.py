@@ -14,7 +14,7 @@ import sys
 
 # Per-preset training defaults (each overridable on the command line).
 TRAIN_DEFAULTS = {
-    "tiny": {"steps": 100, "batch_size": 8, "lr": 3e-3},
+    "tiny": {"steps": 80, "batch_size": 8, "lr": 3e-3},
     "small": {"steps": 1000, "batch_size": 16, "lr": 1e-3},
     "bench": {"steps": 300, "batch_size": 8, "lr": 6e-4},
 }

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import importlib.util
 
@@ -34,15 +33,9 @@ def ufp4_backend_available() -> bool:
 
 
 def _emulate_model(model: nn.Module, recipe: Recipe) -> nn.Module:
-    if importlib.util.find_spec("ufp4_compile.emulate") is None:
-        raise ValueError(f"backend='eager' with recipe {recipe.name!r} needs ufp4_compile.emulate, which is not "
-                         f"installed; use backend='ufp4' (valid backends: {', '.join(BACKENDS)})")
-    emulate = importlib.import_module("ufp4_compile.emulate")
-    for name in ("emulate", "convert", "wrap"):
-        fn = getattr(emulate, name, None)
-        if callable(fn):
-            return fn(model, recipe)
-    raise ValueError("ufp4_compile.emulate has no emulate(model, recipe) function; use backend='ufp4'")
+    from ufp4_compile.emulate import emulate
+
+    return emulate(model, recipe)  # swaps the nn.Linear classes in place; parameters unchanged
 
 
 def check_backend(backend: str, recipe: Recipe) -> None:

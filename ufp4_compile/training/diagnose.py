@@ -1,23 +1,21 @@
 """``--diagnose``: shrinkage alpha and SQNR of every rewritten GEMM operand, per layer, on live tensors.
 
 A measurement beside training, not the training path: an eager forward and backward of the (uncompiled)
-model on the current batch, with hooks on the ``nn.Linear`` modules the recipe rewrites, captures X, W and
-dY; each GEMM operand is quantized with ``ufp4_compile.numerics.quantize`` per the recipe's
+model on the current batch, with hooks on its ``nn.Linear`` modules, captures X, W and dY; for each GEMM the
+backend rewrites (the decisions of :mod:`ufp4_compile.passes.policy`), each operand is quantized with ``ufp4_compile.numerics.quantize`` per the recipe's
 ``OperandFormat`` and RHT and compared with the unquantized (rotated) operand. Gradients are discarded.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
-
 import torch
 from torch import nn
 
 from ufp4_compile.numerics import dequantize, mean_split, quantize, rht, shrinkage_alpha, sqnr_db
-from ufp4_compile.recipes import GemmRecipe, LayerPolicy, MeanSplit, Recipe, Role
+from ufp4_compile.passes import policy
+from ufp4_compile.passes.seeds import rht_seed_for
+from ufp4_compile.recipes import GemmRecipe, MeanSplit, Recipe, Role
 
-_BLOCK_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)(?:\.|$)")
 _MEASURE_SEED = 0  # fixed stochastic-rounding seed for the measurement (E[Q(x)] = x whatever the seed)
 
 # (operand a, its axis; operand b, its axis) for Y = X W^T, with X: tokens x in, W: out x in, dY: tokens x out.
@@ -28,24 +26,31 @@ OPERANDS = {
 }
 
 
-def rewritten_linears(model: nn.Module, policy: LayerPolicy, n_blocks: int) -> dict[str, nn.Linear]:
-    """The ``nn.Linear`` modules a recipe with ``policy`` quantizes (the output head is ``lm_head``)."""
-    chosen = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
+def plan(model: nn.Module, recipe: Recipe, tokens: dict[str, int], dtype: torch.dtype) -> dict[str, dict]:
+    """Per ``nn.Linear``: ``{role: rht_seed}`` for the GEMMs the backend rewrites, or ``{"kept": reason}``.
+
+    The decisions come from :mod:`ufp4_compile.passes.policy`, as in the graph pass and the emulation;
+    ``tokens[name]`` is the layer's token count (Wgrad's reduction length).
+    """
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    embeddings = {id(m.weight): m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
+    blocks = policy.block_ranges(name for name, _ in linears)
+    out = {}
+    for name, module in linears:
+        if name not in tokens:
             continue
-        if policy.keep_output_head and name.split(".")[-1] == "lm_head":
-            continue
-        match = _BLOCK_INDEX.search(name)
-        if match and (int(match.group(1)) < policy.keep_first
-                      or int(match.group(1)) >= n_blocks - policy.keep_last):
-            continue
-        if any(fnmatch.fnmatch(name, pattern) for pattern in policy.skip):
-            continue
-        if min(module.in_features, module.out_features) < policy.min_features:
-            continue
-        chosen[name] = module
-    return chosen
+        m, k, n = tokens[name], module.in_features, module.out_features
+        head = policy.head_by_name(name)
+        if id(module.weight) in embeddings:
+            head = "output head: weight tied to an input embedding"
+        elif head is None and name == linears[-1][0] and n in embeddings.values():
+            head = f"output head: last matmul, N={n} equals the embedding vocabulary"
+        facts = policy.SiteFacts(name, "mm" if module.bias is None else "addmm", dtype, None, m, k, n, head)
+        keep = policy.site_keep_reason(facts, recipe.layers, blocks)
+        roles = {role: rht_seed_for(recipe, name) for role in Role
+                 if not (keep or policy.gemm_keep_reason(role, recipe, m, k, n, dtype))}
+        out[name] = roles if roles else {"kept": keep or "no GEMM of this layer is rewritten"}
+    return out
 
 
 def operand_stats(x: torch.Tensor, axis: int, fmt, gemm: GemmRecipe, rht_seed: int, split: bool) -> dict:
@@ -88,11 +93,11 @@ def _capture(modules: dict[str, nn.Linear], store: dict[str, dict[str, torch.Ten
 
 
 def measure(model: nn.Module, recipe: Recipe, x: torch.Tensor, y: torch.Tensor, autocast) -> dict:
-    """{module name: {role: {"a": {operand, alpha, sqnr_db}, "b": {...}, "eta": alpha_a * alpha_b}}}."""
+    """{module name: {role: {"a": {operand, alpha, sqnr_db}, "b": {...}, "eta": alpha_a * alpha_b}}}, and
+    ``{"kept": reason}`` for a layer the recipe leaves in high precision."""
     if not recipe.quantized_roles:
         return {}
-    n_blocks = len(getattr(model, "layers", ()))
-    modules = rewritten_linears(model, recipe.layers, n_blocks)
+    modules = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     store = {name: {} for name in modules}
     handles = _capture(modules, store)
     try:
@@ -105,12 +110,17 @@ def measure(model: nn.Module, recipe: Recipe, x: torch.Tensor, y: torch.Tensor, 
         for p in model.parameters():
             p.grad = None
     low = torch.bfloat16 if isinstance(autocast, torch.autocast) else None
+    tokens = {name: len(t["X"]) for name, t in store.items() if "X" in t and "dY" in t}
+    decisions = plan(model, recipe, tokens, low or next(model.parameters()).dtype)
     result = {}
     with torch.no_grad():
-        for name, module in modules.items():
-            tensors = dict(store[name], W=module.weight.detach())
+        for name, roles in decisions.items():
+            if "kept" in roles:
+                result[name] = roles
+                continue
+            tensors = dict(store[name], W=modules[name].weight.detach())
             if low is not None:  # under autocast the GEMM sees bf16 operands
                 tensors = {k: v.to(low) for k, v in tensors.items()}
-            result[name] = {role.value: gemm_stats(tensors, recipe.gemm(role), role, recipe.rht_seed)
-                            for role in recipe.quantized_roles}
+            result[name] = {role.value: gemm_stats(tensors, recipe.gemm(role), role, seed)
+                            for role, seed in roles.items()}
     return result
