@@ -55,7 +55,7 @@ class Experiment:
                 specs += [RunSpec(recipe, s) for s in self.seeds]
         return specs
 
-    def run_one(self, spec: RunSpec) -> dict:
+    def run_one(self, spec: RunSpec, reset: bool = True) -> dict:
         """Train one run (or reload it when --resume finds it finished); its result dict."""
         result_path = self.out_dir / "runs" / f"{spec.run_id}.json"
         ckpt = self.out_dir / "checkpoints" / f"{spec.run_id}.pt"
@@ -70,7 +70,7 @@ class Experiment:
                              f"directory or the original arguments")
         if self.resume:
             run.resume()
-        result = run.execute()
+        result = run.execute(reset=reset)
         result["identity"] = identity
         if not result["interrupted"]:  # finished, or stopped on a non-finite loss
             result_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,11 @@ class Experiment:
         """Every planned run, then the report; None when --stop-at interrupted the runs."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        results = [self.run_one(spec) for spec in self.plan()]
+        results, previous = [], None
+        for spec in self.plan():
+            # Dynamo is reset when the recipe changes; later seeds of a recipe reuse its compiled graphs.
+            results.append(self.run_one(spec, reset=spec.recipe.name != previous))
+            previous = spec.recipe.name
         if any(r["interrupted"] for r in results):
             return None
         summary = analysis.analyze(results, self.last_n)

@@ -216,10 +216,17 @@ class Run:
         if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == cfg.stop_at:
             self.save_checkpoint()
 
-    def execute(self) -> dict:
-        """Train from ``progress["step"]`` to the end (or to ``stop_at``); return the run's result."""
+    def execute(self, reset: bool = True) -> dict:
+        """Train from ``progress["step"]`` to the end (or to ``stop_at``); return the run's result.
+
+        ``reset``: clear Dynamo's caches first, so the run compiles afresh. Without it, a run of the same
+        recipe, backend and shapes as the previous one reuses its compiled graphs (its compile time is then
+        close to 0); a different backend or recipe recompiles anyway (Dynamo's backend guard).
+        """
         cfg, progress = self.cfg, self.progress
-        torch._dynamo.reset()  # each run compiles afresh (and never meets the recompile limit)
+        if reset:
+            torch._dynamo.reset()
+        self.reused_compilation = not reset
         self.compiled = compile_step.prepare(self.model, self.spec.recipe, cfg.backend)
         self.val_set = val_batches(self.corpus.val, cfg.eval_batches, cfg.batch_size, self.model_config.seq_len)
         if self.device.type == "cuda":
@@ -269,6 +276,7 @@ class Run:
             "tokens_per_s": p["timed_steps"] * tokens / p["timed_s"] if p["timed_s"] > 0 else None,
             "step_time_s": median, "first_step_s": first,
             "compile_time_s": max(0.0, first - median) if first is not None and median is not None else None,
+            "compilation_reused": self.reused_compilation,
             "peak_memory": peak_memory(self.device), "wall_s": p["wall_s"], "diagnostics": p["diagnostics"],
             "num_params": self.model.num_params(),
         }

@@ -87,7 +87,8 @@ def markdown(meta: dict, analysis: dict) -> str:
              f"data: {meta['corpus']['source']} ({meta['corpus']['train_tokens']:,} train / "
              f"{meta['corpus']['val_tokens']:,} validation tokens).", "",
              f"Loss and gaps over the last {analysis['last_n']} steps; gaps are relative to bf16 with the same "
-             f"seed (same initialization and batches). Peak memory: {meta['memory_label']}. "
+             f"seed (same initialization and batches). Peak memory: {meta['memory_label']}. Compile s: "
+             f"runs that compiled (a recipe's later seeds reuse its compiled graphs). "
              f"Cells with several seeds read mean ± std [min, max].", ""]
     lines += recipe_table(analysis) + [""]
     lines += [f"**Noise floor** (bf16 against itself, same metric): same seed run twice "
