@@ -13,6 +13,9 @@ from ufp4_compile.testing import compile_and_run, eligible_matmuls, normalized, 
 from ufp4_compile.testing.models import MLP, Attention, SwiGLU, TiedHead
 
 FIXED = {"sr_seed_policy": "fixed"}
+# Inductor's decompositions of SiLU's and the embedding's backward differ between torch 2.11 and 2.13 (the
+# ufp4 nodes do not): those two snapshots are recorded on this version.
+SNAPSHOT_TORCH = "2.13."
 SDPA = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 
 
@@ -23,6 +26,11 @@ def _run(model, x, backward=True, **options):
 
 
 class TestSnapshots(TestCase):
+    def require_snapshot_torch(self):
+        if not torch.__version__.startswith(SNAPSHOT_TORCH):
+            self.skipTest(f"snapshot text recorded on torch {SNAPSHOT_TORCH}x, running {torch.__version__}; "
+                          f"the semantic asserts above ran")
+
     def assert_lines(self, text, low=10, high=40):
         count = len(text.splitlines())
         self.assertTrue(low <= count <= high, f"snapshot has {count} lines")
@@ -131,6 +139,9 @@ class GraphModule(torch.nn.Module):
         self.assertEqual((ufp4_gemms(run.forward), ufp4_gemms(run.backward)), (3, 4))
         self.assertEqual(eligible_matmuls(run.forward) + eligible_matmuls(run.backward), [])
         fw, bw = normalized(run.forward), normalized(run.backward)
+        self.assert_lines(fw)
+        self.assert_lines(bw)
+        self.require_snapshot_torch()
         self.assertExpectedInline(fw, """\
 class GraphModule(torch.nn.Module):
     def forward(self, primals_1: "f32[64, 32]", primals_2: "f32[2, 8, 32]", primals_3: "f32[64, 32]", primals_4: "f32[32, 64]"):
@@ -201,8 +212,6 @@ class GraphModule(torch.nn.Module):
         scaled_mm_default_3: "f32[64, 32]" = torch.ops.ufp4.scaled_mm.default(permute_default, permute_default_1, getitem_20, permute_default_2, permute_default_3, getitem_23, 'int4/16/fp32/stochastic', 'int4/16/fp32/nearest', 'bf16', torch.float32)
         return (scaled_mm_default_3, None, scaled_mm_default_4, scaled_mm_default_6)
 """)
-        self.assert_lines(fw)
-        self.assert_lines(bw)
 
     def test_attention_block(self):
         """QKV and output projections rewritten; SDPA stays one untouched op."""
@@ -287,6 +296,9 @@ class GraphModule(torch.nn.Module):
         self.assertEqual(len(eligible_matmuls(run.forward) + eligible_matmuls(run.backward)), len(kept))
         self.assertEqual((ufp4_gemms(run.forward), ufp4_gemms(run.backward)), (1, 2))
         fw, bw = normalized(run.forward), normalized(run.backward)
+        self.assert_lines(fw)
+        self.assert_lines(bw)
+        self.require_snapshot_torch()
         self.assertExpectedInline(fw, """\
 class GraphModule(torch.nn.Module):
     def forward(self, primals_1: "f32[64, 32]", primals_2: "i64[2, 8]", primals_3: "f32[32, 32]"):
@@ -341,8 +353,6 @@ class GraphModule(torch.nn.Module):
         addmm_default: "f32[64, 32]" = torch.ops.aten.addmm.default(_unsafe_masked_index_put_accumulate, permute_2, view_2)
         return (addmm_default, None, scaled_mm_default_2)
 """)
-        self.assert_lines(fw)
-        self.assert_lines(bw)
 
     def test_inference_only_graph(self):
         run = _run(MLP(32, 64), torch.randn(2, 8, 32), backward=False)
