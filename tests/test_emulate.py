@@ -152,3 +152,37 @@ def test_autocast_emulation_runs_in_bf16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 16, 32))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_activation_checkpointing_parity():
+    """Checkpointed layers: the inserted quantize nodes carry the recompute marks; results are unchanged."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = MLP(32, 64)
+
+        def forward(self, x):
+            return checkpoint(self.mlp, x, use_reentrant=False)
+
+    torch.manual_seed(0)
+    report = assert_parity(Checkpointed(), torch.randn(2, 16, 32))
+    assert len(report.rewritten) == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_compiled_matches_emulation():
+    """On CUDA the backend registers the lowering (Triton templates and kernels). fp32, fixed seeds: the
+    forward equals the emulation up to GEMM accumulation order; in backward such a last-bit difference can
+    flip a stochastic-rounding decision, one grid step on one element (measured on H100 with this model:
+    forward 4.9e-8, gradients 5.6e-4 relative)."""
+    torch.manual_seed(0)
+    model, x = MLP(256, 512).cuda(), torch.randn(4, 64, 256, device="cuda")
+    out_e, _, grads_e = _emulated_run(model, x, "ufp4")
+    out_c, _, grads_c, report = _compiled_run(model, x, "ufp4", "inductor")
+    assert len(report.rewritten) == 6
+    assert ((out_c - out_e).norm() / out_e.norm()) < 1e-5
+    for gc, ge in zip(grads_c, grads_e):
+        assert ((gc - ge).norm() / ge.norm()) < 1e-2
