@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help="timed steps")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="output directory")
     p.add_argument("--tiny", action="store_true", help="CPU smoke mode: the tiny model, fp32, 2 timed steps")
+    p.add_argument("--compile-cache", action="store_true",
+                   help="let Inductor's FX/AOT caches serve compilations (default: disabled, so every variant's "
+                        "compile time is a cold compile, not a cache hit from an earlier variant or run)")
     args = p.parse_args(argv)
     kinds = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in kinds if v not in VARIANT_KINDS]
@@ -162,7 +165,9 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              f"torch {meta['torch']}, triton {meta['triton']}, git {meta['git']}; model D={meta['model']['d_model']}, "
              f"{meta['model']['n_layers']} layers, {meta['model']['n_heads']} heads, T={meta['model']['seq_len']}, "
              f"vocab {meta['model']['vocab_size']}, batch {meta['batch_size']}; {meta['precision']}; median of "
-             f"{meta['iters']} steps after {meta['warmup']} warm-up steps. Ratios are to `{BASELINE}`.", "",
+             f"{meta['iters']} steps after {meta['warmup']} warm-up steps. Ratios are to `{BASELINE}`. Compile s: "
+             f"first step minus the median step, Inductor caches "
+             f"{'enabled' if meta['compile_cache'] else 'disabled (cold compiles)'}.", "",
              "| variant | step ms | × | tokens/s | peak GiB | × | compile s | × |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -193,7 +198,7 @@ def metadata(args, config, device) -> dict:
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "git": git,
             "model": dataclasses.asdict(config), "batch_size": args.batch_size, "warmup": args.warmup,
             "iters": args.iters, "precision": "bf16 autocast, fused AdamW" if device.type == "cuda" else "fp32",
-            "tiny": args.tiny, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
+            "tiny": args.tiny, "compile_cache": args.compile_cache, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
 
 
 def main(argv=None) -> int:
@@ -201,6 +206,10 @@ def main(argv=None) -> int:
     device = torch.device("cpu" if args.tiny else "cuda")
     config = get_config("tiny", seq_len=64) if args.tiny else get_config("bench")
     meta = metadata(args, config, device)
+    if not args.compile_cache:
+        from torch._inductor import config as inductor_config
+
+        inductor_config.force_disable_caches = True  # this script's process only
     rows = []
     for label, kind, recipe in variants(args):
         print(f"{label} ...", flush=True)

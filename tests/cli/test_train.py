@@ -47,6 +47,7 @@ def test_resume_through_the_cli_reproduces_the_run(tmp_path, capsys):
     assert len(list((tmp_path / "split" / "checkpoints").glob("*.pt"))) == 2
     assert train(*args, "--out", str(tmp_path / "split"), "--resume") == 0
     full, split = read(tmp_path / "full"), read(tmp_path / "split")
+    assert [r["compilation_reused"] for r in full["runs"]] == [False, True]  # seed 1 reuses seed 0's graphs
     for a, b in zip(full["runs"], split["runs"]):
         assert a["run_id"] == b["run_id"] and a["losses"] == b["losses"] and a["val_loss"] == b["val_loss"]
     assert not list((tmp_path / "split" / "checkpoints").glob("*.pt"))  # removed once a run is finished

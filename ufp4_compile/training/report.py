@@ -33,7 +33,9 @@ def _num(value, fmt: str = ".4f") -> str:
 
 
 def _spread(s: dict, fmt: str = ".4f", pct: bool = False) -> str:
-    show = (lambda v: _pct(v)) if pct else (lambda v: _num(v, fmt))  # noqa: E731
+    def show(value) -> str:
+        return _pct(value) if pct else _num(value, fmt)
+
     if not s or s["n"] == 0:
         return "n/a"
     if s["n"] == 1:
