@@ -8,7 +8,7 @@ from torch import nn
 
 from ufp4_compile.recipes import UFP4_MEAN, MeanSplit
 from ufp4_compile.testing import compile_and_run, count_calls, eligible_matmuls, saved_tensors, ufp4_gemms
-from ufp4_compile.testing.models import MLP, TiedHead
+from ufp4_compile.testing.models import MLP, SwiGLU, TiedHead
 
 quantize = torch.ops.ufp4.quantize.default
 FIXED = {"sr_seed_policy": "fixed"}
@@ -90,6 +90,19 @@ def test_shared_weight_quantized_once_per_axis():
     fprop_w = [n for n in quantize_nodes(run.forward) if n.args[0] is weight and n.args[1] == 1]
     assert len(fprop_w) == 1
     assert ufp4_gemms(run.forward) == 2 and ufp4_gemms(run.backward) == 4
+
+
+def test_shared_input_quantized_once():
+    """SwiGLU's gate and up read the same X: one quantization per axis, one set of codes saved for both
+    Wgrads (plus down's X)."""
+    run = compile_and_run(SwiGLU(32, 64), torch.randn(2, 24, 32), options=FIXED)
+    x_view = next(n for n in run.forward.graph.nodes if n.op == "call_function" and n.target in (
+        torch.ops.aten.view.default, torch.ops.aten.reshape.default))
+    by_axis = sorted(n.args[1] for n in quantize_nodes(run.forward) if n.args[0] is x_view)
+    assert by_axis == [0, 1]
+    codes = [t for t in saved_tensors(run.forward, num_outputs=1) if t.dtype == torch.uint8]
+    assert sorted(t.numel() for t in codes) == [24 * 32, 24 * 64]
+    assert ufp4_gemms(run.forward) == 3 and ufp4_gemms(run.backward) == 4
 
 
 def test_tied_head_kept_by_default_and_rewritten_on_request():

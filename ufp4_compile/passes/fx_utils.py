@@ -101,6 +101,7 @@ class NodeBuilder:
 
     def __init__(self, graph: fx.Graph, fake_mode, anchor: fx.Node, template: fx.Node | dict):
         self.graph, self.fake_mode, self.anchor = graph, fake_mode, anchor
+        self.position: int | None = None  # the anchor's index in the graph, when the caller tracks it
         self.meta = template.meta if isinstance(template, fx.Node) else template
 
     def _finish(self, node: fx.Node, val) -> fx.Node:

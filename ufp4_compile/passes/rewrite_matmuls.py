@@ -58,7 +58,9 @@ class _Rewriter:
         self.fake_mode = detect_fake_mode(graph)
         self.is_joint = any(n.meta.get("partitioner_tag") == "is_backward" for n in graph.nodes)
         self.replaced: dict[fx.Node, fx.Node] = {}
-        self.cache: dict[tuple, Quantized] = {}
+        # Shared round-to-nearest quantizations: key -> (result, graph position it was inserted before).
+        self.cache: dict[tuple, tuple[Quantized, int]] = {}
+        self.position = {node: i for i, node in enumerate(graph.nodes)}
         self.seeds: dict[torch.device, fx.Node] = {}
 
     def resolve(self, node: fx.Node) -> fx.Node:
@@ -67,7 +69,10 @@ class _Rewriter:
         return node
 
     def builder(self, anchor: fx.Node, template: fx.Node) -> NodeBuilder:
-        return NodeBuilder(self.graph, self.fake_mode, self.resolve(anchor), template)
+        """Inserts before (the replacement of) ``anchor``, an original node of the graph."""
+        builder = NodeBuilder(self.graph, self.fake_mode, self.resolve(anchor), template)
+        builder.position = self.position[anchor]
+        return builder
 
     def seed(self, device: torch.device) -> fx.Node:
         """The graph's stochastic-rounding seed (0-d int64), created once per device at the graph's start."""
@@ -102,9 +107,11 @@ class _Rewriter:
         op = self.as_2d(builder, op)
         axis = 0 if op.transposed else 1
         stochastic = fmt.rounding is Rounding.STOCHASTIC
-        key = (op.node, op.transposed, fmt.spec, rht, rht_seed, builder.anchor)
-        if not stochastic and key in self.cache:
-            return self.cache[key]
+        # One tensor quantized the same way for several GEMMs (X of q/k/v or gate/up, a tied W): share it
+        # when the earlier node comes first in the graph, so backward saves one set of codes.
+        key = (op.node, op.transposed, fmt.spec, rht, rht_seed)
+        if not stochastic and key in self.cache and self.cache[key][1] <= builder.position:
+            return self.cache[key][0]
         seed, offset = None, 0
         if stochastic:
             seed, offset = self.seed(value(op.node).device), philox_offset(*offset_key)
@@ -113,8 +120,8 @@ class _Rewriter:
         if op.transposed:
             codes, scales = builder.transpose(codes), builder.transpose(scales)
         result = Quantized(codes, scales, tensor_scale)
-        if not stochastic:
-            self.cache[key] = result
+        if not stochastic and key not in self.cache:
+            self.cache[key] = (result, builder.position)
         return result
 
     def rewrite(self, site: Site, gemm: Gemm) -> None:
