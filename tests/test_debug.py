@@ -106,3 +106,20 @@ def test_report_is_a_structured_trace_artifact(monkeypatch):
     ours = [a for a in artifacts if a[1].get("name", "").startswith("ufp4_report")]
     assert len(ours) == 1 and ours[0][0] == "artifact" and ours[0][1]["encoding"] == "json"
     assert json.loads(ours[0][2])["counts"]["rewritten"] == 5  # fc1: Fprop, Wgrad (x needs no grad); fc2: all 3
+
+
+def test_explain_covers_every_graph_of_a_model_with_graph_breaks():
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(32, 32), torch.nn.Linear(32, 32)
+
+        def forward(self, x):
+            x = self.a(x)
+            torch._dynamo.graph_break()
+            return self.b(x)
+
+    torch._dynamo.reset()
+    report = explain(Broken(), torch.randn(16, 32))
+    assert report.graphs == 2 and {r.module for r in report.rows} == {"a", "b"}
+    assert len({r.graph for r in report.rows}) == 2
