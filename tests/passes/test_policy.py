@@ -90,4 +90,5 @@ def test_rht_size_and_2d_weight_blocks():
                                                                                      torch.float32)
     # Wgrad reduces over M = 64 and its operands use 1-D blocks: N = 40 does not matter to it.
     assert gemm_keep_reason(Role.WGRAD, NVFP4, 64, 64, 40, torch.float32) is None
-    assert gemm_keep_reason(Role.FPROP, BF16, 64, 64, 64, torch.float32) == "recipe 'bf16' keeps fprop in high precision"
+    bf16 = gemm_keep_reason(Role.FPROP, BF16, 64, 64, 64, torch.float32)
+    assert bf16 == "recipe 'bf16' keeps fprop in high precision"
