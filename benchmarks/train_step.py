@@ -206,18 +206,17 @@ def main(argv=None) -> int:
     device = torch.device("cpu" if args.tiny else "cuda")
     config = get_config("tiny", seq_len=64) if args.tiny else get_config("bench")
     meta = metadata(args, config, device)
-    if not args.compile_cache:
-        from torch._inductor import config as inductor_config
+    from torch._inductor import config as inductor_config
 
-        inductor_config.force_disable_caches = True  # this script's process only
     rows = []
-    for label, kind, recipe in variants(args):
-        print(f"{label} ...", flush=True)
-        try:
-            rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
-        except Exception:  # one failing variant must not hide the others' figures
-            rows.append({"variant": label, "error": traceback.format_exc()})
-            print(rows[-1]["error"], file=sys.stderr)
+    with inductor_config.patch(force_disable_caches=not args.compile_cache):
+        for label, kind, recipe in variants(args):
+            print(f"{label} ...", flush=True)
+            try:
+                rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
+            except Exception:  # one failing variant must not hide the others' figures
+                rows.append({"variant": label, "error": traceback.format_exc()})
+                print(rows[-1]["error"], file=sys.stderr)
     add_ratios(rows)
     slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-") + ("-tiny" if args.tiny else "")
     out = pathlib.Path(args.out)
