@@ -53,7 +53,7 @@ class SeedPolicy(enum.Enum):
     """Where the random Hadamard signs come from."""
 
     SHARED = "shared"  # one sign vector (from rht_seed) for every layer for the whole run (NVIDIA)
-    PER_LAYER = "per_layer"  # rht_seed mixed with the matmul's index in the graph
+    PER_LAYER = "per_layer"  # rht_seed mixed with a hash of the module name (stable across graph breaks)
 
 
 class SRSeedPolicy(enum.Enum):
