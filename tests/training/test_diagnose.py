@@ -72,3 +72,15 @@ def test_mean_split_measures_the_reconstructed_operand():
     assert kept["sqnr_db"] > plain["sqnr_db"] + 10
     # Mean quantized too (the paper's FP4 option): its own rounding error now counts.
     assert fp4["sqnr_db"] < kept["sqnr_db"]
+
+
+def test_statistics_use_the_first_token_rows(monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(MODEL)
+    x = torch.randint(0, 64, (2, 32))
+    full = diagnose.measure(model, get_recipe("e2m1-ref"), x, x, contextlib.nullcontext())
+    monkeypatch.setattr(diagnose, "MAX_TOKENS", 32)
+    part = diagnose.measure(model, get_recipe("e2m1-ref"), x, x, contextlib.nullcontext())
+    assert set(part["layers.0.mlp.down"]) == {"fprop", "dgrad", "wgrad"}  # decided on all 64 tokens
+    assert part["layers.0.mlp.down"]["fprop"]["b"] == full["layers.0.mlp.down"]["fprop"]["b"]  # W: all rows
+    assert part["layers.0.mlp.down"]["fprop"]["a"] != full["layers.0.mlp.down"]["fprop"]["a"]  # X: 32 of 64

@@ -17,6 +17,7 @@ from ufp4_compile.passes.seeds import rht_seed_for
 from ufp4_compile.recipes import GemmRecipe, MeanSplit, Recipe, Role
 
 _MEASURE_SEED = 0  # fixed stochastic-rounding seed for the measurement (E[Q(x)] = x whatever the seed)
+MAX_TOKENS = 4096  # token rows measured per layer (a multiple of 32: blocks and RHT along tokens still fit)
 
 # (operand a, its axis; operand b, its axis) for Y = X W^T, with X: tokens x in, W: out x in, dY: tokens x out.
 OPERANDS = {
@@ -118,7 +119,9 @@ def measure(model: nn.Module, recipe: Recipe, x: torch.Tensor, y: torch.Tensor, 
             if "kept" in roles:
                 result[name] = roles
                 continue
-            tensors = dict(store[name], W=modules[name].weight.detach())
+            # The decisions saw the full token count; the statistics use the first MAX_TOKENS rows.
+            tensors = {k: v[:MAX_TOKENS] for k, v in store[name].items()}
+            tensors["W"] = modules[name].weight.detach()
             if low is not None:  # under autocast the GEMM sees bf16 operands
                 tensors = {k: v.to(low) for k, v in tensors.items()}
             result[name] = {role.value: gemm_stats(tensors, recipe.gemm(role), role, seed)

@@ -10,6 +10,7 @@ Layout of the output directory::
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import pathlib
 import platform
@@ -72,6 +73,7 @@ class Experiment:
             run.resume()
         result = run.execute(reset=reset)
         result["identity"] = identity
+        release(run)
         if not result["interrupted"]:  # finished, or stopped on a non-finite loss
             result_path.parent.mkdir(parents=True, exist_ok=True)
             report.write_json(result_path, result)
@@ -111,6 +113,14 @@ class Experiment:
         report.write_markdown(self.out_dir / "results.md", meta, summary)
         plot.write_png(self.out_dir / "results.png", results, summary)
         return payload
+
+
+def release(run: Run) -> None:
+    """Drop a finished run's model, optimizer and compiled module before the next run allocates its own."""
+    run.model = run.optimizer = run.compiled = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def device_name(device: torch.device) -> str:
