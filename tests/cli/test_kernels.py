@@ -39,6 +39,22 @@ def test_bad_targets_exit_2_with_the_valid_forms(targets, capsys):
     assert "sm_" in capsys.readouterr().err
 
 
+def test_bad_jobs_exit_2(capsys):
+    assert main(["kernels", "--jobs", "-1"]) == 2
+    assert "--jobs=-1 is not valid" in capsys.readouterr().err
+
+
+def test_jobs_reach_compile_all(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    from ufp4_compile.kernels import targets
+
+    seen = []
+    monkeypatch.setattr(targets, "compile_all", lambda t, pattern, jobs: seen.append(jobs) or ([_result()], {}))
+    assert main(["kernels", "--targets", "sm_100", "--jobs", "1"]) == 0
+    assert main(["kernels", "--targets", "sm_100"]) == 0
+    assert seen == [1, None]  # None: one worker per CPU
+
+
 def test_tables_plain_and_markdown():
     header, rows = kernels._result_rows([_result(), _result("FAIL", False, "RuntimeError: boom", "gfx950")],
                                         {"ufp4_compile.kernels.gemm": "not available: import failed"})
@@ -56,7 +72,7 @@ def test_run_writes_json_and_fails_on_fail_rows(monkeypatch, tmp_path, capsys):
 
     outcomes = {"ok": [_result()], "fail": [_result(), _result("FAIL", False, "RuntimeError: boom")]}
     for name, results in outcomes.items():
-        monkeypatch.setattr(targets, "compile_all", lambda t, pattern, r=results: (r, {"m": "not available"}))
+        monkeypatch.setattr(targets, "compile_all", lambda t, pattern, jobs, r=results: (r, {"m": "not available"}))
         path = tmp_path / f"{name}.json"
         rc = main(["kernels", "--targets", "sm_100", "--json", str(path)])
         assert rc == (0 if name == "ok" else 1)
@@ -70,9 +86,10 @@ def test_interpreter_mode_reruns_in_a_fresh_process(monkeypatch):
     calls = []
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(kernels.subprocess, "call", lambda argv, env: calls.append((argv, env)) or 0)
-    assert main(["kernels", "--targets", "gfx950", "--kernels", "native*", "--markdown"]) == 0
+    assert main(["kernels", "--targets", "gfx950", "--kernels", "native*", "--markdown", "--jobs", "3"]) == 0
     (argv, env), = calls
-    assert argv[1:] == ["-m", "ufp4_compile", "kernels", "--targets", "gfx950", "--kernels", "native*", "--markdown"]
+    assert argv[1:] == ["-m", "ufp4_compile", "kernels", "--targets", "gfx950", "--kernels", "native*", "--markdown",
+                        "--jobs", "3"]
     assert env["TRITON_INTERPRET"] == "0"
 
 

@@ -20,6 +20,7 @@ from ufp4_compile.kernels.targets import (  # noqa: E402
     KernelVariant, compile_variant, find_matrix_instructions, instruction_matches, short_instruction)
 from ufp4_compile.lowering.dispatch import GemmPath, Target  # noqa: E402
 from ufp4_compile.numerics.formats import OperandFormat  # noqa: E402
+from ufp4_compile.recipes import PRESETS  # noqa: E402
 
 SM90, SM100, GFX950 = Target("cuda", 90), Target("cuda", 100), Target("hip", "gfx950")
 PTX = """
@@ -123,6 +124,54 @@ def test_interpreter_kernels_are_reported_not_compiled():
     assert not result.compiled and "TRITON_INTERPRET=1" in result.error
 
 
+def test_preset_enumeration_covers_every_gemm_and_quantize_call():
+    gemms = targets.preset_gemms()
+    quantize_calls = targets.preset_quantize_calls()
+    key = lambda f: (f.grid, f.scale, f.block)  # noqa: E731 (what a GEMM kernel sees)
+    for name, recipe in PRESETS.items():
+        for role in recipe.quantized_roles:
+            g = recipe.gemm(role)
+            match = [p for p in gemms if (key(p.a), key(p.b)) == (key(g.a), key(g.b))]
+            assert len(match) == 1 and name in match[0].label.split(", "), (name, role)
+            for fmt, rowwise in zip((g.a, g.b), targets.ROLE_ROWWISE[role]):
+                assert name in quantize_calls[(fmt, g.rht, rowwise)].split(", "), (name, role, fmt.spec)
+    assert len({(key(p.a), key(p.b), p.compute_dtype) for p in gemms}) == len(gemms)  # no duplicates
+    assert {p.name for p in gemms} >= {"ufp4", "ufp4-nv", "e2m1-ref", "nvfp4", "mxfp4", "int4-e8m0"}
+
+
+def test_every_kernel_module_offers_its_variants():
+    variants, missing = targets.collect_variants()
+    assert missing == {}
+    by_name = {v.name: v for v in variants}
+    assert len(by_name) == len(variants)  # names are unique
+    for (fmt, rht, rowwise), presets in targets.preset_quantize_calls().items():
+        orientation = "row-wise" if rowwise else "column-wise"
+        variant = by_name[f"quantize[{fmt.spec} rht{rht} {orientation}]"]
+        assert variant.recipe == presets and variant.constexprs["ROWWISE"] is rowwise
+        if fmt.scale.value == "e4m3":  # two-level scales launch the amax pre-pass first
+            assert f"quantize_amax[rht{rht} {orientation}]" in by_name
+    for gemm in targets.preset_gemms():
+        dequant = by_name[f"scaled_mm[{gemm.name} dequant-bf16]"]
+        assert dequant.path is GemmPath.EMULATED and dequant.formats == (gemm.a, gemm.b)
+        for fmt in (gemm.a, gemm.b):
+            assert by_name[f"dequantize[{fmt.spec.rsplit('/', 1)[0].replace('16x16', '16')}]"].path is \
+                GemmPath.DEQUANT_MM
+    # A blockscale loop exactly where it is exact with bf16 compute: E4M3/E8M0 scales (FP8 dots for block 32).
+    blockscale = sorted(n for n in by_name if "blockscale" in n)
+    assert blockscale == ["scaled_mm[int4-e8m0 blockscale-fp8]", "scaled_mm[mxfp4 blockscale-fp8]",
+                          "scaled_mm[nvfp4 blockscale-bf16]", "scaled_mm[ufp4-nv blockscale-bf16]"]
+
+
+def test_a_failing_provider_is_reported(monkeypatch):
+    import ufp4_compile.kernels.dequantize as dequantize_module
+
+    def broken():
+        raise KeyError("no such format")
+    monkeypatch.setattr(dequantize_module, "compile_variants", broken)
+    variants, missing = targets.collect_variants(["ufp4_compile.kernels.dequantize"])
+    assert variants == [] and "compile_variants() failed (KeyError" in missing["ufp4_compile.kernels.dequantize"]
+
+
 def test_collect_variants_reports_missing_modules():
     variants, missing = targets.collect_variants(["ufp4_compile.kernels.no_such_module", "ufp4_compile.recipes"])
     assert variants == []
@@ -130,7 +179,8 @@ def test_collect_variants_reports_missing_modules():
     assert "no compile_variants()" in missing["ufp4_compile.recipes"]
 
 
-# ---- real compilation (one subprocess, ~20-60 s on 2 cores) --------------------------------------------
+# ---- real compilation (one subprocess compiling in one worker per CPU; ~130 s on 2 cores with an empty
+# Triton cache, a few seconds with a warm one) -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
@@ -192,3 +242,50 @@ def test_every_kernel_compiles_where_dispatch_uses_it(report):
     assert "ufp4_compile.kernels.native_gemm" in with_rows
     for module in targets.KERNEL_MODULES:  # every kernel module has rows, or says why it has none
         assert (module in with_rows) != (module in report["not_available"]), module
+
+
+# The Hopper kernels' MMAs (facts of Triton 3.6, checked by compiling): (main loop, target, needle).
+EMULATED_EXPECTED = [
+    ("dequant-bf16", "sm_90", "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"),
+    ("dequant-bf16", "sm_100", "tcgen05.mma.cta_group::1.kind::f16"),
+    ("dequant-bf16", "gfx950", "v_mfma_f32_32x32x16_bf16"),
+    ("blockscale-bf16", "sm_90", "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"),
+    ("blockscale-fp8", "sm_90", "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3"),
+    ("blockscale-fp8", "sm_100", "tcgen05.mma.cta_group::1.kind::f8f6f4"),
+    ("blockscale-fp8", "gfx950", "v_mfma_f32_32x32x16_fp8_fp8"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop, target, needle", EMULATED_EXPECTED)
+def test_emulated_gemm_uses_the_tensor_cores(report, loop, target, needle):
+    rows = [r for r in report["results"]
+            if r["kernel"].startswith("scaled_mm[") and r["kernel"].endswith(f" {loop}]") and r["target"] == target]
+    assert len(rows) >= 2, (loop, rows)
+    for row in rows:
+        assert row["compiled"] and row["used"] and row["status"] == "ok", row
+        assert needle in row["instructions"], (row["kernel"], row["instructions"])
+
+
+@pytest.mark.slow
+def test_quantize_and_dequantize_compile_everywhere(report):
+    rows = [r for r in report["results"] if r["kernel"].startswith(("quantize", "dequantize"))]
+    variants, _ = targets.collect_variants(["ufp4_compile.kernels.quantize", "ufp4_compile.kernels.dequantize"])
+    assert len(rows) == 3 * len(variants)
+    for row in rows:  # element-wise kernels: compiled, used on every GPU, no matrix instruction
+        assert row["compiled"] and row["used"] and row["status"] == "ok" and row["instructions"] == [], row
+
+
+@pytest.mark.slow
+def test_report_keeps_variant_then_target_order(report):
+    variants, _ = targets.collect_variants()
+    expected = [(v.name, t) for v in variants for t in ("sm_90", "sm_100", "gfx950")]
+    assert [(r["kernel"], r["target"]) for r in report["results"]] == expected
+
+
+def test_compile_all_globs_with_literal_brackets():
+    # In-process (jobs=1) under the interpreter the kernels are not compilable: each is a reported row.
+    results, missing = targets.compile_all([SM90], "scaled_mm[* blockscale-fp8]", ["ufp4_compile.kernels.gemm"],
+                                           jobs=1)
+    assert missing == {}
+    assert [r.kernel for r in results] == ["scaled_mm[mxfp4 blockscale-fp8]", "scaled_mm[int4-e8m0 blockscale-fp8]"]

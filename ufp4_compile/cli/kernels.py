@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 DEFAULT_TARGETS = "sm_90,sm_100,gfx950"
 MATRIX_TARGETS = ("sm_90", "sm_100", "gfx950", "cpu")
@@ -27,12 +28,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--targets", default=DEFAULT_TARGETS,
                         help=f"comma-separated targets: sm_<capability>, gfx<name> (default {DEFAULT_TARGETS})")
     parser.add_argument("--kernels", default="*", metavar="GLOB",
-                        help="only variants whose name matches this glob, e.g. 'native_scaled_mm[*'")
+                        help="only variants whose name matches this glob (* and ? wildcards, brackets literal), "
+                             "e.g. 'scaled_mm[* dequant-bf16]' or 'quantize*'")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     parser.add_argument("--markdown", action="store_true",
                         help="print markdown, one column per target (the tables of docs/support.md)")
     parser.add_argument("--matrix", action="store_true",
                         help="print only the recipe x hardware support matrix from the dispatch (no compiling)")
+    parser.add_argument("--jobs", type=int, default=0, metavar="N",
+                        help="compile in N worker processes (default: one per CPU; 1: in this process)")
     return parser
 
 
@@ -61,12 +65,9 @@ def _cell(decisions_by_role) -> str:
     return ", ".join(f"{role}: {text}" for role, text in labels.items())
 
 
-# Format pairs no preset uses but the dispatch treats specially: (label, a spec, b spec).
-EXTRA_MATRIX_ROWS = (("custom: INT4 + MX scales", "int4/32/e8m0/nearest", "int4/32/e8m0/nearest"),)
-
-
 def support_matrix() -> tuple[list[str], list[list[str]]]:
     """Header and rows: for each preset, the first path of its GEMMs on each target."""
+    from ufp4_compile.kernels.targets import EXTRA_FORMAT_PAIRS
     from ufp4_compile.lowering.dispatch import Target, gemm_paths, recipe_paths
     from ufp4_compile.numerics.formats import OperandFormat
     from ufp4_compile.recipes import PRESETS, Role
@@ -80,7 +81,7 @@ def support_matrix() -> tuple[list[str], list[list[str]]]:
         fprop = recipe.gemm(Role.FPROP) or recipe.gemm(recipe.quantized_roles[0])
         formats = f"{fprop.a.spec.rsplit('/', 1)[0]} x {fprop.b.spec.rsplit('/', 1)[0]}"
         rows.append([name, formats] + [_cell(recipe_paths(recipe, Target.parse(t))) for t in MATRIX_TARGETS])
-    for label, a_spec, b_spec in EXTRA_MATRIX_ROWS:
+    for _, label, a_spec, b_spec in EXTRA_FORMAT_PAIRS:
         a, b = OperandFormat.from_spec(a_spec), OperandFormat.from_spec(b_spec)
         cells = [_cell({Role.FPROP: gemm_paths(a, b, "bf16", Target.parse(t))}) for t in MATRIX_TARGETS]
         rows.append([label, f"{a_spec.rsplit('/', 1)[0]} x {b_spec.rsplit('/', 1)[0]}"] + cells)
@@ -113,7 +114,7 @@ def _pivot_rows(results, missing, targets) -> tuple[list[str], list[list[str]]]:
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for r in results:
         if r.compiled:
-            text = ", ".join(f"`{short_instruction(i)}`" for i in r.instructions) or "no matrix instruction"
+            text = ", ".join(f"`{short_instruction(i)}`" for i in r.instructions) or "compiled (no matrix instruction)"
         else:
             text = f"does not compile ({r.error})"
         if r.status == "FAIL":
@@ -149,6 +150,7 @@ def _rerun_without_interpreter(args) -> int:
     """Kernels imported under TRITON_INTERPRET=1 cannot be compiled: run the command in a fresh process."""
     argv = [sys.executable, "-m", "ufp4_compile", "kernels", "--targets", args.targets, "--kernels", args.kernels]
     argv += (["--json", args.json] if args.json else []) + (["--markdown"] if args.markdown else [])
+    argv += ["--jobs", str(args.jobs)] if args.jobs else []
     env = dict(os.environ, TRITON_INTERPRET="0")
     return subprocess.call(argv, env=env)
 
@@ -159,6 +161,10 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"ufp4 kernels: {exc}", file=sys.stderr)
         return 2
+    if args.jobs < 0:
+        print(f"ufp4 kernels: --jobs={args.jobs} is not valid; give 0 (one per CPU) or a positive count",
+              file=sys.stderr)
+        return 2
     if args.matrix:
         print(format_table(*support_matrix(), markdown=args.markdown))
         return 0
@@ -166,14 +172,16 @@ def run(args) -> int:
         return _rerun_without_interpreter(args)
     from ufp4_compile.kernels.targets import compile_all
 
-    results, missing = compile_all(targets, args.kernels)
+    start = time.perf_counter()
+    results, missing = compile_all(targets, args.kernels, jobs=args.jobs or None)
+    wall = time.perf_counter() - start
     rows = _pivot_rows(results, missing, targets) if args.markdown else _result_rows(results, missing)
     print(format_table(*rows, markdown=args.markdown))
     failures = [r for r in results if r.status == "FAIL"]
     compiled = sum(r.compiled for r in results)
     versions = _versions()
     print(f"\n{compiled}/{len(results)} compiled, {len(failures)} failing, "
-          f"{sum(r.seconds for r in results):.1f} s compiling; triton {versions['triton']}, "
+          f"{sum(r.seconds for r in results):.1f} s compiling ({wall:.1f} s wall); triton {versions['triton']}, "
           f"torch {versions['torch']}; targets {', '.join(t.name for t in targets)}")
     if args.json:
         payload = {"versions": versions, "targets": [t.name for t in targets],

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import decode_nibbles, decode_scales, format_constants
-from ufp4_compile.numerics.formats import OperandFormat
+from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.quantize import as_format
 
 
@@ -92,3 +92,38 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Te
                              BLOCK=fmt.block, APPLY_TS=apply_tensor_scale, ROWWISE=rowwise, BLOCK_O=block_o,
                              BLOCK_L2=block_l2)
     return out
+
+
+# ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
+
+_SCALE_POINTERS = {ScaleFormat.FP32: "*fp32", ScaleFormat.E4M3: "*fp8e4nv", ScaleFormat.E8M0: "*u8"}
+_VARIANT_SIZE = 4096  # variants use the launcher's tile for a 4096 x 4096 operand
+
+
+def compile_variants():
+    """The instances the dequantize + matmul GEMM path launches: one per GEMM operand format of the presets
+    (row-wise along K, bf16 output, tensor scales left to the GEMM)."""
+    from ufp4_compile.kernels.targets import KernelVariant, preset_gemms
+    from ufp4_compile.lowering.dispatch import GemmPath
+
+    operands: dict[tuple, tuple[OperandFormat, dict]] = {}
+    for gemm in preset_gemms():
+        for fmt in (gemm.a, gemm.b):
+            key = (fmt.grid, fmt.scale, fmt.block)  # what the kernel sees
+            operands.setdefault(key, (fmt, {}))[1].update(dict.fromkeys(gemm.label.split(", ")))
+    l2 = _VARIANT_SIZE // 2
+    variants = []
+    for fmt, presets in operands.values():
+        c = format_constants(fmt)
+        block_l2 = max(fmt.block // 2, min(triton.next_power_of_2(l2), 64))
+        block_o = max(16, min(_VARIANT_SIZE, 4096 // (2 * block_l2)))
+        types = dict(codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[fmt.scale], ts_ptr="*fp32", out_ptr="*bf16",
+                     O="i32", L2="i32", s_page="i32", s_o="i32", ss_page="i32", ss_o="i32")
+        constexprs = dict(s_l=1, ss_l=1, GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, APPLY_TS=False, ROWWISE=True,
+                          BLOCK_O=block_o, BLOCK_L2=block_l2)
+        short = fmt.spec.rsplit("/", 1)[0].replace("16x16", "16")
+        variants.append(KernelVariant.build(
+            f"dequantize[{short}]", ", ".join(presets), _dequantize_kernel, types, constexprs,
+            aligned=("codes_ptr", "scales_ptr", "out_ptr", "O", "L2", "s_o"), options={"num_warps": 4},
+            formats=(fmt, fmt), path=GemmPath.DEQUANT_MM))
+    return variants

@@ -226,3 +226,50 @@ def scaled_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_sca
         DOT=DOT_DTYPES[dot], EVEN_K=(2 * K2) % cfg["BLOCK_K"] == 0, **cfg)
     return out
 
+
+
+# ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
+
+_SCALE_POINTERS = {"fp32": "*fp32", "e4m3": "*fp8e4nv", "e8m0": "*u8"}  # as the op passes block scales
+_UNIT_STRIDES = ("s_ak", "s_ask", "s_bk", "s_bsk", "s_cn")  # Fprop layout: K contiguous, row-major C
+
+
+def main_loops(a_fmt: OperandFormat, b_fmt: OperandFormat, compute_dtype: str) -> list[tuple[int, str]]:
+    """The (mode, dot dtype) main loops the lowering may run for these formats: the dequant loop, then the
+    fastest exact blockscale loop (FP8 before bf16 before FP32), each only where :func:`mode_allowed`."""
+    loops = [(MODE_DEQUANT, compute_dtype)] if mode_allowed(MODE_DEQUANT, compute_dtype, a_fmt, b_fmt,
+                                                             compute_dtype) else []
+    for dot in ("fp8", "bf16", "fp32"):
+        if mode_allowed(MODE_BLOCKSCALE, dot, a_fmt, b_fmt, compute_dtype):
+            return loops + [(MODE_BLOCKSCALE, dot)]
+    return loops
+
+
+def compile_variants(config: dict | None = None):
+    """``_scaled_mm_kernel`` for every GEMM format pair of the presets (and the extra pairs), every main
+    loop the lowering offers for it, with the default tile (the template's first config) and bf16 output."""
+    from ufp4_compile.kernels.targets import KernelVariant, preset_gemms
+    from ufp4_compile.lowering.dispatch import GemmPath
+
+    cfg = dict(config or DEFAULT_CONFIG)
+    options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+    types = {name: "i32" for name in _scaled_mm_kernel.arg_names if name.startswith("s_") or name in ("M", "N", "K2")}
+    types |= dict(a_codes="*u8", b_codes="*u8", a_ts="*fp32", b_ts="*fp32", c_ptr="*bf16")
+    variants = []
+    for gemm in preset_gemms():
+        ca, cb = format_constants(gemm.a), format_constants(gemm.b)
+        arg_types = dict(types, a_scales=_SCALE_POINTERS[gemm.a.scale.value],
+                         b_scales=_SCALE_POINTERS[gemm.b.scale.value])
+        for mode, dot in main_loops(gemm.a, gemm.b, gemm.compute_dtype):
+            constexprs = dict.fromkeys(_UNIT_STRIDES, 1) | cfg | dict(
+                A_GRID=ca.grid, A_SCALE=ca.scale, B_GRID=cb.grid, B_SCALE=cb.scale, BLOCK=gemm.a.block, MODE=mode,
+                DOT=DOT_DTYPES[dot], EVEN_K=True)
+            if mode == MODE_BLOCKSCALE:
+                constexprs["BLOCK_K"] = gemm.a.block
+            loop = "dequant" if mode == MODE_DEQUANT else "blockscale"
+            variants.append(KernelVariant.build(
+                f"scaled_mm[{gemm.name} {loop}-{dot}]", gemm.label, _scaled_mm_kernel,
+                {k: v for k, v in arg_types.items() if k not in constexprs}, constexprs,
+                aligned=("a_codes", "b_codes", "c_ptr", "M", "N", "K2", "s_am", "s_bn", "s_cm"), options=options,
+                formats=(gemm.a, gemm.b), path=GemmPath.EMULATED))
+    return variants

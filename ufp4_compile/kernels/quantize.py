@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ufp4_compile.kernels.common import (
     EXACT_LAUNCH, abs_bits, e4m3_round, format_constants, is_finite, pow2, round_half_even)
-from ufp4_compile.numerics.formats import OperandFormat
+from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.hadamard import inv_sqrt
 from ufp4_compile.numerics.quantize import _check_inputs, as_format
 from ufp4_compile.numerics import scales as _ref_scales
@@ -334,3 +334,50 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
         E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht, ROWWISE=rowwise, BLOCK_O=block_o, BLOCK_L=block_l,
         num_warps=num_warps, **EXACT_LAUNCH)
     return codes, scales.view(_RESULT_SCALE_DTYPES[c.scale]), tensor_scale
+
+
+# ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
+
+_SCALE_POINTERS = ("*fp32", "*u8", "*u8")  # by format_constants().scale, as _OUT_SCALE_DTYPES stores them
+_VARIANT_SIZE = 4096  # variants use the launcher's tile for a 4096 x 4096 bf16 operand
+
+
+def _variant_layout(rowwise: bool) -> tuple[dict, dict, tuple[str, ...]]:
+    """(argument types, unit strides as constexprs, 16-aligned arguments) of a launch on a contiguous x."""
+    types = dict(x_ptr="*bf16", O="i32", L="i32", s_page="i32", s_o="i32", s_l="i32", rht_seed="i32",
+                 inv_sqrt_n="fp32")
+    unit = {"s_l": 1} if rowwise else {"s_o": 1}
+    aligned = ("x_ptr", "O", "L", "s_o" if rowwise else "s_l")
+    return {k: v for k, v in types.items() if k not in unit}, unit, aligned
+
+
+def compile_variants():
+    """One ``_quantize_kernel`` per distinct quantize launch of the presets (format, RHT, row- or
+    column-wise; bf16 input), and the ``_amax_kernel`` instances the E4M3 formats launch first."""
+    from ufp4_compile.kernels.targets import KernelVariant, preset_quantize_calls
+
+    variants, amax = [], {}
+    for (fmt, rht, rowwise), presets in preset_quantize_calls().items():
+        c = format_constants(fmt)
+        block_o, block_l = _tile(_VARIANT_SIZE, _VARIANT_SIZE, max(fmt.block, rht, 2), rowwise)
+        types, unit, aligned = _variant_layout(rowwise)
+        types |= dict(codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[c.scale], ts_ptr="*fp32", gamax_ptr="*i32",
+                      seed_ptr="*i64" if c.stochastic else "*u8", offset="i64")
+        constexprs = unit | dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d,
+                                 STOCHASTIC=c.stochastic, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
+                                 ROWWISE=rowwise, BLOCK_O=block_o, BLOCK_L=block_l)
+        orientation = "row-wise" if rowwise else "column-wise"
+        variants.append(KernelVariant.build(
+            f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types, constexprs,
+            aligned=aligned + ("codes_ptr", "scales_ptr"), options=dict(EXACT_LAUNCH, num_warps=4)))
+        if fmt.scale is ScaleFormat.E4M3:  # two-level scales: the global-amax pre-pass first
+            names = amax.setdefault((rht, rowwise, block_o, block_l), {})
+            names.update(dict.fromkeys(presets.split(", ")))
+    for (rht, rowwise, block_o, block_l), names in amax.items():
+        types, unit, aligned = _variant_layout(rowwise)
+        orientation = "row-wise" if rowwise else "column-wise"
+        variants.append(KernelVariant.build(
+            f"quantize_amax[rht{rht} {orientation}]", ", ".join(names), _amax_kernel, types | {"gamax_ptr": "*i32"},
+            unit | dict(RHT=rht, BLOCK_O=block_o, BLOCK_L=block_l), aligned=aligned,
+            options=dict(EXACT_LAUNCH, num_warps=4)))
+    return variants

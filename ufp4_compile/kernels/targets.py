@@ -10,8 +10,12 @@ returns a list of :class:`KernelVariant`: one per kernel and format (constexpr) 
 in :data:`KERNEL_MODULES` are imported defensively: a missing module or a module without
 ``compile_variants()`` is reported as "not available", not as an error.
 
+Which instances to compile follows the presets: :func:`preset_gemms` lists the distinct GEMM format pairs
+(plus :data:`EXTRA_FORMAT_PAIRS`), :func:`preset_quantize_calls` the distinct quantize launches.
+
 The kernels must be real ``@triton.jit`` functions: with ``TRITON_INTERPRET=1`` set before Triton was
 imported they are interpreter objects and cannot be compiled (run ``ufp4 kernels`` without it).
+:func:`compile_all` compiles in parallel worker processes (spawned, so no Triton state is shared).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import multiprocessing
 import os
 import re
 import tempfile
@@ -27,8 +32,10 @@ from typing import Any, Callable, Iterable
 
 from ufp4_compile.lowering.dispatch import GemmPath, Target, gemm_paths
 from ufp4_compile.numerics.formats import OperandFormat
+from ufp4_compile.recipes import PRESETS, Role
 
-KERNEL_MODULES = ("ufp4_compile.kernels.quantize", "ufp4_compile.kernels.gemm", "ufp4_compile.kernels.native_gemm")
+KERNEL_MODULES = ("ufp4_compile.kernels.quantize", "ufp4_compile.kernels.dequantize", "ufp4_compile.kernels.gemm",
+                  "ufp4_compile.kernels.native_gemm")
 
 # Matrix instructions, as they are spelled in PTX and AMDGCN.
 _MATRIX_INSTRUCTION = re.compile(
@@ -109,6 +116,61 @@ class CompileResult:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# ---- which instances the presets launch -----------------------------------------------------------------
+
+# Format pairs no preset uses but the dispatch treats specially: (short name, label, a spec, b spec).
+EXTRA_FORMAT_PAIRS = (("int4-e8m0", "custom: INT4 + MX scales", "int4/32/e8m0/nearest", "int4/32/e8m0/nearest"),)
+
+# Whether each quantize call of a GEMM reads its tensor row-wise (along the last axis), per role, for the
+# (a, b) operands (docs/pipeline.md: Dgrad's W and both Wgrad operands are quantized along axis 0).
+ROLE_ROWWISE = {Role.FPROP: (True, True), Role.DGRAD: (True, False), Role.WGRAD: (False, False)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PresetGemm:
+    """One GEMM kernel instance: operand formats and compute dtype, with the presets that run it."""
+
+    name: str  # the first preset's name (or the extra pair's short name)
+    label: str  # every preset that runs it, comma-separated
+    a: OperandFormat
+    b: OperandFormat
+    compute_dtype: str
+
+
+def _gemm_key(fmt: OperandFormat) -> tuple:
+    return fmt.grid, fmt.scale, fmt.block  # what a GEMM kernel sees (rounding and 2-D blocks are gone)
+
+
+def preset_gemms() -> list[PresetGemm]:
+    """The distinct (a, b, compute dtype) GEMM instances of every preset's quantized roles, then the extras."""
+    found: dict[tuple, PresetGemm] = {}
+    for name, recipe in PRESETS.items():
+        for role in recipe.quantized_roles:
+            gemm = recipe.gemm(role)
+            compute = recipe.compute_dtype.value
+            key = (_gemm_key(gemm.a), _gemm_key(gemm.b), compute)
+            if key not in found:
+                found[key] = PresetGemm(name, name, gemm.a, gemm.b, compute)
+            elif name not in found[key].label.split(", "):
+                found[key] = dataclasses.replace(found[key], label=f"{found[key].label}, {name}")
+    extras = [PresetGemm(short, label, OperandFormat.from_spec(a), OperandFormat.from_spec(b), "bf16")
+              for short, label, a, b in EXTRA_FORMAT_PAIRS]
+    return list(found.values()) + extras
+
+
+def preset_quantize_calls() -> dict[tuple[OperandFormat, int, bool], str]:
+    """``{(format, rht, rowwise): presets}`` for every distinct quantize launch of the presets."""
+    found: dict[tuple[OperandFormat, int, bool], list[str]] = {}
+    for name, recipe in PRESETS.items():
+        for role in recipe.quantized_roles:
+            gemm = recipe.gemm(role)
+            for fmt, rowwise in zip((gemm.a, gemm.b), ROLE_ROWWISE[role]):
+                names = found.setdefault((fmt, gemm.rht, rowwise), [])
+                if name not in names:
+                    names.append(name)
+    return {key: ", ".join(names) for key, names in found.items()}
 
 
 def find_matrix_instructions(asm: str) -> tuple[str, ...]:
@@ -218,12 +280,51 @@ def collect_variants(modules: Iterable[str] = KERNEL_MODULES) -> tuple[list[Kern
         if provider is None:
             missing[module_name] = "not available: the module defines no compile_variants()"
             continue
-        variants.extend(dataclasses.replace(v, module=module_name) for v in provider())
+        try:
+            provided = list(provider())
+        except Exception as exc:  # noqa: BLE001 (reported like a missing module)
+            missing[module_name] = f"not available: compile_variants() failed ({type(exc).__name__}: {exc})"
+            continue
+        variants.extend(dataclasses.replace(v, module=module_name) for v in provided)
     return variants, missing
 
 
-def compile_all(targets: Iterable[Target], pattern: str = "*", modules: Iterable[str] = KERNEL_MODULES):
-    """Compile every variant whose name matches ``pattern`` for every target: (results, missing modules)."""
+# ---- parallel compilation (worker processes collect the same variants, in the same order) ----------------
+
+_worker_variants: list[KernelVariant] = []
+
+
+def _worker_init(modules: tuple[str, ...]) -> None:
+    global _worker_variants
+    _worker_variants = collect_variants(modules)[0]
+
+
+def _worker_compile(job: tuple[int, str, Target]) -> CompileResult:
+    index, name, target = job
+    variant = _worker_variants[index]
+    if variant.name != name:  # the variant lists of parent and worker differ: a bug, not a compile error
+        raise RuntimeError(f"variant {index} is {variant.name!r} in the worker, {name!r} in the parent")
+    return compile_variant(variant, target)
+
+
+def compile_all(targets: Iterable[Target], pattern: str = "*", modules: Iterable[str] = KERNEL_MODULES,
+                jobs: int | None = None):
+    """Compile every variant whose name matches ``pattern`` for every target: (results, missing modules).
+
+    ``pattern`` is a glob whose ``*`` and ``?`` are wildcards; brackets are literal (names contain them).
+
+    ``jobs`` worker processes (default: the CPU count; 1 compiles in this process). Results keep the
+    order variant by variant, target by target.
+    """
+    modules = tuple(modules)
+    targets = list(targets)
     variants, missing = collect_variants(modules)
-    results = [compile_variant(v, t) for v in variants if fnmatch.fnmatchcase(v.name, pattern) for t in targets]
+    glob = pattern.replace("[", "[[]")
+    work = [(i, v, t) for i, v in enumerate(variants) if fnmatch.fnmatchcase(v.name, glob) for t in targets]
+    jobs = min(jobs or os.cpu_count() or 1, len(work))
+    if jobs <= 1:
+        return [compile_variant(v, t) for _, v, t in work], missing
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(jobs, initializer=_worker_init, initargs=(modules,)) as pool:
+        results = pool.map(_worker_compile, [(i, v.name, t) for i, v, t in work], chunksize=1)
     return results, missing
