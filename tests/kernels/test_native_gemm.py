@@ -77,6 +77,19 @@ def test_interpreter_transposed_operands_and_bf16_out():
     torch.testing.assert_close(out_bf16.float(), out, rtol=2**-7, atol=0)
 
 
+@pytest.mark.skipif(HAS_GPU, reason="interpreter test")
+def test_interpreter_writes_into_out_with_the_default_cpu_config():
+    a, b = _operands(40, 48, 64, MXFP4, INT4_MX)
+    out = torch.full((40, 48), float("nan"))
+    result = native_scaled_mm(a.codes, a.scales, a.tensor_scale, b.codes, b.scales, b.tensor_scale, a.fmt, b.fmt,
+                              emulate_dot=True, out=out)
+    assert result is out
+    assert_matches_reference(out, a, b)
+    with pytest.raises(ValueError, match=r"out must be an \(40, 48\) tensor"):
+        native_scaled_mm(a.codes, a.scales, a.tensor_scale, b.codes, b.scales, b.tensor_scale, a.fmt, b.fmt,
+                         emulate_dot=True, out=torch.empty(48, 40))
+
+
 def test_helpers_are_listed_in_dependency_order():
     # A template appends these sources in order; each may call only helpers listed before it.
     import inspect

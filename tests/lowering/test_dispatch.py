@@ -175,6 +175,8 @@ def test_current_target_reads_torch(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: _FakeProps())
     assert current_target() == GFX950
     assert gemm_paths(MXFP4, MXFP4)[0].path is GemmPath.NATIVE  # target=None reads the (faked) device
+    assert current_target(torch.device("cpu")) == CPU  # a CPU tensor's device, GPU or not
+    assert current_target(torch.device("cuda", 0)) == GFX950
 
 
 @pytest.mark.gpu

@@ -9,7 +9,7 @@ from torch._inductor.utils import run_and_get_code
 
 import ufp4_compile.lowering as lowering
 import ufp4_compile.ops  # noqa: F401
-from ufp4_compile.numerics.quantize import gemm_reference, quantize
+from ufp4_compile.numerics.quantize import dequantize, gemm_reference, quantize
 
 scaled_mm_lowering = pytest.importorskip("ufp4_compile.lowering.scaled_mm")
 
@@ -60,6 +60,38 @@ def test_extern_choice_codegen(spec):
     torch.testing.assert_close(out, gemm_reference(qa, qb), rtol=1e-5, atol=1e-5)
 
 
+NATIVE_PAIRS = [("e2m1/32/e8m0/nearest", "e2m1/32/e8m0/nearest"), ("int4/32/e8m0/nearest", "int4/32/e8m0/nearest"),
+                ("e2m1/16/e4m3/nearest", "e2m1/16x16/e4m3/nearest")]
+
+
+@pytest.mark.parametrize("a_spec, b_spec", NATIVE_PAIRS)
+def test_native_choice_codegen_for_a_faked_sm100(a_spec, b_spec):
+    """The native choice, planned for sm_100 and run on CPU (the kernel in the interpreter, dot_scaled
+    emulated): the generated code calls it, and its result is the reference up to accumulation order."""
+    gen = torch.Generator().manual_seed(2)
+    qa = quantize(torch.randn(40, 96, generator=gen), 1, a_spec)
+    qb = quantize(torch.randn(48, 96, generator=gen), 1, b_spec)
+
+    def fn(ac, asc, ats, bc, bsc, bts):
+        return torch.ops.ufp4.scaled_mm(ac, asc, ats, bc, bsc, bts, a_spec, b_spec, "bf16", torch.float32)
+
+    with scaled_mm_lowering.force_choices("native", allow_cpu=True, target="sm_100"):
+        out, code = run_and_get_code(torch.compile(fn, backend="inductor"), *args(qa, qb))
+    assert "extern_kernels.ufp4_native_mm" in "\n".join(code)
+    bound = 96 * 2.0**-23 * (dequantize(qa).abs() @ dequantize(qb).abs().t())
+    torch.testing.assert_close(out, gemm_reference(qa, qb), rtol=0, atol=float(bound.max()))
+
+
+def test_native_choice_is_not_offered_for_sm90():
+    qa, qb = operands("e2m1/32/e8m0/nearest")
+    with scaled_mm_lowering.force_choices("native", allow_cpu=True, target="sm_90"):
+        out, code = run_and_get_code(torch.compile(mm_fn("e2m1/32/e8m0/nearest"), backend="inductor"),
+                                     *args(qa, qb))
+    text = "\n".join(code)
+    assert "ufp4_native_mm" not in text and "ufp4.scaled_mm" in text  # no choice: the op's own fallback
+    torch.testing.assert_close(out, gemm_reference(qa, qb), rtol=1e-5, atol=1e-5)
+
+
 def test_register_is_idempotent():
     lowering.register()
     lowering.register()
@@ -88,6 +120,31 @@ def test_gpu_choices_match_reference(spec, choice):
     text = "\n".join(code)
     assert ("extern_kernels.ufp4_dequant_mm" in text) == (choice == "extern")
     assert ((out.double() - ref.double()).norm() / ref.double().norm()).item() <= 1e-5
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("a_spec, b_spec", NATIVE_PAIRS)
+def test_gpu_native_choice_where_dispatch_offers_it(a_spec, b_spec):
+    from ufp4_compile.lowering.dispatch import GemmPath, current_target, gemm_paths
+    from ufp4_compile.numerics.formats import OperandFormat
+
+    target = current_target()
+    if gemm_paths(OperandFormat.from_spec(a_spec), OperandFormat.from_spec(b_spec), "bf16", target)[0].path \
+            is not GemmPath.NATIVE:
+        pytest.skip(f"{target}: the dispatch offers no native path for {a_spec} x {b_spec}")
+    gen = torch.Generator().manual_seed(3)
+    qa = quantize(torch.randn(256, 512, generator=gen).cuda(), 1, a_spec)
+    qb = quantize(torch.randn(384, 512, generator=gen).cuda(), 1, b_spec)
+
+    def fn(ac, asc, ats, bc, bsc, bts):
+        return torch.ops.ufp4.scaled_mm(ac, asc, ats, bc, bsc, bts, a_spec, b_spec, "bf16", torch.float32)
+
+    with scaled_mm_lowering.force_choices("native"):
+        out, code = run_and_get_code(torch.compile(fn, backend="inductor"), *args(qa, qb))
+    assert "extern_kernels.ufp4_native_mm" in "\n".join(code)
+    bound = 512 * 2.0**-23 * (dequantize(qa).abs() @ dequantize(qb).abs().t())
+    torch.testing.assert_close(out, gemm_reference(qa, qb), rtol=0, atol=float(bound.max()))
 
 
 @gpu

@@ -188,6 +188,8 @@ class NativeConfig:
 
 
 DEFAULT_CONFIG = NativeConfig()
+# CPU tensors run in the Triton interpreter (emulate_dot=True): small tiles keep its NumPy work small.
+INTERPRETER_CONFIG = NativeConfig(block_m=32, block_n=32, block_k=64, group_m=2, num_stages=1)
 
 
 def native_operand(fmt: OperandFormat | str) -> tuple[str, int]:
@@ -216,11 +218,13 @@ def _check_operand(name: str, codes: torch.Tensor, scales: torch.Tensor, rows: i
 
 def native_scaled_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale,
                      a_fmt: OperandFormat | str, b_fmt: OperandFormat | str,
-                     out_dtype: torch.dtype = torch.bfloat16, config: NativeConfig = DEFAULT_CONFIG,
-                     emulate_dot: bool = False) -> torch.Tensor:
+                     out_dtype: torch.dtype = torch.bfloat16, config: NativeConfig | None = None,
+                     emulate_dot: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """``C = A B^T`` with ``tl.dot_scaled``; the arguments of ``ufp4::scaled_mm`` (docs/pipeline.md).
 
     ``emulate_dot=True`` replaces ``dot_scaled`` by an FP32 decode + ``tl.dot`` (for the interpreter).
+    ``config`` defaults to :data:`DEFAULT_CONFIG` (:data:`INTERPRETER_CONFIG` for CPU tensors); ``out``, an
+    ``(M, N)`` tensor, receives the result (its dtype wins over ``out_dtype``).
     """
     a_elem, a_block = native_operand(a_fmt)
     b_elem, b_block = native_operand(b_fmt)
@@ -235,12 +239,18 @@ def native_scaled_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_ten
     if a_codes.device.type == "cpu" and not emulate_dot:
         raise ValueError("native_scaled_mm on CPU tensors runs in the Triton interpreter, which has no "
                          "tl.dot_scaled: pass emulate_dot=True, or use GPU tensors")
-    out = torch.empty((M, N), device=a_codes.device, dtype=out_dtype)
+    if out is None:
+        out = torch.empty((M, N), device=a_codes.device, dtype=out_dtype)
+    elif tuple(out.shape) != (M, N) or out.device != a_codes.device:
+        raise ValueError(f"out must be an ({M}, {N}) tensor on {a_codes.device}, got {tuple(out.shape)} on "
+                         f"{out.device}")
     if M == 0 or N == 0:
         return out
+    if K == 0:
+        return out.zero_()
     ts_a = a_tensor_scale.reshape(1).float()
     ts_b = b_tensor_scale.reshape(1).float()
-    cfg = config
+    cfg = config or (INTERPRETER_CONFIG if a_codes.device.type == "cpu" else DEFAULT_CONFIG)
     grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n),)
     _native_scaled_mm_kernel[grid](
         a_codes, b_codes, a_scales.view(torch.uint8), b_scales.view(torch.uint8), ts_a, ts_b, out, M, N, K,

@@ -97,16 +97,20 @@ class Target:
         return self.name
 
 
-def current_target() -> Target:
-    """The target of the running machine's current device (``Target("cpu")`` without a GPU)."""
+def current_target(device=None) -> Target:
+    """The target of ``device`` (a ``torch.device``; default: the current GPU), ``Target("cpu")`` for a CPU
+    device or without a GPU."""
     import torch
 
+    if device is not None and torch.device(device).type == "cpu":
+        return Target("cpu")
     if not torch.cuda.is_available():
         return Target("cpu")
+    index = torch.device(device).index if device is not None else None  # None: the current device
     if getattr(torch.version, "hip", None):
-        arch = torch.cuda.get_device_properties(torch.cuda.current_device()).gcnArchName
+        arch = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).gcnArchName
         return Target("hip", arch.split(":")[0])
-    major, minor = torch.cuda.get_device_capability()
+    major, minor = torch.cuda.get_device_capability(index)
     return Target("cuda", 10 * major + minor)
 
 

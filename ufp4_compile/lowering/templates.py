@@ -5,6 +5,9 @@
   kernel run the same arithmetic), storing through ``store_output`` so Inductor fuses epilogues.
 - ``ufp4_dequant_mm`` (:data:`dequant_mm_choice`): an ``ExternKernelChoice``: dequantize both operands to the
   compute dtype (Triton), then cuBLAS with FP32 accumulation, tensor scales applied after.
+- ``ufp4_native_mm`` (:data:`native_mm_choice`): an ``ExternKernelChoice`` calling the ``tl.dot_scaled``
+  kernel (``kernels.native_gemm.native_scaled_mm``), for the targets where the dispatch puts it first.
+  An extern call, so Inductor does not fuse epilogues into it.
 """
 
 from __future__ import annotations
@@ -119,3 +122,18 @@ def ufp4_dequant_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tens
 
 
 dequant_mm_choice = ExternKernelChoice(ufp4_dequant_mm, name="ufp4_dequant_mm", has_out_variant=True)
+
+
+# ---- native block-scaled MMA (tl.dot_scaled) -----------------------------------------------------------
+
+def ufp4_native_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale, *, a_fmt: str,
+                   b_fmt: str, out: torch.Tensor) -> torch.Tensor:
+    """``native_scaled_mm`` into ``out``. CPU tensors (tests only: no CPU target offers this choice) run the
+    kernel in the Triton interpreter with ``dot_scaled`` emulated."""
+    from ufp4_compile.kernels.native_gemm import native_scaled_mm
+
+    return native_scaled_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale, a_fmt, b_fmt,
+                            out=out, emulate_dot=a_codes.device.type == "cpu")
+
+
+native_mm_choice = ExternKernelChoice(ufp4_native_mm, name="ufp4_native_mm", has_out_variant=True)
