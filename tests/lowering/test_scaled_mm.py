@@ -205,3 +205,19 @@ def test_backend_linear_bias_gelu_fuses_into_template(recipe):
     assert any("erf" in k for k in kernels), "bias + GELU not fused into the ufp4 template"
     ref = model(x)
     assert ((out - ref).norm() / ref.norm()).item() < 0.2  # 4-bit quantization error, not a bug-sized one
+
+
+def test_register_replaces_a_fallback_installed_by_an_earlier_compile():
+    """Inductor installs a generic fallback for an op it meets without a lowering; register() must win."""
+    from torch._inductor.lowering import lowerings, make_fallback
+
+    op = torch.ops.ufp4.scaled_mm.default
+    make_fallback(op, warn=False)  # what a CPU compile before register() leaves behind
+    assert lowerings[op].__name__ != "lower_scaled_mm"
+    lowering._registered = False
+    lowering.register()
+    spec = SPECS[0]
+    qa, qb = operands(spec)
+    with scaled_mm_lowering.force_choices("extern", allow_cpu=True):
+        _, code = run_and_get_code(torch.compile(mm_fn(spec), backend="inductor"), *args(qa, qb))
+    assert "extern_kernels.ufp4_dequant_mm" in "\n".join(code)

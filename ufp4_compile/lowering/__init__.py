@@ -14,15 +14,17 @@ def register() -> None:
     if _registered:
         return
     import torch
-    from torch._inductor.lowering import lowerings, register_lowering
+    from torch._inductor.lowering import fallbacks, register_lowering
 
     import ufp4_compile.ops  # noqa: F401  (defines the ops)
     from ufp4_compile.lowering.cuda_impls import register_cuda_impls
     from ufp4_compile.lowering.scaled_mm import lower_scaled_mm
 
     op = torch.ops.ufp4.scaled_mm.default
-    if op not in lowerings:
-        register_lowering(op, type_promotion_kind=None)(lower_scaled_mm)
+    # Install unconditionally: an Inductor compile that met the op before this call has already put a
+    # generic fallback into ``lowerings`` (graph.py's make_fallback), which would otherwise shadow ours.
+    fallbacks.discard(op)
+    register_lowering(op, type_promotion_kind=None)(lower_scaled_mm)
     if torch.cuda.is_available():
         register_cuda_impls()
     _registered = True
