@@ -20,7 +20,7 @@ from ufp4_compile.kernels.common import (
     EXACT_LAUNCH, abs_bits, e4m3_round, format_constants, is_finite, pow2, round_half_even)
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.hadamard import inv_sqrt
-from ufp4_compile.numerics.quantize import _check_inputs, as_format
+from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
 from ufp4_compile.numerics import scales as _ref_scales
 
 _E4M3_MAX = tl.constexpr(_ref_scales.E4M3_MAX)
@@ -294,7 +294,7 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
     ``config`` (benchmarks): ``{"BLOCK_O": .., "BLOCK_L": .., "num_warps": ..}`` overrides the tile.
     """
     fmt = as_format(fmt)
-    axis = _check_inputs(x, axis, fmt, rht, seed)
+    axis = check_quantize_inputs(x, axis, fmt, rht, seed)
     c = format_constants(fmt)
     x3, rowwise = _view3(x, axis)
     if rowwise:

@@ -51,7 +51,8 @@ def as_format(fmt) -> OperandFormat:
     raise ValueError(f"fmt={fmt!r} is not valid; pass an OperandFormat or a spec such as 'int4/16/fp32/nearest'")
 
 
-def _check_inputs(x, axis, fmt: OperandFormat, rht: int, seed) -> int:
+def check_quantize_inputs(x, axis, fmt: OperandFormat, rht: int, seed) -> int:
+    """Validate quantize's arguments (shared by the kernels, so both reject the same inputs); the axis, normalized."""
     if not isinstance(x, torch.Tensor) or x.dtype not in VALID_DTYPES:
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x.dtype={got} is not valid; valid values: float32, bfloat16, float16")
@@ -122,7 +123,7 @@ def quantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0
     with ``offset``; it is required for ``Rounding.STOCHASTIC`` and ignored otherwise.
     """
     fmt = as_format(fmt)
-    axis = _check_inputs(x, axis, fmt, rht, seed)
+    axis = check_quantize_inputs(x, axis, fmt, rht, seed)
     xf = x.float()
     if rht:
         xf = hadamard.rht(xf, axis, rht, rht_seed)
