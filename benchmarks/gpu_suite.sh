@@ -7,6 +7,9 @@
 #
 #   UFP4_GIT_SHA=$(git rev-parse --short HEAD) bash benchmarks/gpu_suite.sh   # everything (~6 min on an H100)
 #   STAGES="bench_gemm" bash benchmarks/gpu_suite.sh
+#   STAGES="train_step" STEP_ARGS="--recipes ufp4 --profile 3" bash benchmarks/gpu_suite.sh   # issue 6
+#   STAGES="train" TRAIN_ARGS="--preset small --recipes bf16,ufp4" bash benchmarks/gpu_suite.sh  # issue 7
+# Limits per stage: LIMIT_<STAGE> seconds overrides the default (e.g. LIMIT_train=540).
 # UFP4_GIT_SHA names the commit in the result headers where the machine's copy of the tree has no .git.
 set -u
 OUT=${OUT:-benchmarks/results/gpu_suite}
@@ -19,6 +22,7 @@ NCU=${NCU:-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null |
 
 stage() {  # stage NAME LIMIT_S COMMAND...
   local name=$1 limit=$2; shift 2
+  local override="LIMIT_$name"; limit=${!override:-$limit}
   case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
   local t0=$SECONDS
   echo "=== $name (limit ${limit}s)"
@@ -32,6 +36,9 @@ stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml=
   tests/kernels/test_quantize.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py
 stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"
 stage bench_quantize 200 python3 benchmarks/quantize.py --out "$R"
+stage train_step 420 python3 benchmarks/train_step.py ${STEP_ARGS:-} --out "$R"
+# ufp4 train writes one JSON per finished run under runs/; a cut-off stage keeps those, and --resume reuses them.
+stage train 540 ufp4 train ${TRAIN_ARGS:---preset small} --no-progress --out "$R/train"
 if [ -n "$NCU" ]; then
   SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy"
   stage profile 80 bash -c "
@@ -42,10 +49,13 @@ if [ -n "$NCU" ]; then
 fi
 
 tar czf "$OUT/gpu_suite.tar.gz" -C "$OUT" suite
+cp "$R"/*.md "$OUT"/ 2>/dev/null
 echo "=== summary"
 cat "$R/status.txt"
 tail -n 5 "$R/tests.log" 2>/dev/null
 grep -E "^(FAILED|ERROR)" "$R/tests.log" 2>/dev/null | head -30
 grep -E "8192\^3|ratio" "$R/bench_gemm.log" 2>/dev/null | head -12
 grep -E "GB/s" "$R/bench_quantize.log" 2>/dev/null | head -30
+cat "$R"/train_step_*.md 2>/dev/null | grep -E "^\| " | head -40
+grep -E "gap|ordering|floor" "$R"/train/results.md 2>/dev/null | head -20
 grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued" "$R"/ncu_*.txt 2>/dev/null | head -30

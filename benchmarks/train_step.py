@@ -8,8 +8,12 @@ time (first step minus the median step). Ratios are to bf16-compiled measured in
     python benchmarks/train_step.py                                 # every recipe (GPU)
     python benchmarks/train_step.py --recipes bf16,ufp4,nvfp4      # a subset
     python benchmarks/train_step.py --tiny                          # CPU smoke run of the machinery
+    python benchmarks/train_step.py --profile 3                     # plus a kernel-time breakdown per variant
 
-Writes train_step_<device>.json and .md under --out (default benchmarks/results/).
+Writes train_step_<device>.json and .md under --out (default benchmarks/results/). With ``--profile N``, N more
+steps per variant run under ``torch.profiler`` after the timed ones; their device time is summed per kernel and
+per category (quantize, dequantize, GEMM, attention, Inductor-generated, optimizer, other) into the JSON and
+train_step_profile_<device>.md. Profiled steps are never the timed ones.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import pathlib
 import platform
 import re
@@ -47,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help="timed steps")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="output directory")
     p.add_argument("--tiny", action="store_true", help="CPU smoke mode: the tiny model, fp32, 2 timed steps")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after the timed steps, profile N more steps and break their kernel time down by category")
     p.add_argument("--compile-cache", action="store_true",
                    help="let Inductor's FX/AOT caches serve compilations (default: disabled, so every variant's "
                         "compile time is a cold compile, not a cache hit from an earlier variant or run)")
@@ -60,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.recipe_list = [get_recipe(n.strip()).name for n in args.recipes.split(",") if n.strip()]
     except ValueError as err:
         p.error(str(err))
+    if args.profile < 0:
+        p.error(f"--profile={args.profile} is not valid; valid values: 0 (off) or a positive number of steps")
     if args.tiny:
         args.batch_size, args.warmup, args.iters = min(args.batch_size, 2), min(args.warmup, 1), min(args.iters, 2)
     elif not torch.cuda.is_available():
@@ -77,6 +86,54 @@ def variants(args) -> list[tuple[str, str, str | None]]:
     if "ufp4" in args.kinds:
         out += [(f"ufp4:{name}", "ufp4", name) for name in args.recipe_list]
     return out
+
+
+# Kernel name -> category, first match wins. Our kernels are named in ufp4_compile/kernels/; cuBLAS GEMMs
+# appear as sm90_xmma*/nvjet*/cutlass*/gemm*; SDPA as flash/fmha/efficient-attention kernels.
+CATEGORIES = (
+    ("quantize", re.compile(r"_quantize_kernel|mean_split")),
+    ("dequantize", re.compile(r"_dequantize_kernel")),
+    ("gemm (ufp4 template/native)", re.compile(r"_scaled_mm_kernel|ufp4_scaled_mm|native_scaled_mm")),
+    ("gemm (cuBLAS)", re.compile(r"gemm|xmma|nvjet|cutlass|cublas|sm90_|splitK|Kernel2", re.I)),
+    ("attention", re.compile(r"flash|fmha|attention|sdpa", re.I)),
+    ("optimizer", re.compile(r"multi_tensor|adam|foreach", re.I)),
+    ("inductor (generated)", re.compile(r"^triton_")),
+    ("other", re.compile(r"")),
+)
+
+
+def categorize(name: str) -> str:
+    return next(label for label, pattern in CATEGORIES if pattern.search(name))
+
+
+def profile_steps(step, n: int, device) -> dict:
+    """Device time per step by kernel and by category, over ``n`` profiled steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(n):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if device.type == "cuda" and getattr(event, "device_type", None) != torch.autograd.DeviceType.CUDA:
+            continue
+        if device.type != "cuda" and (event.cpu_parent is not None or event.name.startswith("ProfilerStep")):
+            continue
+        us = event.device_time if device.type == "cuda" else event.cpu_time
+        entry = kernels.setdefault(event.name, [0.0, 0])
+        entry[0] += us / 1e3 / n
+        entry[1] += 1
+    by_category: dict[str, float] = {}
+    for name, (ms, _) in kernels.items():
+        by_category[categorize(name)] = by_category.get(categorize(name), 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:25]
+    return {"steps": n, "ms_per_step_by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+            "total_ms_per_step": sum(by_category.values()),
+            "top_kernels": [{"name": k[:160], "category": categorize(k), "ms_per_step": v[0],
+                             "launches_per_step": v[1] / n} for k, (v) in top]}
 
 
 def build(kind: str, recipe: str | None, config, device):
@@ -133,12 +190,14 @@ def measure(kind: str, recipe: str | None, config, args, device) -> dict:
     times = timed_steps(step, args.iters, device)
     median = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    profiled = profile_steps(step, args.profile, device) if args.profile else None
     del model, optimizer, fn
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"step_time_s": median, "step_times_s": times, "tokens_per_s": args.batch_size * config.seq_len / median,
-            "peak_memory_bytes": peak, "first_step_s": first, "compile_time_s": max(0.0, first - median)}
+            "peak_memory_bytes": peak, "first_step_s": first, "compile_time_s": max(0.0, first - median),
+            **({"profile": profiled} if profiled else {})}
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -182,6 +241,31 @@ def markdown(meta: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def profile_markdown(meta: dict, rows: list[dict]) -> str:
+    """Per-category device ms/step for every profiled variant side by side, then each one's top kernels."""
+    rows = [r for r in rows if "profile" in r]
+    cats = [label for label, _ in CATEGORIES]
+    lines = [f"# Training step kernel time: {meta['device']}", "",
+             f"torch {meta['torch']}, triton {meta['triton']}, git {meta['git']}; device time per step summed over "
+             f"`torch.profiler` kernel events ({rows[0]['profile']['steps'] if rows else 0} profiled steps after "
+             "the timed ones); kernels overlap nothing here, so the total is close to the step time less idle gaps.",
+             "", "| category | " + " | ".join(r["variant"] for r in rows) + " |",
+             "|---|" + "---|" * len(rows)]
+    for cat in cats:
+        vals = [r["profile"]["ms_per_step_by_category"].get(cat) for r in rows]
+        if any(vals):
+            lines.append(f"| {cat} | " + " | ".join(_fmt(v, ".2f") for v in vals) + " |")
+    lines.append("| **total kernel ms** | " + " | ".join(f"{r['profile']['total_ms_per_step']:.2f}" for r in rows)
+                 + " |")
+    lines.append("| step ms (timed) | " + " | ".join(f"{1e3 * r['step_time_s']:.2f}" for r in rows) + " |")
+    for r in rows:
+        lines += ["", f"## {r['variant']}: top kernels", "", "| kernel | category | ms/step | launches/step |",
+                  "|---|---|---|---|"]
+        lines += [f"| `{k['name'][:90]}` | {k['category']} | {k['ms_per_step']:.3f} | {k['launches_per_step']:.0f} |"
+                  for k in r["profile"]["top_kernels"]]
+    return "\n".join(lines) + "\n"
+
+
 def metadata(args, config, device) -> dict:
     try:
         import triton
@@ -194,11 +278,12 @@ def metadata(args, config, device) -> dict:
                              cwd=pathlib.Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         git = None
+    git = git or os.environ.get("UFP4_GIT_SHA")  # a copy of the tree without .git names its commit here
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "git": git,
             "model": dataclasses.asdict(config), "batch_size": args.batch_size, "warmup": args.warmup,
             "iters": args.iters, "precision": "bf16 autocast, fused AdamW" if device.type == "cuda" else "fp32",
-            "tiny": args.tiny, "compile_cache": args.compile_cache, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
+            "tiny": args.tiny, "profile_steps": args.profile, "compile_cache": args.compile_cache, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
 
 
 def main(argv=None) -> int:
@@ -224,6 +309,9 @@ def main(argv=None) -> int:
     (out / f"train_step_{slug}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     (out / f"train_step_{slug}.md").write_text(markdown(meta, rows))
     print(markdown(meta, rows))
+    if args.profile:
+        (out / f"train_step_profile_{slug}.md").write_text(profile_markdown(meta, rows))
+        print(profile_markdown(meta, rows))
     print(f"wrote {out / f'train_step_{slug}.json'} and .md")
     return 1 if any("error" in r for r in rows) else 0
 

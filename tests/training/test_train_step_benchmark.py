@@ -42,3 +42,28 @@ def test_bad_arguments(bench):
         bench.parse_args(["--tiny", "--recipes", "fp3"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--tiny", "--variants", "tensorrt"])
+
+
+def test_kernel_names_fall_into_categories(bench):
+    assert bench.categorize("_quantize_kernel") == "quantize"
+    assert bench.categorize("_dequantize_kernel") == "dequantize"
+    assert bench.categorize("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "gemm (cuBLAS)"
+    assert bench.categorize("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NNT") == "gemm (cuBLAS)"
+    assert bench.categorize("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert bench.categorize("multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert bench.categorize("triton_per_fused__to_copy_mean_mul_pow_rsqrt_0") == "inductor (generated)"
+    assert bench.categorize("void at::native::elementwise_kernel<128, 2>") == "other"
+
+
+def test_profile_breakdown_on_cpu(bench, tmp_path):
+    assert bench.main(["--tiny", "--variants", "eager", "--profile", "1", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("train_step_*-tiny.json")
+    (row,) = json.loads(json_path.read_text())["rows"]
+    prof = row["profile"]
+    assert prof["steps"] == 1 and prof["total_ms_per_step"] > 0
+    assert prof["total_ms_per_step"] == pytest.approx(sum(prof["ms_per_step_by_category"].values()))
+    assert prof["top_kernels"] and all(k["ms_per_step"] >= 0 for k in prof["top_kernels"])
+    (md,) = tmp_path.glob("train_step_profile_*-tiny.md")
+    assert "| **total kernel ms** |" in md.read_text()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tiny", "--profile", "-1"])
