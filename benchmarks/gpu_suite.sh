@@ -7,6 +7,7 @@
 #
 #   UFP4_GIT_SHA=$(git rev-parse --short HEAD) bash benchmarks/gpu_suite.sh   # everything (~6 min on an H100)
 #   STAGES="bench_gemm" bash benchmarks/gpu_suite.sh
+#   STAGES="host" bash benchmarks/gpu_suite.sh                      # host cost per op call
 #   STAGES="train_step" STEP_ARGS="--recipes ufp4 --profile 3" bash benchmarks/gpu_suite.sh   # issue 6
 #   STAGES="train" TRAIN_ARGS="--preset small --recipes bf16,ufp4" bash benchmarks/gpu_suite.sh  # issue 7
 # Limits per stage: LIMIT_<STAGE> seconds overrides the default (e.g. LIMIT_train=540).
@@ -31,14 +32,18 @@ stage() {  # stage NAME LIMIT_S COMMAND...
   echo "=== $name rc=$rc in $((SECONDS - t0))s" | tee -a "$R/status.txt"
 }
 
+# Install into the interpreter that holds torch (a bare `pip` may belong to another one): the console
+# script and the torch_dynamo_backends entry point must land beside torch.
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/install.log" 2>&1 || echo "install failed (see install.log)"
 stage env 30 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"; git rev-parse HEAD'
 stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml="$R/pytest_gpu.xml" \
   tests/kernels/test_quantize.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py
+stage host 60 python3 benchmarks/host_overhead.py --out "$R"
 stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"
 stage bench_quantize 200 python3 benchmarks/quantize.py --out "$R"
-stage train_step 420 python3 benchmarks/train_step.py ${STEP_ARGS:-} --out "$R"
 # ufp4 train writes one JSON per finished run under runs/; a cut-off stage keeps those, and --resume reuses them.
-stage train 540 ufp4 train ${TRAIN_ARGS:---preset small} --no-progress --out "$R/train"
+stage train 540 python3 -m ufp4_compile.cli.main train ${TRAIN_ARGS:---preset small} --no-progress --out "$R/train"
+stage train_step 420 python3 benchmarks/train_step.py ${STEP_ARGS:-} --out "$R"
 if [ -n "$NCU" ]; then
   SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy"
   stage profile 80 bash -c "
@@ -56,6 +61,7 @@ tail -n 5 "$R/tests.log" 2>/dev/null
 grep -E "^(FAILED|ERROR)" "$R/tests.log" 2>/dev/null | head -30
 grep -E "8192\^3|ratio" "$R/bench_gemm.log" 2>/dev/null | head -12
 grep -E "GB/s" "$R/bench_quantize.log" 2>/dev/null | head -30
+grep -E "^\| " "$R"/host_overhead_*.md 2>/dev/null
 cat "$R"/train_step_*.md 2>/dev/null | grep -E "^\| " | head -40
 grep -E "gap|ordering|floor" "$R"/train/results.md 2>/dev/null | head -20
 grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued" "$R"/ncu_*.txt 2>/dev/null | head -30

@@ -39,14 +39,17 @@ from ufp4_compile.recipes import get_recipe, recipe_names
 
 BASELINE = "bf16-inductor"
 TARGETS = {"step_time": 1.10, "peak_memory": 0.80, "compile_time": 2.0}  # issue 6, ratios to bf16-compiled
-VARIANT_KINDS = ("eager", "inductor", "ufp4")
+VARIANT_KINDS = ("eager", "inductor", "ufp4", "inductor-cg", "ufp4-cg")
+CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", default=",".join(recipe_names()), help="recipes for backend='ufp4' (default: all)")
-    p.add_argument("--variants", default=",".join(VARIANT_KINDS),
-                   help="which of eager, inductor (both bf16) and ufp4 (one per recipe) to run")
+    p.add_argument("--variants", default="eager,inductor,ufp4",
+                   help="which of eager, inductor (both bf16), ufp4 (one per recipe), and inductor-cg / ufp4-cg "
+                        "(the same with CUDA graphs, Inductor's triton.cudagraphs) to run (default: eager, "
+                        "inductor, ufp4)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
     p.add_argument("--iters", type=int, default=20, help="timed steps")
@@ -85,6 +88,10 @@ def variants(args) -> list[tuple[str, str, str | None]]:
         out.append(("bf16-eager", "eager", None))
     if "ufp4" in args.kinds:
         out += [(f"ufp4:{name}", "ufp4", name) for name in args.recipe_list]
+    if "inductor-cg" in args.kinds:
+        out.append((CUDAGRAPH_BASELINE, "inductor-cg", None))
+    if "ufp4-cg" in args.kinds:
+        out += [(f"ufp4-cg:{name}", "ufp4-cg", name) for name in args.recipe_list]
     return out
 
 
@@ -142,10 +149,14 @@ def build(kind: str, recipe: str | None, config, device):
     model = GPT(config).to(device)
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **fused)
-    if kind == "inductor":
-        fn = torch.compile(model)
-    elif kind == "ufp4":
-        fn = torch.compile(model, backend="ufp4", options={"recipe": recipe})
+    cudagraphs = {"triton.cudagraphs": True} if kind.endswith("-cg") else {}
+    if kind.startswith("inductor"):
+        fn = torch.compile(model, options=cudagraphs or None)
+    elif kind.startswith("ufp4"):
+        from ufp4_compile.backend import register
+
+        register()  # a checkout that is not pip-installed has no entry point for backend="ufp4"
+        fn = torch.compile(model, backend="ufp4", options={"recipe": recipe, **cudagraphs})
     else:
         fn = model
     return model, optimizer, fn
@@ -202,6 +213,7 @@ def measure(kind: str, recipe: str | None, config, args, device) -> dict:
 
 def add_ratios(rows: list[dict]) -> None:
     base = next((r for r in rows if r["variant"] == BASELINE and "error" not in r), None)
+    cg_base = next((r for r in rows if r["variant"] == CUDAGRAPH_BASELINE and "error" not in r), None)
     for row in rows:
         if base is None or "error" in row:
             continue
@@ -210,7 +222,9 @@ def add_ratios(rows: list[dict]) -> None:
             row["ratio_peak_memory"] = row["peak_memory_bytes"] / base["peak_memory_bytes"]
         if base["compile_time_s"] > 0:
             row["ratio_compile_time"] = row["compile_time_s"] / base["compile_time_s"]
-        if row["variant"].startswith("ufp4:") and row["variant"] != "ufp4:bf16":
+        if cg_base is not None and "-cg" in row["variant"]:
+            row["ratio_step_time_vs_cudagraphs"] = row["step_time_s"] / cg_base["step_time_s"]
+        if row["variant"].startswith(("ufp4:", "ufp4-cg:")) and not row["variant"].endswith(":bf16"):
             row["meets_targets"] = {k: row.get(f"ratio_{k}") is not None and row[f"ratio_{k}"] <= v
                                     for k, v in TARGETS.items()}
 
@@ -227,16 +241,20 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              f"{meta['iters']} steps after {meta['warmup']} warm-up steps. Ratios are to `{BASELINE}`. Compile s: "
              f"first step minus the median step, Inductor caches "
              f"{'enabled' if meta['compile_cache'] else 'disabled (cold compiles)'}.", "",
-             "| variant | step ms | × | tokens/s | peak GiB | × | compile s | × |", "|---|---|---|---|---|---|---|---|"]
+             "| variant | step ms | × | × cg | tokens/s | peak GiB | × | compile s | × |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | error: {r['error'].splitlines()[-1][:120]} |||||||")
+            lines.append(f"| {r['variant']} | error: {r['error'].splitlines()[-1][:120]} ||||||||")
             continue
         peak = r["peak_memory_bytes"] / 2**30 if r["peak_memory_bytes"] else None
         lines.append(f"| {r['variant']} | {1e3 * r['step_time_s']:.2f} | {_fmt(r.get('ratio_step_time'), '.2f')} | "
+                     f"{_fmt(r.get('ratio_step_time_vs_cudagraphs'), '.2f')} | "
                      f"{r['tokens_per_s']:,.0f} | {_fmt(peak, '.2f')} | {_fmt(r.get('ratio_peak_memory'), '.2f')} | "
                      f"{r['compile_time_s']:.1f} | {_fmt(r.get('ratio_compile_time'), '.2f')} |")
-    lines += ["", "Targets (issue 6): step ≤ 1.10×, peak memory ≤ 0.80×, compile ≤ 2× bf16-compiled.", "",
+    lines += ["", "Targets (issue 6): step ≤ 1.10×, peak memory ≤ 0.80×, compile ≤ 2× bf16-compiled. "
+              f"`× cg`: step time over `{CUDAGRAPH_BASELINE}` (bf16 Inductor with CUDA graphs) for the variants "
+              "that run with CUDA graphs (`-cg`).", "",
               f"Command: `{meta['command']}`", ""]
     return "\n".join(lines)
 

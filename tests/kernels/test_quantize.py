@@ -128,3 +128,17 @@ def test_kernel_matches_reference_real_shapes(spec, rht, axis):
     x[7, 100] = 300.0
     assert_same(x.to(torch.bfloat16), axis, spec, rht, rht_seed=11, seed=torch.tensor(99, device="cuda"),
                 offset=123456)
+
+
+def test_launch_plans_follow_strides_and_formats():
+    """The launcher caches each call site's geometry: one shape with other strides, another axis or another
+    format must get its own plan, and a repeated call the same bits (the tensor scale included: the kernel
+    writes it into an uninitialized tensor)."""
+    torch.manual_seed(5)
+    x = torch.randn(64, 32)
+    xt = torch.randn(32, 64).t()  # same shape, transposed strides
+    for _ in range(2):
+        for t in (x, xt):
+            for axis in (0, 1):
+                for spec in ("int4/16/fp32/nearest", "e2m1/16/e4m3/nearest", "int4/16/fp32/stochastic"):
+                    assert_same(t, axis, spec, rht=16)

@@ -35,6 +35,19 @@ def test_ratios_against_bf16_compiled(bench):
     assert rows[1]["ratio_step_time"] == pytest.approx(0.032 / 0.030)
     assert rows[1]["meets_targets"] == {"step_time": True, "peak_memory": True, "compile_time": False}
     assert "ratio_step_time" not in rows[2]
+    assert "ratio_step_time_vs_cudagraphs" not in rows[1]
+
+
+def test_cudagraph_variants_have_their_own_baseline(bench):
+    rows = [{"variant": "bf16-inductor", "step_time_s": 0.030, "peak_memory_bytes": 8e9, "compile_time_s": 40.0},
+            {"variant": "bf16-inductor-cg", "step_time_s": 0.025, "peak_memory_bytes": 9e9, "compile_time_s": 50.0},
+            {"variant": "ufp4-cg:ufp4", "step_time_s": 0.050, "peak_memory_bytes": 7e9, "compile_time_s": 60.0}]
+    bench.add_ratios(rows)
+    assert rows[2]["ratio_step_time"] == pytest.approx(0.050 / 0.030)  # the baseline, whatever the mode
+    assert rows[2]["ratio_step_time_vs_cudagraphs"] == pytest.approx(0.050 / 0.025)
+    assert rows[2]["meets_targets"]["step_time"] is False
+    args = bench.parse_args(["--tiny", "--variants", "inductor,ufp4-cg,inductor-cg", "--recipes", "ufp4"])
+    assert [label for label, _, _ in bench.variants(args)] == ["bf16-inductor", "bf16-inductor-cg", "ufp4-cg:ufp4"]
 
 
 def test_bad_arguments(bench):

@@ -10,6 +10,7 @@ FP8 cast rounds ties away from zero, the hardware's to even; doing it on the bit
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import triton
 import triton.language as tl
@@ -37,6 +38,7 @@ class FormatConstants:
     q_max: float
 
 
+@functools.lru_cache(maxsize=256)
 def format_constants(fmt: OperandFormat) -> FormatConstants:
     return FormatConstants(
         grid=GRID_IDS[fmt.grid],

@@ -12,6 +12,8 @@ codes and scales for equality.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
@@ -210,10 +212,14 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, ts_ptr, gamax_ptr, seed_ptr,
     NB: tl.constexpr = BLOCK_L // BLOCK
     amax = _block_amax(x, BLOCK_O, BLOCK_L, BLOCK, BLOCK_2D)
     g = 0.0
+    first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (page == 0)
     if SCALE == 1:
         g = tl.load(gamax_ptr).to(tl.float32, bitcast=True)
-        if (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (page == 0):
+        if first:
             tl.store(ts_ptr, tl.math.div_rn(tl.full(g.shape, 1.0, tl.float32), _e4m3_encode(g, Q_MAX)))
+    else:
+        if first:  # one-level scales: the tensor scale is 1 (written here, saving the host a fill launch)
+            tl.store(ts_ptr, 1.0)
     stored, factor, ok = _scales(amax, g, SCALE, Q_MAX, E8M0_FLOOR)
 
     blocks = tl.reshape(x, (BLOCK_O, NB, BLOCK))
@@ -287,16 +293,35 @@ def _seed_tensor(seed, device) -> torch.Tensor:
     return torch.tensor([value], dtype=torch.int64, device=device)
 
 
-def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0, rht_seed: int = 0,
-             seed=None, offset: int = 0, *, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit.
+@dataclasses.dataclass(frozen=True)
+class _Launch:
+    """Everything about one quantize launch that follows from (shape, strides, dtype, axis, format, RHT,
+    config): computed once per distinct call site, so a training step's hundreds of launches pay only for
+    the allocations and the kernel launch (the host cost is what limits small and mid-size GEMMs)."""
 
-    ``config`` (benchmarks): ``{"BLOCK_O": .., "BLOCK_L": .., "num_warps": ..}`` overrides the tile.
-    """
-    fmt = as_format(fmt)
-    axis = check_quantize_inputs(x, axis, fmt, rht, seed)
+    args: tuple  # O, L, s_page, s_o, s_l
+    codes_shape: tuple
+    scales_shape: tuple
+    scale_dtype: torch.dtype
+    result_scale_dtype: torch.dtype
+    grid: tuple
+    two_level: bool  # E4M3 scales: the global-amax pre-pass and its accumulator
+    stochastic: bool
+    inv_sqrt_n: float
+    amax_kwargs: dict
+    kwargs: dict
+
+
+_LAUNCHES: dict[tuple, _Launch] = {}
+
+
+def _launch(x: torch.Tensor, x3: torch.Tensor, rowwise: bool, axis: int, fmt: OperandFormat, rht: int,
+            config: dict | None) -> _Launch:
+    key = (tuple(x.shape), x3.shape, x3.stride(), axis, fmt, rht, tuple(sorted(config.items())) if config else None)
+    plan = _LAUNCHES.get(key)
+    if plan is not None:
+        return plan
     c = format_constants(fmt)
-    x3, rowwise = _view3(x, axis)
     if rowwise:
         pages, O, L = 1, x3.shape[1], x3.shape[2]
         s_page, s_o, s_l = 0, x3.stride(1), x3.stride(2)
@@ -306,34 +331,56 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
     codes_shape, scales_shape = list(x.shape), list(x.shape)
     codes_shape[axis] //= 2
     scales_shape[axis] //= fmt.block
-    codes = torch.empty(codes_shape, dtype=torch.uint8, device=x.device)
-    scales = torch.empty(scales_shape, dtype=_OUT_SCALE_DTYPES[c.scale], device=x.device)
-    tensor_scale = torch.ones((), dtype=torch.float32, device=x.device)
-    seed_t = _seed_tensor(seed, x.device) if c.stochastic else codes  # unused when not stochastic
-    if x.numel() == 0:
-        return codes, scales.view(_RESULT_SCALE_DTYPES[c.scale]), tensor_scale
-    block_o, block_l = _tile(L, O, max(fmt.block, rht, 2), rowwise)
+    unit = max(fmt.block, rht, 2)
+    block_o, block_l = _tile(L, O, unit, rowwise)
     num_warps = 4
     if config:
         block_o, block_l = config.get("BLOCK_O", block_o), config.get("BLOCK_L", block_l)
         num_warps = config.get("num_warps", num_warps)
-        unit = max(fmt.block, rht, 2)
         if block_l % unit or block_l & (block_l - 1) or block_o % 16 or block_o & (block_o - 1):
             raise ValueError(f"config={config!r} is not valid: BLOCK_L must be a power of two multiple of "
                              f"{unit}, BLOCK_O a power of two multiple of 16")
-    grid = (triton.cdiv(O, block_o), triton.cdiv(L, block_l), pages)
+    kwargs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
+                  E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht, ROWWISE=rowwise, BLOCK_O=block_o,
+                  BLOCK_L=block_l, num_warps=num_warps, **EXACT_LAUNCH)
+    amax_kwargs = dict(RHT=rht, BLOCK_O=block_o, BLOCK_L=block_l, num_warps=num_warps, **EXACT_LAUNCH)
+    plan = _Launch(args=(O, L, s_page, s_o, s_l), codes_shape=tuple(codes_shape), scales_shape=tuple(scales_shape),
+                   scale_dtype=_OUT_SCALE_DTYPES[c.scale], result_scale_dtype=_RESULT_SCALE_DTYPES[c.scale],
+                   grid=(triton.cdiv(O, block_o), triton.cdiv(L, block_l), pages), two_level=c.scale == 1,
+                   stochastic=c.stochastic, inv_sqrt_n=inv_sqrt(rht) if rht else 1.0, amax_kwargs=amax_kwargs,
+                   kwargs=kwargs)
+    if len(_LAUNCHES) > 4096:  # shapes that never repeat (dynamic shapes) must not grow it without bound
+        _LAUNCHES.clear()
+    _LAUNCHES[key] = plan
+    return plan
+
+
+def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0, rht_seed: int = 0,
+             seed=None, offset: int = 0, *, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit.
+
+    ``config`` (benchmarks): ``{"BLOCK_O": .., "BLOCK_L": .., "num_warps": ..}`` overrides the tile.
+    """
+    fmt = as_format(fmt)
+    axis = check_quantize_inputs(x, axis, fmt, rht, seed)
+    x3, rowwise = _view3(x, axis)
+    plan = _launch(x, x3, rowwise, axis, fmt, rht, config)
+    device = x.device
+    codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=device)
+    scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=device)
+    if x.numel() == 0:
+        return codes, scales.view(plan.result_scale_dtype), torch.ones((), dtype=torch.float32, device=device)
+    tensor_scale = torch.empty((), dtype=torch.float32, device=device)  # the kernel writes it
+    seed_t = _seed_tensor(seed, device) if plan.stochastic else codes  # unused when not stochastic
     rht_seed = int(rht_seed)
-    inv_sqrt_n = inv_sqrt(rht) if rht else 1.0
-    gamax = torch.zeros(1, dtype=torch.int32, device=x.device)
-    if c.scale == 1:
-        _amax_kernel[grid](x3, gamax, O, L, s_page, s_o, s_l, rht_seed, inv_sqrt_n, RHT=rht,
-                           BLOCK_O=block_o, BLOCK_L=block_l, num_warps=num_warps, **EXACT_LAUNCH)
-    _quantize_kernel[grid](
-        x3, codes, scales, tensor_scale, gamax, seed_t, O, L, s_page, s_o, s_l, int(offset), rht_seed,
-        inv_sqrt_n, GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
-        E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht, ROWWISE=rowwise, BLOCK_O=block_o, BLOCK_L=block_l,
-        num_warps=num_warps, **EXACT_LAUNCH)
-    return codes, scales.view(_RESULT_SCALE_DTYPES[c.scale]), tensor_scale
+    if plan.two_level:
+        gamax = torch.zeros(1, dtype=torch.int32, device=device)
+        _amax_kernel[plan.grid](x3, gamax, *plan.args, rht_seed, plan.inv_sqrt_n, **plan.amax_kwargs)
+    else:
+        gamax = codes  # not read: one-level scales have no global amax
+    _quantize_kernel[plan.grid](x3, codes, scales, tensor_scale, gamax, seed_t, *plan.args, int(offset), rht_seed,
+                                plan.inv_sqrt_n, **plan.kwargs)
+    return codes, scales.view(plan.result_scale_dtype), tensor_scale
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------

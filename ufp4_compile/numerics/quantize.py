@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -43,11 +44,16 @@ class QuantizedTensor:
                                    shape=(self.shape[1], self.shape[0]))
 
 
+@functools.lru_cache(maxsize=256)
+def _parse_spec(spec: str) -> OperandFormat:
+    return OperandFormat.from_spec(spec)  # OperandFormat is frozen: one parsed value is shared safely
+
+
 def as_format(fmt) -> OperandFormat:
     if isinstance(fmt, OperandFormat):
         return fmt
     if isinstance(fmt, str):
-        return OperandFormat.from_spec(fmt)
+        return _parse_spec(fmt)  # launchers take spec strings from the graph on every call
     raise ValueError(f"fmt={fmt!r} is not valid; pass an OperandFormat or a spec such as 'int4/16/fp32/nearest'")
 
 
