@@ -57,6 +57,17 @@ def test_mean_split_parity():
     assert_parity(MLP(32, 64), x, "ufp4-mean")
 
 
+@pytest.mark.parametrize("recipe", ["ufp4-mean", "ufp4", "nvfp4"])
+def test_bf16_model_compiles_and_matches_the_emulation(recipe):
+    """bf16 activations (what autocast gives on a GPU): ops the pass inlines, such as the mean split's
+    ``x.float()``, must reach Inductor decomposed (a bare ``aten._to_copy`` has no Inductor lowering).
+    Inductor keeps bf16 intermediates in FP32 unless told to emulate the casts, so that is switched on."""
+    torch.manual_seed(0)
+    model = MLP(32, 64).to(torch.bfloat16)
+    assert_parity(model, torch.randn(2, 16, 32, dtype=torch.bfloat16), recipe, emulate_precision_casts=True,
+                  rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("model", [SwiGLU(32, 64), Attention(32, 2)], ids=["swiglu", "attention"])
 def test_block_parity(model):
     torch.manual_seed(0)

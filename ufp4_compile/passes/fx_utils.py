@@ -137,11 +137,16 @@ class NodeBuilder:
         return self.call(aten.permute.default, node, [1, 0])
 
     def inline(self, fn, *args: fx.Node) -> tuple[fx.Node, ...]:
-        """Trace ``fn`` (plain PyTorch on tensors) over the fake values of ``args`` and insert its ops."""
+        """Trace ``fn`` (plain PyTorch on tensors) over the fake values of ``args`` and insert its ops.
+
+        The trace uses Inductor's decompositions: the joint graph this runs on is already decomposed, and
+        Inductor has no lowering for ops such as ``aten._to_copy`` (``x.float()`` of a bf16 tensor) that
+        only its decompositions remove."""
+        from torch._inductor.decomposition import select_decomp_table
         from torch.fx.experimental.proxy_tensor import make_fx
 
         with self.fake_mode:
-            traced = make_fx(fn)(*[a.meta["val"] for a in args])
+            traced = make_fx(fn, decomposition_table=select_decomp_table())(*[a.meta["val"] for a in args])
         placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
         val_map = dict(zip(placeholders, args))
         before = set(val_map.values())
