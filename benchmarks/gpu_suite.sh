@@ -44,6 +44,8 @@ stage bench_quantize 200 python3 benchmarks/quantize.py --out "$R"
 # ufp4 train writes one JSON per finished run under runs/; a cut-off stage keeps those, and --resume reuses them.
 stage train 540 python3 -m ufp4_compile.cli.main train ${TRAIN_ARGS:---preset small} --no-progress --out "$R/train"
 stage train_step 420 python3 benchmarks/train_step.py ${STEP_ARGS:-} --out "$R"
+# A second step-benchmark run with its own arguments (e.g. the CUDA-graph variants), in its own folder.
+[ -n "${STEP_CG_ARGS:-}" ] && stage train_step_cg 300 python3 benchmarks/train_step.py $STEP_CG_ARGS --out "$R/cg"
 if [ -n "$NCU" ]; then
   SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy"
   stage profile 80 bash -c "
@@ -62,6 +64,6 @@ grep -E "^(FAILED|ERROR)" "$R/tests.log" 2>/dev/null | head -30
 grep -E "8192\^3|ratio" "$R/bench_gemm.log" 2>/dev/null | head -12
 grep -E "GB/s" "$R/bench_quantize.log" 2>/dev/null | head -30
 grep -E "^\| " "$R"/host_overhead_*.md 2>/dev/null
-cat "$R"/train_step_*.md 2>/dev/null | grep -E "^\| " | head -40
+cat "$R"/train_step_*.md "$R"/cg/train_step_*.md 2>/dev/null | grep -E "^\| " | head -40
 grep -E "gap|ordering|floor" "$R"/train/results.md 2>/dev/null | head -20
 grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued" "$R"/ncu_*.txt 2>/dev/null | head -30

@@ -311,6 +311,19 @@ def main(argv=None) -> int:
     meta = metadata(args, config, device)
     from torch._inductor import config as inductor_config
 
+    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-") + ("-tiny" if args.tiny else "")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(rows: list[dict], final: bool) -> None:
+        """Results so far: written after every variant, so a run cut off keeps the variants it finished."""
+        add_ratios(rows)
+        (out / f"train_step_{slug}.json").write_text(json.dumps({"meta": meta, "rows": rows, "complete": final},
+                                                                 indent=1) + "\n")
+        (out / f"train_step_{slug}.md").write_text(markdown(meta, rows))
+        if args.profile:
+            (out / f"train_step_profile_{slug}.md").write_text(profile_markdown(meta, rows))
+
     rows = []
     with inductor_config.patch(force_disable_caches=not args.compile_cache):
         for label, kind, recipe in variants(args):
@@ -320,15 +333,10 @@ def main(argv=None) -> int:
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})
                 print(rows[-1]["error"], file=sys.stderr)
-    add_ratios(rows)
-    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-") + ("-tiny" if args.tiny else "")
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"train_step_{slug}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    (out / f"train_step_{slug}.md").write_text(markdown(meta, rows))
+            write(rows, final=False)
+    write(rows, final=True)
     print(markdown(meta, rows))
     if args.profile:
-        (out / f"train_step_profile_{slug}.md").write_text(profile_markdown(meta, rows))
         print(profile_markdown(meta, rows))
     print(f"wrote {out / f'train_step_{slug}.json'} and .md")
     return 1 if any("error" in r for r in rows) else 0
