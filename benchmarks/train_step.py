@@ -215,15 +215,17 @@ def add_ratios(rows: list[dict]) -> None:
     base = next((r for r in rows if r["variant"] == BASELINE and "error" not in r), None)
     cg_base = next((r for r in rows if r["variant"] == CUDAGRAPH_BASELINE and "error" not in r), None)
     for row in rows:
-        if base is None or "error" in row:
+        if "error" in row:
+            continue
+        if cg_base is not None and "-cg" in row["variant"]:
+            row["ratio_step_time_vs_cudagraphs"] = row["step_time_s"] / cg_base["step_time_s"]
+        if base is None:
             continue
         row["ratio_step_time"] = row["step_time_s"] / base["step_time_s"]
         if row["peak_memory_bytes"] and base["peak_memory_bytes"]:
             row["ratio_peak_memory"] = row["peak_memory_bytes"] / base["peak_memory_bytes"]
         if base["compile_time_s"] > 0:
             row["ratio_compile_time"] = row["compile_time_s"] / base["compile_time_s"]
-        if cg_base is not None and "-cg" in row["variant"]:
-            row["ratio_step_time_vs_cudagraphs"] = row["step_time_s"] / cg_base["step_time_s"]
         if row["variant"].startswith(("ufp4:", "ufp4-cg:")) and not row["variant"].endswith(":bf16"):
             row["meets_targets"] = {k: row.get(f"ratio_{k}") is not None and row[f"ratio_{k}"] <= v
                                     for k, v in TARGETS.items()}
@@ -296,7 +298,7 @@ def metadata(args, config, device) -> dict:
                              cwd=pathlib.Path(__file__).parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         git = None
-    git = git or os.environ.get("UFP4_GIT_SHA")  # a copy of the tree without .git names its commit here
+    git = os.environ.get("UFP4_GIT_SHA") or git  # a copy of the tree whose .git is absent or stale names it here
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "git": git,
             "model": dataclasses.asdict(config), "batch_size": args.batch_size, "warmup": args.warmup,
