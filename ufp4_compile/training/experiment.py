@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -130,6 +131,10 @@ def device_name(device: torch.device) -> str:
 
 
 def git_sha() -> str | None:
+    """The commit of the code that ran: ``UFP4_GIT_SHA`` when set (a copy of the tree whose ``.git`` is
+    missing or belongs to an older checkout), else ``git rev-parse`` of the package's tree."""
+    if os.environ.get("UFP4_GIT_SHA"):
+        return os.environ["UFP4_GIT_SHA"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=pathlib.Path(__file__).parent)
