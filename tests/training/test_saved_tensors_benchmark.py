@@ -1,20 +1,8 @@
 """benchmarks/saved_tensors.py on the tiny preset: the partitioner saves 4-bit codes instead of GEMM inputs."""
 
-import importlib.util
 import json
-import pathlib
 
-import pytest
-
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "saved_tensors.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("saved_tensors_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARK = "saved_tensors.py"  # loaded by the bench fixture (conftest.py)
 
 
 def test_tiny_saved_set_bf16_vs_ufp4(bench, tmp_path):

@@ -1,20 +1,10 @@
 """Smoke test of benchmarks/train_step.py (the GPU benchmark's machinery, run on the CPU in --tiny mode)."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "train_step.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCHMARK = "train_step.py"  # loaded by the bench fixture (conftest.py)
 
 
 def test_tiny_smoke_run_writes_json_and_markdown(bench, tmp_path):
