@@ -22,11 +22,12 @@ import sys
 
 import torch
 
-from ufp4_compile.backend import make_backend
-from ufp4_compile.models.gpt import GPT, get_config
-from ufp4_compile.recipes import get_recipe
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import RESULTS  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+from ufp4_compile.backend import make_backend  # noqa: E402
+from ufp4_compile.models.gpt import GPT, get_config  # noqa: E402
+from ufp4_compile.recipes import get_recipe  # noqa: E402
 
 
 class _Stop(Exception):

@@ -22,20 +22,21 @@ import argparse
 import dataclasses
 import gc
 import json
-import os
 import pathlib
 import platform
 import re
 import statistics
-import subprocess
 import sys
 import time
 import traceback
 
 import torch
 
-from ufp4_compile.models.gpt import GPT, get_config
-from ufp4_compile.recipes import get_recipe, recipe_names
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import device_slug, git_sha  # noqa: E402
+
+from ufp4_compile.models.gpt import GPT, get_config  # noqa: E402
+from ufp4_compile.recipes import get_recipe, recipe_names  # noqa: E402
 
 BASELINE = "bf16-inductor"
 TARGETS = {"step_time": 1.10, "peak_memory": 0.80, "compile_time": 2.0}  # issue 6, ratios to bf16-compiled
@@ -212,7 +213,8 @@ def measure(kind: str, recipe: str | None, config, args, device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"step_time_s": median, "step_times_s": times, "tokens_per_s": args.batch_size * config.seq_len / median,
-            "peak_memory_bytes": peak, "peak_memory_with_warmup_bytes": peak_with_warmup, "first_step_s": first, "compile_time_s": max(0.0, first - median),
+            "peak_memory_bytes": peak, "peak_memory_with_warmup_bytes": peak_with_warmup, "first_step_s": first,
+            "compile_time_s": max(0.0, first - median),
             **({"profile": profiled} if profiled else {})}
 
 
@@ -303,12 +305,7 @@ def metadata(args, config, device) -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=pathlib.Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        git = None
-    git = os.environ.get("UFP4_GIT_SHA") or git  # a copy of the tree whose .git is absent or stale names it here
+    git = git_sha()  # UFP4_GIT_SHA first: a copy of the tree whose .git is absent or stale names it there
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "git": git,
             "model": dataclasses.asdict(config), "batch_size": args.batch_size, "warmup": args.warmup,
@@ -323,7 +320,7 @@ def main(argv=None) -> int:
     meta = metadata(args, config, device)
     from torch._inductor import config as inductor_config
 
-    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-") + ("-tiny" if args.tiny else "")
+    slug = device_slug(meta["device"]) + ("-tiny" if args.tiny else "")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -7,6 +7,8 @@ dtype; the tensor scales belong to the GEMM's epilogue), used by the dequantize 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -56,32 +58,23 @@ def _view3(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, bool]:
     return t.reshape(pages, t.shape[axis], -1), False
 
 
-_LAUNCHES: dict[tuple, tuple] = {}
-
-
-def _launch(codes: torch.Tensor, c3: torch.Tensor, s3: torch.Tensor, rowwise: bool, fmt: OperandFormat,
+@functools.lru_cache(maxsize=4096)  # bounded: shapes that never repeat (dynamic shapes) must not grow it
+def _launch(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bool, fmt: OperandFormat,
             apply_tensor_scale: bool) -> tuple[tuple, tuple, dict]:
-    """(grid, strides and sizes, launch kwargs) of one call site, computed once (the host cost matters)."""
-    key = (c3.shape, c3.stride(), s3.stride(), fmt, apply_tensor_scale)
-    plan = _LAUNCHES.get(key)
-    if plan is not None:
-        return plan
+    """(grid, strides and sizes, launch kwargs) of codes viewed as ``shape3``, computed once per call site."""
     c = format_constants(fmt)
     if rowwise:
-        pages, O, L2 = 1, c3.shape[1], c3.shape[2]
-        strides = (0, c3.stride(1), c3.stride(2), 0, s3.stride(1), s3.stride(2))
+        pages, O, L2 = 1, shape3[1], shape3[2]
+        strides = (0, stride3[1], stride3[2], 0, scale_stride3[1], scale_stride3[2])
     else:
-        pages, L2, O = c3.shape
-        strides = (c3.stride(0), c3.stride(2), c3.stride(1), s3.stride(0), s3.stride(2), s3.stride(1))
+        pages, L2, O = shape3
+        strides = (stride3[0], stride3[2], stride3[1], scale_stride3[0], scale_stride3[2], scale_stride3[1])
     block_l2 = max(fmt.block // 2, min(triton.next_power_of_2(L2), 64 if rowwise else 32))
     block_o = max(16, min(triton.next_power_of_2(O), 4096 // (2 * block_l2)))
     grid = (triton.cdiv(O, block_o), triton.cdiv(L2, block_l2), pages)
     kwargs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, APPLY_TS=apply_tensor_scale, ROWWISE=rowwise,
                   BLOCK_O=block_o, BLOCK_L2=block_l2)
-    if len(_LAUNCHES) > 4096:
-        _LAUNCHES.clear()
-    plan = _LAUNCHES[key] = (grid, (O, L2, *strides), kwargs)
-    return plan
+    return grid, (O, L2, *strides), kwargs
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, axis: int,
@@ -106,7 +99,7 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Te
         return out
     c3, rowwise = _view3(codes, axis)
     s3, _ = _view3(scales, axis)
-    grid, args, kwargs = _launch(codes, c3, s3, rowwise, fmt, apply_tensor_scale)
+    grid, args, kwargs = _launch(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt, apply_tensor_scale)
     _dequantize_kernel[grid](c3, s3, tensor_scale, out, *args, **kwargs)
     return out
 

@@ -13,6 +13,7 @@ codes and scales for equality.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import triton
@@ -312,23 +313,19 @@ class _Launch:
     kwargs: dict
 
 
-_LAUNCHES: dict[tuple, _Launch] = {}
-
-
-def _launch(x: torch.Tensor, x3: torch.Tensor, rowwise: bool, axis: int, fmt: OperandFormat, rht: int,
-            config: dict | None) -> _Launch:
-    key = (tuple(x.shape), x3.shape, x3.stride(), axis, fmt, rht, tuple(sorted(config.items())) if config else None)
-    plan = _LAUNCHES.get(key)
-    if plan is not None:
-        return plan
+@functools.lru_cache(maxsize=4096)  # bounded: shapes that never repeat (dynamic shapes) must not grow it
+def _launch(shape: tuple, shape3: tuple, stride3: tuple, rowwise: bool, axis: int, fmt: OperandFormat, rht: int,
+            config_items: tuple | None) -> _Launch:
+    """The launch of ``x`` (``shape``) viewed as ``x3`` (``shape3``, ``stride3``); all arguments hashable."""
+    config = dict(config_items) if config_items else None
     c = format_constants(fmt)
     if rowwise:
-        pages, O, L = 1, x3.shape[1], x3.shape[2]
-        s_page, s_o, s_l = 0, x3.stride(1), x3.stride(2)
+        pages, O, L = 1, shape3[1], shape3[2]
+        s_page, s_o, s_l = 0, stride3[1], stride3[2]
     else:
-        pages, L, O = x3.shape
-        s_page, s_l, s_o = x3.stride()
-    codes_shape, scales_shape = list(x.shape), list(x.shape)
+        pages, L, O = shape3
+        s_page, s_l, s_o = stride3
+    codes_shape, scales_shape = list(shape), list(shape)
     codes_shape[axis] //= 2
     scales_shape[axis] //= fmt.block
     unit = max(fmt.block, rht, 2)
@@ -344,15 +341,11 @@ def _launch(x: torch.Tensor, x3: torch.Tensor, rowwise: bool, axis: int, fmt: Op
                   E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht, ROWWISE=rowwise, BLOCK_O=block_o,
                   BLOCK_L=block_l, num_warps=num_warps, **EXACT_LAUNCH)
     amax_kwargs = dict(RHT=rht, BLOCK_O=block_o, BLOCK_L=block_l, num_warps=num_warps, **EXACT_LAUNCH)
-    plan = _Launch(args=(O, L, s_page, s_o, s_l), codes_shape=tuple(codes_shape), scales_shape=tuple(scales_shape),
+    return _Launch(args=(O, L, s_page, s_o, s_l), codes_shape=tuple(codes_shape), scales_shape=tuple(scales_shape),
                    scale_dtype=_OUT_SCALE_DTYPES[c.scale], result_scale_dtype=_RESULT_SCALE_DTYPES[c.scale],
                    grid=(triton.cdiv(O, block_o), triton.cdiv(L, block_l), pages), two_level=c.scale == 1,
                    stochastic=c.stochastic, inv_sqrt_n=inv_sqrt(rht) if rht else 1.0, amax_kwargs=amax_kwargs,
                    kwargs=kwargs)
-    if len(_LAUNCHES) > 4096:  # shapes that never repeat (dynamic shapes) must not grow it without bound
-        _LAUNCHES.clear()
-    _LAUNCHES[key] = plan
-    return plan
 
 
 def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0, rht_seed: int = 0,
@@ -364,7 +357,8 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
     fmt = as_format(fmt)
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)
     x3, rowwise = _view3(x, axis)
-    plan = _launch(x, x3, rowwise, axis, fmt, rht, config)
+    plan = _launch(tuple(x.shape), tuple(x3.shape), x3.stride(), rowwise, axis, fmt, rht,
+                   tuple(sorted(config.items())) if config else None)
     device = x.device
     codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=device)
     scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=device)
