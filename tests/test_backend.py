@@ -114,7 +114,8 @@ def test_user_joint_pass_runs_after_ours():
 def test_uuid_covers_sources_recipe_and_caching_switches():
     names = {str(p.relative_to(p.parents[1])) if p.parent.name != "ufp4_compile" else p.name
              for p in hashed_files()}
-    assert {"ops.py", "backend.py", "recipes.py", "passes/rewrite_matmuls.py", "numerics/quantize.py"} <= names
+    assert {"ops.py", "backend.py", "recipes.py", "dispatch.py", "passes/rewrite_matmuls.py",
+            "numerics/quantize.py"} <= names
     a, b = Ufp4JointPass(UFP4).uuid(), Ufp4JointPass(NVFP4).uuid()
     assert a and b and a != b and a == Ufp4JointPass(UFP4).uuid()
     assert Ufp4JointPass(UFP4, sinks=[GraphCapture()]).uuid() is None  # dumping: always run the pass

@@ -94,7 +94,7 @@ def test_interpreter_mode_reruns_in_a_fresh_process(monkeypatch):
 
 
 def test_markdown_pivots_targets_into_columns():
-    from ufp4_compile.lowering.dispatch import Target
+    from ufp4_compile.dispatch import Target
 
     results = [_result(), _result("unused", False, "RuntimeError: no", "gfx950")]
     header, rows = kernels._pivot_rows(results, {"ufp4_compile.kernels.gemm": "not available"},

@@ -13,9 +13,9 @@ import torch
 
 triton = pytest.importorskip("triton", reason="the native GEMM kernels need triton")
 
+from ufp4_compile.dispatch import current_target  # noqa: E402
 from ufp4_compile.kernels.native_gemm import (  # noqa: E402
     NATIVE_HELPERS, NativeConfig, native_operand, native_scaled_mm)
-from ufp4_compile.lowering.dispatch import current_target  # noqa: E402
 from ufp4_compile.numerics import OperandFormat, dequantize, gemm_reference, quantize  # noqa: E402
 
 MXFP4 = OperandFormat.from_spec("e2m1/32/e8m0/nearest")

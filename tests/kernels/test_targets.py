@@ -15,10 +15,10 @@ import pytest
 
 triton = pytest.importorskip("triton", reason="compiling kernels needs triton")
 
+from ufp4_compile.dispatch import GemmPath, Target  # noqa: E402
 from ufp4_compile.kernels import targets  # noqa: E402
 from ufp4_compile.kernels.targets import (  # noqa: E402
     KernelVariant, compile_variant, find_matrix_instructions, instruction_matches, short_instruction)
-from ufp4_compile.lowering.dispatch import GemmPath, Target  # noqa: E402
 from ufp4_compile.numerics.formats import OperandFormat  # noqa: E402
 from ufp4_compile.recipes import PRESETS  # noqa: E402
 

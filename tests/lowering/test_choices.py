@@ -2,10 +2,10 @@
 
 import pytest
 
+from ufp4_compile.dispatch import GemmPath, Target, gemm_paths
 from ufp4_compile.kernels import gemm
 from ufp4_compile.lowering.choices import (
     BLOCKSCALE_CONFIGS, DEQUANT_CONFIGS, fp32_dot_is_ieee, plan_choices)
-from ufp4_compile.lowering.dispatch import GemmPath, Target, gemm_paths
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.recipes import PRESETS
 

@@ -126,7 +126,7 @@ def test_gpu_choices_match_reference(spec, choice):
 @pytest.mark.gpu
 @pytest.mark.parametrize("a_spec, b_spec", NATIVE_PAIRS)
 def test_gpu_native_choice_where_dispatch_offers_it(a_spec, b_spec):
-    from ufp4_compile.lowering.dispatch import GemmPath, current_target, gemm_paths
+    from ufp4_compile.dispatch import GemmPath, current_target, gemm_paths
     from ufp4_compile.numerics.formats import OperandFormat
 
     target = current_target()

@@ -2,7 +2,7 @@
 
 No GPU needed: Triton compiles for any target (``ufp4_compile.kernels.targets``). One row per kernel
 variant and target: compiled or the error, the matrix instructions found, and whether the GEMM dispatch
-(``ufp4_compile.lowering.dispatch``) uses the kernel there. The exit status is 1 when a kernel the
+(``ufp4_compile.dispatch``) uses the kernel there. The exit status is 1 when a kernel the
 dispatch relies on fails to compile or lacks the instruction dispatch promises. ``--matrix`` prints the
 recipe x hardware support matrix that the dispatch implies (instant, nothing compiled).
 """
@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _parse_targets(text: str):
-    from ufp4_compile.lowering.dispatch import Target
+    from ufp4_compile.dispatch import Target
 
     targets = [Target.parse(part) for part in text.split(",") if part.strip()]
     if not targets or any(t.backend == "cpu" for t in targets):
@@ -52,7 +52,7 @@ def _parse_targets(text: str):
 # ---- support matrix (dispatch only) ---------------------------------------------------------------------
 
 def _cell(decisions_by_role) -> str:
-    from ufp4_compile.lowering.dispatch import GemmPath
+    from ufp4_compile.dispatch import GemmPath
 
     def label(decision):
         if decision.path is GemmPath.NATIVE:
@@ -68,7 +68,7 @@ def _cell(decisions_by_role) -> str:
 def support_matrix() -> tuple[list[str], list[list[str]]]:
     """Header and rows: for each preset, the first path of its GEMMs on each target."""
     from ufp4_compile.kernels.targets import EXTRA_FORMAT_PAIRS
-    from ufp4_compile.lowering.dispatch import Target, gemm_paths, recipe_paths
+    from ufp4_compile.dispatch import Target, gemm_paths, recipe_paths
     from ufp4_compile.numerics.formats import OperandFormat
     from ufp4_compile.recipes import PRESETS, Role
 

@@ -114,7 +114,7 @@ def compile_variants():
     """The instances the dequantize + matmul GEMM path launches: one per GEMM operand format of the presets
     (row-wise along K, bf16 output, tensor scales left to the GEMM)."""
     from ufp4_compile.kernels.targets import KernelVariant, preset_gemms
-    from ufp4_compile.lowering.dispatch import GemmPath
+    from ufp4_compile.dispatch import GemmPath
 
     operands: dict[tuple, tuple[OperandFormat, dict]] = {}
     for gemm in preset_gemms():

@@ -249,7 +249,7 @@ def compile_variants(config: dict | None = None):
     """``_scaled_mm_kernel`` for every GEMM format pair of the presets (and the extra pairs), every main
     loop the lowering offers for it, with the default tile (the template's first config) and bf16 output."""
     from ufp4_compile.kernels.targets import KernelVariant, preset_gemms
-    from ufp4_compile.lowering.dispatch import GemmPath
+    from ufp4_compile.dispatch import GemmPath
 
     cfg = dict(config or DEFAULT_CONFIG)
     options = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}

@@ -13,7 +13,7 @@ and ``(N, K/2)`` with two codes per byte along K, low nibble first; block scales
 
 The main loop is :func:`native_main_loop`, a ``@triton.jit`` function an Inductor template can call; the
 standalone kernel adds tile ordering and the epilogue. Which format pairs run here on which GPU is decided
-by ``ufp4_compile.lowering.dispatch``. These kernels
+by ``ufp4_compile.dispatch``. These kernels
 have been **compiled** for sm_100 and gfx950 (``ufp4 kernels``) but never run on either: the project has
 neither GPU. On sm_90 Triton lowers ``dot_scaled`` with E8M0 scales to a bf16 ``wgmma`` after upcasting,
 so the E8M0 variants also run (slowly) on Hopper, which is how their layout is checked against the
@@ -282,7 +282,7 @@ _UNIT_STRIDES = ("stride_ak", "stride_bk", "stride_ask", "stride_bsk", "stride_c
 def compile_variants(config: NativeConfig = DEFAULT_CONFIG):
     """The launcher's kernel instances (contiguous K, bf16 output) for ``ufp4 kernels``."""
     from ufp4_compile.kernels.targets import KernelVariant
-    from ufp4_compile.lowering.dispatch import GemmPath
+    from ufp4_compile.dispatch import GemmPath
 
     pointers = ("a_ptr", "b_ptr", "a_scale_ptr", "b_scale_ptr", "a_ts_ptr", "b_ts_ptr", "c_ptr")
     types = {name: "*u8" for name in pointers} | {"a_ts_ptr": "*fp32", "b_ts_ptr": "*fp32", "c_ptr": "*bf16"}

@@ -30,7 +30,7 @@ import tempfile
 import time
 from typing import Any, Callable, Iterable
 
-from ufp4_compile.lowering.dispatch import GemmPath, Target, gemm_paths
+from ufp4_compile.dispatch import GemmPath, Target, gemm_paths
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.recipes import PRESETS, Role
 
@@ -85,7 +85,7 @@ class KernelVariant:
         return cls(name, recipe, fn, signature, dict(constexprs), **kwargs)
 
     def used_on(self, target: Target) -> bool:
-        """Whether the lowering runs this kernel on ``target`` (per ``lowering.dispatch``)."""
+        """Whether the lowering runs this kernel on ``target`` (per ``ufp4_compile.dispatch``)."""
         if target.backend == "cpu":
             return False
         if self.formats is None or self.path is None:

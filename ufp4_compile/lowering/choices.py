@@ -3,8 +3,8 @@ target, K), so the decision is unit-tested for GPUs we do not have (docs/kernels
 
 The choices, in the order offered (the autotuner picks among them; with one choice it is taken as is):
 
-- ``native``: ``kernels/native_gemm.py``'s ``tl.dot_scaled`` kernel, wherever ``lowering.dispatch`` puts the
-  native path first (sm_100 / gfx950 for NVFP4, MXFP4, INT4 with E8M0 scales of block 32);
+- ``native``: ``kernels/native_gemm.py``'s ``tl.dot_scaled`` kernel, wherever ``ufp4_compile.dispatch`` puts
+  the native path first (sm_100 / gfx950 for NVFP4, MXFP4, INT4 with E8M0 scales of block 32);
 - ``template``: the Triton template with the dequant main loop (``kernels.gemm.MODE_DEQUANT``);
 - ``blockscale``: the same template with the per-block FP32 scaling main loop;
 - ``extern``: dequantize + matmul (cuBLAS / hipBLAS with FP32 accumulation).
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from ufp4_compile.dispatch import GemmPath, Target, gemm_paths
 from ufp4_compile.kernels import gemm
-from ufp4_compile.lowering.dispatch import GemmPath, Target, gemm_paths
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.recipes import ComputeDtype, parse_enum
 

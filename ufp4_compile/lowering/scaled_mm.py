@@ -3,8 +3,8 @@
 Which choices, in which order, is :func:`ufp4_compile.lowering.choices.plan_choices`, a plain function of
 (formats, compute dtype, target, K); this module builds them:
 
-- ``native``: ``ufp4_native_mm`` (the ``tl.dot_scaled`` kernel) where ``lowering.dispatch`` puts the native
-  path first (sm_100, gfx950);
+- ``native``: ``ufp4_native_mm`` (the ``tl.dot_scaled`` kernel) where ``ufp4_compile.dispatch`` puts the
+  native path first (sm_100, gfx950);
 - ``template``: the Triton template, in-register dequantization to the compute dtype, several tile configs;
 - ``blockscale``: the same template with the per-block FP32 scaling main loop where it equals the reference;
 - ``extern``: dequantize + cuBLAS (``ufp4_dequant_mm``).
@@ -25,9 +25,9 @@ from torch._inductor import ir
 from torch._inductor.lowering import fallback_handler
 from torch._inductor.select_algorithm import autotune_select_algorithm
 
+from ufp4_compile import dispatch
 from ufp4_compile.kernels import gemm
 from ufp4_compile.kernels.common import format_constants
-from ufp4_compile.lowering import dispatch
 from ufp4_compile.lowering.choices import (  # the configs are re-exported for benchmarks/gemm.py
     BLOCKSCALE_CONFIGS, CHOICE_NAMES, DEQUANT_CONFIGS, ChoicePlan, plan_choices)
 from ufp4_compile.lowering.templates import dequant_mm_choice, native_mm_choice, scaled_mm_template

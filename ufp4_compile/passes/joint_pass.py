@@ -26,7 +26,7 @@ log = logging.getLogger("ufp4_compile.passes.joint_pass")
 _PACKAGE = Path(__file__).resolve().parent.parent
 # Sources whose content changes what a compiled graph computes or how it is generated.
 _HASHED_DIRS = ("passes", "numerics", "lowering", "kernels")
-_HASHED_FILES = ("ops.py", "backend.py", "recipes.py")
+_HASHED_FILES = ("ops.py", "backend.py", "recipes.py", "dispatch.py")
 _GRAPH_IDS = itertools.count()
 
 

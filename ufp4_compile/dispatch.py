@@ -1,9 +1,10 @@
 """Which GEMM paths honour the exactness contract for a pair of operand formats on a given GPU.
 
 A pure function of (operand formats, compute dtype, target): no device is touched, so the decision can be
-unit-tested for GPUs we do not have. The contract (DESIGN §2, docs/numerics.md): each operand is
-``code x scale`` in FP32 rounded to the compute dtype, products accumulated in FP32, tensor scales in the
-epilogue. The paths, fastest first:
+unit-tested for GPUs we do not have. It imports only ``numerics`` and ``recipes``, so the kernels (their
+compile report) and the lowering (its choices) both read it. The contract (DESIGN §2, docs/numerics.md):
+each operand is ``code x scale`` in FP32 rounded to the compute dtype, products accumulated in FP32, tensor
+scales in the epilogue. The paths, fastest first:
 
 - ``NATIVE``: ``tl.dot_scaled`` (``kernels/native_gemm.py``) where the hardware applies the block scales
   itself: Blackwell ``tcgen05.mma ... block_scale`` (sm_100/sm_103) and MI350 ``v_mfma_scale_f32_*_f8f6f4``

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from ufp4_compile.lowering.dispatch import GemmPath, Target, current_target, gemm_paths, recipe_paths
+from ufp4_compile.dispatch import GemmPath, Target, current_target, gemm_paths, recipe_paths
 from ufp4_compile.numerics.formats import Grid, OperandFormat, ScaleFormat
 from ufp4_compile.recipes import PRESETS, ComputeDtype, Role
 
