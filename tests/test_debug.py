@@ -1,5 +1,5 @@
-"""ufp4_compile.debug: explain(), graph dumps (UFP4_DUMP_DIR, TORCH_COMPILE_DEBUG), decision logging and the
-structured trace."""
+"""Seeing what the pass did: ufp4_compile.explain(), graph dumps (ufp4_compile.debug: UFP4_DUMP_DIR,
+TORCH_COMPILE_DEBUG), decision logging and the structured trace."""
 
 import json
 import logging
@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from ufp4_compile.debug import explain, format_graph
+from ufp4_compile import explain
+from ufp4_compile.debug import format_graph
 from ufp4_compile.testing import compile_and_run
 from ufp4_compile.testing.models import MLP, ManualAttention, TinyLM
 

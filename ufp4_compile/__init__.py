@@ -4,7 +4,7 @@
 internals (Dynamo, Inductor) and Triton are imported only when the backend or a kernel is used.
 """
 
-from ufp4_compile.debug import explain  # imports no Dynamo/Inductor until called
+from ufp4_compile.backend import explain  # imports no Dynamo/Inductor until called
 from ufp4_compile.recipes import PRESETS, Recipe, get_recipe, recipe_names
 
 __version__ = "0.1.0"

@@ -199,6 +199,22 @@ def make_aot_backend(options: dict | None = None, *, sinks=(), dry_run: bool = F
     return backend
 
 
+def explain(model, *example_args, **options):
+    """What ``torch.compile(model, backend="ufp4", options=options)`` would do to each matmul: a
+    :class:`~ufp4_compile.passes.report.Report` (exported as ``ufp4_compile.explain``).
+
+    Runs ``model(*example_args)`` once through Dynamo and AOTAutograd with Inductor's decompositions (so
+    the graphs are the ones Inductor would see) and the pass in dry-run mode: nothing is quantized, the
+    model runs in its original precision. Gradients are traced (not run) when parameters or inputs require
+    them, so backward matmuls appear too. Inductor options are accepted and ignored; graph breaks give
+    several graphs, all reported.
+    """
+    backend = make_aot_backend(options, dry_run=True, inductor_decompositions=True)
+    compiled = torch.compile(model, backend=backend)
+    compiled(*example_args)
+    return backend.report
+
+
 def register(name: str = "ufp4") -> None:
     """Register ``backend=name`` in a checkout that is not pip-installed (idempotent)."""
     from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend

@@ -1,8 +1,9 @@
-"""Seeing what the ufp4 pass did: ``explain``, readable graph text, dump files, logging, structured trace.
+"""Seeing what the ufp4 pass did: readable graph text and dump files, here; explain, logging and the structured
+trace, elsewhere (listed below).
 
-- ``explain(model, *example_args, **options)`` (exported as ``ufp4_compile.explain``) returns a
-  :class:`Report`: one row per matmul (module, role, shape, what was done with which recipe fields, or kept
-  and why); ``str()`` and ``to_dict()``.
+- ``ufp4_compile.explain(model, *example_args, **options)`` (in ``ufp4_compile/backend.py``, beside the AOT
+  backend it runs) returns a :class:`Report`: one row per matmul (module, role, shape, what was done with
+  which recipe fields, or kept and why); ``str()`` and ``to_dict()``.
 
 - ``UFP4_DUMP_DIR=DIR`` (or ``options={"dump_dir": DIR}``, or ``TORCH_COMPILE_DEBUG=1``, which dumps into
   ``<torch debug dir>/ufp4``) writes, per compiled graph ``NNN``:
@@ -11,12 +12,12 @@
   (what Inductor compiles after the partitioner: the forward's extra outputs are what backward saves) and
   ``graph_NNN_report.txt``.
 - ``TORCH_LOGS="+ufp4_compile"`` logs each decision (logger ``ufp4_compile.passes.rewrite_matmuls``).
-- With ``TORCH_TRACE`` set, each graph's report is a structured ``artifact`` (``ufp4_report``) in tlparse.
+- With ``TORCH_TRACE`` set, each graph's report is a structured ``artifact`` (``ufp4_report``) in tlparse
+  (written by the pass: ``ufp4_compile.passes.report.trace_report``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -84,16 +85,6 @@ def format_graph(graph: fx.Graph) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def trace_report(graph_id: int, rows) -> None:
-    """The report of one graph as a structured-trace artifact (tlparse lists it as ``ufp4_report``)."""
-    report = Report("", list(rows), 1)
-    torch._logging.trace_structured(
-        "artifact",
-        metadata_fn=lambda: {"name": f"ufp4_report_graph_{graph_id}", "encoding": "json"},
-        payload_fn=lambda: json.dumps(report.to_dict()),
-    )
-
-
 class DumpDir:
     """Writes readable graphs and the report of every compiled graph into one folder."""
 
@@ -130,20 +121,3 @@ def default_dump_dir(option: str | None) -> Path | None:
 
         return Path(get_debug_dir()) / "ufp4"
     return None
-
-
-def explain(model, *example_args, **options) -> Report:
-    """What ``torch.compile(model, backend="ufp4", options=options)`` would do to each matmul.
-
-    Runs ``model(*example_args)`` once through Dynamo and AOTAutograd with Inductor's decompositions (so
-    the graphs are the ones Inductor would see) and the pass in dry-run mode: nothing is quantized, the
-    model runs in its original precision. Gradients are traced (not run) when parameters or inputs require
-    them, so backward matmuls appear too. Inductor options are accepted and ignored; graph breaks give
-    several graphs, all reported.
-    """
-    from ufp4_compile.backend import make_aot_backend
-
-    backend = make_aot_backend(options, dry_run=True, inductor_decompositions=True)
-    compiled = torch.compile(model, backend=backend)
-    compiled(*example_args)
-    return backend.report

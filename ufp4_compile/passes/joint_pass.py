@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from ufp4_compile.passes.report import Report
+from ufp4_compile.passes.report import Report, trace_report
 from ufp4_compile.passes.rewrite_matmuls import rewrite_matmuls
 from ufp4_compile.recipes import Recipe
 
@@ -73,8 +73,6 @@ class Ufp4JointPass(CustomGraphPass):
                  len(rows) - done, self.recipe.name)
         for sink in self.sinks:
             sink.graph_after(graph_id, graph, rows)
-        from ufp4_compile.debug import trace_report
-
         trace_report(graph_id, rows)
         if self.extra is not None:
             self.extra(graph)

@@ -1,8 +1,12 @@
-"""What the pass did to each matmul: one :class:`MatmulRow` per matmul node, gathered in a :class:`Report`."""
+"""What the pass did to each matmul: one :class:`MatmulRow` per matmul node, gathered in a :class:`Report`;
+:func:`trace_report` writes one graph's report into the structured trace (``TORCH_TRACE``, read by tlparse)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+
+import torch
 
 
 @dataclasses.dataclass
@@ -84,3 +88,13 @@ class Report:
 
     def __repr__(self) -> str:
         return f"Report(recipe={self.recipe!r}, matmuls={len(self.rows)}, rewritten={len(self.rewritten)})"
+
+
+def trace_report(graph_id: int, rows) -> None:
+    """The report of one graph as a structured-trace artifact (tlparse lists it as ``ufp4_report``)."""
+    report = Report("", list(rows), 1)
+    torch._logging.trace_structured(
+        "artifact",
+        metadata_fn=lambda: {"name": f"ufp4_report_graph_{graph_id}", "encoding": "json"},
+        payload_fn=lambda: json.dumps(report.to_dict()),
+    )
