@@ -62,10 +62,18 @@ def root_placeholder(node: fx.Node) -> fx.Node | None:
     return node if node.op in ("placeholder", "get_attr") else None
 
 
-_STRIP = [
-    (re.compile(r"^L\['[^']*'\]"), ""),  # the compiled function's argument: L['self'], L['model']
-    (re.compile(r"^L__[A-Za-z0-9]+___?"), ""),
-    (re.compile(r"getattr\(([^,]+), '([^']*)'\)"), r"\1.\2"),
+# Dynamo names a module by the source expression that reached it (``Source.name``): the compiled
+# function's argument, then attribute steps. Module children always appear as ``.name`` (ModuleList and
+# ModuleDict items included: ``.layers.0``, ``.experts.a-b``), or ``getattr(base, 'name')`` for a name that
+# is not an identifier. What comes before the first module step is how the function reached the model:
+# ``L['self']`` (a module's own forward), ``L['args'][0]`` (a forward wrapped by a ``*args`` decorator, as
+# transformers does), ``L['kwargs']['model']``, ``L['fn'].__self__`` (a bound method),
+# ``L['f'].__closure__[0].cell_contents`` (a closure), ``L['fn'].args[0]`` (functools.partial),
+# ``G['net']`` (a global). That root is dropped, so names are the ones ``model.named_modules()`` gives.
+_GETATTR = re.compile(r"getattr\(([^(),]+), '([^']*)'\)")
+_ROOT = re.compile(r"""^(?:[LG]\[(['"])[^'"]*\1\]|L__[A-Za-z0-9]+___?)"""  # L['x'], G['x'], or a mangled L__x__
+                   r"""(?:\[[^\]]*\]|\.__\w+__|\.cell_contents|\.(?:args|keywords)(?=\[))*""")
+_STEPS = [
     (re.compile(r"\._modules\['([^']*)'\]"), r".\1"),
     (re.compile(r"\['([^']*)'\]"), r".\1"),
     (re.compile(r"\[(\d+)\]"), r".\1"),
@@ -73,8 +81,15 @@ _STRIP = [
 
 
 def normalize_module_path(path: str) -> str:
-    """``"L['self'].layers[0]._modules['fc']"`` -> ``"layers.0.fc"`` (the name ``named_modules`` uses)."""
-    for pattern, repl in _STRIP:
+    """``"L['args'][0].model.layers[0]._modules['fc']"`` -> ``"model.layers.0.fc"`` (the name
+    ``named_modules`` uses), whatever the compiled function's argument is called."""
+    while True:  # innermost getattr first: getattr(getattr(L['self'], 'a-b'), 'c') -> L['self'].a-b.c
+        unwrapped = _GETATTR.sub(r"\1.\2", path)
+        if unwrapped == path:
+            break
+        path = unwrapped
+    path = _ROOT.sub("", path)
+    for pattern, repl in _STEPS:
         path = pattern.sub(repl, path)
     return path.strip(".")
 

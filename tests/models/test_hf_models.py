@@ -1,0 +1,36 @@
+"""transformers models (random init, 2 layers, hidden 64): module names and layer options as
+``model.named_modules()`` gives them, under transformers' ``*args`` forward wrappers."""
+
+import pytest
+import torch
+from torch import nn
+
+from ufp4_compile import explain
+
+transformers = pytest.importorskip("transformers")
+
+
+def _linears(model) -> set[str]:
+    return {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def llama():
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config)
+
+
+def test_llama_keep_first_keeps_block_0_only():
+    """Dynamo records ``L['args'][0].model.layers.1...`` here: every layer used to look like block 0."""
+    torch._dynamo.reset()
+    model = llama()
+    report = explain(model, torch.randint(0, 128, (2, 16)), keep_first=1)
+    assert {r.module for r in report.rows} == _linears(model)
+    block0 = {n for n in _linears(model) if n.startswith("model.layers.0.")}
+    block1 = {n for n in _linears(model) if n.startswith("model.layers.1.")}
+    assert len(block0) == len(block1) == 7
+    first = {r.module for r in report.kept if "layers.keep_first" in r.reason}
+    assert first == block0
+    assert {r.module for r in report.kept} == block0 | {"lm_head"}
+    assert {r.module for r in report.rewritten} == block1
