@@ -12,6 +12,7 @@ import torch
 from ufp4_compile import recipes
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.numerics.quantize import quantize as quantize_reference
+from ufp4_compile.numerics.quantize import quantize_dequantize as quantize_dequantize_reference
 
 kernels_quantize = pytest.importorskip("ufp4_compile.kernels.quantize")
 
@@ -45,6 +46,14 @@ def assert_same(x, axis, spec, rht=0, rht_seed=3, seed=1234, offset=5):
     torch.testing.assert_close(scales.view(as_bits[scales.dtype]), ref.scales.view(as_bits[scales.dtype]),
                                rtol=0, atol=0)
     torch.testing.assert_close(tensor_scale, ref.tensor_scale, rtol=0, atol=0, equal_nan=True)
+    # The same launch writing the dequantized operand instead of codes (the bf16 GEMM's input).
+    for dtype in (torch.bfloat16, torch.float32):
+        ref_values, ref_ts = quantize_dequantize_reference(x, axis, spec, rht=rht, rht_seed=rht_seed, seed=seed,
+                                                           offset=offset, dtype=dtype)
+        values, ts = kernels_quantize.quantize_dequantize(x, axis, spec, rht, rht_seed, seed, offset, dtype)
+        assert values.dtype == dtype and values.shape == x.shape
+        torch.testing.assert_close(values, ref_values, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(ts, ref_ts, rtol=0, atol=0, equal_nan=True)
 
 
 def shapes_for(spec: str) -> list[tuple[tuple[int, ...], int]]:

@@ -1,132 +1,210 @@
-"""Fused RHT + block-scale + round + pack: one pass over the input, along any axis (docs/numerics.md).
+"""Fused RHT + block-scale + round (+ pack, + dequantize): one pass over the input, along any axis.
 
 The input is viewed as ``x[page, l, o]`` (column-wise: the quantized axis ``l`` is not the last one) or
-``x[o, l]`` (row-wise: it is the last one); a program loads a ``BLOCK_O x BLOCK_L`` tile with ``l`` on its
-second dim whatever the memory order, so the Wgrad operands (quantized along the token axis) need no
-transpose pass. E4M3 two-level scales need the amax of the whole (rotated) tensor first: a small
-pre-pass (:func:`_amax_kernel`, one extra read of the input) computes it with an integer atomic max.
+``x[o, l]`` (row-wise: it is the last one). A program owns ``U = max(block, rht)`` consecutive elements
+along ``l`` for ``B`` values of ``o``: the tile ``t[i, j] = x[l0 + i, o0 + j]``. It is loaded so that each
+thread holds whole groups along ``l`` (row-wise as ``(U // 8, B, 8)``: 16-byte vectors along ``l``;
+column-wise as ``(U, B)`` with ``B`` a multiple of the threads' vector width, so the ``U`` rows are register
+repetitions), which keeps the Hadamard butterfly, the block amax, the packing of code pairs and the
+grouping of random words in registers: no shuffles, no shared memory.
 
-Every formula is the reference's (``ufp4_compile.numerics.quantize``), bit for bit; the tests compare
-codes and scales for equality.
+One kernel writes any of the two results a quantization has consumers for:
+
+- ``WRITE_CODES``: packed codes and block scales (saved for the backward, or read by a 4-bit GEMM);
+- ``WRITE_VALUES``: the dequantized operand ``code x block scale`` rounded to the output dtype, what a
+  bf16 GEMM consumes on GPUs without 4-bit tensor cores (the tensor scale stays out, for the epilogue).
+
+E4M3 two-level scales need the amax of the whole (rotated) tensor first: :func:`_amax_kernel`, one extra
+read, computes it with an integer atomic max.
+
+Every formula is the reference's (``ufp4_compile.numerics``), bit for bit, whatever the compiler does:
+products that feed an addition are exact (the Hadamard signs, powers of two), so FMA contraction cannot
+change a result, and IEEE divisions (one per block) are ``div.rn.f32`` itself on NVIDIA GPUs, so libdevice's
+flush-to-zero reflection does not apply. That is what lets Inductor launch these kernels with its own
+compile options (``kernel_launch``) and still give the eager launcher's bits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ufp4_compile.kernels.common import (
-    EXACT_LAUNCH, abs_bits, e4m3_round, format_constants, is_finite, pow2, round_half_even)
+from ufp4_compile.kernels.common import abs_bits, decode_nibbles, e4m3_round, format_constants, is_finite, pow2
+from ufp4_compile.numerics import scales as _ref_scales
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.hadamard import inv_sqrt
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
-from ufp4_compile.numerics import scales as _ref_scales
 
 _E4M3_MAX = tl.constexpr(_ref_scales.E4M3_MAX)
 _FP32_MAX = tl.constexpr(_ref_scales.FP32_MAX)
+_TINY = tl.constexpr(_ref_scales.TINY_SCALE)
+_LIFT = tl.constexpr(_ref_scales.TINY_SCALE_LIFT)
 
 _OUT_SCALE_DTYPES = (torch.float32, torch.uint8, torch.uint8)  # FP32, E4M3 (stored bytes), E8M0
 _RESULT_SCALE_DTYPES = (torch.float32, torch.float8_e4m3fn, torch.uint8)
+_VALUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+# ---- arithmetic ----------------------------------------------------------------------------------------
+
+@triton.jit
+def div_rn(a, b, ASM: tl.constexpr):
+    """IEEE ``a / b`` (round to nearest even, subnormals kept): PTX ``div.rn.f32`` where ``ASM``, else
+    libdevice's ``div_rn`` (the interpreter, AMD GPUs)."""
+    if ASM:
+        return tl.inline_asm_elementwise("div.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    return tl.math.div_rn(a, b)
 
 
 # ---- tile pieces ------------------------------------------------------------------------------------
 
 @triton.jit
-def _load_tile(x_ptr, page, pid_o, pid_l, O, L, s_page, s_o, s_l, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr):
-    """The FP32 tile x[page, o, l] (zeros outside), with its o and l indices."""
-    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask = (offs_o < O)[:, None] & (offs_l < L)[None, :]
-    ptrs = (x_ptr + page.to(tl.int64) * s_page + offs_o.to(tl.int64)[:, None] * s_o
-            + offs_l.to(tl.int64)[None, :] * s_l)
-    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    return x, offs_o, offs_l
+def _tile_index(r0, o0, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
+    """(row, o) indices of the tile rows ``r0 .. r0 + ROWS`` x columns ``o0 .. o0 + B``, arranged as it is
+    loaded and stored: ``(ROWS // 8, B, 8)`` row-wise (8 consecutive rows per thread), ``(ROWS, B)`` else."""
+    if ROWWISE:
+        r = r0 + (tl.arange(0, ROWS // 8)[:, None, None] * 8 + tl.arange(0, 8)[None, None, :])
+        o = o0 + tl.arange(0, B)[None, :, None]
+    else:
+        r = r0 + tl.arange(0, ROWS)[:, None]
+        o = o0 + tl.arange(0, B)[None, :]
+    return r, o
 
 
 @triton.jit
-def _butterfly(v, rows: tl.constexpr, R: tl.constexpr, h: tl.constexpr):
-    """One butterfly stage of stride h over each row of R: (a, b) -> (a + b, a - b) on pairs (i, i + h)."""
-    if h < R:
-        pairs = tl.permute(tl.reshape(v, (rows, R // (2 * h), 2, h)), (0, 1, 3, 2))
-        a, b = tl.split(pairs)
-        v = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (rows, R))
+def _to_rows(t, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
+    """A tile in its load arrangement as ``(ROWS, B)``: a relabelling of registers."""
+    if ROWWISE:
+        return tl.reshape(tl.permute(t, (0, 2, 1)), (ROWS, B))
+    return t
+
+
+@triton.jit
+def _from_rows(v, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
+    """The inverse of :func:`_to_rows`."""
+    if ROWWISE:
+        return tl.permute(tl.reshape(v, (ROWS // 8, 8, B)), (0, 2, 1))
     return v
 
 
 @triton.jit
-def _rht(x, rht_seed, inv_sqrt_n, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, R: tl.constexpr):
-    """``H_R diag(s) v / sqrt(R)`` on each group of R consecutive elements along dim 1 (numerics.hadamard).
-
-    The butterfly runs in the reference's order: h = 1, 2, 4, ...; (a, b) -> (a + b, a - b) on (i, i + h).
-    """
-    idx = tl.arange(0, R)
-    zero = tl.zeros((R,), tl.uint32)
-    bits, _, _, _ = tl.philox(rht_seed, idx.to(tl.uint32), zero, zero, zero)
-    signs = 1.0 - 2.0 * (bits & 1).to(tl.float32)
-    rows: tl.constexpr = BLOCK_O * (BLOCK_L // R)
-    v = tl.reshape(x, (rows, R)) * signs[None, :]
-    v = _butterfly(v, rows, R, 1)
-    v = _butterfly(v, rows, R, 2)
-    v = _butterfly(v, rows, R, 4)
-    v = _butterfly(v, rows, R, 8)
-    v = _butterfly(v, rows, R, 16)
-    v = _butterfly(v, rows, R, 32)
-    v = _butterfly(v, rows, R, 64)
-    v = _butterfly(v, rows, R, 128)
-    return tl.reshape(v * inv_sqrt_n, (BLOCK_O, BLOCK_L))
+def _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U: tl.constexpr, B: tl.constexpr,
+               ROWWISE: tl.constexpr):
+    """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and its row-major flat index."""
+    l, o = _tile_index(l0, o0, U, B, ROWWISE)
+    mask = (l < L) & (o < O)
+    x = tl.load(x_ptr + page.to(tl.int64) * s_page + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask,
+                other=0.0).to(tl.float32)
+    if ROWWISE:
+        flat = o.to(tl.int64) * L + l
+    else:
+        flat = (page.to(tl.int64) * L + l) * O + o
+    return _to_rows(x, U, B, ROWWISE), _to_rows(flat, U, B, ROWWISE)
 
 
 @triton.jit
-def _block_amax(x, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr):
-    """Per-block max |x| (BLOCK_O, BLOCK_L // BLOCK) as FP32; NaN if the block holds a NaN, Inf an Inf."""
-    NB: tl.constexpr = BLOCK_L // BLOCK
-    amax_bits = tl.max(tl.reshape(abs_bits(x), (BLOCK_O, NB, BLOCK)), axis=2)
+def _stage(v, U: tl.constexpr, B: tl.constexpr, h: tl.constexpr):
+    """One butterfly stage along the rows: ``(a, b) -> (a + b, a - b)`` for the row pairs ``(i, i + h)``."""
+    t = tl.permute(tl.reshape(v, (U // (2 * h), 2, h, B)), (0, 2, 3, 1))
+    a, b = tl.split(t)
+    t = tl.permute(tl.join(a + b, a - b), (0, 3, 1, 2))
+    return tl.reshape(t, (U, B))
+
+
+@triton.jit
+def _rht(x, rht_seed, inv_sqrt_n, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr):
+    """``H_R diag(s) v / sqrt(R)`` on each R consecutive rows, in numerics.hadamard's butterfly order
+    (h = 1, 2, 4, ...). The sign products are exact, so contraction into FMAs cannot change a sum."""
+    idx = (tl.arange(0, U) % R).to(tl.uint32)
+    zero = tl.zeros((U,), tl.uint32)
+    bits, _, _, _ = tl.philox(rht_seed, idx, zero, zero, zero)
+    v = x * (1.0 - 2.0 * (bits & 1).to(tl.float32))[:, None]
+    if 1 < R:
+        v = _stage(v, U, B, 1)
+    if 2 < R:
+        v = _stage(v, U, B, 2)
+    if 4 < R:
+        v = _stage(v, U, B, 4)
+    if 8 < R:
+        v = _stage(v, U, B, 8)
+    if 16 < R:
+        v = _stage(v, U, B, 16)
+    if 32 < R:
+        v = _stage(v, U, B, 32)
+    if 64 < R:
+        v = _stage(v, U, B, 64)
+    if 128 < R:
+        v = _stage(v, U, B, 128)
+    return v * inv_sqrt_n
+
+
+@triton.jit
+def _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, inv_sqrt_n, RHT: tl.constexpr,
+                  U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
+    x, flat = _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U, B, ROWWISE)
+    if RHT > 0:
+        x = _rht(x, rht_seed, inv_sqrt_n, U, B, RHT)
+    return x, flat
+
+
+@triton.jit
+def _block_amax(x, U: tl.constexpr, B: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr):
+    """Per-block max |x| as FP32 ``(U // BLOCK, B)``; NaN if the block holds a NaN, Inf an Inf."""
+    NB: tl.constexpr = U // BLOCK
+    amax_bits = tl.max(tl.reshape(abs_bits(x), (NB, BLOCK, B)), axis=1)
     if BLOCK_2D:  # 16 x 16 tiles: also the max over 16 consecutive o
-        tiles = tl.max(tl.reshape(amax_bits, (BLOCK_O // 16, 16, NB)), axis=1)
-        amax_bits = tl.reshape(tl.broadcast_to(tiles[:, None, :], (BLOCK_O // 16, 16, NB)), (BLOCK_O, NB))
+        tiles = tl.max(tl.reshape(amax_bits, (NB, B // 16, 16)), axis=2)
+        amax_bits = tl.reshape(tl.broadcast_to(tiles[:, :, None], (NB, B // 16, 16)), (NB, B))
     return amax_bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _e4m3_encode(g, Q_MAX: tl.constexpr):
+def _e4m3_encode(g, Q_MAX: tl.constexpr, ASM: tl.constexpr):
     """Tensor encode scale ``enc`` from the global amax (numerics.scales.e4m3_tensor_encode)."""
-    enc = tl.minimum(tl.math.div_rn(tl.full(g.shape, _E4M3_MAX * Q_MAX, tl.float32), g), _FP32_MAX)
+    enc = tl.minimum(div_rn(tl.full(g.shape, _E4M3_MAX * Q_MAX, tl.float32), g, ASM), _FP32_MAX)
     return tl.where(g == 0.0, 1.0, enc)
 
 
 @triton.jit
-def _scales(amax, g, SCALE: tl.constexpr, Q_MAX: tl.constexpr, E8M0_FLOOR: tl.constexpr):
-    """(stored scale, per-block multiplier or divisor, ok) from the block amax (numerics.quantize._scale_blocks).
+def _scales(amax, g, SCALE: tl.constexpr, Q_MAX: tl.constexpr, E8M0_FLOOR: tl.constexpr, ASM: tl.constexpr):
+    """Per block, from its amax (numerics.quantize._scale_blocks): (stored scale, lift, multiplier, ok,
+    decoded scale). The scaled block is ``(x * lift) * multiplier``; ``ok`` False: its values become 0.
 
-    FP32: stored = amax / q, divisor s. E4M3: stored byte, multiplier 1 / (s * tensor_scale). E8M0: stored
-    biased exponent, multiplier 2**-e. ``ok`` False: the block's values become 0.
+    FP32: stored ``s = amax / q``, lift and multiplier from numerics.scales.fp32_encode. E4M3: the stored
+    byte, multiplier ``1 / (s * tensor_scale)``. E8M0: the stored biased exponent, multiplier ``2**-e``.
     """
     finite = is_finite(amax)
+    one = tl.full(amax.shape, 1.0, tl.float32)
     if SCALE == 0:
-        s = tl.math.div_rn(amax, tl.full(amax.shape, Q_MAX, tl.float32))
+        s = div_rn(amax, tl.full(amax.shape, Q_MAX, tl.float32), ASM)
         s = tl.where(finite, s, float("nan"))
-        return s, s, finite & (s != 0.0)
+        ok = finite & (s != 0.0)
+        safe = tl.where(ok, s, 1.0)
+        lift = tl.where(safe < _TINY, _LIFT, 1.0)
+        return s, lift, div_rn(one, safe * lift, ASM), ok, s
     elif SCALE == 1:
-        enc = _e4m3_encode(g, Q_MAX)
-        tensor_scale = tl.math.div_rn(tl.full(g.shape, 1.0, tl.float32), enc)
-        inv_q = tl.math.div_rn(tl.full(g.shape, 1.0, tl.float32), tl.full(g.shape, Q_MAX, tl.float32))
+        enc = _e4m3_encode(g, Q_MAX, ASM)
+        tensor_scale = div_rn(one, enc, ASM)
+        inv_q = div_rn(one, tl.full(amax.shape, Q_MAX, tl.float32), ASM)
         s = tl.minimum(tl.minimum(amax * (enc * inv_q), _FP32_MAX), _E4M3_MAX)
         ok = finite & is_finite(g)
         byte, value = e4m3_round(tl.where(ok, s, 0.0))
         byte = tl.where(ok, byte, 0x7F)
-        mult = tl.minimum(tl.math.div_rn(tl.full(amax.shape, 1.0, tl.float32), value * tensor_scale), _FP32_MAX)
-        return byte, mult, ok
+        mult = tl.minimum(div_rn(one, value * tensor_scale, ASM), _FP32_MAX)
+        return byte, one, mult, ok, tl.where(ok, value, float("nan"))
     else:
         safe = tl.where(finite, amax, 0.0)
         if E8M0_FLOOR:
             bits = safe.to(tl.int32, bitcast=True)
             e = tl.where((bits >> 23) > 0, (bits >> 23) - 127, -127) - 2
         else:
-            v = tl.math.div_rn(safe, tl.full(amax.shape, Q_MAX, tl.float32))
+            v = div_rn(safe, tl.full(amax.shape, Q_MAX, tl.float32), ASM)
             bits = v.to(tl.int32, bitcast=True)
             expo = bits >> 23
             mant = bits & 0x7FFFFF
@@ -134,15 +212,16 @@ def _scales(amax, g, SCALE: tl.constexpr, Q_MAX: tl.constexpr, E8M0_FLOOR: tl.co
             e = tl.where(expo > 0, normal, tl.where(mant > 0x400000, -126, -127))
         e = tl.minimum(tl.maximum(e, -127), 127)
         stored = tl.where(finite, e + 127, 255)
-        return stored, pow2(-e), finite
+        return stored, one, pow2(-e), finite, tl.where(finite, pow2(e), float("nan"))
 
 
 @triton.jit
 def _level_nearest(a, GRID: tl.constexpr):
     """Level index (int32, 0..7) nearest to ``a = |y|``, ties to the even index (numerics.grids)."""
     if GRID == 0:
-        k, _ = round_half_even(a)
-        return k
+        f = a.to(tl.int32)  # truncation == floor for a >= 0
+        frac = a - f.to(tl.float32)  # exact
+        return f + ((frac > 0.5) | ((frac == 0.5) & ((f & 1) == 1))).to(tl.int32)
     return ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
             + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32) + (a > 5.0).to(tl.int32))
 
@@ -165,82 +244,94 @@ def _level_stochastic(a, rand, GRID: tl.constexpr):
 
 
 @triton.jit
-def _random_bits(seed_ptr, offset, flat):
-    """``philox(seed, lo32(n), hi32(n), 0, 0)[0]`` with ``n = offset + flat`` (numerics.rounding.philox)."""
+def _philox_words(seed, counter):
+    """The four 32-bit words of ``philox4x32(seed, (lo32(counter), hi32(counter), 0, 0))``."""
+    zero = tl.zeros(counter.shape, tl.uint32)
+    return tl.philox(seed, (counter & 0xFFFFFFFF).to(tl.uint32), (counter >> 32).to(tl.uint32), zero, zero)
+
+
+@triton.jit
+def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUPED: tl.constexpr,
+                 ROWWISE: tl.constexpr):
+    """Word ``n % 4`` of ``philox(seed, offset + n // 4)`` for each element's flat index ``n``
+    (numerics.rounding.element_bits). ``GROUPED``: the four elements of a call sit in one thread (four
+    consecutive rows row-wise, four consecutive columns column-wise), so each call is made once."""
     seed = tl.load(seed_ptr)
-    n = offset + flat
-    zero = tl.zeros(flat.shape, tl.uint32)
-    r, _, _, _ = tl.philox(seed, (n & 0xFFFFFFFF).to(tl.uint32), (n >> 32).to(tl.uint32), zero, zero)
-    return r
+    if not GROUPED:
+        r0, r1, r2, r3 = _philox_words(seed, offset + (flat >> 2))
+        w = flat & 3
+        return tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
+    if ROWWISE:
+        quads = tl.reshape(tl.permute(tl.reshape(flat, (U // 4, 4, B)), (0, 2, 1)), (U // 4, B, 2, 2))
+    else:
+        quads = tl.reshape(flat, (U, B // 4, 2, 2))
+    first_pairs, _ = tl.split(quads)
+    firsts, _ = tl.split(first_pairs)
+    r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 2))
+    words = tl.join(tl.join(r0, r2), tl.join(r1, r3))  # [.., a, b] = word 2a + b
+    if ROWWISE:
+        return tl.reshape(tl.permute(tl.reshape(words, (U // 4, B, 4)), (0, 2, 1)), (U, B))
+    return tl.reshape(words, (U, B))
 
 
 @triton.jit
-def _pack(nib, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr):
-    """Two nibbles per byte along dim 1: element 2j in the low nibble (numerics.packing)."""
-    lo, hi = tl.split(tl.reshape(nib, (BLOCK_O, BLOCK_L // 2, 2)))
+def _pack(nib, U: tl.constexpr, B: tl.constexpr):
+    """Two nibbles per byte along the rows: row 2j in the low nibble (numerics.packing)."""
+    lo, hi = tl.split(tl.permute(tl.reshape(nib, (U // 2, 2, B)), (0, 2, 1)))
     return (lo | (hi << 4)).to(tl.uint8)
-
-
-@triton.jit
-def _pid_offsets(pid, WIDTH: tl.constexpr):
-    return pid.to(tl.int64) * WIDTH + tl.arange(0, WIDTH)
 
 
 # ---- kernels -------------------------------------------------------------------------------------------
 
 @triton.jit
 def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_seed, inv_sqrt_n,
-                 RHT: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr):
+                 RHT: tl.constexpr, ROWWISE: tl.constexpr, U: tl.constexpr, B: tl.constexpr):
     """Global max |RHT(x)| as int32 FP32 bits, by atomic max (NaN-propagating: NaN bits sort above Inf)."""
-    x, _, _ = _load_tile(x_ptr, tl.program_id(2), tl.program_id(0), tl.program_id(1), O, L, s_page, s_o, s_l,
-                         BLOCK_O, BLOCK_L)
-    if RHT > 0:
-        x = _rht(x, rht_seed, inv_sqrt_n, BLOCK_O, BLOCK_L, RHT)
+    if ROWWISE:
+        pid_l, pid_o = tl.program_id(0), tl.program_id(1)
+    else:
+        pid_o, pid_l = tl.program_id(0), tl.program_id(1)
+    x, _ = _rotated_tile(x_ptr, tl.program_id(2), pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_seed,
+                         inv_sqrt_n, RHT, U, B, ROWWISE)
     tl.atomic_max(gamax_ptr, tl.max(tl.max(abs_bits(x), axis=1), axis=0))
 
 
 @triton.jit
-def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, ts_ptr, gamax_ptr, seed_ptr,
+def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
                      O, L, s_page, s_o, s_l, offset, rht_seed, inv_sqrt_n,
                      GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
-                     STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr,
-                     RHT: tl.constexpr, ROWWISE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr):
+                     STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
+                     Q_MAX: tl.constexpr, RHT: tl.constexpr, ROWWISE: tl.constexpr, WRITE_CODES: tl.constexpr,
+                     WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr):
+    if ROWWISE:  # consecutive programs walk along the rows (one row segment of U elements each)
+        pid_l, pid_o = tl.program_id(0), tl.program_id(1)
+    else:
+        pid_o, pid_l = tl.program_id(0), tl.program_id(1)
     page = tl.program_id(2)
-    x, offs_o, offs_l = _load_tile(x_ptr, page, tl.program_id(0), tl.program_id(1), O, L, s_page, s_o, s_l,
-                                   BLOCK_O, BLOCK_L)
-    if RHT > 0:
-        x = _rht(x, rht_seed, inv_sqrt_n, BLOCK_O, BLOCK_L, RHT)
-    NB: tl.constexpr = BLOCK_L // BLOCK
-    amax = _block_amax(x, BLOCK_O, BLOCK_L, BLOCK, BLOCK_2D)
+    l0 = pid_l * U
+    o0 = pid_o * B
+    x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, inv_sqrt_n, RHT, U, B,
+                            ROWWISE)
+    NB: tl.constexpr = U // BLOCK
+    amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
     g = 0.0
     first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (page == 0)
     if SCALE == 1:
         g = tl.load(gamax_ptr).to(tl.float32, bitcast=True)
         if first:
-            tl.store(ts_ptr, tl.math.div_rn(tl.full(g.shape, 1.0, tl.float32), _e4m3_encode(g, Q_MAX)))
+            tl.store(ts_ptr, div_rn(tl.full(g.shape, 1.0, tl.float32), _e4m3_encode(g, Q_MAX, ASM), ASM))
     else:
         if first:  # one-level scales: the tensor scale is 1 (written here, saving the host a fill launch)
             tl.store(ts_ptr, 1.0)
-    stored, factor, ok = _scales(amax, g, SCALE, Q_MAX, E8M0_FLOOR)
+    stored, lift, mult, ok, decoded = _scales(amax, g, SCALE, Q_MAX, E8M0_FLOOR, ASM)
 
-    blocks = tl.reshape(x, (BLOCK_O, NB, BLOCK))
-    if SCALE == 0:
-        y = tl.math.div_rn(blocks, tl.broadcast_to(tl.where(ok, factor, 1.0)[:, :, None], (BLOCK_O, NB, BLOCK)))
-    else:
-        y = blocks * factor[:, :, None]
-    y = tl.reshape(tl.where(ok[:, :, None], y, 0.0), (BLOCK_O, BLOCK_L))
+    blocks = tl.reshape(x, (NB, BLOCK, B))
+    y = (blocks * lift[:, None, :]) * mult[:, None, :]
+    y = tl.reshape(tl.where(ok[:, None, :], y, 0.0), (U, B))
     y = tl.minimum(tl.maximum(y, -Q_MAX), Q_MAX)
-
-    # Flat row-major index of each element in x's logical shape (drives the Philox counters).
-    o64 = offs_o.to(tl.int64)[:, None]
-    l64 = offs_l.to(tl.int64)[None, :]
-    if ROWWISE:
-        flat = o64 * L + l64
-    else:
-        flat = page.to(tl.int64) * L * O + l64 * O + o64
     a = tl.abs(y)
     if STOCHASTIC:
-        level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat), GRID)
+        level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, ROWWISE), GRID)
     else:
         level = _level_nearest(a, GRID)
     neg = y < 0.0
@@ -248,41 +339,117 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, ts_ptr, gamax_ptr, seed_ptr,
         nib = tl.where(neg, -level, level) & 0xF
     else:
         nib = (neg.to(tl.int32) << 3) | level
-    packed = _pack(nib, BLOCK_O, BLOCK_L)
 
-    L2 = L // 2
-    LB = L // BLOCK
-    c_l = _pid_offsets(tl.program_id(1), BLOCK_L // 2)
-    sc_l = _pid_offsets(tl.program_id(1), NB)
-    o_mask = (offs_o < O)[:, None]
-    if ROWWISE:
-        c_off = o64 * L2 + c_l[None, :]
-        s_off = o64 * LB + sc_l[None, :]
+    o_in = o0 + tl.arange(0, B)
+    o64 = o_in.to(tl.int64)
+    if WRITE_CODES:
+        L2 = L // 2
+        LB = L // BLOCK
+        r, o = _tile_index(l0 // 2, o0, U // 2, B, ROWWISE)
+        if ROWWISE:
+            c_off = o.to(tl.int64) * L2 + r
+        else:
+            c_off = (page.to(tl.int64) * L2 + r) * O + o
+        tl.store(codes_ptr + c_off, _from_rows(_pack(nib, U, B), U // 2, B, ROWWISE), mask=o < O)
+        lb = (l0 // BLOCK + tl.arange(0, NB)).to(tl.int64)[:, None]
+        if ROWWISE:
+            s_off = o64[None, :] * LB + lb
+        else:
+            s_off = (page.to(tl.int64) * LB + lb) * O + o64[None, :]
+        tl.store(scales_ptr + s_off, stored.to(scales_ptr.dtype.element_ty), mask=(o_in < O)[None, :])
+    if WRITE_VALUES:
+        v = tl.reshape(decode_nibbles(nib, GRID), (NB, BLOCK, B)) * decoded[:, None, :]
+        v = _from_rows(tl.reshape(v, (U, B)).to(values_ptr.dtype.element_ty), U, B, ROWWISE)
+        r, o = _tile_index(l0, o0, U, B, ROWWISE)
+        if ROWWISE:
+            v_off = o.to(tl.int64) * L + r
+        else:
+            v_off = (page.to(tl.int64) * L + r) * O + o
+        tl.store(values_ptr + v_off, v, mask=o < O)
+
+
+# ---- launch plans --------------------------------------------------------------------------------------
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _tile(unit: int, length: int, other: int, itemsize: int, rowwise: bool, config: dict | None):
+    """(U, B, num_warps). Row-wise, a thread loads 8 consecutive elements of one group and the warps tile
+    ``o``; column-wise, ``B`` spans one 16-byte vector per thread times every thread of the program, so
+    each thread holds all U rows of its columns."""
+    u = max(unit, 8)
+    if rowwise:
+        warps = 4
+        b = 128 if u <= 32 else 16
     else:
-        c_off = page.to(tl.int64) * L2 * O + c_l[None, :] * O + o64
-        s_off = page.to(tl.int64) * LB * O + sc_l[None, :] * O + o64
-    tl.store(codes_ptr + c_off, packed, mask=o_mask & (c_l < L2)[None, :])
-    tl.store(scales_ptr + s_off, stored.to(scales_ptr.dtype.element_ty), mask=o_mask & (sc_l < LB)[None, :])
+        vector = 16 // itemsize
+        warps = 2 if u <= 32 else 4
+        b = vector * 32 * warps if u <= 32 else 32
+    b = max(16, min(b, triton.next_power_of_2(other)))
+    if config:
+        b, warps = config.get("B", b), config.get("num_warps", warps)
+        if b % 16 or b & (b - 1):
+            raise ValueError(f"config={config!r} is not valid: B must be a power of two multiple of 16")
+    return u, b, warps
 
 
-# ---- launcher ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LaunchPlan:
+    """Everything about one quantize launch that follows from (shape, dtype, axis, format, RHT, outputs):
+    computed once per call site; the eager launcher and the Inductor lowering both read it."""
 
-def _view3(x: torch.Tensor, axis: int) -> tuple[torch.Tensor, bool]:
-    """x as (pages, L, O) (column-wise) or (1, O, L) viewed as rows (row-wise), with the row-wise flag."""
-    shape = x.shape
-    if axis == x.ndim - 1:
-        return x.reshape(1, -1, shape[axis]), True
+    rowwise: bool
+    args: dict  # the scalar arguments: O, L, s_page, s_o, s_l, inv_sqrt_n
+    constexprs: dict
+    num_warps: int
+    grid: tuple
+    amax_constexprs: dict | None  # E4M3 scales: the global-amax pre-pass
+    codes_shape: tuple
+    scales_shape: tuple
+    scale_dtype: torch.dtype  # as the kernel stores it (E4M3 as bytes)
+    result_scale_dtype: torch.dtype
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: shapes that never repeat (dynamic shapes) must not grow it
+def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht: int, write_codes: bool,
+                write_values: bool, asm: bool, config_items: tuple | None = None) -> LaunchPlan:
+    """The launch for a contiguous ``x`` of ``shape`` quantized along ``axis`` (normalized)."""
+    c = format_constants(fmt)
+    rowwise = axis == len(shape) - 1
+    length = shape[axis]
     pages = 1
     for d in shape[:axis]:
         pages *= d
-    return x.reshape(pages, shape[axis], -1), False
+    other = 1
+    for d in shape[axis + 1:]:
+        other *= d
+    if rowwise:
+        O, L = pages, length
+        strides = dict(s_page=0, s_o=L, s_l=1)
+        pages = 1
+    else:
+        O, L = other, length
+        strides = dict(s_page=L * O, s_o=1, s_l=O)
+    u, b, warps = _tile(max(fmt.block, rht, 16), L, O, itemsize, rowwise, dict(config_items) if config_items else None)
+    grid = (L // u, triton.cdiv(O, b), pages) if rowwise else (triton.cdiv(O, b), L // u, pages)
+    codes_shape, scales_shape = list(shape), list(shape)
+    codes_shape[axis] //= 2
+    scales_shape[axis] //= fmt.block
+    constexprs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
+                      SR_GROUPED=rowwise or O % 4 == 0, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
+                      ROWWISE=rowwise, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b)
+    amax = dict(RHT=rht, ROWWISE=rowwise, U=u, B=b) if c.scale == 1 else None
+    return LaunchPlan(rowwise, dict(O=O, L=L, **strides, inv_sqrt_n=inv_sqrt(rht) if rht else 1.0), constexprs,
+                      warps, grid, amax, tuple(codes_shape), tuple(scales_shape), _OUT_SCALE_DTYPES[c.scale],
+                      _RESULT_SCALE_DTYPES[c.scale])
 
 
-def _tile(length: int, other: int, unit: int, rowwise: bool) -> tuple[int, int]:
-    """(BLOCK_O, BLOCK_L): BLOCK_L a power of two and a multiple of ``unit`` (block and RHT size)."""
-    block_l = max(unit, min(triton.next_power_of_2(length), 128 if rowwise else 64))
-    block_o = max(16, min(triton.next_power_of_2(other), max(16, 4096 // block_l)))
-    return block_o, block_l
+def plan_for(x: torch.Tensor, axis: int, fmt: OperandFormat, rht: int, *, codes: bool, values: bool,
+             config: dict | None = None) -> LaunchPlan:
+    asm = not _interpreting() and x.device.type == "cuda" and torch.version.hip is None
+    return launch_plan(tuple(x.shape), x.element_size(), axis, fmt, rht, codes, values, asm,
+                       tuple(sorted(config.items())) if config else None)
 
 
 def _seed_tensor(seed, device) -> torch.Tensor:
@@ -294,131 +461,98 @@ def _seed_tensor(seed, device) -> torch.Tensor:
     return torch.tensor([value], dtype=torch.int64, device=device)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Launch:
-    """Everything about one quantize launch that follows from (shape, strides, dtype, axis, format, RHT,
-    config): computed once per distinct call site, so a training step's hundreds of launches pay only for
-    the allocations and the kernel launch (the host cost is what limits small and mid-size GEMMs)."""
+# ---- launchers -----------------------------------------------------------------------------------------
 
-    args: tuple  # O, L, s_page, s_o, s_l
-    codes_shape: tuple
-    scales_shape: tuple
-    scale_dtype: torch.dtype
-    result_scale_dtype: torch.dtype
-    grid: tuple
-    two_level: bool  # E4M3 scales: the global-amax pre-pass and its accumulator
-    stochastic: bool
-    inv_sqrt_n: float
-    amax_kwargs: dict
-    kwargs: dict
-
-
-@functools.lru_cache(maxsize=4096)  # bounded: shapes that never repeat (dynamic shapes) must not grow it
-def _launch(shape: tuple, shape3: tuple, stride3: tuple, rowwise: bool, axis: int, fmt: OperandFormat, rht: int,
-            config_items: tuple | None) -> _Launch:
-    """The launch of ``x`` (``shape``) viewed as ``x3`` (``shape3``, ``stride3``); all arguments hashable."""
-    config = dict(config_items) if config_items else None
-    c = format_constants(fmt)
-    if rowwise:
-        pages, O, L = 1, shape3[1], shape3[2]
-        s_page, s_o, s_l = 0, stride3[1], stride3[2]
+def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
+    """Run the (pre-pass and) kernel; returns the tensor scale."""
+    device = x.device
+    tensor_scale = torch.empty((), dtype=torch.float32, device=device)  # the kernel writes it
+    dummy = codes if codes is not None else values
+    seed_t = _seed_tensor(seed, device) if plan.constexprs["STOCHASTIC"] else dummy
+    args = plan.args
+    scalars = (args["O"], args["L"], args["s_page"], args["s_o"], args["s_l"])
+    if plan.amax_constexprs is not None:
+        gamax = torch.zeros(1, dtype=torch.int32, device=device)
+        _amax_kernel[plan.grid](x, gamax, *scalars, int(rht_seed), args["inv_sqrt_n"], **plan.amax_constexprs,
+                                num_warps=plan.num_warps)
     else:
-        pages, L, O = shape3
-        s_page, s_l, s_o = stride3
-    codes_shape, scales_shape = list(shape), list(shape)
-    codes_shape[axis] //= 2
-    scales_shape[axis] //= fmt.block
-    unit = max(fmt.block, rht, 2)
-    block_o, block_l = _tile(L, O, unit, rowwise)
-    num_warps = 4
-    if config:
-        block_o, block_l = config.get("BLOCK_O", block_o), config.get("BLOCK_L", block_l)
-        num_warps = config.get("num_warps", num_warps)
-        if block_l % unit or block_l & (block_l - 1) or block_o % 16 or block_o & (block_o - 1):
-            raise ValueError(f"config={config!r} is not valid: BLOCK_L must be a power of two multiple of "
-                             f"{unit}, BLOCK_O a power of two multiple of 16")
-    kwargs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
-                  E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht, ROWWISE=rowwise, BLOCK_O=block_o,
-                  BLOCK_L=block_l, num_warps=num_warps, **EXACT_LAUNCH)
-    amax_kwargs = dict(RHT=rht, BLOCK_O=block_o, BLOCK_L=block_l, num_warps=num_warps, **EXACT_LAUNCH)
-    return _Launch(args=(O, L, s_page, s_o, s_l), codes_shape=tuple(codes_shape), scales_shape=tuple(scales_shape),
-                   scale_dtype=_OUT_SCALE_DTYPES[c.scale], result_scale_dtype=_RESULT_SCALE_DTYPES[c.scale],
-                   grid=(triton.cdiv(O, block_o), triton.cdiv(L, block_l), pages), two_level=c.scale == 1,
-                   stochastic=c.stochastic, inv_sqrt_n=inv_sqrt(rht) if rht else 1.0, amax_kwargs=amax_kwargs,
-                   kwargs=kwargs)
+        gamax = dummy  # not read: one-level scales have no global amax
+    _quantize_kernel[plan.grid](x, dummy if codes is None else codes, dummy if scales is None else scales,
+                                dummy if values is None else values, tensor_scale, gamax, seed_t, *scalars,
+                                int(offset), int(rht_seed), args["inv_sqrt_n"], **plan.constexprs,
+                                num_warps=plan.num_warps)
+    return tensor_scale
 
 
 def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0, rht_seed: int = 0,
              seed=None, offset: int = 0, *, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit.
 
-    ``config`` (benchmarks): ``{"BLOCK_O": .., "BLOCK_L": .., "num_warps": ..}`` overrides the tile.
+    ``config`` (benchmarks): ``{"B": .., "num_warps": ..}`` overrides the tile.
     """
     fmt = as_format(fmt)
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)
-    x3, rowwise = _view3(x, axis)
-    plan = _launch(tuple(x.shape), tuple(x3.shape), x3.stride(), rowwise, axis, fmt, rht,
-                   tuple(sorted(config.items())) if config else None)
-    device = x.device
-    codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=device)
-    scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=device)
+    x = x.contiguous()
+    plan = plan_for(x, axis, fmt, rht, codes=True, values=False, config=config)
+    codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
+    scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=x.device)
     if x.numel() == 0:
-        return codes, scales.view(plan.result_scale_dtype), torch.ones((), dtype=torch.float32, device=device)
-    tensor_scale = torch.empty((), dtype=torch.float32, device=device)  # the kernel writes it
-    seed_t = _seed_tensor(seed, device) if plan.stochastic else codes  # unused when not stochastic
-    rht_seed = int(rht_seed)
-    if plan.two_level:
-        gamax = torch.zeros(1, dtype=torch.int32, device=device)
-        _amax_kernel[plan.grid](x3, gamax, *plan.args, rht_seed, plan.inv_sqrt_n, **plan.amax_kwargs)
-    else:
-        gamax = codes  # not read: one-level scales have no global amax
-    _quantize_kernel[plan.grid](x3, codes, scales, tensor_scale, gamax, seed_t, *plan.args, int(offset), rht_seed,
-                                plan.inv_sqrt_n, **plan.kwargs)
+        return codes, scales.view(plan.result_scale_dtype), torch.ones((), dtype=torch.float32, device=x.device)
+    tensor_scale = _launch(x, plan, rht_seed, seed, offset, codes, scales, None)
     return codes, scales.view(plan.result_scale_dtype), tensor_scale
+
+
+def quantize_dequantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0, rht_seed: int = 0,
+                        seed=None, offset: int = 0, dtype: torch.dtype = torch.bfloat16, *,
+                        config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, tensor_scale): ``code x block scale`` of ``x`` quantized along ``axis``, rounded to ``dtype``
+    (``numerics.quantize_dequantize``'s, bit for bit), without writing the codes."""
+    fmt = as_format(fmt)
+    axis = check_quantize_inputs(x, axis, fmt, rht, seed)
+    if dtype not in _VALUE_DTYPES:
+        raise ValueError(f"dtype={dtype} is not valid; valid values: {', '.join(map(str, _VALUE_DTYPES))}")
+    x = x.contiguous()
+    values = torch.empty(x.shape, dtype=dtype, device=x.device)
+    if x.numel() == 0:
+        return values, torch.ones((), dtype=torch.float32, device=x.device)
+    plan = plan_for(x, axis, fmt, rht, codes=False, values=True, config=config)
+    return values, _launch(x, plan, rht_seed, seed, offset, None, None, values)
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
 
 _SCALE_POINTERS = ("*fp32", "*u8", "*u8")  # by format_constants().scale, as _OUT_SCALE_DTYPES stores them
-_VARIANT_SIZE = 4096  # variants use the launcher's tile for a 4096 x 4096 bf16 operand
-
-
-def _variant_layout(rowwise: bool) -> tuple[dict, dict, tuple[str, ...]]:
-    """(argument types, unit strides as constexprs, 16-aligned arguments) of a launch on a contiguous x."""
-    types = dict(x_ptr="*bf16", O="i32", L="i32", s_page="i32", s_o="i32", s_l="i32", rht_seed="i32",
-                 inv_sqrt_n="fp32")
-    unit = {"s_l": 1} if rowwise else {"s_o": 1}
-    aligned = ("x_ptr", "O", "L", "s_o" if rowwise else "s_l")
-    return {k: v for k, v in types.items() if k not in unit}, unit, aligned
+_VARIANT_SIZE = 4096  # variants use the launcher's tile for a 4096 x 4096 operand
 
 
 def compile_variants():
     """One ``_quantize_kernel`` per distinct quantize launch of the presets (format, RHT, row- or
-    column-wise; bf16 input), and the ``_amax_kernel`` instances the E4M3 formats launch first."""
+    column-wise; bf16 input; codes for the 4-bit GEMMs of sm_100 / gfx950), and the ``_amax_kernel``
+    instances the E4M3 formats launch first."""
     from ufp4_compile.kernels.targets import KernelVariant, preset_quantize_calls
 
     variants, amax = [], {}
     for (fmt, rht, rowwise), presets in preset_quantize_calls().items():
+        shape = (_VARIANT_SIZE, _VARIANT_SIZE)
+        plan = launch_plan(shape, 2, 1 if rowwise else 0, fmt, rht, True, False, False)
         c = format_constants(fmt)
-        block_o, block_l = _tile(_VARIANT_SIZE, _VARIANT_SIZE, max(fmt.block, rht, 2), rowwise)
-        types, unit, aligned = _variant_layout(rowwise)
-        types |= dict(codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[c.scale], ts_ptr="*fp32", gamax_ptr="*i32",
-                      seed_ptr="*i64" if c.stochastic else "*u8", offset="i64")
-        constexprs = unit | dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d,
-                                 STOCHASTIC=c.stochastic, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
-                                 ROWWISE=rowwise, BLOCK_O=block_o, BLOCK_L=block_l)
+        types = dict(x_ptr="*bf16", codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[c.scale], values_ptr="*bf16",
+                     ts_ptr="*fp32", gamax_ptr="*i32", seed_ptr="*i64" if c.stochastic else "*u8", O="i32", L="i32",
+                     s_page="i32", offset="i64", rht_seed="i32", inv_sqrt_n="fp32")
+        unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"
         variants.append(KernelVariant.build(
-            f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types, constexprs,
-            aligned=aligned + ("codes_ptr", "scales_ptr"), options=dict(EXACT_LAUNCH, num_warps=4)))
+            f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types, unit | plan.constexprs,
+            aligned=("x_ptr", "codes_ptr", "scales_ptr", "O", "L"), options=dict(num_warps=plan.num_warps)))
         if fmt.scale is ScaleFormat.E4M3:  # two-level scales: the global-amax pre-pass first
-            names = amax.setdefault((rht, rowwise, block_o, block_l), {})
+            names = amax.setdefault((rht, rowwise, plan.num_warps, tuple(sorted(plan.amax_constexprs.items()))), {})
             names.update(dict.fromkeys(presets.split(", ")))
-    for (rht, rowwise, block_o, block_l), names in amax.items():
-        types, unit, aligned = _variant_layout(rowwise)
+    for (rht, rowwise, warps, constexprs), names in amax.items():
+        unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"
+        types = dict(x_ptr="*bf16", gamax_ptr="*i32", O="i32", L="i32", s_page="i32", rht_seed="i32",
+                     inv_sqrt_n="fp32")
         variants.append(KernelVariant.build(
-            f"quantize_amax[rht{rht} {orientation}]", ", ".join(names), _amax_kernel, types | {"gamax_ptr": "*i32"},
-            unit | dict(RHT=rht, BLOCK_O=block_o, BLOCK_L=block_l), aligned=aligned,
-            options=dict(EXACT_LAUNCH, num_warps=4)))
+            f"quantize_amax[rht{rht} {orientation}]", ", ".join(names), _amax_kernel, types, unit | dict(constexprs),
+            aligned=("x_ptr", "O", "L"), options=dict(num_warps=warps)))
     return variants

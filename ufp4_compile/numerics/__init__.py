@@ -18,7 +18,7 @@ from ufp4_compile.numerics.hadamard import hadamard_matrix, rht, rht_inverse, rh
 from ufp4_compile.numerics.mean_split import mean_correction, mean_split
 from ufp4_compile.numerics.metrics import effective_bucket_ratio, per_level_bias, shrinkage_alpha, sqnr_db
 from ufp4_compile.numerics.packing import pack_codes, unpack_codes
-from ufp4_compile.numerics.quantize import QuantizedTensor, dequantize, gemm_reference, quantize
+from ufp4_compile.numerics.quantize import QuantizedTensor, dequantize, gemm_reference, quantize, quantize_dequantize
 from ufp4_compile.numerics.rounding import philox
 
 __all__ = [
@@ -28,6 +28,6 @@ __all__ = [
     "mean_correction", "mean_split",
     "effective_bucket_ratio", "per_level_bias", "shrinkage_alpha", "sqnr_db",
     "pack_codes", "unpack_codes",
-    "QuantizedTensor", "dequantize", "gemm_reference", "quantize",
+    "QuantizedTensor", "dequantize", "gemm_reference", "quantize", "quantize_dequantize",
     "philox",
 ]

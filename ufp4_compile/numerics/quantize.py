@@ -104,7 +104,8 @@ def _scale_blocks(blocks, amax, fmt: OperandFormat, global_amax):
     if fmt.scale is ScaleFormat.FP32:
         s = scales.fp32_scales(amax, q)
         ok = torch.isfinite(s) & (s != 0)
-        y = blocks / torch.where(ok, s, one)[..., None]
+        lift, recip = scales.fp32_encode(torch.where(ok, s, one))
+        y = (blocks * lift[..., None]) * recip[..., None]
         return torch.where(ok[..., None], y, 0.0), s, one
     if fmt.scale is ScaleFormat.E4M3:
         enc = scales.e4m3_tensor_encode(global_amax, q)
@@ -156,6 +157,14 @@ def _values_times_scales(q: QuantizedTensor) -> torch.Tensor:
     values = grids.decode(unpack_codes(q.codes, q.axis), q.fmt.grid)
     s = scales.decode_scales(q.scales, q.fmt.scale).repeat_interleave(q.fmt.block, dim=q.axis)
     return values * s
+
+
+def quantize_dequantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0, seed=None,
+                        offset: int = 0, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, tensor_scale)``: the GEMM operand of ``quantize(x, ...)`` as the reference GEMM reads it,
+    ``grid_value * scale`` in FP32 rounded to ``dtype`` (the tensor scale is the GEMM epilogue's)."""
+    q = quantize(x, axis, fmt, rht=rht, rht_seed=rht_seed, seed=seed, offset=offset)
+    return _values_times_scales(q).to(dtype), q.tensor_scale
 
 
 def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -70,9 +70,15 @@ def philox(seed, counters: torch.Tensor) -> torch.Tensor:
 
 
 def element_bits(seed, offset: int, shape: torch.Size | tuple[int, ...], device=None) -> torch.Tensor:
-    """Random bits for each element of a tensor of ``shape``: counter = ``offset`` + flat row-major index."""
+    """Random bits for each element of a tensor of ``shape``, four per Philox call: the element with flat
+    row-major index ``i`` takes word ``i % 4`` of ``philox4x32(seed, counter = offset + i // 4)``."""
     numel = 1
     for d in shape:
         numel *= d
-    counters = torch.arange(numel, dtype=torch.int64, device=device) + int(offset)
-    return philox(seed, counters).view(tuple(shape))
+    calls = (numel + 3) // 4
+    counters = torch.arange(calls, dtype=torch.int64, device=device) + int(offset)
+    c0 = counters & _MASK32
+    c1 = (counters >> 32) & _MASK32
+    zero = torch.zeros_like(counters)
+    words = torch.stack(philox4x32(seed, c0, c1, zero, zero), dim=-1).reshape(-1)
+    return words[:numel].view(tuple(shape))

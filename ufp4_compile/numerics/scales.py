@@ -32,6 +32,21 @@ def fp32_scales(amax: torch.Tensor, q_max: float) -> torch.Tensor:
     return torch.where(torch.isfinite(amax), s, float("nan"))
 
 
+# A block scale below 2**-64 is multiplied by 2**64 before its reciprocal is taken (and the block's values
+# by the same power of two), so the reciprocal never overflows: (x * p) * (1 / (s * p)) is x * (1 / s)
+# rounded as if FP32 had no exponent limit.
+TINY_SCALE = 2.0 ** -64
+TINY_SCALE_LIFT = 2.0 ** 64
+
+
+def fp32_encode(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(p, r)``: ``y = (x * p) * r`` scales a block by its FP32 scale ``s``, one IEEE division per block
+    (``r = 1 / (s * p)``) and two exact-or-once-rounded multiplications per element (docs/numerics.md)."""
+    tiny = s < TINY_SCALE
+    p = torch.where(tiny, _f32(TINY_SCALE_LIFT, s), _f32(1.0, s))
+    return p, _f32(1.0, s) / (s * p)
+
+
 # ---- E4M3 two-level (NVFP4) ------------------------------------------------------------------------------
 # Bit-compatible with NVIDIA's NVFP4 quantizer: TransformerEngine
 # transformer_engine/pytorch/custom_recipes/quantization_nvfp4.py (NVFP4QuantizerRef) and the CUDA/CuTe
