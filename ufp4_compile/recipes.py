@@ -100,13 +100,16 @@ class LayerPolicy:
     keep_last: int = 0  # last N numbered blocks kept
     skip: tuple[str, ...] = ()  # fnmatch patterns on module names, e.g. ``("*.mlp.*",)``
     min_features: int = 0  # a matmul with K or N below this stays
+    # MoE routers and gates (``mlp.gate``, ``router``, ``shared_expert_gate``) with at most this many outputs
+    # N, and fewer than their inputs K, stay; 0 quantizes them (rule in passes/policy.py, docs/backend.md).
+    keep_routers: int = 256
 
     def __post_init__(self):
         if isinstance(self.skip, str):
             object.__setattr__(self, "skip", (self.skip,))
         else:
             object.__setattr__(self, "skip", tuple(self.skip))
-        for name in ("keep_first", "keep_last", "min_features"):
+        for name in ("keep_first", "keep_last", "min_features", "keep_routers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}={value!r} is not valid; it must be an integer >= 0")

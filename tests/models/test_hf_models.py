@@ -34,3 +34,18 @@ def test_llama_keep_first_keeps_block_0_only():
     assert first == block0
     assert {r.module for r in report.kept} == block0 | {"lm_head"}
     assert {r.module for r in report.rewritten} == block1
+
+
+def test_qwen2_moe_router_and_shared_expert_gate_are_kept():
+    config = transformers.Qwen2MoeConfig(vocab_size=128, hidden_size=64, intermediate_size=128,
+                                         moe_intermediate_size=32, shared_expert_intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         num_experts=4, num_experts_per_tok=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = transformers.Qwen2MoeForCausalLM(config)
+    torch._dynamo.reset()
+    report = explain(model, torch.randint(0, 128, (2, 16)))
+    routers = {f"model.layers.{i}.mlp.{m}" for i in range(2) for m in ("gate", "shared_expert_gate")}
+    kept = {r.module for r in report.kept if "(layers.keep_routers)" in r.reason}
+    assert kept == routers and len([r for r in report.kept if r.module in routers]) == 4 * 3
+    assert {r.module for r in report.kept} == routers | {"lm_head"}

@@ -92,3 +92,37 @@ def test_rht_size_and_2d_weight_blocks():
     assert gemm_keep_reason(Role.WGRAD, NVFP4, 64, 64, 40, torch.float32) is None
     bf16 = gemm_keep_reason(Role.FPROP, BF16, 64, 64, 64, torch.float32)
     assert bf16 == "recipe 'bf16' keeps fprop in high precision"
+
+
+@pytest.mark.parametrize("name, k, n, kept", [
+    ("model.layers.0.mlp.gate", 4096, 8, True),  # Mixtral router: 8 experts
+    ("model.layers.0.mlp.gate", 2048, 60, True),  # Qwen2-MoE router: 60 experts
+    ("model.layers.0.mlp.gate", 7168, 256, True),  # DeepSeek-V3 router: 256 experts
+    ("model.layers.0.mlp.shared_expert_gate", 64, 1, True),  # Qwen2-MoE's scalar gate
+    ("layers.0.moe.router.gate", 256, 64, True),  # torchtitan
+    ("model.layers.0.ffn.router.layer", 512, 16, True),  # DBRX
+    ("model.layers.0.mlp.router", 2880, 32, True),  # gpt-oss
+    ("model.layers.0.mlp.gate", 7168, 384, False),  # more outputs than keep_routers
+    ("layers.0.mlp.gate", 32, 64, False),  # a SwiGLU gate widens: N > K
+    ("model.layers.0.mlp.gate_proj", 4096, 14336, False),
+    ("layers.0.mlp.gate_up", 64, 256, False),
+    ("layers.0.attn.o", 64, 4, False),  # narrow, but not named as a gate
+    ("layers.0.mlp.aggregate", 64, 4, False),  # "gate" inside another word
+])
+def test_routers_and_gates_are_kept(name, k, n, kept):
+    reason = site_keep_reason(facts(name, k=k, n=n), LayerPolicy(), BLOCKS)
+    if kept:
+        assert reason.startswith("router or gate: name ") and f"N={n} < K={k} and N <= 256" in reason and \
+            reason.endswith("(layers.keep_routers)"), reason
+    else:
+        assert reason is None, reason
+
+
+def test_keep_routers_option():
+    router = facts("model.layers.0.mlp.gate", k=4096, n=64)
+    assert site_keep_reason(router, LayerPolicy(keep_routers=0), BLOCKS) is None  # routers quantized
+    assert site_keep_reason(router, LayerPolicy(keep_routers=63), BLOCKS) is None
+    reason = site_keep_reason(router, LayerPolicy(keep_routers=64), BLOCKS)
+    assert reason == "router or gate: name 'gate', N=64 < K=4096 and N <= 64 (layers.keep_routers)"
+    with pytest.raises(ValueError, match="keep_routers=-1 is not valid"):
+        LayerPolicy(keep_routers=-1)

@@ -19,6 +19,10 @@ QUANTIZABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Last name components of output heads in common model code (GPT-2/HF ``lm_head``, Llama ``output``...).
 HEAD_NAMES = ("lm_head", "output", "head", "embed_out", "classifier")
 _BLOCK = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+# Routers and gates by name, in the last two name components: ``mlp.gate`` (Mixtral, Qwen2-MoE, OLMoE,
+# DeepSeek), ``moe.router.gate`` (torchtitan), ``mlp.router`` (gpt-oss), ``router.layer`` (DBRX, Granite-MoE),
+# ``shared_expert_gate`` (Qwen2-MoE). A SwiGLU ``gate``/``gate_proj`` matches too; its N > K tells it apart.
+_ROUTER = re.compile(r"(?:^|_)(?:gate|gating|router)(?:_|$)")  # a whole word of the component: not "aggregate"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +64,15 @@ def head_by_name(name: str) -> str | None:
     return f"output head: module name {last!r}" if last in HEAD_NAMES else None
 
 
+def router_reason(name: str, k: int, n: int, keep_routers: int) -> str | None:
+    """Why a linear is kept as a router or gate: its name says so, it narrows (N < K: a router maps the
+    hidden state to one logit per expert, a GLU gate widens it) and N <= ``keep_routers``."""
+    if not 0 < n <= keep_routers or n >= k:
+        return None
+    part = next((p for p in reversed(name.split(".")[-2:]) if _ROUTER.search(p)), None)
+    return f"router or gate: name {part!r}, N={n} < K={k} and N <= {keep_routers}" if part else None
+
+
 def _static(*dims) -> bool:
     return all(isinstance(d, int) for d in dims if d is not None)
 
@@ -80,6 +93,9 @@ def site_keep_reason(facts: SiteFacts, layers: LayerPolicy, blocks: dict[str, in
         return f"batched matmul with batch {facts.batch}: no batched 4-bit GEMM op"
     if facts.head and layers.keep_output_head:
         return f"{facts.head} (layers.keep_output_head)"
+    router = router_reason(facts.name, facts.k, facts.n, layers.keep_routers)
+    if router:
+        return f"{router} (layers.keep_routers)"
     for pattern in layers.skip:
         if fnmatch.fnmatchcase(facts.name, pattern):
             return f"module name matches skip pattern {pattern!r} (layers.skip)"
