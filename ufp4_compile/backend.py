@@ -12,6 +12,9 @@ installed. Options (an unknown key raises ValueError listing these):
 - seeds: ``sr_seed``, ``sr_seed_policy`` (``per_step`` / ``fixed``), ``rht_seed``, ``rht_seed_policy``
   (``shared`` / ``per_layer``); ``compute_dtype`` (``bf16`` / ``fp32``);
 - ``dump_dir``: write readable graphs and reports there (see :mod:`ufp4_compile.debug`);
+- ``dense_gemms``: ``"auto"`` (default: on a GPU without native 4-bit MMA for the formats, e.g. Hopper, a
+  quantized GEMM is a bf16 GEMM of operands the quantize kernel writes dequantized), ``True`` (everywhere,
+  also on CPU) or ``False`` (always the ``ufp4.scaled_mm`` op over codes); see :mod:`ufp4_compile.passes.dense_gemms`;
 - any ``torch._inductor.config`` key (``max_autotune``, ``freezing``, ``triton.cudagraphs``...), forwarded to
   Inductor; ``mode=`` is expanded with ``torch._inductor.list_mode_options`` and forwarded too.
 """
@@ -31,13 +34,15 @@ log = logging.getLogger("ufp4_compile.backend")
 
 LAYER_OPTIONS = tuple(f.name for f in dataclasses.fields(LayerPolicy))
 RECIPE_OPTIONS = ("sr_seed", "sr_seed_policy", "rht_seed", "rht_seed_policy", "compute_dtype")
-UFP4_OPTIONS = ("recipe",) + LAYER_OPTIONS + RECIPE_OPTIONS + ("dump_dir",)
+UFP4_OPTIONS = ("recipe",) + LAYER_OPTIONS + RECIPE_OPTIONS + ("dump_dir", "dense_gemms")
+DENSE_GEMMS = ("auto", True, False)
 
 
 @dataclasses.dataclass(frozen=True)
 class BackendOptions:
     recipe: Recipe
     dump_dir: str | None
+    dense_gemms: bool | str  # one of DENSE_GEMMS
     inductor: dict  # forwarded to Inductor as config patches
 
 
@@ -56,6 +61,9 @@ def resolve_options(options: dict | None, mode: str | None = None) -> BackendOpt
     layers = {k: options.pop(k) for k in LAYER_OPTIONS if k in options}
     overrides = {k: options.pop(k) for k in RECIPE_OPTIONS if k in options}
     dump_dir = options.pop("dump_dir", None)
+    dense = options.pop("dense_gemms", "auto")
+    if not any(dense is v or (isinstance(v, str) and dense == v) for v in DENSE_GEMMS):
+        raise ValueError(f"dense_gemms={dense!r} is not valid; valid values: 'auto', True, False")
     unknown = sorted(set(options) - _inductor_keys()) if options else []
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; valid ufp4 options: "
@@ -71,7 +79,7 @@ def resolve_options(options: dict | None, mode: str | None = None) -> BackendOpt
 
         inductor.update(torch._inductor.list_mode_options(mode))
     inductor.update(options)
-    return BackendOptions(recipe, dump_dir, inductor)
+    return BackendOptions(recipe, dump_dir, dense, inductor)
 
 
 def register_lowering(example_inputs) -> bool:
@@ -133,7 +141,7 @@ class Ufp4Backend:
         resolved = resolve_options({**self.options, **(options or {})}, mode or self.mode)
         patches = dict(resolved.inductor)
         sinks = _sinks(self.sinks, resolved.dump_dir)
-        joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks,
+        joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks, dense=resolved.dense_gemms,
                               extra=patches.pop("joint_custom_pre_pass", None))
         patches["joint_custom_pre_pass"] = joint
         register_lowering(example_inputs)
@@ -174,7 +182,8 @@ def make_aot_backend(options: dict | None = None, *, sinks=(), dry_run: bool = F
 
     def backend(gm, example_inputs, **_):
         all_sinks = _sinks(sinks, resolved.dump_dir)
-        joint = Ufp4JointPass(resolved.recipe, report=report, sinks=all_sinks, dry_run=dry_run)
+        joint = Ufp4JointPass(resolved.recipe, report=report, sinks=all_sinks, dry_run=dry_run,
+                              dense=resolved.dense_gemms)
 
         def compiled(gm, example_inputs, is_backward):
             for sink in all_sinks:

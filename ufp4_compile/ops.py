@@ -1,6 +1,8 @@
 """The custom ops of the ``torch.ops.ufp4`` namespace (docs/pipeline.md).
 
-``quantize``, ``dequantize`` and ``scaled_mm``: each has a fake implementation (shape arithmetic only, so
+``quantize``, ``quantize_dequantize`` (the GEMM operand ``code x block scale`` in the compute dtype, without
+writing codes: what a bf16 GEMM consumes where there are no 4-bit tensor cores), ``dequantize`` and
+``scaled_mm``: each has a fake implementation (shape arithmetic only, so
 symbolic shapes work) and a reference implementation that calls :mod:`ufp4_compile.numerics` and runs on
 any device. Kernels and Inductor lowerings replace the reference on GPUs; Inductor turns an op without a
 lowering into an extern fallback call. Formats travel as ``OperandFormat.spec`` strings.
@@ -20,6 +22,8 @@ NAMESPACE = "ufp4"
 
 QUANTIZE_SCHEMA = ("(Tensor x, int axis, str fmt, int rht, int rht_seed, Tensor? seed, int offset) "
                    "-> (Tensor codes, Tensor scales, Tensor tensor_scale)")
+QUANTIZE_DEQUANTIZE_SCHEMA = ("(Tensor x, int axis, str fmt, int rht, int rht_seed, Tensor? seed, int offset, "
+                              "ScalarType dtype) -> (Tensor values, Tensor tensor_scale)")
 DEQUANTIZE_SCHEMA = ("(Tensor codes, Tensor scales, Tensor tensor_scale, int axis, str fmt, ScalarType dtype) "
                      "-> Tensor")
 SCALED_MM_SCHEMA = ("(Tensor a_codes, Tensor a_scales, Tensor a_tensor_scale, Tensor b_codes, Tensor b_scales, "
@@ -81,6 +85,22 @@ def _quantized(codes: Tensor, scales: Tensor, tensor_scale: Tensor, axis: int, f
                                     shape=tuple(shape))
 
 
+# ---- quantize_dequantize -----------------------------------------------------------------------------------
+
+def _quantize_dequantize_reference(x: Tensor, axis: int, fmt: str, rht: int, rht_seed: int, seed: Tensor | None,
+                                   offset: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    from ufp4_compile import numerics
+
+    values, tensor_scale = numerics.quantize_dequantize(x, axis, OperandFormat.from_spec(fmt), rht=rht,
+                                                        rht_seed=rht_seed, seed=seed, offset=offset, dtype=dtype)
+    return values.contiguous().clone(), tensor_scale.reshape(()).clone()
+
+
+def _quantize_dequantize_fake(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
+    OperandFormat.from_spec(fmt)  # validates the spec
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty((), dtype=torch.float32)
+
+
 # ---- dequantize ----------------------------------------------------------------------------------------
 
 def _dequantize_reference(codes: Tensor, scales: Tensor, tensor_scale: Tensor, axis: int, fmt: str,
@@ -130,6 +150,7 @@ def _scaled_mm_fake(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tens
 
 _OPS = {
     "quantize": (QUANTIZE_SCHEMA, _quantize_reference, _quantize_fake),
+    "quantize_dequantize": (QUANTIZE_DEQUANTIZE_SCHEMA, _quantize_dequantize_reference, _quantize_dequantize_fake),
     "dequantize": (DEQUANTIZE_SCHEMA, _dequantize_reference, _dequantize_fake),
     "scaled_mm": (SCALED_MM_SCHEMA, _scaled_mm_reference, _scaled_mm_fake),
 }
@@ -155,6 +176,7 @@ def register() -> None:
 register()
 
 quantize = torch.ops.ufp4.quantize.default
+quantize_dequantize = torch.ops.ufp4.quantize_dequantize.default
 dequantize = torch.ops.ufp4.dequantize.default
 scaled_mm = torch.ops.ufp4.scaled_mm.default
-UFP4_OPS = (quantize, dequantize, scaled_mm)
+UFP4_OPS = (quantize, quantize_dequantize, dequantize, scaled_mm)

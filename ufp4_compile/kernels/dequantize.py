@@ -59,7 +59,7 @@ def _view3(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, bool]:
 
 
 @functools.lru_cache(maxsize=4096)  # bounded: shapes that never repeat (dynamic shapes) must not grow it
-def _launch(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bool, fmt: OperandFormat,
+def launch_plan(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bool, fmt: OperandFormat,
             apply_tensor_scale: bool) -> tuple[tuple, tuple, dict]:
     """(grid, strides and sizes, launch kwargs) of codes viewed as ``shape3``, computed once per call site."""
     c = format_constants(fmt)
@@ -99,7 +99,7 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Te
         return out
     c3, rowwise = _view3(codes, axis)
     s3, _ = _view3(scales, axis)
-    grid, args, kwargs = _launch(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt, apply_tensor_scale)
+    grid, args, kwargs = launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt, apply_tensor_scale)
     _dequantize_kernel[grid](c3, s3, tensor_scale, out, *args, **kwargs)
     return out
 

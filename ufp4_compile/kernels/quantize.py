@@ -356,6 +356,8 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
             s_off = o64[None, :] * LB + lb
         else:
             s_off = (page.to(tl.int64) * LB + lb) * O + o64[None, :]
+        if SCALE == 1:  # E4M3 bytes, into a uint8 or a float8_e4m3fn buffer
+            stored = stored.to(tl.uint8).to(scales_ptr.dtype.element_ty, bitcast=True)
         tl.store(scales_ptr + s_off, stored.to(scales_ptr.dtype.element_ty), mask=(o_in < O)[None, :])
     if WRITE_VALUES:
         v = tl.reshape(decode_nibbles(nib, GRID), (NB, BLOCK, B)) * decoded[:, None, :]

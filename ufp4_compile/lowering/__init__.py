@@ -1,5 +1,6 @@
-"""Inductor lowerings of the ufp4 ops (``scaled_mm``: Triton template + extern choices, autotuned) and the
-CUDA implementations of the ops (Triton launchers). :func:`register` is lazy and idempotent; the backend
+"""Inductor lowerings of the ufp4 ops (``scaled_mm``: Triton template + extern choices, autotuned;
+``quantize``, ``quantize_dequantize``, ``dequantize``: the Triton kernels launched from Inductor's generated
+code) and the CUDA implementations of the ops (Triton launchers, for eager calls). :func:`register` is lazy and idempotent; the backend
 calls it before compiling. Importing this package imports neither Inductor nor Triton.
 """
 
@@ -18,13 +19,15 @@ def register() -> None:
 
     import ufp4_compile.ops  # noqa: F401  (defines the ops)
     from ufp4_compile.lowering.cuda_impls import register_cuda_impls
+    from ufp4_compile.lowering.kernel_calls import LOWERINGS
     from ufp4_compile.lowering.scaled_mm import lower_scaled_mm
 
-    op = torch.ops.ufp4.scaled_mm.default
-    # Install unconditionally: an Inductor compile that met the op before this call has already put a
+    # Install unconditionally: an Inductor compile that met an op before this call has already put a
     # generic fallback into ``lowerings`` (graph.py's make_fallback), which would otherwise shadow ours.
-    fallbacks.discard(op)
-    register_lowering(op, type_promotion_kind=None)(lower_scaled_mm)
+    for name, lowering in {"scaled_mm": lower_scaled_mm, **LOWERINGS}.items():
+        op = getattr(torch.ops.ufp4, name).default
+        fallbacks.discard(op)
+        register_lowering(op, type_promotion_kind=None)(lowering)
     if torch.cuda.is_available():
         register_cuda_impls()
     _registered = True

@@ -18,6 +18,12 @@ def _quantize(x, axis, fmt, rht, rht_seed, seed, offset):
     return quantize(x, axis, fmt, rht, rht_seed, seed, offset)
 
 
+def _quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
+    from ufp4_compile.kernels.quantize import quantize_dequantize
+
+    return quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype)
+
+
 def _dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
     from ufp4_compile.kernels.dequantize import dequantize
 
@@ -37,6 +43,7 @@ def register_cuda_impls() -> None:
         return
     import ufp4_compile.ops  # noqa: F401  (defines the ops)
 
-    for name, fn in (("quantize", _quantize), ("dequantize", _dequantize), ("scaled_mm", _scaled_mm)):
+    for name, fn in (("quantize", _quantize), ("quantize_dequantize", _quantize_dequantize),
+                     ("dequantize", _dequantize), ("scaled_mm", _scaled_mm)):
         torch.library.register_kernel(f"ufp4::{name}", "cuda", fn)
     _registered = True

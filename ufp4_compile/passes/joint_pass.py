@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
+from ufp4_compile.passes.dense_gemms import dense_gemms
 from ufp4_compile.passes.report import Report, trace_report
 from ufp4_compile.passes.rewrite_matmuls import rewrite_matmuls
 from ufp4_compile.recipes import Recipe
@@ -56,8 +57,10 @@ class Ufp4JointPass(CustomGraphPass):
     (a user's own ``joint_custom_pre_pass``: Inductor takes one callable per hook on torch 2.11)."""
 
     def __init__(self, recipe: Recipe, *, report: Report | None = None, sinks=(), dry_run: bool = False,
+                 dense: bool | str = "auto",
                  extra=None):
         self.recipe, self.sinks, self.dry_run, self.extra = recipe, tuple(sinks), dry_run, extra
+        self.dense = dense  # "auto": dense GEMMs where the device has no native 4-bit MMA; True: always; False: never
         self.report = report if report is not None else Report(recipe.name)
         self.last_graph_id: int | None = None
 
@@ -66,6 +69,8 @@ class Ufp4JointPass(CustomGraphPass):
         for sink in self.sinks:
             sink.graph_before(graph_id, graph)
         rows = rewrite_matmuls(graph, self.recipe, graph_index=graph_id, dry_run=self.dry_run)
+        if not self.dry_run and self.dense is not False:
+            dense_gemms(graph, force=self.dense is True)
         self.report.extend(rows)
         self.report.graphs += 1
         done = sum(r.rewritten for r in rows)
@@ -86,4 +91,4 @@ class Ufp4JointPass(CustomGraphPass):
             extra_uuid = self.extra.uuid() if hasattr(self.extra, "uuid") else None
             if not extra_uuid:
                 return None
-        return f"ufp4-{source_hash()}-{self.recipe.fingerprint()}-dry{int(self.dry_run)}-{extra_uuid}"
+        return f"ufp4-{source_hash()}-{self.recipe.fingerprint()}-dry{int(self.dry_run)}-dense{self.dense}-{extra_uuid}"

@@ -1,0 +1,98 @@
+"""The dense-GEMM pass (forced on CPU with ``dense_gemms=True``; ``"auto"`` applies it on GPUs without native
+4-bit MMA): each ufp4 GEMM becomes a dense GEMM of operands the quantize kernel writes dequantized, codes
+cross into the backward only where the partitioner saves them, and the result is the codes path's, bit for bit.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from ufp4_compile.testing import compile_and_run, count_calls, saved_tensors, ufp4_gemms
+from ufp4_compile.testing.models import MLP, SwiGLU
+
+ops = torch.ops.ufp4
+DENSE = {"sr_seed_policy": "fixed", "dense_gemms": True}
+
+
+def _dense_gemms(gm) -> int:
+    return sum(count_calls(gm, op) for op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default))
+
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("recipe", ["ufp4", "nvfp4", "mxfp4", "e2m1-ref", "ufp4-nv", "ufp4-mean"])
+def test_dense_equals_codes_path_bit_for_bit(recipe):
+    """Forward output and every gradient equal the ``ufp4.scaled_mm`` path's (the reference GEMM)."""
+    results = []
+    for dense in (False, True):
+        torch.manual_seed(0)
+        model = SwiGLU(32, 64)
+        x = torch.randn(2, 16, 32, requires_grad=True)
+        run = compile_and_run(model, x, options={"recipe": recipe, "sr_seed_policy": "fixed", "dense_gemms": dense})
+        results.append([run.out.detach(), x.grad.clone(), *_grads(model)])
+        if dense:
+            assert ufp4_gemms(run.forward) == 0 and ufp4_gemms(run.backward) == 0
+            assert count_calls(run.forward, ops.quantize_dequantize.default) > 0
+    for codes_path, dense_path in zip(*results):
+        torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
+
+
+def test_every_gemm_is_dense_and_x_crosses_as_codes():
+    """Forward: Fprop operands dequantized by the quantize kernel; X's Wgrad quantization stays codes (saved);
+    backward: dY's two quantizations dequantized, the saved codes dequantized where Wgrad reads them."""
+    x = torch.randn(2, 24, 32, requires_grad=True)
+    run = compile_and_run(MLP(32, 64), x, options=DENSE)
+    fwd, bwd = run.forward, run.backward
+    assert ufp4_gemms(fwd) == 0 and ufp4_gemms(bwd) == 0
+    # Inductor may fuse a bias add into the dense GEMM (addmm): count both.
+    assert [_dense_gemms(fwd), _dense_gemms(bwd)] == [2, 4]
+    # Fprop: X and W of both layers; Wgrad's X of both layers stays codes for the backward.
+    assert count_calls(fwd, ops.quantize_dequantize.default) == 4
+    assert count_calls(fwd, ops.quantize.default) == 2
+    # Dgrad: dY and W; Wgrad: dY (fc2's Dgrad dX is needed, fc1's is not: its input is x... which needs grad).
+    assert count_calls(bwd, ops.dequantize.default) == 2
+    assert count_calls(bwd, ops.quantize.default) == 0
+    saved = saved_tensors(fwd, num_outputs=1)
+    tokens = 48
+    high = [t for t in saved if t.dtype.is_floating_point and t.shape[0] == tokens and t.dim() == 2]
+    assert high == [], [(t.dtype, tuple(t.shape)) for t in saved]
+    assert sorted(t.numel() for t in saved if t.dtype == torch.uint8) == [24 * 32, 24 * 64]
+
+
+def test_shared_quantization_stays_one_kernel():
+    """SwiGLU's gate and up read the same X: one dequantized operand serves both Fprops."""
+    x = torch.randn(2, 16, 32, requires_grad=True)
+    run = compile_and_run(SwiGLU(32, 64), x, options=DENSE)
+    xs = [n for n in run.forward.graph.nodes
+          if n.op == "call_function" and n.target is ops.quantize_dequantize.default and n.args[0].op == "placeholder"
+          and tuple(n.args[0].meta["val"].shape) == (32, 32)]
+    assert len(xs) <= 1
+
+
+def test_auto_keeps_codes_path_on_cpu():
+    x = torch.randn(2, 16, 32, requires_grad=True)
+    run = compile_and_run(MLP(32, 64), x, options={"sr_seed_policy": "fixed"})
+    assert ufp4_gemms(run.forward) == 2 and count_calls(run.forward, ops.quantize_dequantize.default) == 0
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_bad_option_is_a_value_error(bad):
+    from ufp4_compile.backend import make_backend
+
+    with pytest.raises(ValueError, match="dense_gemms"):
+        make_backend({"dense_gemms": bad})
+
+
+def test_autocast_dense_matches_codes_path():
+    results = []
+    for dense in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(32, 64, bias=True), nn.GELU(), nn.Linear(64, 32))
+        x = torch.randn(48, 32, requires_grad=True)
+        run = compile_and_run(model, x, options={"sr_seed_policy": "fixed", "dense_gemms": dense},
+                              ctx=torch.autocast("cpu", dtype=torch.bfloat16))
+        results.append([run.out.detach(), x.grad.clone(), *_grads(model)])
+    for codes_path, dense_path in zip(*results):
+        torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)

@@ -1,0 +1,173 @@
+"""Inductor lowerings that launch the quantize / dequantize kernels from Inductor's generated code.
+
+For ``ufp4::quantize``, ``ufp4::quantize_dequantize`` and ``ufp4::dequantize`` on CUDA tensors with static
+shapes, the lowering allocates the outputs as Inductor buffers and emits each Triton kernel as a
+user-defined kernel (``ir.UserDefinedTritonKernel``, through the lowering Inductor registers for
+``triton_kernel_wrapper_mutation``, as if the graph had called the kernel through ``wrap_triton``). The
+generated wrapper then launches the kernel itself, with no Python launcher and no dispatcher round trip per
+call, and CUDA graphs capture it. The launch geometry is the eager launcher's (``kernels.quantize.launch_plan``,
+``kernels.dequantize.launch_plan``), so both give the same bits.
+
+Anything else (CPU tensors, symbolic sizes) goes to the op's own implementation as an extern fallback call.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch._inductor import ir
+from torch._inductor.lowering import empty_strided, fallback_handler, lowerings
+
+from ufp4_compile.numerics.quantize import as_format
+
+
+@functools.lru_cache(maxsize=None)
+def _with_warps(kernel, num_warps: int):
+    """``kernel`` with its launch configuration (how Inductor takes ``num_warps`` of a user kernel)."""
+    import triton
+
+    return triton.autotune(configs=[triton.Config({}, num_warps=num_warps)], key=[])(kernel)
+
+
+def kernel_launch(kernel, grid: tuple, num_warps: int, tensors: dict, scalars: dict) -> None:
+    """Emit ``kernel[grid](**tensors, **scalars)`` into the graph being lowered (tensors: TensorBoxes)."""
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table, triton_kernel_wrapper_mutation
+
+    kernel_idx = kernel_side_table.add_kernel(_with_warps(kernel, num_warps))
+    constant_args_idx = kernel_side_table.add_constant_args(dict(scalars))
+    lowerings[triton_kernel_wrapper_mutation](kernel_idx=kernel_idx, constant_args_idx=constant_args_idx,
+                                              grid=[tuple(grid)], tma_descriptor_metadata={}, kwargs=dict(tensors))
+
+
+def _static_sizes(*nodes) -> list[tuple[int, ...]] | None:
+    sizes = []
+    for node in nodes:
+        try:
+            sizes.append(tuple(int(s) for s in node.get_size()))
+        except TypeError:  # a symbolic size: the launch geometry is computed on the host
+            return None
+    return sizes
+
+
+def _contiguous(x) -> ir.TensorBox:
+    x = ir.ExternKernel.require_contiguous(x)
+    return x if isinstance(x, ir.TensorBox) else ir.TensorBox(x)
+
+
+def _empty(shape, dtype: torch.dtype, device) -> ir.TensorBox:
+    stride, running = [], 1
+    for d in reversed(shape):
+        stride.append(running)
+        running *= d
+    return empty_strided(list(shape), list(reversed(stride)), dtype=dtype, device=device)
+
+
+def _on_cuda(x) -> bool:
+    device = x.get_device()
+    return device is not None and device.type == "cuda"
+
+
+def _asm() -> bool:
+    return torch.version.hip is None
+
+
+def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, values_dtype=None):
+    """Lower one quantize launch; returns (codes, scales, values, tensor_scale) buffers (None where not asked),
+    or None when the launch cannot be planned here."""
+    from ufp4_compile.kernels.quantize import _amax_kernel, _quantize_kernel, launch_plan
+
+    sizes = _static_sizes(x)
+    if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
+        return None
+    spec = as_format(fmt)
+    shape = sizes[0]
+    axis %= len(shape)
+    x = _contiguous(x)
+    device = x.get_device()
+    plan = launch_plan(shape, x.get_dtype().itemsize, axis, spec, rht, codes, values_dtype is not None, _asm())
+    codes_buf = scales_buf = values_buf = None
+    if codes:
+        codes_buf = _empty(plan.codes_shape, torch.uint8, device)
+        scales_buf = _empty(plan.scales_shape, plan.result_scale_dtype, device)
+    if values_dtype is not None:
+        values_buf = _empty(shape, values_dtype, device)
+    dummy = codes_buf if codes_buf is not None else values_buf
+    tensor_scale = _empty((), torch.float32, device)
+    scalars = {k: plan.args[k] for k in ("O", "L", "s_page", "s_o", "s_l")}
+    common = dict(rht_seed=int(rht_seed), inv_sqrt_n=plan.args["inv_sqrt_n"])
+    if plan.amax_constexprs is not None:
+        gamax = lowerings[torch.ops.aten.full.default]([1], 0, dtype=torch.int32, device=device)
+        kernel_launch(_amax_kernel, plan.grid, plan.num_warps, dict(x_ptr=x, gamax_ptr=gamax),
+                      {**scalars, **common, **plan.amax_constexprs})
+    else:
+        gamax = dummy
+    tensors = dict(x_ptr=x, codes_ptr=codes_buf if codes_buf is not None else dummy,
+                   scales_ptr=scales_buf if scales_buf is not None else dummy,
+                   values_ptr=values_buf if values_buf is not None else dummy, ts_ptr=tensor_scale, gamax_ptr=gamax,
+                   seed_ptr=seed if plan.constexprs["STOCHASTIC"] else dummy)
+    kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
+                  {**scalars, **common, "offset": int(offset), **plan.constexprs})
+    return codes_buf, scales_buf, values_buf, tensor_scale
+
+
+def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset):
+    out = _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, codes=True)
+    if out is None:
+        return fallback_handler(torch.ops.ufp4.quantize.default, add_to_fallback_set=False)(
+            x, axis, fmt, rht, rht_seed, seed, offset)
+    codes, scales, _, tensor_scale = out
+    return codes, scales, tensor_scale
+
+
+def lower_quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
+    out = _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, codes=False, values_dtype=dtype)
+    if out is None:
+        return fallback_handler(torch.ops.ufp4.quantize_dequantize.default, add_to_fallback_set=False)(
+            x, axis, fmt, rht, rht_seed, seed, offset, dtype)
+    _, _, values, tensor_scale = out
+    return values, tensor_scale
+
+
+def _view3(shape: tuple, axis: int) -> tuple[tuple, tuple, bool]:
+    """A contiguous tensor of ``shape`` as the dequantize kernel's 3-D view (shape, strides, row-wise)."""
+    if axis == len(shape) - 1:
+        rows = 1
+        for d in shape[:-1]:
+            rows *= d
+        return (1, rows, shape[-1]), (rows * shape[-1], shape[-1], 1), True
+    pages, inner = 1, 1
+    for d in shape[:axis]:
+        pages *= d
+    for d in shape[axis + 1:]:
+        inner *= d
+    return (pages, shape[axis], inner), (shape[axis] * inner, inner, 1), False
+
+
+def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
+    from ufp4_compile.kernels.dequantize import _dequantize_kernel, launch_plan
+
+    sizes = _static_sizes(codes, scales)
+    if sizes is None or not _on_cuda(codes) or 0 in sizes[0]:
+        return fallback_handler(torch.ops.ufp4.dequantize.default, add_to_fallback_set=False)(
+            codes, scales, tensor_scale, axis, fmt, dtype)
+    shape, scale_shape = sizes
+    axis %= len(shape)
+    codes, scales = _contiguous(codes), _contiguous(scales)
+    shape3, stride3, rowwise = _view3(shape, axis)
+    _, scale_stride3, _ = _view3(scale_shape, axis)
+    grid, args, constexprs = launch_plan(shape3, stride3, scale_stride3, rowwise, as_format(fmt), True)
+    out_shape = list(shape)
+    out_shape[axis] *= 2
+    out = _empty(tuple(out_shape), dtype, codes.get_device())
+    names = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")
+    kernel_launch(_dequantize_kernel, grid, 4, dict(codes_ptr=codes, scales_ptr=scales, ts_ptr=tensor_scale,
+                                                    out_ptr=out), {**dict(zip(names, args)), **constexprs})
+    return out
+
+
+LOWERINGS = {
+    "quantize": lower_quantize,
+    "quantize_dequantize": lower_quantize_dequantize,
+    "dequantize": lower_dequantize,
+}
