@@ -35,13 +35,44 @@ def test_explain_lists_every_matmul_with_its_role():
 
 def test_explain_reports_attention_and_options():
     torch._dynamo.reset()
-    report = explain(ManualAttention(32, 2), torch.randn(2, 16, 32), recipe="nvfp4", skip=["o"])
+    report = explain(ManualAttention(32, 2), torch.randn(2, 16, 32), recipe="nvfp4", options={"skip": ["o"]})
     bmm = [r for r in report.rows if r.kind == "bmm"]
     assert bmm and all("attention score/value" in r.reason for r in bmm)
     assert all("skip pattern 'o'" in r.reason for r in report.rows if r.module == "o")
     assert report.recipe == "nvfp4"
     with pytest.raises(ValueError, match="valid ufp4 options"):
-        explain(ManualAttention(32, 2), torch.randn(2, 16, 32), colour="red")
+        explain(ManualAttention(32, 2), torch.randn(2, 16, 32), options={"colour": "red"})
+    with pytest.raises(ValueError, match="give one"):
+        explain(ManualAttention(32, 2), torch.randn(2, 16, 32), recipe="nvfp4", options={"recipe": "ufp4"})
+
+
+class KeywordInputs(torch.nn.Module):
+    """Called the way transformers models are: ``model(input_ids=..., attention_mask=..., **kwargs)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(64, 32)
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(32, 32) for _ in range(2))
+
+    def forward(self, input_ids=None, attention_mask=None, scale=1.0, **kwargs):
+        x = self.embed(input_ids) * attention_mask[..., None] * scale
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_explain_takes_model_inputs_as_the_model_does():
+    ids, mask = torch.randint(0, 64, (2, 16)), torch.ones(2, 16)
+    torch._dynamo.reset()
+    report = explain(KeywordInputs(), input_ids=ids, attention_mask=mask, options={"keep_first": 1})
+    assert {r.module for r in report.kept} == {"layers.0"} and {r.module for r in report.rewritten} == {"layers.1"}
+    torch._dynamo.reset()
+    report = explain(KeywordInputs(), ids, mask, scale=2.0, recipe="nvfp4")  # positional and keyword together
+    assert report.recipe == "nvfp4" and {r.module for r in report.rewritten} == {"layers.0", "layers.1"}
+    # A model taking **kwargs would swallow an option passed as a keyword: it is refused, with the fix.
+    with pytest.raises(TypeError, match=r"keep_first is a ufp4 option: explain\(model, \.\.\., "
+                                        r"options=\{'keep_first': 1\}\)"):
+        explain(KeywordInputs(), input_ids=ids, attention_mask=mask, keep_first=1)
 
 
 def test_format_graph_sections():

@@ -208,19 +208,35 @@ def make_aot_backend(options: dict | None = None, *, sinks=(), dry_run: bool = F
     return backend
 
 
-def explain(model, *example_args, **options):
+def explain(model, *args, recipe: str | Recipe | None = None, options: dict | None = None, **kwargs):
     """What ``torch.compile(model, backend="ufp4", options=options)`` would do to each matmul: a
     :class:`~ufp4_compile.passes.report.Report` (exported as ``ufp4_compile.explain``).
 
-    Runs ``model(*example_args)`` once through Dynamo and AOTAutograd with Inductor's decompositions (so
-    the graphs are the ones Inductor would see) and the pass in dry-run mode: nothing is quantized, the
-    model runs in its original precision. Gradients are traced (not run) when parameters or inputs require
-    them, so backward matmuls appear too. Inductor options are accepted and ignored; graph breaks give
-    several graphs, all reported.
+    The model's inputs are passed as the model takes them, ``explain(model, *args, **kwargs)`` runs
+    ``model(*args, **kwargs)`` (``explain(hf_model, input_ids=ids)``); backend options go in ``options``,
+    the dict ``torch.compile`` takes, and ``recipe`` is a shortcut for ``options["recipe"]``. A keyword named
+    like a ufp4 option raises instead of reaching the model (a model taking ``**kwargs`` would ignore it).
+
+    Runs the model once through Dynamo and AOTAutograd with Inductor's decompositions (so the graphs are the
+    ones Inductor would see) and the pass in dry-run mode: nothing is quantized, the model runs in its
+    original precision. Gradients are traced (not run) when parameters or inputs require them, so backward
+    matmuls appear too. Inductor options are accepted and ignored; graph breaks give several graphs, all
+    reported.
     """
+    misplaced = sorted(set(kwargs) & set(UFP4_OPTIONS))
+    if misplaced:
+        fix = ", ".join(f"{k!r}: {kwargs[k]!r}" for k in misplaced)
+        raise TypeError(f"explain() passes keyword arguments to the model; {', '.join(misplaced)} "
+                        f"{'is a ufp4 option' if len(misplaced) == 1 else 'are ufp4 options'}: "
+                        f"explain(model, ..., options={{{fix}}})")
+    options = dict(options or {})
+    if recipe is not None:
+        if "recipe" in options:
+            raise ValueError("explain() got recipe= and options['recipe']; give one")
+        options["recipe"] = recipe
     backend = make_aot_backend(options, dry_run=True, inductor_decompositions=True)
     compiled = torch.compile(model, backend=backend)
-    compiled(*example_args)
+    compiled(*args, **kwargs)
     return backend.report
 
 

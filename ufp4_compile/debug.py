@@ -1,9 +1,10 @@
 """Seeing what the ufp4 pass did: readable graph text and dump files, here; explain, logging and the structured
 trace, elsewhere (listed below).
 
-- ``ufp4_compile.explain(model, *example_args, **options)`` (in ``ufp4_compile/backend.py``, beside the AOT
-  backend it runs) returns a :class:`Report`: one row per matmul (module, role, shape, what was done with
-  which recipe fields, or kept and why); ``str()`` and ``to_dict()``.
+- ``ufp4_compile.explain(model, *args, recipe=None, options=None, **kwargs)`` (in ``ufp4_compile/backend.py``,
+  beside the AOT backend it runs; the model's inputs as the model takes them, ufp4 options in ``options``)
+  returns a :class:`Report`: one row per matmul (module, role, shape, what was done with which recipe
+  fields, or kept and why); ``str()`` and ``to_dict()``.
 
 - ``UFP4_DUMP_DIR=DIR`` (or ``options={"dump_dir": DIR}``, or ``TORCH_COMPILE_DEBUG=1``, which dumps into
   ``<torch debug dir>/ufp4``) writes, per compiled graph ``NNN``:

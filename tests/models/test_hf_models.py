@@ -25,7 +25,8 @@ def test_llama_keep_first_keeps_block_0_only():
     """Dynamo records ``L['args'][0].model.layers.1...`` here: every layer used to look like block 0."""
     torch._dynamo.reset()
     model = llama()
-    report = explain(model, torch.randint(0, 128, (2, 16)), keep_first=1)
+    ids = torch.randint(0, 128, (2, 16))
+    report = explain(model, input_ids=ids, attention_mask=torch.ones_like(ids), options={"keep_first": 1})
     assert {r.module for r in report.rows} == _linears(model)
     block0 = {n for n in _linears(model) if n.startswith("model.layers.0.")}
     block1 = {n for n in _linears(model) if n.startswith("model.layers.1.")}

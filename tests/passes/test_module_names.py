@@ -129,10 +129,10 @@ def test_keep_first_last_and_skip_under_an_args_decorator():
     """A decorated forward used to make every block look like block 0 (``0.model.layers.2.fc``)."""
     torch._dynamo.reset()
     model, x = Outer(), torch.randn(16, 32)
-    report = explain(model, x, keep_first=1, keep_last=1)
+    report = explain(model, x, options={"keep_first": 1, "keep_last": 1})
     assert {r.module for r in report.rows} == {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     assert {r.module for r in report.kept} == {"model.layers.0.fc", "model.layers.2.fc"}
     assert {r.module for r in report.rewritten} == {"model.layers.1.fc", "model.extra.a-b", "model.proj"}
     torch._dynamo.reset()
-    report = explain(model, x, skip=["model.layers.1.*"])
+    report = explain(model, x, options={"skip": ["model.layers.1.*"]})
     assert {r.module for r in report.kept} == {"model.layers.1.fc"}
