@@ -4,9 +4,12 @@
     python benchmarks/quantize.py --rows 16384 --cols 4096
     python benchmarks/quantize.py --profile-one int4/16/fp32/nearest   # one launch (for ncu)
 
-Bytes counted: input read once + codes + scales written (the E4M3 formats' amax pre-pass reads the input
-a second time; that read is not counted, so their GB/s shows its cost). The copy moves the input once
-(read + write), torch's ``Tensor.copy_``.
+Bytes counted: input read once + what is written: codes + scales (``codes`` mode, what is saved for the
+backward) or the dequantized bf16 operand (``values`` mode, what a bf16 GEMM reads on Hopper); the E4M3
+formats' amax pre-pass reads the input a second time, not counted, so their GB/s shows its cost. The
+dequantize rows read codes + scales and write bf16. The copy moves the input once (read + write), torch's
+``Tensor.copy_``. Targets (issue 11): quantize >= 0.7 of copy with RHT-16 and round-to-nearest, >= 0.5 with
+stochastic rounding; dequantize >= 0.8.
 """
 
 from __future__ import annotations
@@ -46,17 +49,29 @@ def preset_formats(every: bool = False) -> list[tuple[str, int, str]]:
     return [(spec, rht, ",".join(sorted(names))) for (spec, rht), names in sorted(seen.items())]
 
 
-# Tiles (BLOCK_O x BLOCK_L, warps) tried per axis; the best is reported (axis 1: l contiguous).
+# Tiles (B columns per program, warps) tried per axis; the best is reported (axis 1: the quantized axis is
+# contiguous). The first of each list is the launcher's default.
 TILE_CONFIGS = {
-    1: [{"BLOCK_O": 32, "BLOCK_L": 128, "num_warps": 4}, {"BLOCK_O": 16, "BLOCK_L": 128, "num_warps": 4},
-        {"BLOCK_O": 32, "BLOCK_L": 128, "num_warps": 8}, {"BLOCK_O": 64, "BLOCK_L": 128, "num_warps": 8}],
-    0: [{"BLOCK_O": 64, "BLOCK_L": 64, "num_warps": 4}, {"BLOCK_O": 32, "BLOCK_L": 64, "num_warps": 4},
-        {"BLOCK_O": 64, "BLOCK_L": 64, "num_warps": 8}, {"BLOCK_O": 128, "BLOCK_L": 64, "num_warps": 8}],
+    1: [{"B": 128, "num_warps": 4}, {"B": 256, "num_warps": 4}, {"B": 64, "num_warps": 2}, {"B": 256, "num_warps": 8}],
+    0: [{"B": 512, "num_warps": 2}, {"B": 256, "num_warps": 1}, {"B": 1024, "num_warps": 4},
+        {"B": 256, "num_warps": 2}],
 }
+# What each mode moves per element of x (bf16 in): the codes + scales, or the dequantized bf16 operand.
+MODES = ("codes", "values")
+
+
+def _tile(cfg: dict) -> str:
+    return f"B{cfg['B']}/w{cfg['num_warps']}"
+
+
+def _time_best(fn, configs):
+    timed = [(bench_ms(lambda: fn(cfg)), cfg) for cfg in configs]
+    return min(timed, key=lambda t: t[0]), timed
 
 
 def run(rows: int, cols: int, every: bool = False) -> list[dict]:
-    from ufp4_compile.kernels.quantize import quantize
+    from ufp4_compile.kernels.dequantize import dequantize
+    from ufp4_compile.kernels.quantize import quantize, quantize_dequantize
 
     x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(x)
@@ -66,22 +81,37 @@ def run(rows: int, cols: int, every: bool = False) -> list[dict]:
     results = []
     for spec, rht, presets in preset_formats(every):
         fmt = OperandFormat.from_spec(spec)
+        scale_bytes = {"fp32": 4}.get(fmt.scale.value, 1)
+        code_bytes = 0.5 + scale_bytes / fmt.block
         for axis in (1, 0):
-            timed = []
-            for cfg in TILE_CONFIGS[axis]:
-                timed.append((bench_ms(lambda: quantize(x, axis, fmt, rht, 5, seed, 0, config=cfg)), cfg))
-            ms, cfg = min(timed, key=lambda t: t[0])
-            scale_bytes = {"fp32": 4}.get(fmt.scale.value, 1)
-            moved = x.numel() * (x.element_size() + 0.5 + scale_bytes / fmt.block)
+            for mode in MODES:
+                if mode == "codes":
+                    def fn(cfg):
+                        return quantize(x, axis, fmt, rht, 5, seed, 0, config=cfg)
+                    moved = x.numel() * (x.element_size() + code_bytes)
+                else:
+                    def fn(cfg):
+                        return quantize_dequantize(x, axis, fmt, rht, 5, seed, 0, torch.bfloat16, config=cfg)
+                    moved = x.numel() * 2 * x.element_size()
+                (ms, cfg), timed = _time_best(fn, TILE_CONFIGS[axis])
+                gbs = moved / ms / 1e6
+                row = {"kernel": f"quantize ({mode})", "spec": spec, "rht": rht, "axis": axis, "presets": presets,
+                       "ms": ms, "GB/s": gbs, "copy_GB/s": copy_gbs, "fraction_of_copy": gbs / copy_gbs,
+                       "tile": _tile(cfg), "per_tile_GB/s": {_tile(c): moved / t / 1e6 for t, c in timed}}
+                results.append(row)
+                print(f"{mode:6s} {spec:32s} rht {rht:3d} axis {axis}: {ms:7.3f} ms {gbs:7.0f} GB/s "
+                      f"({row['fraction_of_copy']:.2f} of copy {copy_gbs:.0f}), tile {row['tile']}", flush=True)
+            if rht == 0 or fmt.rounding.value == "stochastic":
+                continue
+            codes, scales, ts = quantize(x, axis, fmt, rht, 5, seed, 0)
+            ms = bench_ms(lambda: dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False))
+            moved = x.numel() * (code_bytes + x.element_size())
             gbs = moved / ms / 1e6
-            row = {"spec": spec, "rht": rht, "axis": axis, "presets": presets, "ms": ms, "GB/s": gbs,
-                   "copy_GB/s": copy_gbs, "fraction_of_copy": gbs / copy_gbs,
-                   "tile": f"{cfg['BLOCK_O']}x{cfg['BLOCK_L']}/w{cfg['num_warps']}",
-                   "per_tile_GB/s": {f"{c['BLOCK_O']}x{c['BLOCK_L']}/w{c['num_warps']}": moved / t / 1e6
-                                     for t, c in timed}}
-            results.append(row)
-            print(f"{spec:32s} rht {rht:3d} axis {axis}: {ms:7.3f} ms {gbs:7.0f} GB/s "
-                  f"({row['fraction_of_copy']:.2f} of copy {copy_gbs:.0f}), tile {row['tile']}", flush=True)
+            results.append({"kernel": "dequantize", "spec": spec, "rht": 0, "axis": axis, "presets": presets, "ms": ms,
+                            "GB/s": gbs, "copy_GB/s": copy_gbs, "fraction_of_copy": gbs / copy_gbs, "tile": "-",
+                            "per_tile_GB/s": {}})
+            print(f"dequantize {spec:28s} axis {axis}: {ms:7.3f} ms {gbs:7.0f} GB/s "
+                  f"({gbs / copy_gbs:.2f} of copy)", flush=True)
     return results
 
 
@@ -90,7 +120,7 @@ def plot(results: list[dict]):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(12, 5))
-        labels = [f"{r['spec']}\nrht{r['rht']} ax{r['axis']}" for r in results]
+        labels = [f"{r['kernel']} {r['spec']}\nrht{r['rht']} ax{r['axis']}" for r in results]
         ax.bar(range(len(results)), [r["GB/s"] for r in results])
         ax.axhline(results[0]["copy_GB/s"], color="k", ls="--", label="device copy")
         ax.axhline(0.7 * results[0]["copy_GB/s"], color="k", ls=":", label="70% of copy (target)")
@@ -126,7 +156,7 @@ def main(argv=None) -> int:
         return 0
     env = environment()
     results = run(args.rows, args.cols, args.every)
-    columns = [("spec", "format"), ("rht", "RHT"), ("axis", "axis"), ("presets", "presets"), ("ms", "ms"),
+    columns = [("kernel", "kernel"), ("spec", "format"), ("rht", "RHT"), ("axis", "axis"), ("presets", "presets"), ("ms", "ms"),
                ("GB/s", "GB/s"), ("fraction_of_copy", "of copy"), ("tile", "best tile")]
     md = header(env, f"ufp4 fused RHT + quantize, bf16 {args.rows} x {args.cols}") + (
         f"\nDevice copy: {results[0]['copy_GB/s']:.0f} GB/s (read + write). Median of triton.testing.do_bench. "

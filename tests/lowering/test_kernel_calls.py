@@ -1,0 +1,78 @@
+"""The quantize / quantize_dequantize / dequantize lowerings: Inductor's generated code launches the Triton
+kernels itself (no extern call into the ufp4 ops, so no Python launcher per call) and gets the eager
+launcher's bits; and the backend's default on a GPU without native 4-bit MMA (dense GEMMs) equals the
+codes path. GPU only: Inductor cannot generate code for user Triton kernels on CPU tensors."""
+
+import pytest
+import torch
+
+from ufp4_compile.testing.models import MLP
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CASES = [("int4/16/fp32/nearest", 16), ("int4/16/fp32/stochastic", 16), ("e2m1/16/e4m3/nearest", 0),
+         ("e2m1/16x16/e4m3/nearest", 0), ("e2m1/32/e8m0/stochastic", 16), ("int4/16/e4m3/stochastic", 16)]
+
+
+def _bits(t):
+    return t.view(torch.uint8) if t.element_size() == 1 else t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec, rht", CASES)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_compiled_ops_launch_kernels_and_match_eager(spec, rht, axis):
+    from torch._inductor.utils import run_and_get_code
+
+    from ufp4_compile import lowering
+
+    lowering.register()
+    x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16) * 3
+    seed = torch.tensor(7, device="cuda")
+
+    def f(x, seed):
+        codes, scales, ts = torch.ops.ufp4.quantize(x, axis, spec, rht, 3, seed, 16)
+        values, values_ts = torch.ops.ufp4.quantize_dequantize(x, axis, spec, rht, 3, seed, 16, torch.bfloat16)
+        back = torch.ops.ufp4.dequantize(codes, scales, ts, axis, spec, torch.float32)
+        return codes, scales, ts, values, values_ts, back
+
+    eager = f(x, seed)
+    torch._dynamo.reset()
+    compiled, code = run_and_get_code(torch.compile(f, backend="inductor", fullgraph=True), x, seed)
+    text = "\n".join(code)
+    assert "torch.ops.ufp4" not in text, "an op ran as an extern fallback"
+    assert "_quantize_kernel" in text and "_dequantize_kernel" in text
+    for got, want in zip(compiled, eager):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(_bits(got), _bits(want))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["ufp4", "nvfp4", "mxfp4", "ufp4-mean"])
+def test_dense_default_equals_codes_path_on_cuda(recipe):
+    """backend="ufp4" with its default (dense GEMMs of dequantized operands on Hopper) against
+    ``dense_gemms=False`` (the scaled_mm lowering's dequantize + cuBLAS): the same operands, the same cuBLAS
+    products with FP32 accumulation, so the same bits."""
+    from ufp4_compile.backend import make_backend
+
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_bf16_reduced_precision_reduction
+    matmul.allow_bf16_reduced_precision_reduction = False  # as the extern choice runs cuBLAS
+    try:
+        results = []
+        for dense in (False, "auto"):
+            torch._dynamo.reset()
+            torch.manual_seed(0)
+            model = MLP(256, 512).cuda()
+            x = torch.randn(4, 64, 256, device="cuda", requires_grad=True)
+            backend = make_backend({"recipe": recipe, "sr_seed_policy": "fixed", "dense_gemms": dense})
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = torch.compile(model, backend=backend, fullgraph=True)(x)
+            out.float().square().sum().backward()
+            results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
+            assert len(backend.report.rewritten) == 6
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction = saved
+    for codes_path, dense_path in zip(*results):
+        torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
