@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 BENCHMARK = "train_step.py"  # loaded by the bench fixture (conftest.py)
 
@@ -26,6 +27,31 @@ def test_ratios_against_bf16_compiled(bench):
     assert rows[1]["meets_targets"] == {"step_time": True, "peak_memory": True, "compile_time": False}
     assert "ratio_step_time" not in rows[2]
     assert "ratio_step_time_vs_cudagraphs" not in rows[1]
+
+
+def test_targets_are_per_recipe_and_ufp4_rows_have_a_ratio_to_their_qdq_peer(bench):
+    rows = [{"variant": "bf16-inductor", "step_time_s": 0.030, "peak_memory_bytes": 8e9, "compile_time_s": 40.0},
+            {"variant": "ufp4:ufp4-mean", "step_time_s": 0.042, "peak_memory_bytes": 7e9, "compile_time_s": 60.0},
+            {"variant": "ufp4:ufp4", "step_time_s": 0.042, "peak_memory_bytes": 7e9, "compile_time_s": 60.0},
+            {"variant": "qdq:ufp4", "step_time_s": 0.060, "peak_memory_bytes": 7e9, "compile_time_s": 50.0},
+            {"variant": "ufp4-cg:ufp4", "step_time_s": 0.020, "peak_memory_bytes": 7e9, "compile_time_s": 60.0},
+            {"variant": "qdq-cg:ufp4", "step_time_s": 0.025, "peak_memory_bytes": 7e9, "compile_time_s": 50.0}]
+    bench.add_ratios(rows)
+    assert rows[1]["meets_targets"]["step_time"] is True  # 1.40x: within ufp4-mean's 1.50
+    assert rows[2]["meets_targets"]["step_time"] is False  # the same 1.40x misses ufp4's 1.30
+    assert rows[2]["ratio_vs_qdq"] == pytest.approx(0.042 / 0.060)
+    assert rows[4]["ratio_vs_qdq"] == pytest.approx(0.020 / 0.025)  # -cg rows against the -cg peer
+    assert "ratio_vs_qdq" not in rows[1] and "ratio_vs_qdq" not in rows[3]  # no peer row; the peer itself
+    assert "meets_targets" not in rows[3]
+    assert "| ufp4:ufp4 | 42.00 | 1.40 | n/a | 0.70 |" in bench.markdown(_META, [{**r, "tokens_per_s": 1.0} for r in rows])
+    args = bench.parse_args(["--tiny", "--recipes", "bf16,ufp4", "--variants", "qdq,qdq-cg,ufp4"])
+    assert [label for label, _, _ in bench.variants(args)] == ["ufp4:bf16", "ufp4:ufp4", "qdq:ufp4", "qdq-cg:ufp4"]
+    assert bench.parse_args(["--tiny"]).kinds == ["eager", "inductor", "ufp4", "qdq"]
+
+
+_META = {"device": "cpu", "torch": "2", "triton": "3", "git": "0", "batch_size": 2, "precision": "fp32", "iters": 2,
+         "warmup": 1, "compile_cache": False, "command": "python benchmarks/train_step.py",
+         "model": {"d_model": 128, "n_layers": 2, "n_heads": 4, "seq_len": 64, "vocab_size": 256}}
 
 
 def test_cudagraph_variants_have_their_own_baseline(bench):
@@ -70,3 +96,54 @@ def test_profile_breakdown_on_cpu(bench, tmp_path):
     assert "| **total kernel ms** |" in md.read_text()
     with pytest.raises(SystemExit):
         bench.parse_args(["--tiny", "--profile", "-1"])
+
+
+def test_qdq_variant_runs_in_tiny_mode(bench, tmp_path):
+    assert bench.main(["--tiny", "--variants", "qdq", "--recipes", "ufp4", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("train_step_*-tiny.json")
+    (row,) = json.loads(json_path.read_text())["rows"]
+    assert row["variant"] == "qdq:ufp4" and row["step_time_s"] > 0
+
+
+def test_fake_quant_int4_nearest_is_the_reference_quantize_dequantize(bench):
+    from ufp4_compile.numerics.quantize import dequantize, quantize
+    from ufp4_compile.recipes import Grid
+
+    # Awkward data: magnitudes over six decades, ties of the grid (k + 0.5 after scaling) and a zero block.
+    x = torch.randn(48, 64, generator=torch.Generator().manual_seed(0)) * torch.logspace(-3, 3, 64)
+    x[:, :16] = torch.tensor([7.0, -7.0] + [k + 0.5 for k in range(-7, 7)])  # scale 7/7 = 1: k + 0.5 are ties
+    x[0, 16:32] = 0.0
+    for dim in (0, 1):
+        expected = dequantize(quantize(x, dim, "int4/16/fp32/nearest"))
+        # Both divide by the FP32 scale amax/7 (IEEE division), clamp to +-7 and round half to even: equal bits.
+        torch.testing.assert_close(bench.qdq_peer.fake_quant(x, dim, Grid.INT4), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref"])
+def test_qdq_linear_gradients_are_close_to_the_plain_linear(bench, recipe):
+    torch.manual_seed(0)  # the weights and torch.rand_like's stochastic-rounding noise
+    linear = torch.nn.Linear(64, 96)
+    peer = bench.qdq_peer.QDQLinear(linear, bench.get_recipe(recipe))
+    x = torch.randn(2, 32, 64, requires_grad=True)
+    g = torch.randn(2, 32, 96)
+    grads = []
+    for layer in (peer, linear):
+        x.grad = linear.weight.grad = linear.bias.grad = None
+        (layer(x) * g).sum().backward()
+        grads.append((x.grad, linear.weight.grad, linear.bias.grad))
+    # One 4-bit operand of Gaussian blocks of 16 (amax about 2 sigma) has a relative RMS error of about 9%
+    # (INT4, nearest) to 12% (stochastic rounding, or E2M1); a GEMM of two such operands about their root sum
+    # of squares, 15-17% (measured). 0.25 leaves room for the seed and fails an operand quantized along the
+    # wrong axis or rotated alone (the product then loses its structure: relative error near 1).
+    for got, want in zip(*grads):
+        assert ((got - want).norm() / want.norm()).item() < 0.25
+    torch.testing.assert_close(grads[0][2], grads[1][2])  # the bias gradient is exact
+
+
+def test_swap_linears_keeps_the_output_head(bench):
+    from ufp4_compile.models.gpt import GPT, get_config
+
+    model = bench.qdq_peer.swap_linears(GPT(get_config("tiny", tie_embeddings=True)), "ufp4")
+    linears = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert linears == ["lm_head"] and model.lm_head.weight is model.embed.weight
+    assert sum(isinstance(m, bench.qdq_peer.QDQLinear) for m in model.modules()) == 4 * 2  # qkv, out, gate_up, down
