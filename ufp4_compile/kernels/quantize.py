@@ -57,9 +57,11 @@ def div_rn(a, b, ASM: tl.constexpr):
     """IEEE ``a / b`` (round to nearest even, subnormals kept): PTX ``div.rn.f32`` where ``ASM``, else
     libdevice's ``div_rn`` (the interpreter, AMD GPUs)."""
     if ASM:
-        return tl.inline_asm_elementwise("div.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    return tl.math.div_rn(a, b)
+        q = tl.inline_asm_elementwise("div.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        q = tl.math.div_rn(a, b)
+    return q
 
 
 # ---- tile pieces ------------------------------------------------------------------------------------
@@ -81,16 +83,20 @@ def _tile_index(r0, o0, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constex
 def _to_rows(t, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
     """A tile in its load arrangement as ``(ROWS, B)``: a relabelling of registers."""
     if ROWWISE:
-        return tl.reshape(tl.permute(t, (0, 2, 1)), (ROWS, B))
-    return t
+        v = tl.reshape(tl.permute(t, (0, 2, 1)), (ROWS, B))
+    else:
+        v = t
+    return v
 
 
 @triton.jit
 def _from_rows(v, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
     """The inverse of :func:`_to_rows`."""
     if ROWWISE:
-        return tl.permute(tl.reshape(v, (ROWS // 8, 8, B)), (0, 2, 1))
-    return v
+        t = tl.permute(tl.reshape(v, (ROWS // 8, 8, B)), (0, 2, 1))
+    else:
+        t = v
+    return t
 
 
 @triton.jit
@@ -221,9 +227,12 @@ def _level_nearest(a, GRID: tl.constexpr):
     if GRID == 0:
         f = a.to(tl.int32)  # truncation == floor for a >= 0
         frac = a - f.to(tl.float32)  # exact
-        return f + ((frac > 0.5) | ((frac == 0.5) & ((f & 1) == 1))).to(tl.int32)
-    return ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-            + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32) + (a > 5.0).to(tl.int32))
+        level = f + ((frac > 0.5) | ((frac == 0.5) & ((f & 1) == 1))).to(tl.int32)
+    else:
+        level = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+                 + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+                 + (a > 5.0).to(tl.int32))
+    return level
 
 
 @triton.jit
@@ -233,13 +242,14 @@ def _level_stochastic(a, rand, GRID: tl.constexpr):
     if GRID == 0:
         lo = a.to(tl.int32)  # floor, a >= 0
         p = tl.where(lo < 7, a - lo.to(tl.float32), 0.0)
-        return lo + (u < p).to(tl.int32)
-    lo = ((a >= 0.5).to(tl.int32) + (a >= 1.0).to(tl.int32) + (a >= 1.5).to(tl.int32) + (a >= 2.0).to(tl.int32)
-          + (a >= 3.0).to(tl.int32) + (a >= 4.0).to(tl.int32) + (a >= 6.0).to(tl.int32))
-    lof = lo.to(tl.float32)
-    lo_val = tl.where(lo < 4, lof * 0.5, tl.where(lo == 7, 6.0, lof - 2.0))
-    inv_gap = tl.where(lo < 4, 2.0, tl.where(lo < 6, 1.0, 0.5))  # gaps are powers of two: exact
-    p = tl.where(lo < 7, (a - lo_val) * inv_gap, 0.0)
+    else:
+        lo = ((a >= 0.5).to(tl.int32) + (a >= 1.0).to(tl.int32) + (a >= 1.5).to(tl.int32)
+              + (a >= 2.0).to(tl.int32) + (a >= 3.0).to(tl.int32) + (a >= 4.0).to(tl.int32)
+              + (a >= 6.0).to(tl.int32))
+        lof = lo.to(tl.float32)
+        lo_val = tl.where(lo < 4, lof * 0.5, tl.where(lo == 7, 6.0, lof - 2.0))
+        inv_gap = tl.where(lo < 4, 2.0, tl.where(lo < 6, 1.0, 0.5))  # gaps are powers of two: exact
+        p = tl.where(lo < 7, (a - lo_val) * inv_gap, 0.0)
     return lo + (u < p).to(tl.int32)
 
 
@@ -260,18 +270,21 @@ def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUP
     if not GROUPED:
         r0, r1, r2, r3 = _philox_words(seed, offset + (flat >> 2))
         w = flat & 3
-        return tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
-    if ROWWISE:
-        quads = tl.reshape(tl.permute(tl.reshape(flat, (U // 4, 4, B)), (0, 2, 1)), (U // 4, B, 2, 2))
+        bits = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
     else:
-        quads = tl.reshape(flat, (U, B // 4, 2, 2))
-    first_pairs, _ = tl.split(quads)
-    firsts, _ = tl.split(first_pairs)
-    r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 2))
-    words = tl.join(tl.join(r0, r2), tl.join(r1, r3))  # [.., a, b] = word 2a + b
-    if ROWWISE:
-        return tl.reshape(tl.permute(tl.reshape(words, (U // 4, B, 4)), (0, 2, 1)), (U, B))
-    return tl.reshape(words, (U, B))
+        if ROWWISE:
+            quads = tl.reshape(tl.permute(tl.reshape(flat, (U // 4, 4, B)), (0, 2, 1)), (U // 4, B, 2, 2))
+        else:
+            quads = tl.reshape(flat, (U, B // 4, 2, 2))
+        first_pairs, _ = tl.split(quads)
+        firsts, _ = tl.split(first_pairs)
+        r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 2))
+        words = tl.join(tl.join(r0, r2), tl.join(r1, r3))  # [.., a, b] = word 2a + b
+        if ROWWISE:
+            bits = tl.reshape(tl.permute(tl.reshape(words, (U // 4, B, 4)), (0, 2, 1)), (U, B))
+        else:
+            bits = tl.reshape(words, (U, B))
+    return bits
 
 
 @triton.jit
