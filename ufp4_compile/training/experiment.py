@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
+import logging
+import math
 import os
 import pathlib
 import platform
@@ -27,6 +29,13 @@ from ufp4_compile.models.gpt import GPTConfig
 from ufp4_compile.recipes import Recipe
 from ufp4_compile.training import analysis, checkpoint, plot, report
 from ufp4_compile.training.loop import Run, RunSpec, TrainConfig
+
+log = logging.getLogger("ufp4_compile.training.experiment")
+
+# What the report reads from a run result (loop.Run.result()); a stored run lacking one is not reused.
+RESULT_KEYS = ("run_id", "recipe", "seed", "tag", "backend", "complete", "steps_done", "steps_expected",
+               "interrupted", "losses", "val_loss", "val_history", "tokens_per_s", "step_time_s", "first_step_s",
+               "compile_time_s", "compilation_reused", "peak_memory", "wall_s", "diagnostics", "num_params")
 
 
 @dataclass
@@ -65,11 +74,9 @@ class Experiment:
         run = Run(spec, self.model_config, self.corpus, self.train, ckpt if use_ckpt else None)
         identity = json.loads(json.dumps(run.identity(), sort_keys=True))
         if self.resume and result_path.exists():
-            saved = json.loads(result_path.read_text())
-            if saved.get("identity") == identity:
+            saved = read_finished_run(result_path, identity)
+            if saved is not None:
                 return saved
-            raise checkpoint.ResumeError(f"{result_path} was written by a run with other arguments; use a fresh --out "
-                             f"directory or the original arguments")
         if self.resume:
             run.resume()
         result = run.execute(reset=reset)
@@ -114,6 +121,57 @@ class Experiment:
         report.write_markdown(self.out_dir / "results.md", meta, summary)
         plot.write_png(self.out_dir / "results.png", results, summary)
         return payload
+
+
+def _damaged(path: pathlib.Path, why: str) -> None:
+    log.warning("ufp4 train: warning: %s %s; training this run again", path, why)
+    return None
+
+
+def _result_problem(saved: dict, identity: dict) -> str | None:
+    """Why a run JSON with the right identity is not a finished run (None when it is one)."""
+    missing = [key for key in RESULT_KEYS if key not in saved]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    losses, steps = saved["losses"], identity["steps"]
+    if not isinstance(losses, list) or not all(v is None or isinstance(v, (int, float)) for v in losses):
+        return "has no list of losses"
+    if not (saved["val_loss"] is None or isinstance(saved["val_loss"], (int, float))):
+        return "has no validation loss"
+    if saved["run_id"] != identity["run_id"] or saved["steps_expected"] != steps or saved["steps_done"] != len(losses):
+        return "does not match its own identity (run id, step counts)"
+    finite = sum(v is not None and math.isfinite(v) for v in losses)
+    if saved["complete"] is True and saved["interrupted"] is False:
+        if len(losses) != steps or finite != steps:
+            return f"is marked complete but holds {finite} finite losses of {steps} steps"
+    elif saved["complete"] is False and saved["interrupted"] is False:  # stopped on a non-finite loss
+        if finite == len(losses) or len(losses) > steps:
+            return f"is marked stopped on a non-finite loss but holds {finite} finite losses of {len(losses)}"
+    else:
+        return "is not a finished run"
+    return None
+
+
+def read_finished_run(path: pathlib.Path, identity: dict) -> dict | None:
+    """The finished run stored at ``path`` for ``identity``, or None (with a warning naming the file) when
+    the file is empty, truncated, not a run result or an unfinished one: --resume then trains the run again,
+    which rewrites the file. ResumeError when it is a finished run of other arguments: that result is
+    someone's, so it is neither reused nor overwritten."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return _damaged(path, f"cannot be read as JSON ({type(exc).__name__}: {exc})")
+    if not isinstance(saved, dict) or not isinstance(saved.get("identity"), dict):
+        return _damaged(path, f"is not a run result (a JSON {type(saved).__name__} without an identity)")
+    if saved["identity"] != identity:
+        differ = checkpoint.differing_fields(saved["identity"], identity)
+        raise checkpoint.ResumeError(f"{path} was written by a run with other arguments (fields differ: "
+                                     f"{', '.join(differ)}); use a fresh --out directory or the original arguments")
+    problem = _result_problem(saved, identity)
+    if problem is not None:
+        return _damaged(path, problem)
+    saved["losses"] = [float("nan") if v is None else v for v in saved["losses"]]  # JSON has no NaN
+    return saved
 
 
 def release(run: Run) -> None:

@@ -49,16 +49,22 @@ class TrainConfig:
     stop_at: int = 0  # 0: never; else stop after this many steps (resume later)
     progress: bool = True
 
-    # Fields that change the loss curve; a checkpoint only resumes a run with the same values.
-    CURVE_FIELDS = ("steps", "batch_size", "lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip",
-                    "beta2", "data_seed", "device", "autocast_bf16", "backend")
+    # Fields that only say how a run is carried out (where it pauses, when it checkpoints, whether a bar is
+    # drawn) and change no number it reports. Every other field belongs to the run identity: the curve
+    # (lr, batches...), the validation set (eval_batches) and points (eval_every), where a diverged run's
+    # curve ends and the timing intervals (log_every), the diagnostics (diagnose_every).
+    CONTROL_FIELDS = ("checkpoint_every", "stop_at", "progress")
+
+    @classmethod
+    def identity_fields(cls) -> tuple[str, ...]:
+        """The fields a checkpoint or finished run must share with the run that reuses it."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in cls.CONTROL_FIELDS)
 
     def __post_init__(self):
-        for name in ("steps", "batch_size"):
+        for name in ("steps", "batch_size", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; it must be a positive integer")
-        for name in ("warmup_steps", "eval_every", "diagnose_every", "checkpoint_every", "stop_at",
-                     "eval_batches", "data_seed"):
+        for name in ("warmup_steps", "eval_every", "diagnose_every", "checkpoint_every", "stop_at", "data_seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not valid; it must be >= 0")
         if not self.lr > 0:
@@ -128,10 +134,10 @@ class Run:
                          "interval_step_s": [], "timed_steps": 0, "timed_s": 0.0, "wall_s": 0.0}
 
     def identity(self) -> dict:
-        fields = {name: getattr(self.cfg, name) for name in TrainConfig.CURVE_FIELDS}
+        fields = {name: getattr(self.cfg, name) for name in TrainConfig.identity_fields()}
         return {"run_id": self.spec.run_id, "recipe": self.spec.recipe.fingerprint(), "seed": self.spec.seed,
                 "model": dataclasses.asdict(self.model_config), "corpus": self.corpus.info.get("sha256"),
-                **fields}
+                "tokenizer": self.corpus.info.get("tokenizer"), **fields}
 
     def autocast(self):
         if self.cfg.autocast_bf16:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 
 from ufp4_compile.training.analysis import BASELINE
@@ -20,8 +21,23 @@ def json_safe(value):
     return value
 
 
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: a reader (or
+    ``--resume`` after a crash) sees the old file or the new one, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: pathlib.Path, payload: dict) -> None:
-    path.write_text(json.dumps(json_safe(payload), indent=1, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(json_safe(payload), indent=1, allow_nan=False) + "\n")
 
 
 def _pct(value, digits: int = 3) -> str:
@@ -105,4 +121,4 @@ def markdown(meta: dict, analysis: dict) -> str:
 
 
 def write_markdown(path: pathlib.Path, meta: dict, analysis: dict) -> None:
-    path.write_text(markdown(meta, analysis))
+    write_atomic(path, markdown(meta, analysis))
