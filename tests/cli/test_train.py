@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import pytest
@@ -34,6 +35,56 @@ def test_bad_arguments_are_clear_errors(args, expected, capsys, tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.parametrize("flag, value, valid", [
+    ("--batch-size", "0", "an integer >= 1"), ("--steps", "-1", "an integer >= 1"),
+    ("--seq-len", "0", "an integer >= 1"), ("--lr", "0", "a finite number > 0"), ("--lr", "-0.001", "> 0"),
+    ("--lr", "nan", "a finite number > 0"), ("--lr", "inf", "a finite number > 0"), ("--warmup", "-1", ">= 0"),
+    ("--eval-batches", "0", "an integer >= 1"), ("--eval-every", "-2", ">= 0"), ("--last-n", "0", ">= 1"),
+    ("--log-every", "0", ">= 1"), ("--diagnose", "-1", ">= 0"), ("--checkpoint-every", "-1", ">= 0"),
+    ("--stop-at", "-1", ">= 0"), ("--data-seed", "-1", ">= 0"), ("--batch-size", "two", "is not an integer"),
+])
+def test_values_that_make_no_sense_are_argparse_errors(flag, value, valid, capsys, tmp_path):
+    # --batch-size 0 used to train with the preset's 8 and --lr 0 with 0.003, while results.json said 0.
+    with pytest.raises(SystemExit) as exit_:
+        train(flag, value, "--out", str(tmp_path))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"ufp4 train: error: argument {flag}: " in err and valid in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_given_values_are_used_as_given(tmp_path):
+    from ufp4_compile.cli.main import build_parser
+    from ufp4_compile.cli.train import build_experiment
+
+    argv = ["train", "--batch-size", "3", "--lr", "1e-4", "--warmup", "0", "--out", str(tmp_path)]
+    args = build_parser(argv).parse_args(argv)
+    train_config = build_experiment(args).train
+    assert (train_config.batch_size, train_config.lr, train_config.warmup_steps) == (3, 1e-4, 0)
+    # A 0 that reaches build_experiment (a caller without argparse) is an error, not "use the default".
+    for name, message in (("lr", "lr=0.0 is not valid"), ("batch_size", "batch_size=0 is not valid")):
+        with pytest.raises(ValueError, match=message):
+            build_experiment(argparse.Namespace(**{**vars(args), name: type(getattr(args, name))(0)}))
+
+
+def test_out_must_be_a_writable_directory(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = {str(a_file): "exists and is not a directory", str(a_file / "sub"): "is a file, not a directory",
+             "": "--out='' is not valid"}
+    for out, message in cases.items():
+        assert train("--out", out) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ufp4 train: error: ") and message in err, (out, err)
+    from ufp4_compile.cli import args as cli_args
+
+    monkeypatch.setattr(cli_args.os, "access", lambda path, mode: False)  # read-only or not ours
+    for out in (tmp_path, tmp_path / "new" / "dir"):
+        assert train("--out", str(out)) == 2
+        assert "permission denied or read-only" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing was created
+
+
 def read(out) -> dict:
     return json.loads((out / "results.json").read_text())
 
@@ -55,6 +106,10 @@ def test_resume_through_the_cli_reproduces_the_run(tmp_path, capsys):
     assert train(*args[:-4], "--steps", "10", "--seeds", "0,1", "--lr", "1e-4", "--out", str(tmp_path / "split"),
                  "--resume") == 2
     assert "other arguments" in capsys.readouterr().err
+    # So is a finished run validated on another set (or at other steps).
+    for flag, value in (("--eval-batches", "3"), ("--eval-every", "5")):
+        assert train(*args, flag, value, "--out", str(tmp_path / "split"), "--resume") == 2
+        assert f"fields differ: {flag[2:].replace('-', '_')}" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not compile_step.ufp4_backend_available(), reason="the ufp4 backend is not installed")

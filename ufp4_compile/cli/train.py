@@ -12,6 +12,8 @@ import argparse
 import pathlib
 import sys
 
+from ufp4_compile.cli.args import check_output_dir, int_at_least, positive_float
+
 # Per-preset training defaults (each overridable on the command line).
 TRAIN_DEFAULTS = {
     "tiny": {"steps": 80, "batch_size": 8, "lr": 3e-3},
@@ -31,29 +33,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--seeds", default="0", help="comma-separated seeds; each recipe runs once per seed (default: 0)")
     g.add_argument("--noise-floor", action="store_true",
                    help="also run bf16 again with the first seed (and with another seed if only one is given)")
-    g.add_argument("--steps", type=int, help="training steps (preset default)")
-    g.add_argument("--batch-size", type=int, help="sequences per step (preset default)")
-    g.add_argument("--seq-len", type=int, help="tokens per sequence (preset default)")
-    g.add_argument("--lr", type=float, help="peak learning rate (preset default)")
-    g.add_argument("--warmup", type=int, help="warm-up steps (default: steps/10)")
+    g.add_argument("--steps", type=int_at_least(1), help="training steps (preset default)")
+    g.add_argument("--batch-size", type=int_at_least(1), help="sequences per step (preset default)")
+    g.add_argument("--seq-len", type=int_at_least(1), help="tokens per sequence (preset default)")
+    g.add_argument("--lr", type=positive_float, help="peak learning rate (preset default)")
+    g.add_argument("--warmup", type=int_at_least(0), help="warm-up steps (default: steps/10)")
     g.add_argument("--data", help="a text file or a uint8/uint16 token .bin (default: the standard-library corpus)")
     g.add_argument("--data-dtype", default="uint16", choices=("uint8", "uint16"), help="token type of a .bin file")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the batch order, shared by every run")
+    g.add_argument("--data-seed", type=int_at_least(0), default=0, help="seed of the batch order, shared by every run")
     g = p.add_argument_group("how")
     g.add_argument("--backend", default="ufp4", help="ufp4 (default), inductor (bf16 only) or eager")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="high-precision compute: bf16 autocast (auto on CUDA) or fp32 (auto on CPU)")
     g = p.add_argument_group("measurement and output")
-    g.add_argument("--last-n", type=int, help="window of the loss and gap figures (default: last quarter)")
-    g.add_argument("--eval-batches", type=int, default=8, help="validation batches (default: 8)")
-    g.add_argument("--eval-every", type=int, default=0, help="validate every N steps as well as at the end")
-    g.add_argument("--diagnose", type=int, default=0, metavar="K",
+    g.add_argument("--last-n", type=int_at_least(1), help="window of the loss and gap figures (default: last quarter)")
+    g.add_argument("--eval-batches", type=int_at_least(1), default=8, help="validation batches (default: 8)")
+    g.add_argument("--eval-every", type=int_at_least(0), default=0, help="validate every N steps as well as at the end")
+    g.add_argument("--diagnose", type=int_at_least(0), default=0, metavar="K",
                    help="every K steps record alpha and SQNR of every rewritten GEMM operand per layer")
-    g.add_argument("--log-every", type=int, default=10, help="steps between loss read-backs (default: 10)")
+    g.add_argument("--log-every", type=int_at_least(1), default=10, help="steps between loss read-backs (default: 10)")
     g.add_argument("--out", help="output directory (default: ufp4-train-<preset>)")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="write a checkpoint every N steps")
-    g.add_argument("--stop-at", type=int, default=0, help="stop every run after this step with a checkpoint")
+    g.add_argument("--checkpoint-every", type=int_at_least(0), default=0, help="write a checkpoint every N steps")
+    g.add_argument("--stop-at", type=int_at_least(0), default=0, help="stop every run after this step with a checkpoint")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoints and finished runs in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -96,6 +98,11 @@ def resolve_device(name: str):
     return str(device)
 
 
+def default_if_none(value, default):
+    """The command-line value, or the default when the flag was not given (0 is a value, not "unset")."""
+    return default if value is None else value
+
+
 def build_experiment(args):
     """Validate the arguments (ValueError naming the field and its valid values) and build the runs."""
     from ufp4_compile.data.corpus import load_corpus
@@ -109,15 +116,19 @@ def build_experiment(args):
     recipes = parse_recipes(args.recipes)
     seeds = parse_ints(args.seeds, "--seeds")
     defaults = TRAIN_DEFAULTS[args.preset]
-    steps = args.steps if args.steps is not None else defaults["steps"]
+    steps = default_if_none(args.steps, defaults["steps"])
     if steps <= 0:
         raise ValueError(f"--steps={steps} is not valid; it must be a positive integer")
-    last_n = args.last_n if args.last_n is not None else max(1, steps // 4)
+    last_n = default_if_none(args.last_n, max(1, steps // 4))
     if not 0 < last_n <= steps:
         raise ValueError(f"--last-n={last_n} is not valid; it must be between 1 and --steps={steps}")
     if args.stop_at and not 0 < args.stop_at < steps:
         raise ValueError(f"--stop-at={args.stop_at} is not valid; it must be between 1 and --steps - 1 = {steps - 1}")
     device = resolve_device(args.device)
+    if args.out is not None and not args.out.strip():
+        raise ValueError("--out='' is not valid; give a directory")
+    out = pathlib.Path(default_if_none(args.out, f"ufp4-train-{args.preset}"))
+    check_output_dir(out, "--out")
     corpus = load_corpus(args.data, args.data_dtype)
     for recipe in recipes:
         compile_step.check_backend(args.backend, recipe)
@@ -126,12 +137,12 @@ def build_experiment(args):
     config = get_config(args.preset, seq_len=args.seq_len, vocab_size=vocab)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.startswith("cuda"))
     train = TrainConfig(
-        steps=steps, batch_size=args.batch_size or defaults["batch_size"], lr=args.lr or defaults["lr"],
-        warmup_steps=args.warmup if args.warmup is not None else steps // 10, data_seed=args.data_seed,
+        steps=steps, batch_size=default_if_none(args.batch_size, defaults["batch_size"]),
+        lr=default_if_none(args.lr, defaults["lr"]),
+        warmup_steps=default_if_none(args.warmup, steps // 10), data_seed=args.data_seed,
         device=device, autocast_bf16=bf16, backend=args.backend, eval_batches=args.eval_batches,
         eval_every=args.eval_every, log_every=args.log_every, diagnose_every=args.diagnose,
         checkpoint_every=args.checkpoint_every, stop_at=args.stop_at, progress=not args.no_progress)
-    out = pathlib.Path(args.out or f"ufp4-train-{args.preset}")
     return Experiment(preset=args.preset, model_config=config, corpus=corpus, train=train, recipes=recipes,
                       seeds=seeds, noise_floor=args.noise_floor, last_n=last_n, out_dir=out, resume=args.resume,
                       command=command_line())
