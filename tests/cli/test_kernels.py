@@ -40,8 +40,76 @@ def test_bad_targets_exit_2_with_the_valid_forms(targets, capsys):
 
 
 def test_bad_jobs_exit_2(capsys):
-    assert main(["kernels", "--jobs", "-1"]) == 2
-    assert "--jobs=-1 is not valid" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["kernels", "--jobs", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --jobs: -1 is not valid; it must be an integer >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target, valid", [("sm_999", "valid CUDA targets: sm_80"), ("sm_200", "sm_90, "),
+                                           ("sm_75", "sm_100"), ("gfx0", "valid HIP targets: gfx908"),
+                                           ("gfx803", "gfx950")])
+def test_targets_triton_cannot_compile_exit_2_before_compiling(target, valid, capsys, monkeypatch):
+    # sm_999 and sm_200 aborted the process (exit 134) or hung the worker pool; gfx0 failed every kernel.
+    from ufp4_compile.kernels import targets
+
+    monkeypatch.setattr(targets, "compile_all", lambda *a, **k: pytest.fail("compiled an invalid target"))
+    assert main(["kernels", "--targets", f"sm_90,{target}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ufp4 kernels: error: target {target!r} is not supported by the installed Triton")
+    assert valid in err
+
+
+def test_cuda_capabilities_come_from_tritons_ptxas():
+    from ufp4_compile.kernels.targets import MIN_CUDA_CAPABILITY, cuda_capabilities
+
+    found = cuda_capabilities()
+    assert {80, 90, 100}.issubset(found) and 999 not in found and 200 not in found
+    assert min(found) == MIN_CUDA_CAPABILITY
+
+
+def test_a_glob_that_matches_nothing_exits_2(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # nothing is compiled: no match
+    assert main(["kernels", "--targets", "sm_90", "--kernels", "no_such_kernel*"]) == 2
+    assert "--kernels='no_such_kernel*' matches no kernel variant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["missing-dir/out.json", "."])
+def test_a_bad_json_path_fails_before_compiling(where, tmp_path, monkeypatch, capsys):
+    from ufp4_compile.kernels import targets
+
+    monkeypatch.setattr(targets, "compile_all", lambda *a, **k: pytest.fail("compiled before checking --json"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["kernels", "--targets", "sm_90", "--json", str(tmp_path / where)])
+    assert exit_.value.code == 2 and "argument --json: " in capsys.readouterr().err
+
+
+CRASHING_MODULE = """
+import os
+from ufp4_compile.kernels.targets import KernelVariant
+
+class Aborts:  # the compiler's abort(): the worker process dies without an exception
+    @property
+    def arg_names(self):
+        os.abort()
+
+def compile_variants():
+    return [KernelVariant("aborts", "-", Aborts(), {}, {}), KernelVariant("plain", "-", object(), {}, {})]
+"""
+
+
+def test_a_worker_killed_by_the_compiler_is_reported_not_awaited(tmp_path, monkeypatch):
+    from ufp4_compile.dispatch import Target
+    from ufp4_compile.kernels.targets import compile_all
+
+    (tmp_path / "ufp4_crashing_kernels.py").write_text(CRASHING_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers get the parent's sys.path
+    results, missing = compile_all([Target.parse("sm_90")], modules=("ufp4_crashing_kernels",), jobs=2)
+    assert missing == {}
+    crashed, plain = results
+    assert (crashed.kernel, crashed.status, crashed.compiled) == ("aborts", "FAIL", False)
+    assert "crashed its worker process" in crashed.error
+    assert plain.kernel == "plain" and "not a compilable @triton.jit function" in plain.error  # its own error, not the crash
 
 
 def test_jobs_reach_compile_all(monkeypatch):

@@ -1,9 +1,10 @@
 """``ufp4 kernels``: compile every kernel for sm_90 / sm_100 / gfx950 and report the matrix instructions.
 
-No GPU needed: Triton compiles for any target (``ufp4_compile.kernels.targets``). One row per kernel
-variant and target: compiled or the error, the matrix instructions found, and whether the GEMM dispatch
-(``ufp4_compile.dispatch``) uses the kernel there. The exit status is 1 when a kernel the
-dispatch relies on fails to compile or lacks the instruction dispatch promises. ``--matrix`` prints the
+No GPU needed: Triton compiles for any target it supports on any machine (``ufp4_compile.kernels.targets``).
+One row per kernel variant and target: compiled or the error, the matrix instructions found, and whether
+the GEMM dispatch (``ufp4_compile.dispatch``) uses the kernel there. The exit status is 1 when a kernel the
+dispatch relies on fails to compile or lacks the instruction dispatch promises; 2, before compiling, for a
+target the installed Triton does not support, a ``--kernels`` glob that matches nothing or a bad ``--json``. ``--matrix`` prints the
 recipe x hardware support matrix that the dispatch implies (instant, nothing compiled).
 """
 
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from ufp4_compile.cli.args import int_at_least, output_file
+
 DEFAULT_TARGETS = "sm_90,sm_100,gfx950"
 MATRIX_TARGETS = ("sm_90", "sm_100", "gfx950", "cpu")
 TARGET_NAMES = {"sm_90": "sm_90 (H100/H200)", "sm_100": "sm_100 (B200/GB200)", "gfx950": "gfx950 (MI350/MI355)",
@@ -26,26 +29,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("kernels", help="compile every kernel for sm_90 / sm_100 / gfx950; report MMA",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets", default=DEFAULT_TARGETS,
-                        help=f"comma-separated targets: sm_<capability>, gfx<name> (default {DEFAULT_TARGETS})")
+                        help=f"comma-separated targets: sm_<capability> (sm_80 and up, as far as the installed "
+                             f"Triton's ptxas goes), gfx<name> (the AMD families Triton knows); default "
+                             f"{DEFAULT_TARGETS}")
     parser.add_argument("--kernels", default="*", metavar="GLOB",
                         help="only variants whose name matches this glob (* and ? wildcards, brackets literal), "
                              "e.g. 'scaled_mm[* dequant-bf16]' or 'quantize*'")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--json", metavar="FILE", type=output_file("--json"),
+                        help="also write the results as JSON to FILE")
     parser.add_argument("--markdown", action="store_true",
                         help="print markdown, one column per target (the tables of docs/support.md)")
     parser.add_argument("--matrix", action="store_true",
                         help="print only the recipe x hardware support matrix from the dispatch (no compiling)")
-    parser.add_argument("--jobs", type=int, default=0, metavar="N",
+    parser.add_argument("--jobs", type=int_at_least(0), default=0, metavar="N",
                         help="compile in N worker processes (default: one per CPU; 1: in this process)")
     return parser
 
 
 def _parse_targets(text: str):
+    """The targets of ``--targets``, each one the installed Triton compiles for (an unknown architecture
+    can abort the compiler's process, so it is refused before any work)."""
     from ufp4_compile.dispatch import Target
+    from ufp4_compile.kernels.targets import check_compilable
 
     targets = [Target.parse(part) for part in text.split(",") if part.strip()]
     if not targets or any(t.backend == "cpu" for t in targets):
         raise ValueError(f"--targets={text!r} is not valid; give GPU targets such as {DEFAULT_TARGETS}")
+    for target in targets:
+        check_compilable(target)
     return targets
 
 
@@ -149,7 +160,7 @@ def _versions() -> dict:
 def _rerun_without_interpreter(args) -> int:
     """Kernels imported under TRITON_INTERPRET=1 cannot be compiled: run the command in a fresh process."""
     argv = [sys.executable, "-m", "ufp4_compile", "kernels", "--targets", args.targets, "--kernels", args.kernels]
-    argv += (["--json", args.json] if args.json else []) + (["--markdown"] if args.markdown else [])
+    argv += (["--json", str(args.json)] if args.json else []) + (["--markdown"] if args.markdown else [])
     argv += ["--jobs", str(args.jobs)] if args.jobs else []
     env = dict(os.environ, TRITON_INTERPRET="0")
     return subprocess.call(argv, env=env)
@@ -159,11 +170,7 @@ def run(args) -> int:
     try:
         targets = _parse_targets(args.targets)
     except ValueError as exc:
-        print(f"ufp4 kernels: {exc}", file=sys.stderr)
-        return 2
-    if args.jobs < 0:
-        print(f"ufp4 kernels: --jobs={args.jobs} is not valid; give 0 (one per CPU) or a positive count",
-              file=sys.stderr)
+        print(f"ufp4 kernels: error: {exc}", file=sys.stderr)
         return 2
     if args.matrix:
         print(format_table(*support_matrix(), markdown=args.markdown))
@@ -175,6 +182,12 @@ def run(args) -> int:
     start = time.perf_counter()
     results, missing = compile_all(targets, args.kernels, jobs=args.jobs or None)
     wall = time.perf_counter() - start
+    if not results:
+        print(f"ufp4 kernels: error: --kernels={args.kernels!r} matches no kernel variant"
+              f"{' (some kernel modules are not available)' if missing else ''}; names look like "
+              f"'quantize[int4/16/fp32/nearest rht16 row-wise]' or 'scaled_mm[ufp4 dequant-bf16]', and the glob's "
+              f"* and ? are wildcards", file=sys.stderr)
+        return 2
     rows = _pivot_rows(results, missing, targets) if args.markdown else _result_rows(results, missing)
     print(format_table(*rows, markdown=args.markdown))
     failures = [r for r in results if r.status == "FAIL"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import importlib
 import multiprocessing
 import os
@@ -173,6 +174,71 @@ def preset_quantize_calls() -> dict[tuple[OperandFormat, int, bool], str]:
     return {key: ", ".join(names) for key, names in found.items()}
 
 
+# ---- which targets the installed Triton compiles for ------------------------------------------------------
+
+# Triton supports NVIDIA GPUs of compute capability 8.0 and later (Triton's README, "Compatibility").
+MIN_CUDA_CAPABILITY = 80
+
+# Triton's HIP backend compiles only for the ISA families its TargetInfo knows (``deduceISAFamily`` in
+# third_party/amd/lib/TritonAMDGPUToLLVM/TargetUtils.cpp; any other name fails every kernel with
+# "unsupported target"). Python cannot ask for that list, so it is kept here, as of Triton 3.6: CDNA1-4,
+# RDNA1-4 and gfx1250. Checked by compiling a dequantize kernel for each name (and for gfx803, gfx906, gfx940,
+# gfx1251: refused); gfx1250 compiles slowly (over two minutes for one GEMM kernel).
+HIP_ARCHS = ("gfx908", "gfx90a", "gfx942", "gfx950", "gfx1010", "gfx1011", "gfx1012", "gfx1013", "gfx1030",
+             "gfx1031", "gfx1032", "gfx1033", "gfx1034", "gfx1035", "gfx1036", "gfx1100", "gfx1101", "gfx1102",
+             "gfx1103", "gfx1150", "gfx1151", "gfx1152", "gfx1153", "gfx1200", "gfx1201", "gfx1250")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_capabilities() -> tuple[int, ...]:
+    """The compute capabilities the installed Triton compiles for, asked of the ptxas it uses.
+
+    From :data:`MIN_CUDA_CAPABILITY` up, those whose architecture as Triton names it (``sm_90a`` from 9.0
+    on) is accepted by the ptxas Triton picks for it (``ptxas --help`` lists them). A name LLVM does not
+    know aborts the whole process (``sm_200``), so targets are checked against this before compiling.
+    Empty when ptxas cannot be run (then nothing compiles for CUDA anyway).
+    """
+    import subprocess
+
+    from triton.backends.nvidia import compiler as nvidia
+
+    accepted: dict[str, set[str]] = {}
+    for probe in (MIN_CUDA_CAPABILITY, 100):  # Triton uses a second ptxas from 10.0 on
+        try:
+            path = nvidia.get_ptxas(probe).path
+            if path not in accepted:
+                text = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=60).stdout
+                accepted[path] = set(re.findall(r"'(sm_\w+)'", text))
+        except (OSError, RuntimeError, subprocess.SubprocessError):
+            continue
+    listed = {int(m.group(1)) for names in accepted.values() for name in names
+              if (m := re.fullmatch(r"sm_(\d+)[a-z]?", name))}
+    return tuple(sorted(c for c in listed if c >= MIN_CUDA_CAPABILITY
+                        and nvidia.sm_arch_from_capability(c) in accepted.get(nvidia.get_ptxas(c).path, ())))
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def check_compilable(target: Target) -> None:
+    """ValueError, listing the valid names, unless the installed Triton compiles for ``target``."""
+    if target.backend == "cuda":
+        valid = cuda_capabilities()
+        if target.arch not in valid:
+            names = ", ".join(f"sm_{c}" for c in valid) or "none (Triton's ptxas could not be run)"
+            raise ValueError(f"target {target.name!r} is not supported by the installed Triton "
+                             f"{_triton_version()}; valid CUDA targets: {names}")
+    elif target.backend == "hip":
+        if target.arch not in HIP_ARCHS:
+            raise ValueError(f"target {target.name!r} is not supported by the installed Triton "
+                             f"{_triton_version()}; valid HIP targets: {', '.join(HIP_ARCHS)}")
+    else:
+        raise ValueError(f"target {target.name!r} has no Triton GPU compiler; use sm_<capability> or gfx<name>")
+
+
 def find_matrix_instructions(asm: str) -> tuple[str, ...]:
     """The distinct MMA instructions in PTX or AMDGCN text, in order of first appearance."""
     return tuple(dict.fromkeys(_MATRIX_INSTRUCTION.findall(asm)))
@@ -292,15 +358,19 @@ def collect_variants(modules: Iterable[str] = KERNEL_MODULES) -> tuple[list[Kern
 # ---- parallel compilation (worker processes collect the same variants, in the same order) ----------------
 
 _worker_variants: list[KernelVariant] = []
+_worker_started = None  # shared with the parent: flag k is set when a worker takes up job k
 
 
-def _worker_init(modules: tuple[str, ...]) -> None:
-    global _worker_variants
+def _worker_init(modules: tuple[str, ...], started=None) -> None:
+    global _worker_variants, _worker_started
     _worker_variants = collect_variants(modules)[0]
+    _worker_started = started
 
 
-def _worker_compile(job: tuple[int, str, Target]) -> CompileResult:
-    index, name, target = job
+def _worker_compile(job: tuple[int, int, str, Target]) -> CompileResult:
+    key, index, name, target = job
+    if _worker_started is not None:
+        _worker_started[key] = 1
     variant = _worker_variants[index]
     if variant.name != name:  # the variant lists of parent and worker differ: a bug, not a compile error
         raise RuntimeError(f"variant {index} is {variant.name!r} in the worker, {name!r} in the parent")
@@ -324,7 +394,54 @@ def compile_all(targets: Iterable[Target], pattern: str = "*", modules: Iterable
     jobs = min(jobs or os.cpu_count() or 1, len(work))
     if jobs <= 1:
         return [compile_variant(v, t) for _, v, t in work], missing
+    return _compile_in_workers(work, modules, jobs), missing
+
+
+def crashed_result(variant: KernelVariant, target: Target, why: str) -> CompileResult:
+    """The report of a compile that killed its process (an abort in MLIR or LLVM raises nothing to catch)."""
+    used = variant.used_on(target)
+    return CompileResult(variant.module, variant.name, variant.recipe, target.name, "FAIL" if used else "unused",
+                         False, why, (), variant.expected_instruction(target), used, 0.0)
+
+
+def _compile_in_workers(work: list[tuple[int, KernelVariant, Target]], modules: tuple[str, ...],
+                        jobs: int) -> list[CompileResult]:
+    """Compile ``work`` in ``jobs`` spawned worker processes; a worker that dies is reported, never awaited.
+
+    When a compiler abort kills a worker, the pool fails every job not done yet. Jobs no worker had taken
+    up are submitted again to a fresh pool; those that were running are compiled again one per pool, and a
+    job that kills a worker on its own is reported as crashed.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
     context = multiprocessing.get_context("spawn")
-    with context.Pool(jobs, initializer=_worker_init, initargs=(modules,)) as pool:
-        results = pool.map(_worker_compile, [(i, v.name, t) for i, v, t in work], chunksize=1)
-    return results, missing
+    started = context.Array("b", len(work), lock=False)
+    results: dict[int, CompileResult] = {}
+    queued, suspects = list(range(len(work))), []
+    while queued or suspects:
+        alone = not queued
+        batch = [suspects.pop()] if alone else queued
+        for key in batch:
+            started[key] = 0
+        width = 1 if alone else min(jobs, len(batch))
+        with ProcessPoolExecutor(width, mp_context=context, initializer=_worker_init,
+                                 initargs=(modules, started)) as pool:
+            futures = {key: pool.submit(_worker_compile, (key, work[key][0], work[key][1].name, work[key][2]))
+                       for key in batch}
+            for key, future in futures.items():
+                try:
+                    results[key] = future.result()
+                except BrokenProcessPool:
+                    pass
+        lost = [key for key in batch if key not in results]
+        if alone:
+            why = "the compiler crashed its worker process (an abort in MLIR or LLVM)"
+        elif len(lost) == len(batch) and not any(started[key] for key in lost):
+            why, queued = "the worker processes died before compiling anything", []
+        else:
+            queued = [key for key in lost if not started[key]]
+            suspects += [key for key in lost if started[key]]
+            continue
+        results.update({key: crashed_result(work[key][1], work[key][2], why) for key in lost})
+    return [results[key] for key in range(len(work))]
