@@ -89,6 +89,19 @@ def test_bad_tensor_inputs_give_clear_errors(tmp_path, capsys):
     ints = tmp_path / "ints.npy"
     np.save(ints, np.zeros((4, 32), dtype=np.int32))
     cases["ints"] = (ints, "is not floating point")
+    for name, array in {"empty": np.zeros((0, 32), np.float32), "empty-1d": np.zeros(0, np.float32)}.items():
+        np.save(tmp_path / f"{name}.npy", array)
+        cases[name] = (tmp_path / f"{name}.npy", "the tensor is empty")
+    empty_pt = tmp_path / "empty.pt"
+    torch.save(torch.zeros(3, 0), empty_pt)
+    cases["empty-pt"] = (empty_pt, "the tensor is empty (shape (3, 0))")
+    for name, dtype in {"float128": np.longdouble, "records": [("a", "<f4"), ("b", "<f4")]}.items():
+        np.save(tmp_path / f"{name}.npy", np.zeros((4, 32), dtype=dtype))
+        cases[name] = (tmp_path / f"{name}.npy", "is not valid; valid dtypes: float16, float32, float64")
+    cut = tmp_path / "cut.npy"
+    np.save(cut, np.zeros((4, 32), np.float32))
+    cut.write_bytes(cut.read_bytes()[:20])
+    cases["cut"] = (cut, "cannot read it as a plain .npy array")
     for path, message in cases.values():
         assert main(["analyze", "--tokens", "16", "--channels", "16", "--tensor", str(path)]) == 2
         err = capsys.readouterr().err
@@ -107,6 +120,21 @@ def test_plot_is_written(tmp_path):
     png = tmp_path / "a.png"
     assert main(["analyze", "--tokens", "32", "--channels", "32", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flag, where, message", [
+    ("--json", "no-such-dir/out.json", "no-such-dir does not exist"), ("--json", ".", "is a directory"),
+    ("--plot", "no-such-dir/out.png", "no-such-dir does not exist"),
+    ("--plot", "out.xyz", "unknown extension '.xyz'; valid values: "), ("--plot", "a-file/out.png", "does not exist"),
+])
+def test_bad_output_paths_fail_before_any_work(flag, where, message, tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setattr(analyze, "analyze_tensor", lambda *a: pytest.fail("measured before checking the path"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["analyze", "--tokens", "16", "--channels", "16", flag, str(tmp_path / where)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"ufp4 analyze: error: argument {flag}: " in err and message in err
 
 
 def test_bad_sizes(capsys):

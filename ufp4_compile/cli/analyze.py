@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ufp4_compile.cli.args import output_file, plot_suffixes
 from ufp4_compile.numerics import (Grid, OperandFormat, ScaleFormat, dequantize, effective_bucket_ratio,
                                    per_level_bias, quantize, rht, shrinkage_alpha, sqnr_db, unpack_codes)
 
@@ -38,8 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--block", type=int, default=16, choices=(16, 32), help="block size (default 16)")
     p.add_argument("--seed", type=int, default=0, help="torch seed of the synthetic data (default 0)")
     p.add_argument("--rht-seed", type=int, default=0, help="seed of the Hadamard signs (default 0)")
-    p.add_argument("--json", metavar="FILE", type=pathlib.Path, help="write every figure as JSON")
-    p.add_argument("--plot", metavar="PNG", type=pathlib.Path, help="write a bar chart of SQNR and alpha")
+    p.add_argument("--json", metavar="FILE", type=output_file("--json"), help="write every figure as JSON")
+    p.add_argument("--plot", metavar="PNG", type=output_file("--plot", plot_suffixes),
+                   help="write a bar chart of SQNR and alpha (.png, .pdf, .svg...)")
     p.add_argument("--check", action="store_true",
                    help="exit with status 1 if one of the paper's directions does not hold")
     p.set_defaults(command="analyze")
@@ -69,9 +71,14 @@ def load_tensor(path: pathlib.Path, key: str | None = None) -> torch.Tensor:
         import numpy as np
 
         try:
-            t = torch.from_numpy(np.load(path, allow_pickle=False))
-        except ValueError as exc:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as exc:
             raise ValueError(f"--tensor {path}: cannot read it as a plain .npy array ({exc})") from None
+        try:
+            t = torch.from_numpy(array)
+        except TypeError:  # float128, structured records, strings...: no torch dtype
+            raise ValueError(f"--tensor {path}: dtype {array.dtype} is not valid; valid dtypes: float16, "
+                             f"float32, float64") from None
     elif suffix in (".pt", ".pth"):
         try:
             t = torch.load(path, map_location="cpu", weights_only=True)
@@ -84,6 +91,8 @@ def load_tensor(path: pathlib.Path, key: str | None = None) -> torch.Tensor:
         raise ValueError(f"--tensor {path}: dtype {t.dtype} is not floating point")
     if t.ndim == 0:
         raise ValueError(f"--tensor {path}: a 0-d tensor has no axis to quantize along")
+    if t.numel() == 0:
+        raise ValueError(f"--tensor {path}: the tensor is empty (shape {tuple(t.shape)})")
     return t.float().reshape(-1, t.shape[-1])
 
 
