@@ -69,7 +69,7 @@ def _time_best(fn, configs):
     return min(timed, key=lambda t: t[0]), timed
 
 
-def run(rows: int, cols: int, every: bool = False) -> list[dict]:
+def run(rows: int, cols: int, every: bool = False, specs=None) -> list[dict]:
     from ufp4_compile.kernels.dequantize import dequantize
     from ufp4_compile.kernels.quantize import quantize, quantize_dequantize
 
@@ -80,6 +80,8 @@ def run(rows: int, cols: int, every: bool = False) -> list[dict]:
     seed = torch.tensor(1234, device="cuda")
     results = []
     for spec, rht, presets in preset_formats(every):
+        if specs and spec not in specs:
+            continue
         fmt = OperandFormat.from_spec(spec)
         scale_bytes = {"fp32": 4}.get(fmt.scale.value, 1)
         code_bytes = 0.5 + scale_bytes / fmt.block
@@ -140,6 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--profile-one", metavar="SPEC", default=None)
     parser.add_argument("--every", action="store_true", help="every (format, RHT) pair of the presets")
+    parser.add_argument("--specs", default=None, help="comma-separated format specs to measure (default: all)")
+    parser.add_argument("--configs", type=int, default=None, help="try only the first N tile configs per axis")
     parser.add_argument("--rht", type=int, default=16)
     parser.add_argument("--axis", type=int, default=1)
     args = parser.parse_args(argv)
@@ -155,7 +159,10 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
         return 0
     env = environment()
-    results = run(args.rows, args.cols, args.every)
+    if args.configs:
+        for axis in TILE_CONFIGS:
+            TILE_CONFIGS[axis] = TILE_CONFIGS[axis][:args.configs]
+    results = run(args.rows, args.cols, args.every, args.specs.split(",") if args.specs else None)
     columns = [("kernel", "kernel"), ("spec", "format"), ("rht", "RHT"), ("axis", "axis"), ("presets", "presets"), ("ms", "ms"),
                ("GB/s", "GB/s"), ("fraction_of_copy", "of copy"), ("tile", "best tile")]
     md = header(env, f"ufp4 fused RHT + quantize, bf16 {args.rows} x {args.cols}") + (

@@ -124,7 +124,7 @@ def _stage(v, U: tl.constexpr, B: tl.constexpr, h: tl.constexpr):
 
 
 @triton.jit
-def _rht(x, rht_seed, inv_sqrt_n, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr):
+def _rht(x, rht_seed, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT: tl.constexpr):
     """``H_R diag(s) v / sqrt(R)`` on each R consecutive rows, in numerics.hadamard's butterfly order
     (h = 1, 2, 4, ...). The sign products are exact, so contraction into FMAs cannot change a sum."""
     idx = (tl.arange(0, U) % R).to(tl.uint32)
@@ -147,15 +147,15 @@ def _rht(x, rht_seed, inv_sqrt_n, U: tl.constexpr, B: tl.constexpr, R: tl.conste
         v = _stage(v, U, B, 64)
     if 128 < R:
         v = _stage(v, U, B, 128)
-    return v * inv_sqrt_n
+    return v * INV_SQRT  # float32(1 / sqrt(R)), a constexpr: no runtime float argument to type
 
 
 @triton.jit
-def _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, inv_sqrt_n, RHT: tl.constexpr,
+def _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, RHT: tl.constexpr, INV_SQRT: tl.constexpr,
                   U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
     x, flat = _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U, B, ROWWISE)
     if RHT > 0:
-        x = _rht(x, rht_seed, inv_sqrt_n, U, B, RHT)
+        x = _rht(x, rht_seed, U, B, RHT, INV_SQRT)
     return x, flat
 
 
@@ -297,24 +297,24 @@ def _pack(nib, U: tl.constexpr, B: tl.constexpr):
 # ---- kernels -------------------------------------------------------------------------------------------
 
 @triton.jit
-def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_seed, inv_sqrt_n,
-                 RHT: tl.constexpr, ROWWISE: tl.constexpr, U: tl.constexpr, B: tl.constexpr):
+def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_seed,
+                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, ROWWISE: tl.constexpr, U: tl.constexpr, B: tl.constexpr):
     """Global max |RHT(x)| as int32 FP32 bits, by atomic max (NaN-propagating: NaN bits sort above Inf)."""
     if ROWWISE:
         pid_l, pid_o = tl.program_id(0), tl.program_id(1)
     else:
         pid_o, pid_l = tl.program_id(0), tl.program_id(1)
     x, _ = _rotated_tile(x_ptr, tl.program_id(2), pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_seed,
-                         inv_sqrt_n, RHT, U, B, ROWWISE)
+                         RHT, INV_SQRT, U, B, ROWWISE)
     tl.atomic_max(gamax_ptr, tl.max(tl.max(abs_bits(x), axis=1), axis=0))
 
 
 @triton.jit
 def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
-                     O, L, s_page, s_o, s_l, offset, rht_seed, inv_sqrt_n,
+                     O, L, s_page, s_o, s_l, offset, rht_seed,
                      GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
                      STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
-                     Q_MAX: tl.constexpr, RHT: tl.constexpr, ROWWISE: tl.constexpr, WRITE_CODES: tl.constexpr,
+                     Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, ROWWISE: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr):
     if ROWWISE:  # consecutive programs walk along the rows (one row segment of U elements each)
         pid_l, pid_o = tl.program_id(0), tl.program_id(1)
@@ -323,7 +323,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     page = tl.program_id(2)
     l0 = pid_l * U
     o0 = pid_o * B
-    x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, inv_sqrt_n, RHT, U, B,
+    x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, RHT, INV_SQRT, U, B,
                             ROWWISE)
     NB: tl.constexpr = U // BLOCK
     amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
@@ -415,7 +415,7 @@ class LaunchPlan:
     computed once per call site; the eager launcher and the Inductor lowering both read it."""
 
     rowwise: bool
-    args: dict  # the scalar arguments: O, L, s_page, s_o, s_l, inv_sqrt_n
+    args: dict  # the scalar arguments: O, L, s_page, s_o, s_l
     constexprs: dict
     num_warps: int
     grid: tuple
@@ -453,9 +453,10 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     scales_shape[axis] //= fmt.block
     constexprs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
                       SR_GROUPED=rowwise or O % 4 == 0, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
+                      INV_SQRT=inv_sqrt(rht) if rht else 1.0,
                       ROWWISE=rowwise, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b)
-    amax = dict(RHT=rht, ROWWISE=rowwise, U=u, B=b) if c.scale == 1 else None
-    return LaunchPlan(rowwise, dict(O=O, L=L, **strides, inv_sqrt_n=inv_sqrt(rht) if rht else 1.0), constexprs,
+    amax = dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], ROWWISE=rowwise, U=u, B=b) if c.scale == 1 else None
+    return LaunchPlan(rowwise, dict(O=O, L=L, **strides), constexprs,
                       warps, grid, amax, tuple(codes_shape), tuple(scales_shape), _OUT_SCALE_DTYPES[c.scale],
                       _RESULT_SCALE_DTYPES[c.scale])
 
@@ -488,13 +489,13 @@ def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     scalars = (args["O"], args["L"], args["s_page"], args["s_o"], args["s_l"])
     if plan.amax_constexprs is not None:
         gamax = torch.zeros(1, dtype=torch.int32, device=device)
-        _amax_kernel[plan.grid](x, gamax, *scalars, int(rht_seed), args["inv_sqrt_n"], **plan.amax_constexprs,
+        _amax_kernel[plan.grid](x, gamax, *scalars, int(rht_seed), **plan.amax_constexprs,
                                 num_warps=plan.num_warps)
     else:
         gamax = dummy  # not read: one-level scales have no global amax
     _quantize_kernel[plan.grid](x, dummy if codes is None else codes, dummy if scales is None else scales,
                                 dummy if values is None else values, tensor_scale, gamax, seed_t, *scalars,
-                                int(offset), int(rht_seed), args["inv_sqrt_n"], **plan.constexprs,
+                                int(offset), int(rht_seed), **plan.constexprs,
                                 num_warps=plan.num_warps)
     return tensor_scale
 
@@ -553,7 +554,7 @@ def compile_variants():
         c = format_constants(fmt)
         types = dict(x_ptr="*bf16", codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[c.scale], values_ptr="*bf16",
                      ts_ptr="*fp32", gamax_ptr="*i32", seed_ptr="*i64" if c.stochastic else "*u8", O="i32", L="i32",
-                     s_page="i32", offset="i64", rht_seed="i32", inv_sqrt_n="fp32")
+                     s_page="i32", offset="i64", rht_seed="i32")
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"
         variants.append(KernelVariant.build(
@@ -565,8 +566,7 @@ def compile_variants():
     for (rht, rowwise, warps, constexprs), names in amax.items():
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"
-        types = dict(x_ptr="*bf16", gamax_ptr="*i32", O="i32", L="i32", s_page="i32", rht_seed="i32",
-                     inv_sqrt_n="fp32")
+        types = dict(x_ptr="*bf16", gamax_ptr="*i32", O="i32", L="i32", s_page="i32", rht_seed="i32")
         variants.append(KernelVariant.build(
             f"quantize_amax[rht{rht} {orientation}]", ", ".join(names), _amax_kernel, types, unit | dict(constexprs),
             aligned=("x_ptr", "O", "L"), options=dict(num_warps=warps)))

@@ -95,7 +95,7 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
     dummy = codes_buf if codes_buf is not None else values_buf
     tensor_scale = _empty((), torch.float32, device)
     scalars = {k: plan.args[k] for k in ("O", "L", "s_page", "s_o", "s_l")}
-    common = dict(rht_seed=int(rht_seed), inv_sqrt_n=plan.args["inv_sqrt_n"])
+    common = dict(rht_seed=int(rht_seed))
     if plan.amax_constexprs is not None:
         gamax = lowerings[torch.ops.aten.full.default]([1], 0, dtype=torch.int32, device=device)
         kernel_launch(_amax_kernel, plan.grid, plan.num_warps, dict(x_ptr=x, gamax_ptr=gamax),
