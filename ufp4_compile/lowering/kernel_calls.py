@@ -34,8 +34,15 @@ def kernel_launch(kernel, grid: tuple, num_warps: int, tensors: dict, scalars: d
     """Emit ``kernel[grid](**tensors, **scalars)`` into the graph being lowered (tensors: TensorBoxes)."""
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table, triton_kernel_wrapper_mutation
 
+    import sympy
+
+    # Integer arguments as sympy integers, as traced graphs hand them over: Inductor decides each one's
+    # Triton type (i32 or i64) from its value through sympy (torch 2.11 fails on a plain int there).
+    constexprs = {p.name for p in kernel.params if p.is_constexpr}
+    scalars = {name: sympy.Integer(v) if isinstance(v, int) and not isinstance(v, bool) and name not in constexprs
+               else v for name, v in scalars.items()}
     kernel_idx = kernel_side_table.add_kernel(_with_warps(kernel, num_warps))
-    constant_args_idx = kernel_side_table.add_constant_args(dict(scalars))
+    constant_args_idx = kernel_side_table.add_constant_args(scalars)
     lowerings[triton_kernel_wrapper_mutation](kernel_idx=kernel_idx, constant_args_idx=constant_args_idx,
                                               grid=[tuple(grid)], tma_descriptor_metadata={}, kwargs=dict(tensors))
 
