@@ -100,18 +100,74 @@ def _from_rows(v, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
 
 
 @triton.jit
+def _chunk(x_ptr, c: tl.constexpr, l0, o0, O, L, s_o, s_l, B: tl.constexpr):
+    """Row-wise: elements ``l0 + 8c .. l0 + 8c + 8`` of rows ``o0 .. o0 + B`` as ``(B, 8)`` (one 16-byte
+    vector per thread for bf16), with their row-major flat indices."""
+    o = o0 + tl.arange(0, B)[:, None]
+    l = l0 + c * 8 + tl.arange(0, 8)[None, :]
+    x = tl.load(x_ptr + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=(o < O) & (l < L), other=0.0)
+    return x.to(tl.float32), o.to(tl.int64) * L + l
+
+
+@triton.jit
+def _join_chunks(c0, c1, c2, c3, U: tl.constexpr, B: tl.constexpr):
+    """Two (U = 16) or four (U = 32) ``(B, 8)`` chunks as the ``(U, B)`` tile: ``join`` stacks them in each
+    thread's registers, so the tile needs no data movement (one load of ``(U // 8, B, 8)`` would let the
+    compiler spread the chunks over threads and shuffle them back through shared memory)."""
+    if U == 16:
+        t = tl.reshape(tl.permute(tl.join(c0, c1), (2, 1, 0)), (16, B))
+    else:  # [b, e, x, y] holds chunk 2x + y
+        t = tl.reshape(tl.permute(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (2, 3, 1, 0)), (32, B))
+    return t
+
+
+@triton.jit
+def _store_chunks(ptr, v, l0, o0, O, L, U: tl.constexpr, B: tl.constexpr):
+    """Row-wise store of the ``(U, B)`` tile ``v`` into a contiguous ``(O, L)`` tensor, chunk by chunk
+    (the inverse of :func:`_join_chunks`)."""
+    o = o0 + tl.arange(0, B)[:, None]
+    e = tl.arange(0, 8)[None, :]
+    base = ptr + o.to(tl.int64) * L + l0 + e
+    if U == 16:
+        c0, c1 = tl.split(tl.permute(tl.reshape(v, (2, 8, B)), (2, 1, 0)))
+        tl.store(base, c0, mask=o < O)
+        tl.store(base + 8, c1, mask=o < O)
+    else:
+        even, odd = tl.split(tl.permute(tl.reshape(v, (2, 2, 8, B)), (3, 2, 0, 1)))
+        c0, c2 = tl.split(even)
+        c1, c3 = tl.split(odd)
+        tl.store(base, c0, mask=o < O)
+        tl.store(base + 8, c1, mask=o < O)
+        tl.store(base + 16, c2, mask=o < O)
+        tl.store(base + 24, c3, mask=o < O)
+
+
+@triton.jit
 def _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U: tl.constexpr, B: tl.constexpr,
                ROWWISE: tl.constexpr):
     """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and its row-major flat index."""
-    l, o = _tile_index(l0, o0, U, B, ROWWISE)
-    mask = (l < L) & (o < O)
-    x = tl.load(x_ptr + page.to(tl.int64) * s_page + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask,
-                other=0.0).to(tl.float32)
-    if ROWWISE:
-        flat = o.to(tl.int64) * L + l
+    if ROWWISE and (U == 16 or U == 32):
+        c0, f0 = _chunk(x_ptr, 0, l0, o0, O, L, s_o, s_l, B)
+        c1, f1 = _chunk(x_ptr, 1, l0, o0, O, L, s_o, s_l, B)
+        c2, f2 = c0, f0
+        c3, f3 = c1, f1
+        if U == 32:
+            c2, f2 = _chunk(x_ptr, 2, l0, o0, O, L, s_o, s_l, B)
+            c3, f3 = _chunk(x_ptr, 3, l0, o0, O, L, s_o, s_l, B)
+        x = _join_chunks(c0, c1, c2, c3, U, B)
+        flat = _join_chunks(f0, f1, f2, f3, U, B)
     else:
-        flat = (page.to(tl.int64) * L + l) * O + o
-    return _to_rows(x, U, B, ROWWISE), _to_rows(flat, U, B, ROWWISE)
+        l, o = _tile_index(l0, o0, U, B, ROWWISE)
+        mask = (l < L) & (o < O)
+        t = tl.load(x_ptr + page.to(tl.int64) * s_page + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask,
+                    other=0.0).to(tl.float32)
+        if ROWWISE:
+            f = o.to(tl.int64) * L + l
+        else:
+            f = (page.to(tl.int64) * L + l) * O + o
+        x = _to_rows(t, U, B, ROWWISE)
+        flat = _to_rows(f, U, B, ROWWISE)
+    return x, flat
 
 
 @triton.jit
@@ -358,12 +414,14 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     if WRITE_CODES:
         L2 = L // 2
         LB = L // BLOCK
-        r, o = _tile_index(l0 // 2, o0, U // 2, B, ROWWISE)
-        if ROWWISE:
-            c_off = o.to(tl.int64) * L2 + r
+        packed = _pack(nib, U, B)
+        if ROWWISE:  # each row's U // 2 bytes sit in one thread: store them as (B, U // 2)
+            o = o64[:, None]
+            c_off = o * L2 + l0 // 2 + tl.arange(0, U // 2)[None, :]
+            tl.store(codes_ptr + c_off, tl.permute(packed, (1, 0)), mask=o < O)
         else:
-            c_off = (page.to(tl.int64) * L2 + r) * O + o
-        tl.store(codes_ptr + c_off, _from_rows(_pack(nib, U, B), U // 2, B, ROWWISE), mask=o < O)
+            r, o = _tile_index(l0 // 2, o0, U // 2, B, ROWWISE)
+            tl.store(codes_ptr + (page.to(tl.int64) * L2 + r) * O + o, packed, mask=o < O)
         lb = (l0 // BLOCK + tl.arange(0, NB)).to(tl.int64)[:, None]
         if ROWWISE:
             s_off = o64[None, :] * LB + lb
@@ -374,13 +432,16 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
         tl.store(scales_ptr + s_off, stored.to(scales_ptr.dtype.element_ty), mask=(o_in < O)[None, :])
     if WRITE_VALUES:
         v = tl.reshape(decode_nibbles(nib, GRID), (NB, BLOCK, B)) * decoded[:, None, :]
-        v = _from_rows(tl.reshape(v, (U, B)).to(values_ptr.dtype.element_ty), U, B, ROWWISE)
-        r, o = _tile_index(l0, o0, U, B, ROWWISE)
-        if ROWWISE:
-            v_off = o.to(tl.int64) * L + r
+        v = tl.reshape(v, (U, B)).to(values_ptr.dtype.element_ty)
+        if ROWWISE and (U == 16 or U == 32):
+            _store_chunks(values_ptr, v, l0, o0, O, L, U, B)
         else:
-            v_off = (page.to(tl.int64) * L + r) * O + o
-        tl.store(values_ptr + v_off, v, mask=o < O)
+            r, o = _tile_index(l0, o0, U, B, ROWWISE)
+            if ROWWISE:
+                v_off = o.to(tl.int64) * L + r
+            else:
+                v_off = (page.to(tl.int64) * L + r) * O + o
+            tl.store(values_ptr + v_off, _from_rows(v, U, B, ROWWISE), mask=o < O)
 
 
 # ---- launch plans --------------------------------------------------------------------------------------
