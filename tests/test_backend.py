@@ -1,5 +1,7 @@
 """The ufp4 backend: entry point, options, Inductor forwarding, cache keys, and the aot -> Inductor ladder."""
 
+import dataclasses
+import re
 import subprocess
 import sys
 import textwrap
@@ -60,6 +62,97 @@ def test_unknown_recipe_and_bad_values():
         resolve_options({"sr_seed_policy": "daily"})
     with pytest.raises(ValueError, match="options must be a dict"):
         resolve_options(["recipe"])
+
+
+@pytest.mark.parametrize("options, field, valid", [
+    ({"skip": None}, "skip=None", "a module-name pattern or a list of them"),
+    ({"skip": [1]}, "skip=[1]", "a module-name pattern or a list of them"),
+    ({"skip": 5}, "skip=5", "a module-name pattern or a list of them"),
+    ({"sr_seed": "abc", **FIXED}, "sr_seed='abc'", r"an integer in \[0, 2\*\*63\)"),
+    ({"sr_seed": None, **FIXED}, "sr_seed=None", r"an integer in \[0, 2\*\*63\)"),
+    ({"sr_seed": 2**70, **FIXED}, "sr_seed=1180591620717411303424", r"an integer in \[0, 2\*\*63\)"),
+    ({"sr_seed": 1.5, **FIXED}, "sr_seed=1.5", r"an integer in \[0, 2\*\*63\)"),
+    ({"rht_seed": "x"}, "rht_seed='x'", r"an integer in \[0, 2\*\*63\)"),
+    ({"rht_seed": 1.5}, "rht_seed=1.5", r"an integer in \[0, 2\*\*63\)"),
+    ({"keep_output_head": "false"}, "keep_output_head='false'", "True, False"),
+    ({"keep_attention": 0}, "keep_attention=0", "True, False"),
+    ({"dump_dir": 5}, "dump_dir=5", "a directory path"),
+    ({"dump_dir": ""}, "dump_dir=''", "a directory path"),
+    ({"dense_gemms": "yes"}, "dense_gemms='yes'", "'auto', True, False"),
+    ({"dense_gemms": 1}, "dense_gemms=1", "'auto', True, False"),
+    ({"dense_gemms": None}, "dense_gemms=None", "'auto', True, False"),
+    ({"keep_routers": True}, "keep_routers=True", "an integer >= 0"),
+    ({"keep_routers": -1}, "keep_routers=-1", "an integer >= 0"),
+    ({"keep_routers": 8.0}, "keep_routers=8.0", "an integer >= 0"),
+    ({"recipe": None}, "recipe=None", "valid names: ufp4"),
+    ({"compute_dtype": "fp16"}, "compute_dtype='fp16'", "'bf16', 'fp32'"),
+])
+def test_bad_option_values_name_the_field(options, field, valid):
+    """Issue 16 item 11: each was a TypeError without the field's name, or silently accepted."""
+    match = rf"{re.escape(field)} is not (valid|a known recipe).*{valid}"
+    with pytest.raises(ValueError, match=match):
+        resolve_options(options)
+    with pytest.raises(ValueError, match=match):
+        make_backend(options)
+    with pytest.raises(ValueError, match=match):
+        make_aot_backend(options)
+
+
+@pytest.mark.parametrize("options", ["ufp4", [("recipe", "nvfp4")], ["recipe"], 0, "", ("recipe", "ufp4")])
+def test_options_must_be_a_dict(options):
+    """A string or a list of pairs was turned into a dict (or a raw 'dictionary update sequence' error)."""
+    match = r"options must be a dict of option names to values, e.g. \{'recipe': 'ufp4'\}; got "
+    for build in (resolve_options, make_backend, make_aot_backend):
+        with pytest.raises(ValueError, match=match):
+            build(options)
+    with pytest.raises(ValueError, match=match):
+        backend_mod.explain(nn.Linear(16, 16), torch.randn(16, 16), options=options)
+
+
+def test_options_may_be_any_mapping():
+    from types import MappingProxyType
+
+    assert resolve_options(MappingProxyType({"recipe": "nvfp4"})).recipe is NVFP4
+    assert make_backend(None).resolved.recipe is UFP4
+
+
+def test_option_keys_must_be_strings():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'bogus', 1; valid ufp4 options"):
+        resolve_options({1: 2, "bogus": 3})
+
+
+def test_sr_seed_without_the_fixed_policy_is_an_error():
+    """sr_seed is read only under sr_seed_policy='fixed'; given alone it was silently ignored (every step drew
+    its own seed), which defeats the reason to pass it. It is an error that says what to add."""
+    with pytest.raises(ValueError, match="sr_seed=5 is only used with sr_seed_policy='fixed'.*add "
+                                         "'sr_seed_policy': 'fixed'"):
+        resolve_options({"sr_seed": 5})
+    with pytest.raises(ValueError, match="sr_seed=5 is only used with sr_seed_policy='fixed'"):
+        resolve_options({"sr_seed": 5, "sr_seed_policy": "per_step"})
+    fixed = dataclasses.replace(UFP4, sr_seed_policy="fixed")
+    assert resolve_options({"recipe": fixed, "sr_seed": 5}).recipe.sr_seed == 5  # the recipe's policy counts
+    assert resolve_options({"sr_seed": 0, **FIXED}).recipe.sr_seed == 0
+
+
+def test_bad_mode_lists_the_modes():
+    with pytest.raises(ValueError, match="mode='fastest' is not valid; valid values: .*'max-autotune'"):
+        make_backend({}, mode="fastest")
+
+
+def test_good_option_values():
+    """Path objects for dump_dir, numpy integers for counts and seeds, a tuple of patterns."""
+    import pathlib
+
+    import numpy as np
+
+    resolved = resolve_options({"dump_dir": pathlib.Path("/tmp/x"), "keep_first": np.int64(1), "skip": ("a", "b"),
+                                "sr_seed": np.int64(9), "rht_seed": 2**63 - 1, **FIXED, "dense_gemms": "auto",
+                                "keep_routers": 0})
+    assert resolved.dump_dir == "/tmp/x" and resolved.recipe.layers.keep_first == 1
+    assert resolved.recipe.layers.skip == ("a", "b") and resolved.recipe.sr_seed == 9
+    assert resolved.dense_gemms == "auto" and resolved.recipe.layers.keep_routers == 0
+    for dense in (True, False):
+        assert resolve_options({"dense_gemms": dense}).dense_gemms is dense
 
 
 def test_options_build_the_recipe():

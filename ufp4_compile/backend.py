@@ -25,10 +25,12 @@ import dataclasses
 import importlib
 import importlib.util
 import logging
+import os
+from collections.abc import Mapping
 
 import torch
 
-from ufp4_compile.recipes import LayerPolicy, Recipe, get_recipe
+from ufp4_compile.recipes import LayerPolicy, Recipe, SRSeedPolicy, get_recipe
 
 log = logging.getLogger("ufp4_compile.backend")
 
@@ -52,19 +54,54 @@ def _inductor_keys() -> set[str]:
     return set(inductor_config._config)
 
 
-def resolve_options(options: dict | None, mode: str | None = None) -> BackendOptions:
-    """Split ``options`` into the recipe (with layer and seed overrides), dump dir and Inductor patches."""
-    if options is not None and not isinstance(options, dict):
-        raise ValueError(f"options must be a dict, got {type(options).__name__}")
-    options = dict(options or {})
+def options_dict(options) -> dict:
+    """A copy of ``options`` (``None`` is no options); anything but a mapping is a ValueError. A string or a
+    list of pairs is refused rather than read as a dict: ``options="nvfp4"`` means ``{"recipe": "nvfp4"}``."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"options must be a dict of option names to values, e.g. {{'recipe': 'ufp4'}}; "
+                         f"got {type(options).__name__} {options!r}")
+    return dict(options)
+
+
+def _dump_dir(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str) and os.fspath(value):
+        return os.fspath(value)
+    raise ValueError(f"dump_dir={value!r} is not valid; valid values: a directory path (str or os.PathLike), "
+                     f"or None for no dump")
+
+
+def _mode_options(mode) -> dict:
+    if mode in (None, "default"):
+        return {}
+    import torch._inductor
+
+    try:
+        return torch._inductor.list_mode_options(mode)
+    except RuntimeError:
+        modes = ", ".join(repr(m) for m in torch._inductor.list_mode_options())
+        raise ValueError(f"mode={mode!r} is not valid; valid values: {modes}") from None
+
+
+def resolve_options(options: Mapping | None, mode: str | None = None) -> BackendOptions:
+    """Split ``options`` into the recipe (with layer and seed overrides), dump dir and Inductor patches.
+
+    Every bad value is a ValueError naming the option and its valid values (docs/backend.md): the recipe,
+    layer and seed fields are checked by the dataclasses of :mod:`ufp4_compile.recipes`, the rest here.
+    ``sr_seed`` without ``sr_seed_policy="fixed"`` (given, or the recipe's) is an error: it would be ignored.
+    """
+    options = options_dict(options)
     recipe = get_recipe(options.pop("recipe", "ufp4"))
     layers = {k: options.pop(k) for k in LAYER_OPTIONS if k in options}
     overrides = {k: options.pop(k) for k in RECIPE_OPTIONS if k in options}
-    dump_dir = options.pop("dump_dir", None)
+    dump_dir = _dump_dir(options.pop("dump_dir", None))
     dense = options.pop("dense_gemms", "auto")
     if not any(dense is v or (isinstance(v, str) and dense == v) for v in DENSE_GEMMS):
         raise ValueError(f"dense_gemms={dense!r} is not valid; valid values: 'auto', True, False")
-    unknown = sorted(set(options) - _inductor_keys()) if options else []
+    unknown = sorted(set(options) - _inductor_keys(), key=repr) if options else []
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; valid ufp4 options: "
                          f"{', '.join(UFP4_OPTIONS)}; any torch._inductor.config key (e.g. 'max_autotune', "
@@ -73,11 +110,11 @@ def resolve_options(options: dict | None, mode: str | None = None) -> BackendOpt
         recipe = dataclasses.replace(recipe, layers=dataclasses.replace(recipe.layers, **layers))
     if overrides:
         recipe = dataclasses.replace(recipe, **overrides)
-    inductor = {}
-    if mode not in (None, "default"):
-        import torch._inductor
-
-        inductor.update(torch._inductor.list_mode_options(mode))
+    if "sr_seed" in overrides and recipe.sr_seed_policy is not SRSeedPolicy.FIXED:
+        raise ValueError(f"sr_seed={overrides['sr_seed']!r} is only used with sr_seed_policy='fixed' (the "
+                         f"policy is {recipe.sr_seed_policy.value!r}: every step draws its own seed); add "
+                         f"'sr_seed_policy': 'fixed' to the options, or drop sr_seed")
+    inductor = _mode_options(mode)
     inductor.update(options)
     return BackendOptions(recipe, dump_dir, dense, inductor)
 
@@ -128,7 +165,7 @@ class Ufp4Backend:
     def __init__(self, options: dict | None = None, mode: str | None = None, sinks=()):
         from ufp4_compile.passes.report import Report
 
-        self.options, self.mode, self.sinks = dict(options or {}), mode, tuple(sinks)
+        self.options, self.mode, self.sinks = options_dict(options), mode, tuple(sinks)
         self.resolved = resolve_options(self.options, mode)  # validate early
         self.report = Report(self.resolved.recipe.name)
 
@@ -138,7 +175,7 @@ class Ufp4Backend:
 
         from ufp4_compile.passes.joint_pass import Ufp4JointPass
 
-        resolved = resolve_options({**self.options, **(options or {})}, mode or self.mode)
+        resolved = resolve_options({**self.options, **options_dict(options)}, mode or self.mode)
         patches = dict(resolved.inductor)
         sinks = _sinks(self.sinks, resolved.dump_dir)
         joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks, dense=resolved.dense_gemms,
@@ -229,7 +266,7 @@ def explain(model, *args, recipe: str | Recipe | None = None, options: dict | No
         raise TypeError(f"explain() passes keyword arguments to the model; {', '.join(misplaced)} "
                         f"{'is a ufp4 option' if len(misplaced) == 1 else 'are ufp4 options'}: "
                         f"explain(model, ..., options={{{fix}}})")
-    options = dict(options or {})
+    options = options_dict(options)
     if recipe is not None:
         if "recipe" in options:
             raise ValueError("explain() got recipe= and options['recipe']; give one")

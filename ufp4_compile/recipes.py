@@ -21,6 +21,7 @@ import dataclasses
 import enum
 import hashlib
 import json
+import numbers
 from dataclasses import dataclass, field
 
 from ufp4_compile.numerics.formats import (  # noqa: F401  (re-exported: recipes are built from these)
@@ -33,6 +34,35 @@ from ufp4_compile.numerics.formats import (  # noqa: F401  (re-exported: recipes
 )
 
 VALID_RHT_SIZES = (0, 16, 32, 64, 128, 256)  # 0 = no RHT
+SEED_LIMIT = 1 << 63  # seeds are int64 op arguments (``int rht_seed``, an int64 seed tensor)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, high: int | None = None) -> int:
+    """``value`` (any integer type, not a bool) as an ``int`` >= 0 and below ``high``; else a ValueError that
+    names the field and the valid values."""
+    if _is_int(value) and value >= 0 and (high is None or value < high):
+        return int(value)
+    valid = "an integer >= 0" if high is None else f"an integer in [0, 2**{high.bit_length() - 1})"
+    raise ValueError(f"{name}={value!r} is not valid; valid values: {valid}")
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not valid; valid values: True, False")
+    return value
+
+
+def check_patterns(name: str, value) -> tuple[str, ...]:
+    """One fnmatch pattern, or a list or tuple of them, as a tuple of strings."""
+    patterns = (value,) if isinstance(value, str) else value
+    if isinstance(patterns, (list, tuple)) and all(isinstance(p, str) for p in patterns):
+        return tuple(patterns)
+    raise ValueError(f"{name}={value!r} is not valid; valid values: a module-name pattern or a list of them "
+                     f"(fnmatch, e.g. ['*.mlp.*', 'layers.0.*'])")
 
 
 class Role(enum.Enum):
@@ -81,8 +111,13 @@ class GemmRecipe:
 
     def __post_init__(self):
         object.__setattr__(self, "mean_split", parse_enum(MeanSplit, self.mean_split, "mean_split"))
-        if self.rht not in VALID_RHT_SIZES:
+        for name in ("a", "b"):
+            if not isinstance(getattr(self, name), OperandFormat):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not valid; valid values: an OperandFormat, "
+                                 f"e.g. OperandFormat('int4', 16, 'fp32') or OperandFormat.from_spec(spec)")
+        if not _is_int(self.rht) or self.rht not in VALID_RHT_SIZES:
             raise ValueError(f"rht={self.rht!r} is not valid; valid values: {VALID_RHT_SIZES}")
+        object.__setattr__(self, "rht", int(self.rht))
         if self.a.block != self.b.block:
             raise ValueError(f"operands of one GEMM need the same block size, got a.block={self.a.block}, "
                              f"b.block={self.b.block}")
@@ -105,14 +140,11 @@ class LayerPolicy:
     keep_routers: int = 256
 
     def __post_init__(self):
-        if isinstance(self.skip, str):
-            object.__setattr__(self, "skip", (self.skip,))
-        else:
-            object.__setattr__(self, "skip", tuple(self.skip))
+        for name in ("keep_output_head", "keep_attention"):
+            check_bool(name, getattr(self, name))
+        object.__setattr__(self, "skip", check_patterns("skip", self.skip))
         for name in ("keep_first", "keep_last", "min_features", "keep_routers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name}={value!r} is not valid; it must be an integer >= 0")
+            object.__setattr__(self, name, check_int(name, getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -131,6 +163,17 @@ class Recipe:
     layers: LayerPolicy = field(default_factory=LayerPolicy)
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name={self.name!r} is not valid; valid values: a non-empty string")
+        for role in Role:
+            if not isinstance(self.gemm(role), (GemmRecipe, type(None))):
+                raise ValueError(f"{role.value}={self.gemm(role)!r} is not valid; valid values: a GemmRecipe or "
+                                 f"None (kept in high precision), e.g. dataclasses.replace(UFP4.{role.value}, rht=0)")
+        if not isinstance(self.layers, LayerPolicy):
+            raise ValueError(f"layers={self.layers!r} is not valid; valid values: a LayerPolicy, "
+                             f"e.g. LayerPolicy(keep_first=1)")
+        for name in ("rht_seed", "sr_seed"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), SEED_LIMIT))
         object.__setattr__(self, "rht_seed_policy", parse_enum(SeedPolicy, self.rht_seed_policy, "rht_seed_policy"))
         object.__setattr__(self, "sr_seed_policy", parse_enum(SRSeedPolicy, self.sr_seed_policy, "sr_seed_policy"))
         object.__setattr__(self, "compute_dtype", parse_enum(ComputeDtype, self.compute_dtype, "compute_dtype"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import numbers
 
 
 class Grid(enum.Enum):
@@ -80,8 +81,12 @@ class OperandFormat:
         object.__setattr__(self, "scale", parse_enum(ScaleFormat, self.scale, "scale"))
         object.__setattr__(self, "rounding", parse_enum(Rounding, self.rounding, "rounding"))
         object.__setattr__(self, "e8m0_rounding", parse_enum(E8M0Rounding, self.e8m0_rounding, "e8m0_rounding"))
-        if self.block not in VALID_BLOCKS:
+        integer = isinstance(self.block, numbers.Integral) and not isinstance(self.block, bool)
+        if not integer or self.block not in VALID_BLOCKS:
             raise ValueError(f"block={self.block!r} is not valid; valid values: {VALID_BLOCKS}")
+        object.__setattr__(self, "block", int(self.block))
+        if not isinstance(self.block_2d, bool):
+            raise ValueError(f"block_2d={self.block_2d!r} is not valid; valid values: True, False")
         if self.block_2d and self.block != 16:
             raise ValueError(f"block_2d=True needs block=16, got block={self.block}")
 
