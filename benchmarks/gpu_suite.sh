@@ -12,6 +12,8 @@
 #   STAGES="train" TRAIN_ARGS="--preset small --recipes bf16,ufp4" bash benchmarks/gpu_suite.sh  # issue 7
 # Limits per stage: LIMIT_<STAGE> seconds overrides the default (e.g. LIMIT_train=540).
 # UFP4_GIT_SHA names the commit in the result headers where the machine's copy of the tree has no .git.
+# The suite writes more files than a remote run may bring back: keep OUT outside the returned folder and
+# copy only $OUT/gpu_suite.tar.gz there.
 set -u
 OUT=${OUT:-benchmarks/results/gpu_suite}
 R="$OUT/suite"
@@ -36,7 +38,7 @@ stage() {  # stage NAME LIMIT_S COMMAND...
 # script and the torch_dynamo_backends entry point must land beside torch.
 python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/install.log" 2>&1 || echo "install failed (see install.log)"
 stage env 30 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"; git rev-parse HEAD'
-TEST_FILES=${TEST_FILES:-"tests/kernels/test_quantize.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py"}
+TEST_FILES=${TEST_FILES:-"tests/kernels/test_quantize.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py tests/lowering/test_kernel_calls.py tests/test_emulate.py"}
 stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml="$R/pytest_gpu.xml" $TEST_FILES
 stage host 60 python3 benchmarks/host_overhead.py --out "$R"
 stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"

@@ -96,3 +96,26 @@ def test_autocast_dense_matches_codes_path():
         results.append([run.out.detach(), x.grad.clone(), *_grads(model)])
     for codes_path, dense_path in zip(*results):
         torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
+
+
+def test_activation_checkpointing_dense_matches_codes_path():
+    """Recomputed forward GEMMs inside the backward get their dense operands there too."""
+    from torch.utils.checkpoint import checkpoint
+
+    class Checkpointed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.outer = SwiGLU(32, 64), MLP(32, 64)
+
+        def forward(self, x):
+            return self.outer(checkpoint(self.inner, x, use_reentrant=False))
+
+    results = []
+    for dense in (False, True):
+        torch.manual_seed(0)
+        model = Checkpointed()
+        x = torch.randn(2, 16, 32, requires_grad=True)
+        run = compile_and_run(model, x, options={"sr_seed_policy": "fixed", "dense_gemms": dense})
+        results.append([run.out.detach(), x.grad.clone(), *_grads(model)])
+    for codes_path, dense_path in zip(*results):
+        torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
