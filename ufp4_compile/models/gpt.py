@@ -28,6 +28,11 @@ class GPTConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     init_std: float = 0.02
+    # Mixture of experts (models/moe.py): 0 = a dense SwiGLU in every block; else routed experts per block.
+    n_experts: int = 0
+    top_k: int = 2
+    expert_hidden: int = 0  # each routed expert's SwiGLU width; 0 = hidden / top_k rounded to a multiple of 64
+    shared_expert: bool = True  # a shared expert of width expert_hidden beside the routed ones
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "seq_len"):
@@ -40,6 +45,12 @@ class GPTConfig:
             raise ValueError(f"head_dim=d_model/n_heads={self.head_dim} must be even for rotary embeddings")
         if self.ffn_hidden < 0:
             raise ValueError(f"ffn_hidden={self.ffn_hidden!r} is not valid; it must be >= 0 (0 = default)")
+        for name in ("n_experts", "expert_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}={value!r} is not valid; it must be an integer >= 0")
+        if self.n_experts and not (isinstance(self.top_k, int) and 1 <= self.top_k <= self.n_experts):
+            raise ValueError(f"top_k={self.top_k!r} is not valid; valid values: 1..n_experts={self.n_experts}")
 
     @property
     def head_dim(self) -> int:
@@ -51,6 +62,11 @@ class GPTConfig:
             return self.ffn_hidden
         return 64 * math.ceil(8 * self.d_model / 3 / 64)  # Llama's 8/3 expansion, kept 4-bit-block friendly
 
+    @property
+    def expert_width(self) -> int:
+        """Each routed expert's hidden width: top_k experts together match the dense block's width."""
+        return self.expert_hidden or 64 * math.ceil(self.hidden / self.top_k / 64)
+
 
 # Presets. Every matmul dimension is a multiple of 64 so that 16- and 32-element blocks and the RHT fit.
 PRESETS: dict[str, GPTConfig] = {
@@ -61,6 +77,11 @@ PRESETS: dict[str, GPTConfig] = {
     "small": GPTConfig(vocab_size=256, d_model=1024, n_layers=8, n_heads=16, seq_len=512),
     # benchmarks/train_step.py (issue 6): D=1024, 12 layers, 16 heads, T=1024, vocabulary 32000.
     "bench": GPTConfig(vocab_size=32000, d_model=1024, n_layers=12, n_heads=16, seq_len=1024),
+    # The paper's MoE shape at toy scale: 8 routed experts, top-2, plus a shared expert (CPU, like tiny).
+    "tiny-moe": GPTConfig(vocab_size=256, d_model=128, n_layers=2, n_heads=4, seq_len=64, n_experts=8, top_k=2),
+    # GPU: the small preset's attention with 8 routed experts (top-2) and a shared expert per block.
+    "small-moe": GPTConfig(vocab_size=256, d_model=1024, n_layers=8, n_heads=16, seq_len=512, n_experts=8,
+                           top_k=2),
 }
 
 
@@ -138,7 +159,13 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.attn = Attention(config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mlp = SwiGLU(config)
+        if config.n_experts:
+            from ufp4_compile.models.moe import MoE
+
+            self.mlp = MoE(config.d_model, config.expert_width, config.n_experts, config.top_k,
+                           config.expert_width if config.shared_expert else 0)
+        else:
+            self.mlp = SwiGLU(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
@@ -171,9 +198,17 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+        scale = 1.0 / math.sqrt(2 * self.config.n_layers)
         for layer in self.layers:
-            for proj in (layer.attn.out, layer.mlp.down):
-                proj.weight.mul_(1.0 / math.sqrt(2 * self.config.n_layers))
+            projections = [layer.attn.out]
+            if self.config.n_experts:
+                layer.mlp.reset_parameters(std, scale)
+                if layer.mlp.shared is not None:
+                    projections.append(layer.mlp.shared.down)
+            else:
+                projections.append(layer.mlp.down)
+            for proj in projections:
+                proj.weight.mul_(scale)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights counted once
@@ -194,5 +229,10 @@ def expected_num_params(config: GPTConfig) -> int:
     """Parameter count from the config alone (embedding, head unless tied, blocks, norms)."""
     d, h, v = config.d_model, config.hidden, config.vocab_size
     per_block = 3 * d * d + d * d + 2 * d * h + h * d + 2 * d
+    if config.n_experts:
+        from ufp4_compile.models.moe import moe_param_count
+
+        e = config.expert_width
+        per_block = 3 * d * d + d * d + 2 * d + moe_param_count(d, e, config.n_experts, e if config.shared_expert else 0)
     head = 0 if config.tie_embeddings else v * d
     return v * d + head + config.n_layers * per_block + d

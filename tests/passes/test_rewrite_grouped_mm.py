@@ -1,0 +1,94 @@
+"""Grouped GEMMs (mixture-of-experts layers, ``torch._grouped_mm``): Fprop and Dgrad rewritten per the
+recipe, Wgrad kept with its reason, routers kept; the Fprop equals the reference GEMM of the quantized
+operands bit for bit."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import ufp4_compile
+from ufp4_compile.models.gpt import GPT, get_config
+from ufp4_compile.models.moe import MoE
+from ufp4_compile.passes.rewrite_grouped_mm import WGRAD_REASON
+from ufp4_compile.recipes import get_recipe
+from ufp4_compile.testing import compile_and_run
+
+FIXED = {"sr_seed_policy": "fixed"}
+
+
+def _grouped_rows(report):
+    return [r for r in report.rows if r.kind == "_grouped_mm"]
+
+
+@pytest.mark.parametrize("backend", ["aot", "inductor"])
+def test_moe_gpt_expert_gemms_rewritten_in_fprop_and_dgrad(backend):
+    torch.manual_seed(0)
+    model = GPT(get_config("tiny-moe"))
+    idx = torch.randint(0, 256, (2, 64))
+    run = compile_and_run(model, idx, idx, options=FIXED, backend=backend)
+    grouped = _grouped_rows(run.report)
+    # 2 layers x (gate_up, down) x (Fprop, Dgrad, Wgrad)
+    assert len(grouped) == 12
+    assert {(r.role, r.action) for r in grouped} == {("fprop", "rewritten"), ("dgrad", "rewritten"),
+                                                     ("wgrad", "kept")}
+    assert all(r.reason == WGRAD_REASON for r in grouped if r.role == "wgrad")
+    routers = [r for r in run.report.rows if r.module.endswith("mlp.router")]
+    assert routers and all(not r.rewritten for r in routers)
+    shared = [r for r in run.report.rows if ".mlp.shared." in r.module]
+    assert len(shared) == 12 and all(r.rewritten for r in shared)
+    assert torch.isfinite(run.out)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_grouped_fprop_is_the_reference_gemm_of_quantized_operands():
+    """e2m1-ref: Fprop without RHT, round-to-nearest: the output is _grouped_mm of the dequantized operands
+    (the rewritten graph run eagerly, so routing and activations are computed as in the reference below)."""
+    torch.manual_seed(1)
+    moe = MoE(64, 64, n_experts=4, top_k=2, shared_hidden=0)
+    x = torch.randn(48, 64)
+    compiled = torch.compile(moe, backend=ufp4_compile.backend.make_aot_backend({"recipe": "e2m1-ref", **FIXED}))
+    out = compiled(x)
+    fmt = get_recipe("e2m1-ref").gemm(ufp4_compile.recipes.Role.FPROP)
+    order, token, weight, offs = moe.route(x)
+    rows = x[token].to(torch.bfloat16)
+
+    def qdq(t, spec):
+        return torch.ops.ufp4.quantize_dequantize(t, 1, spec, 0, 0, None, 0, torch.bfloat16)[0]
+
+    h = torch._grouped_mm(qdq(rows, fmt.a.spec), qdq(moe.gate_up.to(torch.bfloat16), fmt.b.spec), offs=offs)
+    gate, up = h.chunk(2, dim=-1)
+    y = torch._grouped_mm(qdq(torch.nn.functional.silu(gate) * up, fmt.a.spec),
+                          qdq(moe.down.to(torch.bfloat16), fmt.b.spec), offs=offs)
+    want = torch.zeros_like(x).index_add(0, token, (y * weight[:, None].to(y.dtype)).to(x.dtype))
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+
+
+def test_two_dimensional_weight_blocks_are_kept_with_a_reason():
+    torch.manual_seed(0)
+    model = GPT(get_config("tiny-moe"))
+    idx = torch.randint(0, 256, (2, 64))
+    run = compile_and_run(model, idx, idx, options={"recipe": "nvfp4", **FIXED}, backend="aot")
+    fprops = [r for r in _grouped_rows(run.report) if r.role == "fprop"]
+    assert fprops and all(not r.rewritten and "16x16" in r.reason for r in fprops)
+
+
+def test_explain_lists_the_expert_gemms():
+    model = GPT(get_config("tiny-moe"))
+    report = ufp4_compile.explain(model, torch.randint(0, 256, (1, 64)))
+    assert len(_grouped_rows(report)) == 12  # 2 layers x (gate_up, down) x (Fprop, Dgrad, Wgrad)
+    assert "straddle experts" in str(report)
+
+
+def test_skip_patterns_apply_to_expert_gemms():
+    model = GPT(get_config("tiny-moe"))
+    idx = torch.randint(0, 256, (2, 64))
+    run = compile_and_run(model, idx, idx, options={**FIXED, "skip": ["layers.0.*"]}, backend="aot")
+    rows = _grouped_rows(run.report)
+    assert all(not r.rewritten for r in rows if r.module.startswith("layers.0."))
+    assert any(r.rewritten for r in rows if r.module.startswith("layers.1."))
+
+
+def test_moe_config_validation():
+    with pytest.raises(ValueError, match="top_k"):
+        dataclasses.replace(get_config("tiny-moe"), top_k=9)

@@ -1,0 +1,221 @@
+"""The grouped-GEMM pass: rewrite ``aten._grouped_mm`` (mixture-of-experts layers) per the recipe.
+
+A grouped GEMM computes one product per expert over that expert's rows (``offs`` holds each expert's end
+row). In the joint graph of ``y = _grouped_mm(x, W, offs)`` (x: tokens x K, W: experts x K x N):
+
+- Fprop ``_grouped_mm(x, W, offs)``: blocks along K, which no expert boundary crosses;
+- Dgrad ``_grouped_mm(dY, W^T, offs)``: blocks along N, likewise;
+- Wgrad ``_grouped_mm(x^T, dY, offs)`` (experts x K x N): the reduction runs over each expert's tokens, so
+  blocks along the tokens would straddle experts whose boundaries only ``offs`` knows at run time; it is
+  kept in its original precision with that reason (per-expert padded quantization is not built).
+
+A rewritten grouped GEMM reads operands that the quantize kernel writes dequantized
+(``ufp4.quantize_dequantize``: ``code x block scale`` in the compute dtype, exactly the reference GEMM's
+operand), the same rotation on both along the reduction axis, and runs as ``_grouped_mm`` in that dtype
+with FP32 accumulation; tensor scales (two-level formats) multiply the FP32 product. This is the exact
+reference on every device (on GPUs with native 4-bit grouped MMA it leaves speed on the table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+import torch.fx as fx
+
+from ufp4_compile import ops
+from ufp4_compile.numerics.formats import OperandFormat, Rounding, ScaleFormat
+from ufp4_compile.passes.fx_utils import NodeBuilder, detect_fake_mode, module_name, transpose_source, value
+from ufp4_compile.passes.policy import SiteFacts, block_ranges, gemm_keep_reason, site_keep_reason
+from ufp4_compile.passes.report import MatmulRow
+from ufp4_compile.passes.seeds import philox_offset, rht_seed_for
+from ufp4_compile.recipes import Recipe, Role, SRSeedPolicy
+
+log = logging.getLogger("ufp4_compile.passes.rewrite_grouped_mm")
+aten = torch.ops.aten
+prims = torch.ops.prims
+SEED_HIGH = 1 << 62
+_COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
+WGRAD_REASON = ("Wgrad of a grouped GEMM: its blocks along the tokens would straddle experts whose "
+                "boundaries are known only at run time (offs); per-expert padded quantization is not built")
+
+
+@dataclasses.dataclass
+class _GroupedSite:
+    name: str
+    call_index: int
+    fprop: fx.Node
+    dgrad: fx.Node | None = None
+    wgrad: fx.Node | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name or '<root>'}#{self.call_index}"
+
+
+def _is_grouped(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target is aten._grouped_mm.default
+
+
+def _sites(graph: fx.Graph) -> list[_GroupedSite]:
+    sites, by_seq, calls = [], {}, {}
+    for node in graph.nodes:
+        if not _is_grouped(node):
+            continue
+        if node.meta.get("partitioner_tag") != "is_backward":
+            name = module_name(node)
+            site = _GroupedSite(name, calls.get(name, 0), node)
+            calls[name] = site.call_index + 1
+            sites.append(site)
+            by_seq[node.meta.get("seq_nr")] = site
+            continue
+        site = by_seq.get(node.meta.get("seq_nr"))
+        if site is None:
+            continue
+        if value(node).dim() == 3:
+            site.wgrad = node
+        else:
+            site.dgrad = node
+    return sites
+
+
+class _Rewriter:
+    def __init__(self, graph: fx.Graph, recipe: Recipe):
+        self.graph, self.recipe = graph, recipe
+        self.fake_mode = detect_fake_mode(graph)
+        self.is_joint = any(n.meta.get("partitioner_tag") == "is_backward" for n in graph.nodes)
+        self.seed_node: fx.Node | None = None
+
+    def seed(self, device) -> fx.Node:
+        """A 0-d int64 stochastic-rounding seed at the graph's start (per step, or the fixed one)."""
+        if self.seed_node is None:
+            first = next(n for n in self.graph.nodes if n.op != "placeholder")
+            builder = NodeBuilder(self.graph, self.fake_mode, first,
+                                  {"partitioner_tag": "is_forward"} if self.is_joint else {})
+            if self.recipe.sr_seed_policy is SRSeedPolicy.FIXED:
+                self.seed_node = builder.call(aten.scalar_tensor.default, self.recipe.sr_seed, dtype=torch.int64,
+                                              device=device)
+            else:
+                self.seed_node = builder.call(aten.randint.low, 0, SEED_HIGH, [], dtype=torch.int64, device=device)
+        return self.seed_node
+
+    def operand(self, builder: NodeBuilder, x: fx.Node, axis: int, fmt: OperandFormat, rht: int, rht_seed: int,
+                offset_key: tuple) -> tuple[fx.Node, fx.Node]:
+        seed, offset = None, 0
+        if fmt.rounding is Rounding.STOCHASTIC:
+            seed, offset = self.seed(value(x).device), philox_offset(*offset_key)
+        values, tensor_scale = builder.call_multi(ops.quantize_dequantize, x, axis, fmt.spec, rht, rht_seed, seed,
+                                                  offset, _COMPUTE[self.recipe.compute_dtype.value])
+        return values, tensor_scale
+
+    def product(self, builder: NodeBuilder, node: fx.Node, a, b, a_fmt: OperandFormat, b_fmt: OperandFormat):
+        offs = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
+        out_dtype = value(node).dtype
+        two_level = ScaleFormat.E4M3 in (a_fmt.scale, b_fmt.scale)
+        dtype = _COMPUTE[self.recipe.compute_dtype.value]
+        if not two_level and out_dtype == dtype:
+            return builder.call(aten._grouped_mm.default, a[0], b[0], offs)
+        out = builder.call(aten._grouped_mm.default, a[0], b[0], offs, out_dtype=torch.float32)
+        if two_level:
+            out = builder.call(aten.mul.Tensor, out, builder.call(aten.mul.Tensor, a[1], b[1]))
+        if out_dtype != torch.float32:
+            out = builder.call(prims.convert_element_type.default, out, out_dtype)
+        return out
+
+    def fprop(self, site: _GroupedSite) -> None:
+        node = site.fprop
+        x, w = node.args[:2]
+        gemm = self.recipe.gemm(Role.FPROP)
+        rht_seed = rht_seed_for(self.recipe, site.name) if gemm.rht else 0
+        builder = NodeBuilder(self.graph, self.fake_mode, node, node)
+        a = self.operand(builder, x, 1, gemm.a, gemm.rht, rht_seed, (site.key, Role.FPROP, "a"))
+        b = self.operand(builder, w, 1, gemm.b, gemm.rht, rht_seed, (site.key, Role.FPROP, "b"))
+        self._replace(node, self.product(builder, node, a, b, gemm.a, gemm.b))
+
+    def dgrad(self, site: _GroupedSite) -> None:
+        node = site.dgrad
+        dy, wt = node.args[:2]
+        w = transpose_source(wt)
+        gemm = self.recipe.gemm(Role.DGRAD)
+        rht_seed = rht_seed_for(self.recipe, site.name) if gemm.rht else 0
+        builder = NodeBuilder(self.graph, self.fake_mode, node, node)
+        a = self.operand(builder, dy, 1, gemm.a, gemm.rht, rht_seed, (site.key, Role.DGRAD, "a"))
+        values, tensor_scale = self.operand(builder, w, 2, gemm.b, gemm.rht, rht_seed, (site.key, Role.DGRAD, "b"))
+        b = (builder.call(aten.permute.default, values, [0, 2, 1]), tensor_scale)
+        self._replace(node, self.product(builder, node, a, b, gemm.a, gemm.b))
+
+    def _replace(self, node: fx.Node, out: fx.Node) -> None:
+        node.replace_all_uses_with(out)
+        self.graph.erase_node(node)
+
+
+def _facts(site: _GroupedSite) -> SiteFacts:
+    x, w = site.fprop.args[:2]
+    xv, wv = value(x), value(w)
+    note = None
+    if xv is None or wv is None or xv.dim() != 2 or wv.dim() != 3:
+        note = "grouped GEMM other than tokens x K by experts x K x N"
+    m = xv.shape[0] if xv is not None else None
+    k = xv.shape[1] if xv is not None else None
+    n = wv.shape[-1] if wv is not None else None
+    return SiteFacts(site.name, "_grouped_mm", value(site.fprop).dtype, None, m, k, n, note=note)
+
+
+def _role_reason(recipe: Recipe, role: Role, facts: SiteFacts, site: _GroupedSite) -> str | None:
+    if role is Role.WGRAD:
+        return WGRAD_REASON
+    gemm = recipe.gemm(role)
+    if gemm is not None and (gemm.b.block_2d or gemm.a.block_2d):
+        return "16x16 weight blocks of a stacked (experts x K x N) weight are not built; 1x16 blocks are"
+    if role is Role.DGRAD and transpose_source(site.dgrad.args[1]) is not site.fprop.args[1]:
+        return "Dgrad does not read the forward's expert weight transposed"
+    return gemm_keep_reason(role, recipe, facts.m, facts.k, facts.n, facts.dtype)
+
+
+def _row(graph_index: int, site: _GroupedSite, node: fx.Node, role: Role, facts: SiteFacts, recipe: Recipe,
+         reason: str | None) -> MatmulRow:
+    experts = value(site.fprop.args[1]).shape[0] if value(site.fprop.args[1]) is not None else None
+    rows, red, cols = {Role.FPROP: (facts.m, facts.k, facts.n), Role.DGRAD: (facts.m, facts.n, facts.k),
+                       Role.WGRAD: (facts.k, facts.m, facts.n)}[role]
+    shape = tuple(d if isinstance(d, int) or d is None else str(d) for d in (experts, rows, red, cols))
+    if reason:
+        return MatmulRow(graph_index, node.name, site.name, role.value, "_grouped_mm", shape, str(facts.dtype),
+                         "kept", reason)
+    gemm = recipe.gemm(role)
+    sr = [name for name, fmt in (("a", gemm.a), ("b", gemm.b)) if fmt.rounding is Rounding.STOCHASTIC]
+    return MatmulRow(graph_index, node.name, site.name, role.value, "_grouped_mm", shape, str(facts.dtype),
+                     "rewritten", a_fmt=gemm.a.spec, b_fmt=gemm.b.spec, rht=gemm.rht,
+                     rht_seed=rht_seed_for(recipe, site.name) if gemm.rht else None,
+                     sr=f"{'+'.join(sr)} (seed {recipe.sr_seed_policy.value})" if sr else None)
+
+
+def rewrite_grouped_mm(graph: fx.Graph, recipe: Recipe, *, graph_index: int = 0,
+                       dry_run: bool = False) -> list[MatmulRow]:
+    """Rewrite the grouped GEMMs of ``graph`` per ``recipe`` (Fprop and Dgrad); one row per grouped GEMM."""
+    sites = _sites(graph)
+    if not sites:
+        return []
+    blocks = block_ranges(site.name for site in sites)
+    rows, todo = [], []
+    for site in sites:
+        facts = _facts(site)
+        keep_site = site_keep_reason(facts, recipe.layers, blocks)
+        for role, node in ((Role.FPROP, site.fprop), (Role.DGRAD, site.dgrad), (Role.WGRAD, site.wgrad)):
+            if node is None:
+                continue
+            reason = keep_site or _role_reason(recipe, role, facts, site)
+            rows.append(_row(graph_index, site, node, role, facts, recipe, reason))
+            if reason is None:
+                todo.append((site, role))
+    for row in rows:
+        log.debug("graph %d %s %s %s %s: %s", graph_index, row.module or "(top)", row.role, row.node,
+                  row.shape_text(), row.detail())
+    if dry_run or not todo:
+        return rows
+    rewriter = _Rewriter(graph, recipe)
+    for site, role in todo:
+        getattr(rewriter, role.value)(site)
+    graph.eliminate_dead_code()
+    graph.lint()
+    return rows
