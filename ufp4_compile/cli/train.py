@@ -19,6 +19,8 @@ TRAIN_DEFAULTS = {
     "tiny": {"steps": 80, "batch_size": 8, "lr": 3e-3},
     "small": {"steps": 1000, "batch_size": 16, "lr": 1e-3},
     "bench": {"steps": 300, "batch_size": 8, "lr": 6e-4},
+    "tiny-moe": {"steps": 80, "batch_size": 8, "lr": 3e-3},
+    "small-moe": {"steps": 1000, "batch_size": 16, "lr": 1e-3},
 }
 DEFAULT_RECIPES = "bf16,ufp4"
 
@@ -27,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train a small GPT under several recipes; BF16-relative loss gap",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
-    g.add_argument("--preset", default="tiny", help="model preset: tiny (CPU), small (GPU), bench (default: tiny)")
+    g.add_argument("--preset", default="tiny", help="model preset: tiny (CPU), small (GPU), bench, and the mixture-of-experts tiny-moe (CPU) "
+                        "and small-moe (GPU) (default: tiny)")
     g.add_argument("--recipes", default=DEFAULT_RECIPES,
                    help=f"comma-separated recipe names; bf16 is always run (default: {DEFAULT_RECIPES})")
     g.add_argument("--seeds", default="0", help="comma-separated seeds; each recipe runs once per seed (default: 0)")
