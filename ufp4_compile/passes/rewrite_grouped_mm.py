@@ -5,21 +5,28 @@ row). In the joint graph of ``y = _grouped_mm(x, W, offs)`` (x: tokens x K, W: e
 
 - Fprop ``_grouped_mm(x, W, offs)``: blocks along K, which no expert boundary crosses;
 - Dgrad ``_grouped_mm(dY, W^T, offs)``: blocks along N, likewise;
-- Wgrad ``_grouped_mm(x^T, dY, offs)`` (experts x K x N): the reduction runs over each expert's tokens, so
-  blocks along the tokens would straddle experts whose boundaries only ``offs`` knows at run time; it is
-  kept in its original precision with that reason (per-expert padded quantization is not built).
+- Wgrad ``_grouped_mm(x^T, dY, offs)`` (experts x K x N): the reduction runs over each expert's tokens, and
+  blocks along the tokens must not straddle experts, whose boundaries only ``offs`` knows at run time. So x
+  and dY are first copied into a padded layout where each expert's rows start at a multiple of the block
+  and its last block is filled with zero rows (zeros change no amax, and add nothing to the product), of
+  static size ``T + E (block - 1)`` rounded up to the block; the padded operands are quantized along the
+  tokens and multiplied with the padded offsets. ("Each group's tokens padded to the block.")
 
 A rewritten grouped GEMM reads operands that the quantize kernel writes dequantized
 (``ufp4.quantize_dequantize``: ``code x block scale`` in the compute dtype, exactly the reference GEMM's
 operand), the same rotation on both along the reduction axis, and runs as ``_grouped_mm`` in that dtype
-with FP32 accumulation; tensor scales (two-level formats) multiply the FP32 product. This is the exact
-reference on every device (on GPUs with native 4-bit grouped MMA it leaves speed on the table).
+with FP32 accumulation. This is the exact reference on every device (on GPUs with native 4-bit grouped MMA
+it leaves speed on the table). Two-level (E4M3 x FP32 tensor) scales would need the FP32 product before the
+tensor scales, which torch's grouped GEMM does not write (bf16 out only): those recipes keep the grouped
+GEMMs in bf16, with that reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 
 import torch
 import torch.fx as fx
@@ -34,11 +41,29 @@ from ufp4_compile.recipes import Recipe, Role, SRSeedPolicy
 
 log = logging.getLogger("ufp4_compile.passes.rewrite_grouped_mm")
 aten = torch.ops.aten
-prims = torch.ops.prims
 SEED_HIGH = 1 << 62
 _COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
-WGRAD_REASON = ("Wgrad of a grouped GEMM: its blocks along the tokens would straddle experts whose "
-                "boundaries are known only at run time (offs); per-expert padded quantization is not built")
+_PADDED_TOKENS = 1024  # stands for a padded token count in policy checks: a multiple of every block and RHT size
+
+
+
+def pad_groups(x: torch.Tensor, dy: torch.Tensor, offs: torch.Tensor, block: int):
+    """``x`` and ``dy`` (tokens sorted by expert, ``offs`` each expert's end row) with every expert's rows
+    moved to start at a multiple of ``block`` and zero rows after them; the padded offsets (int32). Rows past
+    ``offs[-1]`` (which a grouped GEMM ignores) become zeros outside every group. Static shapes only."""
+    tokens, experts = x.shape[0], offs.shape[0]
+    ends = offs.to(torch.int64)
+    counts = ends - torch.cat([ends.new_zeros(1), ends[:-1]])
+    padded_ends = ((counts + block - 1) // block * block).cumsum(0)
+    shift = (padded_ends - (counts + block - 1) // block * block) - (ends - counts)  # padded start - start
+    rows = torch.arange(tokens, device=x.device)
+    expert = torch.searchsorted(ends, rows, right=True).clamp(max=experts - 1)
+    position = rows + shift[expert]
+    valid = (rows < ends[-1])[:, None]
+    size = -(-(tokens + experts * (block - 1)) // block) * block
+    x_pad = x.new_zeros(size, x.shape[1]).index_copy(0, position, torch.where(valid, x, 0))
+    dy_pad = dy.new_zeros(size, dy.shape[1]).index_copy(0, position, torch.where(valid, dy, 0))
+    return x_pad, dy_pad, padded_ends.to(torch.int32)
 
 
 @dataclasses.dataclass
@@ -109,19 +134,12 @@ class _Rewriter:
                                                   offset, _COMPUTE[self.recipe.compute_dtype.value])
         return values, tensor_scale
 
-    def product(self, builder: NodeBuilder, node: fx.Node, a, b, a_fmt: OperandFormat, b_fmt: OperandFormat):
-        offs = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
-        out_dtype = value(node).dtype
-        two_level = ScaleFormat.E4M3 in (a_fmt.scale, b_fmt.scale)
-        dtype = _COMPUTE[self.recipe.compute_dtype.value]
-        if not two_level and out_dtype == dtype:
-            return builder.call(aten._grouped_mm.default, a[0], b[0], offs)
-        out = builder.call(aten._grouped_mm.default, a[0], b[0], offs, out_dtype=torch.float32)
-        if two_level:
-            out = builder.call(aten.mul.Tensor, out, builder.call(aten.mul.Tensor, a[1], b[1]))
-        if out_dtype != torch.float32:
-            out = builder.call(prims.convert_element_type.default, out, out_dtype)
-        return out
+    def product(self, builder: NodeBuilder, node: fx.Node, a, b, offs: fx.Node | None = None):
+        """The grouped GEMM of the dequantized operands: bf16 in, FP32 accumulation, bf16 out (what the
+        reference computes for one-level scales; two-level formats are kept, see :func:`_role_reason`)."""
+        if offs is None:
+            offs = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
+        return builder.call(aten._grouped_mm.default, a[0], b[0], offs)
 
     def fprop(self, site: _GroupedSite) -> None:
         node = site.fprop
@@ -131,7 +149,7 @@ class _Rewriter:
         builder = NodeBuilder(self.graph, self.fake_mode, node, node)
         a = self.operand(builder, x, 1, gemm.a, gemm.rht, rht_seed, (site.key, Role.FPROP, "a"))
         b = self.operand(builder, w, 1, gemm.b, gemm.rht, rht_seed, (site.key, Role.FPROP, "b"))
-        self._replace(node, self.product(builder, node, a, b, gemm.a, gemm.b))
+        self._replace(node, self.product(builder, node, a, b))
 
     def dgrad(self, site: _GroupedSite) -> None:
         node = site.dgrad
@@ -143,7 +161,23 @@ class _Rewriter:
         a = self.operand(builder, dy, 1, gemm.a, gemm.rht, rht_seed, (site.key, Role.DGRAD, "a"))
         values, tensor_scale = self.operand(builder, w, 2, gemm.b, gemm.rht, rht_seed, (site.key, Role.DGRAD, "b"))
         b = (builder.call(aten.permute.default, values, [0, 2, 1]), tensor_scale)
-        self._replace(node, self.product(builder, node, a, b, gemm.a, gemm.b))
+        self._replace(node, self.product(builder, node, a, b))
+
+    def wgrad(self, site: _GroupedSite) -> None:
+        node = site.wgrad
+        xt, dy, offs = node.args[0], node.args[1], node.args[2] if len(node.args) > 2 else node.kwargs["offs"]
+        gemm = self.recipe.gemm(Role.WGRAD)
+        rht_seed = rht_seed_for(self.recipe, site.name) if gemm.rht else 0
+        block = math.lcm(gemm.a.block, gemm.b.block, gemm.rht or 1)
+        builder = NodeBuilder(self.graph, self.fake_mode, node, node)
+        x_pad, dy_pad, padded_offs = builder.inline(functools.partial(pad_groups, block=block),
+                                                    transpose_source(xt), dy, offs)
+        a = self.operand(builder, dy_pad, 0, gemm.a, gemm.rht, rht_seed, (site.key, Role.WGRAD, "a"))
+        values, tensor_scale = self.operand(builder, x_pad, 0, gemm.b, gemm.rht, rht_seed, (site.key, Role.WGRAD, "b"))
+        # dW[e] = x_e^T dY_e: x (tokens x K) transposed is the first operand, dY the second.
+        b = (builder.call(aten.permute.default, values, [1, 0]), tensor_scale)
+        out = self.product(builder, node, b, a, offs=padded_offs)
+        self._replace(node, out)
 
     def _replace(self, node: fx.Node, out: fx.Node) -> None:
         node.replace_all_uses_with(out)
@@ -163,9 +197,18 @@ def _facts(site: _GroupedSite) -> SiteFacts:
 
 
 def _role_reason(recipe: Recipe, role: Role, facts: SiteFacts, site: _GroupedSite) -> str | None:
-    if role is Role.WGRAD:
-        return WGRAD_REASON
     gemm = recipe.gemm(role)
+    if gemm is not None and ScaleFormat.E4M3 in (gemm.a.scale, gemm.b.scale):
+        return ("two-level (E4M3 x FP32 tensor) scales need an FP32 grouped product; torch's grouped GEMM "
+                "writes bf16 only")
+    if gemm is not None and (recipe.compute_dtype.value != "bf16" or facts.dtype != torch.bfloat16):
+        return "torch's grouped GEMM takes bf16 only"
+    if role is Role.WGRAD and gemm is not None:
+        source = transpose_source(site.wgrad.args[0])
+        if source is None or value(source) is None or value(source).dim() != 2:
+            return "Wgrad's first operand is not a transposed (tokens x K) matrix"
+        # The padded token axis is whole blocks whatever the token count: check the rest of the recipe.
+        return gemm_keep_reason(role, recipe, _PADDED_TOKENS, facts.k, facts.n, facts.dtype)
     if gemm is not None and (gemm.b.block_2d or gemm.a.block_2d):
         return "16x16 weight blocks of a stacked (experts x K x N) weight are not built; 1x16 blocks are"
     if role is Role.DGRAD and transpose_source(site.dgrad.args[1]) is not site.fprop.args[1]:
