@@ -15,6 +15,7 @@ over the ``qdq`` row of the same recipe and mode.
     python benchmarks/train_step.py --recipes bf16,ufp4,nvfp4      # a subset
     python benchmarks/train_step.py --tiny                          # CPU smoke run of the machinery
     python benchmarks/train_step.py --profile 3                     # plus a kernel-time breakdown per variant
+    python benchmarks/train_step.py --model moe                     # the MoE variant of the same GPT
 
 Writes train_step_<device>.json and .md under --out (default benchmarks/results/). With ``--profile N``, N more
 steps per variant run under ``torch.profiler`` after the timed ones; their device time is summed per kernel and
@@ -68,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help="timed steps")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"), help="output directory")
     p.add_argument("--tiny", action="store_true", help="CPU smoke mode: the tiny model, fp32, 2 timed steps")
+    p.add_argument("--model", choices=("gpt", "moe"), default="gpt",
+                   help="gpt: the issue-6 GPT (default); moe: the same with 8 routed experts (top-2) and a shared "
+                        "expert per block, experts as grouped GEMMs (docs/moe.md)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after the timed steps, profile N more steps and break their kernel time down by category")
     p.add_argument("--compile-cache", action="store_true",
@@ -337,17 +341,18 @@ def metadata(args, config, device) -> dict:
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "git": git,
             "model": dataclasses.asdict(config), "batch_size": args.batch_size, "warmup": args.warmup,
             "iters": args.iters, "precision": "bf16 autocast, fused AdamW" if device.type == "cuda" else "fp32",
-            "tiny": args.tiny, "profile_steps": args.profile, "compile_cache": args.compile_cache, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
+            "tiny": args.tiny, "model_kind": args.model, "profile_steps": args.profile, "compile_cache": args.compile_cache, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device("cpu" if args.tiny else "cuda")
-    config = get_config("tiny", seq_len=64) if args.tiny else get_config("bench")
+    moe = dict(n_experts=8, top_k=2) if args.model == "moe" else {}
+    config = get_config("tiny", seq_len=64, **moe) if args.tiny else get_config("bench", **moe)
     meta = metadata(args, config, device)
     from torch._inductor import config as inductor_config
 
-    slug = device_slug(meta["device"]) + ("-tiny" if args.tiny else "")
+    slug = device_slug(meta["device"]) + ("-moe" if args.model == "moe" else "") + ("-tiny" if args.tiny else "")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
