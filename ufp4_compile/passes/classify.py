@@ -27,6 +27,22 @@ from ufp4_compile.recipes import Role
 
 log = logging.getLogger("ufp4_compile.passes.classify")
 aten = torch.ops.aten
+# Matrix products the rewrite does not handle: each still gets a report row, kept with this reason. (With
+# Inductor's decompositions a matrix-vector product, ``x @ v`` or ``addmv``, becomes a multiply and a sum:
+# no matmul is left to report.)
+OTHER_MATMULS = {
+    aten.baddbmm.default: "baddbmm",
+    aten.addbmm.default: "addbmm",
+    aten._trilinear.default: "bilinear form (aten._trilinear, nn.Bilinear)",
+    aten.dot.default: "dot product",
+    aten.vdot.default: "dot product",
+}
+
+
+def _other_matmul(node: fx.Node) -> str | None:
+    if node.op != "call_function" or node.target not in OTHER_MATMULS:
+        return None
+    return f"{OTHER_MATMULS[node.target]} is not rewritten (only mm, addmm and bmm are)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +183,19 @@ def classify(graph: fx.Graph) -> Classification:
     orphans: list[Gemm] = []
     calls: dict[str, int] = {}
     for node in graph.nodes:
+        other = _other_matmul(node)
+        if other is not None:
+            if not _is_backward(node):
+                name = module_name(node)
+                site = Site(name, calls.get(name, 0), Gemm(node, Role.FPROP, note=other))
+                calls[name] = site.call_index + 1
+                sites.append(site)
+                if isinstance(node.meta.get("seq_nr"), int) and node.meta["seq_nr"] >= 0:
+                    by_seq[node.meta["seq_nr"]] = site
+            else:
+                linked = by_seq.get(node.meta.get("seq_nr"))
+                orphans.append(Gemm(node, None, note=linked.fprop.note if linked else other))
+            continue
         if not is_matmul(node):
             continue
         if not _is_backward(node):

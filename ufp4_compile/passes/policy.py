@@ -60,8 +60,12 @@ def block_ranges(names) -> dict[str, int]:
 
 
 def head_by_name(name: str) -> str | None:
+    """The head by its name, outside numbered blocks: ``layers.3.output`` (BERT's per-block output
+    projection) is a block's layer, not the model's head."""
     last = name.rsplit(".", 1)[-1]
-    return f"output head: module name {last!r}" if last in HEAD_NAMES else None
+    if last not in HEAD_NAMES or block_of(name) is not None:
+        return None
+    return f"output head: module name {last!r}"
 
 
 def router_reason(name: str, k: int, n: int, keep_routers: int) -> str | None:
@@ -74,7 +78,10 @@ def router_reason(name: str, k: int, n: int, keep_routers: int) -> str | None:
 
 
 def _static(*dims) -> bool:
-    return all(isinstance(d, int) for d in dims if d is not None)
+    """Every dim a known integer: an int, or a SymInt whose expression is a number (under ``dynamic=True``
+    a size the guards fixed, e.g. a weight's in-features, is such a SymInt)."""
+    return all(isinstance(d, int) or (isinstance(d, torch.SymInt) and d.node.expr.is_number)
+               for d in dims if d is not None)
 
 
 def site_keep_reason(facts: SiteFacts, layers: LayerPolicy, blocks: dict[str, int]) -> str | None:
@@ -82,7 +89,8 @@ def site_keep_reason(facts: SiteFacts, layers: LayerPolicy, blocks: dict[str, in
     if facts.note:
         return facts.note
     if facts.dtype not in QUANTIZABLE_DTYPES:
-        kind = "floating point" if facts.dtype.is_floating_point else "integer"
+        kind = ("floating point" if facts.dtype.is_floating_point else
+                "complex" if facts.dtype.is_complex else "integer")
         return f"{kind} dtype {facts.dtype} is not quantized (only float32, bfloat16, float16)"
     if not _static(facts.batch, facts.k, facts.n):
         return (f"dynamic shape (K={facts.k}, N={facts.n}): only a dynamic token count M is supported; "
