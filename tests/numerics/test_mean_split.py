@@ -3,13 +3,17 @@ import torch
 
 from ufp4_compile.numerics import dequantize, gemm_reference, mean_correction, mean_split, quantize
 
+FMT = "int4/16/fp32/nearest"
 
-def test_split_reconstructs_and_residual_has_zero_mean():
+
+def test_split_reconstructs_and_residual_has_zero_median():
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0)) + torch.linspace(-3, 3, 32)
     mu, r = mean_split(x.bfloat16())
     assert mu.shape == (1, 32) and mu.dtype == torch.float32 and r.dtype == torch.float32
     torch.testing.assert_close(mu + r, x.bfloat16().float())
-    torch.testing.assert_close(r.mean(0), torch.zeros(32), rtol=0, atol=1e-6)
+    # mu is an element of each channel (the lower median), so its residual is exactly zero there.
+    assert ((r == 0).sum(0) >= 1).all()
+    torch.testing.assert_close(mu, x.bfloat16().float().median(0, keepdim=True).values, rtol=0, atol=0)
 
 
 def test_rank_one_term_restores_the_product():
@@ -18,19 +22,78 @@ def test_rank_one_term_restores_the_product():
     w = torch.randn(48, 64, generator=gen)
     mu, r = mean_split(x)
     exact = x.double() @ w.double().t()
-    fmt = "int4/16/fp32/nearest"
-    qw = quantize(w, 1, fmt, rht=16)
-    split = gemm_reference(quantize(r, 1, fmt, rht=16), qw, torch.float32) + mean_correction(mu, w)
-    plain = gemm_reference(quantize(x, 1, fmt, rht=16), qw, torch.float32)
+    qw = quantize(w, 1, FMT, rht=16)
+    split = gemm_reference(quantize(r, 1, FMT, rht=16), qw, torch.float32) + mean_correction(mu, w)
+    plain = gemm_reference(quantize(x, 1, FMT, rht=16), qw, torch.float32)
     err_split = (split.double() - exact).norm() / exact.norm()
     err_plain = (plain.double() - exact).norm() / exact.norm()
-    assert err_split < err_plain  # the split removes the mean from what is quantized
+    assert err_split < err_plain  # the split removes the channel offsets from what is quantized
     torch.testing.assert_close((mu.double() @ w.double().t()).expand(128, -1),
                                (x.double() - r.double()) @ w.double().t(), rtol=1e-5, atol=1e-4)
+
+
+def _split_gemm(x, w):
+    """The ufp4-mean Fprop: Q(residual) Q(w) + Q(mu) Q(w) (FP4 mean), as the pass builds it."""
+    mu, r = mean_split(x)
+    qw = quantize(w, 1, FMT, rht=16)
+    return gemm_reference(quantize(r, 1, FMT, rht=16), qw) + gemm_reference(quantize(mu, 1, FMT, rht=16), qw)
+
+
+@pytest.mark.parametrize("factor", [1e3, 1e4])
+def test_one_outlier_token_leaves_the_others_alone(factor):
+    gen = torch.Generator().manual_seed(2)
+    x, w = torch.randn(64, 32, generator=gen), torch.randn(16, 32, generator=gen)
+    x[5] *= factor
+    others = torch.arange(64) != 5
+    exact = (x.double() @ w.double().t())[others]
+    plain = gemm_reference(quantize(x, 1, FMT, rht=16), quantize(w, 1, FMT, rht=16)).double()[others]
+    split = _split_gemm(x, w).double()[others]
+    err_plain = ((plain - exact).norm(dim=1) / exact.norm(dim=1)).mean()
+    err_split = ((split - exact).norm(dim=1) / exact.norm(dim=1)).mean()
+    # A mean over all tokens gave 1.21 at x1000 (ufp4: 0.12) and 21% exact zeros at x1e4.
+    assert err_split < 2 * err_plain
+    assert (split != 0).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), float("inf")])
+def test_a_non_finite_token_stays_in_its_rows(bad):
+    gen = torch.Generator().manual_seed(3)
+    x, w = torch.randn(64, 32, generator=gen), torch.randn(16, 32, generator=gen)
+    x[7, 3] = bad
+    mu, r = mean_split(x)
+    assert torch.isfinite(mu).all()
+    out = _split_gemm(x, w)
+    others = torch.arange(64) != 7
+    assert torch.isfinite(out[others]).all()
+    assert not torch.isfinite(out[7]).any()  # the non-finite block, as without the split
+
+
+def test_channels_without_finite_values_and_empty_batches():
+    x = torch.randn(4, 3)
+    x[:, 1] = float("nan")
+    x[:, 2] = torch.tensor([float("inf"), float("-inf"), float("inf"), 1.5])
+    mu, _ = mean_split(x)
+    assert mu[0, 1].item() == 0.0 and mu[0, 2].item() == 1.5
+    mu, r = mean_split(torch.zeros(0, 5, dtype=torch.bfloat16))
+    assert torch.equal(mu, torch.zeros(1, 5)) and r.shape == (0, 5) and r.dtype == torch.float32
+
+
+def test_traces_into_a_graph_of_plain_ops():
+    """The rewrite pass inlines the split with make_fx over fake tensors: no data-dependent control flow."""
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x = torch.randn(16, 8).bfloat16()
+    x[2, 1] = float("nan")
+    with FakeTensorMode() as mode:
+        gm = make_fx(mean_split, decomposition_table=select_decomp_table())(mode.from_tensor(x))
+    for got, want in zip(gm(x), mean_split(x)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match="x.dtype=torch.int64"):
         mean_split(torch.arange(4).view(2, 2))
-    with pytest.raises(ValueError, match="at least one token"):
-        mean_split(torch.zeros(0, 4))
+    with pytest.raises(ValueError, match="token dimension"):
+        mean_split(torch.tensor(1.0))

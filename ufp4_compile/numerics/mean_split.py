@@ -1,4 +1,16 @@
-"""Mean-residual split (Averis, arXiv 2603.10444): quantize ``x - 1 mu^T`` and add ``1 (mu W^T)`` back."""
+"""Mean-residual split (Averis, arXiv 2603.10444): quantize ``x - 1 mu^T`` and add ``1 (mu W^T)`` back.
+
+``mu`` is the per-channel *median* of the finite values over tokens, not Averis's mean (docs/numerics.md):
+any ``mu`` keeps ``x W^T = (x - 1 mu^T) W^T + 1 (mu W^T)`` exact, and the median
+
+- is robust: one outlier token (x1000) moves a mean, hence every other token's residual and its block
+  scales, while a median moves by at most one rank;
+- ignores NaN and +-Inf, which a mean spreads to every token (a NaN token stays NaN in its own rows only);
+- is an element of ``x``, so eager code, Inductor and every device give the same bits (a mean's sum
+  depends on the reduction order).
+
+Plain traceable torch ops (the rewrite pass inlines this into the graph): no data-dependent control flow.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +18,20 @@ import torch
 
 
 def mean_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mu, residual)``: ``mu = x.float().mean(dim=0, keepdim=True)`` (per channel, over tokens) and
-    ``residual = x.float() - mu``, both FP32."""
+    """``(mu, residual)``, both FP32: ``mu`` (shape ``(1, ...)``) is, per channel, the median over tokens
+    (dim 0) of the finite values (the lower one of the two middle values for an even count; 0 where a
+    channel has no finite value or there are no tokens), and ``residual = x.float() - mu``."""
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x.dtype={got} is not valid; valid values: a floating-point dtype")
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"mean_split needs at least one token along dim 0, got shape {tuple(x.shape)}")
+    if x.ndim < 1:
+        raise ValueError("mean_split needs a token dimension (dim 0), got a 0-d tensor")
     xf = x.float()
-    mu = xf.mean(dim=0, keepdim=True)
+    if x.shape[0] == 0:  # a shape, not data: no tokens (an MoE expert that received none)
+        return xf.new_zeros((1, *xf.shape[1:])), xf
+    finite_or_nan = torch.where(torch.isfinite(xf), xf, float("nan"))
+    median = finite_or_nan.nanmedian(dim=0, keepdim=True).values
+    mu = torch.where(torch.isfinite(median), median, 0.0)
     return mu, xf - mu
 
 
