@@ -39,3 +39,28 @@ def test_bad_scales_shape_is_a_value_error():
     q = quantize(torch.randn(16, 32).to(DEVICE), 1, "int4/16/fp32/nearest")
     with pytest.raises(ValueError, match="scales has shape"):
         kernels_dequantize.dequantize(q.codes, q.scales[:, :1], q.tensor_scale, 1, q.fmt)
+
+
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "e2m1/16/e4m3/nearest", "e2m1/32/e8m0/nearest"])
+@pytest.mark.parametrize("shape, axis", [((5, 20), 1), ((37, 6), 0), ((2, 7, 3), 1)])
+def test_partial_blocks_and_length(spec, shape, axis):
+    """Codes of a partial last block cover the whole block; ``length`` crops the padding."""
+    x = torch.randn(shape).to(DEVICE)
+    q = quantize(x, axis, spec)
+    whole = kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, axis, spec)
+    assert whole.shape[axis] == q.codes.shape[axis] * 2
+    out = kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, axis, spec, length=shape[axis])
+    assert out.shape == x.shape and out.is_contiguous()
+    torch.testing.assert_close(out, dequantize_reference(q), rtol=0, atol=0)
+    torch.testing.assert_close(whole.narrow(axis, 0, shape[axis]), out, rtol=0, atol=0)
+    for bad in (whole.shape[axis] + 1, whole.shape[axis] - q.fmt.block):  # not in the last block
+        with pytest.raises(ValueError, match=f"length={bad} is not valid"):
+            kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, axis, spec, length=bad)
+
+
+def test_empty_and_bad_axis():
+    q = quantize(torch.zeros(0, 32).to(DEVICE), 1, "int4/16/fp32/nearest")
+    assert kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, 1, q.fmt).shape == (0, 32)
+    q = quantize(torch.randn(4, 32).to(DEVICE), 1, "int4/16/fp32/nearest")
+    with pytest.raises(ValueError, match="axis=7 is not valid"):
+        kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, 7, q.fmt)

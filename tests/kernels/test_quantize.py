@@ -95,6 +95,7 @@ def test_special_blocks(spec):
     x[6, :] = torch.arange(4 * block) * 0.25 - 8.0  # exact ties for both grids
     x[7, :block] = -0.0
     assert_same(x.to(DEVICE), 1, spec)
+    assert_same(x.to(DEVICE), 1, spec, rht=block)
     finite = x.clone()
     finite[1:3] = 1.0  # a finite tensor: E4M3 tensor scale from a finite amax
     assert_same(finite.to(DEVICE), 1, spec)
@@ -120,8 +121,6 @@ def test_strided_input_and_large_counters():
 
 def test_bad_input_is_a_value_error():
     x = torch.randn(16, 24, device=DEVICE)
-    with pytest.raises(ValueError, match="multiple of the block"):
-        kernels_quantize.quantize(x, 1, "int4/16/fp32/nearest")
     with pytest.raises(ValueError, match="seed is required"):
         kernels_quantize.quantize(x, 0, "int4/16/fp32/stochastic")
     with pytest.raises(ValueError, match="x.dtype"):
@@ -151,3 +150,39 @@ def test_launch_plans_follow_strides_and_formats():
             for axis in (0, 1):
                 for spec in ("int4/16/fp32/nearest", "e2m1/16/e4m3/nearest", "int4/16/fp32/stochastic"):
                     assert_same(t, axis, spec, rht=16)
+
+
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("e2m1/16/e4m3/stochastic", 64),
+                                       ("e2m1/32/e8m0/nearest", 16), ("int4/16/e4m3/nearest", 32)])
+@pytest.mark.parametrize("shape, axis", [((5, 20), 1), ((3, 45), -1), ((37, 6), 0), ((2, 7, 3), 1), ((3, 1), 1)])
+def test_partial_blocks(spec, rht, shape, axis):
+    """An axis length that is not a multiple of the block (a symbolic token count in Wgrad): the last block
+    is padded with zeros and a trailing partial RHT group is left unrotated, exactly as in the reference."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape) * 100 + shape[axis])) * 3
+    for r in (0, rht):
+        assert_same(x.to(DEVICE), axis, spec, r)
+
+
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "e2m1/16/e4m3/stochastic", "e2m1/32/e8m0/nearest"])
+@pytest.mark.parametrize("shape, axis", [((0, 32), 1), ((0, 32), 0), ((4, 0), 1), ((2, 0, 16), 2)])
+def test_empty_tensors(spec, shape, axis):
+    assert_same(torch.zeros(shape, device=DEVICE), axis, spec, 16)
+
+
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "int4/16/e4m3/nearest", "e2m1/16/e4m3/stochastic",
+                                  "e2m1/32/e8m0/nearest", "int4/32/e8m0/stochastic"])
+def test_values_near_the_fp32_limit(spec):
+    """Big RHT groups (through 2**-64, saturating), E8M0's top exponent (levels above 3 clamped), E4M3's
+    finite global amax beside non-finite blocks: the same bits as the reference."""
+    fmax = torch.finfo(torch.float32).max
+    x = torch.randn(8, 64)
+    x[0] = 1e38
+    x[1] = -3e38
+    x[2] = torch.linspace(-1, 1, 64) * fmax
+    x[3, ::2], x[3, 1::2] = fmax, -fmax
+    x[4] *= 2.0**70
+    x[5, 3] = float("inf")
+    x[6, 40] = float("nan")
+    x[7, :16] = 1e-40
+    for rht in (0, 16, 64):
+        assert_same(x.to(DEVICE), 1, spec, rht)

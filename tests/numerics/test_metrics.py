@@ -30,6 +30,15 @@ def test_alpha_and_sqnr_definitions():
     assert sqnr_db(x, x) == math.inf
 
 
+def test_sqnr_of_degenerate_reconstructions_is_a_number_not_an_error():
+    """A reconstruction that overflowed (an Inf where x is finite) or a zero signal: -inf dB, no math
+    domain error (``ufp4 analyze`` on a tensor of -3e38 crashed there)."""
+    x = torch.tensor([-3e38, -3e38])
+    assert sqnr_db(x, torch.tensor([float("-inf"), -3e38])) == -math.inf
+    assert sqnr_db(torch.zeros(2), torch.ones(2)) == -math.inf
+    assert math.isnan(sqnr_db(x, torch.tensor([float("nan"), 0.0])))
+
+
 def test_effective_bucket_ratio_extremes():
     all_values = torch.tensor([i & 0xF for i in range(-7, 8)])  # the 15 INT4 codes once each
     assert effective_bucket_ratio(all_values, Grid.INT4) == pytest.approx(1.0)

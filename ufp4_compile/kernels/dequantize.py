@@ -15,7 +15,7 @@ import triton.language as tl
 
 from ufp4_compile.kernels.common import decode_nibbles, decode_scales, format_constants
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
-from ufp4_compile.numerics.quantize import as_format
+from ufp4_compile.numerics.quantize import as_format, padded_length
 
 
 @triton.jit
@@ -79,13 +79,18 @@ def launch_plan(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bo
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, axis: int,
                fmt: OperandFormat | str, dtype: torch.dtype = torch.float32, *,
-               apply_tensor_scale: bool = True) -> torch.Tensor:
-    """Values of packed ``codes`` quantized along ``axis`` (a contiguous tensor in the original shape)."""
+               apply_tensor_scale: bool = True, length: int | None = None) -> torch.Tensor:
+    """Values of packed ``codes`` quantized along ``axis`` (a contiguous tensor in the original shape).
+
+    Codes cover whole blocks; ``length`` (the quantized tensor's length along ``axis``, when it is not a
+    multiple of the block) crops the padding. Without it the result has ``2 * codes.shape[axis]`` elements.
+    """
     fmt = as_format(fmt)
     if codes.dtype != torch.uint8:
         raise ValueError(f"codes.dtype={codes.dtype} is not valid; valid values: torch.uint8")
-    if codes.ndim == 0 or not -codes.ndim <= axis < codes.ndim:
-        raise ValueError(f"axis={axis!r} is not valid for {codes.ndim}-d codes")
+    if isinstance(axis, bool) or not isinstance(axis, int) or codes.ndim == 0 or not -codes.ndim <= axis < codes.ndim:
+        raise ValueError(f"axis={axis!r} is not valid for {codes.ndim}-d codes; valid values: "
+                         f"{-codes.ndim}..{codes.ndim - 1}")
     axis %= codes.ndim
     shape = list(codes.shape)
     shape[axis] *= 2
@@ -94,13 +99,18 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Te
     if list(scales.shape) != expected or shape[axis] % fmt.block:
         raise ValueError(f"scales has shape {tuple(scales.shape)}, expected {tuple(expected)} for codes "
                          f"{tuple(codes.shape)} along axis {axis} with block {fmt.block}")
+    if length is not None and not (0 <= length <= shape[axis] and padded_length(length, fmt.block) == shape[axis]):
+        raise ValueError(f"length={length!r} is not valid for codes of {shape[axis]} elements along axis {axis}; "
+                         f"valid values: {max(shape[axis] - fmt.block + 1, 0)}..{shape[axis]}")
     out = torch.empty(shape, dtype=dtype, device=codes.device)
-    if out.numel() == 0:
-        return out
-    c3, rowwise = _view3(codes, axis)
-    s3, _ = _view3(scales, axis)
-    grid, args, kwargs = launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt, apply_tensor_scale)
-    _dequantize_kernel[grid](c3, s3, tensor_scale, out, *args, **kwargs)
+    if out.numel() != 0:
+        c3, rowwise = _view3(codes, axis)
+        s3, _ = _view3(scales, axis)
+        grid, args, kwargs = launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt,
+                                         apply_tensor_scale)
+        _dequantize_kernel[grid](c3, s3, tensor_scale, out, *args, **kwargs)
+    if length is not None and length != shape[axis]:
+        out = out.narrow(axis, 0, length).contiguous()
     return out
 
 

@@ -15,7 +15,12 @@ One kernel writes any of the two results a quantization has consumers for:
   bf16 GEMM consumes on GPUs without 4-bit tensor cores (the tensor scale stays out, for the epilogue).
 
 E4M3 two-level scales need the amax of the whole (rotated) tensor first: :func:`_amax_kernel`, one extra
-read, computes it with an integer atomic max.
+read, computes it with an integer atomic max (over the finite values only).
+
+An axis length ``L`` that is not a multiple of ``U`` (a token count in Wgrad) launches ``ceil(L / U)`` tiles
+with the constexpr ``PARTIAL``: the last tile loads zeros past ``L``, leaves a trailing partial RHT group
+unrotated, and masks its stores (codes and scales cover whole blocks, values stop at ``L``). Without it the
+kernel is the same code as before: no masks along ``l``.
 
 Every formula is the reference's (``ufp4_compile.numerics``), bit for bit, whatever the compiler does:
 products that feed an addition are exact (the Hadamard signs, powers of two), so FMA contraction cannot
@@ -35,15 +40,20 @@ import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import abs_bits, decode_nibbles, e4m3_round, format_constants, is_finite, pow2
+from ufp4_compile.numerics import hadamard as _ref_hadamard
 from ufp4_compile.numerics import scales as _ref_scales
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.hadamard import inv_sqrt
-from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
+from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs, padded_length
 
 _E4M3_MAX = tl.constexpr(_ref_scales.E4M3_MAX)
 _FP32_MAX = tl.constexpr(_ref_scales.FP32_MAX)
 _TINY = tl.constexpr(_ref_scales.TINY_SCALE)
 _LIFT = tl.constexpr(_ref_scales.TINY_SCALE_LIFT)
+# numerics.hadamard: a group whose amax reaches 2**64 is rotated through 2**-64 (FP32 bits of 2**64 below).
+_BIG_GROUP_BITS = tl.constexpr(0x5F800000)
+_BIG_DOWN = tl.constexpr(1.0 / _ref_hadamard.BIG_GROUP)
+_BIG_UP = tl.constexpr(_ref_hadamard.BIG_GROUP)
 
 _OUT_SCALE_DTYPES = (torch.float32, torch.uint8, torch.uint8)  # FP32, E4M3 (stored bytes), E8M0
 _RESULT_SCALE_DTYPES = (torch.float32, torch.float8_e4m3fn, torch.uint8)
@@ -122,7 +132,16 @@ def _join_chunks(c0, c1, c2, c3, U: tl.constexpr, B: tl.constexpr):
 
 
 @triton.jit
-def _store_chunks(ptr, v, l0, o0, O, L, U: tl.constexpr, B: tl.constexpr):
+def _chunk_mask(o, O, l, L, PARTIAL: tl.constexpr):
+    """Rows in range, and (``PARTIAL``: L is not a multiple of the tile) elements before ``L``."""
+    mask = o < O
+    if PARTIAL:
+        mask = mask & (l < L)
+    return mask
+
+
+@triton.jit
+def _store_chunks(ptr, v, l0, o0, O, L, U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr):
     """Row-wise store of the ``(U, B)`` tile ``v`` into a contiguous ``(O, L)`` tensor, chunk by chunk
     (the inverse of :func:`_join_chunks`)."""
     o = o0 + tl.arange(0, B)[:, None]
@@ -130,16 +149,16 @@ def _store_chunks(ptr, v, l0, o0, O, L, U: tl.constexpr, B: tl.constexpr):
     base = ptr + o.to(tl.int64) * L + l0 + e
     if U == 16:
         c0, c1 = tl.split(tl.permute(tl.reshape(v, (2, 8, B)), (2, 1, 0)))
-        tl.store(base, c0, mask=o < O)
-        tl.store(base + 8, c1, mask=o < O)
+        tl.store(base, c0, mask=_chunk_mask(o, O, l0 + e, L, PARTIAL))
+        tl.store(base + 8, c1, mask=_chunk_mask(o, O, l0 + 8 + e, L, PARTIAL))
     else:
         even, odd = tl.split(tl.permute(tl.reshape(v, (2, 2, 8, B)), (3, 2, 0, 1)))
         c0, c2 = tl.split(even)
         c1, c3 = tl.split(odd)
-        tl.store(base, c0, mask=o < O)
-        tl.store(base + 8, c1, mask=o < O)
-        tl.store(base + 16, c2, mask=o < O)
-        tl.store(base + 24, c3, mask=o < O)
+        tl.store(base, c0, mask=_chunk_mask(o, O, l0 + e, L, PARTIAL))
+        tl.store(base + 8, c1, mask=_chunk_mask(o, O, l0 + 8 + e, L, PARTIAL))
+        tl.store(base + 16, c2, mask=_chunk_mask(o, O, l0 + 16 + e, L, PARTIAL))
+        tl.store(base + 24, c3, mask=_chunk_mask(o, O, l0 + 24 + e, L, PARTIAL))
 
 
 @triton.jit
@@ -182,10 +201,17 @@ def _stage(v, U: tl.constexpr, B: tl.constexpr, h: tl.constexpr):
 @triton.jit
 def _rht(x, rht_seed, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT: tl.constexpr):
     """``H_R diag(s) v / sqrt(R)`` on each R consecutive rows, in numerics.hadamard's butterfly order
-    (h = 1, 2, 4, ...). The sign products are exact, so contraction into FMAs cannot change a sum."""
+    (h = 1, 2, 4, ...). The sign products are exact, so contraction into FMAs cannot change a sum.
+
+    A group whose amax is >= 2**64 (or NaN) goes through ``2**-64`` first and is scaled back by ``2**64``
+    at the end, a finite overflow saturating at +-FP32_MAX (numerics.hadamard); the scaling is its own
+    multiplication, so the product that feeds the butterfly's first sum stays the exact sign product."""
     idx = (tl.arange(0, U) % R).to(tl.uint32)
     zero = tl.zeros((U,), tl.uint32)
     bits, _, _, _ = tl.philox(rht_seed, idx, zero, zero, zero)
+    group_amax = tl.max(tl.reshape(abs_bits(x), (U // R, R, B)), axis=1)
+    big = tl.reshape(tl.broadcast_to((group_amax >= _BIG_GROUP_BITS)[:, None, :], (U // R, R, B)), (U, B))
+    x = x * tl.where(big, _BIG_DOWN, 1.0)
     v = x * (1.0 - 2.0 * (bits & 1).to(tl.float32))[:, None]
     if 1 < R:
         v = _stage(v, U, B, 1)
@@ -203,15 +229,24 @@ def _rht(x, rht_seed, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQR
         v = _stage(v, U, B, 64)
     if 128 < R:
         v = _stage(v, U, B, 128)
-    return v * INV_SQRT  # float32(1 / sqrt(R)), a constexpr: no runtime float argument to type
+    v = v * INV_SQRT  # float32(1 / sqrt(R)), a constexpr: no runtime float argument to type
+    out = v * tl.where(big, _BIG_UP, 1.0)
+    saturated = tl.where(v < 0.0, -_FP32_MAX, _FP32_MAX)
+    return tl.where(is_finite(v) & ~is_finite(out), saturated, out)
 
 
 @triton.jit
 def _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, RHT: tl.constexpr, INV_SQRT: tl.constexpr,
-                  U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
+                  U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr, PARTIAL: tl.constexpr):
+    """The loaded tile, rotated when ``RHT``; ``PARTIAL`` (L is not a multiple of U): rows of a group that
+    ends past ``L`` keep their loaded values (a trailing partial group is not rotated; padding is zeros)."""
     x, flat = _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U, B, ROWWISE)
     if RHT > 0:
-        x = _rht(x, rht_seed, U, B, RHT, INV_SQRT)
+        rotated = _rht(x, rht_seed, U, B, RHT, INV_SQRT)
+        if PARTIAL:
+            whole = (l0 + (tl.arange(0, U) // RHT) * RHT + RHT) <= L
+            rotated = tl.where(whole[:, None], rotated, x)
+        x = rotated
     return x, flat
 
 
@@ -234,22 +269,29 @@ def _e4m3_encode(g, Q_MAX: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _scales(amax, g, SCALE: tl.constexpr, Q_MAX: tl.constexpr, E8M0_FLOOR: tl.constexpr, ASM: tl.constexpr):
+def _scales(amax, g, GRID: tl.constexpr, SCALE: tl.constexpr, Q_MAX: tl.constexpr, E8M0_FLOOR: tl.constexpr,
+            ASM: tl.constexpr):
     """Per block, from its amax (numerics.quantize._scale_blocks): (stored scale, lift, multiplier, ok,
-    decoded scale). The scaled block is ``(x * lift) * multiplier``; ``ok`` False: its values become 0.
+    decoded scale, level limit). The scaled block is ``(x * lift) * multiplier``, clamped to +-limit;
+    ``ok`` False: its values become 0.
 
     FP32: stored ``s = amax / q``, lift and multiplier from numerics.scales.fp32_encode. E4M3: the stored
     byte, multiplier ``1 / (s * tensor_scale)``. E8M0: the stored biased exponent, multiplier ``2**-e``.
+    The limit is numerics.quantize._level_limit's (the largest level that dequantizes to a finite value)
+    in closed form: q_max for FP32 (``q * (amax / q)`` never overflows); for E4M3 the level below q_max when
+    ``(q * s) * tensor_scale`` overflows (a lower level never does: ``s <= 448``); for E8M0 3 when
+    ``e = 126`` (``4 * 2**126`` overflows; e = 127 cannot occur: UP gives ``e <= 126``, FLOOR ``e <= 125``).
     """
     finite = is_finite(amax)
     one = tl.full(amax.shape, 1.0, tl.float32)
+    q_max = tl.full(amax.shape, Q_MAX, tl.float32)
     if SCALE == 0:
-        s = div_rn(amax, tl.full(amax.shape, Q_MAX, tl.float32), ASM)
+        s = div_rn(amax, q_max, ASM)
         s = tl.where(finite, s, float("nan"))
         ok = finite & (s != 0.0)
         safe = tl.where(ok, s, 1.0)
         lift = tl.where(safe < _TINY, _LIFT, 1.0)
-        return s, lift, div_rn(one, safe * lift, ASM), ok, s
+        return s, lift, div_rn(one, safe * lift, ASM), ok, s, q_max
     elif SCALE == 1:
         enc = _e4m3_encode(g, Q_MAX, ASM)
         tensor_scale = div_rn(one, enc, ASM)
@@ -259,7 +301,10 @@ def _scales(amax, g, SCALE: tl.constexpr, Q_MAX: tl.constexpr, E8M0_FLOOR: tl.co
         byte, value = e4m3_round(tl.where(ok, s, 0.0))
         byte = tl.where(ok, byte, 0x7F)
         mult = tl.minimum(div_rn(one, value * tensor_scale, ASM), _FP32_MAX)
-        return byte, one, mult, ok, tl.where(ok, value, float("nan"))
+        top = (q_max * value) * tensor_scale
+        below = 6.0 if GRID == 0 else 4.0  # the level under q_max: INT4 6, E2M1 4
+        limit = tl.where(is_finite(top), q_max, below)
+        return byte, one, mult, ok, tl.where(ok, value, float("nan")), limit
     else:
         safe = tl.where(finite, amax, 0.0)
         if E8M0_FLOOR:
@@ -274,7 +319,8 @@ def _scales(amax, g, SCALE: tl.constexpr, Q_MAX: tl.constexpr, E8M0_FLOOR: tl.co
             e = tl.where(expo > 0, normal, tl.where(mant > 0x400000, -126, -127))
         e = tl.minimum(tl.maximum(e, -127), 127)
         stored = tl.where(finite, e + 127, 255)
-        return stored, one, pow2(-e), finite, tl.where(finite, pow2(e), float("nan"))
+        limit = tl.where(e >= 126, 3.0, q_max)
+        return stored, one, pow2(-e), finite, tl.where(finite, pow2(e), float("nan")), limit
 
 
 @triton.jit
@@ -354,15 +400,19 @@ def _pack(nib, U: tl.constexpr, B: tl.constexpr):
 
 @triton.jit
 def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_seed,
-                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, ROWWISE: tl.constexpr, U: tl.constexpr, B: tl.constexpr):
-    """Global max |RHT(x)| as int32 FP32 bits, by atomic max (NaN-propagating: NaN bits sort above Inf)."""
+                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, ROWWISE: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
+                 PARTIAL: tl.constexpr):
+    """Max |RHT(x)| over the finite elements as int32 FP32 bits, by atomic max (numerics.quantize._finite_amax:
+    NaN and +-Inf count as 0, so they poison only their own blocks)."""
     if ROWWISE:
         pid_l, pid_o = tl.program_id(0), tl.program_id(1)
     else:
         pid_o, pid_l = tl.program_id(0), tl.program_id(1)
     x, _ = _rotated_tile(x_ptr, tl.program_id(2), pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_seed,
-                         RHT, INV_SQRT, U, B, ROWWISE)
-    tl.atomic_max(gamax_ptr, tl.max(tl.max(abs_bits(x), axis=1), axis=0))
+                         RHT, INV_SQRT, U, B, ROWWISE, PARTIAL)
+    bits = abs_bits(x)
+    bits = tl.where(bits < 0x7F800000, bits, 0)
+    tl.atomic_max(gamax_ptr, tl.max(tl.max(bits, axis=1), axis=0))
 
 
 @triton.jit
@@ -371,7 +421,8 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                      GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
                      STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
                      Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, ROWWISE: tl.constexpr, WRITE_CODES: tl.constexpr,
-                     WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr):
+                     WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
+                     PARTIAL: tl.constexpr):
     if ROWWISE:  # consecutive programs walk along the rows (one row segment of U elements each)
         pid_l, pid_o = tl.program_id(0), tl.program_id(1)
     else:
@@ -380,7 +431,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     l0 = pid_l * U
     o0 = pid_o * B
     x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, RHT, INV_SQRT, U, B,
-                            ROWWISE)
+                            ROWWISE, PARTIAL)
     NB: tl.constexpr = U // BLOCK
     amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
     g = 0.0
@@ -392,12 +443,12 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     else:
         if first:  # one-level scales: the tensor scale is 1 (written here, saving the host a fill launch)
             tl.store(ts_ptr, 1.0)
-    stored, lift, mult, ok, decoded = _scales(amax, g, SCALE, Q_MAX, E8M0_FLOOR, ASM)
+    stored, lift, mult, ok, decoded, limit = _scales(amax, g, GRID, SCALE, Q_MAX, E8M0_FLOOR, ASM)
 
     blocks = tl.reshape(x, (NB, BLOCK, B))
     y = (blocks * lift[:, None, :]) * mult[:, None, :]
-    y = tl.reshape(tl.where(ok[:, None, :], y, 0.0), (U, B))
-    y = tl.minimum(tl.maximum(y, -Q_MAX), Q_MAX)
+    y = tl.where(ok[:, None, :], y, 0.0)
+    y = tl.reshape(tl.minimum(tl.maximum(y, -limit[:, None, :]), limit[:, None, :]), (U, B))
     a = tl.abs(y)
     if STOCHASTIC:
         level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, ROWWISE), GRID)
@@ -412,16 +463,22 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     o_in = o0 + tl.arange(0, B)
     o64 = o_in.to(tl.int64)
     if WRITE_CODES:
-        L2 = L // 2
-        LB = L // BLOCK
+        # Codes and scales cover whole blocks: L rounded up to the block (the zero padding gives code 0).
+        if PARTIAL:
+            LP = (L + BLOCK - 1) // BLOCK * BLOCK
+        else:
+            LP = L
+        L2 = LP // 2
+        LB = LP // BLOCK
         packed = _pack(nib, U, B)
         if ROWWISE:  # each row's U // 2 bytes sit in one thread: store them as (B, U // 2)
             o = o64[:, None]
-            c_off = o * L2 + l0 // 2 + tl.arange(0, U // 2)[None, :]
-            tl.store(codes_ptr + c_off, tl.permute(packed, (1, 0)), mask=o < O)
+            r = l0 // 2 + tl.arange(0, U // 2)[None, :]
+            tl.store(codes_ptr + o * L2 + r, tl.permute(packed, (1, 0)), mask=_chunk_mask(o, O, r, L2, PARTIAL))
         else:
             r, o = _tile_index(l0 // 2, o0, U // 2, B, ROWWISE)
-            tl.store(codes_ptr + (page.to(tl.int64) * L2 + r) * O + o, packed, mask=o < O)
+            tl.store(codes_ptr + (page.to(tl.int64) * L2 + r) * O + o, packed,
+                     mask=_chunk_mask(o, O, r, L2, PARTIAL))
         lb = (l0 // BLOCK + tl.arange(0, NB)).to(tl.int64)[:, None]
         if ROWWISE:
             s_off = o64[None, :] * LB + lb
@@ -429,19 +486,20 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
             s_off = (page.to(tl.int64) * LB + lb) * O + o64[None, :]
         if SCALE == 1:  # E4M3 bytes, into a uint8 or a float8_e4m3fn buffer
             stored = stored.to(tl.uint8).to(scales_ptr.dtype.element_ty, bitcast=True)
-        tl.store(scales_ptr + s_off, stored.to(scales_ptr.dtype.element_ty), mask=(o_in < O)[None, :])
+        tl.store(scales_ptr + s_off, stored.to(scales_ptr.dtype.element_ty),
+                 mask=_chunk_mask(o64[None, :], O, lb, LB, PARTIAL))
     if WRITE_VALUES:
         v = tl.reshape(decode_nibbles(nib, GRID), (NB, BLOCK, B)) * decoded[:, None, :]
         v = tl.reshape(v, (U, B)).to(values_ptr.dtype.element_ty)
         if ROWWISE and (U == 16 or U == 32):
-            _store_chunks(values_ptr, v, l0, o0, O, L, U, B)
+            _store_chunks(values_ptr, v, l0, o0, O, L, U, B, PARTIAL)
         else:
             r, o = _tile_index(l0, o0, U, B, ROWWISE)
             if ROWWISE:
                 v_off = o.to(tl.int64) * L + r
             else:
                 v_off = (page.to(tl.int64) * L + r) * O + o
-            tl.store(values_ptr + v_off, _from_rows(v, U, B, ROWWISE), mask=o < O)
+            tl.store(values_ptr + v_off, _from_rows(v, U, B, ROWWISE), mask=_chunk_mask(o, O, r, L, PARTIAL))
 
 
 # ---- launch plans --------------------------------------------------------------------------------------
@@ -508,15 +566,21 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
         O, L = other, length
         strides = dict(s_page=L * O, s_o=1, s_l=O)
     u, b, warps = _tile(max(fmt.block, rht, 16), L, O, itemsize, rowwise, dict(config_items) if config_items else None)
-    grid = (L // u, triton.cdiv(O, b), pages) if rowwise else (triton.cdiv(O, b), L // u, pages)
+    grid = (triton.cdiv(L, u), triton.cdiv(O, b), pages) if rowwise else (triton.cdiv(O, b), triton.cdiv(L, u), pages)
+    partial = L % u != 0  # the last tile reaches past L: masked stores, and a partial RHT group left unrotated
     codes_shape, scales_shape = list(shape), list(shape)
-    codes_shape[axis] //= 2
-    scales_shape[axis] //= fmt.block
+    codes_shape[axis] = padded_length(L, fmt.block) // 2
+    scales_shape[axis] = padded_length(L, fmt.block) // fmt.block
+    # Grouped random words need the four elements of one Philox call in consecutive rows (row-wise, so
+    # L % 4 == 0) or consecutive columns (column-wise, so O % 4 == 0).
+    grouped = L % 4 == 0 if rowwise else O % 4 == 0
     constexprs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
-                      SR_GROUPED=rowwise or O % 4 == 0, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
+                      SR_GROUPED=grouped, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
                       INV_SQRT=inv_sqrt(rht) if rht else 1.0,
-                      ROWWISE=rowwise, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b)
-    amax = dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], ROWWISE=rowwise, U=u, B=b) if c.scale == 1 else None
+                      ROWWISE=rowwise, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
+                      PARTIAL=partial)
+    amax = (dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], ROWWISE=rowwise, U=u, B=b, PARTIAL=partial)
+            if c.scale == 1 else None)
     return LaunchPlan(rowwise, dict(O=O, L=L, **strides), constexprs,
                       warps, grid, amax, tuple(codes_shape), tuple(scales_shape), _OUT_SCALE_DTYPES[c.scale],
                       _RESULT_SCALE_DTYPES[c.scale])

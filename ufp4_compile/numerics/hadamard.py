@@ -1,5 +1,9 @@
 """Random Hadamard transform along an axis (docs/numerics.md): ``H_n diag(s) v / sqrt(n)`` per group of n.
 
+Only whole groups are rotated: when the axis length is not a multiple of n, its last ``length % n``
+elements are left as they are (both operands of a GEMM along that axis get the same treatment, so their
+product is still unchanged).
+
 The Sylvester product is computed as the fast Walsh-Hadamard butterfly in a fixed order (h = 1, 2, 4, ...,
 ``(a, b) -> (a + b, a - b)`` for the pairs ``(i, i + h)``) so that a kernel doing the same butterfly gets
 the same FP32 bits.
@@ -55,28 +59,52 @@ def fwht(v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def _groups(x: torch.Tensor, axis: int, size: int) -> tuple[torch.Tensor, int]:
+# A group whose max |v| reaches 2**64 is rotated as 2**64 * rot(2**-64 * v): the butterfly's partial sums
+# grow up to n * max |v| and would overflow FP32 near its limit (Inf - Inf = NaN) although the result, at
+# most sqrt(n) * max |v|, often fits. Both scalings are exact (powers of two) except for elements of such a
+# group below 2**-62, whose bits are lost when scaled down (they are invisible beside the group's amax).
+BIG_GROUP = 2.0 ** 64
+FP32_MAX = torch.finfo(torch.float32).max
+
+
+def _transform_groups(x: torch.Tensor, axis: int, size: int, transform) -> torch.Tensor:
+    """Apply ``transform`` to each whole group of ``size`` elements along ``axis`` (FP32); a trailing
+    partial group (``length % size`` elements) is left as it is."""
     axis = axis % x.ndim
-    length = x.shape[axis]
-    if length % size:
-        raise ValueError(f"axis {axis} has length {length}, which is not a multiple of the rht size {size}")
     moved = x.float().movedim(axis, -1)
-    return moved.reshape(*moved.shape[:-1], length // size, size), axis
+    length = moved.shape[-1]
+    whole = length - length % size
+    head = moved[..., :whole]
+    groups = head.reshape(*head.shape[:-1], whole // size, size)
+    out = _guarded(groups, transform).reshape(head.shape)
+    if whole < length:
+        out = torch.cat([out, moved[..., whole:]], dim=-1)
+    return out.movedim(-1, axis)
+
+
+def _guarded(groups: torch.Tensor, transform) -> torch.Tensor:
+    """``transform`` of each group (last dim), through ``2**-64`` for groups whose amax is >= 2**64 (or NaN):
+    the result is scaled back by ``2**64``, a finite result that overflows saturating at +-FP32_MAX."""
+    big = ~(groups.abs().amax(dim=-1, keepdim=True) < BIG_GROUP)  # NaN counts as big, as in the kernels
+    down = torch.where(big, 1.0 / BIG_GROUP, 1.0)
+    rotated = transform(groups * down)
+    out = rotated * torch.where(big, BIG_GROUP, 1.0)
+    saturated = torch.copysign(torch.full_like(out, FP32_MAX), rotated)
+    return torch.where(torch.isinf(out) & torch.isfinite(rotated), saturated, out)
 
 
 def rht(x: torch.Tensor, axis: int, size: int, seed) -> torch.Tensor:
-    """Rotate each group of ``size`` consecutive elements along ``axis``: ``H diag(s) v / sqrt(size)`` (FP32)."""
+    """Rotate each group of ``size`` consecutive elements along ``axis``: ``H diag(s) v / sqrt(size)`` (FP32).
+
+    A trailing partial group (an axis length that is not a multiple of ``size``) is not rotated.
+    """
     _check_size(size)
-    g, axis = _groups(x, axis, size)
     signs = rht_signs(size, seed, x.device)
-    out = fwht(g * signs) * inv_sqrt(size)
-    return out.reshape(*out.shape[:-2], -1).movedim(-1, axis)
+    return _transform_groups(x, axis, size, lambda v: fwht(v * signs) * inv_sqrt(size))
 
 
 def rht_inverse(y: torch.Tensor, axis: int, size: int, seed) -> torch.Tensor:
-    """Inverse of :func:`rht`: ``diag(s) H v / sqrt(size)`` (FP32)."""
+    """Inverse of :func:`rht`: ``diag(s) H v / sqrt(size)`` (FP32); a trailing partial group is kept."""
     _check_size(size)
-    g, axis = _groups(y, axis, size)
     signs = rht_signs(size, seed, y.device)
-    out = (fwht(g) * inv_sqrt(size)) * signs
-    return out.reshape(*out.shape[:-2], -1).movedim(-1, axis)
+    return _transform_groups(y, axis, size, lambda v: (fwht(v) * inv_sqrt(size)) * signs)

@@ -17,13 +17,19 @@ def shrinkage_alpha(x: torch.Tensor, xq: torch.Tensor) -> float:
 
 
 def sqnr_db(x: torch.Tensor, xq: torch.Tensor) -> float:
-    """``10 log10(||x||^2 / ||x - Q(x)||^2)`` in dB (FP64 sums); +inf for an exact reconstruction."""
+    """``10 log10(||x||^2 / ||x - Q(x)||^2)`` in dB (FP64 sums); +inf for an exact reconstruction, -inf for
+    a zero signal or an infinite error, NaN when either sum is NaN."""
     x64 = x.double()
     noise = float(((x64 - xq.double()) ** 2).sum())
     signal = float((x64 * x64).sum())
+    if math.isnan(noise) or math.isnan(signal):
+        return math.nan
     if noise == 0.0:
         return math.inf
-    return 10.0 * math.log10(signal / noise)
+    ratio = signal / noise  # inf / inf is NaN: an infinite signal quantized with an infinite error
+    if math.isnan(ratio):
+        return math.nan
+    return 10.0 * math.log10(ratio) if ratio > 0.0 else -math.inf
 
 
 def effective_bucket_ratio(nibbles: torch.Tensor, grid: Grid) -> float:

@@ -21,8 +21,10 @@ TILE_2D = 16
 class QuantizedTensor:
     """Packed 4-bit codes with their block scales; see docs/numerics.md for the layout.
 
-    ``codes``: uint8, ``shape`` with ``shape[axis]`` halved (element 2j in the low nibble).
-    ``scales``: ``shape`` with ``shape[axis] / block`` (float32, float8_e4m3fn or uint8 E8M0 exponents).
+    Along ``axis`` the codes and scales cover whole blocks: ``P = ceil(shape[axis] / block) * block``
+    elements, the last block padded with zeros when the length is not a multiple of the block.
+    ``codes``: uint8, ``shape`` with ``shape[axis]`` replaced by ``P / 2`` (element 2j in the low nibble).
+    ``scales``: ``shape`` with ``P / block`` (float32, float8_e4m3fn or uint8 E8M0 exponents).
     ``tensor_scale``: 0-d float32 (1.0 except for E4M3). ``rht`` / ``rht_seed``: the rotation applied
     before quantization (0 = none); values stay in the rotated domain.
     """
@@ -36,12 +38,24 @@ class QuantizedTensor:
     rht_seed: int = 0
     shape: tuple[int, ...] = ()
 
+    @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """``shape`` with the quantized axis rounded up to whole blocks (what codes and scales cover)."""
+        shape = list(self.shape)
+        shape[self.axis] = padded_length(shape[self.axis], self.fmt.block)
+        return tuple(shape)
+
     def t(self) -> "QuantizedTensor":
         """The transposed view of a 2-D quantized tensor (codes and scales swap dims, the axis flips)."""
         if self.codes.ndim != 2:
             raise ValueError(f"QuantizedTensor.t() needs a 2-D tensor, got shape {tuple(self.shape)}")
         return dataclasses.replace(self, codes=self.codes.t(), scales=self.scales.t(), axis=1 - self.axis,
                                    shape=(self.shape[1], self.shape[0]))
+
+
+def padded_length(length, block: int):
+    """``length`` rounded up to a multiple of ``block`` (ints and SymInts)."""
+    return (length + block - 1) // block * block
 
 
 @functools.lru_cache(maxsize=256)
@@ -70,10 +84,6 @@ def check_quantize_inputs(x, axis, fmt: OperandFormat, rht: int, seed) -> int:
     axis %= x.ndim
     if rht not in VALID_RHT:
         raise ValueError(f"rht={rht!r} is not valid; valid values: {VALID_RHT}")
-    length = x.shape[axis]
-    for name, size in (("block", fmt.block), ("rht size", rht)):
-        if size and length % size:
-            raise ValueError(f"axis {axis} has length {length}, which is not a multiple of the {name} {size}")
     if fmt.block_2d:
         if x.ndim != 2:
             raise ValueError(f"block_2d=True needs a 2-D tensor, got shape {tuple(x.shape)}")
@@ -97,8 +107,8 @@ def _block_amax(blocks: torch.Tensor, block_2d: bool) -> torch.Tensor:
 
 
 def _scale_blocks(blocks, amax, fmt: OperandFormat, global_amax):
-    """(y = scaled blocks, stored scales, tensor_scale). Blocks with a non-finite or zero scale give y = 0,
-    except E4M3 zero scales, which follow NVIDIA's ``x * FP32_MAX`` (docs/numerics.md)."""
+    """(y = scaled blocks, stored scales, decoded scales, tensor_scale). Blocks with a non-finite or zero
+    scale give y = 0, except E4M3 zero scales, which follow NVIDIA's ``x * FP32_MAX`` (docs/numerics.md)."""
     q = fmt.q_max
     one = torch.ones((), dtype=torch.float32, device=blocks.device)
     if fmt.scale is ScaleFormat.FP32:
@@ -106,7 +116,7 @@ def _scale_blocks(blocks, amax, fmt: OperandFormat, global_amax):
         ok = torch.isfinite(s) & (s != 0)
         lift, recip = scales.fp32_encode(torch.where(ok, s, one))
         y = (blocks * lift[..., None]) * recip[..., None]
-        return torch.where(ok[..., None], y, 0.0), s, one
+        return torch.where(ok[..., None], y, 0.0), s, s, one
     if fmt.scale is ScaleFormat.E4M3:
         enc = scales.e4m3_tensor_encode(global_amax, q)
         tensor_scale = one / enc
@@ -114,12 +124,28 @@ def _scale_blocks(blocks, amax, fmt: OperandFormat, global_amax):
         mult = scales.e4m3_block_encode(s, tensor_scale)
         ok = torch.isfinite(s.float())
         y = blocks * torch.where(ok, mult, one)[..., None]
-        return torch.where(ok[..., None], y, 0.0), s, tensor_scale
+        return torch.where(ok[..., None], y, 0.0), s, s.float(), tensor_scale
     e = scales.e8m0_exponents(amax, q, fmt.e8m0_rounding)
     stored = scales.e8m0_encode_exponents(amax, e)
     ok = torch.isfinite(amax)
     y = blocks * scales.pow2(-e)[..., None]
-    return torch.where(ok[..., None], y, 0.0), stored, one
+    return torch.where(ok[..., None], y, 0.0), stored, scales.decode_scales(stored, fmt.scale), one
+
+
+def _level_limit(decoded: torch.Tensor, tensor_scale: torch.Tensor, fmt: OperandFormat) -> torch.Tensor:
+    """Per block, the largest grid level whose dequantized value ``(level * scale) * tensor_scale`` is finite
+    (q_max except at the top of FP32's range; 0 for a non-finite scale, whose block is zeros anyway)."""
+    limit = torch.zeros_like(decoded)
+    for level in grids.levels(fmt.grid).tolist():  # ascending: the last finite one wins
+        limit = torch.where(torch.isfinite((level * decoded) * tensor_scale), level, limit)
+    return limit
+
+
+def _finite_amax(xf: torch.Tensor) -> torch.Tensor:
+    """max |x| over the finite elements (0 for an empty or all non-finite tensor): the E4M3 global amax."""
+    a = xf.abs()
+    a = torch.where(torch.isfinite(a), a, 0.0)
+    return a.amax() if a.numel() else torch.zeros((), dtype=torch.float32, device=xf.device)
 
 
 def quantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0, seed=None,
@@ -134,14 +160,15 @@ def quantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0
     xf = x.float()
     if rht:
         xf = hadamard.rht(xf, axis, rht, rht_seed)
-    moved = xf.movedim(axis, -1)
+    moved = _pad_last(xf.movedim(axis, -1), fmt.block)
     blocks = moved.reshape(*moved.shape[:-1], moved.shape[-1] // fmt.block, fmt.block)
     amax = _block_amax(blocks, fmt.block_2d)
-    global_amax = xf.abs().amax() if fmt.scale is ScaleFormat.E4M3 else None
-    y, stored, tensor_scale = _scale_blocks(blocks, amax, fmt, global_amax)
-    y = y.clamp(-fmt.q_max, fmt.q_max)
+    global_amax = _finite_amax(xf) if fmt.scale is ScaleFormat.E4M3 else None
+    y, stored, decoded, tensor_scale = _scale_blocks(blocks, amax, fmt, global_amax)
+    limit = _level_limit(decoded, tensor_scale, fmt)[..., None]
+    y = torch.maximum(torch.minimum(y, limit), -limit)
     if fmt.rounding is Rounding.STOCHASTIC:
-        bits = element_bits(seed_to_int(seed), offset, x.shape, x.device).movedim(axis, -1)
+        bits = _pad_last(element_bits(seed_to_int(seed), offset, x.shape, x.device).movedim(axis, -1), fmt.block)
         level = grids.round_stochastic(y, fmt.grid, bits.reshape(blocks.shape))
     else:
         level = grids.round_nearest(y, fmt.grid)
@@ -152,11 +179,19 @@ def quantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0
                            rht_seed=int(rht_seed), shape=tuple(x.shape))
 
 
+def _pad_last(t: torch.Tensor, block: int) -> torch.Tensor:
+    """``t`` with its last dim padded with zeros to a multiple of ``block``."""
+    extra = padded_length(t.shape[-1], block) - t.shape[-1]
+    return torch.nn.functional.pad(t, (0, extra)) if extra else t
+
+
 def _values_times_scales(q: QuantizedTensor) -> torch.Tensor:
-    """``grid_value(code) * float(scale)`` in FP32, in the shape of the original tensor."""
+    """``grid_value(code) * float(scale)`` in FP32, in the shape of the original tensor (``q.shape``)."""
     values = grids.decode(unpack_codes(q.codes, q.axis), q.fmt.grid)
     s = scales.decode_scales(q.scales, q.fmt.scale).repeat_interleave(q.fmt.block, dim=q.axis)
-    return values * s
+    out = values * s
+    length = q.shape[q.axis] if q.shape else out.shape[q.axis]
+    return out if length == out.shape[q.axis] else out.narrow(q.axis, 0, length)  # drop the padding
 
 
 def quantize_dequantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0, seed=None,
