@@ -55,12 +55,39 @@ def test_quantize_matches_numerics_and_fake(spec, axis):
         assert (f.shape, f.dtype) == (real.shape, real.dtype)
 
 
-def test_fake_rejects_misaligned_axis():
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "e2m1/32/e8m0/stochastic"])
+def test_partial_last_block(spec):
+    """An axis of 40 (block 16 or 32): codes and scales cover whole blocks (48 or 64 elements), the fake
+    agrees; quantize_dequantize returns the 40 elements, dequantize of codes the whole blocks."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode():
-        with pytest.raises(ValueError, match="not a multiple of the block 16"):
-            torch.ops.ufp4.quantize(torch.empty(8, 40), 1, "int4/16/fp32/nearest", 0, 0, None, 0)
+    x, seed = torch.randn(8, 40), torch.tensor(5, dtype=torch.int64)
+    fmt = OperandFormat.from_spec(spec)
+    padded = -(-40 // fmt.block) * fmt.block
+    codes, scales, ts = torch.ops.ufp4.quantize(x, 1, spec, 16, 3, seed, 0)
+    assert codes.shape == (8, padded // 2) and scales.shape == (8, padded // fmt.block)
+    ref = numerics.quantize(x, 1, fmt, rht=16, rht_seed=3, seed=seed)
+    assert torch.equal(codes, ref.codes)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.ufp4.quantize(mode.from_tensor(x), 1, spec, 16, 3, mode.from_tensor(seed), 0)
+    assert [f.shape for f in fake] == [codes.shape, scales.shape, ts.shape]
+    values, _ = torch.ops.ufp4.quantize_dequantize(x, 1, spec, 16, 3, seed, 0, torch.float32)
+    assert values.shape == x.shape
+    whole = torch.ops.ufp4.dequantize(codes, scales, ts, 1, spec, torch.float32)
+    assert whole.shape == (8, padded) and torch.equal(whole[:, :40], numerics.dequantize(ref))
+    assert not whole[:, 40:].any()  # the padding dequantizes to zeros
+
+
+def test_fake_of_a_symbolic_partial_length():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def fn(x):
+        codes, scales, _ = torch.ops.ufp4.quantize(x, 0, "int4/16/fp32/nearest", 0, 0, None, 0)
+        return codes, scales
+
+    gm = make_fx(fn, tracing_mode="symbolic")(torch.randn(37, 48))
+    codes, scales = gm(torch.randn(21, 48))  # one trace, another token count
+    assert codes.shape == (16, 48) and scales.shape == (2, 48)
 
 
 def test_fake_handles_symbolic_shapes():
@@ -125,3 +152,90 @@ def test_opcheck():
     q = torch.ops.ufp4.quantize(x, 1, spec, 16, 0, seed, 0)
     torch.library.opcheck(torch.ops.ufp4.dequantize.default, (*q, 1, spec, torch.float32))
     torch.library.opcheck(torch.ops.ufp4.scaled_mm.default, (*q, *q, spec, spec, "bf16", torch.float32))
+
+
+# ---- empty tensors and inputs that do not fit the format --------------------------------------------------
+
+def test_empty_tensors_through_every_op_and_fake():
+    """A batch with no tokens (an MoE expert that received none): every op and its fake work."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    spec, nv = "int4/16/fp32/nearest", "e2m1/16/e4m3/nearest"
+
+    def run(x, w):
+        qx = torch.ops.ufp4.quantize(x, 1, spec, 16, 0, None, 0)
+        qw = torch.ops.ufp4.quantize(w, 1, spec, 16, 0, None, 0)
+        qt = torch.ops.ufp4.quantize(x, 0, nv, 16, 0, None, 0)  # Wgrad's operand: along the 0 tokens
+        values, _ = torch.ops.ufp4.quantize_dequantize(x, 1, nv, 0, 0, None, 0, torch.bfloat16)
+        return (torch.ops.ufp4.scaled_mm(*qx, *qw, spec, spec, "bf16", torch.float32),
+                torch.ops.ufp4.dequantize(*qx, 1, spec, torch.float32), qt[0], qt[1], values)
+
+    x, w = torch.empty(0, 32), torch.randn(8, 32)
+    real = run(x, w)
+    assert [t.shape for t in real] == [(0, 8), (0, 32), (0, 32), (0, 32), (0, 32)]
+    with FakeTensorMode() as mode:
+        fake = run(mode.from_tensor(x), mode.from_tensor(w))
+    assert [f.shape for f in fake] == [t.shape for t in real]
+    qa = torch.ops.ufp4.quantize(torch.empty(0, 4), 0, spec, 0, 0, None, 0)
+    qb = torch.ops.ufp4.quantize(torch.empty(0, 3), 0, spec, 0, 0, None, 0)
+    out = torch.ops.ufp4.scaled_mm(qa[0].t(), qa[1].t(), qa[2], qb[0].t(), qb[1].t(), qb[2], spec, spec, "bf16",
+                                   torch.float32)
+    assert torch.equal(out, torch.zeros(4, 3))  # an empty reduction (Wgrad over 0 tokens)
+
+
+def _operands():
+    spec = "int4/16/fp32/nearest"
+    a = torch.ops.ufp4.quantize(torch.randn(8, 32), 1, spec, 0, 0, None, 0)
+    b = torch.ops.ufp4.quantize(torch.randn(4, 32), 1, spec, 0, 0, None, 0)
+    return spec, a, b
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_scaled_mm_checks_operands_against_their_formats(fake):
+    """int4/FP32 codes declared as 'e2m1/16/e4m3/nearest' gave a result 77% off without a word."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    spec, a, b = _operands()
+    (ac, as_, ats), (bc, bs, bts) = a, b
+    cases = [
+        ((ac, as_, ats, bc, bs, bts, "e2m1/16/e4m3/nearest", spec, "bf16", torch.float32),
+         r"a_scales.dtype=torch.float32 does not match the format 'e2m1/16/e4m3/nearest'; valid values: "
+         r"torch.float8_e4m3fn"),
+        ((ac, as_, ats, bc, bs, bts, spec, "int4/32/fp32/nearest", "bf16", torch.float32),
+         r"b_scales has shape \(4, 2\), expected \(4, 1\)"),
+        ((ac, as_[:, :1], ats, bc, bs, bts, spec, spec, "bf16", torch.float32), r"a_scales has shape \(8, 1\)"),
+        ((ac.view(torch.int8), as_, ats, bc, bs, bts, spec, spec, "bf16", torch.float32),
+         r"a_codes.dtype=torch.int8 is not valid; valid values: torch.uint8"),
+        ((ac, as_, ats.reshape(1), bc, bs, bts, spec, spec, "bf16", torch.float32),
+         r"a_tensor_scale must be a 0-d torch.float32 tensor"),
+        ((ac, as_, ats, bc, bs, bts, spec, spec, "bf16", torch.int32),
+         r"out_dtype=torch.int32 is not valid; valid values: torch.float32"),
+        ((ac, as_, ats, bc, bs, bts, spec, spec, "fp16", torch.float32), r"compute_dtype='fp16' is not valid"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            if fake:
+                with FakeTensorMode(allow_non_fake_inputs=True):
+                    torch.ops.ufp4.scaled_mm(*args)
+            else:
+                torch.ops.ufp4.scaled_mm(*args)
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_dequantize_checks_axis_scales_and_dtype(fake):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    spec, (codes, scales, ts), _ = _operands()
+    cases = [
+        ((codes, scales, ts, 7, spec, torch.float32), r"axis=7 is not valid for a 2-d tensor; valid values: -2..1"),
+        ((codes, scales, ts, 0, spec, torch.float32), r"scales has shape \(8, 2\), expected \(1, 16\)"),
+        ((codes, scales.to(torch.float8_e4m3fn), ts, 1, spec, torch.float32), r"scales.dtype=torch.float8_e4m3fn"),
+        ((codes, scales, ts, 1, spec, torch.int64), r"dtype=torch.int64 is not valid"),
+    ]
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            if fake:
+                with FakeTensorMode(allow_non_fake_inputs=True):
+                    torch.ops.ufp4.dequantize(*args)
+            else:
+                torch.ops.ufp4.dequantize(*args)

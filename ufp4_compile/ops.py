@@ -37,6 +37,7 @@ SCALE_DTYPES = {
 }
 COMPUTE_DTYPES = {ComputeDtype.BF16: torch.bfloat16, ComputeDtype.FP32: torch.float32}
 QUANTIZABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+OUT_DTYPES = QUANTIZABLE_DTYPES  # what dequantize and scaled_mm may return
 
 
 def compute_dtype_of(name: str) -> torch.dtype:
@@ -44,16 +45,61 @@ def compute_dtype_of(name: str) -> torch.dtype:
     return COMPUTE_DTYPES[parse_enum(ComputeDtype, name, "compute_dtype")]
 
 
+def _check_axis(op: str, axis, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -ndim <= axis < ndim:
+        raise ValueError(f"{op}: axis={axis!r} is not valid for a {ndim}-d tensor; valid values: "
+                         f"{-ndim}..{ndim - 1}" if ndim else f"{op}: a 0-d tensor has no axis")
+    return axis % ndim
+
+
 def quantized_shapes(shape, axis: int, fmt: OperandFormat) -> tuple[list, list]:
-    """Shapes of (codes, scales) for a tensor of ``shape`` quantized along ``axis`` (SymInt-safe)."""
-    axis = axis % len(shape)
-    length = shape[axis]
-    if isinstance(length, int) and length % fmt.block:
-        raise ValueError(f"quantize: axis {axis} has length {length}, not a multiple of the block {fmt.block}")
+    """Shapes of (codes, scales) for a tensor of ``shape`` quantized along ``axis`` (SymInt-safe): the axis
+    rounded up to whole blocks, ``P = ceil(L / block) * block``, gives ``P / 2`` codes and ``P / block``
+    scales (docs/numerics.md)."""
+    axis = _check_axis("quantize", axis, len(shape))
+    blocks = (shape[axis] + fmt.block - 1) // fmt.block
     codes, scales = list(shape), list(shape)
-    codes[axis] = length // 2
-    scales[axis] = length // fmt.block
+    codes[axis] = blocks * (fmt.block // 2)
+    scales[axis] = blocks
     return codes, scales
+
+
+def _static(*sizes) -> bool:
+    return all(isinstance(s, int) for s in sizes)
+
+
+def check_quantized(op: str, name: str, codes: Tensor, scales: Tensor, tensor_scale: Tensor, axis: int,
+                    fmt: OperandFormat) -> None:
+    """Codes, scales and tensor scale of one quantized operand must fit ``fmt`` (dtypes and shapes, where
+    static): a ValueError naming the field and what it should be, instead of a wrong result."""
+    if codes.dtype != torch.uint8:
+        raise ValueError(f"{op}: {name}codes.dtype={codes.dtype} is not valid; valid values: torch.uint8 "
+                         f"(packed 4-bit codes)")
+    want = SCALE_DTYPES[fmt.scale]
+    if scales.dtype != want:
+        raise ValueError(f"{op}: {name}scales.dtype={scales.dtype} does not match the format {fmt.spec!r}; "
+                         f"valid values: {want} ({fmt.scale.value} scales)")
+    if tensor_scale.dtype != torch.float32 or tensor_scale.dim() != 0:
+        raise ValueError(f"{op}: {name}tensor_scale must be a 0-d torch.float32 tensor, got "
+                         f"{tensor_scale.dtype} of shape {tuple(tensor_scale.shape)}")
+    expected = list(codes.shape)
+    length = codes.shape[axis]
+    if _static(length):
+        if (2 * length) % fmt.block:
+            raise ValueError(f"{op}: {name}codes hold {2 * length} elements along axis {axis}, not whole blocks "
+                             f"of {fmt.block} ({fmt.spec!r})")
+        expected[axis] = 2 * length // fmt.block
+    if scales.dim() != codes.dim() or any(_static(a, b) and a != b for a, b in zip(scales.shape, expected)):
+        shown = tuple(e if _static(e) else "?" for e in expected)
+        raise ValueError(f"{op}: {name}scales has shape {tuple(scales.shape)}, expected {shown} for codes of shape "
+                         f"{tuple(codes.shape)} along axis {axis} with {fmt.spec!r} (one scale per block of "
+                         f"{fmt.block})")
+
+
+def _check_out_dtype(op: str, field: str, dtype) -> None:
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"{op}: {field}={dtype} is not valid; valid values: "
+                         f"{', '.join(map(str, OUT_DTYPES))}")
 
 
 # ---- quantize ------------------------------------------------------------------------------------------
@@ -70,13 +116,16 @@ def _quantize_reference(x: Tensor, axis: int, fmt: str, rht: int, rht_seed: int,
 
 def _quantize_fake(x, axis, fmt, rht, rht_seed, seed, offset):
     spec = OperandFormat.from_spec(fmt)
+    if x.dtype not in QUANTIZABLE_DTYPES:
+        raise ValueError(f"quantize: x.dtype={x.dtype} is not valid; valid values: float32, bfloat16, float16")
     codes, scales = quantized_shapes(x.shape, axis, spec)
     return (x.new_empty(codes, dtype=torch.uint8), x.new_empty(scales, dtype=SCALE_DTYPES[spec.scale]),
             x.new_empty((), dtype=torch.float32))
 
 
 def _quantized(codes: Tensor, scales: Tensor, tensor_scale: Tensor, axis: int, fmt: str):
-    """The numerics view of op arguments: codes packed along ``axis`` (a transposed view is fine)."""
+    """The numerics view of op arguments: codes packed along ``axis`` (a transposed view is fine). Codes
+    carry no length: the view covers their whole blocks (a padded last block reads as zeros)."""
     from ufp4_compile import numerics
 
     shape = list(codes.shape)
@@ -97,35 +146,49 @@ def _quantize_dequantize_reference(x: Tensor, axis: int, fmt: str, rht: int, rht
 
 
 def _quantize_dequantize_fake(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
-    OperandFormat.from_spec(fmt)  # validates the spec
+    quantized_shapes(x.shape, axis, OperandFormat.from_spec(fmt))  # validates the spec and the axis
+    _check_out_dtype("quantize_dequantize", "dtype", dtype)
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((), dtype=torch.float32)
 
 
 # ---- dequantize ----------------------------------------------------------------------------------------
 
+def _check_dequantize(codes, scales, tensor_scale, axis, fmt: str, dtype) -> int:
+    axis = _check_axis("dequantize", axis, codes.dim())
+    check_quantized("dequantize", "", codes, scales, tensor_scale, axis, OperandFormat.from_spec(fmt))
+    _check_out_dtype("dequantize", "dtype", dtype)
+    return axis
+
+
 def _dequantize_reference(codes: Tensor, scales: Tensor, tensor_scale: Tensor, axis: int, fmt: str,
                           dtype: torch.dtype) -> Tensor:
     from ufp4_compile import numerics
 
-    q = _quantized(codes, scales, tensor_scale, axis % codes.dim(), fmt)
-    return numerics.dequantize(q, dtype).clone()
+    axis = _check_dequantize(codes, scales, tensor_scale, axis, fmt, dtype)
+    return numerics.dequantize(_quantized(codes, scales, tensor_scale, axis, fmt), dtype).clone()
 
 
 def _dequantize_fake(codes, scales, tensor_scale, axis, fmt, dtype):
+    axis = _check_dequantize(codes, scales, tensor_scale, axis, fmt, dtype)
     shape = list(codes.shape)
-    shape[axis % codes.dim()] = shape[axis % codes.dim()] * 2
+    shape[axis] = shape[axis] * 2
     return codes.new_empty(shape, dtype=dtype)
 
 
 # ---- scaled_mm -----------------------------------------------------------------------------------------
 
-def _check_mm_operands(a_codes, b_codes) -> None:
+def _check_mm_operands(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale, a_fmt: str,
+                       b_fmt: str, compute_dtype: str, out_dtype) -> None:
     if a_codes.dim() != 2 or b_codes.dim() != 2:
         raise ValueError(f"scaled_mm: operands must be 2-D codes (M, K/2) and (N, K/2), got shapes "
                          f"{tuple(a_codes.shape)} and {tuple(b_codes.shape)}")
     ka, kb = a_codes.shape[1], b_codes.shape[1]
-    if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
+    if _static(ka, kb) and ka != kb:
         raise ValueError(f"scaled_mm: reduction lengths differ: a has K/2={ka}, b has K/2={kb}")
+    check_quantized("scaled_mm", "a_", a_codes, a_scales, a_tensor_scale, 1, OperandFormat.from_spec(a_fmt))
+    check_quantized("scaled_mm", "b_", b_codes, b_scales, b_tensor_scale, 1, OperandFormat.from_spec(b_fmt))
+    compute_dtype_of(compute_dtype)
+    _check_out_dtype("scaled_mm", "out_dtype", out_dtype)
 
 
 def _scaled_mm_reference(a_codes: Tensor, a_scales: Tensor, a_tensor_scale: Tensor, b_codes: Tensor,
@@ -133,7 +196,8 @@ def _scaled_mm_reference(a_codes: Tensor, a_scales: Tensor, a_tensor_scale: Tens
                          out_dtype: torch.dtype) -> Tensor:
     from ufp4_compile import numerics
 
-    _check_mm_operands(a_codes, b_codes)
+    _check_mm_operands(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale, a_fmt, b_fmt,
+                       compute_dtype, out_dtype)
     a = _quantized(a_codes, a_scales, a_tensor_scale, 1, a_fmt)
     b = _quantized(b_codes, b_scales, b_tensor_scale, 1, b_fmt)
     out = numerics.gemm_reference(a, b, compute_dtype=compute_dtype_of(compute_dtype))
@@ -142,7 +206,8 @@ def _scaled_mm_reference(a_codes: Tensor, a_scales: Tensor, a_tensor_scale: Tens
 
 def _scaled_mm_fake(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale, a_fmt, b_fmt,
                     compute_dtype, out_dtype):
-    _check_mm_operands(a_codes, b_codes)
+    _check_mm_operands(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tensor_scale, a_fmt, b_fmt,
+                       compute_dtype, out_dtype)
     return a_codes.new_empty((a_codes.shape[0], b_codes.shape[0]), dtype=out_dtype)
 
 
