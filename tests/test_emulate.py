@@ -179,6 +179,21 @@ def test_seed_policies():
     assert (per_step[0] - per_step[1]).abs().max() > 0
 
 
+def test_rank_salt_parity(monkeypatch):
+    """On a rank other than 0 every seed carries the rank's salt, in the compiled graph and in the
+    emulation alike: exact parity again, and other bits than rank 0's."""
+    import importlib
+
+    torch.manual_seed(0)
+    model, x = MLP(32, 64), torch.randn(2, 16, 32)
+    rank0 = _emulated_run(model, x, "ufp4")[2]
+    for module in ("ufp4_compile.emulate", "ufp4_compile.passes.rewrite_matmuls"):
+        monkeypatch.setattr(importlib.import_module(module), "rank_salt", lambda: 987654321)
+    assert_parity(model, x, backend="aot", rtol=0, atol=0)
+    rank1 = _emulated_run(model, x, "ufp4")[2]
+    assert (rank1[0] - rank0[0]).abs().max() > 0  # fc1.weight: its Wgrad rounds dY stochastically
+
+
 def test_restore_and_kept_layers():
     torch.manual_seed(0)
     model = MLP(40, 64)  # K = 40: fc1 stays in float32

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 
 import torch
 
+from ufp4_compile.defaults import with_defaults
 from ufp4_compile.recipes import LayerPolicy, Recipe, SRSeedPolicy, get_recipe
 
 log = logging.getLogger("ufp4_compile.backend")
@@ -166,23 +167,26 @@ class Ufp4Backend:
         from ufp4_compile.passes.report import Report
 
         self.options, self.mode, self.sinks = options_dict(options), mode, tuple(sinks)
-        self.resolved = resolve_options(self.options, mode)  # validate early
+        self.resolved = resolve_options(with_defaults(self.options), mode)  # validate early
         self.report = Report(self.resolved.recipe.name)
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs, mode: str | None = None,
                  options: dict | None = None):
         from torch._inductor.compile_fx import compile_fx
 
+        from ufp4_compile.passes.graph_inputs import graph_inputs
         from ufp4_compile.passes.joint_pass import Ufp4JointPass
+        from ufp4_compile.passes.shared_graph import guard_shared_graph
 
-        resolved = resolve_options({**self.options, **options_dict(options)}, mode or self.mode)
+        resolved = resolve_options(with_defaults({**self.options, **options_dict(options)}), mode or self.mode)
         patches = dict(resolved.inductor)
         sinks = _sinks(self.sinks, resolved.dump_dir)
         joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks, dense=resolved.dense_gemms,
-                              extra=patches.pop("joint_custom_pre_pass", None))
+                              extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm))
         patches["joint_custom_pre_pass"] = joint
         register_lowering(example_inputs)
-        return compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks), config_patches=patches)
+        compiled = compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks), config_patches=patches)
+        return guard_shared_graph(compiled, gm, example_inputs, resolved.recipe)
 
 
 def make_backend(options: dict | None = None, *, mode: str | None = None, sinks=()) -> Ufp4Backend:
@@ -206,10 +210,12 @@ def make_aot_backend(options: dict | None = None, *, sinks=(), dry_run: bool = F
     from torch._functorch.aot_autograd import make_boxed_func
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
+    from ufp4_compile.passes.graph_inputs import graph_inputs
     from ufp4_compile.passes.joint_pass import Ufp4JointPass
     from ufp4_compile.passes.report import Report
+    from ufp4_compile.passes.shared_graph import guard_shared_graph
 
-    resolved = resolve_options(options)
+    resolved = resolve_options(with_defaults(options))
     report = report if report is not None else Report(resolved.recipe.name)
     decompositions = None
     if inductor_decompositions:
@@ -220,7 +226,7 @@ def make_aot_backend(options: dict | None = None, *, sinks=(), dry_run: bool = F
     def backend(gm, example_inputs, **_):
         all_sinks = _sinks(sinks, resolved.dump_dir)
         joint = Ufp4JointPass(resolved.recipe, report=report, sinks=all_sinks, dry_run=dry_run,
-                              dense=resolved.dense_gemms)
+                              dense=resolved.dense_gemms, inputs=graph_inputs(gm))
 
         def compiled(gm, example_inputs, is_backward):
             for sink in all_sinks:
@@ -237,9 +243,10 @@ def make_aot_backend(options: dict | None = None, *, sinks=(), dry_run: bool = F
             gm.recompile()
             return compiled(gm, example_inputs, False)
 
-        return aot_autograd(fw_compiler=partial(compiled, is_backward=False),
-                            bw_compiler=partial(compiled, is_backward=True), inference_compiler=inference,
-                            partition_fn=partition, decompositions=decompositions)(gm, example_inputs)
+        run = aot_autograd(fw_compiler=partial(compiled, is_backward=False),
+                           bw_compiler=partial(compiled, is_backward=True), inference_compiler=inference,
+                           partition_fn=partition, decompositions=decompositions)(gm, example_inputs)
+        return guard_shared_graph(run, gm, example_inputs, resolved.recipe)
 
     backend.report = report
     return backend

@@ -22,7 +22,7 @@ from torch import nn
 from ufp4_compile import numerics, ops
 from ufp4_compile.numerics.formats import Rounding
 from ufp4_compile.passes.policy import SiteFacts, block_ranges, gemm_keep_reason, head_by_name, site_keep_reason
-from ufp4_compile.passes.seeds import philox_offset, rht_seed_for
+from ufp4_compile.passes.seeds import philox_offset, rank_salt, rht_seed_for
 from ufp4_compile.recipes import GemmRecipe, MeanSplit, Recipe, Role, SRSeedPolicy
 
 SEED_HIGH = 1 << 62
@@ -44,11 +44,13 @@ class _State:
         self.seed = None
 
     def step_seed(self, device) -> torch.Tensor:
+        """The seed of this forward call, as the compiled graph makes it: ``sr_seed`` or a draw, XORed with
+        the rank's salt (0 on rank 0)."""
         if self.seed is None:
             if self.recipe.sr_seed_policy is SRSeedPolicy.FIXED:
-                self.seed = torch.tensor(self.recipe.sr_seed, dtype=torch.int64, device=device)
+                self.seed = torch.tensor(self.recipe.sr_seed ^ rank_salt(), dtype=torch.int64, device=device)
             else:
-                self.seed = torch.randint(0, SEED_HIGH, (), dtype=torch.int64, device=device)
+                self.seed = torch.randint(0, SEED_HIGH, (), dtype=torch.int64, device=device) ^ rank_salt()
         return self.seed
 
 
@@ -175,12 +177,15 @@ class EmulatedLinear(nn.Linear):
         return y2.reshape(*x.shape[:-1], self.out_features)
 
 
-def emulate(model: nn.Module, recipe: str | Recipe = "ufp4", **options) -> nn.Module:
+def emulate(model: nn.Module, recipe: str | Recipe | None = None, **options) -> nn.Module:
     """Swap every ``nn.Linear`` of ``model`` (in place) for :class:`EmulatedLinear` following ``recipe``
-    with the backend's layer and seed ``options`` (``skip``, ``keep_first``, ``sr_seed_policy``...)."""
+    with the backend's layer and seed ``options`` (``skip``, ``keep_first``, ``sr_seed_policy``...), over the
+    process defaults (``ufp4_compile.configure``, ``UFP4_OPTIONS``) as the backend takes them; ``recipe``
+    None means the process default or ``"ufp4"``."""
     from ufp4_compile.backend import resolve_options
+    from ufp4_compile.defaults import with_defaults
 
-    resolved = resolve_options({"recipe": recipe, **options})
+    resolved = resolve_options(with_defaults({**({"recipe": recipe} if recipe is not None else {}), **options}))
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     embeddings = {id(m.weight): m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
     state = _State(resolved.recipe, block_ranges(name for name, _ in linears), embeddings,

@@ -48,7 +48,8 @@ def test_heads_and_attention():
     head = facts("lm_head", head=head_by_name("lm_head"))
     assert site_keep_reason(head, LayerPolicy(), {}) == "output head: module name 'lm_head' (layers.keep_output_head)"
     assert site_keep_reason(head, LayerPolicy(keep_output_head=False), {}) is None
-    assert head_by_name("layers.0.attention.output") == "output head: module name 'output'"
+    assert head_by_name("output") == "output head: module name 'output'"  # torchtitan's Llama head
+    assert head_by_name("layers.0.attention.output") is None  # a block's own projection (BERT), not the head
     assert head_by_name("layers.0.mlp.down") is None
     attn = facts("layers.0.attn", kind="bmm", batch=8, attention_like=True)
     assert "attention score/value batched matmul" in site_keep_reason(attn, LayerPolicy(), BLOCKS)

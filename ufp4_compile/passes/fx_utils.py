@@ -74,6 +74,7 @@ _GETATTR = re.compile(r"getattr\(([^(),]+), '([^']*)'\)")
 _ROOT = re.compile(r"""^(?:[LG]\[(['"])[^'"]*\1\]|L__[A-Za-z0-9]+___?)"""  # L['x'], G['x'], or a mangled L__x__
                    r"""(?:\[[^\]]*\]|\.__\w+__|\.cell_contents|\.(?:args|keywords)(?=\[))*""")
 _STEPS = [
+    (re.compile(r"\.__dict__\['_modules'\]\['([^']*)'\]"), r".\1"),  # a wrapper's child (checkpoint_wrapper)
     (re.compile(r"\._modules\['([^']*)'\]"), r".\1"),
     (re.compile(r"\['([^']*)'\]"), r".\1"),
     (re.compile(r"\[(\d+)\]"), r".\1"),

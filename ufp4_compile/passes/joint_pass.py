@@ -22,6 +22,7 @@ from ufp4_compile.passes.dense_gemms import dense_gemms
 from ufp4_compile.passes.rewrite_grouped_mm import rewrite_grouped_mm
 from ufp4_compile.passes.report import Report, trace_report
 from ufp4_compile.passes.rewrite_matmuls import rewrite_matmuls
+from ufp4_compile.passes.seeds import rank_salt
 from ufp4_compile.recipes import Recipe
 
 log = logging.getLogger("ufp4_compile.passes.joint_pass")
@@ -59,8 +60,9 @@ class Ufp4JointPass(CustomGraphPass):
 
     def __init__(self, recipe: Recipe, *, report: Report | None = None, sinks=(), dry_run: bool = False,
                  dense: bool | str = "auto",
-                 extra=None):
+                 extra=None, inputs=None):
         self.recipe, self.sinks, self.dry_run, self.extra = recipe, tuple(sinks), dry_run, extra
+        self.inputs = inputs  # GraphInputs of the Dynamo graph (passes/graph_inputs.py), or None
         self.dense = dense  # "auto": dense GEMMs where the device has no native 4-bit MMA; True: always; False: never
         self.report = report if report is not None else Report(recipe.name)
         self.last_graph_id: int | None = None
@@ -69,7 +71,7 @@ class Ufp4JointPass(CustomGraphPass):
         graph_id = self.last_graph_id = next(_GRAPH_IDS)
         for sink in self.sinks:
             sink.graph_before(graph_id, graph)
-        rows = rewrite_matmuls(graph, self.recipe, graph_index=graph_id, dry_run=self.dry_run)
+        rows = rewrite_matmuls(graph, self.recipe, graph_index=graph_id, dry_run=self.dry_run, inputs=self.inputs)
         rows += rewrite_grouped_mm(graph, self.recipe, graph_index=graph_id, dry_run=self.dry_run)
         if not self.dry_run and self.dense is not False:
             dense_gemms(graph, force=self.dense is True)
@@ -93,4 +95,6 @@ class Ufp4JointPass(CustomGraphPass):
             extra_uuid = self.extra.uuid() if hasattr(self.extra, "uuid") else None
             if not extra_uuid:
                 return None
-        return f"ufp4-{source_hash()}-{self.recipe.fingerprint()}-dry{int(self.dry_run)}-dense{self.dense}-{extra_uuid}"
+        inputs = self.inputs.fingerprint() if self.inputs is not None else "none"
+        return (f"ufp4-{source_hash()}-{self.recipe.fingerprint()}-dry{int(self.dry_run)}-dense{self.dense}-"
+                f"{extra_uuid}-salt{rank_salt()}-inputs{inputs}")

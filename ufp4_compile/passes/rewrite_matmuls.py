@@ -25,10 +25,11 @@ from ufp4_compile import ops
 from ufp4_compile.numerics.formats import OperandFormat, Rounding
 from ufp4_compile.passes.classify import Gemm, Operand, Site, classify
 from ufp4_compile.passes.fx_utils import NodeBuilder, detect_fake_mode, module_name, root_placeholder, value
+from ufp4_compile.passes.graph_inputs import GraphInputs, input_index
 from ufp4_compile.passes.policy import (SiteFacts, block_ranges, gemm_keep_reason, head_by_name,
                                         site_keep_reason)
 from ufp4_compile.passes.report import MatmulRow
-from ufp4_compile.passes.seeds import philox_offset, rht_seed_for
+from ufp4_compile.passes.seeds import philox_offset, rank_salt, rht_seed_for
 from ufp4_compile.recipes import MeanSplit, Recipe, Role, SRSeedPolicy
 
 log = logging.getLogger("ufp4_compile.passes.rewrite_matmuls")
@@ -62,6 +63,7 @@ class _Rewriter:
         self.cache: dict[tuple, tuple[Quantized, int]] = {}
         self.position = {node: i for i, node in enumerate(graph.nodes)}
         self.seeds: dict[torch.device, fx.Node] = {}
+        self.salt = rank_salt()  # 0 on rank 0 (seeds.py)
 
     def resolve(self, node: fx.Node) -> fx.Node:
         while node in self.replaced:
@@ -75,16 +77,20 @@ class _Rewriter:
         return builder
 
     def seed(self, device: torch.device) -> fx.Node:
-        """The graph's stochastic-rounding seed (0-d int64), created once per device at the graph's start."""
+        """The graph's stochastic-rounding seed (0-d int64), created once per device at the graph's start:
+        ``sr_seed`` or a draw per graph call, XORed with the rank's salt."""
         if device in self.seeds:
             return self.seeds[device]
         first = next(n for n in self.graph.nodes if n.op != "placeholder")
         builder = NodeBuilder(self.graph, self.fake_mode, first, {"partitioner_tag": "is_forward"}
                               if self.is_joint else {})
         if self.recipe.sr_seed_policy is SRSeedPolicy.FIXED:
-            node = builder.call(aten.scalar_tensor.default, self.recipe.sr_seed, dtype=torch.int64, device=device)
+            node = builder.call(aten.scalar_tensor.default, self.recipe.sr_seed ^ self.salt, dtype=torch.int64,
+                                device=device)
         else:
             node = builder.call(aten.randint.low, 0, SEED_HIGH, [], dtype=torch.int64, device=device)
+            if self.salt:
+                node = builder.call(aten.bitwise_xor.Scalar, node, self.salt)
         self.seeds[device] = node
         return node
 
@@ -206,16 +212,30 @@ def _done_row(graph_index: int, site: Site, gemm: Gemm, recipe: Recipe) -> Matmu
                 mean_split=None if grecipe.mean_split is MeanSplit.OFF else grecipe.mean_split.value)
 
 
-def rewrite_matmuls(graph: fx.Graph, recipe: Recipe, *, graph_index: int = 0,
-                    dry_run: bool = False) -> list[MatmulRow]:
+def _embedding_weights(graph: fx.Graph, inputs: GraphInputs | None) -> dict:
+    """Weight node -> vocabulary size, for the weights an embedding reads: in this graph, or (``inputs``) in
+    an earlier graph of the process, as when a DDP graph split puts the embedding and a tied head apart."""
+    embeddings = {root_placeholder(n.args[0]): value(n.args[0]).shape[0] for n in graph.nodes
+                  if n.op == "call_function" and n.target is aten.embedding.default and value(n.args[0]) is not None}
+    if inputs is not None:
+        for node in graph.nodes:
+            if node.op == "placeholder" and value(node) is not None and value(node).dim() == 2 \
+                    and inputs.is_embedding(input_index(node)):
+                embeddings[node] = value(node).shape[0]
+    return embeddings
+
+
+def rewrite_matmuls(graph: fx.Graph, recipe: Recipe, *, graph_index: int = 0, dry_run: bool = False,
+                    inputs: GraphInputs | None = None) -> list[MatmulRow]:
     """Rewrite the eligible matmuls of ``graph`` in place per ``recipe``; one row per matmul found.
 
     ``dry_run`` decides and reports without touching the graph (what :func:`ufp4_compile.explain` uses).
+    ``inputs`` (from the Dynamo graph, :mod:`~ufp4_compile.passes.graph_inputs`) adds what the joint graph
+    does not show: embedding weights of other graphs and the traced frame's modules (block counts).
     """
     found = classify(graph)
-    embeddings = {root_placeholder(n.args[0]): value(n.args[0]).shape[0] for n in graph.nodes
-                  if n.op == "call_function" and n.target is aten.embedding.default and value(n.args[0]) is not None}
-    blocks = block_ranges(site.name for site in found.sites)
+    embeddings = _embedding_weights(graph, inputs)
+    blocks = block_ranges([site.name for site in found.sites] + list(inputs.modules if inputs else ()))
     rows, todo = [], []
     for site in found.sites:
         keep_site = site_keep_reason(_site_facts(site, found.sites, embeddings), recipe.layers, blocks)
