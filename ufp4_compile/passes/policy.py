@@ -134,12 +134,15 @@ def gemm_keep_reason(role: Role, recipe: Recipe, m: int, k: int, n: int, dtype: 
     if dtype not in QUANTIZABLE_DTYPES:
         return f"dtype {dtype} is not quantized (only float32, bfloat16, float16)"
     label, length = reduction_dim(role, m, k, n)
-    if not _static(length):
+    # Wgrad reduces over the tokens, whose count may be dynamic or ragged: the last block is padded with
+    # zeros and a trailing partial Hadamard group left unrotated on both operands (docs/numerics.md).
+    tokens = role is Role.WGRAD
+    if not tokens and not _static(length):
         return f"{label}={length} (reduction of {role.value}) is dynamic; blocks need a static length"
     if gemm.mean_split is not MeanSplit.OFF and not _static(m):
         return f"mean split needs a static token count, M={m} is dynamic"
     multiple = math.lcm(gemm.a.block, gemm.rht or 1)
-    if length % multiple:
+    if not tokens and length % multiple:
         what = f"block {gemm.a.block}" + (f" and RHT size {gemm.rht}" if gemm.rht else "")
         return f"{label}={length} (reduction of {role.value}) is not a multiple of {multiple} ({what})"
     if gemm.b.block_2d:
