@@ -202,6 +202,19 @@ def test_dynamic_features_kept():
     _assert_kept_and_exact(Matmul(), a, b, reason="dynamic shape", backward=False, dynamic=None)
 
 
+def test_dynamic_keeps_are_logged_as_warnings(caplog):
+    class Matmul(nn.Module):
+        def forward(self, a, b):
+            return a @ b
+
+    a, b = torch.randn(16, 32), torch.randn(32, 48)
+    torch._dynamo.mark_dynamic(a, 1)
+    torch._dynamo.mark_dynamic(b, 0)
+    with caplog.at_level("WARNING", logger="ufp4_compile.passes.rewrite_matmuls"):
+        compile_and_run(Matmul(), a, b, options=FIXED, backward=False, dynamic=None)
+    assert any("kept in high precision because of dynamic shapes" in r.getMessage() for r in caplog.records)
+
+
 def test_graph_without_shape_metadata_is_left_alone():
     """A matmul whose nodes carry no fake values cannot be checked: it is kept, with that reason."""
     from ufp4_compile.passes import rewrite_matmuls

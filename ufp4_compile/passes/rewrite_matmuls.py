@@ -252,6 +252,10 @@ def rewrite_matmuls(graph: fx.Graph, recipe: Recipe, *, graph_index: int = 0, dr
     for row in rows:
         log.debug("graph %d %s %s %s %s: %s", graph_index, row.module or "(top)", row.role, row.node,
                   row.shape_text(), row.detail())
+    dynamic = [row for row in rows if not row.rewritten and row.reason and "dynamic" in row.reason]
+    if dynamic:  # silently training part of a model in high precision is what a user must not miss
+        log.warning("graph %d: %d matmul(s) kept in high precision because of dynamic shapes, e.g. %s %s: %s",
+                    graph_index, len(dynamic), dynamic[0].module or "(top)", dynamic[0].role, dynamic[0].reason)
     if dry_run or not todo:
         return rows
     rewriter = _Rewriter(graph, recipe)
