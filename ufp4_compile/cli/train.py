@@ -14,13 +14,15 @@ import sys
 
 from ufp4_compile.cli.args import check_output_dir, int_at_least, positive_float
 
-# Per-preset training defaults (each overridable on the command line).
+# Per-preset training defaults (each overridable on the command line; "data" is --data's default).
 TRAIN_DEFAULTS = {
     "tiny": {"steps": 80, "batch_size": 8, "lr": 3e-3},
     "small": {"steps": 1000, "batch_size": 16, "lr": 1e-3},
     "bench": {"steps": 300, "batch_size": 8, "lr": 6e-4},
     "tiny-moe": {"steps": 80, "batch_size": 8, "lr": 3e-3},
     "small-moe": {"steps": 1000, "batch_size": 16, "lr": 1e-3},
+    # 3200 steps x 32 x 1024 tokens = 105 M tokens, cosine to the end; sizing in models/gpt.py.
+    "evidence": {"steps": 3200, "batch_size": 32, "lr": 1.5e-3, "data": "python-sources"},
 }
 DEFAULT_RECIPES = "bf16,ufp4"
 
@@ -30,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("what to train")
     g.add_argument("--preset", default="tiny", help="model preset: tiny (CPU), small (GPU), bench, and the mixture-of-experts tiny-moe (CPU) "
-                        "and small-moe (GPU) (default: tiny)")
+                        "and small-moe (GPU), evidence (GPU, 105 M tokens) (default: tiny)")
     g.add_argument("--recipes", default=DEFAULT_RECIPES,
                    help=f"comma-separated recipe names; bf16 is always run (default: {DEFAULT_RECIPES})")
     g.add_argument("--seeds", default="0", help="comma-separated seeds; each recipe runs once per seed (default: 0)")
@@ -41,7 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--seq-len", type=int_at_least(1), help="tokens per sequence (preset default)")
     g.add_argument("--lr", type=positive_float, help="peak learning rate (preset default)")
     g.add_argument("--warmup", type=int_at_least(0), help="warm-up steps (default: steps/10)")
-    g.add_argument("--data", help="a text file or a uint8/uint16 token .bin (default: the standard-library corpus)")
+    g.add_argument("--data", help="python-sources (every installed *.py file, cached), a text file or a uint8/uint16 "
+                                  "token .bin (default: the standard-library corpus; evidence: python-sources)")
     g.add_argument("--data-dtype", default="uint16", choices=("uint8", "uint16"), help="token type of a .bin file")
     g.add_argument("--data-seed", type=int_at_least(0), default=0, help="seed of the batch order, shared by every run")
     g = p.add_argument_group("how")
@@ -132,7 +135,7 @@ def build_experiment(args):
         raise ValueError("--out='' is not valid; give a directory")
     out = pathlib.Path(default_if_none(args.out, f"ufp4-train-{args.preset}"))
     check_output_dir(out, "--out")
-    corpus = load_corpus(args.data, args.data_dtype)
+    corpus = load_corpus(default_if_none(args.data, defaults.get("data")), args.data_dtype)
     for recipe in recipes:
         compile_step.check_backend(args.backend, recipe)
     config = get_config(args.preset, seq_len=args.seq_len)
@@ -146,6 +149,10 @@ def build_experiment(args):
         device=device, autocast_bf16=bf16, backend=args.backend, eval_batches=args.eval_batches,
         eval_every=args.eval_every, log_every=args.log_every, diagnose_every=args.diagnose,
         checkpoint_every=args.checkpoint_every, stop_at=args.stop_at, progress=not args.no_progress)
+    drawn = train.steps * train.batch_size * config.seq_len
+    if drawn > corpus.train.num_tokens:
+        print(f"note: a run draws {drawn:,} tokens from {corpus.train.num_tokens:,} training tokens "
+              f"({corpus.info.get('source')}), so it sees data again", file=sys.stderr)
     return Experiment(preset=args.preset, model_config=config, corpus=corpus, train=train, recipes=recipes,
                       seeds=seeds, noise_floor=args.noise_floor, last_n=last_n, out_dir=out, resume=args.resume,
                       command=command_line())

@@ -9,6 +9,9 @@ validation, so validation follows the training distribution.
 ``--data PATH``: a ``.bin`` file is a flat array of uint8 or uint16 tokens, memory-mapped with
 ``np.memmap`` (never unpickled); any other file is text, read as bytes. Either is cut into interleaved
 chunks (every tenth chunk to validation).
+
+``--data python-sources``: every ``*.py`` file of the interpreter's standard library and installed packages,
+deduplicated, shuffled and split by content hash, cached on first use (:mod:`ufp4_compile.data.python_sources`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from ufp4_compile.data import python_sources
 
 VAL_EVERY = 10  # every tenth document (or chunk) goes to validation
 CHUNK_TOKENS = 1 << 16  # chunk length for --data files
@@ -141,9 +146,13 @@ def _sha256_file(path: pathlib.Path) -> str:
 
 
 def load_corpus(path: str | None = None, bin_dtype: str = "uint16") -> Corpus:
-    """``None``: the default corpus. A ``.bin`` file: tokens of ``bin_dtype``. Anything else: text bytes."""
+    """``None``: the default corpus. ``"python-sources"``: every installed Python source file (built and
+    cached on first use). A ``.bin`` file: tokens of ``bin_dtype``. Anything else: text bytes."""
     if path is None:
         return default_corpus()
+    if path == python_sources.NAME:
+        train, val, info = python_sources.load(VAL_EVERY, END_OF_DOCUMENT)
+        return Corpus(TokenStream([train]), TokenStream([val]), 256, info)
     file = pathlib.Path(path)
     if not file.is_file():
         raise ValueError(f"--data {path!r}: no such file (pass a text file or a uint8/uint16 token .bin)")
