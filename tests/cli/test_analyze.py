@@ -140,3 +140,41 @@ def test_bad_output_paths_fail_before_any_work(flag, where, message, tmp_path, c
 def test_bad_sizes(capsys):
     assert main(["analyze", "--channels", "24"]) == 2
     assert "--channels=24 is not valid" in capsys.readouterr().err
+
+
+# ---- --model ----------------------------------------------------------------------------------------------
+
+def test_model_writes_tables_figures_and_json(tmp_path, capsys):
+    out = tmp_path / "mech"
+    threads = torch.get_num_threads()
+    code = main(["analyze", "--model", "--train-steps", "2", "--batch-size", "2", "--recipes", "e2m1-ref,ufp4-rht0",
+                 "--device", "cpu", "--out", str(out), "--json", str(tmp_path / "copy.json")])
+    assert code == 0 and torch.get_num_threads() == threads  # one thread during the measurement only
+    printed = capsys.readouterr().out
+    assert "## The paper's directions" in printed and "wrote" in printed
+    payload = json.loads((out / "mechanism.json").read_text())
+    assert payload == json.loads((tmp_path / "copy.json").read_text())
+    m = payload["mechanism"]
+    assert set(m["forward"]) == {"e2m1-ref", "ufp4-rht0"} and len(m["layers"]) == 8
+    assert payload["meta"]["source"]["steps"] == 2 and payload["meta"]["model"]["n_layers"] == 2
+    for name in ("operands.png", "depth.png", "recipe-e2m1-ref.png", "recipe-ufp4-rht0.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "mechanism.md").read_text()
+    assert "| e2m1-ref |" in md and "## Operands per layer" in md
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recipes", "bf16"], "quantizes nothing"),
+    (["--recipes", "ufp4,fp3"], "recipe='fp3' is not a known recipe"),
+    (["--preset", "huge"], "--preset='huge' is not a known preset"),
+    (["--checkpoint", "/nonexistent/run.pt"], "no such file"),
+    (["--tensor", "x.npy"], "--tensor and --plot belong to the synthetic lab"),
+    (["--device", "tpu"], "--device='tpu' is not valid"),
+])
+def test_model_bad_arguments_fail_before_any_work(args, message, tmp_path, capsys, monkeypatch):
+    from ufp4_compile.training import mechanism
+
+    monkeypatch.setattr(mechanism, "train_model", lambda *a: pytest.fail("trained before checking the arguments"))
+    assert main(["analyze", "--model", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ufp4 analyze: error: ") and message in err

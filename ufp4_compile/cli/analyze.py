@@ -10,6 +10,7 @@ which equals the original domain up to FP32 rounding since the RHT is orthogonal
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
@@ -17,7 +18,7 @@ import time
 
 import torch
 
-from ufp4_compile.cli.args import output_file, plot_suffixes
+from ufp4_compile.cli.args import check_output_dir, int_at_least, output_file, plot_suffixes
 from ufp4_compile.numerics import (Grid, OperandFormat, ScaleFormat, dequantize, effective_bucket_ratio,
                                    per_level_bias, quantize, rht, shrinkage_alpha, sqnr_db, unpack_codes)
 
@@ -25,6 +26,8 @@ RHT_SIZES = (0, 16)
 OUTLIER_GAIN = 20.0  # "one channel 20x larger" (UFP4 paper's outlier-channel setting)
 STUDENT_T_DF = 3
 MAX_ELEMENTS = 1 << 24  # a user tensor beyond this is cut to its first rows (reported)
+# --model: E2M1 and INT4 recipes, each also with the RHT switched (the paper: RHT hurts E2M1, helps INT4).
+MODEL_RECIPES = "e2m1-ref,e2m1-ref+rht16,ufp4,ufp4-rht0,nvfp4,ufp4-mean"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -44,6 +47,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="write a bar chart of SQNR and alpha (.png, .pdf, .svg...)")
     p.add_argument("--check", action="store_true",
                    help="exit with status 1 if one of the paper's directions does not hold")
+    g = p.add_argument_group("--model: the paper's mechanism per layer on a trained GPT (docs/train.md)")
+    g.add_argument("--model", action="store_true",
+                   help="measure alpha/SQNR per layer and GEMM role, and the forward/backward decay over depth, "
+                        "on a trained GPT instead of synthetic data")
+    g.add_argument("--preset", default="tiny", help="model preset trained in-process (default: tiny)")
+    g.add_argument("--checkpoint", metavar="FILE", type=pathlib.Path,
+                   help="analyze this ufp4 train checkpoint (checkpoints/<run>.pt) instead of training")
+    g.add_argument("--train-steps", type=int_at_least(1), help="in-process training steps (preset default)")
+    g.add_argument("--batch-size", type=int_at_least(1), help="sequences in the analyzed batch (preset default)")
+    g.add_argument("--recipes", default=MODEL_RECIPES,
+                   help="recipes to run, each optionally with +rht16 or -rht0 (RHT-16 on/off in Fprop and Dgrad); "
+                        "default: %(default)s")
+    g.add_argument("--data", help="corpus (as ufp4 train --data; default: the preset's)")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                   help="bf16 autocast (auto on CUDA) or fp32 (auto on CPU)")
+    g.add_argument("--out", help="output directory for mechanism.json/.md and the PNGs "
+                                 "(default: ufp4-analyze-<preset>)")
     p.set_defaults(command="analyze")
     return p
 
@@ -219,6 +240,8 @@ def write_plot(rows: list[dict], path: pathlib.Path) -> None:
 
 
 def run(args) -> int:
+    if args.model:
+        return run_model(args)
     start = time.perf_counter()
     for name in ("tokens", "channels"):
         value = getattr(args, name)
@@ -258,3 +281,91 @@ def run(args) -> int:
         write_plot(rows, args.plot)
     print(f"\n({time.perf_counter() - start:.1f} s)")
     return 1 if args.check and not all(c["holds"] for c in checks) else 0
+
+
+# ---- --model ----------------------------------------------------------------------------------------------
+
+def run_model(args) -> int:
+    """``--model``: train (or load) a GPT, measure the mechanism, write mechanism.json/.md and PNGs under --out."""
+    if resolve_device_quietly(args.device) == "cpu":
+        # Hundreds of small reference ops: on a shared 2-core CPU one thread took 18 s where torch's default
+        # two took 90-270 s (synchronization, not arithmetic).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _run_model(args)
+        finally:
+            torch.set_num_threads(threads)
+    return _run_model(args)
+
+
+def resolve_device_quietly(name: str) -> str | None:
+    from ufp4_compile.cli.train import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError:
+        return None  # reported by _run_model
+
+
+def _run_model(args) -> int:
+    from ufp4_compile.cli.train import TRAIN_DEFAULTS, resolve_device
+    from ufp4_compile.data.corpus import load_corpus
+    from ufp4_compile.models.gpt import get_config, preset_names
+    from ufp4_compile.training import mechanism, mechanism_report
+    from ufp4_compile.training.experiment import command_line, device_name, git_sha
+
+    start = time.perf_counter()
+    try:
+        if args.tensor is not None or args.plot is not None:
+            raise ValueError("--tensor and --plot belong to the synthetic lab; with --model the figures go under --out")
+        if args.preset not in TRAIN_DEFAULTS:
+            raise ValueError(f"--preset={args.preset!r} is not a known preset; valid names: "
+                             f"{', '.join(preset_names())}")
+        recipes = mechanism.parse_recipes(args.recipes)
+        device = resolve_device(args.device)
+        name = args.preset if args.checkpoint is None else args.checkpoint.stem
+        out = pathlib.Path(args.out or f"ufp4-analyze-{name}")
+        check_output_dir(out, "--out")
+        defaults = TRAIN_DEFAULTS[args.preset]
+        corpus = load_corpus(args.data or defaults.get("data"), "uint16")
+        bf16 = args.precision == "bf16" or (args.precision == "auto" and device.startswith("cuda"))
+        batch_size = args.batch_size or defaults["batch_size"]
+        if args.checkpoint is not None:
+            model, source = mechanism.load_model(args.checkpoint, device)
+        else:
+            config = get_config(args.preset)
+            config = get_config(args.preset, vocab_size=max(config.vocab_size, 64 * -(-corpus.vocab_size // 64)))
+            steps = args.train_steps or defaults["steps"]
+            print(f"training {args.preset} for {steps} steps (bf16 recipe, eager) on {device}")
+            model, source = mechanism.train_model(config, corpus, steps, defaults["batch_size"], defaults["lr"],
+                                                  args.seed, device, bf16)
+    except ValueError as exc:
+        print(f"ufp4 analyze: error: {exc}", file=sys.stderr)
+        return 2
+    notes = []
+    if source.get("corpus_sha256") not in (None, corpus.info.get("sha256")):
+        notes.append("the checkpoint was trained on another corpus than the one analyzed; pass its --data")
+    result = mechanism.analyze_model(model, corpus, recipes, batch_size, device, bf16)
+    c = model.config
+    meta = {"command": command_line(), "git": git_sha(), "torch": torch.__version__,
+            "device": device_name(torch.device(device)), "precision": "bf16 autocast" if bf16 else "fp32",
+            "model": dataclasses.asdict(c), "num_params": model.num_params(),
+            "model_desc": f"{c.n_layers} layers, d_model {c.d_model}, {model.num_params() / 1e6:.2f} M parameters",
+            "model_source": (f"trained in-process for {source['steps']} steps (val loss {source['val_loss']:.4f})"
+                             if args.checkpoint is None else f"checkpoint {args.checkpoint} at step {source['steps']}"),
+            "source": source, "corpus": corpus.info, "notes": notes}
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "mechanism": result}
+    meta["wall_s"] = time.perf_counter() - start
+    mechanism_report.write_json(out / "mechanism.json", payload)
+    if args.json is not None:
+        mechanism_report.write_json(args.json, payload)
+    mechanism_report.write_markdown(out / "mechanism.md", payload)
+    pngs = mechanism_report.write_pngs(out, result)
+    print((out / "mechanism.md").read_text().split("\n## Operands per layer")[0])
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {out / 'mechanism.json'}, {out / 'mechanism.md'} and {len(pngs)} PNGs "
+          f"({time.perf_counter() - start:.1f} s)")
+    return 1 if args.check and not all(c["holds"] for c in result["checks"]) else 0
