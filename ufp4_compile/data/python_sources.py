@@ -2,7 +2,7 @@
 
 No download. The ``*.py`` files under the standard library and every installed-package directory of the
 running interpreter (``sysconfig``'s stdlib, platstdlib, purelib and platlib paths, ``site``'s global and
-user site-packages; ``__pycache__`` skipped, symbolic links not followed), read as bytes:
+user site-packages; ``__pycache__`` skipped, linked directories not entered), read as bytes:
 
 - **deduplicated** by content (SHA-256): a file vendored by two packages, or reached through two roots,
   counts once;
