@@ -66,6 +66,19 @@ def test_complex_matmul_reason_names_complex():
     assert rows and all("complex dtype" in r.reason for r in rows)
 
 
+def test_a_symint_fixed_to_a_number_is_a_static_dim():
+    """A size the guards fixed prints as a number ("K=64") but is a SymInt: it must not read as dynamic."""
+    import sympy
+    from torch.fx.experimental.sym_node import SymNode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    from ufp4_compile.passes.policy import LayerPolicy, SiteFacts, site_keep_reason
+
+    fixed = torch.SymInt(SymNode(sympy.Integer(64), ShapeEnv(), int, hint=64))
+    facts = SiteFacts("fc", "mm", torch.float32, None, 48, fixed, fixed)
+    assert site_keep_reason(facts, LayerPolicy(), {}) is None
+
+
 def test_dynamic_compile_keeps_no_constant_feature_dims_as_dynamic():
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
     rows = _rows(model, torch.randn(48, 64, requires_grad=True), dynamic=True)
