@@ -191,27 +191,26 @@ def test_dynamic_token_count_rewrites_every_role():
         assert run.out.shape == (tokens, 64)
 
 
-def test_dynamic_features_kept():
-    class Matmul(nn.Module):
-        def forward(self, a, b):
-            return a @ b
+class _Matmul(nn.Module):
+    def forward(self, a, b):
+        return a @ b
 
+
+def _dynamic_feature_inputs():
     a, b = torch.randn(16, 32), torch.randn(32, 48)
     torch._dynamo.mark_dynamic(a, 1)
     torch._dynamo.mark_dynamic(b, 0)
-    _assert_kept_and_exact(Matmul(), a, b, reason="dynamic shape", backward=False, dynamic=None)
+    return a, b
+
+
+def test_dynamic_features_kept():
+    _assert_kept_and_exact(_Matmul(), *_dynamic_feature_inputs(), reason="dynamic shape", backward=False,
+                           dynamic=None)
 
 
 def test_dynamic_keeps_are_logged_as_warnings(caplog):
-    class Matmul(nn.Module):
-        def forward(self, a, b):
-            return a @ b
-
-    a, b = torch.randn(16, 32), torch.randn(32, 48)
-    torch._dynamo.mark_dynamic(a, 1)
-    torch._dynamo.mark_dynamic(b, 0)
     with caplog.at_level("WARNING", logger="ufp4_compile.passes.rewrite_matmuls"):
-        compile_and_run(Matmul(), a, b, options=FIXED, backward=False, dynamic=None)
+        compile_and_run(_Matmul(), *_dynamic_feature_inputs(), options=FIXED, backward=False, dynamic=None)
     assert any("kept in high precision because of dynamic shapes" in r.getMessage() for r in caplog.records)
 
 
