@@ -111,8 +111,9 @@ def test_torch_compile_debug_dumps_into_debug_dir(tmp_path, monkeypatch):
 
 
 def test_decisions_are_logged(caplog):
-    torch._logging.set_logs(modules={"ufp4_compile": logging.DEBUG})  # what TORCH_LOGS="+ufp4_compile" does
     logger = logging.getLogger("ufp4_compile")  # torch's handler does not propagate to caplog's root handler
+    saved = (logger.propagate, list(logger.handlers), logger.level)
+    torch._logging.set_logs(modules={"ufp4_compile": logging.DEBUG})  # what TORCH_LOGS="+ufp4_compile" does
     logger.addHandler(caplog.handler)
     try:
         assert logger.getEffectiveLevel() == logging.DEBUG
@@ -121,6 +122,8 @@ def test_decisions_are_logged(caplog):
     finally:
         logger.removeHandler(caplog.handler)
         torch._logging.set_logs()
+        # set_logs leaves the logger not propagating, with torch's handler: later tests' caplog would see nothing.
+        logger.propagate, logger.handlers, logger.level = saved[0], saved[1], saved[2]
     decisions = [r.getMessage() for r in caplog.records if r.name == "ufp4_compile.passes.rewrite_matmuls"]
     assert any("kept: K=40 (reduction of fprop) is not a multiple of 16" in m for m in decisions)
     assert any("wgrad" in m and "a=int4/16/fp32/stochastic" in m for m in decisions)
