@@ -3,13 +3,16 @@
 - ``torch.compile(model, backend=make_backend({...}))`` (Inductor on CPU, with and without
   ``dense_gemms=True``) gives the eager emulation's (``ufp4_compile.emulate``) output and gradients, checked as
   tests/test_emulate.py checks parity (FP32: assert_close's tolerance; bf16 with Inductor emulating the
-  casts: bit for bit);
-- where the unquantized model gives a non-finite value, the compiled one does too;
+  casts: bit for bit); the rewritten graph run on eager kernels (the AOT backend) gives them bit for bit;
+- where a NaN or +-Inf input makes the unquantized model's value non-finite, the compiled model's value is
+  non-finite too (a finite input that overflows the unquantized model to Inf may saturate in the quantized
+  one, as docs/numerics.md specifies);
 - every matmul of every graph the pass sees has exactly one row in the report (``backend.report.rows``),
   with a role if rewritten and a reason if kept.
 
-Two classes fail today and have their own tests, marked xfail(strict=True) with the falsifying example: a
-single token (parity) and products with a vector (rows).
+Four classes fail today and have their own tests, marked xfail(strict=True) with the falsifying example:
+finite inputs near the FP32 limit with dense GEMMs, tanh, GELU or SiLU between the layers (Inductor against
+the emulation), a single token (parity), and products with a vector (rows).
 
 Settings tiers: tests/fuzz/conftest.py.
 """
@@ -38,8 +41,13 @@ FIXED = {"sr_seed_policy": "fixed"}
 MATMUL_OPS = {getattr(aten, name).default for name in
               ("mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot", "vdot", "_trilinear", "_grouped_mm")
               if hasattr(aten, name)}
-SPECIALS = (math.nan, math.inf, -math.inf, 0.0, 1e-45, 3e38)
+SPECIALS = (math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-45, -1e-40)
+NEAR_FP32_MAX = (3e38, -3.3e38, 1e38)  # finite: test_rewritten_graph_equals_emulation_near_fp32_max
 FEATURES = (16, 32, 48, 64, 24, 40)  # 24 and 40: not a multiple of the block (kept for alignment)
+# Activations Inductor computes with eager's bits (forward and backward), and ones it does not: its tanh,
+# GELU and SiLU differ from ATen's in the last bit, which the 4-bit rounding of the next operand amplifies.
+EXACT = ("relu", "")
+TRANSCENDENTAL = ("tanh", "gelu", "silu")
 
 
 class Census:
@@ -75,11 +83,12 @@ def assert_one_row_per_matmul(report, census: Census) -> None:
 
 
 @st.composite
-def inputs(draw, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Gaussian values of a random scale; sometimes a few runs of NaN, +-Inf, zeros, subnormals, 3e38."""
+def inputs(draw, shape: tuple[int, ...], dtype: torch.dtype, specials=SPECIALS) -> torch.Tensor:
+    """Gaussian values of a random scale; sometimes a few runs of ``specials`` (NaN, +-Inf, signed zeros,
+    subnormals)."""
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
     x = torch.randn(shape, generator=gen) * 2.0 ** draw(st.integers(-6, 6))
-    runs = draw(st.lists(st.tuples(st.integers(0, x.numel() - 1), st.integers(1, 20), st.sampled_from(SPECIALS)),
+    runs = draw(st.lists(st.tuples(st.integers(0, x.numel() - 1), st.integers(1, 20), st.sampled_from(specials)),
                          max_size=2))
     for start, length, value in runs:
         x.view(-1)[start:start + length] = value
@@ -94,6 +103,9 @@ class Chain(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(features, features[1:]))
         self.activation = activation
 
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
+
     def forward(self, x):
         for i, layer in enumerate(self.layers):
             x = layer(x) if i == 0 else layer(getattr(F, self.activation)(x) if self.activation else x)
@@ -101,17 +113,21 @@ class Chain(nn.Module):
 
 
 @st.composite
-def linear_cases(draw, tokens=st.sampled_from((16, 32, 48)) | st.integers(2, 40)) -> dict:
-    """A chain of 1 to 3 linear layers (features a multiple of the block or not), an input of ``tokens`` rows
-    as (M, d), (1, M, d) or (2, M/2, d), a recipe, with or without dense GEMMs and a gradient for the input."""
+def linear_cases(draw, tokens=st.sampled_from((16, 32, 48)) | st.integers(2, 40), activations=EXACT,
+                 specials=SPECIALS) -> dict:
+    """A chain of 1 to 3 linear layers (features a multiple of the block or not) with one of ``activations``
+    between them, an input of ``tokens`` rows as (M, d), (1, M, d) or (2, M/2, d), a recipe, with or without
+    dense GEMMs and a gradient for the input."""
     features = draw(st.lists(st.sampled_from(FEATURES), min_size=2, max_size=4))
     dtype = draw(st.sampled_from((torch.float32, torch.bfloat16)))
-    torch.manual_seed(draw(st.integers(0, 2**16)))
-    model = Chain(features, draw(st.booleans()), draw(st.sampled_from(("relu", "gelu", "tanh", "")))).to(dtype)
+    seed = draw(st.integers(0, 2**16))
+    torch.manual_seed(seed)  # the weights; kept in the case so that a falsifying example can be rebuilt
+    model = Chain(features, draw(st.booleans()), draw(st.sampled_from(activations))).to(dtype)
     tokens = draw(tokens)
     batch = draw(st.sampled_from(((tokens,), (1, tokens)) + (((2, tokens // 2),) if tokens % 2 == 0 else ())))
-    return dict(model=model, x=draw(inputs((*batch, features[0]), dtype)), x_grad=draw(st.booleans()),
-                recipe=draw(st.sampled_from(sorted(PRESETS))), dense=draw(st.sampled_from((False, True))))
+    return dict(model=model, weights_seed=seed, x=draw(inputs((*batch, features[0]), dtype, specials)),
+                x_grad=draw(st.booleans()), recipe=draw(st.sampled_from(sorted(PRESETS))),
+                dense=draw(st.sampled_from((False, True))))
 
 
 def _run(model, x, x_grad, forward):
@@ -121,49 +137,123 @@ def _run(model, x, x_grad, forward):
     return [out.detach(), x.grad, *[p.grad for p in model.parameters()]]
 
 
-def _assert_non_finite_kept(eager, compiled, what):
-    """Where the unquantized model's value is NaN or +-Inf, the compiled model's is too."""
-    lost = ~torch.isfinite(eager) & torch.isfinite(compiled)
-    assert not lost.any(), f"{what}: {int(lost.sum())} non-finite values of the unquantized model became finite"
+def _from_non_finite_inputs(model, x, x_grad) -> list:
+    """Per result, where the unquantized model is non-finite because the input holds NaN or +-Inf: non-finite
+    with ``x``, finite with those elements set to 0. (A finite input can overflow the unquantized model to Inf
+    where the quantized one saturates, as docs/numerics.md specifies: that is not a value turning finite.)"""
+    plain = _run(copy.deepcopy(model), x, x_grad, lambda m, xp: m(xp))
+    cleaned = _run(copy.deepcopy(model), torch.where(torch.isfinite(x), x, 0), x_grad, lambda m, xp: m(xp))
+    return [None if p is None else ~torch.isfinite(p) & torch.isfinite(q) for p, q in zip(plain, cleaned)]
 
 
-def check_parity(case: dict) -> None:
-    model, x, recipe = case["model"], case["x"], case["recipe"]
-    event(f"recipe {recipe}, {x.dtype}, dense_gemms={case['dense']}")
+def _assert_non_finite_kept(caused, compiled, what):
+    """Where a non-finite input makes the unquantized model's value NaN or +-Inf, the compiled one's is too."""
+    lost = caused & torch.isfinite(compiled)
+    assert not lost.any(), (f"{what}: {int(lost.sum())} values made non-finite by a non-finite input in the "
+                            f"unquantized model are finite in the compiled one")
+
+
+def label_parity(case: dict) -> None:
+    """Classes of examples, counted by ``--hypothesis-show-statistics``."""
+    x = case["x"]
+    event(f"recipe {case['recipe']}, {x.dtype}, dense_gemms={case['dense']}")
     event("non-finite input" if not torch.isfinite(x.float()).all() else "finite input")
     event("tokens a multiple of 16" if x.shape[:-1].numel() % 16 == 0 else "tokens not a multiple of 16")
+
+
+def check_parity(case: dict, backend: str = "inductor") -> None:
+    """Compiled against emulated: output and gradients; non-finite values kept; one row per matmul. With
+    ``backend="aot"`` the rewritten graph runs on eager kernels, and the match must be exact."""
+    model, x, recipe = case["model"], case["x"], case["recipe"]
     options = {"recipe": recipe, **FIXED, "dense_gemms": case["dense"]}
     bf16 = x.dtype == torch.bfloat16
     if bf16:  # Inductor keeps bf16 intermediates in FP32 unless told to round as eager does
         options["emulate_precision_casts"] = True
-    tolerance = dict(rtol=0, atol=0) if bf16 else {}
+    tolerance = dict(rtol=0, atol=0) if bf16 or backend == "aot" else {}
 
     census = Census()
-    backend = make_backend(options, sinks=[census])
+    compiler = (make_backend if backend == "inductor" else make_aot_backend)(options, sinks=[census])
     torch._dynamo.reset()
     compiled = _run(copy.deepcopy(model), x, case["x_grad"],
-                    lambda m, xc: torch.compile(m, backend=backend, fullgraph=True)(xc))
+                    lambda m, xc: torch.compile(m, backend=compiler, fullgraph=True)(xc))
     emulated = _run(emulate(copy.deepcopy(model), **options), x, case["x_grad"], lambda m, xe: m(xe))
-    plain = _run(copy.deepcopy(model), x, case["x_grad"], lambda m, xp: m(xp))
+    caused = _from_non_finite_inputs(model, x, case["x_grad"])
     names = ["output", "x.grad"] + [f"{n}.grad" for n, _ in model.named_parameters()]
-    for name, c, e, p in zip(names, compiled, emulated, plain):
+    for name, c, e, p in zip(names, compiled, emulated, caused):
         if e is None:
             assert c is None, name
             continue
         torch.testing.assert_close(c, e, equal_nan=True, msg=lambda m, name=name: f"{name}: {m}", **tolerance)
         _assert_non_finite_kept(p, c, name)
-    assert_one_row_per_matmul(backend.report, census)
+    assert_one_row_per_matmul(compiler.report, census)
 
 
 @settings(settings.get_profile("ufp4-fuzz-compile"))
 @given(case=linear_cases())
 def test_compiled_equals_emulation(case):
+    label_parity(case)
+    check_parity(case)
+
+
+@settings(settings.get_profile("ufp4-fuzz-trace"))
+@given(case=linear_cases(activations=EXACT + TRANSCENDENTAL))
+def test_rewritten_graph_equals_emulation(case):
+    """The rewrite alone, for any activation: the AOT backend runs the rewritten graph on eager kernels, so
+    it must give the emulation's bits."""
+    label_parity(case)
+    check_parity(case, backend="aot")
+
+
+def _near_max_case() -> dict:
+    torch.manual_seed(0)
+    model = Chain([16, 32], bias=False, activation="").to(torch.bfloat16)
+    x = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    x[0, 0] = 3e38
+    return dict(model=model, weights_seed=0, x=x.to(torch.bfloat16), x_grad=False, recipe="e2m1-ref", dense=True)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Finite inputs near the FP32 limit: with dense_gemms=True the bf16 GEMM of the dequantized operands "
+    "overflows to Inf where the codes path (ufp4.scaled_mm, FP32 products rounded once) and the emulation "
+    "stay finite; AOT and Inductor alike. Falsifying example: Chain([16, 32], bias=False) in bfloat16 with "
+    "torch.manual_seed(0) weights, x = randn(16, 16) (generator seed 0) with x[0, 0] = 3e38, in bfloat16, "
+    "recipe e2m1-ref, dense_gemms=True: layers.0.weight.grad differs in 11 of 512 elements (Inf against "
+    "finite)"))
+@settings(settings.get_profile("ufp4-fuzz-trace"))
+@given(case=linear_cases(activations=EXACT + TRANSCENDENTAL, specials=NEAR_FP32_MAX))
+@example(case=_near_max_case())
+def test_rewritten_graph_equals_emulation_near_fp32_max(case):
+    """The class the properties above leave out: finite input values near the FP32 limit."""
+    label_parity(case)
+    check_parity(case, backend="aot")
+
+
+def _tanh_case() -> dict:
+    torch.manual_seed(0)
+    model = Chain([16, 16, 16], bias=False, activation="tanh")
+    return dict(model=model, weights_seed=0, x=32 * torch.randn(16, 16, generator=torch.Generator().manual_seed(0)),
+                x_grad=False, recipe="e2m1-ref", dense=False)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Inductor's tanh, GELU and SiLU (forward or backward) differ from ATen's in the last bit, and the 4-bit "
+    "rounding of the next operand turns that into a code step, so the compiled model leaves the emulation "
+    "(the rewritten graph on eager kernels matches it exactly: test_rewritten_graph_equals_emulation). "
+    "Falsifying example: Chain([16, 16, 16], bias=False, activation='tanh') with torch.manual_seed(0) "
+    "weights, x = 32 * randn(16, 16) (generator seed 0), float32, recipe e2m1-ref: layers.0.weight.grad "
+    "differs in 16 of 256 elements, by up to 0.0036"))
+@settings(settings.get_profile("ufp4-fuzz-compile"))
+@given(case=linear_cases(activations=TRANSCENDENTAL))
+@example(case=_tanh_case())
+def test_compiled_equals_emulation_transcendental_activations(case):
+    """The class the Inductor property above leaves out: tanh, GELU or SiLU between the layers."""
+    label_parity(case)
     check_parity(case)
 
 
 def _one_token_case() -> dict:
     torch.manual_seed(0)
-    return dict(model=Chain([16, 16], bias=False, activation=""), x=torch.randn(1, 16), x_grad=False,
+    return dict(model=Chain([16, 16], bias=False, activation=""), weights_seed=0, x=torch.randn(1, 16), x_grad=False,
                 recipe="e2m1-ref", dense=False)
 
 
@@ -178,6 +268,7 @@ def _one_token_case() -> dict:
 @example(case=_one_token_case())
 def test_compiled_equals_emulation_one_token(case):
     """The class the property above leaves out: a single token (M = 1)."""
+    label_parity(case)
     check_parity(case)
 
 
@@ -254,7 +345,6 @@ def form_cases(draw, forms):
 
 
 def check_rows(case):
-    event(f"{case['x'].dtype}, dynamic={case['dynamic']}")
     census = Census()
     backend = make_aot_backend({"recipe": case["recipe"], **FIXED}, sinks=[census])
     torch._dynamo.reset()
@@ -266,6 +356,7 @@ def check_rows(case):
 @settings(settings.get_profile("ufp4-fuzz-trace"))
 @given(case=form_cases(COVERED_FORMS))
 def test_every_matmul_has_a_row(case):
+    event(f"{case['x'].dtype}, dynamic={case['dynamic']}")
     check_rows(case)
 
 

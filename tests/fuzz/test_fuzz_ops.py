@@ -215,7 +215,6 @@ def check_quantize_kernel(case: dict, values_dtype: torch.dtype) -> None:
     """The quantize kernel's two outputs against the reference: codes, scales and tensor scale; the
     dequantized operand (quantize_dequantize) in ``values_dtype``; or the same ValueError from both."""
     args = (case["x"], case["axis"], case["fmt"], case["rht"], case["rht_seed"], case["seed"], case["offset"])
-    label(case)
     ref = _reference_or_error(case)
     if isinstance(ref, ValueError):
         # docs/numerics.md accepts any axis length (a zero-padded partial last block) and empty tensors, so
@@ -244,6 +243,7 @@ def check_quantize_kernel(case: dict, values_dtype: torch.dtype) -> None:
 def test_quantize_kernel_matches_reference_preset_formats(spec, rht, data):
     case = data.draw(quantize_cases((spec, rht)), label="case")
     assume(not has_bf16_subnormal(case["x"]))  # test_quantize_kernel_reads_bf16_subnormals
+    label(case)
     check_quantize_kernel(case, data.draw(st.sampled_from(DTYPES), label="values dtype"))
 
 
@@ -253,6 +253,7 @@ def test_quantize_kernel_matches_reference_any_format(case, values_dtype):
     """Formats no preset uses (E8M0 floor, INT4 with E8M0, 32-blocks with stochastic rounding, 2-D blocks
     with INT4...) and RHT sizes up to 256."""
     assume(not has_bf16_subnormal(case["x"]))  # test_quantize_kernel_reads_bf16_subnormals
+    label(case)
     check_quantize_kernel(case, values_dtype)
 
 
