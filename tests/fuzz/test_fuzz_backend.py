@@ -10,9 +10,9 @@
 - every matmul of every graph the pass sees has exactly one row in the report (``backend.report.rows``),
   with a role if rewritten and a reason if kept.
 
-Four classes fail today and have their own tests, marked xfail(strict=True) with the falsifying example:
+Three classes fail today and have their own tests, marked xfail(strict=True) with the falsifying example:
 finite inputs near the FP32 limit with dense GEMMs, tanh, GELU or SiLU between the layers (Inductor against
-the emulation), a single token (parity), and products with a vector (rows).
+the emulation), and a single token (parity). Products with a vector (``mv``, ``addmv``, ``dot``) have rows.
 
 Settings tiers: tests/fuzz/conftest.py.
 """
@@ -366,12 +366,6 @@ def _vector_case(form: str) -> dict:
                 dynamic=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 16 item 9, left: a matrix times a vector (x @ v, torch.addmv: aten.mv, aten.addmv) gets no row, and "
-    "a vector dot product (aten.dot, reached without Inductor's decompositions) makes the pass raise "
-    "IndexError in classify.dims. Falsifying examples: x of shape (1, 1, 16) float32, recipe ufp4, the AOT "
-    "backend: 'x @ v' (v a 16-vector parameter): no row for the matmul nodes ['mv', 'mv_1']; 'x[0, 0] @ v': "
-    "IndexError"))
 @settings(settings.get_profile("ufp4-fuzz-trace"))
 @given(case=form_cases(OTHER_FORMS))
 @example(case=_vector_case("mv"))

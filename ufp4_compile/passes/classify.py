@@ -29,8 +29,10 @@ log = logging.getLogger("ufp4_compile.passes.classify")
 aten = torch.ops.aten
 # Matrix products the rewrite does not handle: each still gets a report row, kept with this reason. (With
 # Inductor's decompositions a matrix-vector product, ``x @ v`` or ``addmv``, becomes a multiply and a sum:
-# no matmul is left to report.)
+# no matmul is left to report; without them it is ``mv`` / ``addmv`` here.)
 OTHER_MATMULS = {
+    aten.mv.default: "matrix-vector product",
+    aten.addmv.default: "matrix-vector product",
     aten.baddbmm.default: "baddbmm",
     aten.addbmm.default: "addbmm",
     aten._trilinear.default: "bilinear form (aten._trilinear, nn.Bilinear)",
@@ -94,6 +96,7 @@ class Gemm:
         """``(batch, rows, reduction, cols)`` of the canonical product (batch ``None`` for 2-D)."""
         if self.a is None:
             shape = tuple(value(self.node).shape) if value(self.node) is not None else (None, None)
+            shape = (None,) * (2 - len(shape)) + shape  # a vector or a scalar result (mv, dot)
             return (shape[0] if len(shape) == 3 else None, shape[-2], None, shape[-1])
         a, b = self.a.shape, self.b.shape
         return (a[0] if len(a) == 3 else None, a[-2], a[-1], b[-2])
