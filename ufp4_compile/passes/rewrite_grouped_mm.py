@@ -36,12 +36,12 @@ from ufp4_compile.numerics.formats import OperandFormat, Rounding, ScaleFormat
 from ufp4_compile.passes.fx_utils import NodeBuilder, detect_fake_mode, module_name, transpose_source, value
 from ufp4_compile.passes.policy import SiteFacts, block_ranges, gemm_keep_reason, site_keep_reason
 from ufp4_compile.passes.report import MatmulRow
-from ufp4_compile.passes.seeds import philox_offset, rht_seed_for
-from ufp4_compile.recipes import Recipe, Role, SRSeedPolicy
+from ufp4_compile.passes.rewrite_matmuls import step_seed
+from ufp4_compile.passes.seeds import philox_offset, rank_salt, rht_seed_for
+from ufp4_compile.recipes import Recipe, Role
 
 log = logging.getLogger("ufp4_compile.passes.rewrite_grouped_mm")
 aten = torch.ops.aten
-SEED_HIGH = 1 << 62
 _COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 _PADDED_TOKENS = 1024  # stands for a padded token count in policy checks: a multiple of every block and RHT size
 
@@ -113,16 +113,9 @@ class _Rewriter:
         self.seed_node: fx.Node | None = None
 
     def seed(self, device) -> fx.Node:
-        """A 0-d int64 stochastic-rounding seed at the graph's start (per step, or the fixed one)."""
+        """The stochastic-rounding seed node, as the matmul rewrite makes it (rank salt included)."""
         if self.seed_node is None:
-            first = next(n for n in self.graph.nodes if n.op != "placeholder")
-            builder = NodeBuilder(self.graph, self.fake_mode, first,
-                                  {"partitioner_tag": "is_forward"} if self.is_joint else {})
-            if self.recipe.sr_seed_policy is SRSeedPolicy.FIXED:
-                self.seed_node = builder.call(aten.scalar_tensor.default, self.recipe.sr_seed, dtype=torch.int64,
-                                              device=device)
-            else:
-                self.seed_node = builder.call(aten.randint.low, 0, SEED_HIGH, [], dtype=torch.int64, device=device)
+            self.seed_node = step_seed(self.graph, self.fake_mode, self.recipe, device, self.is_joint, rank_salt())
         return self.seed_node
 
     def operand(self, builder: NodeBuilder, x: fx.Node, axis: int, fmt: OperandFormat, rht: int, rht_seed: int,

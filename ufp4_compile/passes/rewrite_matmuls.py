@@ -51,6 +51,18 @@ def _mean_split(x):
     return numerics.mean_split(x)
 
 
+def step_seed(graph: fx.Graph, fake_mode, recipe: Recipe, device: torch.device, is_joint: bool,
+              salt: int) -> fx.Node:
+    """A 0-d int64 stochastic-rounding seed at the graph's start: ``sr_seed`` or a draw per graph call,
+    XORed with the rank's salt (seeds.rank_salt)."""
+    first = next(n for n in graph.nodes if n.op != "placeholder")
+    builder = NodeBuilder(graph, fake_mode, first, {"partitioner_tag": "is_forward"} if is_joint else {})
+    if recipe.sr_seed_policy is SRSeedPolicy.FIXED:
+        return builder.call(aten.scalar_tensor.default, recipe.sr_seed ^ salt, dtype=torch.int64, device=device)
+    node = builder.call(aten.randint.low, 0, SEED_HIGH, [], dtype=torch.int64, device=device)
+    return builder.call(aten.bitwise_xor.Scalar, node, salt) if salt else node
+
+
 class _Rewriter:
     """Inserts the ufp4 nodes for one graph; remembers replaced nodes, shared quantizations and seeds."""
 
@@ -77,22 +89,10 @@ class _Rewriter:
         return builder
 
     def seed(self, device: torch.device) -> fx.Node:
-        """The graph's stochastic-rounding seed (0-d int64), created once per device at the graph's start:
-        ``sr_seed`` or a draw per graph call, XORed with the rank's salt."""
-        if device in self.seeds:
-            return self.seeds[device]
-        first = next(n for n in self.graph.nodes if n.op != "placeholder")
-        builder = NodeBuilder(self.graph, self.fake_mode, first, {"partitioner_tag": "is_forward"}
-                              if self.is_joint else {})
-        if self.recipe.sr_seed_policy is SRSeedPolicy.FIXED:
-            node = builder.call(aten.scalar_tensor.default, self.recipe.sr_seed ^ self.salt, dtype=torch.int64,
-                                device=device)
-        else:
-            node = builder.call(aten.randint.low, 0, SEED_HIGH, [], dtype=torch.int64, device=device)
-            if self.salt:
-                node = builder.call(aten.bitwise_xor.Scalar, node, self.salt)
-        self.seeds[device] = node
-        return node
+        """The graph's stochastic-rounding seed (0-d int64), created once per device (:func:`step_seed`)."""
+        if device not in self.seeds:
+            self.seeds[device] = step_seed(self.graph, self.fake_mode, self.recipe, device, self.is_joint, self.salt)
+        return self.seeds[device]
 
     def _placement(self, site: Site, gemm: Gemm, op: Operand) -> NodeBuilder:
         """Quantize a forward-computed operand of a backward GEMM in the forward (saves codes, not X)."""
