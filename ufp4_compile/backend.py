@@ -186,6 +186,11 @@ class Ufp4Backend:
         patches["joint_custom_pre_pass"] = joint
         register_lowering(example_inputs)
         compiled = compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks), config_patches=patches)
+        if joint.last_graph_id is None:
+            # AOTAutograd's cache served the compiled (rewritten) graph: the pass did not run in this process.
+            self.report.cached_graphs += 1
+            log.info("a graph was served from Inductor's cache: the ufp4 report has no rows for it (set "
+                     "torch._inductor.config.force_disable_caches=True to see them)")
         return guard_shared_graph(compiled, gm, example_inputs, resolved.recipe)
 
 

@@ -80,26 +80,27 @@ def test_stochastic_rounding_reproducible_and_offset_driven():
 
 
 @pytest.mark.parametrize("axis", [0, 1])
-def test_counter_is_offset_plus_flat_row_major_index_over_four(axis):
-    # Four elements share one Philox call: the second copy of x inside cat([x, x]) sees counters
-    # (numel(x) + i) // 4 = numel(x) // 4 + i // 4, exactly offset=numel(x) // 4.
+def test_counter_is_offset_plus_flat_row_major_index_over_eight(axis):
+    # Eight elements share one Philox call: the second copy of x inside cat([x, x]) sees counters
+    # (numel(x) + i) // 8 = numel(x) // 8 + i // 8, exactly offset=numel(x) // 8.
     x = torch.randn(32, 48, generator=torch.Generator().manual_seed(2))
     fmt = _fmt(Grid.E2M1)
     both = quantize(torch.cat([x, x]), axis, fmt, seed=5)
-    second = quantize(x, axis, fmt, seed=5, offset=x.numel() // 4)
+    second = quantize(x, axis, fmt, seed=5, offset=x.numel() // 8)
     half = both.codes.shape[0] // 2
     assert torch.equal(both.codes[half:], second.codes)
     assert not torch.equal(both.codes[:half], second.codes)
 
 
-def test_element_bits_use_every_word_of_a_philox_call():
+def test_element_bits_use_both_halves_of_every_word_of_a_philox_call():
     from ufp4_compile.numerics.rounding import element_bits, philox4x32
 
-    bits = element_bits(11, 5, (3, 4))
-    counters = torch.arange(3, dtype=torch.int64) + 5
+    bits = element_bits(11, 5, (3, 5))  # 15 elements: two calls, the second one partly used
+    counters = torch.arange(2, dtype=torch.int64) + 5
     zero = torch.zeros_like(counters)
-    words = torch.stack(philox4x32(11, counters, zero, zero, zero), dim=-1)  # (call, word)
-    assert torch.equal(bits.reshape(-1), words.reshape(-1))
+    words = torch.stack(philox4x32(11, counters, zero, zero, zero), dim=-1).reshape(-1)  # (call, word)
+    expected = [int(w) >> (16 * half) & 0xFFFF for w in words.tolist() for half in (0, 1)][:15]
+    assert bits.reshape(-1).tolist() == expected
 
 
 def test_seed_required_for_stochastic():

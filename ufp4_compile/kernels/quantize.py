@@ -43,7 +43,7 @@ from ufp4_compile.kernels.common import abs_bits, decode_nibbles, e4m3_round, fo
 from ufp4_compile.numerics import hadamard as _ref_hadamard
 from ufp4_compile.numerics import scales as _ref_scales
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
-from ufp4_compile.numerics.hadamard import inv_sqrt
+from ufp4_compile.numerics.hadamard import MAX_SIGN_MASK_SIZE, inv_sqrt, sign_mask
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs, padded_length
 
 _E4M3_MAX = tl.constexpr(_ref_scales.E4M3_MAX)
@@ -54,6 +54,7 @@ _LIFT = tl.constexpr(_ref_scales.TINY_SCALE_LIFT)
 _BIG_GROUP_BITS = tl.constexpr(0x5F800000)
 _BIG_DOWN = tl.constexpr(1.0 / _ref_hadamard.BIG_GROUP)
 _BIG_UP = tl.constexpr(_ref_hadamard.BIG_GROUP)
+_RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |y| < 2**22 to an integer, ties to even
 
 _OUT_SCALE_DTYPES = (torch.float32, torch.uint8, torch.uint8)  # FP32, E4M3 (stored bytes), E8M0
 _RESULT_SCALE_DTYPES = (torch.float32, torch.float8_e4m3fn, torch.uint8)
@@ -199,20 +200,8 @@ def _stage(v, U: tl.constexpr, B: tl.constexpr, h: tl.constexpr):
 
 
 @triton.jit
-def _rht(x, rht_seed, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT: tl.constexpr):
-    """``H_R diag(s) v / sqrt(R)`` on each R consecutive rows, in numerics.hadamard's butterfly order
-    (h = 1, 2, 4, ...). The sign products are exact, so contraction into FMAs cannot change a sum.
-
-    A group whose amax is >= 2**64 (or NaN) goes through ``2**-64`` first and is scaled back by ``2**64``
-    at the end, a finite overflow saturating at +-FP32_MAX (numerics.hadamard); the scaling is its own
-    multiplication, so the product that feeds the butterfly's first sum stays the exact sign product."""
-    idx = (tl.arange(0, U) % R).to(tl.uint32)
-    zero = tl.zeros((U,), tl.uint32)
-    bits, _, _, _ = tl.philox(rht_seed, idx, zero, zero, zero)
-    group_amax = tl.max(tl.reshape(abs_bits(x), (U // R, R, B)), axis=1)
-    big = tl.reshape(tl.broadcast_to((group_amax >= _BIG_GROUP_BITS)[:, None, :], (U // R, R, B)), (U, B))
-    x = x * tl.where(big, _BIG_DOWN, 1.0)
-    v = x * (1.0 - 2.0 * (bits & 1).to(tl.float32))[:, None]
+def _butterfly(v, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr):
+    """The unnormalized Walsh-Hadamard transform of each R consecutive rows (h = 1, 2, 4, ...)."""
     if 1 < R:
         v = _stage(v, U, B, 1)
     if 2 < R:
@@ -229,20 +218,54 @@ def _rht(x, rht_seed, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQR
         v = _stage(v, U, B, 64)
     if 128 < R:
         v = _stage(v, U, B, 128)
-    v = v * INV_SQRT  # float32(1 / sqrt(R)), a constexpr: no runtime float argument to type
-    out = v * tl.where(big, _BIG_UP, 1.0)
-    saturated = tl.where(v < 0.0, -_FP32_MAX, _FP32_MAX)
-    return tl.where(is_finite(v) & ~is_finite(out), saturated, out)
+    return v
 
 
 @triton.jit
-def _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, RHT: tl.constexpr, INV_SQRT: tl.constexpr,
-                  U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr, PARTIAL: tl.constexpr):
+def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT: tl.constexpr,
+         SIGN_MASK: tl.constexpr):
+    """``H_R diag(s) v / sqrt(R)`` on each R consecutive rows, in numerics.hadamard's butterfly order
+    (h = 1, 2, 4, ...). The sign products are exact, so contraction into FMAs cannot change a sum.
+
+    ``rht_key``: with ``SIGN_MASK`` (R <= 64) the signs themselves, bit i set for ``s_i = -1``
+    (numerics.hadamard.sign_mask, computed once on the host); else the Philox seed they come from.
+
+    A group whose amax is >= 2**64 (or NaN) goes through ``2**-64`` first and is scaled back by ``2**64``
+    at the end, a finite overflow saturating at +-FP32_MAX (numerics.hadamard); the scaling is its own
+    multiplication, so the product that feeds the butterfly's first sum stays the exact sign product.
+    A tile without such a group (the common case, decided once per program) skips that guard: scaling
+    by 1 and a check that cannot fire give the same bits."""
+    idx = tl.arange(0, U) % R
+    if SIGN_MASK:
+        bits = (rht_key.to(tl.int64) >> idx.to(tl.int64)) & 1
+    else:
+        zero = tl.zeros((U,), tl.uint32)
+        bits, _, _, _ = tl.philox(rht_key, idx.to(tl.uint32), zero, zero, zero)
+        bits = bits & 1
+    sign = (1.0 - 2.0 * bits.to(tl.float32))[:, None]
+    mag = abs_bits(x)
+    if tl.max(tl.max(mag, axis=1), axis=0) < _BIG_GROUP_BITS:
+        out = _butterfly(x * sign, U, B, R) * INV_SQRT
+    else:
+        group_amax = tl.max(tl.reshape(mag, (U // R, R, B)), axis=1)
+        big = tl.reshape(tl.broadcast_to((group_amax >= _BIG_GROUP_BITS)[:, None, :], (U // R, R, B)), (U, B))
+        v = _butterfly((x * tl.where(big, _BIG_DOWN, 1.0)) * sign, U, B, R)
+        v = v * INV_SQRT  # float32(1 / sqrt(R)), a constexpr: no runtime float argument to type
+        scaled = v * tl.where(big, _BIG_UP, 1.0)
+        saturated = tl.where(v < 0.0, -_FP32_MAX, _FP32_MAX)
+        out = tl.where(is_finite(v) & ~is_finite(scaled), saturated, scaled)
+    return out
+
+
+@triton.jit
+def _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_key, RHT: tl.constexpr, INV_SQRT: tl.constexpr,
+                  SIGN_MASK: tl.constexpr, U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr,
+                  PARTIAL: tl.constexpr):
     """The loaded tile, rotated when ``RHT``; ``PARTIAL`` (L is not a multiple of U): rows of a group that
     ends past ``L`` keep their loaded values (a trailing partial group is not rotated; padding is zeros)."""
     x, flat = _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U, B, ROWWISE)
     if RHT > 0:
-        rotated = _rht(x, rht_seed, U, B, RHT, INV_SQRT)
+        rotated = _rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK)
         if PARTIAL:
             whole = (l0 + (tl.arange(0, U) // RHT) * RHT + RHT) <= L
             rotated = tl.where(whole[:, None], rotated, x)
@@ -339,16 +362,19 @@ def _level_nearest(a, GRID: tl.constexpr):
 
 @triton.jit
 def _level_stochastic(a, rand, GRID: tl.constexpr):
-    """Level index after stochastic rounding of ``a = |y|`` with 32 random bits (numerics.grids)."""
-    u = (rand >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2**-24, exact
-    if GRID == 0:
-        lo = a.to(tl.int32)  # floor, a >= 0
-        p = tl.where(lo < 7, a - lo.to(tl.float32), 0.0)
+    """Level index after stochastic rounding of ``a = |y|`` with 16 random bits (numerics.grids)."""
+    # u = rand * 2**-16, exact, built from the bit pattern 1 + rand * 2**-16 (no integer-to-float conversion).
+    u = ((rand << 7) | 0x3F800000).to(tl.float32, bitcast=True) - 1.0
+    if GRID == 0:  # floor(a) through the round-to-integer constant, as in the nearest case (no conversions)
+        nearest = (a + _RNE_MAGIC) - _RNE_MAGIC
+        floor = tl.where(nearest > a, nearest - 1.0, nearest)
+        lo = (floor + _RNE_MAGIC).to(tl.int32, bitcast=True) - 0x4B400000
+        p = tl.where(lo < 7, a - floor, 0.0)
     else:
         lo = ((a >= 0.5).to(tl.int32) + (a >= 1.0).to(tl.int32) + (a >= 1.5).to(tl.int32)
               + (a >= 2.0).to(tl.int32) + (a >= 3.0).to(tl.int32) + (a >= 4.0).to(tl.int32)
               + (a >= 6.0).to(tl.int32))
-        lof = lo.to(tl.float32)
+        lof = (lo | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # float(lo), exact
         lo_val = tl.where(lo < 4, lof * 0.5, tl.where(lo == 7, 6.0, lof - 2.0))
         inv_gap = tl.where(lo < 4, 2.0, tl.where(lo < 6, 1.0, 0.5))  # gaps are powers of two: exact
         p = tl.where(lo < 7, (a - lo_val) * inv_gap, 0.0)
@@ -363,27 +389,43 @@ def _philox_words(seed, counter):
 
 
 @triton.jit
+def _halves(w):
+    """(low 16 bits, high 16 bits) of uint32 words, as int32."""
+    return (w & 0xFFFF).to(tl.int32), (w >> 16).to(tl.int32)
+
+
+@triton.jit
 def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUPED: tl.constexpr,
                  ROWWISE: tl.constexpr):
-    """Word ``n % 4`` of ``philox(seed, offset + n // 4)`` for each element's flat index ``n``
-    (numerics.rounding.element_bits). ``GROUPED``: the four elements of a call sit in one thread (four
-    consecutive rows row-wise, four consecutive columns column-wise), so each call is made once."""
+    """16 random bits per element: half ``n % 2`` of word ``(n % 8) // 2`` of ``philox(seed, offset + n // 8)``
+    for each element's flat index ``n`` (numerics.rounding.element_bits). ``GROUPED``: the eight elements of a
+    call sit in one thread (eight consecutive rows row-wise, eight consecutive columns column-wise), so each
+    call is made once."""
     seed = tl.load(seed_ptr)
     if not GROUPED:
-        r0, r1, r2, r3 = _philox_words(seed, offset + (flat >> 2))
-        w = flat & 3
-        bits = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
+        r0, r1, r2, r3 = _philox_words(seed, offset + (flat >> 3))
+        w = (flat >> 1) & 3
+        word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
+        bits = tl.where((flat & 1) == 0, word & 0xFFFF, word >> 16).to(tl.int32)
     else:
         if ROWWISE:
-            quads = tl.reshape(tl.permute(tl.reshape(flat, (U // 4, 4, B)), (0, 2, 1)), (U // 4, B, 2, 2))
+            octs = tl.reshape(tl.permute(tl.reshape(flat, (U // 8, 8, B)), (0, 2, 1)), (U // 8, B, 2, 2, 2))
         else:
-            quads = tl.reshape(flat, (U, B // 4, 2, 2))
-        first_pairs, _ = tl.split(quads)
+            octs = tl.reshape(flat, (U, B // 8, 2, 2, 2))
+        first_quads, _ = tl.split(octs)
+        first_pairs, _ = tl.split(first_quads)
         firsts, _ = tl.split(first_pairs)
-        r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 2))
-        words = tl.join(tl.join(r0, r2), tl.join(r1, r3))  # [.., a, b] = word 2a + b
+        r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 3))
+        l0, h0 = _halves(r0)
+        l1, h1 = _halves(r1)
+        l2, h2 = _halves(r2)
+        l3, h3 = _halves(r3)
+        # [.., a, b, c] = half c of word 2a + b: element 4a + 2b + c of the eight
+        lows = tl.join(tl.join(l0, l2), tl.join(l1, l3))
+        highs = tl.join(tl.join(h0, h2), tl.join(h1, h3))
+        words = tl.join(lows, highs)
         if ROWWISE:
-            bits = tl.reshape(tl.permute(tl.reshape(words, (U // 4, B, 4)), (0, 2, 1)), (U, B))
+            bits = tl.reshape(tl.permute(tl.reshape(words, (U // 8, B, 8)), (0, 2, 1)), (U, B))
         else:
             bits = tl.reshape(words, (U, B))
     return bits
@@ -399,8 +441,8 @@ def _pack(nib, U: tl.constexpr, B: tl.constexpr):
 # ---- kernels -------------------------------------------------------------------------------------------
 
 @triton.jit
-def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_seed,
-                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, ROWWISE: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
+def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_key,
+                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                  PARTIAL: tl.constexpr):
     """Max |RHT(x)| over the finite elements as int32 FP32 bits, by atomic max (numerics.quantize._finite_amax:
     NaN and +-Inf count as 0, so they poison only their own blocks)."""
@@ -408,8 +450,8 @@ def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_seed,
         pid_l, pid_o = tl.program_id(0), tl.program_id(1)
     else:
         pid_o, pid_l = tl.program_id(0), tl.program_id(1)
-    x, _ = _rotated_tile(x_ptr, tl.program_id(2), pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_seed,
-                         RHT, INV_SQRT, U, B, ROWWISE, PARTIAL)
+    x, _ = _rotated_tile(x_ptr, tl.program_id(2), pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_key,
+                         RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, PARTIAL)
     bits = abs_bits(x)
     bits = tl.where(bits < 0x7F800000, bits, 0)
     tl.atomic_max(gamax_ptr, tl.max(tl.max(bits, axis=1), axis=0))
@@ -417,10 +459,11 @@ def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_seed,
 
 @triton.jit
 def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
-                     O, L, s_page, s_o, s_l, offset, rht_seed,
+                     O, L, s_page, s_o, s_l, offset, rht_key,
                      GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
                      STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
-                     Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, ROWWISE: tl.constexpr, WRITE_CODES: tl.constexpr,
+                     Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
+                     ROWWISE: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                      PARTIAL: tl.constexpr):
     if ROWWISE:  # consecutive programs walk along the rows (one row segment of U elements each)
@@ -430,8 +473,8 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     page = tl.program_id(2)
     l0 = pid_l * U
     o0 = pid_o * B
-    x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_seed, RHT, INV_SQRT, U, B,
-                            ROWWISE, PARTIAL)
+    x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT, SIGN_MASK,
+                            U, B, ROWWISE, PARTIAL)
     NB: tl.constexpr = U // BLOCK
     amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
     g = 0.0
@@ -449,16 +492,25 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     y = (blocks * lift[:, None, :]) * mult[:, None, :]
     y = tl.where(ok[:, None, :], y, 0.0)
     y = tl.reshape(tl.minimum(tl.maximum(y, -limit[:, None, :]), limit[:, None, :]), (U, B))
-    a = tl.abs(y)
-    if STOCHASTIC:
-        level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, ROWWISE), GRID)
+    if GRID == 0 and not STOCHASTIC:
+        # INT4, nearest: y + 1.5 * 2**23 rounds y to the nearest integer, ties to even (|y| <= 7, so the sum
+        # is exact up to that rounding); its low bits are the two's-complement code, and subtracting the
+        # constant back gives the level (+0.0 for 0). No float-to-int conversion (a quarter-rate instruction).
+        shifted = y + _RNE_MAGIC
+        nib = shifted.to(tl.int32, bitcast=True) & 0xF
+        level_value = shifted - _RNE_MAGIC
     else:
-        level = _level_nearest(a, GRID)
-    neg = y < 0.0
-    if GRID == 0:
-        nib = tl.where(neg, -level, level) & 0xF
-    else:
-        nib = (neg.to(tl.int32) << 3) | level
+        a = tl.abs(y)
+        if STOCHASTIC:
+            level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, ROWWISE), GRID)
+        else:
+            level = _level_nearest(a, GRID)
+        neg = y < 0.0
+        if GRID == 0:
+            nib = tl.where(neg, -level, level) & 0xF
+        else:
+            nib = (neg.to(tl.int32) << 3) | level
+        level_value = decode_nibbles(nib, GRID)
 
     o_in = o0 + tl.arange(0, B)
     o64 = o_in.to(tl.int64)
@@ -489,7 +541,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
         tl.store(scales_ptr + s_off, stored.to(scales_ptr.dtype.element_ty),
                  mask=_chunk_mask(o64[None, :], O, lb, LB, PARTIAL))
     if WRITE_VALUES:
-        v = tl.reshape(decode_nibbles(nib, GRID), (NB, BLOCK, B)) * decoded[:, None, :]
+        v = tl.reshape(level_value, (NB, BLOCK, B)) * decoded[:, None, :]
         v = tl.reshape(v, (U, B)).to(values_ptr.dtype.element_ty)
         if ROWWISE and (U == 16 or U == 32):
             _store_chunks(values_ptr, v, l0, o0, O, L, U, B, PARTIAL)
@@ -571,15 +623,15 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     codes_shape, scales_shape = list(shape), list(shape)
     codes_shape[axis] = padded_length(L, fmt.block) // 2
     scales_shape[axis] = padded_length(L, fmt.block) // fmt.block
-    # Grouped random words need the four elements of one Philox call in consecutive rows (row-wise, so
-    # L % 4 == 0) or consecutive columns (column-wise, so O % 4 == 0).
-    grouped = L % 4 == 0 if rowwise else O % 4 == 0
+    # Grouped random words need the eight elements of one Philox call in consecutive rows (row-wise, so
+    # L % 8 == 0) or consecutive columns (column-wise, so O % 8 == 0 and B, at least 16, a multiple of 8).
+    grouped = L % 8 == 0 if rowwise else O % 8 == 0
     constexprs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
                       SR_GROUPED=grouped, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
-                      INV_SQRT=inv_sqrt(rht) if rht else 1.0,
+                      INV_SQRT=inv_sqrt(rht) if rht else 1.0, SIGN_MASK=0 < rht <= MAX_SIGN_MASK_SIZE,
                       ROWWISE=rowwise, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
                       PARTIAL=partial)
-    amax = (dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], ROWWISE=rowwise, U=u, B=b, PARTIAL=partial)
+    amax = (dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], SIGN_MASK=constexprs["SIGN_MASK"], ROWWISE=rowwise, U=u, B=b, PARTIAL=partial)
             if c.scale == 1 else None)
     return LaunchPlan(rowwise, dict(O=O, L=L, **strides), constexprs,
                       warps, grid, amax, tuple(codes_shape), tuple(scales_shape), _OUT_SCALE_DTYPES[c.scale],
@@ -604,6 +656,12 @@ def _seed_tensor(seed, device) -> torch.Tensor:
 
 # ---- launchers -----------------------------------------------------------------------------------------
 
+def rht_key(plan: LaunchPlan, rht_seed) -> int:
+    """The kernels' ``rht_key`` argument: the RHT signs as a bit mask (``SIGN_MASK``), else the seed."""
+    c = plan.constexprs
+    return sign_mask(c["RHT"], int(rht_seed)) if c["SIGN_MASK"] else int(rht_seed)
+
+
 def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     """Run the (pre-pass and) kernel; returns the tensor scale."""
     device = x.device
@@ -614,13 +672,13 @@ def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     scalars = (args["O"], args["L"], args["s_page"], args["s_o"], args["s_l"])
     if plan.amax_constexprs is not None:
         gamax = torch.zeros(1, dtype=torch.int32, device=device)
-        _amax_kernel[plan.grid](x, gamax, *scalars, int(rht_seed), **plan.amax_constexprs,
+        _amax_kernel[plan.grid](x, gamax, *scalars, rht_key(plan, rht_seed), **plan.amax_constexprs,
                                 num_warps=plan.num_warps)
     else:
         gamax = dummy  # not read: one-level scales have no global amax
     _quantize_kernel[plan.grid](x, dummy if codes is None else codes, dummy if scales is None else scales,
                                 dummy if values is None else values, tensor_scale, gamax, seed_t, *scalars,
-                                int(offset), int(rht_seed), **plan.constexprs,
+                                int(offset), rht_key(plan, rht_seed), **plan.constexprs,
                                 num_warps=plan.num_warps)
     return tensor_scale
 
@@ -679,7 +737,7 @@ def compile_variants():
         c = format_constants(fmt)
         types = dict(x_ptr="*bf16", codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[c.scale], values_ptr="*bf16",
                      ts_ptr="*fp32", gamax_ptr="*i32", seed_ptr="*i64" if c.stochastic else "*u8", O="i32", L="i32",
-                     s_page="i32", offset="i64", rht_seed="i32")
+                     s_page="i32", offset="i64", rht_key="i32")
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"
         variants.append(KernelVariant.build(
@@ -691,7 +749,7 @@ def compile_variants():
     for (rht, rowwise, warps, constexprs), names in amax.items():
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"
-        types = dict(x_ptr="*bf16", gamax_ptr="*i32", O="i32", L="i32", s_page="i32", rht_seed="i32")
+        types = dict(x_ptr="*bf16", gamax_ptr="*i32", O="i32", L="i32", s_page="i32", rht_key="i32")
         variants.append(KernelVariant.build(
             f"quantize_amax[rht{rht} {orientation}]", ", ".join(names), _amax_kernel, types, unit | dict(constexprs),
             aligned=("x_ptr", "O", "L"), options=dict(num_warps=warps)))

@@ -66,10 +66,10 @@ def round_nearest(y: torch.Tensor, grid: Grid) -> torch.Tensor:
 
 
 def round_stochastic(y: torch.Tensor, grid: Grid, bits: torch.Tensor) -> torch.Tensor:
-    """Level index (int64, 0..7) after stochastic rounding of ``|y|`` with 32 random bits per element.
+    """Level index (int64, 0..7) after stochastic rounding of ``|y|`` with 16 random bits per element.
 
     ``lo`` is the largest level <= |y|, ``hi`` the next (``hi = lo`` at q_max), ``p = (|y|-lo)/(hi-lo)``
-    (exact: the gaps are powers of two), ``u = (bits >> 8) * 2**-24``; round up iff ``u < p``.
+    (exact: the gaps are powers of two), ``u = bits * 2**-16``; round up iff ``u < p``.
     """
     a = y.abs()
     lv = levels(grid, a.device)
@@ -80,7 +80,7 @@ def round_stochastic(y: torch.Tensor, grid: Grid, bits: torch.Tensor) -> torch.T
     lo, hi = lv[lo_idx], lv[hi_idx]
     gap = hi - lo
     p = torch.where(gap > 0, (a - lo) / torch.where(gap > 0, gap, 1.0), 0.0)
-    u = (bits >> 8).to(torch.float32) * 2.0**-24  # exact: 24-bit integers
+    u = bits.to(torch.float32) * 2.0**-16  # exact: 16-bit integers
     return lo_idx + (u < p).to(torch.int64)
 
 

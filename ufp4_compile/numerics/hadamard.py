@@ -11,6 +11,7 @@ the same FP32 bits.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -39,6 +40,21 @@ def rht_signs(size: int, seed, device=None) -> torch.Tensor:
     _check_size(size)
     bits = philox(seed, torch.arange(size, dtype=torch.int64, device=device))
     return (1 - 2 * (bits & 1)).to(torch.float32)
+
+
+MAX_SIGN_MASK_SIZE = 64
+
+
+@functools.lru_cache(maxsize=1024)
+def sign_mask(size: int, seed: int) -> int:
+    """The signs of :func:`rht_signs` as the bits of one signed 64-bit integer (bit i set: ``s_i = -1``), for
+    ``size <= 64``: what the kernels take instead of computing the Philox words themselves."""
+    _check_size(size)
+    if size > MAX_SIGN_MASK_SIZE:
+        raise ValueError(f"size={size} is not valid for a sign mask; valid values: up to {MAX_SIGN_MASK_SIZE}")
+    bits = philox(int(seed), torch.arange(size, dtype=torch.int64)) & 1
+    mask = sum(int(b) << i for i, b in enumerate(bits.tolist()))
+    return mask - (1 << 64) if mask >= 1 << 63 else mask
 
 
 def inv_sqrt(size: int) -> float:

@@ -69,16 +69,22 @@ def philox(seed, counters: torch.Tensor) -> torch.Tensor:
     return philox4x32(seed, c0, c1, zero, zero)[0]
 
 
+SR_BITS = 16
+"""Random bits per element for stochastic rounding: a Philox call (128 bits) serves eight elements."""
+
+
 def element_bits(seed, offset: int, shape: torch.Size | tuple[int, ...], device=None) -> torch.Tensor:
-    """Random bits for each element of a tensor of ``shape``, four per Philox call: the element with flat
-    row-major index ``i`` takes word ``i % 4`` of ``philox4x32(seed, counter = offset + i // 4)``."""
+    """16 random bits for each element of a tensor of ``shape``, eight per Philox call: the element with flat
+    row-major index ``i`` takes half ``i % 2`` (0: the low 16 bits) of word ``(i % 8) // 2`` of
+    ``philox4x32(seed, counter = offset + i // 8)``."""
     numel = 1
     for d in shape:
         numel *= d
-    calls = (numel + 3) // 4
+    calls = (numel + 7) // 8
     counters = torch.arange(calls, dtype=torch.int64, device=device) + int(offset)
     c0 = counters & _MASK32
     c1 = (counters >> 32) & _MASK32
     zero = torch.zeros_like(counters)
-    words = torch.stack(philox4x32(seed, c0, c1, zero, zero), dim=-1).reshape(-1)
-    return words[:numel].view(tuple(shape))
+    words = torch.stack(philox4x32(seed, c0, c1, zero, zero), dim=-1)
+    halves = torch.stack([words & 0xFFFF, words >> 16], dim=-1).reshape(-1)
+    return halves[:numel].view(tuple(shape))

@@ -56,6 +56,7 @@ class Report:
     recipe: str
     rows: list[MatmulRow] = dataclasses.field(default_factory=list)
     graphs: int = 0
+    cached_graphs: int = 0  # graphs Inductor's caches served: compiled by the pass earlier, no rows here
 
     def extend(self, rows: list[MatmulRow]) -> None:
         self.rows.extend(rows)
@@ -69,13 +70,16 @@ class Report:
         return [r for r in self.rows if not r.rewritten]
 
     def to_dict(self) -> dict:
-        return {"recipe": self.recipe, "graphs": self.graphs,
+        return {"recipe": self.recipe, "graphs": self.graphs, "cached_graphs": self.cached_graphs,
                 "counts": {"matmuls": len(self.rows), "rewritten": len(self.rewritten), "kept": len(self.kept)},
                 "rows": [dataclasses.asdict(r) for r in self.rows]}
 
     def __str__(self) -> str:
         head = (f"ufp4 report: recipe {self.recipe!r}, {self.graphs} graph(s), {len(self.rows)} matmul(s): "
                 f"{len(self.rewritten)} rewritten, {len(self.kept)} kept")
+        if self.cached_graphs:
+            head += (f"; {self.cached_graphs} more graph(s) served from Inductor's cache without rows (the pass "
+                     "ran when they were cached; torch._inductor.config.force_disable_caches=True lists them)")
         table = [("module", "role", "shape (rows x red x cols)", "dtype", "what")]
         for r in self.rows:
             table.append((r.module or "(top)", r.role or "?", r.shape_text(), r.dtype.replace("torch.", ""),
