@@ -20,7 +20,7 @@ R="$OUT/suite"
 mkdir -p "$R"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STAGES=${STAGES:-"env tests bench_gemm bench_quantize profile"}
+STAGES=${STAGES:-"env tests bench_gemm bench_quantize bench_shapes profile"}
 NCU=${NCU:-$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)}
 
 stage() {  # stage NAME LIMIT_S COMMAND...
@@ -43,6 +43,8 @@ stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml=
 stage host 60 python3 benchmarks/host_overhead.py --out "$R"
 stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"
 stage bench_quantize 200 python3 benchmarks/quantize.py --out "$R"
+# The kernels at the training step's shapes under CUDA graphs, with their bits against the reference on the GPU.
+stage bench_shapes 150 bash -c "python3 benchmarks/quantize_shapes.py > '$R/quantize_shapes.txt'"
 # ufp4 train writes one JSON per finished run under runs/; a cut-off stage keeps those, and --resume reuses them.
 stage train 540 python3 -m ufp4_compile.cli.main train ${TRAIN_ARGS:---preset small} --no-progress --out "$R/train"
 stage train_step 420 python3 benchmarks/train_step.py ${STEP_ARGS:-} --out "$R"
@@ -65,6 +67,7 @@ tail -n 5 "$R/tests.log" 2>/dev/null
 grep -E "^(FAILED|ERROR)" "$R/tests.log" 2>/dev/null | head -30
 grep -E "8192\^3|ratio" "$R/bench_gemm.log" 2>/dev/null | head -12
 grep -E "GB/s" "$R/bench_quantize.log" 2>/dev/null | head -30
+grep -E "copy|MISMATCHES" "$R/quantize_shapes.txt" 2>/dev/null | head -40
 grep -E "^\| " "$R"/host_overhead_*.md 2>/dev/null
 cat "$R"/train_step_*.md "$R"/cg/train_step_*.md 2>/dev/null | grep -E "^\| " | head -40
 grep -E "gap|ordering|floor" "$R"/train/results.md 2>/dev/null | head -20

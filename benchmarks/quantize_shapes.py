@@ -1,0 +1,71 @@
+"""The quantize kernels at the shapes of the issue-6 GPT's training step, and their bits on the GPU.
+
+Per (format, RHT, shape, axis): the kernel's time under a CUDA graph (so launch cost is out, as in a step run
+with CUDA graphs) as a fraction of copy bandwidth, in ``values`` mode (bf16 in, the dequantized bf16 operand
+out) and ``codes`` mode (codes + scales out); and whether codes, scales and values equal the pure-PyTorch
+reference (``ufp4_compile.numerics``) computed on the same GPU tensor, one group pushed through the 2**64
+guard of the RHT. X is 8192 x 1024 (and 8192 x 2816 before the down projection); dY has the same shapes.
+
+    python benchmarks/quantize_shapes.py > quantize_shapes.log      # a few seconds per line (GPU)
+"""
+import sys
+from pathlib import Path
+
+import torch
+import triton.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_ms  # noqa: E402
+
+import ufp4_compile.numerics as ref  # noqa: E402
+import ufp4_compile.ops  # noqa: E402,F401  (registers torch.ops.ufp4)
+
+
+def bench(fn) -> float:
+    """Median ms of ``fn`` replayed in a CUDA graph (launch cost excluded); plain timing if it cannot be captured."""
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median"))
+    except Exception as err:
+        print("no cudagraph:", repr(err)[:200], flush=True)
+        return bench_ms(fn)
+
+
+def main() -> int:
+    seed = torch.tensor(7, device="cuda")
+    x0 = torch.empty(16384, 4096, device="cuda", dtype=torch.bfloat16)
+    copy_ms = bench(lambda: x0.clone())
+    copy_gbs = 2 * x0.numel() * 2 / copy_ms / 1e6
+    print(f"copy {copy_gbs:.0f} GB/s", flush=True)
+    bad = 0
+    specs = [("int4/16/fp32/nearest", 16), ("int4/16/fp32/stochastic", 16), ("e2m1/16/e4m3/nearest", 0),
+             ("e2m1/16/e4m3/stochastic", 16), ("e2m1/32/e8m0/stochastic", 16), ("int4/16/e4m3/stochastic", 16)]
+    for spec, rht in specs:
+        shapes = ((8192, 1024), (8192, 2816)) if spec.startswith("int4/16/fp32") else ((8192, 1024),)
+        for shape in shapes:
+            for axis in (1, 0):
+                x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 3
+                x[5, 17] = 1e30  # one group through the 2**64 guard
+                q = ref.quantize(x, axis, spec, rht=rht, rht_seed=3, seed=7, offset=16)
+                rv, _ = ref.quantize_dequantize(x, axis, spec, rht=rht, rht_seed=3, seed=7, offset=16)
+                codes, scales, ts = torch.ops.ufp4.quantize(x, axis, spec, rht, 3, seed, 16)
+                values, _ = torch.ops.ufp4.quantize_dequantize(x, axis, spec, rht, 3, seed, 16, torch.bfloat16)
+                same_ref = (torch.equal(codes, q.codes) and torch.equal(scales.view(torch.uint8) if scales.element_size() == 1 else scales,
+                            q.scales.view(torch.uint8) if q.scales.element_size() == 1 else q.scales)
+                            and torch.equal(values.view(torch.int16), rv.view(torch.int16)))
+                bad += not same_ref
+                for mode in ("values", "codes"):
+                    if mode == "values":
+                        f = lambda x, s: torch.ops.ufp4.quantize_dequantize(x, axis, spec, rht, 3, s, 16, torch.bfloat16)
+                        nbytes = x.numel() * 4
+                    else:
+                        f = lambda x, s: torch.ops.ufp4.quantize(x, axis, spec, rht, 3, s, 16)
+                        nbytes = x.numel() * 2 + x.numel() // 2 + x.numel() // 16 * 4
+                    e = bench(lambda: f(x, seed))
+                    print(f"{spec:26s} rht{rht:<3d} {str(shape):13s} axis {axis} {mode:6s} {e*1e3:7.1f} us "
+                          f"({nbytes/e/1e6/copy_gbs:.2f} of copy)  kernel==reference {same_ref}", flush=True)
+    print("MISMATCHES vs reference:", bad)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
