@@ -229,9 +229,9 @@ def test_rewritten_graph_equals_emulation_near_fp32_max(case):
 
 
 def _tanh_case() -> dict:
-    torch.manual_seed(0)
-    model = Chain([16, 16, 16], bias=False, activation="tanh")
-    return dict(model=model, weights_seed=0, x=32 * torch.randn(16, 16, generator=torch.Generator().manual_seed(0)),
+    torch.manual_seed(3)
+    model = Chain([32, 32, 32], bias=False, activation="tanh")
+    return dict(model=model, weights_seed=3, x=32 * torch.randn(32, 32, generator=torch.Generator().manual_seed(3)),
                 x_grad=False, recipe="e2m1-ref", dense=False)
 
 
@@ -239,9 +239,10 @@ def _tanh_case() -> dict:
     "Inductor's tanh, GELU and SiLU (forward or backward) differ from ATen's in the last bit, and the 4-bit "
     "rounding of the next operand turns that into a code step, so the compiled model leaves the emulation "
     "(the rewritten graph on eager kernels matches it exactly: test_rewritten_graph_equals_emulation). "
-    "Falsifying example: Chain([16, 16, 16], bias=False, activation='tanh') with torch.manual_seed(0) "
-    "weights, x = 32 * randn(16, 16) (generator seed 0), float32, recipe e2m1-ref: layers.0.weight.grad "
-    "differs in 16 of 256 elements, by up to 0.0036"))
+    "Falsifying example: Chain([32, 32, 32], bias=False, activation='tanh') with torch.manual_seed(3) "
+    "weights, x = 32 * randn(32, 32) (generator seed 3), float32, recipe e2m1-ref: layers.0.weight.grad "
+    "differs in 30 of 1024 elements, by up to 0.00074 (a code step is rare: the example changes whenever the "
+    "random bits of stochastic rounding do)"))
 @settings(settings.get_profile("ufp4-fuzz-compile"))
 @given(case=linear_cases(activations=TRANSCENDENTAL))
 @example(case=_tanh_case())
