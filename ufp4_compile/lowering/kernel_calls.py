@@ -100,7 +100,10 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
     if values_dtype is not None:
         values_buf = _empty(shape, values_dtype, device)
     dummy = codes_buf if codes_buf is not None else values_buf
-    tensor_scale = _empty((), torch.float32, device)
+    # The tensor scale as a (1,) buffer viewed as 0-d: Inductor lowers an empty 0-d buffer to a fill kernel
+    # (an empty buffer is a pointwise fill with zero ranges, and a 0-d one has no range to zero), one more
+    # launch per quantization; a (1,) one costs nothing.
+    tensor_scale = _empty((1,), torch.float32, device)
     scalars = {k: plan.args[k] for k in ("O", "L", "s_page", "s_o", "s_l")}
     common = dict(rht_key=rht_key(plan, rht_seed))
     if plan.amax_constexprs is not None:
@@ -115,7 +118,7 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
                    seed_ptr=seed if plan.constexprs["STOCHASTIC"] else dummy)
     kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
                   {**scalars, **common, "offset": int(offset), **plan.constexprs})
-    return codes_buf, scales_buf, values_buf, tensor_scale
+    return codes_buf, scales_buf, values_buf, lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
 
 
 def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset):
