@@ -80,16 +80,18 @@ def test_stochastic_rounding_reproducible_and_offset_driven():
 
 
 @pytest.mark.parametrize("axis", [0, 1])
-def test_counter_is_offset_plus_flat_row_major_index_over_eight(axis):
-    # Eight elements share one Philox call: the second copy of x inside cat([x, x]) sees counters
-    # (numel(x) + i) // 8 = numel(x) // 8 + i // 8, exactly offset=numel(x) // 8.
+def test_counter_is_offset_plus_axis_last_index_over_eight(axis):
+    # Eight elements share one Philox call, counted in the axis-last order (along the quantized axis): the
+    # second copy of x inside cat([x, x]) along the other axis sees counters (numel(x) + i) // 8 =
+    # numel(x) // 8 + i // 8, exactly offset=numel(x) // 8.
     x = torch.randn(32, 48, generator=torch.Generator().manual_seed(2))
     fmt = _fmt(Grid.E2M1)
-    both = quantize(torch.cat([x, x]), axis, fmt, seed=5)
+    other = 1 - axis
+    both = quantize(torch.cat([x, x], dim=other), axis, fmt, seed=5)
     second = quantize(x, axis, fmt, seed=5, offset=x.numel() // 8)
-    half = both.codes.shape[0] // 2
-    assert torch.equal(both.codes[half:], second.codes)
-    assert not torch.equal(both.codes[:half], second.codes)
+    half = both.codes.shape[other] // 2
+    assert torch.equal(both.codes.narrow(other, half, half), second.codes)
+    assert not torch.equal(both.codes.narrow(other, 0, half), second.codes)
 
 
 def test_element_bits_use_both_halves_of_every_word_of_a_philox_call():

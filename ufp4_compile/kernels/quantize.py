@@ -78,15 +78,17 @@ def div_rn(a, b, ASM: tl.constexpr):
 # ---- tile pieces ------------------------------------------------------------------------------------
 
 @triton.jit
-def _tile_index(r0, o0, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
+def _tile_index(r0, o0, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr, COLS: tl.constexpr):
     """(row, o) indices of the tile rows ``r0 .. r0 + ROWS`` x columns ``o0 .. o0 + B``, arranged as it is
-    loaded and stored: ``(ROWS // 8, B, 8)`` row-wise (8 consecutive rows per thread), ``(ROWS, B)`` else."""
+    loaded and stored: ``(ROWS // 8, B, 8)`` row-wise (8 consecutive rows per thread), ``(ROWS, B)`` else,
+    with ``COLS`` consecutive columns per thread (the contiguity hint sets the vector width: 8-byte vectors
+    for bf16 keep a thread's ROWS x COLS values in registers without spilling)."""
     if ROWWISE:
         r = r0 + (tl.arange(0, ROWS // 8)[:, None, None] * 8 + tl.arange(0, 8)[None, None, :])
         o = o0 + tl.arange(0, B)[None, :, None]
     else:
         r = r0 + tl.arange(0, ROWS)[:, None]
-        o = o0 + tl.arange(0, B)[None, :]
+        o = o0 + tl.max_contiguous(tl.arange(0, B), COLS)[None, :]
     return r, o
 
 
@@ -164,7 +166,7 @@ def _store_chunks(ptr, v, l0, o0, O, L, U: tl.constexpr, B: tl.constexpr, PARTIA
 
 @triton.jit
 def _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U: tl.constexpr, B: tl.constexpr,
-               ROWWISE: tl.constexpr):
+               ROWWISE: tl.constexpr, COLS: tl.constexpr):
     """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and its row-major flat index."""
     if ROWWISE and (U == 16 or U == 32):
         c0, f0 = _chunk(x_ptr, 0, l0, o0, O, L, s_o, s_l, B)
@@ -177,14 +179,14 @@ def _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U: tl.constexpr, B: 
         x = _join_chunks(c0, c1, c2, c3, U, B)
         flat = _join_chunks(f0, f1, f2, f3, U, B)
     else:
-        l, o = _tile_index(l0, o0, U, B, ROWWISE)
+        l, o = _tile_index(l0, o0, U, B, ROWWISE, COLS)
         mask = (l < L) & (o < O)
         t = tl.load(x_ptr + page.to(tl.int64) * s_page + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask,
                     other=0.0).to(tl.float32)
         if ROWWISE:
             f = o.to(tl.int64) * L + l
-        else:
-            f = (page.to(tl.int64) * L + l) * O + o
+        else:  # the index in the axis-last order x[page, o, l] (stochastic rounding's counter)
+            f = (page.to(tl.int64) * O + o) * L + l
         x = _to_rows(t, U, B, ROWWISE)
         flat = _to_rows(f, U, B, ROWWISE)
     return x, flat
@@ -260,10 +262,10 @@ def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT
 @triton.jit
 def _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_key, RHT: tl.constexpr, INV_SQRT: tl.constexpr,
                   SIGN_MASK: tl.constexpr, U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr,
-                  PARTIAL: tl.constexpr):
+                  COLS: tl.constexpr, PARTIAL: tl.constexpr):
     """The loaded tile, rotated when ``RHT``; ``PARTIAL`` (L is not a multiple of U): rows of a group that
     ends past ``L`` keep their loaded values (a trailing partial group is not rotated; padding is zeros)."""
-    x, flat = _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U, B, ROWWISE)
+    x, flat = _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS)
     if RHT > 0:
         rotated = _rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK)
         if PARTIAL:
@@ -395,12 +397,12 @@ def _halves(w):
 
 
 @triton.jit
-def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUPED: tl.constexpr,
-                 ROWWISE: tl.constexpr):
+def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUPED: tl.constexpr):
     """16 random bits per element: half ``n % 2`` of word ``(n % 8) // 2`` of ``philox(seed, offset + n // 8)``
-    for each element's flat index ``n`` (numerics.rounding.element_bits). ``GROUPED``: the eight elements of a
-    call sit in one thread (eight consecutive rows row-wise, eight consecutive columns column-wise), so each
-    call is made once."""
+    for each element's index ``n`` in the axis-last order (numerics.rounding.element_bits), ``flat``.
+
+    ``GROUPED`` (L % 8 == 0): the eight elements of a call are eight consecutive rows of the tile, along the
+    quantized axis, in one thread in either orientation, so each call is made once."""
     seed = tl.load(seed_ptr)
     if not GROUPED:
         r0, r1, r2, r3 = _philox_words(seed, offset + (flat >> 3))
@@ -408,10 +410,7 @@ def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUP
         word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
         bits = tl.where((flat & 1) == 0, word & 0xFFFF, word >> 16).to(tl.int32)
     else:
-        if ROWWISE:
-            octs = tl.reshape(tl.permute(tl.reshape(flat, (U // 8, 8, B)), (0, 2, 1)), (U // 8, B, 2, 2, 2))
-        else:
-            octs = tl.reshape(flat, (U, B // 8, 2, 2, 2))
+        octs = tl.reshape(tl.permute(tl.reshape(flat, (U // 8, 8, B)), (0, 2, 1)), (U // 8, B, 2, 2, 2))
         first_quads, _ = tl.split(octs)
         first_pairs, _ = tl.split(first_quads)
         firsts, _ = tl.split(first_pairs)
@@ -424,10 +423,7 @@ def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUP
         lows = tl.join(tl.join(l0, l2), tl.join(l1, l3))
         highs = tl.join(tl.join(h0, h2), tl.join(h1, h3))
         words = tl.join(lows, highs)
-        if ROWWISE:
-            bits = tl.reshape(tl.permute(tl.reshape(words, (U // 8, B, 8)), (0, 2, 1)), (U, B))
-        else:
-            bits = tl.reshape(words, (U, B))
+        bits = tl.reshape(tl.permute(tl.reshape(words, (U // 8, B, 8)), (0, 2, 1)), (U, B))
     return bits
 
 
@@ -442,8 +438,8 @@ def _pack(nib, U: tl.constexpr, B: tl.constexpr):
 
 @triton.jit
 def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_key,
-                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                 PARTIAL: tl.constexpr):
+                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
+                 U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
     """Max |RHT(x)| over the finite elements as int32 FP32 bits, by atomic max (numerics.quantize._finite_amax:
     NaN and +-Inf count as 0, so they poison only their own blocks)."""
     if ROWWISE:
@@ -451,7 +447,7 @@ def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_key,
     else:
         pid_o, pid_l = tl.program_id(0), tl.program_id(1)
     x, _ = _rotated_tile(x_ptr, tl.program_id(2), pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_key,
-                         RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, PARTIAL)
+                         RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
     bits = abs_bits(x)
     bits = tl.where(bits < 0x7F800000, bits, 0)
     tl.atomic_max(gamax_ptr, tl.max(tl.max(bits, axis=1), axis=0))
@@ -463,7 +459,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                      GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
                      STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
                      Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
-                     ROWWISE: tl.constexpr, WRITE_CODES: tl.constexpr,
+                     ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                      PARTIAL: tl.constexpr):
     if ROWWISE:  # consecutive programs walk along the rows (one row segment of U elements each)
@@ -474,7 +470,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     l0 = pid_l * U
     o0 = pid_o * B
     x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT, SIGN_MASK,
-                            U, B, ROWWISE, PARTIAL)
+                            U, B, ROWWISE, COLS, PARTIAL)
     NB: tl.constexpr = U // BLOCK
     amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
     g = 0.0
@@ -502,7 +498,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     else:
         a = tl.abs(y)
         if STOCHASTIC:
-            level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, ROWWISE), GRID)
+            level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED), GRID)
         else:
             level = _level_nearest(a, GRID)
         neg = y < 0.0
@@ -528,7 +524,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
             r = l0 // 2 + tl.arange(0, U // 2)[None, :]
             tl.store(codes_ptr + o * L2 + r, tl.permute(packed, (1, 0)), mask=_chunk_mask(o, O, r, L2, PARTIAL))
         else:
-            r, o = _tile_index(l0 // 2, o0, U // 2, B, ROWWISE)
+            r, o = _tile_index(l0 // 2, o0, U // 2, B, ROWWISE, COLS)
             tl.store(codes_ptr + (page.to(tl.int64) * L2 + r) * O + o, packed,
                      mask=_chunk_mask(o, O, r, L2, PARTIAL))
         lb = (l0 // BLOCK + tl.arange(0, NB)).to(tl.int64)[:, None]
@@ -546,7 +542,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
         if ROWWISE and (U == 16 or U == 32):
             _store_chunks(values_ptr, v, l0, o0, O, L, U, B, PARTIAL)
         else:
-            r, o = _tile_index(l0, o0, U, B, ROWWISE)
+            r, o = _tile_index(l0, o0, U, B, ROWWISE, COLS)
             if ROWWISE:
                 v_off = o.to(tl.int64) * L + r
             else:
@@ -560,6 +556,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _columns_per_thread(u: int, itemsize: int) -> int:
+    """Column-wise, each thread holds all ``u`` rows of this many consecutive columns: 64 values for u = 16
+    with bf16 (8-byte vectors; with 16-byte ones, 128 values per thread spilled registers on sm_90)."""
+    return max(1, (8 if u <= 16 else 4) // itemsize)
+
+
 def _tile(unit: int, length: int, other: int, itemsize: int, rowwise: bool, config: dict | None):
     """(U, B, num_warps). Row-wise, a thread loads 8 consecutive elements of one group and the warps tile
     ``o``; column-wise, ``B`` spans one 16-byte vector per thread times every thread of the program, so
@@ -569,9 +571,8 @@ def _tile(unit: int, length: int, other: int, itemsize: int, rowwise: bool, conf
         warps = 4
         b = 128 if u <= 32 else 16
     else:
-        vector = 16 // itemsize
         warps = 2 if u <= 32 else 4
-        b = vector * 32 * warps if u <= 32 else 32
+        b = _columns_per_thread(u, itemsize) * 32 * warps if u <= 32 else 32
     b = max(16, min(b, triton.next_power_of_2(other)))
     if config:
         b, warps = config.get("B", b), config.get("num_warps", warps)
@@ -623,15 +624,18 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     codes_shape, scales_shape = list(shape), list(shape)
     codes_shape[axis] = padded_length(L, fmt.block) // 2
     scales_shape[axis] = padded_length(L, fmt.block) // fmt.block
-    # Grouped random words need the eight elements of one Philox call in consecutive rows (row-wise, so
-    # L % 8 == 0) or consecutive columns (column-wise, so O % 8 == 0 and B, at least 16, a multiple of 8).
-    grouped = L % 8 == 0 if rowwise else O % 8 == 0
+    # Column-wise, a thread holds COLS consecutive columns (the tile's vector width; B is a multiple of it).
+    cols = min(_columns_per_thread(u, itemsize), b)
+    # Grouped random words: the eight elements of one Philox call are eight consecutive elements along the
+    # quantized axis (the axis-last order), in one thread in either orientation when L % 8 == 0.
+    grouped = L % 8 == 0
     constexprs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
                       SR_GROUPED=grouped, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
                       INV_SQRT=inv_sqrt(rht) if rht else 1.0, SIGN_MASK=0 < rht <= MAX_SIGN_MASK_SIZE,
-                      ROWWISE=rowwise, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
+                      ROWWISE=rowwise, COLS=cols, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
                       PARTIAL=partial)
-    amax = (dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], SIGN_MASK=constexprs["SIGN_MASK"], ROWWISE=rowwise, U=u, B=b, PARTIAL=partial)
+    amax = (dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], SIGN_MASK=constexprs["SIGN_MASK"], ROWWISE=rowwise,
+                 U=u, B=b, COLS=cols, PARTIAL=partial)
             if c.scale == 1 else None)
     return LaunchPlan(rowwise, dict(O=O, L=L, **strides), constexprs,
                       warps, grid, amax, tuple(codes_shape), tuple(scales_shape), _OUT_SCALE_DTYPES[c.scale],
