@@ -50,3 +50,35 @@ def test_qwen2_moe_router_and_shared_expert_gate_are_kept():
     kept = {r.module for r in report.kept if "(layers.keep_routers)" in r.reason}
     assert kept == routers and len([r for r in report.kept if r.module in routers]) == 4 * 3
     assert {r.module for r in report.kept} == routers | {"lm_head"}
+
+
+class _LossOf(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids):
+        return self.model(input_ids=ids, labels=ids).loss
+
+
+def test_gpt2_conv1d_layers_are_rewritten_in_all_three_roles():
+    """GPT-2's projections are ``Conv1D`` (``addmm(b, x, W)`` with W stored (in, out), not ``nn.Linear``): each
+    still gets Fprop, Dgrad and Wgrad rows, rewritten; attention and the tied head are kept with reasons."""
+    from ufp4_compile.testing.run import compile_and_run
+
+    config = transformers.GPT2Config(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    ids = torch.randint(0, 128, (2, 32))
+    eager = _LossOf(model)(ids).item()
+    torch._dynamo.reset()
+    run = compile_and_run(_LossOf(model), ids, options={"sr_seed_policy": "fixed"}, backend="aot", fullgraph=False)
+    conv1d = {name for name, m in model.named_modules() if type(m).__name__ == "Conv1D"}
+    assert len(conv1d) == 8
+    for name in conv1d:
+        rows = [r for r in run.report.rows if r.module == f"model.{name}" or r.module == name]
+        assert {r.role for r in rows} == {"fprop", "dgrad", "wgrad"}, (name, rows)
+        assert all(r.rewritten for r in rows), [(r.role, r.reason) for r in rows if not r.rewritten]
+    for row in run.report.kept:
+        assert row.module.endswith("lm_head") or row.module.endswith(".attn"), (row.module, row.reason)
+    assert abs(run.out.item() - eager) / eager < 0.05  # 4-bit noise on a random-init model's ~ln(128) loss
