@@ -157,6 +157,21 @@ def _inner_compile(joint, sinks):
     return inner
 
 
+_MATMULS_KEPT_WHOLE = ("mm", "addmm", "bmm")
+
+
+def _decompositions() -> dict:
+    """Inductor's decompositions without those of ``mm``, ``addmm`` and ``bmm``: Inductor turns a matmul with
+    a reduction of length 1 (a one-token Wgrad) into a pointwise product before any graph pass runs, so the
+    recipe would never see it; the ufp4 pass needs the matmul, and Inductor lowers the ones it keeps as they
+    are."""
+    from torch._inductor.decomposition import select_decomp_table
+
+    packets = [getattr(torch.ops.aten, name) for name in _MATMULS_KEPT_WHOLE]
+    ops = {getattr(packet, overload) for packet in packets for overload in packet.overloads()}
+    return {op: fn for op, fn in select_decomp_table().items() if op not in ops}
+
+
 class Ufp4Backend:
     """A configured backend: ``torch.compile(m, backend=make_backend({"recipe": "nvfp4"}))``.
 
@@ -185,7 +200,8 @@ class Ufp4Backend:
                               extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm))
         patches["joint_custom_pre_pass"] = joint
         register_lowering(example_inputs)
-        compiled = compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks), config_patches=patches)
+        compiled = compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks), config_patches=patches,
+                              decompositions=_decompositions())
         if joint.last_graph_id is None:
             # AOTAutograd's cache served the compiled (rewritten) graph: the pass did not run in this process.
             self.report.cached_graphs += 1

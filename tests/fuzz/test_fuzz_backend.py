@@ -10,9 +10,11 @@
 - every matmul of every graph the pass sees has exactly one row in the report (``backend.report.rows``),
   with a role if rewritten and a reason if kept.
 
-Three classes fail today and have their own tests, marked xfail(strict=True) with the falsifying example:
-finite inputs near the FP32 limit with dense GEMMs, tanh, GELU or SiLU between the layers (Inductor against
-the emulation), and a single token (parity). Products with a vector (``mv``, ``addmv``, ``dot``) have rows.
+Two classes fail today and have their own tests, marked xfail(strict=True) with the falsifying example:
+finite inputs near the FP32 limit with dense GEMMs, and tanh, GELU or SiLU between the layers (Inductor
+against the emulation). A single token has its own property (Inductor decomposed a Wgrad with a reduction of
+length 1 into a pointwise product, out of the pass's sight, until the backend kept matmuls whole). Products
+with a vector (``mv``, ``addmv``, ``dot``) have rows.
 
 Settings tiers: tests/fuzz/conftest.py.
 """
@@ -258,17 +260,13 @@ def _one_token_case() -> dict:
                 recipe="e2m1-ref", dense=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "With one token the Wgrad dW = dY^T X reduces over a length of 1: Inductor's decomposition turns that "
-    "mm into an outer product (a pointwise mul) before the pass runs, so the compiled Wgrad is exact and has "
-    "no row, while the emulation quantizes it. Falsifying example: nn.Linear(16, 16, bias=False), x of shape "
-    "(1, 16) float32, recipe e2m1-ref (any recipe that quantizes Wgrad): weight.grad differs in 240 of 256 "
-    "elements"))
 @settings(settings.get_profile("ufp4-fuzz-compile"))
 @given(case=linear_cases(tokens=st.just(1)))
 @example(case=_one_token_case())
 def test_compiled_equals_emulation_one_token(case):
-    """The class the property above leaves out: a single token (M = 1)."""
+    """A single token (M = 1): the Wgrad reduces over a length of 1, a matmul Inductor's own decompositions
+    would turn into a pointwise product before the pass (the backend passes Inductor its table without the
+    mm / addmm / bmm decompositions)."""
     label_parity(case)
     check_parity(case)
 
