@@ -14,6 +14,12 @@ ops = torch.ops.ufp4
 DENSE = {"sr_seed_policy": "fixed", "dense_gemms": True}
 
 
+def _constants_into_dequantize(gm) -> int:
+    """``full`` nodes read by a ufp4 dequantize (its tensor-scale argument)."""
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.full.default
+               and any(u.target is ops.dequantize.default for u in n.users))
+
+
 def _dense_gemms(gm) -> int:
     return sum(count_calls(gm, op) for op in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default))
 
@@ -54,9 +60,12 @@ def test_every_gemm_is_dense_and_x_crosses_as_codes():
     # Dgrad: dY and W; Wgrad: dY (fc2's Dgrad dX is needed, fc1's is not: its input is x... which needs grad).
     assert count_calls(bwd, ops.dequantize.default) == 2
     assert count_calls(bwd, ops.quantize.default) == 0
+    # one-level scales: the saved codes' own tensor scale (exactly 1) goes to dequantize; no constant-1
+    # tensor per call (each is a fill kernel launch in Inductor's code)
+    assert _constants_into_dequantize(bwd) == 0
     saved = saved_tensors(fwd, num_outputs=1)
     tokens = 48
-    high = [t for t in saved if t.dtype.is_floating_point and t.shape[0] == tokens and t.dim() == 2]
+    high = [t for t in saved if t.dtype.is_floating_point and t.dim() == 2 and t.shape[0] == tokens]
     assert high == [], [(t.dtype, tuple(t.shape)) for t in saved]
     assert sorted(t.numel() for t in saved if t.dtype == torch.uint8) == [24 * 32, 24 * 64]
 
@@ -119,3 +128,12 @@ def test_activation_checkpointing_dense_matches_codes_path():
         results.append([run.out.detach(), x.grad.clone(), *_grads(model)])
     for codes_path, dense_path in zip(*results):
         torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
+
+
+def test_two_level_saved_codes_share_one_constant_per_partition():
+    """E4M3 two-level scales: the dequantized operand leaves the tensor scale to the GEMM, so dequantize gets
+    a constant 1, one per partition however many saved quantizations it reads."""
+    x = torch.randn(2, 24, 32, requires_grad=True)
+    run = compile_and_run(MLP(32, 64), x, options={**DENSE, "recipe": "nvfp4"})
+    assert count_calls(run.backward, ops.dequantize.default) == 2
+    assert _constants_into_dequantize(run.backward) == 1

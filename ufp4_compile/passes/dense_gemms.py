@@ -96,12 +96,16 @@ class _Densifier:
 
     def _saved_values(self, reader: fx.Node, quantize: fx.Node, compute: str) -> tuple[fx.Node, fx.Node]:
         """Saved codes dequantized where ``reader`` runs (one dequantize per partition that reads them)."""
-        key = (quantize, compute, reader.meta.get("partitioner_tag"))
+        tag = reader.meta.get("partitioner_tag")
+        key = (quantize, compute, tag)
         if key not in self.done:
             axis, fmt = quantize.args[1], quantize.args[2]
             items = {item.args[1]: item for item in quantize.users if item.target is operator.getitem}
             builder = NodeBuilder(self.graph, self.fake_mode, reader, reader)
-            one = builder.call(aten.full.default, [], 1.0, dtype=torch.float32, device=value(items[0]).device)
+            if as_format(fmt).scale is ScaleFormat.E4M3:  # two-level: the operand leaves its tensor scale out
+                one = self._one(builder, tag, value(items[0]).device)
+            else:  # one-level scales: the quantization's own tensor scale is exactly 1 (no fill kernel)
+                one = items[2]
             values = builder.call(ops.dequantize, items[0], items[1], one, axis, fmt, _COMPUTE[compute])
             length, padded = value(quantize.args[0]).shape[axis], value(values).shape[axis]
             if not (isinstance(length, int) and length == padded):  # codes cover whole blocks: crop the last
@@ -110,13 +114,21 @@ class _Densifier:
             self.done[key] = (values, items[2])
         return self.done[key]
 
+    def _one(self, builder: NodeBuilder, tag, device) -> fx.Node:
+        """A 0-d FP32 1.0, one per partition (each ``full`` node is a kernel launch in Inductor's code),
+        made at the first reader of the partition in graph order, so it comes before every later one."""
+        key = ("one", tag, device)
+        if key not in self.done:
+            self.done[key] = builder.call(aten.full.default, [], 1.0, dtype=torch.float32, device=device)
+        return self.done[key]
+
     def operand(self, mm: fx.Node, codes: fx.Node, scales: fx.Node, tensor_scale: fx.Node, fmt: str,
                 compute: str) -> _Operand:
         source, flip = _behind_transposes(codes)
         quantize = _quantize_of(source)
         builder = NodeBuilder(self.graph, self.fake_mode, mm, mm)
         if quantize is None:  # codes from elsewhere (a graph input): dequantize them as laid out
-            one = builder.call(aten.full.default, [], 1.0, dtype=torch.float32, device=value(codes).device)
+            one = self._one(builder, mm.meta.get("partitioner_tag"), value(codes).device)
             values = builder.call(ops.dequantize, codes, scales, one, 1, fmt, _COMPUTE[compute])
             return _Operand(values, tensor_scale)
         if self._stays_in_its_partition(quantize):
