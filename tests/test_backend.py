@@ -168,7 +168,7 @@ def test_options_build_the_recipe():
 def test_mode_and_inductor_options_reach_compile_fx(monkeypatch):
     seen = {}
 
-    def fake_compile_fx(gm, example_inputs, inner_compile=None, config_patches=None, decompositions=None):
+    def fake_compile_fx(gm, example_inputs, inner_compile=None, config_patches=None):
         seen.update(config_patches)
         return gm.forward
 

@@ -21,6 +21,7 @@ installed. Options (an unknown key raises ValueError listing these):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -160,16 +161,27 @@ def _inner_compile(joint, sinks):
 _MATMULS_KEPT_WHOLE = ("mm", "addmm", "bmm")
 
 
-def _decompositions() -> dict:
-    """Inductor's decompositions without those of ``mm``, ``addmm`` and ``bmm``: Inductor turns a matmul with
-    a reduction of length 1 (a one-token Wgrad) into a pointwise product before any graph pass runs, so the
-    recipe would never see it; the ufp4 pass needs the matmul, and Inductor lowers the ones it keeps as they
-    are."""
-    from torch._inductor.decomposition import select_decomp_table
+@contextlib.contextmanager
+def _matmuls_kept_whole():
+    """Inductor's decomposition tables without ``mm``, ``addmm`` and ``bmm`` while the backend compiles: they
+    turn a matmul with a reduction of length 1 (a Wgrad over one token; on GPUs also matrix-vector products)
+    into a pointwise product before any graph pass runs, out of the recipe's reach; the matmuls the pass keeps
+    are lowered whole. The tables are edited in place and restored, not passed to ``compile_fx``: an explicit
+    table holds C++ functions that Inductor's cache keys cannot pickle, which turned its caches off."""
+    from torch._inductor import decomposition
 
     packets = [getattr(torch.ops.aten, name) for name in _MATMULS_KEPT_WHOLE]
-    ops = {getattr(packet, overload) for packet in packets for overload in packet.overloads()}
-    return {op: fn for op, fn in select_decomp_table().items() if op not in ops}
+    matmuls = {getattr(packet, overload) for packet in packets for overload in packet.overloads()}
+    tables = [decomposition.decompositions]
+    fast = getattr(decomposition, "fast_random_decomps", None)  # what select_decomp_table() returns
+    if fast is not None:
+        tables.append(fast())
+    removed = [(table, op, table.pop(op)) for table in tables for op in list(table) if op in matmuls]
+    try:
+        yield
+    finally:
+        for table, op, fn in removed:
+            table[op] = fn
 
 
 class Ufp4Backend:
@@ -200,8 +212,9 @@ class Ufp4Backend:
                               extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm))
         patches["joint_custom_pre_pass"] = joint
         register_lowering(example_inputs)
-        compiled = compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks), config_patches=patches,
-                              decompositions=_decompositions())
+        with _matmuls_kept_whole():
+            compiled = compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks),
+                                  config_patches=patches)
         if joint.last_graph_id is None:
             # AOTAutograd's cache served the compiled (rewritten) graph: the pass did not run in this process.
             self.report.cached_graphs += 1
