@@ -1,5 +1,6 @@
 """The torch.ops.ufp4 custom ops: schemas as documented, fake shapes, reference = numerics, opcheck."""
 
+import contextlib
 import importlib
 import re
 from pathlib import Path
@@ -190,11 +191,19 @@ def _operands():
     return spec, a, b
 
 
+def _assert_value_errors(op, cases, fake: bool) -> None:
+    """Each ``(args, match)`` raises a ValueError matching ``match``, in eager or under fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for args, match in cases:
+        with pytest.raises(ValueError, match=match):
+            with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext():
+                op(*args)
+
+
 @pytest.mark.parametrize("fake", [False, True])
 def test_scaled_mm_checks_operands_against_their_formats(fake):
     """int4/FP32 codes declared as 'e2m1/16/e4m3/nearest' gave a result 77% off without a word."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     spec, a, b = _operands()
     (ac, as_, ats), (bc, bs, bts) = a, b
     cases = [
@@ -212,19 +221,11 @@ def test_scaled_mm_checks_operands_against_their_formats(fake):
          r"out_dtype=torch.int32 is not valid; valid values: torch.float32"),
         ((ac, as_, ats, bc, bs, bts, spec, spec, "fp16", torch.float32), r"compute_dtype='fp16' is not valid"),
     ]
-    for args, match in cases:
-        with pytest.raises(ValueError, match=match):
-            if fake:
-                with FakeTensorMode(allow_non_fake_inputs=True):
-                    torch.ops.ufp4.scaled_mm(*args)
-            else:
-                torch.ops.ufp4.scaled_mm(*args)
+    _assert_value_errors(torch.ops.ufp4.scaled_mm, cases, fake)
 
 
 @pytest.mark.parametrize("fake", [False, True])
 def test_dequantize_checks_axis_scales_and_dtype(fake):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     spec, (codes, scales, ts), _ = _operands()
     cases = [
         ((codes, scales, ts, 7, spec, torch.float32), r"axis=7 is not valid for a 2-d tensor; valid values: -2..1"),
@@ -232,10 +233,4 @@ def test_dequantize_checks_axis_scales_and_dtype(fake):
         ((codes, scales.to(torch.float8_e4m3fn), ts, 1, spec, torch.float32), r"scales.dtype=torch.float8_e4m3fn"),
         ((codes, scales, ts, 1, spec, torch.int64), r"dtype=torch.int64 is not valid"),
     ]
-    for args, match in cases:
-        with pytest.raises(ValueError, match=match):
-            if fake:
-                with FakeTensorMode(allow_non_fake_inputs=True):
-                    torch.ops.ufp4.dequantize(*args)
-            else:
-                torch.ops.ufp4.dequantize(*args)
+    _assert_value_errors(torch.ops.ufp4.dequantize, cases, fake)

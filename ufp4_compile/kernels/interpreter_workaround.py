@@ -68,8 +68,6 @@ def _patch_bf16_dot(interpreter) -> None:
         if src.dtype.scalar == tl.bfloat16 and dst_type.scalar == tl.float32:  # exact: the bits, shifted
             bits = np.asarray(src.data).view(np.uint16).astype(np.uint32) << 16
             return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
-        if src.dtype.scalar == tl.float8e4nv and dst_type.scalar == tl.float32:
-            return interpreter.TensorHandle(_e4m3_to_f32(np.asarray(src.data).view(np.uint8)), tl.float32)
         if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
             bits = src.data.astype(np.float32).view(np.uint32).astype(np.uint64)
             rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)

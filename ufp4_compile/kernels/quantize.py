@@ -167,7 +167,8 @@ def _store_chunks(ptr, v, l0, o0, O, L, U: tl.constexpr, B: tl.constexpr, PARTIA
 @triton.jit
 def _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U: tl.constexpr, B: tl.constexpr,
                ROWWISE: tl.constexpr, COLS: tl.constexpr):
-    """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and its row-major flat index."""
+    """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and each element's index in the
+    axis-last order (``x[page, o, l]`` flattened; stochastic rounding's counter)."""
     if ROWWISE and (U == 16 or U == 32):
         c0, f0 = _chunk(x_ptr, 0, l0, o0, O, L, s_o, s_l, B)
         c1, f1 = _chunk(x_ptr, 1, l0, o0, O, L, s_o, s_l, B)
@@ -349,23 +350,19 @@ def _scales(amax, g, GRID: tl.constexpr, SCALE: tl.constexpr, Q_MAX: tl.constexp
 
 
 @triton.jit
-def _level_nearest(a, GRID: tl.constexpr):
-    """Level index (int32, 0..7) nearest to ``a = |y|``, ties to the even index (numerics.grids)."""
-    if GRID == 0:
-        f = a.to(tl.int32)  # truncation == floor for a >= 0
-        frac = a - f.to(tl.float32)  # exact
-        level = f + ((frac > 0.5) | ((frac == 0.5) & ((f & 1) == 1))).to(tl.int32)
-    else:
-        # E2M1 is a float with one mantissa bit: below 1 (levels 0, .5, 1) round to a multiple of 0.5 with
-        # the 2**22 constant (its ulp is 0.5; ties to the even multiple); from 1 up (1, 1.5, 2, 3, 4, 6) round
-        # the FP32 pattern to one mantissa bit, ties to even, whose exponent and mantissa bit give the index
-        # (1.0 = 0x3F800000: 254 - 252 = 2). Both are the reference's ties-to-even-index (a <= 6 after the
-        # clamp, finite); about half the instructions of the seven comparisons.
-        half = (a + 4194304.0) - 4194304.0
-        bits = a.to(tl.int32, bitcast=True)
-        one_bit = (bits + 0x1FFFFF + ((bits >> 22) & 1)) & -4194304  # -4194304 == 0xFFC00000
-        level = tl.where(a < 1.0, (half >= 0.5).to(tl.int32) + (half >= 1.0).to(tl.int32), (one_bit >> 22) - 252)
-    return level
+def _level_nearest_e2m1(a):
+    """E2M1 level index (int32, 0..7) nearest to ``a = |y|``, ties to the even index (numerics.grids). (INT4
+    rounds in the kernel itself, through the 1.5 * 2**23 constant.)
+
+    E2M1 is a float with one mantissa bit: below 1 (levels 0, .5, 1) round to a multiple of 0.5 with the
+    2**22 constant (its ulp is 0.5; ties to the even multiple); from 1 up (1, 1.5, 2, 3, 4, 6) round the FP32
+    pattern to one mantissa bit, ties to even, whose exponent and mantissa bit give the index (1.0 =
+    0x3F800000: 254 - 252 = 2). Both are the reference's ties-to-even-index (a <= 6 after the clamp,
+    finite); about half the instructions of the seven comparisons."""
+    half = (a + 4194304.0) - 4194304.0
+    bits = a.to(tl.int32, bitcast=True)
+    one_bit = (bits + 0x1FFFFF + ((bits >> 22) & 1)) & -4194304  # -4194304 == 0xFFC00000
+    return tl.where(a < 1.0, (half >= 0.5).to(tl.int32) + (half >= 1.0).to(tl.int32), (one_bit >> 22) - 252)
 
 
 @triton.jit
@@ -506,7 +503,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
         if STOCHASTIC:
             level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED), GRID)
         else:
-            level = _level_nearest(a, GRID)
+            level = _level_nearest_e2m1(a)  # GRID == 1 here: INT4 nearest is handled above
         neg = y < 0.0
         if GRID == 0:
             nib = tl.where(neg, -level, level) & 0xF

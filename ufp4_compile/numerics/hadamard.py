@@ -52,8 +52,7 @@ def sign_mask(size: int, seed: int) -> int:
     _check_size(size)
     if size > MAX_SIGN_MASK_SIZE:
         raise ValueError(f"size={size} is not valid for a sign mask; valid values: up to {MAX_SIGN_MASK_SIZE}")
-    bits = philox(int(seed), torch.arange(size, dtype=torch.int64)) & 1
-    mask = sum(int(b) << i for i, b in enumerate(bits.tolist()))
+    mask = sum(1 << i for i, s in enumerate(rht_signs(size, int(seed)).tolist()) if s < 0)
     return mask - (1 << 64) if mask >= 1 << 63 else mask
 
 

@@ -160,8 +160,8 @@ def quantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0
     xf = x.float()
     if rht:
         xf = hadamard.rht(xf, axis, rht, rht_seed)
-    moved_shape = xf.movedim(axis, -1).shape
-    moved = _pad_last(xf.movedim(axis, -1), fmt.block)
+    axis_last = xf.movedim(axis, -1)
+    moved = _pad_last(axis_last, fmt.block)
     blocks = moved.reshape(*moved.shape[:-1], moved.shape[-1] // fmt.block, fmt.block)
     amax = _block_amax(blocks, fmt.block_2d)
     global_amax = _finite_amax(xf) if fmt.scale is ScaleFormat.E4M3 else None
@@ -170,7 +170,7 @@ def quantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0
     y = torch.maximum(torch.minimum(y, limit), -limit)
     if fmt.rounding is Rounding.STOCHASTIC:
         # The counter runs along the quantized axis (the axis-last order), whatever the axis.
-        bits = _pad_last(element_bits(seed_to_int(seed), offset, tuple(moved_shape), x.device), fmt.block)
+        bits = _pad_last(element_bits(seed_to_int(seed), offset, tuple(axis_last.shape), x.device), fmt.block)
         level = grids.round_stochastic(y, fmt.grid, bits.reshape(blocks.shape))
     else:
         level = grids.round_nearest(y, fmt.grid)

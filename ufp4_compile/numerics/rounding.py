@@ -69,10 +69,6 @@ def philox(seed, counters: torch.Tensor) -> torch.Tensor:
     return philox4x32(seed, c0, c1, zero, zero)[0]
 
 
-SR_BITS = 16
-"""Random bits per element for stochastic rounding: a Philox call (128 bits) serves eight elements."""
-
-
 def element_bits(seed, offset: int, shape: torch.Size | tuple[int, ...], device=None) -> torch.Tensor:
     """16 random bits for each element of a tensor of ``shape``, eight per Philox call: the element with flat
     row-major index ``i`` takes half ``i % 2`` (0: the low 16 bits) of word ``(i % 8) // 2`` of
