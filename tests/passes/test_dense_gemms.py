@@ -137,3 +137,51 @@ def test_two_level_saved_codes_share_one_constant_per_partition():
     run = compile_and_run(MLP(32, 64), x, options={**DENSE, "recipe": "nvfp4"})
     assert count_calls(run.backward, ops.dequantize.default) == 2
     assert _constants_into_dequantize(run.backward) == 1
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4", "ufp4-nv"])
+def test_two_level_dense_output_is_rounded_under_inductor(recipe):
+    """Two-level scales (E4M3 block scales, FP32 tensor scale): the dense GEMM scales its FP32 product and rounds
+    it to bfloat16 as the codes path's GEMM does. Through real Inductor (not the eager kernels), the bf16 output
+    of a Linear under autocast is upcast again in the backward; Inductor keeps a fused low-precision value in
+    FP32, so a plain conversion left every gradient one rounding away from the codes path's."""
+    from torch._inductor import config
+
+    from ufp4_compile.backend import make_backend
+
+    results = []
+    for dense in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = nn.Linear(64, 32, bias=False)
+        x = torch.randn(32, 64, requires_grad=True)
+        backend = make_backend({"recipe": recipe, "sr_seed_policy": "fixed", "dense_gemms": dense})
+        with torch.autocast("cpu", dtype=torch.bfloat16), config.patch(force_disable_caches=True):
+            out = torch.compile(model, backend=backend, fullgraph=True)(x)
+            out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(out.dtype))
+        results.append([out.detach(), x.grad.clone(), model.weight.grad.clone()])
+    for codes_path, dense_path in zip(*results):
+        torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
+
+
+def test_round_to_bf16_is_the_conversion():
+    """The pass's FP32 rounding to bfloat16 against torch's conversion: ties to even, the largest finite values
+    and overflow to infinity, subnormals, signed zeros, infinities and NaN."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ufp4_compile.passes import dense_gemms
+    from ufp4_compile.passes.fx_utils import NodeBuilder
+
+    specials = torch.tensor([0.0, -0.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, -(1.0 + 2 ** -8), 3.3895314e38,
+                             3.4028235e38, -3.4028235e38, 1e-40, -1e-45, float("inf"), float("-inf"), float("nan")])
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (4096,), generator=torch.Generator().manual_seed(0), dtype=torch.int64)
+    x = torch.cat([specials, bits.to(torch.int32).view(torch.float32)])
+    gm = make_fx(lambda t: t * 1.0, tracing_mode="fake")(x)
+    node = next(n for n in gm.graph.nodes if n.op == "call_function")
+    output = gm.graph.output_node()
+    builder = NodeBuilder(gm.graph, node.meta["val"].fake_mode, output, node)
+    output.args = (dense_gemms._round_to_bf16(builder, node),)
+    gm.recompile()
+    got, want = gm(x), x.to(torch.bfloat16).float()
+    same = (got.view(torch.int32) == want.view(torch.int32)) | (got.isnan() & want.isnan())
+    assert bool(same.all()), x[~same][:8]
