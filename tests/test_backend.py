@@ -215,6 +215,20 @@ def test_uuid_covers_sources_recipe_and_caching_switches():
     assert Ufp4JointPass(UFP4, extra=lambda graph: None).uuid() is None  # a pass with no uuid of its own
 
 
+def test_uuid_covers_the_lowerings_forced_choices():
+    """``force_choices`` changes the code a graph lowers to: a graph compiled under it has its own key."""
+    from ufp4_compile.backend import lowering_cache_key
+    from ufp4_compile.lowering import scaled_mm
+
+    plain = Ufp4JointPass(UFP4, key_extra=lowering_cache_key()).uuid()
+    with scaled_mm.force_choices("template"):
+        forced = Ufp4JointPass(UFP4, key_extra=lowering_cache_key()).uuid()
+        with scaled_mm.force_choices("extern", allow_cpu=True):
+            extern = Ufp4JointPass(UFP4, key_extra=lowering_cache_key()).uuid()
+    assert len({plain, forced, extern}) == 3
+    assert plain == Ufp4JointPass(UFP4, key_extra=lowering_cache_key()).uuid()
+
+
 def test_cached_compile_keeps_the_recipe_apart():
     """With Inductor's caches on, recompiling gives the same quantized output, and another recipe does not
     hit the first recipe's cache entry."""

@@ -134,6 +134,14 @@ def register_lowering(example_inputs) -> bool:
     return True
 
 
+def lowering_cache_key() -> str:
+    """``ufp4_compile.lowering.cache_key()`` where the lowering is installed, else ``""``."""
+    if importlib.util.find_spec("ufp4_compile.lowering") is None:
+        return ""
+    key = getattr(importlib.import_module("ufp4_compile.lowering"), "cache_key", None)
+    return key() if callable(key) else ""
+
+
 def _sinks(extra_sinks, dump_dir) -> list:
     from ufp4_compile.debug import DumpDir, default_dump_dir
 
@@ -209,7 +217,8 @@ class Ufp4Backend:
         patches = dict(resolved.inductor)
         sinks = _sinks(self.sinks, resolved.dump_dir)
         joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks, dense=resolved.dense_gemms,
-                              extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm))
+                              extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm),
+                              key_extra=lowering_cache_key())
         patches["joint_custom_pre_pass"] = joint
         register_lowering(example_inputs)
         with _matmuls_kept_whole():

@@ -192,13 +192,16 @@ def test_gpu_template_fuses_bias_and_gelu():
 @pytest.mark.gpu
 @pytest.mark.parametrize("recipe", ["ufp4", "nvfp4"])
 def test_backend_linear_bias_gelu_fuses_into_template(recipe):
-    """Linear -> bias -> GELU through ``backend="ufp4"``: the ufp4 template kernel carries the epilogue."""
+    """Linear -> bias -> GELU through ``backend="ufp4"`` on the codes path (``dense_gemms=False``; Hopper's
+    default makes the GEMM a dense one before any scaled_mm is lowered): the ufp4 template kernel carries the
+    epilogue."""
     from ufp4_compile.backend import make_backend
 
     model = torch.nn.Sequential(torch.nn.Linear(512, 768), torch.nn.GELU()).cuda()
     x = torch.randn(256, 512, device="cuda")
+    backend = make_backend({"recipe": recipe, "dense_gemms": False})
     with torch.no_grad(), scaled_mm_lowering.force_choices("template"):
-        out, code = run_and_get_code(torch.compile(model, backend=make_backend({"recipe": recipe})), x)
+        out, code = run_and_get_code(torch.compile(model, backend=backend), x)
     text = "\n".join(code)
     kernels = [k for k in text.split("@triton.jit") if "mm_main_loop(" in k and "def triton" in k]
     assert kernels, "no ufp4 template kernel in the generated code"

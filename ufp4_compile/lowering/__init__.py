@@ -31,3 +31,11 @@ def register() -> None:
     if torch.cuda.is_available():
         register_cuda_impls()
     _registered = True
+
+
+def cache_key() -> str:
+    """The lowering's process-wide settings that change generated code (``scaled_mm.force_choices``), for
+    the backend's part of Inductor's cache keys."""
+    from ufp4_compile.lowering.scaled_mm import state_key
+
+    return state_key()

@@ -35,11 +35,17 @@ from ufp4_compile.numerics.quantize import as_format
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BLOCKSCALE_CONFIGS", "CHOICE_NAMES", "DEQUANT_CONFIGS", "force_choices", "lower_scaled_mm"]
+__all__ = ["BLOCKSCALE_CONFIGS", "CHOICE_NAMES", "DEQUANT_CONFIGS", "force_choices", "lower_scaled_mm", "state_key"]
 
 _forced: tuple[str, ...] | None = None
 _allow_cpu = False
 _target: dispatch.Target | None = None
+
+
+def state_key() -> str:
+    """What :func:`force_choices` has set, for the compile caches' keys: it changes the code a graph lowers
+    to, so a graph compiled under it must not be served to a compile without it (nor the other way)."""
+    return f"forced{_forced}-cpu{int(_allow_cpu)}-target{_target}"
 
 
 @contextlib.contextmanager

@@ -60,8 +60,9 @@ class Ufp4JointPass(CustomGraphPass):
 
     def __init__(self, recipe: Recipe, *, report: Report | None = None, sinks=(), dry_run: bool = False,
                  dense: bool | str = "auto",
-                 extra=None, inputs=None):
+                 extra=None, inputs=None, key_extra: str = ""):
         self.recipe, self.sinks, self.dry_run, self.extra = recipe, tuple(sinks), dry_run, extra
+        self.key_extra = key_extra  # settings outside the graph that change its code (the lowering's), for uuid()
         self.inputs = inputs  # GraphInputs of the Dynamo graph (passes/graph_inputs.py), or None
         self.dense = dense  # "auto": dense GEMMs where the device has no native 4-bit MMA; True: always; False: never
         self.report = report if report is not None else Report(recipe.name)
@@ -97,4 +98,4 @@ class Ufp4JointPass(CustomGraphPass):
                 return None
         inputs = self.inputs.fingerprint() if self.inputs is not None else "none"
         return (f"ufp4-{source_hash()}-{self.recipe.fingerprint()}-dry{int(self.dry_run)}-dense{self.dense}-"
-                f"{extra_uuid}-salt{rank_salt()}-inputs{inputs}")
+                f"{extra_uuid}-salt{rank_salt()}-inputs{inputs}-{self.key_extra}")
