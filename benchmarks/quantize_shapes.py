@@ -18,7 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_ms  # noqa: E402
 
 import ufp4_compile.numerics as ref  # noqa: E402
-import ufp4_compile.ops  # noqa: E402,F401  (registers torch.ops.ufp4)
+from ufp4_compile import lowering  # noqa: E402
+
+# The ops' CUDA kernels: without this, torch.ops.ufp4 on CUDA tensors runs the pure-PyTorch reference (and the
+# bit check below would compare the reference with itself).
+lowering.register()
 
 
 def bench(fn) -> float:
@@ -31,6 +35,9 @@ def bench(fn) -> float:
 
 
 def main() -> int:
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("ufp4::quantize", "CUDA"):
+        print("the ufp4 ops have no CUDA kernels registered (no GPU?): nothing to measure", file=sys.stderr)
+        return 2
     seed = torch.tensor(7, device="cuda")
     x0 = torch.empty(16384, 4096, device="cuda", dtype=torch.bfloat16)
     copy_ms = bench(lambda: x0.clone())
