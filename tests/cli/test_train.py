@@ -2,6 +2,7 @@ import argparse
 import json
 
 import pytest
+import torch.distributed as dist
 
 from ufp4_compile.cli.main import main
 from ufp4_compile.recipes import recipe_names
@@ -42,6 +43,7 @@ def test_bad_arguments_are_clear_errors(args, expected, capsys, tmp_path):
     ("--eval-batches", "0", "an integer >= 1"), ("--eval-every", "-2", ">= 0"), ("--last-n", "0", ">= 1"),
     ("--log-every", "0", ">= 1"), ("--diagnose", "-1", ">= 0"), ("--checkpoint-every", "-1", ">= 0"),
     ("--stop-at", "-1", ">= 0"), ("--data-seed", "-1", ">= 0"), ("--batch-size", "two", "is not an integer"),
+    ("--parallel", "mpi", "invalid choice: 'mpi'"),
 ])
 def test_values_that_make_no_sense_are_argparse_errors(flag, value, valid, capsys, tmp_path):
     # --batch-size 0 used to train with the preset's 8 and --lr 0 with 0.003, while results.json said 0.
@@ -51,6 +53,32 @@ def test_values_that_make_no_sense_are_argparse_errors(flag, value, valid, capsy
     err = capsys.readouterr().err
     assert f"ufp4 train: error: argument {flag}: " in err and valid in err
     assert not list(tmp_path.iterdir())
+
+
+TORCHRUN = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("env, args, expected", [
+    (TORCHRUN, [], "--parallel=none under WORLD_SIZE=2 would train 2 independent copies; use --parallel ddp or fsdp2"),
+    (TORCHRUN, ["--parallel", "ddp", "--batch-size", "3"], "--batch-size=3 is not valid with 2 ranks"),
+    ({}, ["--parallel", "ddp", "--checkpoint-every", "2"], "--checkpoint-every=2 is not supported with --parallel ddp"),
+    ({}, ["--parallel", "fsdp2", "--stop-at", "2"], "--stop-at=2 is not supported with --parallel fsdp2"),
+    ({}, ["--parallel", "fsdp2", "--resume"], "--resume is not supported with --parallel fsdp2"),
+    ({}, ["--parallel", "ddp", "--diagnose", "1"], "--diagnose=1 is not supported with --parallel ddp"),
+    ({**TORCHRUN, "MASTER_ADDR": ""}, ["--parallel", "ddp"], "MASTER_ADDR is not set; start data-parallel runs with "
+                                                            "torchrun"),
+    ({**TORCHRUN, "RANK": "2"}, ["--parallel", "ddp"], "RANK=2 is not valid; it must be below WORLD_SIZE=2"),
+    ({**TORCHRUN, "WORLD_SIZE": "two"}, ["--parallel", "ddp"], "WORLD_SIZE='two' is not an integer"),
+])
+def test_data_parallel_errors_name_what_to_change(env, args, expected, capsys, tmp_path, monkeypatch):
+    for name in TORCHRUN:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert train(*args, "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ufp4 train: error: ") and expected in err
+    assert not list(tmp_path.iterdir()) and not dist.is_initialized()  # refused before any work
 
 
 def test_given_values_are_used_as_given(tmp_path):

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+
+from ufp4_compile.testing.distributed import free_port, wait_all
 
 WORKER = Path(__file__).with_name("worker.py")
 DISTRIBUTED = ["ddp_split", "ddp", "ddp_ac", "ddp_sr", "fsdp2_model", "fsdp2_blocks_ac", "sr_ranks",
@@ -40,17 +41,11 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
                                 reason="needs torch.distributed with gloo")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """{"rank0": ..., "rank1": ..., "one": ...}: the worker's results per scenario."""
     out = tmp_path_factory.mktemp("distributed")
-    port = str(_free_port())
+    port = str(free_port())
     base = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, OMP_NUM_THREADS="1")
     base["PYTHONPATH"] = os.pathsep.join([str(WORKER.parents[2]), base.get("PYTHONPATH", "")])
     jobs = {f"rank{r}": (dict(base, RANK=str(r), WORLD_SIZE="2"), DISTRIBUTED) for r in range(2)}
@@ -58,14 +53,7 @@ def runs(tmp_path_factory):
     procs = {name: subprocess.Popen([sys.executable, str(WORKER), str(out / f"{name}.json"), *scenarios],
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name, (env, scenarios) in jobs.items()}
-    logs = {}
-    for name, proc in procs.items():
-        try:
-            logs[name] = proc.communicate(timeout=600)[0]
-        except subprocess.TimeoutExpired:
-            for other in procs.values():
-                other.kill()
-            pytest.fail(f"{name} did not finish in 600 s")
+    logs = {name: done.stdout for name, done in wait_all(procs, timeout=600).items()}
     failed = {name: logs[name][-3000:] for name, proc in procs.items() if proc.returncode}
     assert not failed, "\n\n".join(f"{name} failed:\n{log}" for name, log in failed.items())
     return {name: json.loads((out / f"{name}.json").read_text()) for name in jobs}

@@ -10,6 +10,7 @@ from ufp4_compile.recipes import get_recipe
 from ufp4_compile.training import compile as compile_step
 from ufp4_compile.training.checkpoint import ResumeError
 from ufp4_compile.training.loop import Run, RunSpec, TrainConfig
+from ufp4_compile.training.parallel import Ranks
 
 MODEL = GPTConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, seq_len=32)
 
@@ -47,6 +48,19 @@ def check_resume_reproduces(recipe: str, corpus, tmp_path, **overrides):
     assert resumed["val_loss"] == full["val_loss"]
     for name, value in final_params(full_run).items():
         torch.testing.assert_close(final_params(resumed_run)[name], value, rtol=0, atol=0)
+
+
+def test_data_parallel_settings_are_checked():
+    with pytest.raises(ValueError, match="parallel='mpi' is not valid; valid values: none, ddp, fsdp2"):
+        config(parallel="mpi")
+    for name in ("checkpoint_every", "stop_at", "diagnose_every"):  # not supported with data parallelism
+        with pytest.raises(ValueError, match=f"{name}=2 is not supported with parallel='ddp'"):
+            config(parallel="ddp", **{name: 2})
+    with pytest.raises(RuntimeError, match="parallel='fsdp2' needs an initialized process group"):
+        Ranks.of("fsdp2")
+    with pytest.raises(ValueError, match="batch_size=3 is not valid with 2 ranks"):
+        Ranks("ddp", 0, 2).rows(torch.zeros(3, 4))
+    assert Ranks("ddp", 1, 2).rows(torch.arange(8).view(4, 2)).tolist() == [[4, 5], [6, 7]]  # rank 1: rows 2, 3
 
 
 def test_training_lowers_the_loss(corpus):

@@ -55,7 +55,7 @@ def identity(corpus, **overrides) -> dict:
 
 CHANGED = {"steps": 7, "batch_size": 3, "lr": 5e-3, "warmup_steps": 2, "min_lr_ratio": 0.2, "weight_decay": 0.0,
            "grad_clip": 0.5, "beta2": 0.99, "data_seed": 1, "device": "meta", "autocast_bf16": True,
-           "backend": "ufp4", "eval_batches": 2, "eval_every": 2, "log_every": 2, "diagnose_every": 3,
+           "backend": "ufp4", "parallel": "ddp", "eval_batches": 2, "eval_every": 2, "log_every": 2, "diagnose_every": 3,
            "checkpoint_every": 2, "stop_at": 3, "progress": True}
 
 

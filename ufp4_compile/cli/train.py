@@ -2,6 +2,7 @@
 
     ufp4 train --preset tiny                       # CPU, bf16 + ufp4, about two minutes
     ufp4 train --preset small --recipes bf16,e2m1-ref,nvfp4,ufp4,ufp4-mean --seeds 0,1,2 --noise-floor
+    torchrun --nproc-per-node 2 -m ufp4_compile.cli.main train --preset small --parallel fsdp2
 
 Writes results.json, results.md and results.png under --out (docs/train.md).
 """
@@ -52,6 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     g.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
                    help="high-precision compute: bf16 autocast (auto on CUDA) or fp32 (auto on CPU)")
+    g.add_argument("--parallel", default="none", choices=("none", "ddp", "fsdp2"),
+                   help="data parallel over the processes torchrun starts (--batch-size stays the global batch): "
+                        "DDP, or FSDP2 with each block compiled on its own (default: none)")
     g = p.add_argument_group("measurement and output")
     g.add_argument("--last-n", type=int_at_least(1), help="window of the loss and gap figures (default: last quarter)")
     g.add_argument("--eval-batches", type=int_at_least(1), default=8, help="validation batches (default: 8)")
@@ -113,7 +117,7 @@ def build_experiment(args):
     """Validate the arguments (ValueError naming the field and its valid values) and build the runs."""
     from ufp4_compile.data.corpus import load_corpus
     from ufp4_compile.models.gpt import get_config, preset_names
-    from ufp4_compile.training import compile as compile_step
+    from ufp4_compile.training import compile as compile_step, parallel
     from ufp4_compile.training.experiment import Experiment, command_line
     from ufp4_compile.training.loop import TrainConfig
 
@@ -130,7 +134,12 @@ def build_experiment(args):
         raise ValueError(f"--last-n={last_n} is not valid; it must be between 1 and --steps={steps}")
     if args.stop_at and not 0 < args.stop_at < steps:
         raise ValueError(f"--stop-at={args.stop_at} is not valid; it must be between 1 and --steps - 1 = {steps - 1}")
-    device = resolve_device(args.device)
+    launch = parallel.launch_from_env(args.parallel)  # torchrun's environment, or one process
+    batch_size = default_if_none(args.batch_size, defaults["batch_size"])
+    parallel.check_arguments(args.parallel, launch, batch_size, {
+        "--checkpoint-every": args.checkpoint_every, "--stop-at": args.stop_at, "--resume": args.resume,
+        "--diagnose": args.diagnose})
+    device = parallel.device_for(args.parallel, resolve_device(args.device), launch)
     if args.out is not None and not args.out.strip():
         raise ValueError("--out='' is not valid; give a directory")
     out = pathlib.Path(default_if_none(args.out, f"ufp4-train-{args.preset}"))
@@ -143,14 +152,16 @@ def build_experiment(args):
     config = get_config(args.preset, seq_len=args.seq_len, vocab_size=vocab)
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.startswith("cuda"))
     train = TrainConfig(
-        steps=steps, batch_size=default_if_none(args.batch_size, defaults["batch_size"]),
+        steps=steps, batch_size=batch_size,
         lr=default_if_none(args.lr, defaults["lr"]),
         warmup_steps=default_if_none(args.warmup, steps // 10), data_seed=args.data_seed,
-        device=device, autocast_bf16=bf16, backend=args.backend, eval_batches=args.eval_batches,
+        device=device, autocast_bf16=bf16, backend=args.backend, parallel=args.parallel,
+        eval_batches=args.eval_batches,
         eval_every=args.eval_every, log_every=args.log_every, diagnose_every=args.diagnose,
-        checkpoint_every=args.checkpoint_every, stop_at=args.stop_at, progress=not args.no_progress)
+        checkpoint_every=args.checkpoint_every, stop_at=args.stop_at,
+        progress=not args.no_progress and launch.rank == 0)  # only rank 0 prints
     drawn = train.steps * train.batch_size * config.seq_len
-    if drawn > corpus.train.num_tokens:
+    if drawn > corpus.train.num_tokens and launch.rank == 0:
         print(f"note: a run draws {drawn:,} tokens from {corpus.train.num_tokens:,} training tokens "
               f"({corpus.info.get('source')}), so it sees data again", file=sys.stderr)
     return Experiment(preset=args.preset, model_config=config, corpus=corpus, train=train, recipes=recipes,
@@ -159,18 +170,23 @@ def build_experiment(args):
 
 
 def run(args) -> int:
+    from ufp4_compile.training import parallel
     from ufp4_compile.training.checkpoint import ResumeError
 
     try:
         experiment = build_experiment(args)
+        launch = parallel.launch_from_env(experiment.train.parallel)
     except ValueError as err:
-        print(f"ufp4 train: error: {err}", file=sys.stderr)
+        print(f"ufp4 train: error: {err}", file=sys.stderr)  # every rank: an error is never silenced
         return 2
     try:
-        payload = experiment.execute()
+        with parallel.process_group(experiment.train.parallel, experiment.train.device, launch):
+            payload = experiment.execute()
     except ResumeError as err:
         print(f"ufp4 train: error: {err}", file=sys.stderr)
         return 2
+    if launch.rank != 0:
+        return 0
     out = experiment.out_dir
     if payload is None:
         print(f"stopped after step {experiment.train.stop_at}; continue with the same arguments and --resume "

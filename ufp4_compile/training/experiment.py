@@ -27,7 +27,7 @@ import torch
 from ufp4_compile.data.corpus import Corpus
 from ufp4_compile.models.gpt import GPTConfig
 from ufp4_compile.recipes import Recipe
-from ufp4_compile.training import analysis, checkpoint, plot, report
+from ufp4_compile.training import analysis, checkpoint, parallel, plot, report
 from ufp4_compile.training.loop import Run, RunSpec, TrainConfig
 
 log = logging.getLogger("ufp4_compile.training.experiment")
@@ -35,7 +35,8 @@ log = logging.getLogger("ufp4_compile.training.experiment")
 # What the report reads from a run result (loop.Run.result()); a stored run lacking one is not reused.
 RESULT_KEYS = ("run_id", "recipe", "seed", "tag", "backend", "complete", "steps_done", "steps_expected",
                "interrupted", "losses", "val_loss", "val_history", "tokens_per_s", "step_time_s", "first_step_s",
-               "compile_time_s", "compilation_reused", "peak_memory", "wall_s", "diagnostics", "num_params")
+               "compile_time_s", "compilation_reused", "peak_memory", "wall_s", "diagnostics", "num_params",
+               "parallel", "world_size", "peak_memory_per_rank", "ranks_identical")
 
 
 @dataclass
@@ -51,6 +52,10 @@ class Experiment:
     out_dir: pathlib.Path
     resume: bool = False
     command: str = ""
+
+    def __post_init__(self):
+        if self.resume and self.train.parallel != "none":
+            raise ValueError(f"resume=True is not supported with parallel={self.train.parallel!r}")
 
     def plan(self) -> list[RunSpec]:
         """bf16 first (every gap is relative to it), then each recipe for every seed; recipe-major, so a
@@ -82,7 +87,7 @@ class Experiment:
         result = run.execute(reset=reset)
         result["identity"] = identity
         release(run)
-        if not result["interrupted"]:  # finished, or stopped on a non-finite loss
+        if not result["interrupted"] and run.ranks.is_main:  # finished, or stopped on a non-finite loss
             result_path.parent.mkdir(parents=True, exist_ok=True)
             report.write_json(result_path, result)
             ckpt.unlink(missing_ok=True)
@@ -97,14 +102,18 @@ class Experiment:
             "num_params": results[0]["num_params"], "seeds": self.seeds, "recipes": [r.to_dict() for r in self.recipes],
             "noise_floor": self.noise_floor, "device": device_name(device),
             "precision": "bf16 autocast" if self.train.autocast_bf16 else "fp32",
-            "backend": self.train.backend, "corpus": self.corpus.info,
+            "backend": self.train.backend, "parallel": self.train.parallel,
+            "world_size": results[0].get("world_size", 1), "corpus": self.corpus.info,
             "memory_label": results[0]["peak_memory"]["label"], "command": self.command,
             "torch": torch.__version__, "python": platform.python_version(), "git": git_sha(),
         }
 
     def execute(self) -> dict | None:
-        """Every planned run, then the report; None when --stop-at interrupted the runs."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Every planned run, then the report; None when --stop-at interrupted the runs. Under data
+        parallelism every rank trains and returns the payload; only rank 0 writes files."""
+        main = parallel.Ranks.of(self.train.parallel).is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         results, previous = [], None
         for spec in self.plan():
@@ -117,6 +126,8 @@ class Experiment:
         meta = self.meta(results)
         meta["wall_s"] = time.perf_counter() - started
         payload = {"meta": meta, "analysis": summary, "runs": results}
+        if not main:
+            return payload
         report.write_json(self.out_dir / "results.json", payload)
         report.write_markdown(self.out_dir / "results.md", meta, summary)
         plot.write_png(self.out_dir / "results.png", results, summary)
@@ -202,4 +213,12 @@ def git_sha() -> str | None:
 
 
 def command_line() -> str:
-    return " ".join(["ufp4"] + sys.argv[1:]) if sys.argv else "ufp4 train"
+    """The command as a user would type it again; under torchrun with its process count."""
+    if not sys.argv:
+        return "ufp4 train"
+    launcher = ["ufp4"]
+    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:  # started by torchrun
+        nodes = int(os.environ["WORLD_SIZE"]) // max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+        launcher = ["torchrun", *([f"--nnodes {nodes}"] if nodes > 1 else []),
+                    f"--nproc-per-node {os.environ['LOCAL_WORLD_SIZE']}", "-m ufp4_compile.cli.main"]
+    return " ".join(launcher + sys.argv[1:])

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ufp4_compile.data.corpus import Corpus, train_batch, val_batches
 from ufp4_compile.models.gpt import GPT, GPTConfig
 from ufp4_compile.recipes import Recipe
-from ufp4_compile.training import checkpoint, compile as compile_step, diagnose
+from ufp4_compile.training import checkpoint, diagnose, parallel
 
 _TRAIN_SEED_OFFSET = 0x5EED  # training RNG seed = seed + offset, distinct from the initialization stream
 
@@ -41,6 +41,7 @@ class TrainConfig:
     device: str = "cpu"
     autocast_bf16: bool = False
     backend: str = "ufp4"
+    parallel: str = "none"  # "ddp" or "fsdp2": data parallel over the process group (training/parallel.py)
     eval_batches: int = 8
     eval_every: int = 0  # 0: only at the end
     log_every: int = 10
@@ -71,6 +72,11 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr!r} is not valid; it must be > 0")
         if self.log_every <= 0:
             raise ValueError(f"log_every={self.log_every!r} is not valid; it must be a positive integer")
+        if self.parallel not in parallel.MODES:
+            raise ValueError(f"parallel={self.parallel!r} is not valid; valid values: {', '.join(parallel.MODES)}")
+        for name in ("checkpoint_every", "stop_at", "diagnose_every"):
+            if self.parallel != "none" and getattr(self, name):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported with parallel={self.parallel!r}")
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``lr``, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
@@ -124,8 +130,9 @@ class Run:
         self.spec, self.model_config, self.corpus, self.cfg = spec, model_config, corpus, cfg
         self.checkpoint_path = checkpoint_path
         self.device = torch.device(cfg.device)
-        torch.manual_seed(spec.seed)
-        self.model = GPT(model_config).to(self.device)
+        self.ranks = parallel.Ranks.of(cfg.parallel)
+        torch.manual_seed(spec.seed)  # every rank builds the same weights, then shards them (FSDP2)
+        self.model = parallel.shard(GPT(model_config).to(self.device), spec.recipe, cfg.parallel, cfg.backend)
         self.optimizer = build_optimizer(self.model, cfg)
         torch.manual_seed(spec.seed + _TRAIN_SEED_OFFSET)
         if self.device.type == "cuda":
@@ -147,6 +154,7 @@ class Run:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = train_batch(self.corpus.train, self.cfg.batch_size, self.model_config.seq_len, self.cfg.data_seed,
                            step)
+        x, y = self.ranks.rows(x), self.ranks.rows(y)  # this rank's share of the global batch
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_step(self, compiled, step: int) -> torch.Tensor:
@@ -174,6 +182,8 @@ class Run:
             with self.autocast():
                 total += float(compiled(x.to(self.device), y.to(self.device)).detach())
         checkpoint.set_rng_state(saved)
+        if self.ranks.world_size > 1:  # each rank's share of every batch: the global mean is the ranks' mean
+            total = float(self.ranks.mean(torch.tensor(total, dtype=torch.float64, device=self.device)))
         return total / len(val_set)
 
     def measure(self, step: int) -> None:
@@ -201,7 +211,7 @@ class Run:
 
     def _record(self, pending: list[torch.Tensor], mark: float, first_of_segment: bool) -> tuple[list[float], float]:
         """Synchronize, store the pending steps' losses and their time since ``mark``."""
-        values = torch.stack(pending).float().cpu().tolist()  # waits for the device
+        values = self.ranks.mean(torch.stack(pending).float()).cpu().tolist()  # waits for the device
         seconds = time.perf_counter() - mark
         progress = self.progress
         if first_of_segment:
@@ -233,8 +243,9 @@ class Run:
         if reset:
             torch._dynamo.reset()
         self.reused_compilation = not reset
-        self.compiled = compile_step.prepare(self.model, self.spec.recipe, cfg.backend)
-        self.val_set = val_batches(self.corpus.val, cfg.eval_batches, cfg.batch_size, self.model_config.seq_len)
+        self.compiled = parallel.prepare(self.model, self.spec.recipe, cfg.backend, cfg.parallel, self.device)
+        self.val_set = [(self.ranks.rows(x), self.ranks.rows(y)) for x, y in
+                        val_batches(self.corpus.val, cfg.eval_batches, cfg.batch_size, self.model_config.seq_len)]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start = progress["step"]
@@ -271,8 +282,9 @@ class Run:
         interrupted = finite and p["step"] < cfg.steps  # --stop-at: continue with --resume
         if complete and not any(v["step"] == cfg.steps for v in p["val_history"]):
             p["val_history"].append({"step": cfg.steps, "loss": self.evaluate(self.compiled, self.val_set)})
-        tokens = cfg.batch_size * self.model_config.seq_len
+        tokens = cfg.batch_size * self.model_config.seq_len  # the global batch: every rank's rows
         first = p["first_step_s"]
+        memory = peak_memory(self.device)
         return {
             "run_id": self.spec.run_id, "recipe": self.spec.recipe.name, "seed": self.spec.seed,
             "tag": self.spec.tag, "backend": cfg.backend, "complete": complete, "steps_done": p["step"],
@@ -283,6 +295,8 @@ class Run:
             "step_time_s": median, "first_step_s": first,
             "compile_time_s": max(0.0, first - median) if first is not None and median is not None else None,
             "compilation_reused": self.reused_compilation,
-            "peak_memory": peak_memory(self.device), "wall_s": p["wall_s"], "diagnostics": p["diagnostics"],
-            "num_params": self.model.num_params(),
+            "peak_memory": memory, "wall_s": p["wall_s"], "diagnostics": p["diagnostics"],
+            "num_params": self.model.num_params(), "parallel": cfg.parallel, "world_size": self.ranks.world_size,
+            "peak_memory_per_rank": self.ranks.gather(memory["bytes"]),
+            "ranks_identical": self.ranks.identical(self.model),
         }

@@ -96,16 +96,27 @@ def comparison_table(rows: list[dict], title: str) -> list[str]:
     return lines + [""]
 
 
+def _ranks(meta: dict) -> str:
+    """How the runs were spread over processes, for the header line."""
+    mode, world = meta.get("parallel", "none"), meta.get("world_size", 1)
+    if mode == "none":
+        return "one process"
+    ranks = f"{world} rank" + ("s" if world > 1 else "")
+    return f"data parallel `{mode}` over {ranks} ({meta['batch_size'] // world} sequences each)"
+
+
 def markdown(meta: dict, analysis: dict) -> str:
     floor = analysis["noise_floor"]
+    memory = meta["memory_label"] + (" on rank 0 (every rank's in results.json)" if meta.get("world_size", 1) > 1
+                                     else "")
     lines = [f"# ufp4 train: preset `{meta['preset']}`", "",
              f"{meta['steps']} steps × batch {meta['batch_size']} × {meta['seq_len']} tokens; "
              f"{meta['num_params']:,} parameters; seeds {', '.join(map(str, meta['seeds']))}; "
-             f"device {meta['device']} ({meta['precision']}); backend `{meta['backend']}`; "
+             f"device {meta['device']} ({meta['precision']}); backend `{meta['backend']}`; {_ranks(meta)}; "
              f"data: {meta['corpus']['source']} ({meta['corpus']['train_tokens']:,} train / "
              f"{meta['corpus']['val_tokens']:,} validation tokens).", "",
              f"Loss and gaps over the last {analysis['last_n']} steps; gaps are relative to bf16 with the same "
-             f"seed (same initialization and batches). Peak memory: {meta['memory_label']}. Compile s: "
+             f"seed (same initialization and batches). Peak memory: {memory}. Compile s: "
              f"runs that compiled (a recipe's later seeds reuse its compiled graphs). "
              f"Cells with several seeds read mean ± std [min, max].", ""]
     lines += recipe_table(analysis) + [""]
