@@ -240,7 +240,8 @@ def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT
     by 1 and a check that cannot fire give the same bits."""
     idx = tl.arange(0, U) % R
     if SIGN_MASK:
-        bits = (rht_key.to(tl.int64) >> idx.to(tl.int64)) & 1
+        # tl.cast, not .to: Inductor's mutation analysis compiles the kernel with its scalars as constants
+        bits = (tl.cast(rht_key, tl.int64) >> idx.to(tl.int64)) & 1
     else:
         zero = tl.zeros((U,), tl.uint32)
         bits, _, _, _ = tl.philox(rht_key, idx.to(tl.uint32), zero, zero, zero)
