@@ -7,8 +7,9 @@ offsets (all derived from the module name and call index, :mod:`ufp4_compile.pas
 keep/rewrite decisions (:mod:`ufp4_compile.passes.policy`). It is the oracle of the compiled path's parity
 tests and a fallback that runs anywhere without ``torch.compile``. ``restore(model)`` undoes it.
 
-Only ``nn.Linear`` is emulated: a matmul written any other way runs in its original precision here.
-Backward holds the packed codes of X (Wgrad's operand), as the compiled graph does.
+Grouped GEMMs (``torch._grouped_mm``, mixture-of-experts layers) are emulated too, while the model runs its
+forward (:mod:`ufp4_compile.emulate_grouped`). A matmul written any other way runs in its original precision
+here. Backward holds the packed codes of X (Wgrad's operand), as the compiled graph does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ufp4_compile import numerics, ops
+from ufp4_compile import emulate_grouped, numerics, ops
 from ufp4_compile.numerics.formats import Rounding
 from ufp4_compile.passes.policy import SiteFacts, block_ranges, gemm_keep_reason, head_by_name, site_keep_reason
 from ufp4_compile.passes.seeds import philox_offset, rank_salt, rht_seed_for
@@ -194,6 +195,7 @@ def emulate(model: nn.Module, recipe: str | Recipe | None = None, **options) -> 
         module.__class__ = EmulatedLinear
         module._ufp4_state, module._ufp4_name = state, name
     model._ufp4_emulation_hook = model.register_forward_pre_hook(state.new_step)
+    model._ufp4_emulation_grouped_hooks = emulate_grouped.install(model, state)
     return model
 
 
@@ -207,4 +209,7 @@ def restore(model: nn.Module) -> nn.Module:
     if hook is not None:
         hook.remove()
         del model._ufp4_emulation_hook
+    for handle in getattr(model, "_ufp4_emulation_grouped_hooks", ()):
+        handle.remove()
+    model.__dict__.pop("_ufp4_emulation_grouped_hooks", None)
     return model

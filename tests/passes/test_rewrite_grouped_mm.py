@@ -131,3 +131,42 @@ def test_grouped_wgrad_equals_the_padded_reference():
     # And the quantized gradient is close to it (4-bit error of a random problem).
     err = (w.grad.float() - plain.float()).norm() / plain.float().norm()
     assert err < 0.25, err
+
+
+class _TransposedExperts(torch.nn.Module):
+    """Expert weights stored (experts x N x K) and read transposed, as transformers stores them: autograd then
+    writes the Wgrad as ``_grouped_mm(dY^T, x)``, the gradient of the stored weight."""
+
+    def __init__(self, transposed: bool):
+        super().__init__()
+        self.transposed = transposed
+        shape = (4, 96, 64) if transposed else (4, 64, 96)
+        self.up = torch.nn.Parameter(torch.randn(*shape, dtype=torch.bfloat16) * 0.1)
+
+    def forward(self, x):
+        offs = torch.tensor([20, 64, 90, 128], dtype=torch.int32)
+        w = self.up.transpose(-2, -1) if self.transposed else self.up
+        return torch.nn.functional.grouped_mm(x, w, offs=offs).float().square().mean()
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["stored-KxN", "stored-NxK"])
+def test_grouped_gemms_equal_the_eager_emulation(transposed):
+    """The rewritten graph against ``ufp4_compile.emulate`` (which quantizes dY and x by role, whatever the
+    layout): output and both gradients bit for bit, so dY (stochastic rounding) and x (nearest) each get their
+    own format in the Wgrad in both forms autograd writes it."""
+    import copy
+
+    from ufp4_compile.emulate import emulate
+
+    torch.manual_seed(0)
+    model = _TransposedExperts(transposed)
+    twin = copy.deepcopy(model)
+    x = torch.randn(128, 64, dtype=torch.bfloat16, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    run = compile_and_run(model, x, options=FIXED, backend="aot")
+    assert {r.role for r in _grouped_rows(run.report) if r.rewritten} == {"fprop", "dgrad", "wgrad"}
+    out = emulate(twin, **FIXED)(x2)
+    out.backward()
+    assert torch.equal(run.out, out.detach())
+    assert torch.equal(x.grad, x2.grad)
+    assert torch.equal(model.up.grad, twin.up.grad)

@@ -5,7 +5,8 @@ row). In the joint graph of ``y = _grouped_mm(x, W, offs)`` (x: tokens x K, W: e
 
 - Fprop ``_grouped_mm(x, W, offs)``: blocks along K, which no expert boundary crosses;
 - Dgrad ``_grouped_mm(dY, W^T, offs)``: blocks along N, likewise;
-- Wgrad ``_grouped_mm(x^T, dY, offs)`` (experts x K x N): the reduction runs over each expert's tokens, and
+- Wgrad ``_grouped_mm(x^T, dY, offs)`` (experts x K x N; ``_grouped_mm(dY^T, x, offs)``, experts x N x K, when
+  the forward read the expert weight transposed): the reduction runs over each expert's tokens, and
   blocks along the tokens must not straddle experts, whose boundaries only ``offs`` knows at run time. So x
   and dY are first copied into a padded layout where each expert's rows start at a multiple of the block
   and its last block is filled with zero rows (zeros change no amax, and add nothing to the product), of
@@ -73,6 +74,7 @@ class _GroupedSite:
     fprop: fx.Node
     dgrad: fx.Node | None = None
     wgrad: fx.Node | None = None
+    wgrad_operands: tuple = (None, None, False)  # (x, dY, flipped), read before any node is rewritten
 
     @property
     def key(self) -> str:
@@ -100,6 +102,7 @@ def _sites(graph: fx.Graph) -> list[_GroupedSite]:
             continue
         if value(node).dim() == 3:
             site.wgrad = node
+            site.wgrad_operands = wgrad_operands(site)
         else:
             site.dgrad = node
     return sites
@@ -158,23 +161,36 @@ class _Rewriter:
 
     def wgrad(self, site: _GroupedSite) -> None:
         node = site.wgrad
-        xt, dy, offs = node.args[0], node.args[1], node.args[2] if len(node.args) > 2 else node.kwargs["offs"]
+        offs = node.args[2] if len(node.args) > 2 else node.kwargs["offs"]
+        x, dy, flipped = site.wgrad_operands
         gemm = self.recipe.gemm(Role.WGRAD)
         rht_seed = rht_seed_for(self.recipe, site.name) if gemm.rht else 0
         block = math.lcm(gemm.a.block, gemm.b.block, gemm.rht or 1)
         builder = NodeBuilder(self.graph, self.fake_mode, node, node)
-        x_pad, dy_pad, padded_offs = builder.inline(functools.partial(pad_groups, block=block),
-                                                    transpose_source(xt), dy, offs)
-        a = self.operand(builder, dy_pad, 0, gemm.a, gemm.rht, rht_seed, (site.key, Role.WGRAD, "a"))
-        values, tensor_scale = self.operand(builder, x_pad, 0, gemm.b, gemm.rht, rht_seed, (site.key, Role.WGRAD, "b"))
-        # dW[e] = x_e^T dY_e: x (tokens x K) transposed is the first operand, dY the second.
-        b = (builder.call(aten.permute.default, values, [1, 0]), tensor_scale)
-        out = self.product(builder, node, b, a, offs=padded_offs)
+        x_pad, dy_pad, padded_offs = builder.inline(functools.partial(pad_groups, block=block), x, dy, offs)
+        dy_values, dy_scale = self.operand(builder, dy_pad, 0, gemm.a, gemm.rht, rht_seed, (site.key, Role.WGRAD, "a"))
+        x_values, x_scale = self.operand(builder, x_pad, 0, gemm.b, gemm.rht, rht_seed, (site.key, Role.WGRAD, "b"))
+        if flipped:  # dW[e]^T = dY_e^T x_e: the gradient of a transposed expert weight, as autograd forms it
+            first = (builder.call(aten.permute.default, dy_values, [1, 0]), dy_scale)
+            out = self.product(builder, node, first, (x_values, x_scale), offs=padded_offs)
+        else:  # dW[e] = x_e^T dY_e
+            first = (builder.call(aten.permute.default, x_values, [1, 0]), x_scale)
+            out = self.product(builder, node, first, (dy_values, dy_scale), offs=padded_offs)
         self._replace(node, out)
 
     def _replace(self, node: fx.Node, out: fx.Node) -> None:
         node.replace_all_uses_with(out)
         self.graph.erase_node(node)
+
+
+def wgrad_operands(site: _GroupedSite) -> tuple[fx.Node | None, fx.Node | None, bool]:
+    """``(x, dY, flipped)`` of a grouped Wgrad. Autograd writes it ``_grouped_mm(x^T, dY)`` (experts x K x N),
+    or, for an expert weight the forward read transposed, ``_grouped_mm(dY^T, x)`` (experts x N x K, the
+    gradient of the stored weight): which operand is the forward's x decides which one is dY."""
+    first, second = site.wgrad.args[0], site.wgrad.args[1]
+    if second is site.fprop.args[0]:
+        return second, transpose_source(first), True
+    return transpose_source(first), second, False
 
 
 def _facts(site: _GroupedSite) -> SiteFacts:
@@ -197,9 +213,11 @@ def _role_reason(recipe: Recipe, role: Role, facts: SiteFacts, site: _GroupedSit
     if gemm is not None and (recipe.compute_dtype.value != "bf16" or facts.dtype != torch.bfloat16):
         return "torch's grouped GEMM takes bf16 only"
     if role is Role.WGRAD and gemm is not None:
-        source = transpose_source(site.wgrad.args[0])
-        if source is None or value(source) is None or value(source).dim() != 2:
-            return "Wgrad's first operand is not a transposed (tokens x K) matrix"
+        x, dy, _ = site.wgrad_operands
+        if any(t is None or value(t) is None or value(t).dim() != 2 for t in (x, dy)):
+            return "Wgrad's operands are not the forward's (tokens x K) input and a (tokens x N) gradient"
+        if value(x).shape[0] != value(dy).shape[0]:
+            return "Wgrad's operands have different token counts"
         # The padded token axis is whole blocks whatever the token count: check the rest of the recipe.
         return gemm_keep_reason(role, recipe, _PADDED_TOKENS, facts.k, facts.n, facts.dtype)
     if gemm is not None and (gemm.b.block_2d or gemm.a.block_2d):
