@@ -15,7 +15,9 @@ One kernel writes any of the two results a quantization has consumers for:
   bf16 GEMM consumes on GPUs without 4-bit tensor cores (the tensor scale stays out, for the epilogue).
 
 E4M3 two-level scales need the amax of the whole (rotated) tensor first: :func:`_amax_kernel`, one extra
-read, computes it with an integer atomic max (over the finite values only).
+read over the finite values, run by a fixed number of programs (``AMAX_PROGRAMS``) that each walk their share
+of the tiles and write one partial maximum; the quantize kernel reduces the partials. Every slot is written,
+so the buffer needs no zero fill (an atomic max into one zeroed word did: a fill kernel per quantization).
 
 An axis length ``L`` that is not a multiple of ``U`` (a token count in Wgrad) launches ``ceil(L / U)`` tiles
 with the constexpr ``PARTIAL``: the last tile loads zeros past ``L``, leaves a trailing partial RHT group
@@ -54,6 +56,8 @@ _LIFT = tl.constexpr(_ref_scales.TINY_SCALE_LIFT)
 _BIG_GROUP_BITS = tl.constexpr(0x5F800000)
 _BIG_DOWN = tl.constexpr(1.0 / _ref_hadamard.BIG_GROUP)
 _BIG_UP = tl.constexpr(_ref_hadamard.BIG_GROUP)
+AMAX_PROGRAMS = 256  # programs of the global-amax pre-pass, and partial maxima the quantize kernel reduces
+_AMAX_PROGRAMS = tl.constexpr(AMAX_PROGRAMS)
 _RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |y| < 2**22 to an integer, ties to even
 
 _OUT_SCALE_DTYPES = (torch.float32, torch.uint8, torch.uint8)  # FP32, E4M3 (stored bytes), E8M0
@@ -441,20 +445,31 @@ def _pack(nib, U: tl.constexpr, B: tl.constexpr):
 # ---- kernels -------------------------------------------------------------------------------------------
 
 @triton.jit
-def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, rht_key,
+def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
                  RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
                  U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
-    """Max |RHT(x)| over the finite elements as int32 FP32 bits, by atomic max (numerics.quantize._finite_amax:
-    NaN and +-Inf count as 0, so they poison only their own blocks)."""
+    """Max |RHT(x)| over the finite elements as int32 FP32 bits (numerics.quantize._finite_amax: NaN and +-Inf
+    count as 0, so they poison only their own blocks): ``AMAX_PROGRAMS`` programs, program p takes the tiles
+    p, p + AMAX_PROGRAMS, ... of the quantize kernel's grid and writes its maximum to ``gamax_ptr[p]``."""
+    pid = tl.program_id(0)
+    tiles_l, tiles_o = tl.cdiv(L, U), tl.cdiv(O, B)
     if ROWWISE:
-        pid_l, pid_o = tl.program_id(0), tl.program_id(1)
+        first = tiles_l
     else:
-        pid_o, pid_l = tl.program_id(0), tl.program_id(1)
-    x, _ = _rotated_tile(x_ptr, tl.program_id(2), pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_key,
-                         RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
-    bits = abs_bits(x)
-    bits = tl.where(bits < 0x7F800000, bits, 0)
-    tl.atomic_max(gamax_ptr, tl.max(tl.max(bits, axis=1), axis=0))
+        first = tiles_o
+    best = pid * 0
+    for t in range(pid, tiles_l * tiles_o * pages, _AMAX_PROGRAMS):
+        i0, rest = t % first, t // first
+        if ROWWISE:
+            pid_l, pid_o, page = i0, rest % tiles_o, rest // tiles_o
+        else:
+            pid_o, pid_l, page = i0, rest % tiles_l, rest // tiles_l
+        x, _ = _rotated_tile(x_ptr, page, pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_key,
+                             RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
+        bits = abs_bits(x)
+        bits = tl.where(bits < 0x7F800000, bits, 0)
+        best = tl.maximum(best, tl.max(tl.max(bits, axis=1), axis=0))
+    tl.store(gamax_ptr + pid, best)
 
 
 @triton.jit
@@ -480,7 +495,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     g = 0.0
     first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (page == 0)
     if SCALE == 1:
-        g = tl.load(gamax_ptr).to(tl.float32, bitcast=True)
+        g = tl.max(tl.load(gamax_ptr + tl.arange(0, _AMAX_PROGRAMS)), axis=0).to(tl.float32, bitcast=True)
         if first:
             tl.store(ts_ptr, div_rn(tl.full(g.shape, 1.0, tl.float32), _e4m3_encode(g, Q_MAX, ASM), ASM))
     else:
@@ -679,9 +694,9 @@ def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     args = plan.args
     scalars = (args["O"], args["L"], args["s_page"], args["s_o"], args["s_l"])
     if plan.amax_constexprs is not None:
-        gamax = torch.zeros(1, dtype=torch.int32, device=device)
-        _amax_kernel[plan.grid](x, gamax, *scalars, rht_key(plan, rht_seed), **plan.amax_constexprs,
-                                num_warps=plan.num_warps)
+        gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)  # every program writes its slot
+        _amax_kernel[(AMAX_PROGRAMS,)](x, gamax, *scalars, plan.grid[2], rht_key(plan, rht_seed),
+                                       **plan.amax_constexprs, num_warps=plan.num_warps)
     else:
         gamax = dummy  # not read: one-level scales have no global amax
     _quantize_kernel[plan.grid](x, dummy if codes is None else codes, dummy if scales is None else scales,
@@ -757,7 +772,7 @@ def compile_variants():
     for (rht, rowwise, warps, constexprs), names in amax.items():
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"
-        types = dict(x_ptr="*bf16", gamax_ptr="*i32", O="i32", L="i32", s_page="i32", rht_key="i32")
+        types = dict(x_ptr="*bf16", gamax_ptr="*i32", O="i32", L="i32", s_page="i32", pages="i32", rht_key="i32")
         variants.append(KernelVariant.build(
             f"quantize_amax[rht{rht} {orientation}]", ", ".join(names), _amax_kernel, types, unit | dict(constexprs),
             aligned=("x_ptr", "O", "L"), options=dict(num_warps=warps)))

@@ -82,7 +82,7 @@ def _asm() -> bool:
 def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, values_dtype=None):
     """Lower one quantize launch; returns (codes, scales, values, tensor_scale) buffers (None where not asked),
     or None when the launch cannot be planned here."""
-    from ufp4_compile.kernels.quantize import _amax_kernel, _quantize_kernel, launch_plan, rht_key
+    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS, _amax_kernel, _quantize_kernel, launch_plan, rht_key
 
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
@@ -107,9 +107,10 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
     scalars = {k: plan.args[k] for k in ("O", "L", "s_page", "s_o", "s_l")}
     common = dict(rht_key=rht_key(plan, rht_seed))
     if plan.amax_constexprs is not None:
-        gamax = lowerings[torch.ops.aten.full.default]([1], 0, dtype=torch.int32, device=device)
-        kernel_launch(_amax_kernel, plan.grid, plan.num_warps, dict(x_ptr=x, gamax_ptr=gamax),
-                      {**scalars, **common, **plan.amax_constexprs})
+        # One partial maximum per pre-pass program, each written: no zero fill (a kernel launch) needed.
+        gamax = _empty((AMAX_PROGRAMS,), torch.int32, device)
+        kernel_launch(_amax_kernel, (AMAX_PROGRAMS, 1, 1), plan.num_warps, dict(x_ptr=x, gamax_ptr=gamax),
+                      {**scalars, "pages": plan.grid[2], **common, **plan.amax_constexprs})
     else:
         gamax = dummy
     tensors = dict(x_ptr=x, codes_ptr=codes_buf if codes_buf is not None else dummy,
