@@ -188,9 +188,9 @@ def test_values_near_the_fp32_limit(spec):
         assert_same(x.to(DEVICE), 1, spec, rht)
 
 
-@pytest.mark.parametrize("shape, axis", [((2048, 64), 1), ((6, 64, 256), 1)], ids=["row-wise", "column-wise-pages"])
+@pytest.mark.parametrize("shape, axis", [((2064, 32), 1), ((2, 32, 1040), 1)], ids=["row-wise", "column-wise-pages"])
 def test_global_amax_over_more_tiles_than_prepass_programs(shape, axis):
-    """E4M3 two-level scales: with 16-column tiles these shapes have 512 and 384 tiles, more than the
+    """E4M3 two-level scales: with 16-column tiles these shapes have 258 and 260 tiles, more than the
     pre-pass's AMAX_PROGRAMS, so each of its programs walks several tiles (and pages) before writing its
     partial maximum. The largest value sits in the last tile; the tensor scale and codes equal the reference."""
     assert kernels_quantize.AMAX_PROGRAMS == 256
@@ -198,11 +198,11 @@ def test_global_amax_over_more_tiles_than_prepass_programs(shape, axis):
     x = torch.randn(shape, generator=gen)
     x.view(-1)[-1] = 40.0
     spec = "e2m1/16/e4m3/nearest"
-    ref = quantize_reference(x, axis, spec, rht=16, rht_seed=3)
-    plan = kernels_quantize.plan_for(x, axis % x.dim(), kernels_quantize.as_format(spec), 16, codes=True,
+    ref = quantize_reference(x, axis, spec, rht=0)
+    plan = kernels_quantize.plan_for(x, axis % x.dim(), kernels_quantize.as_format(spec), 0, codes=True,
                                      values=False, config={"B": 16})
     assert plan.grid[0] * plan.grid[1] * plan.grid[2] > kernels_quantize.AMAX_PROGRAMS
-    codes, scales, tensor_scale = kernels_quantize.quantize(x.to(DEVICE), axis, spec, 16, 3, config={"B": 16})
+    codes, scales, tensor_scale = kernels_quantize.quantize(x.to(DEVICE), axis, spec, 0, 0, config={"B": 16})
     torch.testing.assert_close(tensor_scale.cpu(), ref.tensor_scale, rtol=0, atol=0)
     torch.testing.assert_close(codes.cpu(), ref.codes, rtol=0, atol=0)
     torch.testing.assert_close(scales.cpu().view(torch.uint8), ref.scales.view(torch.uint8), rtol=0, atol=0)
