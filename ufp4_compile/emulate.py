@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ufp4_compile import emulate_grouped, numerics, ops
+from ufp4_compile.emulate_grouped import _Plan
 from ufp4_compile.numerics.formats import Rounding
 from ufp4_compile.passes.policy import SiteFacts, block_ranges, gemm_keep_reason, head_by_name, site_keep_reason
 from ufp4_compile.passes.seeds import philox_offset, rank_salt, rht_seed_for
@@ -54,16 +55,6 @@ class _State:
                 self.seed = torch.randint(0, SEED_HIGH, (), dtype=torch.int64, device=device) ^ rank_salt()
         return self.seed
 
-
-@dataclasses.dataclass
-class _Plan:
-    """One call of one layer: which roles are quantized and with which seeds."""
-
-    key: str
-    gemms: dict  # Role -> GemmRecipe or None (kept)
-    rht_seed: int
-    seed: torch.Tensor | None
-    compute: str
 
 
 def _quantize(x, axis, fmt, gemm: GemmRecipe, plan: _Plan, role: Role, operand: str):

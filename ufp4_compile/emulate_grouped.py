@@ -31,11 +31,13 @@ _GROUPED = tuple(f for f in (getattr(torch, "_grouped_mm", None), getattr(F, "gr
 
 @dataclasses.dataclass
 class _Plan:
+    """One call of one layer (a Linear or a grouped GEMM): which roles are quantized and with which seeds."""
+
     key: str
     gemms: dict  # Role -> GemmRecipe or None (kept)
     rht_seed: int
     seed: torch.Tensor | None
-    compute: torch.dtype
+    compute: str  # the recipe's compute dtype, "bf16" or "fp32"
 
 
 def role_reasons(recipe, facts: SiteFacts, blocks: dict) -> dict:
@@ -64,7 +66,8 @@ def _values(x, axis, fmt, gemm: GemmRecipe, plan: _Plan, role: Role, operand: st
     stochastic = fmt.rounding is Rounding.STOCHASTIC
     values, _ = ops.quantize_dequantize(x, axis, fmt.spec, gemm.rht, plan.rht_seed if gemm.rht else 0,
                                         plan.seed if stochastic else None,
-                                        philox_offset(plan.key, role, operand) if stochastic else 0, plan.compute)
+                                        philox_offset(plan.key, role, operand) if stochastic else 0,
+                                        _COMPUTE[plan.compute])
     return values
 
 
@@ -127,8 +130,8 @@ class GroupedMode(TorchFunctionMode):
         reasons = role_reasons(recipe, facts, self.blocks)
         gemms = {role: None if reasons[role] else recipe.gemm(role) for role in Role}
         seed = state.step_seed(x.device) if any(gemms.values()) else None
-        return _Plan(f"{name or '<root>'}#{call}", gemms, rht_seed_for(recipe, name),
-                     seed, _COMPUTE[recipe.compute_dtype.value])
+        return _Plan(f"{name or '<root>'}#{call}", gemms, rht_seed_for(recipe, name), seed,
+                     recipe.compute_dtype.value)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
