@@ -123,10 +123,7 @@ class GroupedMode(TorchFunctionMode):
         name = self.names[-1] if self.names else ""
         call = state.calls.get(("grouped", name), 0)
         state.calls[("grouped", name)] = call + 1
-        shaped = x.dim() == 2 and w.dim() == 3
-        facts = SiteFacts(name, "_grouped_mm", x.dtype, None, x.shape[0] if shaped else None,
-                          x.shape[1] if shaped else None, w.shape[-1] if shaped else None,
-                          note=None if shaped else "grouped GEMM other than tokens x K by experts x K x N")
+        facts = SiteFacts(name, "_grouped_mm", x.dtype, None, x.shape[0], x.shape[1], w.shape[-1])
         reasons = role_reasons(recipe, facts, self.blocks)
         gemms = {role: None if reasons[role] else recipe.gemm(role) for role in Role}
         seed = state.step_seed(x.device) if any(gemms.values()) else None
@@ -139,7 +136,8 @@ class GroupedMode(TorchFunctionMode):
             x, w = args[0], args[1]
             offs = args[2] if len(args) > 2 else kwargs.get("offs")
             extra = {k: v for k, v in kwargs.items() if k != "offs" and v is not None}
-            if offs is not None and not extra and len(args) <= 3:
+            # Tokens x K by experts x K x N with offsets, as the pass rewrites; any other form runs as called.
+            if offs is not None and not extra and len(args) <= 3 and x.dim() == 2 and w.dim() == 3:
                 plan = self._plan(x, w)
                 if any(plan.gemms.values()):
                     return _GroupedFunction.apply(x, w, offs, plan)
