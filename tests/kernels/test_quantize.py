@@ -206,3 +206,36 @@ def test_global_amax_over_more_tiles_than_prepass_programs(shape, axis):
     torch.testing.assert_close(tensor_scale.cpu(), ref.tensor_scale, rtol=0, atol=0)
     torch.testing.assert_close(codes.cpu(), ref.codes, rtol=0, atol=0)
     torch.testing.assert_close(scales.cpu().view(torch.uint8), ref.scales.view(torch.uint8), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grid", [0, 1], ids=["int4", "e2m1"])
+def test_stochastic_level_helper_every_gap(grid):
+    """The kernel's stochastic level (from bit patterns) against numerics.grids.round_stochastic for every
+    a = k / 64 in [0, 7.5] clamped to the grid's top level (each gap and its ends, levels themselves), with
+    random bits that include 0 and 0xFFFF."""
+    import triton
+    import triton.language as tl
+
+    from ufp4_compile.numerics.formats import Grid
+    from ufp4_compile.numerics.grids import round_stochastic
+
+    @triton.jit
+    def level_kernel(a_ptr, rand_ptr, out_ptr, N: tl.constexpr, GRID: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(out_ptr + i, kernels_quantize._level_stochastic(tl.load(a_ptr + i), tl.load(rand_ptr + i), GRID))
+
+    top = 7.0 if grid == 0 else 6.0
+    a = (torch.arange(481, dtype=torch.float32) / 64).clamp(max=top)
+    a = torch.cat([a, a, a])
+    gen = torch.Generator().manual_seed(5)
+    rand = torch.randint(0, 1 << 16, a.shape, generator=gen, dtype=torch.int32)
+    rand[:481], rand[481:962] = 0, 0xFFFF
+    n = triton.next_power_of_2(a.numel())
+    a_pad = torch.zeros(n, dtype=torch.float32)
+    a_pad[:a.numel()] = a
+    rand_pad = torch.zeros(n, dtype=torch.int32)
+    rand_pad[:a.numel()] = rand
+    out = torch.zeros(n, dtype=torch.int32, device=DEVICE)
+    level_kernel[(1,)](a_pad.to(DEVICE), rand_pad.to(DEVICE), out, n, grid)
+    want = round_stochastic(a, (Grid.INT4, Grid.E2M1)[grid], rand)
+    torch.testing.assert_close(out[:a.numel()].cpu().long(), want, rtol=0, atol=0)

@@ -381,12 +381,15 @@ def _level_stochastic(a, rand, GRID: tl.constexpr):
         lo = (floor + _RNE_MAGIC).to(tl.int32, bitcast=True) - 0x4B400000
         p = tl.where(lo < 7, a - floor, 0.0)
     else:
-        lo = ((a >= 0.5).to(tl.int32) + (a >= 1.0).to(tl.int32) + (a >= 1.5).to(tl.int32)
-              + (a >= 2.0).to(tl.int32) + (a >= 3.0).to(tl.int32) + (a >= 4.0).to(tl.int32)
-              + (a >= 6.0).to(tl.int32))
-        lof = (lo | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0  # float(lo), exact
-        lo_val = tl.where(lo < 4, lof * 0.5, tl.where(lo == 7, 6.0, lof - 2.0))
-        inv_gap = tl.where(lo < 4, 2.0, tl.where(lo < 6, 1.0, 0.5))  # gaps are powers of two: exact
+        # E2M1 from the bit pattern: below 1 the levels are multiples of 0.5; from 1 up the level below is a
+        # truncated to one mantissa bit (index (bits >> 22) - 252, as in the nearest case) and the gap is
+        # 2**(exponent - 128), whose reciprocal is built from the exponent. Gaps are powers of two: exact.
+        bits = a.to(tl.int32, bitcast=True)
+        big = a >= 1.0
+        half = a >= 0.5
+        lo = tl.where(big, (bits >> 22) - 252, half.to(tl.int32))
+        lo_val = tl.where(big, (bits & -4194304).to(tl.float32, bitcast=True), tl.where(half, 0.5, 0.0))
+        inv_gap = tl.where(big, ((255 - (bits >> 23)) << 23).to(tl.float32, bitcast=True), 2.0)
         p = tl.where(lo < 7, (a - lo_val) * inv_gap, 0.0)
     return lo + (u < p).to(tl.int32)
 
