@@ -121,14 +121,20 @@ def resolve_options(options: Mapping | None, mode: str | None = None) -> Backend
     return BackendOptions(recipe, dump_dir, dense, inductor)
 
 
+def _lowering(name: str):
+    """The function ``name`` of ``ufp4_compile.lowering`` where that package is installed, else None."""
+    if importlib.util.find_spec("ufp4_compile.lowering") is None:
+        return None
+    fn = getattr(importlib.import_module("ufp4_compile.lowering"), name, None)
+    return fn if callable(fn) else None
+
+
 def register_lowering(example_inputs) -> bool:
     """Let ``ufp4_compile.lowering`` register its Inductor lowerings when CUDA tensors are compiled."""
     if not any(isinstance(t, torch.Tensor) and t.is_cuda for t in example_inputs):
         return False
-    if importlib.util.find_spec("ufp4_compile.lowering") is None:
-        return False
-    register = getattr(importlib.import_module("ufp4_compile.lowering"), "register", None)
-    if not callable(register):
+    register = _lowering("register")
+    if register is None:
         return False
     register()
     return True
@@ -136,10 +142,8 @@ def register_lowering(example_inputs) -> bool:
 
 def lowering_cache_key() -> str:
     """``ufp4_compile.lowering.cache_key()`` where the lowering is installed, else ``""``."""
-    if importlib.util.find_spec("ufp4_compile.lowering") is None:
-        return ""
-    key = getattr(importlib.import_module("ufp4_compile.lowering"), "cache_key", None)
-    return key() if callable(key) else ""
+    key = _lowering("cache_key")
+    return key() if key is not None else ""
 
 
 def _sinks(extra_sinks, dump_dir) -> list:

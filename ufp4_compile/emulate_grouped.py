@@ -19,9 +19,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ufp4_compile import ops
-from ufp4_compile.numerics.formats import Rounding, ScaleFormat
-from ufp4_compile.passes.policy import SiteFacts, gemm_keep_reason, site_keep_reason
-from ufp4_compile.passes.rewrite_grouped_mm import _PADDED_TOKENS, pad_groups
+from ufp4_compile.numerics.formats import Rounding
+from ufp4_compile.passes.policy import SiteFacts, site_keep_reason
+from ufp4_compile.passes.rewrite_grouped_mm import grouped_role_reason, pad_groups
 from ufp4_compile.passes.seeds import philox_offset, rht_seed_for
 from ufp4_compile.recipes import GemmRecipe, Role
 
@@ -43,23 +43,7 @@ class _Plan:
 def role_reasons(recipe, facts: SiteFacts, blocks: dict) -> dict:
     """Why each role of a grouped GEMM is kept (None: rewritten), as the pass decides it."""
     site = site_keep_reason(facts, recipe.layers, blocks)
-    reasons = {}
-    for role in Role:
-        gemm = recipe.gemm(role)
-        if site or gemm is None:
-            reasons[role] = site or gemm_keep_reason(role, recipe, facts.m, facts.k, facts.n, facts.dtype)
-        elif ScaleFormat.E4M3 in (gemm.a.scale, gemm.b.scale):
-            reasons[role] = ("two-level (E4M3 x FP32 tensor) scales need an FP32 grouped product; torch's grouped "
-                             "GEMM writes bf16 only")
-        elif recipe.compute_dtype.value != "bf16" or facts.dtype != torch.bfloat16:
-            reasons[role] = "torch's grouped GEMM takes bf16 only"
-        elif role is Role.WGRAD:
-            reasons[role] = gemm_keep_reason(role, recipe, _PADDED_TOKENS, facts.k, facts.n, facts.dtype)
-        elif gemm.a.block_2d or gemm.b.block_2d:
-            reasons[role] = "16x16 weight blocks of a stacked (experts x K x N) weight are not built; 1x16 blocks are"
-        else:
-            reasons[role] = gemm_keep_reason(role, recipe, facts.m, facts.k, facts.n, facts.dtype)
-    return reasons
+    return {role: site or grouped_role_reason(recipe, role, facts) for role in Role}
 
 
 def _values(x, axis, fmt, gemm: GemmRecipe, plan: _Plan, role: Role, operand: str) -> torch.Tensor:

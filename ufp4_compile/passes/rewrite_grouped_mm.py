@@ -132,7 +132,7 @@ class _Rewriter:
 
     def product(self, builder: NodeBuilder, node: fx.Node, a, b, offs: fx.Node | None = None):
         """The grouped GEMM of the dequantized operands: bf16 in, FP32 accumulation, bf16 out (what the
-        reference computes for one-level scales; two-level formats are kept, see :func:`_role_reason`)."""
+        reference computes for one-level scales; two-level formats are kept, see :func:`grouped_role_reason`)."""
         if offs is None:
             offs = node.args[2] if len(node.args) > 2 else node.kwargs.get("offs")
         return builder.call(aten._grouped_mm.default, a[0], b[0], offs)
@@ -205,26 +205,38 @@ def _facts(site: _GroupedSite) -> SiteFacts:
     return SiteFacts(site.name, "_grouped_mm", value(site.fprop).dtype, None, m, k, n, note=note)
 
 
-def _role_reason(recipe: Recipe, role: Role, facts: SiteFacts, site: _GroupedSite) -> str | None:
+def grouped_role_reason(recipe: Recipe, role: Role, facts: SiteFacts, structure: str | None = None) -> str | None:
+    """Why ``role`` of the grouped GEMM ``facts`` stays in its original precision under ``recipe`` (None: it is
+    rewritten). ``structure``: what the graph says against rewriting it (the pass's checks of the Wgrad's
+    operands and of the weight the Dgrad reads; an eager call has none)."""
     gemm = recipe.gemm(role)
-    if gemm is not None and ScaleFormat.E4M3 in (gemm.a.scale, gemm.b.scale):
-        return ("two-level (E4M3 x FP32 tensor) scales need an FP32 grouped product; torch's grouped GEMM "
-                "writes bf16 only")
-    if gemm is not None and (recipe.compute_dtype.value != "bf16" or facts.dtype != torch.bfloat16):
-        return "torch's grouped GEMM takes bf16 only"
-    if role is Role.WGRAD and gemm is not None:
+    if gemm is not None:
+        if ScaleFormat.E4M3 in (gemm.a.scale, gemm.b.scale):
+            return ("two-level (E4M3 x FP32 tensor) scales need an FP32 grouped product; torch's grouped GEMM "
+                    "writes bf16 only")
+        if recipe.compute_dtype.value != "bf16" or facts.dtype != torch.bfloat16:
+            return "torch's grouped GEMM takes bf16 only"
+        if role is Role.WGRAD:
+            # The padded token axis is whole blocks whatever the token count: check the rest of the recipe.
+            return structure or gemm_keep_reason(role, recipe, _PADDED_TOKENS, facts.k, facts.n, facts.dtype)
+        if gemm.b.block_2d or gemm.a.block_2d:
+            return "16x16 weight blocks of a stacked (experts x K x N) weight are not built; 1x16 blocks are"
+    if role is Role.DGRAD and structure:
+        return structure
+    return gemm_keep_reason(role, recipe, facts.m, facts.k, facts.n, facts.dtype)
+
+
+def _structure_reason(role: Role, site: _GroupedSite) -> str | None:
+    """What the joint graph says against rewriting ``role`` of ``site`` (see :func:`grouped_role_reason`)."""
+    if role is Role.WGRAD:
         x, dy, _ = site.wgrad_operands
         if any(t is None or value(t) is None or value(t).dim() != 2 for t in (x, dy)):
             return "Wgrad's operands are not the forward's (tokens x K) input and a (tokens x N) gradient"
         if value(x).shape[0] != value(dy).shape[0]:
             return "Wgrad's operands have different token counts"
-        # The padded token axis is whole blocks whatever the token count: check the rest of the recipe.
-        return gemm_keep_reason(role, recipe, _PADDED_TOKENS, facts.k, facts.n, facts.dtype)
-    if gemm is not None and (gemm.b.block_2d or gemm.a.block_2d):
-        return "16x16 weight blocks of a stacked (experts x K x N) weight are not built; 1x16 blocks are"
     if role is Role.DGRAD and transpose_source(site.dgrad.args[1]) is not site.fprop.args[1]:
         return "Dgrad does not read the forward's expert weight transposed"
-    return gemm_keep_reason(role, recipe, facts.m, facts.k, facts.n, facts.dtype)
+    return None
 
 
 def _row(graph_index: int, site: _GroupedSite, node: fx.Node, role: Role, facts: SiteFacts, recipe: Recipe,
@@ -258,7 +270,7 @@ def rewrite_grouped_mm(graph: fx.Graph, recipe: Recipe, *, graph_index: int = 0,
         for role, node in ((Role.FPROP, site.fprop), (Role.DGRAD, site.dgrad), (Role.WGRAD, site.wgrad)):
             if node is None:
                 continue
-            reason = keep_site or _role_reason(recipe, role, facts, site)
+            reason = keep_site or grouped_role_reason(recipe, role, facts, _structure_reason(role, site))
             rows.append(_row(graph_index, site, node, role, facts, recipe, reason))
             if reason is None:
                 todo.append((site, role))
