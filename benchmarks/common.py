@@ -66,6 +66,18 @@ def bench_ms(fn, warmup_ms: int = 10, rep_ms: int = 40) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+def bench_cudagraph_ms(fn) -> float:
+    """Median milliseconds of ``fn`` replayed in a CUDA graph (launch cost excluded); ``bench_ms`` (with a note
+    on stdout) where it cannot be captured."""
+    import triton.testing
+
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median"))
+    except Exception as err:
+        print("no cudagraph:", repr(err)[:200], flush=True)
+        return bench_ms(fn)
+
+
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """``columns``: (key, heading); floats printed with 3 significant decimals."""
     def cell(value):

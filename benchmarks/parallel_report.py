@@ -16,7 +16,8 @@ import pathlib
 import sys
 
 
-def load(directory: str) -> dict:
+def load(directory: str) -> tuple[dict, dict]:
+    """(runs by id, meta) of one run directory's results.json."""
     with open(pathlib.Path(directory) / "results.json") as f:
         payload = json.load(f)
     return {run["run_id"]: run for run in payload["runs"]}, payload.get("meta", {})

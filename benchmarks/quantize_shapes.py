@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import torch
-import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_ms  # noqa: E402
+from common import bench_cudagraph_ms as bench  # noqa: E402
 
 import ufp4_compile.numerics as ref  # noqa: E402
 from ufp4_compile import lowering  # noqa: E402
@@ -23,15 +22,6 @@ from ufp4_compile import lowering  # noqa: E402
 # The ops' CUDA kernels: without this, torch.ops.ufp4 on CUDA tensors runs the pure-PyTorch reference (and the
 # bit check below would compare the reference with itself).
 lowering.register()
-
-
-def bench(fn) -> float:
-    """Median ms of ``fn`` replayed in a CUDA graph (launch cost excluded); plain timing if it cannot be captured."""
-    try:
-        return float(triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median"))
-    except Exception as err:
-        print("no cudagraph:", repr(err)[:200], flush=True)
-        return bench_ms(fn)
 
 
 def main() -> int:
