@@ -19,13 +19,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ufp4_compile import ops
+from ufp4_compile.ops import compute_dtype_of
 from ufp4_compile.numerics.formats import Rounding
 from ufp4_compile.passes.policy import SiteFacts, site_keep_reason
 from ufp4_compile.passes.rewrite_grouped_mm import grouped_role_reason, pad_groups
 from ufp4_compile.passes.seeds import philox_offset, rht_seed_for
 from ufp4_compile.recipes import GemmRecipe, Role
 
-_COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 _GROUPED = tuple(f for f in (getattr(torch, "_grouped_mm", None), getattr(F, "grouped_mm", None)) if f is not None)
 
 
@@ -51,7 +51,7 @@ def _values(x, axis, fmt, gemm: GemmRecipe, plan: _Plan, role: Role, operand: st
     values, _ = ops.quantize_dequantize(x, axis, fmt.spec, gemm.rht, plan.rht_seed if gemm.rht else 0,
                                         plan.seed if stochastic else None,
                                         philox_offset(plan.key, role, operand) if stochastic else 0,
-                                        _COMPUTE[plan.compute])
+                                        compute_dtype_of(plan.compute))
     return values
 
 

@@ -21,6 +21,7 @@ from torch._inductor.select_algorithm import ExternKernelChoice, TritonTemplate
 from ufp4_compile.kernels import common, gemm
 from ufp4_compile.numerics.formats import ScaleFormat
 from ufp4_compile.numerics.quantize import as_format
+from ufp4_compile.ops import compute_dtype_of
 
 _KERNEL = r"""
 {{def_kernel("A_CODES", "A_SCALES", "A_TS", "B_CODES", "B_SCALES", "B_TS")}}
@@ -77,7 +78,6 @@ scaled_mm_template = TritonTemplate(name="ufp4_scaled_mm", grid=mm_grid, source=
 
 # ---- dequantize + cuBLAS -----------------------------------------------------------------------------------
 
-_COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @contextlib.contextmanager
@@ -108,7 +108,7 @@ def ufp4_dequant_mm(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tens
     """The reference GEMM done literally: operands ``code x scale`` in the compute dtype, BLAS in FP32."""
     from ufp4_compile.kernels.dequantize import dequantize
 
-    dtype = _COMPUTE[compute_dtype]
+    dtype = compute_dtype_of(compute_dtype)
     a = dequantize(a_codes, a_scales, a_tensor_scale, 1, a_fmt, dtype, apply_tensor_scale=False)
     b = dequantize(b_codes, b_scales, b_tensor_scale, 1, b_fmt, dtype, apply_tensor_scale=False)
     unit_tensor_scales = all(as_format(f).scale is not ScaleFormat.E4M3 for f in (a_fmt, b_fmt))

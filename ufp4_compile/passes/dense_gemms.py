@@ -27,6 +27,7 @@ import torch
 import torch.fx as fx
 
 from ufp4_compile import ops
+from ufp4_compile.ops import compute_dtype_of
 from ufp4_compile.numerics.formats import ScaleFormat
 from ufp4_compile.numerics.quantize import as_format
 from ufp4_compile.passes.fx_utils import NodeBuilder, detect_fake_mode, value
@@ -34,7 +35,6 @@ from ufp4_compile.passes.fx_utils import NodeBuilder, detect_fake_mode, value
 log = logging.getLogger("ufp4_compile.passes.dense_gemms")
 aten = torch.ops.aten
 prims = torch.ops.prims
-_COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +107,7 @@ class _Densifier:
         key = (quantize, compute, None)
         if key not in self.done:
             builder = NodeBuilder(self.graph, self.fake_mode, quantize, quantize)
-            values, tensor_scale = builder.call_multi(ops.quantize_dequantize, *quantize.args, _COMPUTE[compute])
+            values, tensor_scale = builder.call_multi(ops.quantize_dequantize, *quantize.args, compute_dtype_of(compute))
             self.done[key] = (values, tensor_scale)
         return self.done[key]
 
@@ -123,7 +123,7 @@ class _Densifier:
                 one = self._one(builder, tag, value(items[0]).device)
             else:  # one-level scales: the quantization's own tensor scale is exactly 1 (no fill kernel)
                 one = items[2]
-            values = builder.call(ops.dequantize, items[0], items[1], one, axis, fmt, _COMPUTE[compute])
+            values = builder.call(ops.dequantize, items[0], items[1], one, axis, fmt, compute_dtype_of(compute))
             length, padded = value(quantize.args[0]).shape[axis], value(values).shape[axis]
             if not (isinstance(length, int) and length == padded):  # codes cover whole blocks: crop the last
                 end = length if isinstance(length, int) else builder.call(aten.sym_size.int, quantize.args[0], axis)
@@ -146,7 +146,7 @@ class _Densifier:
         builder = NodeBuilder(self.graph, self.fake_mode, mm, mm)
         if quantize is None:  # codes from elsewhere (a graph input): dequantize them as laid out
             one = self._one(builder, mm.meta.get("partitioner_tag"), value(codes).device)
-            values = builder.call(ops.dequantize, codes, scales, one, 1, fmt, _COMPUTE[compute])
+            values = builder.call(ops.dequantize, codes, scales, one, 1, fmt, compute_dtype_of(compute))
             return _Operand(values, tensor_scale)
         if self._stays_in_its_partition(quantize):
             values, ts = self._dense_values(quantize, compute)
@@ -163,7 +163,7 @@ class _Densifier:
         builder = NodeBuilder(self.graph, self.fake_mode, mm, mm)
         bt = builder.transpose(b.values)
         two_level = any(as_format(f).scale is ScaleFormat.E4M3 for f in (a_fmt, b_fmt))
-        dtype = _COMPUTE[compute]
+        dtype = compute_dtype_of(compute)
         if not two_level and out_dtype == dtype:
             out = builder.call(aten.mm.default, a.values, bt)  # FP32 accumulation, rounded once
         else:

@@ -33,6 +33,7 @@ import torch
 import torch.fx as fx
 
 from ufp4_compile import ops
+from ufp4_compile.ops import compute_dtype_of
 from ufp4_compile.numerics.formats import OperandFormat, Rounding, ScaleFormat
 from ufp4_compile.passes.fx_utils import NodeBuilder, detect_fake_mode, module_name, transpose_source, value
 from ufp4_compile.passes.policy import SiteFacts, block_ranges, gemm_keep_reason, site_keep_reason
@@ -43,7 +44,6 @@ from ufp4_compile.recipes import Recipe, Role
 
 log = logging.getLogger("ufp4_compile.passes.rewrite_grouped_mm")
 aten = torch.ops.aten
-_COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 _PADDED_TOKENS = 1024  # stands for a padded token count in policy checks: a multiple of every block and RHT size
 
 
@@ -127,7 +127,7 @@ class _Rewriter:
         if fmt.rounding is Rounding.STOCHASTIC:
             seed, offset = self.seed(value(x).device), philox_offset(*offset_key)
         values, tensor_scale = builder.call_multi(ops.quantize_dequantize, x, axis, fmt.spec, rht, rht_seed, seed,
-                                                  offset, _COMPUTE[self.recipe.compute_dtype.value])
+                                                  offset, compute_dtype_of(self.recipe.compute_dtype.value))
         return values, tensor_scale
 
     def product(self, builder: NodeBuilder, node: fx.Node, a, b, offs: fx.Node | None = None):
