@@ -7,6 +7,7 @@
 #
 #   UFP4_GIT_SHA=$(git rev-parse --short HEAD) bash benchmarks/gpu_suite.sh   # everything (~6 min on an H100)
 #   STAGES="bench_gemm" bash benchmarks/gpu_suite.sh
+#   STAGES="bench_shapes sweep" SWEEP_ARGS=--quick bash benchmarks/gpu_suite.sh   # quantize at the step's shapes
 #   STAGES="host" bash benchmarks/gpu_suite.sh                      # host cost per op call
 #   STAGES="train_step" STEP_ARGS="--recipes ufp4 --profile 3" bash benchmarks/gpu_suite.sh   # issue 6
 #   STAGES="train" TRAIN_ARGS="--preset small --recipes bf16,ufp4" bash benchmarks/gpu_suite.sh  # issue 7
@@ -36,7 +37,9 @@ stage() {  # stage NAME LIMIT_S COMMAND...
 
 # Install into the interpreter that holds torch (a bare `pip` may belong to another one): the console
 # script and the torch_dynamo_backends entry point must land beside torch.
-python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/install.log" 2>&1 || echo "install failed (see install.log)"
+# SKIP_INSTALL=1: already installed (two suites side by side on a two-GPU host must not both install).
+[ -n "${SKIP_INSTALL:-}" ] || python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/install.log" 2>&1 \
+  || echo "install failed (see install.log)"
 stage env 30 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"; git rev-parse HEAD'
 TEST_FILES=${TEST_FILES:-"tests/kernels/test_quantize.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py tests/lowering/test_kernel_calls.py tests/test_emulate.py"}
 stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml="$R/pytest_gpu.xml" $TEST_FILES
@@ -45,6 +48,8 @@ stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"
 stage bench_quantize 200 python3 benchmarks/quantize.py --out "$R"
 # The kernels at the training step's shapes under CUDA graphs, with their bits against the reference on the GPU.
 stage bench_shapes 150 bash -c "python3 benchmarks/quantize_shapes.py > '$R/quantize_shapes.txt'"
+# Tile sweep of the quantize kernel at the same shapes (SWEEP_ARGS="--quick" for fewer configs).
+stage sweep 300 bash -c "python3 benchmarks/quantize_sweep.py ${SWEEP_ARGS:-} > '$R/quantize_sweep.txt'"
 # ufp4 train writes one JSON per finished run under runs/; a cut-off stage keeps those, and --resume reuses them.
 stage train 540 python3 -m ufp4_compile.cli.main train ${TRAIN_ARGS:---preset small} --no-progress --out "$R/train"
 stage train_step 420 python3 benchmarks/train_step.py ${STEP_ARGS:-} --out "$R"
@@ -68,6 +73,7 @@ grep -E "^(FAILED|ERROR)" "$R/tests.log" 2>/dev/null | head -30
 grep -E "8192\^3|ratio" "$R/bench_gemm.log" 2>/dev/null | head -12
 grep -E "GB/s" "$R/bench_quantize.log" 2>/dev/null | head -30
 grep -E "copy|MISMATCHES" "$R/quantize_shapes.txt" 2>/dev/null | head -40
+grep -E "default|BEST|differ" "$R/quantize_sweep.txt" 2>/dev/null | head -30
 grep -E "^\| " "$R"/host_overhead_*.md 2>/dev/null
 cat "$R"/train_step_*.md "$R"/cg/train_step_*.md 2>/dev/null | grep -E "^\| " | head -40
 grep -E "gap|ordering|floor" "$R"/train/results.md 2>/dev/null | head -20

@@ -159,7 +159,12 @@ def profile_steps(step, n: int, device) -> dict:
     for name, (ms, _) in kernels.items():
         by_category[categorize(name)] = by_category.get(categorize(name), 0.0) + ms
     top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:25]
-    return {"steps": n, "ms_per_step_by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+    host = []
+    if device.type == "cuda":  # where the host's time goes: self CPU time per op or runtime call, per step
+        averages = sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:15]
+        host = [{"name": a.key[:160], "self_cpu_ms_per_step": a.self_cpu_time_total / 1e3 / n,
+                 "calls_per_step": a.count / n} for a in averages]
+    return {"steps": n, "top_host": host, "ms_per_step_by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
             "total_ms_per_step": sum(by_category.values()),
             "top_kernels": [{"name": k[:160], "category": categorize(k), "ms_per_step": v[0],
                              "launches_per_step": v[1] / n} for k, (v) in top]}
@@ -326,6 +331,11 @@ def profile_markdown(meta: dict, rows: list[dict]) -> str:
                   "|---|---|---|---|"]
         lines += [f"| `{k['name'][:90]}` | {k['category']} | {k['ms_per_step']:.3f} | {k['launches_per_step']:.0f} |"
                   for k in r["profile"]["top_kernels"]]
+        if r["profile"].get("top_host"):
+            lines += ["", f"## {r['variant']}: host time (self CPU ms per step, profiled steps)", "",
+                      "| op or runtime call | self CPU ms/step | calls/step |", "|---|---|---|"]
+            lines += [f"| `{h['name'][:90]}` | {h['self_cpu_ms_per_step']:.3f} | {h['calls_per_step']:.0f} |"
+                      for h in r["profile"]["top_host"]]
     return "\n".join(lines) + "\n"
 
 

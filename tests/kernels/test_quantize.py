@@ -239,3 +239,30 @@ def test_stochastic_level_helper_every_gap(grid):
     level_kernel[(1,)](a_pad.to(DEVICE), rand_pad.to(DEVICE), out, n, grid)
     want = round_stochastic(a, (Grid.INT4, Grid.E2M1)[grid], rand)
     torch.testing.assert_close(out[:a.numel()].cpu().long(), want, rtol=0, atol=0)
+
+
+def test_rowwise_fold():
+    """Row-wise launches view ``(rows, L)`` as ``(rows * L // U, U)`` (coalesced loads and stores): the same
+    codes, scales and values as the unfolded launch (stochastic rounding's counters included), and no fold
+    where it would change a result (16 x 16 blocks, a partial tile) or exceed CUDA's grid limit."""
+    fmt = kernels_quantize.as_format
+
+    def plan(shape, spec, config=None):
+        return kernels_quantize.launch_plan(shape, 2, len(shape) - 1, fmt(spec), 16, True, False, False,
+                                            tuple(sorted(config.items())) if config else None)
+
+    assert plan((64, 96), "int4/16/fp32/stochastic").args["O"] == 64 * 6
+    assert plan((64, 96), "int4/16/fp32/stochastic", {"fold": False}).args["O"] == 64
+    assert plan((64, 96), "e2m1/16x16/e4m3/nearest").args["O"] == 64  # 2-D blocks span 16 rows
+    assert plan((64, 100), "int4/16/fp32/nearest").args["O"] == 64  # a partial last tile
+    assert plan((2**20, 8192), "int4/16/fp32/nearest").args["O"] == 2**20  # 2**22 programs: past grid.y
+    x = (torch.randn(24, 96, generator=torch.Generator().manual_seed(3)) * 3).to(DEVICE)
+    for spec in ("int4/16/fp32/stochastic", "e2m1/16/e4m3/stochastic", "e2m1/32/e8m0/nearest"):
+        folded = kernels_quantize.quantize(x, 1, spec, 16, 5, 77, 9)
+        unfolded = kernels_quantize.quantize(x, 1, spec, 16, 5, 77, 9, config={"fold": False})
+        for a, b in zip(folded, unfolded):
+            assert torch.equal(a.view(torch.uint8) if a.element_size() == 1 else a,
+                               b.view(torch.uint8) if b.element_size() == 1 else b)
+        values = kernels_quantize.quantize_dequantize(x, 1, spec, 16, 5, 77, 9)[0]
+        assert torch.equal(values, kernels_quantize.quantize_dequantize(x, 1, spec, 16, 5, 77, 9,
+                                                                         config={"fold": False})[0])

@@ -591,16 +591,33 @@ def _tile(unit: int, length: int, other: int, itemsize: int, rowwise: bool, conf
     u = max(unit, 8)
     if rowwise:
         warps = 4
-        b = 128 if u <= 32 else 16
+        b = _ROWWISE_B if u <= 32 else 16
     else:
         warps = 2 if u <= 32 else 4
         b = _columns_per_thread(u, itemsize) * 32 * warps if u <= 32 else 32
     b = max(16, min(b, triton.next_power_of_2(other)))
     if config:
         b, warps = config.get("B", b), config.get("num_warps", warps)
+        if set(config) - {"B", "num_warps", "fold"}:
+            raise ValueError(f"config={config!r} is not valid: its keys are B, num_warps and fold")
         if b % 16 or b & (b - 1):
             raise ValueError(f"config={config!r} is not valid: B must be a power of two multiple of 16")
     return u, b, warps
+
+
+_MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1, where row-wise launches put the rows
+_ROWWISE_B = 128  # rows (row segments) per row-wise program
+
+
+def _folds(rows: int, length: int, unit: int, block_2d: bool, enabled: bool) -> bool:
+    """Row-wise, a contiguous ``(rows, length)`` input with ``length % unit == 0`` is the same memory, the same
+    flat (stochastic rounding) indices and the same codes and scales layout as ``(rows * length // unit,
+    unit)``: one segment of ``unit`` elements per "row". Launched that way, the threads of a warp hold
+    consecutive segments, so each load and store instruction covers one contiguous span (unfolded, the 32
+    threads touch 32 rows ``length`` apart). Not for 16 x 16 blocks (their amax spans 16 consecutive rows),
+    a partial last tile, or a row count past the grid's limit."""
+    return (enabled and not block_2d and length % unit == 0 and length > unit
+            and triton.cdiv(rows * (length // unit), _ROWWISE_B) <= _MAX_GRID_Y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -633,19 +650,23 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     other = 1
     for d in shape[axis + 1:]:
         other *= d
+    config = dict(config_items) if config_items else {}
+    unit = max(fmt.block, rht, 16)
     if rowwise:
         O, L = pages, length
+        if _folds(O, L, unit, c.block_2d, config.get("fold", True)):
+            O, L = O * (L // unit), unit
         strides = dict(s_page=0, s_o=L, s_l=1)
         pages = 1
     else:
         O, L = other, length
         strides = dict(s_page=L * O, s_o=1, s_l=O)
-    u, b, warps = _tile(max(fmt.block, rht, 16), L, O, itemsize, rowwise, dict(config_items) if config_items else None)
+    u, b, warps = _tile(unit, L, O, itemsize, rowwise, config)
     grid = (triton.cdiv(L, u), triton.cdiv(O, b), pages) if rowwise else (triton.cdiv(O, b), triton.cdiv(L, u), pages)
     partial = L % u != 0  # the last tile reaches past L: masked stores, and a partial RHT group left unrotated
     codes_shape, scales_shape = list(shape), list(shape)
-    codes_shape[axis] = padded_length(L, fmt.block) // 2
-    scales_shape[axis] = padded_length(L, fmt.block) // fmt.block
+    codes_shape[axis] = padded_length(length, fmt.block) // 2
+    scales_shape[axis] = padded_length(length, fmt.block) // fmt.block
     # Column-wise, a thread holds COLS consecutive columns (the tile's vector width; B is a multiple of it).
     cols = min(_columns_per_thread(u, itemsize), b)
     # Grouped random words: the eight elements of one Philox call are eight consecutive elements along the
@@ -713,7 +734,8 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
              seed=None, offset: int = 0, *, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit.
 
-    ``config`` (benchmarks): ``{"B": .., "num_warps": ..}`` overrides the tile.
+    ``config`` (benchmarks): ``{"B": .., "num_warps": .., "fold": False}`` overrides the tile (``fold``: see
+    :func:`_folds`).
     """
     fmt = as_format(fmt)
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)

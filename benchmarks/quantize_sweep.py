@@ -1,0 +1,94 @@
+"""Tile sweep of the quantize kernel at the training step's shapes: which (B, num_warps, row-wise fold) is
+fastest per variant, and how far the launcher's default is from it.
+
+Each line: one variant (format, RHT, shape, axis, values or codes) under one config, its time under a CUDA
+graph as a fraction of copy bandwidth, and whether its output equals the default config's bit for bit (the
+default equals the reference: benchmarks/quantize_shapes.py checks that). The last line per variant names
+the best config. The launcher's defaults (``kernels.quantize._tile``) are chosen from these runs.
+
+    python benchmarks/quantize_sweep.py > quantize_sweep.log       # GPU; about 2 s per config
+    python benchmarks/quantize_sweep.py --quick                     # fewer configs
+"""
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_cudagraph_ms as bench  # noqa: E402
+
+from ufp4_compile.kernels import quantize as kq  # noqa: E402
+
+VARIANTS = [  # (spec, rht, shape, axis, mode): the ufp4 recipe's launches first, then the E2M1 recipes'
+    ("int4/16/fp32/nearest", 16, (8192, 1024), 1, "values"),
+    ("int4/16/fp32/nearest", 16, (8192, 1024), 0, "codes"),
+    ("int4/16/fp32/stochastic", 16, (8192, 1024), 1, "values"),
+    ("int4/16/fp32/stochastic", 16, (8192, 1024), 0, "values"),
+    ("e2m1/16/e4m3/nearest", 0, (8192, 1024), 1, "values"),
+    ("e2m1/16/e4m3/stochastic", 16, (8192, 1024), 1, "values"),
+    ("e2m1/16/e4m3/stochastic", 16, (8192, 1024), 0, "values"),
+    ("e2m1/32/e8m0/stochastic", 16, (8192, 1024), 0, "values"),
+]
+
+
+def configs(axis: int, quick: bool):
+    if axis == 1:
+        bs, warps = ((64, 128, 256), (2, 4)) if quick else ((32, 64, 128, 256, 512), (1, 2, 4, 8))
+        for fold, b, w in itertools.product((True, False), bs, warps):
+            yield {"fold": fold, "B": b, "num_warps": w}
+    else:
+        bs, warps = ((128, 256, 512), (1, 2, 4)) if quick else ((64, 128, 256, 512, 1024), (1, 2, 4, 8))
+        for b, w in itertools.product(bs, warps):
+            yield {"B": b, "num_warps": w}
+
+
+def run(x, spec, rht, axis, mode, seed, config):
+    if mode == "values":
+        return kq.quantize_dequantize(x, axis, spec, rht, 3, seed, 16, config=config)[0]
+    codes, scales, _ = kq.quantize(x, axis, spec, rht, 3, seed, 16, config=config)
+    return torch.cat([codes.view(-1), scales.view(torch.uint8).view(-1)])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("no GPU: nothing to measure", file=sys.stderr)
+        return 2
+    seed = torch.tensor(7, device="cuda")
+    x0 = torch.empty(16384, 4096, device="cuda", dtype=torch.bfloat16)
+    copy_gbs = 2 * x0.numel() * 2 / bench(lambda: x0.clone()) / 1e6
+    print(f"copy {copy_gbs:.0f} GB/s", flush=True)
+    bad = 0
+    for spec, rht, shape, axis, mode in VARIANTS:
+        x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 3
+        nbytes = x.numel() * 4 if mode == "values" else x.numel() * 2 + x.numel() // 2 + x.numel() // 16 * 4
+        expect = run(x, spec, rht, axis, mode, seed, None)
+        default_ms = bench(lambda: run(x, spec, rht, axis, mode, seed, None))
+        name = f"{spec:24s} rht{rht:<3d} {str(shape):13s} axis {axis} {mode:6s}"
+        print(f"{name} default {default_ms * 1e3:7.1f} us ({nbytes / default_ms / 1e6 / copy_gbs:.2f} of copy)",
+              flush=True)
+        best = (default_ms, "default")
+        for config in configs(axis, args.quick):
+            try:
+                same = torch.equal(run(x, spec, rht, axis, mode, seed, config), expect)
+                ms = bench(lambda: run(x, spec, rht, axis, mode, seed, config))
+            except Exception as err:  # a tile the compiler refuses (too many registers, a bad layout)
+                print(f"{name} {config} failed: {repr(err)[:120]}", flush=True)
+                continue
+            bad += not same
+            print(f"{name} {config} {ms * 1e3:7.1f} us ({nbytes / ms / 1e6 / copy_gbs:.2f} of copy) same {same}",
+                  flush=True)
+            if same and ms < best[0]:
+                best = (ms, config)
+        print(f"{name} BEST {best[1]} {best[0] * 1e3:.1f} us ({nbytes / best[0] / 1e6 / copy_gbs:.2f} of copy)",
+              flush=True)
+    print("configs whose bits differ from the default:", bad)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
