@@ -188,21 +188,24 @@ def test_values_near_the_fp32_limit(spec):
         assert_same(x.to(DEVICE), 1, spec, rht)
 
 
-@pytest.mark.parametrize("shape, axis", [((2064, 32), 1), ((2, 32, 1040), 1)], ids=["row-wise", "column-wise-pages"])
+@pytest.mark.parametrize("shape, axis", [((4128, 32), 1), ((2, 32, 2064), 1)], ids=["row-wise", "column-wise-pages"])
 def test_global_amax_over_more_tiles_than_prepass_programs(shape, axis):
-    """E4M3 two-level scales: with 16-column tiles these shapes have 258 and 260 tiles, more than the
+    """E4M3 two-level scales: with 16-wide pre-pass tiles these shapes have 516 tiles, more than the
     pre-pass's AMAX_PROGRAMS, so each of its programs walks several tiles (and pages) before writing its
     partial maximum. The largest value sits in the last tile; the tensor scale and codes equal the reference."""
-    assert kernels_quantize.AMAX_PROGRAMS == 256
+    assert kernels_quantize.AMAX_PROGRAMS == 512
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(shape, generator=gen)
     x.view(-1)[-1] = 40.0
     spec = "e2m1/16/e4m3/nearest"
     ref = quantize_reference(x, axis, spec, rht=0)
+    config = {"B": 16, "amax_B": 16}
     plan = kernels_quantize.plan_for(x, axis % x.dim(), kernels_quantize.as_format(spec), 0, codes=True,
-                                     values=False, config={"B": 16})
-    assert plan.grid[0] * plan.grid[1] * plan.grid[2] > kernels_quantize.AMAX_PROGRAMS
-    codes, scales, tensor_scale = kernels_quantize.quantize(x.to(DEVICE), axis, spec, 0, 0, config={"B": 16})
+                                     values=False, config=config)
+    amax_tiles = (-(-plan.args["L"] // plan.amax_constexprs["U"]) * -(-plan.args["O"] // plan.amax_constexprs["B"])
+                  * plan.grid[2])
+    assert amax_tiles > kernels_quantize.AMAX_PROGRAMS
+    codes, scales, tensor_scale = kernels_quantize.quantize(x.to(DEVICE), axis, spec, 0, 0, config=config)
     torch.testing.assert_close(tensor_scale.cpu(), ref.tensor_scale, rtol=0, atol=0)
     torch.testing.assert_close(codes.cpu(), ref.codes, rtol=0, atol=0)
     torch.testing.assert_close(scales.cpu().view(torch.uint8), ref.scales.view(torch.uint8), rtol=0, atol=0)

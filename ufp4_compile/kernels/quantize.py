@@ -56,7 +56,8 @@ _LIFT = tl.constexpr(_ref_scales.TINY_SCALE_LIFT)
 _BIG_GROUP_BITS = tl.constexpr(0x5F800000)
 _BIG_DOWN = tl.constexpr(1.0 / _ref_hadamard.BIG_GROUP)
 _BIG_UP = tl.constexpr(_ref_hadamard.BIG_GROUP)
-AMAX_PROGRAMS = 256  # programs of the global-amax pre-pass, and partial maxima the quantize kernel reduces
+AMAX_PROGRAMS = 512  # programs of the global-amax pre-pass, and partial maxima the quantize kernel reduces
+AMAX_WARPS = 8  # warps per pre-pass program: a few programs per SM, each with many loads in flight
 _AMAX_PROGRAMS = tl.constexpr(AMAX_PROGRAMS)
 _RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |y| < 2**22 to an integer, ties to even
 
@@ -584,32 +585,32 @@ def _columns_per_thread(u: int, itemsize: int) -> int:
     return max(1, (8 if u <= 16 else 4) // itemsize)
 
 
-def _tile(unit: int, length: int, other: int, itemsize: int, rowwise: bool, config: dict | None):
-    """(U, B, num_warps). Row-wise, a thread loads 8 consecutive elements of one group and the warps tile
-    ``o``; column-wise, ``B`` spans one 16-byte vector per thread times every thread of the program, so
-    each thread holds all U rows of its columns."""
+def _tile(unit: int, other: int, itemsize: int, rowwise: bool, two_level: bool, config: dict | None):
+    """(U, B, num_warps). Row-wise, a thread loads 8 consecutive elements of a group, holds two row
+    segments, and the warps tile ``o`` (2 warps for FP32 scales, 4 for E4M3 / E8M0 ones: the fastest tiles
+    of benchmarks/quantize_sweep.py on an H200); column-wise, ``B`` spans one 16-byte vector per thread times
+    every thread of the program, so each thread holds all U rows of its columns."""
     u = max(unit, 8)
     if rowwise:
-        warps = 4
-        b = _ROWWISE_B if u <= 32 else 16
+        warps = 4 if two_level else 2
+        b = 64 * warps if u <= 32 else 16
     else:
         warps = 2 if u <= 32 else 4
         b = _columns_per_thread(u, itemsize) * 32 * warps if u <= 32 else 32
     b = max(16, min(b, triton.next_power_of_2(other)))
     if config:
         b, warps = config.get("B", b), config.get("num_warps", warps)
-        if set(config) - {"B", "num_warps", "fold"}:
-            raise ValueError(f"config={config!r} is not valid: its keys are B, num_warps and fold")
+        if set(config) - {"B", "num_warps", "fold", "amax_B", "amax_warps"}:
+            raise ValueError(f"config={config!r} is not valid: its keys are B, num_warps, fold, amax_B, amax_warps")
         if b % 16 or b & (b - 1):
             raise ValueError(f"config={config!r} is not valid: B must be a power of two multiple of 16")
     return u, b, warps
 
 
 _MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1, where row-wise launches put the rows
-_ROWWISE_B = 128  # rows (row segments) per row-wise program
 
 
-def _folds(rows: int, length: int, unit: int, block_2d: bool, enabled: bool) -> bool:
+def _folds(rows: int, length: int, unit: int, block_2d: bool, enabled: bool, b: int) -> bool:
     """Row-wise, a contiguous ``(rows, length)`` input with ``length % unit == 0`` is the same memory, the same
     flat (stochastic rounding) indices and the same codes and scales layout as ``(rows * length // unit,
     unit)``: one segment of ``unit`` elements per "row". Launched that way, the threads of a warp hold
@@ -617,7 +618,7 @@ def _folds(rows: int, length: int, unit: int, block_2d: bool, enabled: bool) -> 
     threads touch 32 rows ``length`` apart). Not for 16 x 16 blocks (their amax spans 16 consecutive rows),
     a partial last tile, or a row count past the grid's limit."""
     return (enabled and not block_2d and length % unit == 0 and length > unit
-            and triton.cdiv(rows * (length // unit), _ROWWISE_B) <= _MAX_GRID_Y)
+            and triton.cdiv(rows * (length // unit), b) <= _MAX_GRID_Y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -631,6 +632,7 @@ class LaunchPlan:
     num_warps: int
     grid: tuple
     amax_constexprs: dict | None  # E4M3 scales: the global-amax pre-pass
+    amax_num_warps: int
     codes_shape: tuple
     scales_shape: tuple
     scale_dtype: torch.dtype  # as the kernel stores it (E4M3 as bytes)
@@ -654,14 +656,16 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     unit = max(fmt.block, rht, 16)
     if rowwise:
         O, L = pages, length
-        if _folds(O, L, unit, c.block_2d, config.get("fold", True)):
-            O, L = O * (L // unit), unit
+        folded = O * (L // unit) if L % unit == 0 else O
+        b = _tile(unit, folded, itemsize, True, c.scale != 0, config)[1]
+        if _folds(O, L, unit, c.block_2d, config.get("fold", True), b):
+            O, L = folded, unit
         strides = dict(s_page=0, s_o=L, s_l=1)
         pages = 1
     else:
         O, L = other, length
         strides = dict(s_page=L * O, s_o=1, s_l=O)
-    u, b, warps = _tile(unit, L, O, itemsize, rowwise, config)
+    u, b, warps = _tile(unit, O, itemsize, rowwise, c.scale != 0, config)
     grid = (triton.cdiv(L, u), triton.cdiv(O, b), pages) if rowwise else (triton.cdiv(O, b), triton.cdiv(L, u), pages)
     partial = L % u != 0  # the last tile reaches past L: masked stores, and a partial RHT group left unrotated
     codes_shape, scales_shape = list(shape), list(shape)
@@ -677,11 +681,15 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
                       INV_SQRT=inv_sqrt(rht) if rht else 1.0, SIGN_MASK=0 < rht <= MAX_SIGN_MASK_SIZE,
                       ROWWISE=rowwise, COLS=cols, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
                       PARTIAL=partial)
+    # The pre-pass's tiles are wider than the quantize kernel's (the same elements per thread with more warps):
+    # its fixed number of programs must keep enough loads in flight to run at bandwidth.
+    amax_warps = config.get("amax_warps", AMAX_WARPS)
+    amax_b = config.get("amax_B", max(b, min(b * amax_warps // warps, triton.next_power_of_2(O))))
     amax = (dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], SIGN_MASK=constexprs["SIGN_MASK"], ROWWISE=rowwise,
-                 U=u, B=b, COLS=cols, PARTIAL=partial)
+                 U=u, B=amax_b, COLS=cols, PARTIAL=partial)
             if c.scale == 1 else None)
     return LaunchPlan(rowwise, dict(O=O, L=L, **strides), constexprs,
-                      warps, grid, amax, tuple(codes_shape), tuple(scales_shape), _OUT_SCALE_DTYPES[c.scale],
+                      warps, grid, amax, amax_warps, tuple(codes_shape), tuple(scales_shape), _OUT_SCALE_DTYPES[c.scale],
                       _RESULT_SCALE_DTYPES[c.scale])
 
 
@@ -720,7 +728,7 @@ def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     if plan.amax_constexprs is not None:
         gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)  # every program writes its slot
         _amax_kernel[(AMAX_PROGRAMS,)](x, gamax, *scalars, plan.grid[2], rht_key(plan, rht_seed),
-                                       **plan.amax_constexprs, num_warps=plan.num_warps)
+                                       **plan.amax_constexprs, num_warps=plan.amax_num_warps)
     else:
         gamax = dummy  # not read: one-level scales have no global amax
     _quantize_kernel[plan.grid](x, dummy if codes is None else codes, dummy if scales is None else scales,
@@ -734,8 +742,8 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
              seed=None, offset: int = 0, *, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit.
 
-    ``config`` (benchmarks): ``{"B": .., "num_warps": .., "fold": False}`` overrides the tile (``fold``: see
-    :func:`_folds`).
+    ``config`` (benchmarks): ``{"B": .., "num_warps": .., "fold": False, "amax_B": .., "amax_warps": ..}``
+    overrides the tile (``fold``: see :func:`_folds`; ``amax_*``: the E4M3 global-amax pre-pass's).
     """
     fmt = as_format(fmt)
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)
@@ -792,7 +800,8 @@ def compile_variants():
             f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types, unit | plan.constexprs,
             aligned=("x_ptr", "codes_ptr", "scales_ptr", "O", "L"), options=dict(num_warps=plan.num_warps)))
         if fmt.scale is ScaleFormat.E4M3:  # two-level scales: the global-amax pre-pass first
-            names = amax.setdefault((rht, rowwise, plan.num_warps, tuple(sorted(plan.amax_constexprs.items()))), {})
+            names = amax.setdefault((rht, rowwise, plan.amax_num_warps, tuple(sorted(plan.amax_constexprs.items()))),
+                                    {})
             names.update(dict.fromkeys(presets.split(", ")))
     for (rht, rowwise, warps, constexprs), names in amax.items():
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)

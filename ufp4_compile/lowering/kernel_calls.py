@@ -109,7 +109,7 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
     if plan.amax_constexprs is not None:
         # One partial maximum per pre-pass program, each written: no zero fill (a kernel launch) needed.
         gamax = _empty((AMAX_PROGRAMS,), torch.int32, device)
-        kernel_launch(_amax_kernel, (AMAX_PROGRAMS, 1, 1), plan.num_warps, dict(x_ptr=x, gamax_ptr=gamax),
+        kernel_launch(_amax_kernel, (AMAX_PROGRAMS, 1, 1), plan.amax_num_warps, dict(x_ptr=x, gamax_ptr=gamax),
                       {**scalars, "pages": plan.grid[2], **common, **plan.amax_constexprs})
     else:
         gamax = dummy
