@@ -586,14 +586,15 @@ def _columns_per_thread(u: int, itemsize: int) -> int:
 
 
 def _tile(unit: int, other: int, itemsize: int, rowwise: bool, two_level: bool, config: dict | None):
-    """(U, B, num_warps). Row-wise, a thread loads 8 consecutive elements of a group, holds two row
-    segments, and the warps tile ``o`` (2 warps for FP32 scales, 4 for E4M3 / E8M0 ones: the fastest tiles
-    of benchmarks/quantize_sweep.py on an H200); column-wise, ``B`` spans one 16-byte vector per thread times
-    every thread of the program, so each thread holds all U rows of its columns."""
+    """(U, B, num_warps). Row-wise, a thread loads 8 consecutive elements of a group, holds 32 elements (two
+    row segments for U = 16, one for U = 32), and the warps tile ``o`` (2 warps for FP32 scales, 4 for E4M3 /
+    E8M0 ones: the fastest tiles of benchmarks/quantize_sweep.py on an H200; 64 elements per thread made the
+    U = 32 MXFP4 launch 1.4x slower); column-wise, ``B`` spans one 16-byte vector per thread times every
+    thread of the program, so each thread holds all U rows of its columns."""
     u = max(unit, 8)
     if rowwise:
         warps = 4 if two_level else 2
-        b = 64 * warps if u <= 32 else 16
+        b = 32 * warps * max(1, 32 // u) if u <= 32 else 16
     else:
         warps = 2 if u <= 32 else 4
         b = _columns_per_thread(u, itemsize) * 32 * warps if u <= 32 else 32
