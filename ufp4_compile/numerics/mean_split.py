@@ -29,8 +29,11 @@ def mean_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
     if x.shape[0] == 0:  # a shape, not data: no tokens (an MoE expert that received none)
         return xf.new_zeros((1, *xf.shape[1:])), xf
-    finite_or_nan = torch.where(torch.isfinite(xf), xf, float("nan"))
-    median = finite_or_nan.nanmedian(dim=0, keepdim=True).values
+    # Tokens last and contiguous: CUDA's selection kernel walks each channel's values with unit stride
+    # (along dim 0 a (8192, 1024) operand took 1.27 ms per call on an H200, 122 ms per training step). A
+    # median is a selection, so the layout cannot change it.
+    finite_or_nan = torch.where(torch.isfinite(xf), xf, float("nan")).movedim(0, -1).contiguous()
+    median = finite_or_nan.nanmedian(dim=-1).values.unsqueeze(0)
     mu = torch.where(torch.isfinite(median), median, 0.0)
     return mu, xf - mu
 
