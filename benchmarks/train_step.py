@@ -164,7 +164,8 @@ def profile_steps(step, n: int, device) -> dict:
         averages = sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:15]
         host = [{"name": a.key[:160], "self_cpu_ms_per_step": a.self_cpu_time_total / 1e3 / n,
                  "calls_per_step": a.count / n} for a in averages]
-    return {"steps": n, "top_host": host, "ms_per_step_by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
+    return {"steps": n, "top_host": host,
+            "ms_per_step_by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
             "total_ms_per_step": sum(by_category.values()),
             "top_kernels": [{"name": k[:160], "category": categorize(k), "ms_per_step": v[0],
                              "launches_per_step": v[1] / n} for k, (v) in top]}

@@ -21,10 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ufp4_compile import emulate_grouped, numerics, ops
-from ufp4_compile.emulate_grouped import _Plan
-from ufp4_compile.numerics.formats import Rounding
+from ufp4_compile.emulate_grouped import CallPlan
 from ufp4_compile.passes.policy import SiteFacts, block_ranges, gemm_keep_reason, head_by_name, site_keep_reason
-from ufp4_compile.passes.seeds import philox_offset, rank_salt, rht_seed_for
+from ufp4_compile.passes.seeds import rank_salt, rht_seed_for
 from ufp4_compile.recipes import GemmRecipe, MeanSplit, Recipe, Role, SRSeedPolicy
 
 SEED_HIGH = 1 << 62
@@ -56,12 +55,8 @@ class _State:
         return self.seed
 
 
-
-def _quantize(x, axis, fmt, gemm: GemmRecipe, plan: _Plan, role: Role, operand: str):
-    stochastic = fmt.rounding is Rounding.STOCHASTIC
-    return ops.quantize(x, axis, fmt.spec, gemm.rht, plan.rht_seed if gemm.rht else 0,
-                        plan.seed if stochastic else None,
-                        philox_offset(plan.key, role, operand) if stochastic else 0)
+def _quantize(x, axis, fmt, gemm: GemmRecipe, plan: CallPlan, role: Role, operand: str):
+    return ops.quantize(x, axis, fmt.spec, *plan.quantize_args(fmt, gemm, role, operand))
 
 
 def _transposed(q):
@@ -69,7 +64,7 @@ def _transposed(q):
     return codes.t(), scales.t(), tensor_scale
 
 
-def _gemm(a, qb, gemm: GemmRecipe, plan: _Plan, role: Role, out_dtype, bias=None, b_high=None):
+def _gemm(a, qb, gemm: GemmRecipe, plan: CallPlan, role: Role, out_dtype, bias=None, b_high=None):
     """``a @ b^T`` as the pass builds it: optional mean split of ``a`` (rows = tokens), then + bias."""
     extra = gemm.mean_split is not MeanSplit.OFF or bias is not None
     mm_dtype = torch.float32 if extra else out_dtype
@@ -90,7 +85,7 @@ def _gemm(a, qb, gemm: GemmRecipe, plan: _Plan, role: Role, out_dtype, bias=None
 
 class _LinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan: _Plan):
+    def forward(ctx, x, weight, bias, plan: CallPlan):
         fprop = plan.gemms[Role.FPROP]
         wgrad = plan.gemms[Role.WGRAD] if ctx.needs_input_grad[1] else None
         if fprop is None:
@@ -133,7 +128,7 @@ class EmulatedLinear(nn.Linear):
     _ufp4_state: _State
     _ufp4_name: str
 
-    def _plan(self, x2: torch.Tensor) -> tuple[_Plan, dict]:
+    def _plan(self, x2: torch.Tensor) -> tuple[CallPlan, dict]:
         state, name = self._ufp4_state, self._ufp4_name
         recipe = state.recipe
         call = state.calls.get(name, 0)
@@ -149,7 +144,7 @@ class EmulatedLinear(nn.Linear):
         reasons = {role: keep or gemm_keep_reason(role, recipe, m, k, n, x2.dtype) for role in Role}
         gemms = {role: None if reasons[role] else recipe.gemm(role) for role in Role}
         seed = state.step_seed(x2.device) if any(gemms.values()) else None
-        plan = _Plan(f"{name or '<root>'}#{call}", gemms, rht_seed_for(recipe, name), seed,
+        plan = CallPlan(f"{name or '<root>'}#{call}", gemms, rht_seed_for(recipe, name), seed,
                      recipe.compute_dtype.value)
         return plan, reasons
 

@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from ufp4_compile import ops
 from ufp4_compile.ops import compute_dtype_of
 from ufp4_compile.numerics.formats import Rounding
-from ufp4_compile.passes.policy import SiteFacts, site_keep_reason
+from ufp4_compile.passes.policy import SiteFacts, block_ranges, site_keep_reason
 from ufp4_compile.passes.rewrite_grouped_mm import grouped_role_reason, pad_groups
 from ufp4_compile.passes.seeds import philox_offset, rht_seed_for
 from ufp4_compile.recipes import GemmRecipe, Role
@@ -30,7 +30,7 @@ _GROUPED = tuple(f for f in (getattr(torch, "_grouped_mm", None), getattr(F, "gr
 
 
 @dataclasses.dataclass
-class _Plan:
+class CallPlan:
     """One call of one layer (a Linear or a grouped GEMM): which roles are quantized and with which seeds."""
 
     key: str
@@ -39,6 +39,12 @@ class _Plan:
     seed: torch.Tensor | None
     compute: str  # the recipe's compute dtype, "bf16" or "fp32"
 
+    def quantize_args(self, fmt, gemm: GemmRecipe, role: Role, operand: str) -> tuple:
+        """``(rht, rht_seed, seed, offset)`` of one operand's quantization, as the pass passes them."""
+        stochastic = fmt.rounding is Rounding.STOCHASTIC
+        return (gemm.rht, self.rht_seed if gemm.rht else 0, self.seed if stochastic else None,
+                philox_offset(self.key, role, operand) if stochastic else 0)
+
 
 def role_reasons(recipe, facts: SiteFacts, blocks: dict) -> dict:
     """Why each role of a grouped GEMM is kept (None: rewritten), as the pass decides it."""
@@ -46,18 +52,15 @@ def role_reasons(recipe, facts: SiteFacts, blocks: dict) -> dict:
     return {role: site or grouped_role_reason(recipe, role, facts) for role in Role}
 
 
-def _values(x, axis, fmt, gemm: GemmRecipe, plan: _Plan, role: Role, operand: str) -> torch.Tensor:
-    stochastic = fmt.rounding is Rounding.STOCHASTIC
-    values, _ = ops.quantize_dequantize(x, axis, fmt.spec, gemm.rht, plan.rht_seed if gemm.rht else 0,
-                                        plan.seed if stochastic else None,
-                                        philox_offset(plan.key, role, operand) if stochastic else 0,
+def _values(x, axis, fmt, gemm: GemmRecipe, plan: CallPlan, role: Role, operand: str) -> torch.Tensor:
+    values, _ = ops.quantize_dequantize(x, axis, fmt.spec, *plan.quantize_args(fmt, gemm, role, operand),
                                         compute_dtype_of(plan.compute))
     return values
 
 
 class _GroupedFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, offs, plan: _Plan):
+    def forward(ctx, x, w, offs, plan: CallPlan):
         gemm = plan.gemms[Role.FPROP]
         if gemm is None:
             out = torch._grouped_mm(x, w, offs)
@@ -101,7 +104,7 @@ class GroupedMode(TorchFunctionMode):
         self.state, self.blocks = state, blocks
         self.names: list[str] = []  # the modules with 3-D parameters whose forward is running, innermost last
 
-    def _plan(self, x: torch.Tensor, w: torch.Tensor) -> _Plan:
+    def _plan(self, x: torch.Tensor, w: torch.Tensor) -> CallPlan:
         state = self.state
         recipe = state.recipe
         name = self.names[-1] if self.names else ""
@@ -111,7 +114,7 @@ class GroupedMode(TorchFunctionMode):
         reasons = role_reasons(recipe, facts, self.blocks)
         gemms = {role: None if reasons[role] else recipe.gemm(role) for role in Role}
         seed = state.step_seed(x.device) if any(gemms.values()) else None
-        return _Plan(f"{name or '<root>'}#{call}", gemms, rht_seed_for(recipe, name), seed,
+        return CallPlan(f"{name or '<root>'}#{call}", gemms, rht_seed_for(recipe, name), seed,
                      recipe.compute_dtype.value)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -131,8 +134,6 @@ class GroupedMode(TorchFunctionMode):
 def install(model: nn.Module, state) -> list:
     """Hooks that run ``model``'s forward under a :class:`GroupedMode` and name the grouped GEMMs' modules;
     the handles, for :func:`ufp4_compile.emulate.restore`."""
-    from ufp4_compile.passes.policy import block_ranges
-
     experts = [(name, m) for name, m in model.named_modules()
                if any(p.dim() == 3 for p in m.parameters(recurse=False))]
     mode = GroupedMode(state, block_ranges(name for name, _ in experts))
@@ -146,6 +147,7 @@ def install(model: nn.Module, state) -> list:
 
     handles.append(model.register_forward_pre_hook(enter))
     handles.append(model.register_forward_hook(leave, always_call=True))
+
     def push(name):
         def hook(*_):
             mode.names.append(name)  # a hook's return value would replace the module's input or output

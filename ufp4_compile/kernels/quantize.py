@@ -454,7 +454,8 @@ def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
                  U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
     """Max |RHT(x)| over the finite elements as int32 FP32 bits (numerics.quantize._finite_amax: NaN and +-Inf
     count as 0, so they poison only their own blocks): ``AMAX_PROGRAMS`` programs, program p takes the tiles
-    p, p + AMAX_PROGRAMS, ... of the quantize kernel's grid and writes its maximum to ``gamax_ptr[p]``."""
+    p, p + AMAX_PROGRAMS, ... of the ``U x B`` tiling (its own ``B``, wider than the quantize kernel's) and
+    writes its maximum to ``gamax_ptr[p]``."""
     pid = tl.program_id(0)
     tiles_l, tiles_o = tl.cdiv(L, U), tl.cdiv(O, B)
     if ROWWISE:
@@ -611,15 +612,15 @@ def _tile(unit: int, other: int, itemsize: int, rowwise: bool, two_level: bool, 
 _MAX_GRID_Y = 65535  # CUDA's limit on grid dimension 1, where row-wise launches put the rows
 
 
-def _folds(rows: int, length: int, unit: int, block_2d: bool, enabled: bool, b: int) -> bool:
+def _folds(segments: int, b: int, block_2d: bool, enabled: bool) -> bool:
     """Row-wise, a contiguous ``(rows, length)`` input with ``length % unit == 0`` is the same memory, the same
-    flat (stochastic rounding) indices and the same codes and scales layout as ``(rows * length // unit,
-    unit)``: one segment of ``unit`` elements per "row". Launched that way, the threads of a warp hold
-    consecutive segments, so each load and store instruction covers one contiguous span (unfolded, the 32
-    threads touch 32 rows ``length`` apart). Not for 16 x 16 blocks (their amax spans 16 consecutive rows),
-    a partial last tile, or a row count past the grid's limit."""
-    return (enabled and not block_2d and length % unit == 0 and length > unit
-            and triton.cdiv(rows * (length // unit), b) <= _MAX_GRID_Y)
+    flat (stochastic rounding) indices and the same codes and scales layout as ``(segments, unit)`` with
+    ``segments = rows * length // unit``: one segment of ``unit`` elements per "row". Launched that way, the
+    threads of a warp hold consecutive segments, so each load and store instruction covers one contiguous span
+    (unfolded, the 32 threads touch 32 rows ``length`` apart). Not for 16 x 16 blocks (their amax spans 16
+    consecutive rows), a partial last tile (the caller's divisibility check), or more programs of ``b``
+    segments than the grid allows."""
+    return enabled and not block_2d and triton.cdiv(segments, b) <= _MAX_GRID_Y
 
 
 @dataclasses.dataclass(frozen=True)
@@ -657,10 +658,11 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     unit = max(fmt.block, rht, 16)
     if rowwise:
         O, L = pages, length
-        folded = O * (L // unit) if L % unit == 0 else O
-        b = _tile(unit, folded, itemsize, True, c.scale != 0, config)[1]
-        if _folds(O, L, unit, c.block_2d, config.get("fold", True), b):
-            O, L = folded, unit
+        if L % unit == 0 and L > unit:
+            segments = O * (L // unit)
+            b = _tile(unit, segments, itemsize, True, c.scale != 0, config)[1]
+            if _folds(segments, b, c.block_2d, config.get("fold", True)):
+                O, L = segments, unit
         strides = dict(s_page=0, s_o=L, s_l=1)
         pages = 1
     else:
