@@ -67,11 +67,30 @@ def test_ties_to_even_and_saturation(grid, table):
 def test_stochastic_rounding_picks_neighbours(grid):
     y = torch.tensor([0.3, -0.3, 5.2, -5.2, 6.0, 7.0, 0.0], dtype=torch.float32).clamp(
         -grids.q_max(grid), grids.q_max(grid))
-    down = grids.round_stochastic(y, grid, torch.full(y.shape, 0xFFFFFFFF, dtype=torch.int64))
-    up = grids.round_stochastic(y, grid, torch.zeros(y.shape, dtype=torch.int64))
+    down = grids.round_stochastic(y, grid, torch.zeros(y.shape, dtype=torch.int64))
+    up = grids.round_stochastic(y, grid, torch.full(y.shape, 255, dtype=torch.int64))
     lv = grids.levels(grid)
     a = y.abs()
     assert (lv[down] <= a).all() and (lv[up] >= a).all()
     exact = torch.isin(a, lv)
     assert (down[exact] == up[exact]).all()
     assert (up[~exact] == down[~exact] + 1).all()
+
+
+@pytest.mark.parametrize("grid", list(Grid))
+def test_stochastic_rounding_mean_over_all_256_draws_is_within_a_512th_of_a_gap(grid):
+    # Exhaustive over the 8 random bits, not sampled: for |y| on a fine grid through every gap (and the
+    # levels themselves), the mean rounded value over r = 0..255 is |y| to within gap / 512, and levels stay
+    # levels for every draw.
+    a = torch.arange(0, int(grids.q_max(grid) * 1024) + 1, dtype=torch.float32) / 1024
+    a = torch.cat([a, torch.tensor([1 - 2**-24, 1 + 2**-23, 3.999999], dtype=torch.float32)])
+    a = a.clamp(max=grids.q_max(grid))
+    lv = grids.levels(grid)
+    r = torch.arange(256, dtype=torch.int64)
+    levels = grids.round_stochastic(a[:, None].expand(-1, 256), grid, r[None, :].expand(a.numel(), -1))
+    mean = lv[levels].double().mean(dim=1)
+    lo = torch.searchsorted(lv, a, right=True) - 1
+    gap = (lv[(lo + 1).clamp(max=7)] - lv[lo]).double()
+    assert ((mean - a.double()).abs() <= gap / 512 + 1e-6).all()
+    on_level = torch.isin(a, lv)
+    assert (lv[levels[on_level]] == a[on_level, None]).all()

@@ -80,28 +80,28 @@ def test_stochastic_rounding_reproducible_and_offset_driven():
 
 
 @pytest.mark.parametrize("axis", [0, 1])
-def test_counter_is_offset_plus_axis_last_index_over_eight(axis):
-    # Eight elements share one Philox call, counted in the axis-last order (along the quantized axis): the
-    # second copy of x inside cat([x, x]) along the other axis sees counters (numel(x) + i) // 8 =
-    # numel(x) // 8 + i // 8, exactly offset=numel(x) // 8.
+def test_counter_is_offset_plus_axis_last_index_over_sixteen(axis):
+    # Sixteen elements share one Philox call, counted in the axis-last order (along the quantized axis): the
+    # second copy of x inside cat([x, x]) along the other axis sees counters (numel(x) + i) // 16 =
+    # numel(x) // 16 + i // 16, exactly offset=numel(x) // 16.
     x = torch.randn(32, 48, generator=torch.Generator().manual_seed(2))
     fmt = _fmt(Grid.E2M1)
     other = 1 - axis
     both = quantize(torch.cat([x, x], dim=other), axis, fmt, seed=5)
-    second = quantize(x, axis, fmt, seed=5, offset=x.numel() // 8)
+    second = quantize(x, axis, fmt, seed=5, offset=x.numel() // 16)
     half = both.codes.shape[other] // 2
     assert torch.equal(both.codes.narrow(other, half, half), second.codes)
     assert not torch.equal(both.codes.narrow(other, 0, half), second.codes)
 
 
-def test_element_bits_use_both_halves_of_every_word_of_a_philox_call():
+def test_element_bits_use_every_byte_of_every_word_of_a_philox_call():
     from ufp4_compile.numerics.rounding import element_bits, philox4x32
 
-    bits = element_bits(11, 5, (3, 5))  # 15 elements: two calls, the second one partly used
+    bits = element_bits(11, 5, (3, 7))  # 21 elements: two calls, the second one partly used
     counters = torch.arange(2, dtype=torch.int64) + 5
     zero = torch.zeros_like(counters)
     words = torch.stack(philox4x32(11, counters, zero, zero, zero), dim=-1).reshape(-1)  # (call, word)
-    expected = [int(w) >> (16 * half) & 0xFFFF for w in words.tolist() for half in (0, 1)][:15]
+    expected = [int(w) >> (8 * byte) & 0xFF for w in words.tolist() for byte in range(4)][:21]
     assert bits.reshape(-1).tolist() == expected
 
 

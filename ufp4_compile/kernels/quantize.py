@@ -372,27 +372,24 @@ def _level_nearest_e2m1(a):
 
 
 @triton.jit
+def _stochastic_offset(rand):
+    """``v = (2r + 1) / 512 - 1/2`` for 8 random bits ``r`` (numerics.grids.stochastic_offset), exact, from
+    the bit pattern ``1 + r / 256`` (no integer-to-float conversion)."""
+    return ((rand << 15) | 0x3F800000).to(tl.float32, bitcast=True) - 1.498046875
+
+
+@triton.jit
 def _level_stochastic(a, rand, GRID: tl.constexpr):
-    """Level index after stochastic rounding of ``a = |y|`` with 16 random bits (numerics.grids)."""
-    # u = rand * 2**-16, exact, built from the bit pattern 1 + rand * 2**-16 (no integer-to-float conversion).
-    u = ((rand << 7) | 0x3F800000).to(tl.float32, bitcast=True) - 1.0
-    if GRID == 0:  # floor(a) through the round-to-integer constant, as in the nearest case (no conversions)
-        nearest = (a + _RNE_MAGIC) - _RNE_MAGIC
-        floor = tl.where(nearest > a, nearest - 1.0, nearest)
-        lo = (floor + _RNE_MAGIC).to(tl.int32, bitcast=True) - 0x4B400000
-        p = tl.where(lo < 7, a - floor, 0.0)
+    """Level index after stochastic rounding of ``a = |y|`` with 8 random bits (numerics.grids.round_stochastic).
+    (The quantize kernel rounds INT4 on the signed value itself, as in the nearest case.)"""
+    if GRID == 0:
+        return ((a + _stochastic_offset(rand)) + _RNE_MAGIC).to(tl.int32, bitcast=True) - 0x4B400000
     else:
-        # E2M1 from the bit pattern: below 1 the levels are multiples of 0.5; from 1 up the level below is a
-        # truncated to one mantissa bit (index (bits >> 22) - 252, as in the nearest case) and the gap is
-        # 2**(exponent - 128), whose reciprocal is built from the exponent. Gaps are powers of two: exact.
-        bits = a.to(tl.int32, bitcast=True)
+        # Levels 0, .5, 1 below 1 sit at 1, 1.5, 2 in the pattern of a + 1; from 1 up, one mantissa bit is
+        # kept. (2r + 1) << 13 added below that bit carries into it with the probability of rounding up.
         big = a >= 1.0
-        half = a >= 0.5
-        lo = tl.where(big, (bits >> 22) - 252, half.to(tl.int32))
-        lo_val = tl.where(big, (bits & -4194304).to(tl.float32, bitcast=True), tl.where(half, 0.5, 0.0))
-        inv_gap = tl.where(big, ((255 - (bits >> 23)) << 23).to(tl.float32, bitcast=True), 2.0)
-        p = tl.where(lo < 7, (a - lo_val) * inv_gap, 0.0)
-    return lo + (u < p).to(tl.int32)
+        lifted = tl.where(big, a, a + 1.0).to(tl.int32, bitcast=True)
+        return ((lifted + ((rand << 14) | 0x2000)) >> 22) - tl.where(big, 252, 254)
 
 
 @triton.jit
@@ -403,39 +400,43 @@ def _philox_words(seed, counter):
 
 
 @triton.jit
-def _halves(w):
-    """(low 16 bits, high 16 bits) of uint32 words, as int32."""
-    return (w & 0xFFFF).to(tl.int32), (w >> 16).to(tl.int32)
+def _bytes(w):
+    """The four bytes of uint32 words, low byte first, as int32."""
+    return ((w & 0xFF).to(tl.int32), ((w >> 8) & 0xFF).to(tl.int32), ((w >> 16) & 0xFF).to(tl.int32),
+            (w >> 24).to(tl.int32))
+
+
+@triton.jit
+def _word_bytes(w):
+    """``(..., 2, 2)``: byte ``k`` of ``w`` at ``[..., k % 2, k // 2]`` (a join adds its axis last)."""
+    b0, b1, b2, b3 = _bytes(w)
+    return tl.join(tl.join(b0, b1), tl.join(b2, b3))
 
 
 @triton.jit
 def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUPED: tl.constexpr):
-    """16 random bits per element: half ``n % 2`` of word ``(n % 8) // 2`` of ``philox(seed, offset + n // 8)``
+    """8 random bits per element: byte ``n % 4`` of word ``(n % 16) // 4`` of ``philox(seed, offset + n // 16)``
     for each element's index ``n`` in the axis-last order (numerics.rounding.element_bits), ``flat``.
 
-    ``GROUPED`` (L % 8 == 0): the eight elements of a call are eight consecutive rows of the tile, along the
-    quantized axis, in one thread in either orientation, so each call is made once."""
+    ``GROUPED`` (L % 16 == 0): the sixteen elements of a call are sixteen consecutive rows of the tile, along
+    the quantized axis, in one thread in either orientation, so each call is made once."""
     seed = tl.load(seed_ptr)
     if not GROUPED:
-        r0, r1, r2, r3 = _philox_words(seed, offset + (flat >> 3))
-        w = (flat >> 1) & 3
+        r0, r1, r2, r3 = _philox_words(seed, offset + (flat >> 4))
+        w = (flat >> 2) & 3
         word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
-        bits = tl.where((flat & 1) == 0, word & 0xFFFF, word >> 16).to(tl.int32)
+        bits = ((word >> ((flat & 3) * 8).to(tl.uint32)) & 0xFF).to(tl.int32)
     else:
-        octs = tl.reshape(tl.permute(tl.reshape(flat, (U // 8, 8, B)), (0, 2, 1)), (U // 8, B, 2, 2, 2))
-        first_quads, _ = tl.split(octs)
-        first_pairs, _ = tl.split(first_quads)
-        firsts, _ = tl.split(first_pairs)
-        r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 3))
-        l0, h0 = _halves(r0)
-        l1, h1 = _halves(r1)
-        l2, h2 = _halves(r2)
-        l3, h3 = _halves(r3)
-        # [.., a, b, c] = half c of word 2a + b: element 4a + 2b + c of the eight
-        lows = tl.join(tl.join(l0, l2), tl.join(l1, l3))
-        highs = tl.join(tl.join(h0, h2), tl.join(h1, h3))
-        words = tl.join(lows, highs)
-        bits = tl.reshape(tl.permute(tl.reshape(words, (U // 8, B, 8)), (0, 2, 1)), (U, B))
+        groups = tl.reshape(tl.permute(tl.reshape(flat, (U // 16, 16, B)), (0, 2, 1)), (U // 16, B, 2, 2, 2, 2))
+        firsts, _ = tl.split(groups)
+        firsts, _ = tl.split(firsts)
+        firsts, _ = tl.split(firsts)
+        firsts, _ = tl.split(firsts)
+        r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 4))
+        # [.., d, c, b, a] = byte 2c + d of word 2a + b, element 8a + 4b + 2c + d of the sixteen: reversed
+        words = tl.join(tl.join(_word_bytes(r0), _word_bytes(r1)), tl.join(_word_bytes(r2), _word_bytes(r3)))
+        words = tl.permute(words, (0, 1, 5, 4, 3, 2))
+        bits = tl.reshape(tl.permute(tl.reshape(words, (U // 16, B, 16)), (0, 2, 1)), (U, B))
     return bits
 
 
@@ -512,10 +513,15 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     y = (blocks * lift[:, None, :]) * mult[:, None, :]
     y = tl.where(ok[:, None, :], y, 0.0)
     y = tl.reshape(tl.minimum(tl.maximum(y, -limit[:, None, :]), limit[:, None, :]), (U, B))
-    if GRID == 0 and not STOCHASTIC:
-        # INT4, nearest: y + 1.5 * 2**23 rounds y to the nearest integer, ties to even (|y| <= 7, so the sum
-        # is exact up to that rounding); its low bits are the two's-complement code, and subtracting the
-        # constant back gives the level (+0.0 for 0). No float-to-int conversion (a quarter-rate instruction).
+    if GRID == 0:
+        # INT4: y + 1.5 * 2**23 rounds y to the nearest integer, ties to even (|y| <= 7, so the sum is exact up
+        # to that rounding); its low bits are the two's-complement code, and subtracting the constant back
+        # gives the level (+0.0 for 0). No float-to-int conversion (a quarter-rate instruction). Stochastic
+        # rounding first adds the random offset with y's sign: sign(y) * round(|y| + v), rounding being odd.
+        if STOCHASTIC:
+            v = _stochastic_offset(_random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED))
+            sign = y.to(tl.uint32, bitcast=True) & 0x80000000
+            y = y + (v.to(tl.uint32, bitcast=True) ^ sign).to(tl.float32, bitcast=True)
         shifted = y + _RNE_MAGIC
         nib = shifted.to(tl.int32, bitcast=True) & 0xF
         level_value = shifted - _RNE_MAGIC
@@ -676,9 +682,9 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     scales_shape[axis] = padded_length(length, fmt.block) // fmt.block
     # Column-wise, a thread holds COLS consecutive columns (the tile's vector width; B is a multiple of it).
     cols = min(_columns_per_thread(u, itemsize), b)
-    # Grouped random words: the eight elements of one Philox call are eight consecutive elements along the
-    # quantized axis (the axis-last order), in one thread in either orientation when L % 8 == 0.
-    grouped = L % 8 == 0
+    # Grouped random words: the sixteen elements of one Philox call are sixteen consecutive elements along the
+    # quantized axis (the axis-last order), in one thread in either orientation when L % 16 == 0.
+    grouped = L % 16 == 0
     constexprs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, BLOCK_2D=c.block_2d, STOCHASTIC=c.stochastic,
                       SR_GROUPED=grouped, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
                       INV_SQRT=inv_sqrt(rht) if rht else 1.0, SIGN_MASK=0 < rht <= MAX_SIGN_MASK_SIZE,

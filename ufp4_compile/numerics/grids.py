@@ -65,23 +65,31 @@ def round_nearest(y: torch.Tensor, grid: Grid) -> torch.Tensor:
     return idx
 
 
-def round_stochastic(y: torch.Tensor, grid: Grid, bits: torch.Tensor) -> torch.Tensor:
-    """Level index (int64, 0..7) after stochastic rounding of ``|y|`` with 16 random bits per element.
+def stochastic_offset(bits: torch.Tensor) -> torch.Tensor:
+    """``v = (2r + 1) / 512 - 1/2`` (FP32, exact) for 8 random bits ``r``: a centred uniform draw on
+    (-1/2, 1/2) in steps of 1/256 (its mean is exactly 0)."""
+    return (bits.to(torch.float32) * 2 + 1) * 2.0**-9 - 0.5
 
-    ``lo`` is the largest level <= |y|, ``hi`` the next (``hi = lo`` at q_max), ``p = (|y|-lo)/(hi-lo)``
-    (exact: the gaps are powers of two), ``u = bits * 2**-16``; round up iff ``u < p``.
+
+def round_stochastic(y: torch.Tensor, grid: Grid, bits: torch.Tensor) -> torch.Tensor:
+    """Level index (int64, 0..7) after stochastic rounding of ``|y|`` (``<= q_max``) with 8 random bits ``r``
+    per element (docs/numerics.md, "Rounding onto the grid").
+
+    INT4: ``round-half-even(fl32(|y| + v))`` with ``v = (2r + 1)/512 - 1/2``: rounds up with probability
+    ``p`` (the position of |y| in its gap) to within 1/512.
+    E2M1: on the FP32 bit pattern ``b`` of ``|y|`` (``|y| >= 1``, one mantissa bit kept) or of
+    ``fl32(|y| + 1)`` (``|y| < 1``, where the levels 0, .5, 1 sit at 1, 1.5, 2): add ``(2r + 1) << 13`` below
+    the kept bit and truncate, ``((b + ((2r + 1) << 13)) >> 22) - 252`` (``- 254`` below 1). The carry into
+    the kept bit happens with probability ``p`` to within 1/512.
     """
-    a = y.abs()
-    lv = levels(grid, a.device)
-    lo_idx = torch.zeros(a.shape, dtype=torch.int64, device=a.device)
-    for k in range(1, 8):
-        lo_idx += a >= lv[k]
-    hi_idx = (lo_idx + 1).clamp(max=7)
-    lo, hi = lv[lo_idx], lv[hi_idx]
-    gap = hi - lo
-    p = torch.where(gap > 0, (a - lo) / torch.where(gap > 0, gap, 1.0), 0.0)
-    u = bits.to(torch.float32) * 2.0**-16  # exact: 16-bit integers
-    return lo_idx + (u < p).to(torch.int64)
+    a = y.abs().float()
+    r = bits.to(torch.int64)
+    if grid is Grid.INT4:
+        return torch.round(a + stochastic_offset(r)).to(torch.int64)
+    big = a >= 1.0
+    lifted = torch.where(big, a, a + 1.0)
+    pattern = lifted.view(torch.int32).to(torch.int64)
+    return ((pattern + ((2 * r + 1) << 13)) >> 22) - torch.where(big, 252, 254)
 
 
 def encode_nibbles(level_idx: torch.Tensor, negative: torch.Tensor, grid: Grid) -> torch.Tensor:

@@ -69,18 +69,24 @@ def philox(seed, counters: torch.Tensor) -> torch.Tensor:
     return philox4x32(seed, c0, c1, zero, zero)[0]
 
 
+# Stochastic rounding draws 8 random bits per element, so one Philox call (128 bits) serves 16 elements.
+SR_BITS = 8
+ELEMENTS_PER_CALL = 128 // SR_BITS
+
+
 def element_bits(seed, offset: int, shape: torch.Size | tuple[int, ...], device=None) -> torch.Tensor:
-    """16 random bits for each element of a tensor of ``shape``, eight per Philox call: the element with flat
-    row-major index ``i`` takes half ``i % 2`` (0: the low 16 bits) of word ``(i % 8) // 2`` of
-    ``philox4x32(seed, counter = offset + i // 8)``."""
+    """8 random bits (int64, 0..255) for each element of a tensor of ``shape``, 16 per Philox call: the element
+    with flat row-major index ``i`` takes byte ``i % 4`` (0: the low byte) of word ``(i % 16) // 4`` of
+    ``philox4x32(seed, counter = offset + i // 16)``."""
     numel = 1
     for d in shape:
         numel *= d
-    calls = (numel + 7) // 8
+    calls = (numel + ELEMENTS_PER_CALL - 1) // ELEMENTS_PER_CALL
     counters = torch.arange(calls, dtype=torch.int64, device=device) + int(offset)
     c0 = counters & _MASK32
     c1 = (counters >> 32) & _MASK32
     zero = torch.zeros_like(counters)
     words = torch.stack(philox4x32(seed, c0, c1, zero, zero), dim=-1)
-    halves = torch.stack([words & 0xFFFF, words >> 16], dim=-1).reshape(-1)
-    return halves[:numel].view(tuple(shape))
+    shifts = torch.arange(0, 32, SR_BITS, dtype=torch.int64, device=device)
+    parts = (words[..., None] >> shifts) & ((1 << SR_BITS) - 1)
+    return parts.reshape(-1)[:numel].view(tuple(shape))
