@@ -52,7 +52,7 @@ BASELINE = "bf16-inductor"
 TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
            for name, step in (("ufp4", 1.30), ("ufp4-nv", 1.40), ("ufp4-mean", 1.50), ("e2m1-ref", 1.40),
                               ("nvfp4", 1.40), ("mxfp4", 1.40))}
-VARIANT_KINDS = ("eager", "inductor", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg")
+VARIANT_KINDS = ("eager", "inductor", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp")
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -62,8 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default="eager,inductor,ufp4,qdq",
                    help="which of eager, inductor (both bf16), ufp4 (backend='ufp4', one per recipe), qdq (the "
                         "hand-written fake-quant peer compiled by Inductor, one per recipe but bf16), and "
-                        "inductor-cg / ufp4-cg / qdq-cg (the same with CUDA graphs, Inductor's triton.cudagraphs) "
-                        "to run (default: eager, inductor, ufp4, qdq)")
+                        "inductor-cg / ufp4-cg / qdq-cg (the same with CUDA graphs, Inductor's triton.cudagraphs), "
+                        "inductor-cpp / ufp4-cpp (Inductor's C++ wrapper, cpp_wrapper: kernels launched from "
+                        "C++, no Python per launch) to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
     p.add_argument("--iters", type=int, default=20, help="timed steps")
@@ -114,6 +115,10 @@ def variants(args) -> list[tuple[str, str, str | None]]:
         out += [(f"ufp4-cg:{name}", "ufp4-cg", name) for name in args.recipe_list]
     if "qdq-cg" in args.kinds:
         out += [(f"qdq-cg:{name}", "qdq-cg", name) for name in quantized]
+    if "inductor-cpp" in args.kinds:
+        out.append(("bf16-inductor-cpp", "inductor-cpp", None))
+    if "ufp4-cpp" in args.kinds:
+        out += [(f"ufp4-cpp:{name}", "ufp4-cpp", name) for name in args.recipe_list]
     return out
 
 
@@ -180,6 +185,8 @@ def build(kind: str, recipe: str | None, config, device):
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **fused)
     cudagraphs = {"triton.cudagraphs": True} if kind.endswith("-cg") else {}
+    if kind.endswith("-cpp"):
+        cudagraphs = {"cpp_wrapper": True}
     if kind.startswith(("inductor", "qdq")):
         fn = torch.compile(model, options=cudagraphs or None)
     elif kind.startswith("ufp4"):
