@@ -121,22 +121,6 @@ def resolve_options(options: Mapping | None, mode: str | None = None) -> Backend
     return BackendOptions(recipe, dump_dir, dense, inductor)
 
 
-# Inductor launches the Triton kernels it did not generate (ours: quantize, dequantize) through Triton's own
-# Python launcher unless this is set, and its static launcher (the C++ one it uses for its own kernels)
-# otherwise; a kernel the static launcher cannot take falls back to Triton's. A few hundred of these launches
-# per training step make the default mode host-bound.
-STATIC_LAUNCH = "static_launch_user_defined_triton_kernels"
-
-
-def inductor_patches(resolved: BackendOptions) -> dict:
-    """The Inductor config patches of a compilation: the user's (and ``mode=``'s), plus the static launch of
-    our kernels where this torch has the option and the user did not set it."""
-    patches = dict(resolved.inductor)
-    if STATIC_LAUNCH in _inductor_keys():
-        patches.setdefault(STATIC_LAUNCH, True)
-    return patches
-
-
 def _lowering(name: str):
     """The function ``name`` of ``ufp4_compile.lowering`` where that package is installed, else None."""
     if importlib.util.find_spec("ufp4_compile.lowering") is None:
@@ -234,7 +218,7 @@ class Ufp4Backend:
         from ufp4_compile.passes.shared_graph import guard_shared_graph
 
         resolved = resolve_options(with_defaults({**self.options, **options_dict(options)}), mode or self.mode)
-        patches = inductor_patches(resolved)
+        patches = dict(resolved.inductor)
         sinks = _sinks(self.sinks, resolved.dump_dir)
         joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks, dense=resolved.dense_gemms,
                               extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm),
