@@ -52,7 +52,8 @@ BASELINE = "bf16-inductor"
 TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
            for name, step in (("ufp4", 1.30), ("ufp4-nv", 1.40), ("ufp4-mean", 1.50), ("e2m1-ref", 1.40),
                               ("nvfp4", 1.40), ("mxfp4", 1.40))}
-VARIANT_KINDS = ("eager", "inductor", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp")
+VARIANT_KINDS = ("eager", "inductor", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
+                 "ufp4-static")
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -64,7 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "hand-written fake-quant peer compiled by Inductor, one per recipe but bf16), and "
                         "inductor-cg / ufp4-cg / qdq-cg (the same with CUDA graphs, Inductor's triton.cudagraphs), "
                         "inductor-cpp / ufp4-cpp (Inductor's C++ wrapper, cpp_wrapper: kernels launched from "
-                        "C++, no Python per launch) to run (default: eager, inductor, ufp4, qdq)")
+                        "C++, no Python per launch), ufp4-static (our kernels through Inductor's static launcher, "
+                        "static_launch_user_defined_triton_kernels, instead of Triton's Python launcher, Inductor's "
+                        "default for kernels it did not generate) to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
     p.add_argument("--iters", type=int, default=20, help="timed steps")
@@ -119,6 +122,8 @@ def variants(args) -> list[tuple[str, str, str | None]]:
         out.append(("bf16-inductor-cpp", "inductor-cpp", None))
     if "ufp4-cpp" in args.kinds:
         out += [(f"ufp4-cpp:{name}", "ufp4-cpp", name) for name in args.recipe_list]
+    if "ufp4-static" in args.kinds:
+        out += [(f"ufp4-static:{name}", "ufp4-static", name) for name in args.recipe_list]
     return out
 
 
@@ -187,6 +192,8 @@ def build(kind: str, recipe: str | None, config, device):
     cudagraphs = {"triton.cudagraphs": True} if kind.endswith("-cg") else {}
     if kind.endswith("-cpp"):
         cudagraphs = {"cpp_wrapper": True}
+    if kind.endswith("-static"):
+        cudagraphs = {"static_launch_user_defined_triton_kernels": True}
     if kind.startswith(("inductor", "qdq")):
         fn = torch.compile(model, options=cudagraphs or None)
     elif kind.startswith("ufp4"):
