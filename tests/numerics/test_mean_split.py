@@ -97,3 +97,50 @@ def test_bad_input():
         mean_split(torch.arange(4).view(2, 2))
     with pytest.raises(ValueError, match="token dimension"):
         mean_split(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("tokens", [1024, 3000, 8192])
+def test_median_is_taken_over_every_stride_th_token(tokens):
+    from ufp4_compile.numerics.mean_split import sample_stride
+
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.randn(tokens, 24, generator=gen) + torch.linspace(-2, 2, 24)).bfloat16()
+    x[1, 5] = float("nan")  # not sampled (the stride is odd and > 1): it changes nothing
+    x[0, 6] = float("inf")  # sampled: masked out of channel 6's median
+    stride = sample_stride(tokens)
+    assert stride % 2 == 1 and stride > 1 and 342 <= -(-tokens // stride) <= 1023
+    mu, r = mean_split(x)
+    sample = x.float()[::stride]
+    want = torch.where(torch.isfinite(sample), sample, float("nan")).nanmedian(0, keepdim=True).values
+    torch.testing.assert_close(mu, want, rtol=0, atol=0)
+    xf = x.float()
+    full = torch.where(torch.isfinite(xf), xf, float("nan")).nanmedian(0, keepdim=True).values
+    assert mu.sub(full).abs().max() < 0.25  # close to the median over every token (channel spread ~1)
+    assert r.shape == x.shape and torch.isnan(r[1, 5]) and torch.isinf(r[0, 6])
+
+
+def test_one_sampled_outlier_token_leaves_the_others_alone_at_many_tokens():
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(2048, 32, generator=gen), torch.randn(16, 32, generator=gen)
+    x[0] *= 1e4  # token 0 is always in the sample
+    others = torch.arange(2048) != 0
+    exact = (x.double() @ w.double().t())[others]
+    plain = gemm_reference(quantize(x, 1, FMT, rht=16), quantize(w, 1, FMT, rht=16)).double()[others]
+    split = _split_gemm(x, w).double()[others]
+    err_plain = ((plain - exact).norm(dim=1) / exact.norm(dim=1)).mean()
+    err_split = ((split - exact).norm(dim=1) / exact.norm(dim=1)).mean()
+    assert err_split < 2 * err_plain and (split != 0).all()
+
+
+def test_traces_with_a_symbolic_token_count():
+    """A dynamic token count (an MoE expert's, a varying sequence length) traces: the sample's stride is
+    computed with floor division of the SymInt, and the traced graph agrees with eager at other counts."""
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(mean_split, decomposition_table=select_decomp_table(), tracing_mode="symbolic")(
+        torch.randn(2048, 8).bfloat16())
+    for tokens in (5, 1500, 4100):
+        x = torch.randn(tokens, 8, generator=torch.Generator().manual_seed(tokens)).bfloat16()
+        for got, want in zip(gm(x), mean_split(x)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
