@@ -1,6 +1,6 @@
 """The quantize / quantize_dequantize / dequantize lowerings: Inductor's generated code launches the Triton
 kernels itself (no extern call into the ufp4 ops, so no Python launcher per call) and gets the eager
-launcher's bits; and the backend's default on a GPU without native 4-bit MMA (dense GEMMs) equals the
+launcher's bits, through Triton's launcher and through Inductor's static one; and the backend's default on a GPU without native 4-bit MMA (dense GEMMs) equals the
 codes path. GPU only: Inductor cannot generate code for user Triton kernels on CPU tensors."""
 
 import pytest
@@ -43,6 +43,48 @@ def test_compiled_ops_launch_kernels_and_match_eager(spec, rht, axis):
     calls = [line for line in text.splitlines() if "torch.ops.ufp4." in line and not line.lstrip().startswith("#")]
     assert calls == [], "an op ran as an extern fallback"
     assert "_quantize_kernel" in text and "_dequantize_kernel" in text
+    for got, want in zip(compiled, eager):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(_bits(got), _bits(want))
+
+
+def _strict_static_launch_patches() -> dict:
+    """Inductor config patches that launch user Triton kernels with Inductor's static launcher and make
+    falling back to Triton's launcher an error; skips where this torch lacks the options."""
+    from torch._inductor import config
+
+    keys = set(config._config)
+    strict = next((k for k in ("strict_static_triton_launcher", "strict_static_cuda_launcher") if k in keys), None)
+    if "static_launch_user_defined_triton_kernels" not in keys or strict is None:
+        pytest.skip("this torch has no static launch of user-defined Triton kernels")
+    return {"static_launch_user_defined_triton_kernels": True, strict: True}
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec, rht", CASES)
+def test_static_launcher_launches_the_kernels_with_the_same_bits(spec, rht):
+    """The backend's kernels through Inductor's static launcher (the option
+    ``static_launch_user_defined_triton_kernels``), strict, so a kernel it cannot take is an error rather
+    than a silent fallback to Triton's launcher: the same bits as eager."""
+    from torch._inductor import config
+
+    from ufp4_compile import lowering
+
+    lowering.register()
+    x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16) * 3
+    seed = torch.tensor(7, device="cuda")
+
+    def f(x, seed):
+        codes, scales, ts = torch.ops.ufp4.quantize(x, 0, spec, rht, 3, seed, 16)
+        values, values_ts = torch.ops.ufp4.quantize_dequantize(x, 1, spec, rht, 3, seed, 16, torch.bfloat16)
+        back = torch.ops.ufp4.dequantize(codes, scales, ts, 0, spec, torch.float32)
+        return codes, scales, ts, values, values_ts, back
+
+    eager = f(x, seed)
+    torch._dynamo.reset()
+    with config.patch(force_disable_caches=True, **_strict_static_launch_patches()):
+        compiled = torch.compile(f, backend="inductor", fullgraph=True)(x, seed)
     for got, want in zip(compiled, eager):
         assert got.dtype == want.dtype and got.shape == want.shape
         assert torch.equal(_bits(got), _bits(want))
