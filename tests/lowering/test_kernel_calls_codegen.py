@@ -90,7 +90,51 @@ def test_kernels_compile_with_constant_scalars(wrappers):
     assert errors and not {name: e for name, e in errors.items() if e}
 
 
+def _memoized_analysis_check() -> dict:
+    """Lower every preset quantize variant (both axes, codes and values) twice, at different shapes and Philox
+    offsets, with the memoized access analysis in verify mode: each hit is analysed afresh and compared."""
+    from ufp4_compile import lowering, recipes
+    from ufp4_compile.lowering import kernel_calls
+    from ufp4_compile.testing.fake_cuda import wrapper_code
+
+    lowering.register()
+    specs = sorted({(g.a.spec, g.rht) for r in recipes.PRESETS.values() for role in r.quantized_roles
+                    for g in [r.gemm(role)]} | {(g.b.spec, g.rht) for r in recipes.PRESETS.values()
+                                                for role in r.quantized_roles for g in [r.gemm(role)]})
+
+    def f(x, y, seed):
+        outs = []
+        for i, (spec, rht) in enumerate(specs):
+            for axis in (0, 1):
+                for t, offset in ((x, (i + 1) << 32), (y, (1 << 40) + 48 * i)):  # as seeds.philox_offset
+                    outs += torch.ops.ufp4.quantize(t, axis, spec, rht, 3, seed, offset)[:2]
+                    outs.append(torch.ops.ufp4.quantize_dequantize(t, axis, spec, rht, 3, seed, offset,
+                                                                   torch.bfloat16)[0])
+        return outs
+
+    kernel_calls.VERIFY_ACCESSES = True
+    kernel_calls._ACCESSES.clear()
+    try:
+        wrapper_code(f, ((256, 512), torch.bfloat16), ((512, 1024), torch.bfloat16), ((), torch.int64))
+        error = None
+    except Exception as e:  # reported to the test
+        error = f"{type(e).__name__}: {str(e)[-600:]}"
+    finally:
+        kernel_calls.VERIFY_ACCESSES = False
+    return {"error": error, "specs": len(specs), **kernel_calls.ACCESS_STATS}
+
+
+def test_memoized_access_analysis_agrees_with_a_fresh_one(wrappers):
+    """Inductor's analysis of which arguments a user kernel writes is memoized per kernel variant (it compiles
+    the kernel to TTIR each time: most of the compile time a training step added). Every memo hit here, at
+    another shape and offset than the first analysis, is analysed afresh and must agree."""
+    check = wrappers["access_memo"]
+    assert check["error"] is None, check["error"]
+    assert check["specs"] >= 8 and check["hits"] >= check["misses"] > 0
+
+
 if __name__ == "__main__":
     out = {f"{spec}/{rht}/{axis}": _wrapper(spec, rht, axis) for spec, rht, axis in CASES}
     out["constant_scalars"] = _compile_with_constant_scalars()
+    out["access_memo"] = _memoized_analysis_check()
     print(json.dumps(out))

@@ -13,6 +13,8 @@ Anything else (CPU tensors, symbolic sizes) goes to the op's own implementation 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 
 import torch
@@ -30,6 +32,77 @@ def _with_warps(kernel, num_warps: int):
     return triton.autotune(configs=[triton.Config({}, num_warps=num_warps)], key=[])(kernel)
 
 
+# Inductor's access analysis of a user kernel (which pointer arguments it writes) per launch, memoized: it
+# compiles the kernel to TTIR every time (about 0.1-0.2 s for the quantize kernel), and a training step's
+# graphs launch our kernels a few hundred times, most of them the same variant at the same shapes.
+_ACCESSES: dict = {}
+VERIFY_ACCESSES = False  # tests: on a memo hit, analyse anyway and fail if the answers differ
+ACCESS_STATS = {"hits": 0, "misses": 0}
+
+
+def _access_summary(accesses) -> tuple:
+    rw = accesses.read_writes
+    return (sorted(d.name for d in rw.reads), sorted(d.name for d in rw.writes), accesses.can_fuse_epilogue)
+
+
+def _scalar_class(value):
+    """What of an integer argument can change the kernel's TTIR: Triton's specializations (== 1, a multiple
+    of 16) and whether it needs 64 bits; other scalars (floats, bools) as they are."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(value) if getattr(value, "is_integer", False) else value
+        except TypeError:
+            return ("value", repr(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ("int", value == 1, value % 16 == 0, value.bit_length() > 31)
+    return ("value", repr(value))
+
+
+def access_key(kernel, kwargs: dict, constexprs: set) -> tuple:
+    """The memo key of the access analysis of ``kernel`` launched with ``kwargs``: the kernel, every constexpr
+    value, each tensor argument's name and dtype, each other scalar's specialization class. The writes of our
+    kernels depend on their constexprs only (WRITE_CODES, WRITE_VALUES, SCALE, ...), which the key holds in
+    full; tests/lowering/test_kernel_calls_codegen.py checks that other scalar values give the same answer."""
+    from torch._inductor.ir import TensorBox
+
+    parts = []
+    for name, v in sorted(kwargs.items()):
+        if isinstance(v, (TensorBox, torch.Tensor)):
+            parts.append((name, "tensor", str(v.get_dtype() if isinstance(v, TensorBox) else v.dtype)))
+        elif name in constexprs:
+            parts.append((name, "constexpr", repr(v)))
+        else:
+            parts.append((name, _scalar_class(v)))
+    return (kernel, tuple(parts))
+
+
+@contextlib.contextmanager
+def _memoized_access_analysis(kernel, constexprs: set):
+    """Serve ``identify_accessed_tensors`` for ``kernel`` from ``_ACCESSES`` while one launch is lowered."""
+    import torch._higher_order_ops.triton_kernel_wrap as wrap
+
+    original = wrap.identify_accessed_tensors
+
+    def memoized(k, kwargs, tma_descriptor_metadata):
+        if k is not kernel or tma_descriptor_metadata:
+            return original(k, kwargs, tma_descriptor_metadata)
+        key = access_key(k, kwargs, constexprs)
+        ACCESS_STATS["hits" if key in _ACCESSES else "misses"] += 1
+        if key not in _ACCESSES:
+            _ACCESSES[key] = original(k, kwargs, tma_descriptor_metadata)
+        elif VERIFY_ACCESSES:
+            fresh, memo = (_access_summary(a) for a in (original(k, kwargs, tma_descriptor_metadata), _ACCESSES[key]))
+            if fresh != memo:
+                raise AssertionError(f"memoized access analysis {memo} differs from a fresh one {fresh} for {key}")
+        return copy.deepcopy(_ACCESSES[key])
+
+    wrap.identify_accessed_tensors = memoized
+    try:
+        yield
+    finally:
+        wrap.identify_accessed_tensors = original
+
+
 def kernel_launch(kernel, grid: tuple, num_warps: int, tensors: dict, scalars: dict) -> None:
     """Emit ``kernel[grid](**tensors, **scalars)`` into the graph being lowered (tensors: TensorBoxes)."""
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table, triton_kernel_wrapper_mutation
@@ -41,10 +114,13 @@ def kernel_launch(kernel, grid: tuple, num_warps: int, tensors: dict, scalars: d
     constexprs = {p.name for p in kernel.params if p.is_constexpr}
     scalars = {name: sympy.Integer(v) if isinstance(v, int) and not isinstance(v, bool) and name not in constexprs
                else v for name, v in scalars.items()}
-    kernel_idx = kernel_side_table.add_kernel(_with_warps(kernel, num_warps))
+    configured = _with_warps(kernel, num_warps)
+    kernel_idx = kernel_side_table.add_kernel(configured)
     constant_args_idx = kernel_side_table.add_constant_args(scalars)
-    lowerings[triton_kernel_wrapper_mutation](kernel_idx=kernel_idx, constant_args_idx=constant_args_idx,
-                                              grid=[tuple(grid)], tma_descriptor_metadata={}, kwargs=dict(tensors))
+    with _memoized_access_analysis(kernel, constexprs):  # Inductor analyses the Autotuner's inner function
+        lowerings[triton_kernel_wrapper_mutation](kernel_idx=kernel_idx, constant_args_idx=constant_args_idx,
+                                                  grid=[tuple(grid)], tma_descriptor_metadata={},
+                                                  kwargs=dict(tensors))
 
 
 def _static_sizes(*nodes) -> list[tuple[int, ...]] | None:
