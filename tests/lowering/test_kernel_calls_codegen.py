@@ -133,8 +133,45 @@ def test_memoized_access_analysis_agrees_with_a_fresh_one(wrappers):
     assert check["specs"] >= 8 and check["hits"] >= check["misses"] > 0
 
 
+def _source_memo_check() -> dict:
+    """The memoized source closure against Inductor's own, for our kernels and for a foreign one (compiled
+    kernels: under the interpreter they carry no source)."""
+    import triton
+    import triton.language as tl
+    from torch._inductor.codegen import wrapper
+
+    from ufp4_compile import lowering
+    from ufp4_compile.kernels.dequantize import _dequantize_kernel
+    from ufp4_compile.kernels.quantize import _amax_kernel, _quantize_kernel
+
+    lowering.register()
+    closure = wrapper.user_defined_triton_kernel_transitive_closure_source_code
+    out = {"memoized": bool(getattr(closure, "_ufp4_memoized", False))}
+    for kernel in (_quantize_kernel, _dequantize_kernel, _amax_kernel):
+        first = closure(kernel)
+        out[kernel.__name__] = (first == closure.original(kernel), f"def {kernel.__name__}(" in first,
+                                closure(kernel) is first)
+
+    @triton.jit
+    def foreign(x_ptr, N: tl.constexpr):
+        tl.store(x_ptr + tl.arange(0, N), tl.zeros((N,), tl.float32))
+
+    out["foreign"] = (closure(foreign) == closure.original(foreign), "def foreign(" in closure(foreign))
+    return out
+
+
+def test_kernel_sources_are_memoized_for_our_kernels_only(wrappers):
+    """Inductor's wrapper codegen collects a user kernel's source closure at every launch site; for our
+    kernels the lowering serves it once per kernel, the same text, and passes anything else through."""
+    check = wrappers["source_memo"]
+    assert check.pop("memoized") is True
+    assert check == {"_quantize_kernel": [True, True, True], "_dequantize_kernel": [True, True, True],
+                     "_amax_kernel": [True, True, True], "foreign": [True, True]}
+
+
 if __name__ == "__main__":
     out = {f"{spec}/{rht}/{axis}": _wrapper(spec, rht, axis) for spec, rht, axis in CASES}
     out["constant_scalars"] = _compile_with_constant_scalars()
     out["access_memo"] = _memoized_analysis_check()
+    out["source_memo"] = _source_memo_check()
     print(json.dumps(out))
