@@ -30,7 +30,13 @@ def _grads(model):
 
 @pytest.mark.parametrize("recipe", ["ufp4", "nvfp4", "mxfp4", "e2m1-ref", "ufp4-nv", "ufp4-mean"])
 def test_dense_equals_codes_path_bit_for_bit(recipe):
-    """Forward output and every gradient equal the ``ufp4.scaled_mm`` path's (the reference GEMM)."""
+    """Forward output and every gradient equal the ``ufp4.scaled_mm`` path's (the reference GEMM), bit for bit,
+    except where the contract allows FP32 accumulation order to differ: ufp4-mean's Dgrad outputs are FP32 sums
+    (GEMM of the residual + rank-one term) that nothing rounds to the compute dtype in this FP32 model, and the
+    CPU's FP32 GEMMs of the two paths see their operands in different layouts (the dense path's a transposed
+    copy, the reference's contiguous). With two Dgrads into x (gate and up) x.grad then differed in 0-26 of
+    1024 elements by at most 4 FP32 ulps, depending on the stochastic-rounding seed (seeds 0-5, before and
+    after the 8-bit rounding); everything else stays bit-identical."""
     results = []
     for dense in (False, True):
         torch.manual_seed(0)
@@ -41,8 +47,11 @@ def test_dense_equals_codes_path_bit_for_bit(recipe):
         if dense:
             assert ufp4_gemms(run.forward) == 0 and ufp4_gemms(run.backward) == 0
             assert count_calls(run.forward, ops.quantize_dequantize.default) > 0
-    for codes_path, dense_path in zip(*results):
-        torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
+    for i, (codes_path, dense_path) in enumerate(zip(*results)):
+        if recipe == "ufp4-mean" and i == 1:  # x.grad: FP32 sums of two Dgrads, see above
+            torch.testing.assert_close(dense_path, codes_path, rtol=2**-20, atol=0)
+        else:
+            torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
 
 
 def test_every_gemm_is_dense_and_x_crosses_as_codes():
