@@ -189,18 +189,16 @@ def build(kind: str, recipe: str | None, config, device):
         qdq_peer.swap_linears(model, recipe)
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **fused)
-    cudagraphs = {"triton.cudagraphs": True} if kind.endswith("-cg") else {}
-    if kind.endswith("-cpp"):
-        cudagraphs = {"cpp_wrapper": True}
-    if kind.endswith("-static"):
-        cudagraphs = {"static_launch_user_defined_triton_kernels": True}
+    # Inductor options of the variant's mode: CUDA graphs, the C++ wrapper, the static launcher for our kernels
+    options = {"-cg": {"triton.cudagraphs": True}, "-cpp": {"cpp_wrapper": True},
+               "-static": {"static_launch_user_defined_triton_kernels": True}}.get(kind[kind.rfind("-"):], {})
     if kind.startswith(("inductor", "qdq")):
-        fn = torch.compile(model, options=cudagraphs or None)
+        fn = torch.compile(model, options=options or None)
     elif kind.startswith("ufp4"):
         from ufp4_compile.backend import register
 
         register()  # a checkout that is not pip-installed has no entry point for backend="ufp4"
-        fn = torch.compile(model, backend="ufp4", options={"recipe": recipe, **cudagraphs})
+        fn = torch.compile(model, backend="ufp4", options={"recipe": recipe, **options})
     else:
         fn = model
     return model, optimizer, fn

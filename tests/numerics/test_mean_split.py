@@ -40,11 +40,13 @@ def _split_gemm(x, w):
 
 
 @pytest.mark.parametrize("factor", [1e3, 1e4])
-def test_one_outlier_token_leaves_the_others_alone(factor):
-    gen = torch.Generator().manual_seed(2)
-    x, w = torch.randn(64, 32, generator=gen), torch.randn(16, 32, generator=gen)
-    x[5] *= factor
-    others = torch.arange(64) != 5
+@pytest.mark.parametrize("tokens, row", [(64, 5), (2048, 0)], ids=["all-tokens", "sampled"])
+def test_one_outlier_token_leaves_the_others_alone(factor, tokens, row):
+    """Over all tokens (64), and over a sample (2048: every 5th) that holds the outlier (token 0 always is)."""
+    gen = torch.Generator().manual_seed(2 if tokens == 64 else 5)
+    x, w = torch.randn(tokens, 32, generator=gen), torch.randn(16, 32, generator=gen)
+    x[row] *= factor
+    others = torch.arange(tokens) != row
     exact = (x.double() @ w.double().t())[others]
     plain = gemm_reference(quantize(x, 1, FMT, rht=16), quantize(w, 1, FMT, rht=16)).double()[others]
     split = _split_gemm(x, w).double()[others]
@@ -117,19 +119,6 @@ def test_median_is_taken_over_every_stride_th_token(tokens):
     full = torch.where(torch.isfinite(xf), xf, float("nan")).nanmedian(0, keepdim=True).values
     assert mu.sub(full).abs().max() < 0.25  # close to the median over every token (channel spread ~1)
     assert r.shape == x.shape and torch.isnan(r[1, 5]) and torch.isinf(r[0, 6])
-
-
-def test_one_sampled_outlier_token_leaves_the_others_alone_at_many_tokens():
-    gen = torch.Generator().manual_seed(5)
-    x, w = torch.randn(2048, 32, generator=gen), torch.randn(16, 32, generator=gen)
-    x[0] *= 1e4  # token 0 is always in the sample
-    others = torch.arange(2048) != 0
-    exact = (x.double() @ w.double().t())[others]
-    plain = gemm_reference(quantize(x, 1, FMT, rht=16), quantize(w, 1, FMT, rht=16)).double()[others]
-    split = _split_gemm(x, w).double()[others]
-    err_plain = ((plain - exact).norm(dim=1) / exact.norm(dim=1)).mean()
-    err_split = ((split - exact).norm(dim=1) / exact.norm(dim=1)).mean()
-    assert err_split < 2 * err_plain and (split != 0).all()
 
 
 def test_traces_with_a_symbolic_token_count():

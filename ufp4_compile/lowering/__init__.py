@@ -19,7 +19,7 @@ def register() -> None:
 
     import ufp4_compile.ops  # noqa: F401  (defines the ops)
     from ufp4_compile.lowering.cuda_impls import register_cuda_impls
-    from ufp4_compile.lowering.kernel_calls import LOWERINGS, memoize_kernel_sources
+    from ufp4_compile.lowering.kernel_calls import LOWERINGS, install_memos
     from ufp4_compile.lowering.scaled_mm import lower_scaled_mm
 
     # Install unconditionally: an Inductor compile that met an op before this call has already put a
@@ -28,7 +28,7 @@ def register() -> None:
         op = getattr(torch.ops.ufp4, name).default
         fallbacks.discard(op)
         register_lowering(op, type_promotion_kind=None)(lowering)
-    memoize_kernel_sources()
+    install_memos()
     if torch.cuda.is_available():
         register_cuda_impls()
     _registered = True

@@ -13,7 +13,6 @@ Anything else (CPU tensors, symbolic sizes) goes to the op's own implementation 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 
@@ -32,12 +31,18 @@ def _with_warps(kernel, num_warps: int):
     return triton.autotune(configs=[triton.Config({}, num_warps=num_warps)], key=[])(kernel)
 
 
-# Inductor's access analysis of a user kernel (which pointer arguments it writes) per launch, memoized: it
-# compiles the kernel to TTIR every time (about 0.1-0.2 s for the quantize kernel), and a training step's
-# graphs launch our kernels a few hundred times, most of them the same variant at the same shapes.
+# Two things Inductor does for a user kernel at every launch site, done once per kernel variant for ours: its
+# analysis of which pointer arguments the kernel writes compiles the kernel to TTIR each time (0.1-0.2 s for
+# the quantize kernel), and its wrapper codegen walks the bytecode of every jit function the kernel calls
+# (about 0.03 s). A training step's graphs launch our kernels a few hundred times, mostly the same variants.
 _ACCESSES: dict = {}
 VERIFY_ACCESSES = False  # tests: on a memo hit, analyse anyway and fail if the answers differ
 ACCESS_STATS = {"hits": 0, "misses": 0}
+
+
+def _ours(kernel) -> bool:
+    """Whether ``kernel`` (a ``triton.jit`` function) is one of ``ufp4_compile.kernels``'."""
+    return getattr(getattr(kernel, "fn", None), "__module__", "").startswith("ufp4_compile.kernels.")
 
 
 def _access_summary(accesses) -> tuple:
@@ -47,24 +52,23 @@ def _access_summary(accesses) -> tuple:
 
 def _scalar_class(value):
     """What of an integer argument can change the kernel's TTIR: Triton's specializations (== 1, a multiple
-    of 16) and whether it needs 64 bits; other scalars (floats, bools) as they are."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            value = int(value) if getattr(value, "is_integer", False) else value
-        except TypeError:
-            return ("value", repr(value))
-    if isinstance(value, int) and not isinstance(value, bool):
-        return ("int", value == 1, value % 16 == 0, value.bit_length() > 31)
-    return ("value", repr(value))
+    of 16) and whether it needs 64 bits; any other scalar as it is."""
+    import sympy
+
+    if isinstance(value, bool) or not isinstance(value, (int, sympy.Integer)):
+        return ("value", repr(value))
+    value = int(value)
+    return ("int", value == 1, value % 16 == 0, value.bit_length() > 31)
 
 
-def access_key(kernel, kwargs: dict, constexprs: set) -> tuple:
+def access_key(kernel, kwargs: dict) -> tuple:
     """The memo key of the access analysis of ``kernel`` launched with ``kwargs``: the kernel, every constexpr
     value, each tensor argument's name and dtype, each other scalar's specialization class. The writes of our
     kernels depend on their constexprs only (WRITE_CODES, WRITE_VALUES, SCALE, ...), which the key holds in
     full; tests/lowering/test_kernel_calls_codegen.py checks that other scalar values give the same answer."""
     from torch._inductor.ir import TensorBox
 
+    constexprs = {p.name for p in kernel.params if p.is_constexpr}
     parts = []
     for name, v in sorted(kwargs.items()):
         if isinstance(v, (TensorBox, torch.Tensor)):
@@ -76,57 +80,43 @@ def access_key(kernel, kwargs: dict, constexprs: set) -> tuple:
     return (kernel, tuple(parts))
 
 
-@contextlib.contextmanager
-def _memoized_access_analysis(kernel, constexprs: set):
-    """Serve ``identify_accessed_tensors`` for ``kernel`` from ``_ACCESSES`` while one launch is lowered."""
+def install_memos() -> None:
+    """Serve Inductor's per-launch-site access analysis and kernel source closure of our kernels from
+    memos (once per process); any other kernel, and a kernel with an epilogue fused in, goes to Inductor's."""
     import torch._higher_order_ops.triton_kernel_wrap as wrap
+    from torch._inductor.codegen import wrapper
 
-    original = wrap.identify_accessed_tensors
+    analyse = wrap.identify_accessed_tensors
+    if getattr(analyse, "_ufp4_memoized", False):
+        return
 
-    def memoized(k, kwargs, tma_descriptor_metadata):
-        if k is not kernel or tma_descriptor_metadata:
-            return original(k, kwargs, tma_descriptor_metadata)
-        key = access_key(k, kwargs, constexprs)
+    def accesses(kernel, kwargs, tma_descriptor_metadata):
+        if not _ours(kernel) or tma_descriptor_metadata:
+            return analyse(kernel, kwargs, tma_descriptor_metadata)
+        key = access_key(kernel, kwargs)
         ACCESS_STATS["hits" if key in _ACCESSES else "misses"] += 1
         if key not in _ACCESSES:
-            _ACCESSES[key] = original(k, kwargs, tma_descriptor_metadata)
+            _ACCESSES[key] = analyse(kernel, kwargs, tma_descriptor_metadata)
         elif VERIFY_ACCESSES:
-            fresh, memo = (_access_summary(a) for a in (original(k, kwargs, tma_descriptor_metadata), _ACCESSES[key]))
+            fresh, memo = (_access_summary(a) for a in (analyse(kernel, kwargs, tma_descriptor_metadata),
+                                                        _ACCESSES[key]))
             if fresh != memo:
                 raise AssertionError(f"memoized access analysis {memo} differs from a fresh one {fresh} for {key}")
         return copy.deepcopy(_ACCESSES[key])
 
-    wrap.identify_accessed_tensors = memoized
-    try:
-        yield
-    finally:
-        wrap.identify_accessed_tensors = original
-
-
-def memoize_kernel_sources() -> None:
-    """Have Inductor's wrapper codegen collect each of our kernels' source once, not at every launch site.
-
-    For each user kernel launch it gathers the kernel's source and that of every ``@triton.jit`` function it
-    calls (its transitive closure, walking their bytecode) before looking the kernel up in its cache: about
-    0.03 s per launch for the quantize kernel. Our kernels' sources are fixed, so for them (and only
-    without an epilogue fused into them) the closure is memoized; anything else goes to Inductor's own."""
-    from torch._inductor.codegen import wrapper
-
-    original = wrapper.user_defined_triton_kernel_transitive_closure_source_code
-    if getattr(original, "_ufp4_memoized", False):
-        return
+    closure_of = wrapper.user_defined_triton_kernel_transitive_closure_source_code
     sources: dict = {}
 
     def closure(kernel, epilogue_fusion=None):
-        fn = getattr(kernel, "fn", None)
-        ours = epilogue_fusion is None and getattr(fn, "__module__", "").startswith("ufp4_compile.kernels.")
-        if not ours:
-            return original(kernel, epilogue_fusion)
+        if epilogue_fusion is not None or not _ours(kernel):
+            return closure_of(kernel, epilogue_fusion)
         if kernel not in sources:
-            sources[kernel] = original(kernel, None)
+            sources[kernel] = closure_of(kernel, None)
         return sources[kernel]
 
-    closure._ufp4_memoized, closure.original = True, original
+    accesses._ufp4_memoized = closure._ufp4_memoized = True
+    closure.original = closure_of
+    wrap.identify_accessed_tensors = accesses  # UserDefinedTritonKernel imports it at each launch
     wrapper.user_defined_triton_kernel_transitive_closure_source_code = closure
 
 
@@ -141,13 +131,10 @@ def kernel_launch(kernel, grid: tuple, num_warps: int, tensors: dict, scalars: d
     constexprs = {p.name for p in kernel.params if p.is_constexpr}
     scalars = {name: sympy.Integer(v) if isinstance(v, int) and not isinstance(v, bool) and name not in constexprs
                else v for name, v in scalars.items()}
-    configured = _with_warps(kernel, num_warps)
-    kernel_idx = kernel_side_table.add_kernel(configured)
+    kernel_idx = kernel_side_table.add_kernel(_with_warps(kernel, num_warps))
     constant_args_idx = kernel_side_table.add_constant_args(scalars)
-    with _memoized_access_analysis(kernel, constexprs):  # Inductor analyses the Autotuner's inner function
-        lowerings[triton_kernel_wrapper_mutation](kernel_idx=kernel_idx, constant_args_idx=constant_args_idx,
-                                                  grid=[tuple(grid)], tma_descriptor_metadata={},
-                                                  kwargs=dict(tensors))
+    lowerings[triton_kernel_wrapper_mutation](kernel_idx=kernel_idx, constant_args_idx=constant_args_idx,
+                                              grid=[tuple(grid)], tma_descriptor_metadata={}, kwargs=dict(tensors))
 
 
 def _static_sizes(*nodes) -> list[tuple[int, ...]] | None:

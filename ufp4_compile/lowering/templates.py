@@ -78,8 +78,6 @@ scaled_mm_template = TritonTemplate(name="ufp4_scaled_mm", grid=mm_grid, source=
 
 # ---- dequantize + cuBLAS -----------------------------------------------------------------------------------
 
-
-
 @contextlib.contextmanager
 def _fp32_accumulation():
     """cuBLAS with FP32 products and reductions (no TF32, no reduced-precision bf16 split-K reductions)."""
