@@ -175,3 +175,55 @@ if __name__ == "__main__":
     out["access_memo"] = _memoized_analysis_check()
     out["source_memo"] = _source_memo_check()
     print(json.dumps(out))
+
+
+def test_memos_take_either_torch_api():
+    """torch 2.11 names the analysis identify_mutated_tensors (a list of written argument names) and its
+    source-closure function takes the kernel only; later versions identify_accessed_tensors and an
+    epilogue_fusion argument. The memos wrap whichever exists, serve our kernels once per variant, pass other
+    kernels through, and leave a module with neither untouched."""
+    import types
+
+    from ufp4_compile.lowering import kernel_calls
+
+    calls = []
+    # Stands for one of our jit kernels: what the memos read of one (its module, its parameters).
+    class Kernel:
+        fn = types.SimpleNamespace(__module__="ufp4_compile.kernels.quantize")
+        params = [types.SimpleNamespace(name="BLOCK", is_constexpr=True)]
+
+    _quantize_kernel = Kernel()
+
+    def identify_mutated_tensors(kernel, kwargs, tma_descriptor_metadata):
+        calls.append(kernel)
+        return ["codes_ptr"]
+
+    def closure_source(kernel):  # torch 2.11's signature
+        calls.append(("source", kernel))
+        return f"src of {kernel}"
+
+    def foreign():
+        pass
+
+    wrap = types.SimpleNamespace(identify_mutated_tensors=identify_mutated_tensors)
+    wrapper = types.SimpleNamespace(user_defined_triton_kernel_transitive_closure_source_code=closure_source)
+    assert kernel_calls.memoize_access_analysis(wrap) == "identify_mutated_tensors"
+    assert kernel_calls.memoize_closure_source(wrapper) is True
+    analyse = wrap.identify_mutated_tensors
+    assert analyse is not identify_mutated_tensors and analyse.original is identify_mutated_tensors
+    kernel_calls._ACCESSES.clear()
+    for _ in range(3):
+        assert analyse(_quantize_kernel, {"L": 4096, "BLOCK": 16}, {}) == ["codes_ptr"]
+    assert calls == [_quantize_kernel]  # served from the memo after the first
+    analyse(foreign, {}, {}), analyse(foreign, {}, {})
+    assert calls == [_quantize_kernel, foreign, foreign]
+    source = wrapper.user_defined_triton_kernel_transitive_closure_source_code
+    assert source(_quantize_kernel) == source(_quantize_kernel) == f"src of {_quantize_kernel}"
+    assert calls.count(("source", _quantize_kernel)) == 1
+    assert kernel_calls.memoize_access_analysis(wrap) == "identify_mutated_tensors"  # idempotent
+    assert wrap.identify_mutated_tensors is analyse
+    kernel_calls._ACCESSES.clear()
+
+    bare = types.SimpleNamespace()
+    assert kernel_calls.memoize_access_analysis(bare) is None and kernel_calls.memoize_closure_source(bare) is False
+    assert vars(bare) == {}

@@ -46,7 +46,11 @@ def _ours(kernel) -> bool:
 
 
 def _access_summary(accesses) -> tuple:
-    rw = accesses.read_writes
+    """Comparable form of an analysis result: torch >= 2.12's accesses object (reads, writes, whether an
+    epilogue can fuse) or torch 2.11's list of mutated argument names."""
+    rw = getattr(accesses, "read_writes", None)
+    if rw is None:
+        return (sorted(accesses),)
     return (sorted(d.name for d in rw.reads), sorted(d.name for d in rw.writes), accesses.can_fuse_epilogue)
 
 
@@ -80,44 +84,69 @@ def access_key(kernel, kwargs: dict) -> tuple:
     return (kernel, tuple(parts))
 
 
+# The analysis Inductor runs for a user kernel at each launch site: identify_accessed_tensors (torch >= 2.12:
+# reads, writes, epilogue fusibility) or identify_mutated_tensors (torch 2.11: the written argument names).
+# Both take (kernel, kwargs, tma_descriptor_metadata); UserDefinedTritonKernel imports them at each launch.
+ANALYSES = ("identify_accessed_tensors", "identify_mutated_tensors")
+
+
+def memoize_access_analysis(wrap) -> str | None:
+    """Replace ``wrap``'s access analysis (the first of ``ANALYSES`` it has) by one that serves our kernels from
+    a memo; the name replaced, or None when it has neither (then every launch site runs Inductor's)."""
+    name = next((n for n in ANALYSES if hasattr(wrap, n)), None)
+    if name is None or getattr(getattr(wrap, name), "_ufp4_memoized", False):
+        return name
+    analyse = getattr(wrap, name)
+
+    def accesses(kernel, kwargs, tma_descriptor_metadata=None, *rest):
+        args = (kernel, kwargs, tma_descriptor_metadata, *rest)
+        if not _ours(kernel) or tma_descriptor_metadata or rest:
+            return analyse(*args)
+        key = access_key(kernel, kwargs)
+        ACCESS_STATS["hits" if key in _ACCESSES else "misses"] += 1
+        if key not in _ACCESSES:
+            _ACCESSES[key] = analyse(*args)
+        elif VERIFY_ACCESSES:
+            fresh, memo = (_access_summary(a) for a in (analyse(*args), _ACCESSES[key]))
+            if fresh != memo:
+                raise AssertionError(f"memoized access analysis {memo} differs from a fresh one {fresh} for {key}")
+        return copy.deepcopy(_ACCESSES[key])
+
+    accesses._ufp4_memoized = True
+    accesses.original = analyse
+    setattr(wrap, name, accesses)
+    return name
+
+
+def memoize_closure_source(wrapper) -> bool:
+    """Serve the kernel source closure of our kernels (no epilogue fused in) from a memo; False when
+    ``wrapper`` has no such function."""
+    closure_of = getattr(wrapper, "user_defined_triton_kernel_transitive_closure_source_code", None)
+    if closure_of is None or getattr(closure_of, "_ufp4_memoized", False):
+        return closure_of is not None
+    sources: dict = {}
+
+    def closure(kernel, *rest, **kwargs):  # torch >= 2.12 passes epilogue_fusion; torch 2.11 the kernel only
+        if any(v is not None for v in (*rest, *kwargs.values())) or not _ours(kernel):
+            return closure_of(kernel, *rest, **kwargs)
+        if kernel not in sources:
+            sources[kernel] = closure_of(kernel)
+        return sources[kernel]
+
+    closure._ufp4_memoized = True
+    closure.original = closure_of
+    wrapper.user_defined_triton_kernel_transitive_closure_source_code = closure
+    return True
+
+
 def install_memos() -> None:
     """Serve Inductor's per-launch-site access analysis and kernel source closure of our kernels from
     memos (once per process); any other kernel, and a kernel with an epilogue fused in, goes to Inductor's."""
     import torch._higher_order_ops.triton_kernel_wrap as wrap
     from torch._inductor.codegen import wrapper
 
-    analyse = wrap.identify_accessed_tensors
-    if getattr(analyse, "_ufp4_memoized", False):
-        return
-
-    def accesses(kernel, kwargs, tma_descriptor_metadata):
-        if not _ours(kernel) or tma_descriptor_metadata:
-            return analyse(kernel, kwargs, tma_descriptor_metadata)
-        key = access_key(kernel, kwargs)
-        ACCESS_STATS["hits" if key in _ACCESSES else "misses"] += 1
-        if key not in _ACCESSES:
-            _ACCESSES[key] = analyse(kernel, kwargs, tma_descriptor_metadata)
-        elif VERIFY_ACCESSES:
-            fresh, memo = (_access_summary(a) for a in (analyse(kernel, kwargs, tma_descriptor_metadata),
-                                                        _ACCESSES[key]))
-            if fresh != memo:
-                raise AssertionError(f"memoized access analysis {memo} differs from a fresh one {fresh} for {key}")
-        return copy.deepcopy(_ACCESSES[key])
-
-    closure_of = wrapper.user_defined_triton_kernel_transitive_closure_source_code
-    sources: dict = {}
-
-    def closure(kernel, epilogue_fusion=None):
-        if epilogue_fusion is not None or not _ours(kernel):
-            return closure_of(kernel, epilogue_fusion)
-        if kernel not in sources:
-            sources[kernel] = closure_of(kernel, None)
-        return sources[kernel]
-
-    accesses._ufp4_memoized = closure._ufp4_memoized = True
-    closure.original = closure_of
-    wrap.identify_accessed_tensors = accesses  # UserDefinedTritonKernel imports it at each launch
-    wrapper.user_defined_triton_kernel_transitive_closure_source_code = closure
+    memoize_access_analysis(wrap)
+    memoize_closure_source(wrapper)
 
 
 def kernel_launch(kernel, grid: tuple, num_warps: int, tensors: dict, scalars: dict) -> None:
