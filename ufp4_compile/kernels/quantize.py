@@ -400,6 +400,20 @@ def _philox_words(seed, counter):
 
 
 @triton.jit
+def _bytes(w):
+    """The four bytes of uint32 words, low byte first, as int32."""
+    return ((w & 0xFF).to(tl.int32), ((w >> 8) & 0xFF).to(tl.int32), ((w >> 16) & 0xFF).to(tl.int32),
+            (w >> 24).to(tl.int32))
+
+
+@triton.jit
+def _word_bytes(w):
+    """``(..., 2, 2)``: byte ``k`` of ``w`` at ``[..., k % 2, k // 2]`` (a join adds its axis last)."""
+    b0, b1, b2, b3 = _bytes(w)
+    return tl.join(tl.join(b0, b1), tl.join(b2, b3))
+
+
+@triton.jit
 def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUPED: tl.constexpr):
     """8 random bits per element: byte ``n % 4`` of word ``(n % 16) // 4`` of ``philox(seed, offset + n // 16)``
     for each element's index ``n`` in the axis-last order (numerics.rounding.element_bits), ``flat``.
@@ -413,15 +427,16 @@ def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUP
         word = tl.where(w == 0, r0, tl.where(w == 1, r1, tl.where(w == 2, r2, r3)))
         bits = ((word >> ((flat & 3) * 8).to(tl.uint32)) & 0xFF).to(tl.int32)
     else:
-        # Element r of a group of sixteen takes byte r % 4 of word r // 4 of the group's call. The rows of a
-        # tile are registers of one thread in either orientation, so r is known per register: the selects
-        # and shifts below fold away, and nothing moves between threads.
-        first = tl.min(tl.reshape(flat, (U // 16, 16, B)), axis=1)  # flat rises along the quantized axis
-        r0, r1, r2, r3 = _philox_words(seed, offset + (first >> 4))
-        r = tl.arange(0, 16)[None, :, None]
-        word = tl.where(r < 4, r0[:, None, :], tl.where(r < 8, r1[:, None, :],
-                                                        tl.where(r < 12, r2[:, None, :], r3[:, None, :])))
-        bits = tl.reshape(((word >> ((r & 3) * 8).to(tl.uint32)) & 0xFF).to(tl.int32), (U, B))
+        groups = tl.reshape(tl.permute(tl.reshape(flat, (U // 16, 16, B)), (0, 2, 1)), (U // 16, B, 2, 2, 2, 2))
+        firsts, _ = tl.split(groups)
+        firsts, _ = tl.split(firsts)
+        firsts, _ = tl.split(firsts)
+        firsts, _ = tl.split(firsts)
+        r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 4))
+        # [.., d, c, b, a] = byte 2c + d of word 2a + b, element 8a + 4b + 2c + d of the sixteen: reversed
+        words = tl.join(tl.join(_word_bytes(r0), _word_bytes(r1)), tl.join(_word_bytes(r2), _word_bytes(r3)))
+        words = tl.permute(words, (0, 1, 5, 4, 3, 2))
+        bits = tl.reshape(tl.permute(tl.reshape(words, (U // 16, B, 16)), (0, 2, 1)), (U, B))
     return bits
 
 
