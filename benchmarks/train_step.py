@@ -53,7 +53,7 @@ TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
            for name, step in (("ufp4", 1.30), ("ufp4-nv", 1.40), ("ufp4-mean", 1.50), ("e2m1-ref", 1.40),
                               ("nvfp4", 1.40), ("mxfp4", 1.40))}
 VARIANT_KINDS = ("eager", "inductor", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
-                 "ufp4-static")
+                 "ufp4-pylaunch")
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -65,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "hand-written fake-quant peer compiled by Inductor, one per recipe but bf16), and "
                         "inductor-cg / ufp4-cg / qdq-cg (the same with CUDA graphs, Inductor's triton.cudagraphs), "
                         "inductor-cpp / ufp4-cpp (Inductor's C++ wrapper, cpp_wrapper: kernels launched from "
-                        "C++, no Python per launch), ufp4-static (our kernels through Inductor's static launcher, "
-                        "static_launch_user_defined_triton_kernels, instead of Triton's Python launcher, Inductor's "
-                        "default for kernels it did not generate) to run (default: eager, inductor, ufp4, qdq)")
+                        "C++, no Python per launch), ufp4-pylaunch (our kernels through Triton's Python launcher, "
+                        "Inductor's default for kernels it did not generate, instead of the static launcher the "
+                        "backend asks for: static_launch_user_defined_triton_kernels=False) to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
     p.add_argument("--iters", type=int, default=20, help="timed steps")
@@ -122,8 +122,8 @@ def variants(args) -> list[tuple[str, str, str | None]]:
         out.append(("bf16-inductor-cpp", "inductor-cpp", None))
     if "ufp4-cpp" in args.kinds:
         out += [(f"ufp4-cpp:{name}", "ufp4-cpp", name) for name in args.recipe_list]
-    if "ufp4-static" in args.kinds:
-        out += [(f"ufp4-static:{name}", "ufp4-static", name) for name in args.recipe_list]
+    if "ufp4-pylaunch" in args.kinds:
+        out += [(f"ufp4-pylaunch:{name}", "ufp4-pylaunch", name) for name in args.recipe_list]
     return out
 
 
@@ -189,9 +189,9 @@ def build(kind: str, recipe: str | None, config, device):
         qdq_peer.swap_linears(model, recipe)
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, **fused)
-    # Inductor options of the variant's mode: CUDA graphs, the C++ wrapper, the static launcher for our kernels
+    # Inductor options of the variant's mode: CUDA graphs, the C++ wrapper, Triton's launcher for our kernels
     options = {"-cg": {"triton.cudagraphs": True}, "-cpp": {"cpp_wrapper": True},
-               "-static": {"static_launch_user_defined_triton_kernels": True}}.get(kind[kind.rfind("-"):], {})
+               "-pylaunch": {"static_launch_user_defined_triton_kernels": False}}.get(kind[kind.rfind("-"):], {})
     if kind.startswith(("inductor", "qdq")):
         fn = torch.compile(model, options=options or None)
     elif kind.startswith("ufp4"):

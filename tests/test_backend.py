@@ -189,6 +189,36 @@ def test_mode_and_inductor_options_reach_compile_fx(monkeypatch):
     torch._dynamo.reset()
 
 
+def test_static_launch_of_our_kernels_is_the_default_the_user_can_turn_off(monkeypatch):
+    """The backend asks Inductor to launch user-defined kernels (ours) through its static launcher unless the
+    user says otherwise, in the options or in Inductor's config."""
+    import torch._inductor.config as inductor_config
+
+    from ufp4_compile.backend import STATIC_LAUNCH, inductor_patches
+
+    if STATIC_LAUNCH not in inductor_config._config:
+        assert STATIC_LAUNCH not in inductor_patches(resolve_options({}))
+        return
+    assert inductor_patches(resolve_options({}))[STATIC_LAUNCH] is True
+    assert inductor_patches(resolve_options({STATIC_LAUNCH: False}))[STATIC_LAUNCH] is False
+    assert inductor_patches(resolve_options({"epilogue_fusion": False})) == {"epilogue_fusion": False,
+                                                                           STATIC_LAUNCH: True}
+    default = inductor_config._config[STATIC_LAUNCH].default
+    with inductor_config.patch({STATIC_LAUNCH: not default}):
+        assert STATIC_LAUNCH not in inductor_patches(resolve_options({}))
+    seen = {}
+
+    def fake_compile_fx(gm, example_inputs, inner_compile=None, config_patches=None):
+        seen.update(config_patches)
+        return gm.forward
+
+    monkeypatch.setattr("torch._inductor.compile_fx.compile_fx", fake_compile_fx)
+    torch._dynamo.reset()
+    torch.compile(nn.Linear(32, 32), backend="ufp4")(torch.randn(16, 32))
+    assert seen[STATIC_LAUNCH] is True
+    torch._dynamo.reset()
+
+
 def test_user_joint_pass_runs_after_ours():
     calls = []
 

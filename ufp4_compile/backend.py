@@ -121,6 +121,30 @@ def resolve_options(options: Mapping | None, mode: str | None = None) -> Backend
     return BackendOptions(recipe, dump_dir, dense, inductor)
 
 
+# Inductor launches the Triton kernels it did not generate (ours: quantize, dequantize) through Triton's own
+# Python launcher unless this is set, and through its static launcher (the C++ one it uses for its own kernels)
+# if it is; a kernel the static launcher cannot take falls back to Triton's. A training step launches our
+# kernels a few hundred times, and through Triton's launcher the default mode was host-bound: on the H200 the
+# issue-6 step took 42.7 ms with Triton's launcher and 37.4 ms with the static one (same run,
+# benchmarks/results/train_step_62c1777_nvidia-h200.md). The option covers every user-defined kernel of the
+# graph, a user's own included; options={STATIC_LAUNCH: False} (or setting Inductor's config away from its
+# default) turns it off.
+STATIC_LAUNCH = "static_launch_user_defined_triton_kernels"
+
+
+def inductor_patches(resolved: BackendOptions) -> dict:
+    """The Inductor config patches of a compilation: the user's (and ``mode=``'s), plus the static launch of
+    user-defined kernels where this torch has the option and the user set it neither in the options nor in
+    Inductor's config."""
+    import torch._inductor.config as inductor_config
+
+    patches = dict(resolved.inductor)
+    entry = inductor_config._config.get(STATIC_LAUNCH)
+    if entry is not None and STATIC_LAUNCH not in patches and getattr(inductor_config, STATIC_LAUNCH) == entry.default:
+        patches[STATIC_LAUNCH] = True
+    return patches
+
+
 def _lowering(name: str):
     """The function ``name`` of ``ufp4_compile.lowering`` where that package is installed, else None."""
     if importlib.util.find_spec("ufp4_compile.lowering") is None:
@@ -218,7 +242,7 @@ class Ufp4Backend:
         from ufp4_compile.passes.shared_graph import guard_shared_graph
 
         resolved = resolve_options(with_defaults({**self.options, **options_dict(options)}), mode or self.mode)
-        patches = dict(resolved.inductor)
+        patches = inductor_patches(resolved)
         sinks = _sinks(self.sinks, resolved.dump_dir)
         joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks, dense=resolved.dense_gemms,
                               extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm),
