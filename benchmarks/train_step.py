@@ -43,6 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import qdq_peer  # noqa: E402
 from common import device_slug, git_sha  # noqa: E402
 
+from ufp4_compile.lowering import kernel_calls  # noqa: E402
 from ufp4_compile.models.gpt import GPT, get_config  # noqa: E402
 from ufp4_compile.recipes import get_recipe, recipe_names  # noqa: E402
 
@@ -53,7 +54,7 @@ TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
            for name, step in (("ufp4", 1.30), ("ufp4-nv", 1.40), ("ufp4-mean", 1.50), ("e2m1-ref", 1.40),
                               ("nvfp4", 1.40), ("mxfp4", 1.40))}
 VARIANT_KINDS = ("eager", "inductor", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
-                 "ufp4-pylaunch")
+                 "ufp4-pylaunch", "ufp4-pairs", "ufp4-pairs-cg")
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -67,7 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "inductor-cpp / ufp4-cpp (Inductor's C++ wrapper, cpp_wrapper: kernels launched from "
                         "C++, no Python per launch), ufp4-pylaunch (our kernels through Triton's Python launcher, "
                         "Inductor's default for kernels it did not generate, instead of the static launcher the "
-                        "backend asks for: static_launch_user_defined_triton_kernels=False) to run (default: eager, inductor, ufp4, qdq)")
+                        "backend asks for: static_launch_user_defined_triton_kernels=False), ufp4-pairs / ufp4-pairs-cg "
+                        "(two quantizations of one tensor in one launch, lowering.kernel_calls."
+                        "pair_quantizations) to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
     p.add_argument("--iters", type=int, default=20, help="timed steps")
@@ -124,6 +127,9 @@ def variants(args) -> list[tuple[str, str, str | None]]:
         out += [(f"ufp4-cpp:{name}", "ufp4-cpp", name) for name in args.recipe_list]
     if "ufp4-pylaunch" in args.kinds:
         out += [(f"ufp4-pylaunch:{name}", "ufp4-pylaunch", name) for name in args.recipe_list]
+    for kind in ("ufp4-pairs", "ufp4-pairs-cg"):
+        if kind in args.kinds:
+            out += [(f"{kind}:{name}", kind, name) for name in args.recipe_list]
     return out
 
 
@@ -393,7 +399,9 @@ def main(argv=None) -> int:
         for label, kind, recipe in variants(args):
             print(f"{label} ...", flush=True)
             try:
-                rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
+                # ufp4-pairs*: compiled (forward and the lazily compiled backward) with paired quantize launches
+                with kernel_calls.pair_quantizations("-pairs" in kind):
+                    rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})
                 print(rows[-1]["error"], file=sys.stderr)

@@ -269,3 +269,68 @@ def test_rowwise_fold():
         values = kernels_quantize.quantize_dequantize(x, 1, spec, 16, 5, 77, 9)[0]
         assert torch.equal(values, kernels_quantize.quantize_dequantize(x, 1, spec, 16, 5, 77, 9,
                                                                          config={"fold": False})[0])
+
+
+def _pair_reference(x, spec, rht, seed, job):
+    axis, offset, dtype = job
+    if dtype is None:
+        q = quantize_reference(x, axis, spec, rht=rht, rht_seed=3, seed=seed, offset=offset)
+        return q.codes, q.scales, q.tensor_scale
+    return quantize_dequantize_reference(x, axis, spec, rht=rht, rht_seed=3, seed=seed, offset=offset, dtype=dtype)
+
+
+def _bits(t):
+    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8}.get(
+        t.dtype, t.dtype))
+
+
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
+                                       ("e2m1/16/fp32/nearest", 0), ("e2m1/32/e8m0/stochastic", 16)])
+@pytest.mark.parametrize("shape, jobs", [
+    ((48, 64), ((1, 16, torch.bfloat16), (0, 1 << 32, None))),  # X in the forward: row values, column codes
+    ((40, 96), ((1, 5, torch.bfloat16), (0, 77, torch.bfloat16))),  # dY in the backward; a partial column tile
+    ((3, 40, 32), ((1, 9, None), (2, 3, torch.float32))),  # pages column-wise
+])
+def test_pair_launch_matches_reference(spec, rht, shape, jobs):
+    """Two quantizations of one tensor in one launch (the pair kernel where pair_refusal allows, two launches
+    where it does not: E8M0's row-wise tile takes more warps than its column-wise one): each result is the
+    reference's, bit for bit."""
+    x = torch.randn(shape, device=DEVICE) * 3
+    seed = torch.tensor(1234, device=DEVICE)
+    fmt = OperandFormat.from_spec(spec)
+    plans = [kernels_quantize.plan_for(x, axis % x.dim(), fmt, rht, codes=dtype is None, values=dtype is not None)
+             for axis, _, dtype in jobs]
+    assert (kernels_quantize.pair_refusal(*plans) is None) == ("fp32" in spec)
+    results = kernels_quantize.quantize_pair(x, spec, rht, 3, seed, jobs)
+    for job, got in zip(jobs, results):
+        want = _pair_reference(x, spec, rht, seed, job)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            assert torch.equal(_bits(g), _bits(w))
+
+
+def test_pair_refusal_names_the_reason():
+    x = torch.randn(64, 64)
+    plan = lambda spec, axis: kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=True,
+                                                        values=False)
+    assert "pre-pass" in kernels_quantize.pair_refusal(plan("e2m1/16/e4m3/nearest", 1), plan("e2m1/16/e4m3/nearest", 0))
+    assert "warps" in kernels_quantize.pair_refusal(plan("e2m1/32/e8m0/nearest", 1), plan("e2m1/32/e8m0/nearest", 0))
+    assert "STOCHASTIC" in kernels_quantize.pair_refusal(plan("int4/16/fp32/nearest", 1),
+                                                         plan("int4/16/fp32/stochastic", 0))
+    with pytest.raises(ValueError, match="jobs"):
+        kernels_quantize.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None)])
+    with pytest.raises(ValueError, match="dtype"):
+        kernels_quantize.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, torch.int8)])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "int4/16/fp32/stochastic"])
+def test_pair_launch_matches_reference_real_shapes(spec):
+    x = (torch.randn(4096, 2048, device="cuda") * 2).to(torch.bfloat16)
+    seed = torch.tensor(99, device="cuda")
+    jobs = ((1, 123456, torch.bfloat16), (0, 1 << 40, None))
+    for job, got in zip(jobs, kernels_quantize.quantize_pair(x, spec, 16, 3, seed, jobs)):
+        for g, w in zip(got, _pair_reference(x, spec, 16, seed, job)):
+            assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(_bits(g), _bits(w))

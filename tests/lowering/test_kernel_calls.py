@@ -48,6 +48,41 @@ def test_compiled_ops_launch_kernels_and_match_eager(spec, rht, axis):
         assert torch.equal(_bits(got), _bits(want))
 
 
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec, rht", CASES)
+def test_paired_quantizations_match_eager(spec, rht):
+    """With ``pair_quantizations()``, two quantizations of x in one graph (row-wise values, column-wise codes,
+    as the forward quantizes X and W) run as one pair-kernel launch where the format allows, bit for bit
+    eager's."""
+    from torch._inductor.utils import run_and_get_code
+
+    from ufp4_compile import lowering
+    from ufp4_compile.kernels.quantize import launch_plan, pair_refusal
+    from ufp4_compile.lowering import kernel_calls
+    from ufp4_compile.numerics.quantize import as_format
+
+    lowering.register()
+    x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16) * 3
+    seed = torch.tensor(7, device="cuda")
+
+    def f(x, seed):
+        values, values_ts = torch.ops.ufp4.quantize_dequantize(x, 1, spec, rht, 3, seed, 16, torch.bfloat16)
+        codes, scales, ts = torch.ops.ufp4.quantize(x, 0, spec, rht, 3, seed, 1 << 32)
+        return values, values_ts, codes, scales, ts
+
+    eager = f(x, seed)
+    torch._dynamo.reset()
+    with kernel_calls.pair_quantizations():
+        compiled, code = run_and_get_code(torch.compile(f, backend="inductor", fullgraph=True), x, seed)
+    text = "\n".join(code)
+    plans = [launch_plan((256, 512), 2, axis, as_format(spec), rht, axis == 0, axis == 1, True) for axis in (1, 0)]
+    assert ("_quantize_pair_kernel" in text) == (pair_refusal(*plans) is None)
+    for got, want in zip(compiled, eager):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(_bits(got), _bits(want))
+
+
 def _strict_static_launch_patches() -> dict:
     """Inductor config patches that launch user Triton kernels with Inductor's static launcher and make
     falling back to Triton's launcher an error; skips where this torch lacks the options."""
@@ -88,6 +123,42 @@ def test_static_launcher_launches_the_kernels_with_the_same_bits(spec, rht):
     for got, want in zip(compiled, eager):
         assert got.dtype == want.dtype and got.shape == want.shape
         assert torch.equal(_bits(got), _bits(want))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref"])
+def test_paired_training_step_equals_unpaired(recipe):
+    """A training step of backend="ufp4" with pair_quantizations() (X's, W's and dY's two quantizations in
+    one launch each) against the same step without: the same output and gradients, bit for bit, and the
+    pair kernel in the generated code."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from ufp4_compile.backend import make_backend
+    from ufp4_compile.lowering import kernel_calls
+
+    results, codes = [], []
+    for paired in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = MLP(256, 512).cuda()
+        x = torch.randn(4, 64, 256, device="cuda", requires_grad=True)
+        backend = make_backend({"recipe": recipe, "sr_seed_policy": "fixed"})
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = torch.compile(model, backend=backend, fullgraph=True)(x)
+            out.float().square().sum().backward()
+            return out
+
+        with kernel_calls.pair_quantizations(paired), config.patch(force_disable_caches=True):
+            out, code = run_and_get_code(step)
+        codes.append("\n".join(code))
+        results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
+    assert "_quantize_pair_kernel" not in codes[0] and "_quantize_pair_kernel" in codes[1]
+    for unpaired, paired in zip(*results):
+        torch.testing.assert_close(paired, unpaired, rtol=0, atol=0)
 
 
 @gpu

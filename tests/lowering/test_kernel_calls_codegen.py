@@ -169,12 +169,59 @@ def test_kernel_sources_are_memoized_for_our_kernels_only(wrappers):
                      "_amax_kernel": [True, True, True], "foreign": [True, True]}
 
 
+def _pair_check() -> dict:
+    """Launch names of a graph that quantizes x three times and y once, with pairing off and on, per format;
+    and the writes the (memoized) access analysis finds in the pair kernel."""
+    from ufp4_compile import lowering
+    from ufp4_compile.lowering import kernel_calls
+    from ufp4_compile.testing.fake_cuda import wrapper_code
+
+    lowering.register()
+    out = {}
+    for spec in ("int4/16/fp32/stochastic", "int4/16/fp32/nearest", "e2m1/16/e4m3/nearest"):
+        def f(x, y, seed, other_seed):
+            v, vts = torch.ops.ufp4.quantize_dequantize(x, 1, spec, 16, 3, seed, 16, torch.bfloat16)
+            c, s, ts = torch.ops.ufp4.quantize(x, 0, spec, 16, 3, seed, 1 << 32)
+            w, wts = torch.ops.ufp4.quantize_dequantize(x, 0, spec, 16, 3, other_seed, 99, torch.bfloat16)
+            d, dts = torch.ops.ufp4.quantize_dequantize(y, 1, spec, 16, 3, seed, 7, torch.bfloat16)
+            return v, vts, c, s, ts, w, wts, d, dts
+
+        for on in (False, True):
+            with kernel_calls.pair_quantizations(on):
+                code = wrapper_code(f, ((256, 512), torch.bfloat16), ((128, 512), torch.bfloat16),
+                                    ((), torch.int64), ((), torch.int64))
+            out[f"{spec}/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+    writes = [kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
+              if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_pair_kernel"]
+    out["pair_accesses"] = writes
+    return out
+
+
 if __name__ == "__main__":
     out = {f"{spec}/{rht}/{axis}": _wrapper(spec, rht, axis) for spec, rht, axis in CASES}
+    out["pairs"] = _pair_check()
     out["constant_scalars"] = _compile_with_constant_scalars()
     out["access_memo"] = _memoized_analysis_check()
     out["source_memo"] = _source_memo_check()
     print(json.dumps(out))
+
+
+def test_two_quantizations_of_a_tensor_share_a_launch_when_pairing(wrappers):
+    """With pairing on, the first two quantizations of x with the same format, RHT and seed become one launch
+    of the pair kernel, which the access analysis sees writing both results; a third one with another seed,
+    another tensor, and a format whose tiles or pre-pass differ by orientation (nvfp4's E4M3) keep their own
+    launches. Off (the default), every quantization is its own launch."""
+    pairs = wrappers["pairs"]
+    for spec in ("int4/16/fp32/stochastic", "int4/16/fp32/nearest"):  # in the scheduler's order: compare as sets
+        assert pairs[f"{spec}/0"] == ["_quantize_kernel"] * 4
+        assert sorted(pairs[f"{spec}/1"]) == ["_quantize_kernel"] * 2 + ["_quantize_pair_kernel"]
+    e4m3 = ["_amax_kernel", "_quantize_kernel"] * 4
+    assert pairs["e2m1/16/e4m3/nearest/0"] == pairs["e2m1/16/e4m3/nearest/1"] == e4m3
+    accesses = {(tuple(reads), tuple(writes), fuse) for reads, writes, fuse in pairs["pair_accesses"]}
+    assert accesses, "the pair kernel was never analysed"
+    for reads, writes, _ in accesses:
+        assert {"x_ptr"} <= set(reads)
+        assert {"a_values_ptr", "a_ts_ptr", "b_codes_ptr", "b_scales_ptr", "b_ts_ptr"} == set(writes)
 
 
 def test_memos_take_either_torch_api():
@@ -227,3 +274,47 @@ def test_memos_take_either_torch_api():
     bare = types.SimpleNamespace()
     assert kernel_calls.memoize_access_analysis(bare) is None and kernel_calls.memoize_closure_source(bare) is False
     assert vars(bare) == {}
+
+
+def test_pairing_finds_the_training_step_pairs(monkeypatch):
+    """On the graphs Inductor lowers for a GPT block's training step (forward and backward, after the
+    partitioner), the pairing finds X's row-wise and column-wise quantizations of each linear in the
+    forward and dY's two in the backward: half the quantize launches of each graph's pairs."""
+    import torch._inductor.compile_fx as compile_fx
+
+    from ufp4_compile.backend import make_backend
+    from ufp4_compile.lowering import kernel_calls
+    from ufp4_compile.models.gpt import GPT, GPTConfig
+
+    graphs = []
+    original = compile_fx.compile_fx_inner
+
+    def inner(gm, example_inputs, **kwargs):
+        graphs.append((bool(kwargs.get("is_backward")), gm))
+        return original(gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(compile_fx, "compile_fx_inner", inner)
+    torch._dynamo.reset()
+    model = GPT(GPTConfig(n_layers=1))
+    with torch._inductor.config.patch(force_disable_caches=True):  # a cache hit would skip the lowering
+        out = torch.compile(model, backend=make_backend({"dense_gemms": True}))(torch.randint(0, 256, (2, 128)))
+        (out[0] if isinstance(out, tuple) else out).float().mean().backward()
+    torch._dynamo.reset()
+    found = {}
+    for backward, gm in graphs:
+        order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        quantizations = [n for n in gm.graph.nodes if kernel_calls._quantize_call(n) is not None]
+        pairs, taken = [], set()
+        for node in quantizations:  # as the lowering walks them: a node paired ahead is not paired again
+            if node in taken:
+                continue
+            sibling = kernel_calls._sibling(node, order)
+            if sibling is not None and sibling not in taken:
+                pairs.append((node, sibling))
+                taken |= {node, sibling}
+        for a, b in pairs:
+            assert a.args[0] is b.args[0] and a.args[5] is b.args[5] and a.args[2:5] == b.args[2:5]
+            assert a.args[1] != b.args[1]  # one row-wise, one column-wise
+        found["backward" if backward else "forward"] = (len(quantizations), len(pairs))
+    linears = 4  # qkv, attention output, SwiGLU gate-and-up, down (fp32 here: W is quantized in the backward)
+    assert found == {"forward": (3 * linears, linears), "backward": (3 * linears, linears)}

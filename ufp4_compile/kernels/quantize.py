@@ -479,19 +479,19 @@ def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
 
 
 @triton.jit
-def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
-                     O, L, s_page, s_o, s_l, offset, rht_key,
-                     GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
-                     STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
-                     Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
-                     ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
-                     WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                     PARTIAL: tl.constexpr):
+def _quantize_tile(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
+                   O, L, s_page, s_o, s_l, offset, rht_key, pid_0, pid_1, page,
+                   GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
+                   STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
+                   Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
+                   ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
+                   WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
+                   PARTIAL: tl.constexpr):
+    """One program's tile of a quantization; ``(pid_0, pid_1, page)`` its place in the launch grid."""
     if ROWWISE:  # consecutive programs walk along the rows (one row segment of U elements each)
-        pid_l, pid_o = tl.program_id(0), tl.program_id(1)
+        pid_l, pid_o = pid_0, pid_1
     else:
-        pid_o, pid_l = tl.program_id(0), tl.program_id(1)
-    page = tl.program_id(2)
+        pid_o, pid_l = pid_0, pid_1
     l0 = pid_l * U
     o0 = pid_o * B
     x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT, SIGN_MASK,
@@ -499,7 +499,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
     NB: tl.constexpr = U // BLOCK
     amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
     g = 0.0
-    first = (tl.program_id(0) == 0) & (tl.program_id(1) == 0) & (page == 0)
+    first = (pid_0 == 0) & (pid_1 == 0) & (page == 0)
     if SCALE == 1:
         g = tl.max(tl.load(gamax_ptr + tl.arange(0, _AMAX_PROGRAMS)), axis=0).to(tl.float32, bitcast=True)
         if first:
@@ -578,6 +578,57 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
             else:
                 v_off = (page.to(tl.int64) * L + r) * O + o
             tl.store(values_ptr + v_off, _from_rows(v, U, B, ROWWISE), mask=_chunk_mask(o, O, r, L, PARTIAL))
+
+
+@triton.jit
+def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
+                     O, L, s_page, s_o, s_l, offset, rht_key,
+                     GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
+                     STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
+                     Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
+                     ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
+                     WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
+                     PARTIAL: tl.constexpr):
+    _quantize_tile(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
+                   offset, rht_key, tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK,
+                   BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS,
+                   WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL)
+
+
+@triton.jit
+def _quantize_pair_kernel(x_ptr, seed_ptr, gamax_ptr, rht_key,
+                          a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l,
+                          a_offset, a_g0, a_g1, a_g2,
+                          b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_O, b_L, b_s_page, b_s_o, b_s_l,
+                          b_offset, b_g0, b_g1,
+                          GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
+                          STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr,
+                          RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ASM: tl.constexpr,
+                          A_SR_GROUPED: tl.constexpr, A_ROWWISE: tl.constexpr, A_COLS: tl.constexpr,
+                          A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr, A_U: tl.constexpr,
+                          A_B: tl.constexpr, A_PARTIAL: tl.constexpr,
+                          B_SR_GROUPED: tl.constexpr, B_ROWWISE: tl.constexpr, B_COLS: tl.constexpr,
+                          B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, B_U: tl.constexpr,
+                          B_B: tl.constexpr, B_PARTIAL: tl.constexpr):
+    """Two quantizations of one tensor in one launch (the same format, RHT and seed; each its own axis and
+    outputs): the first ``a_g0 * a_g1 * a_g2`` programs are job a's grid, the rest job b's, each in the grid
+    order of its own launch. A launch fewer per pair: the default mode of a training step is bound by the
+    host's time per launch. Each program runs exactly the tile it runs in its own launch, so the bits are."""
+    pid = tl.program_id(0)
+    n_a = a_g0 * a_g1 * a_g2
+    if pid < n_a:
+        _quantize_tile(x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, seed_ptr,
+                       a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, rht_key,
+                       pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1), GRID, SCALE, BLOCK, BLOCK_2D,
+                       STOCHASTIC, A_SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, A_ROWWISE, A_COLS,
+                       A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B, A_PARTIAL)
+    else:
+        q = pid - n_a
+        _quantize_tile(x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, seed_ptr,
+                       b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, rht_key,
+                       q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1), GRID, SCALE, BLOCK, BLOCK_2D,
+                       STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, B_ROWWISE, B_COLS,
+                       B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
 
 
 # ---- launch plans --------------------------------------------------------------------------------------
@@ -783,6 +834,87 @@ def quantize_dequantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rh
     return values, _launch(x, plan, rht_seed, seed, offset, None, None, values)
 
 
+# ---- two quantizations of one tensor in one launch ---------------------------------------------------------
+
+_PAIR_SHARED = ("GRID", "SCALE", "BLOCK", "BLOCK_2D", "STOCHASTIC", "E8M0_FLOOR", "Q_MAX", "RHT", "INV_SQRT",
+                "SIGN_MASK", "ASM")  # what the two jobs of a pair launch have in common
+_PAIR_OWN = ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B", "PARTIAL")
+
+
+def pair_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
+    """Why two launches of one tensor cannot share a launch (:func:`_quantize_pair_kernel`), or None."""
+    if a.amax_constexprs is not None or b.amax_constexprs is not None:
+        return "two-level scales (each quantization has its own global-amax pre-pass)"
+    if a.num_warps != b.num_warps:
+        return f"their tiles take {a.num_warps} and {b.num_warps} warps"
+    differ = [k for k in _PAIR_SHARED if a.constexprs[k] != b.constexprs[k]]
+    if differ:
+        return f"format or RHT differ ({', '.join(differ)})"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLaunch:
+    grid: tuple
+    num_warps: int
+    scalars: dict  # a_* and b_* sizes, strides and grid extents (offsets and rht_key: the caller's)
+    constexprs: dict
+
+
+def pair_launch(a: LaunchPlan, b: LaunchPlan) -> PairLaunch:
+    """The one launch of plans ``a`` and ``b`` (``pair_refusal(a, b)`` is None)."""
+    scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in ("O", "L", "s_page", "s_o", "s_l")}
+    scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
+    constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
+    for p, plan in (("A", a), ("B", b)):
+        constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _PAIR_OWN})
+    n = a.grid[0] * a.grid[1] * a.grid[2] + b.grid[0] * b.grid[1] * b.grid[2]
+    return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs)
+
+
+def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int, rht_seed: int, seed, jobs) -> list[tuple]:
+    """Two quantizations of ``x`` (one format, RHT and seed) in one launch where :func:`pair_refusal` allows,
+    else two: ``jobs`` is two ``(axis, offset, dtype)``, ``dtype`` None for codes (``quantize``'s result) or
+    the values' dtype (``quantize_dequantize``'s). Each result is bit for bit the single call's."""
+    fmt = as_format(fmt)
+    if len(jobs) != 2:
+        raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
+    for axis, _, dtype in jobs:
+        check_quantize_inputs(x, axis, fmt, rht, seed)
+        if dtype is not None and dtype not in _VALUE_DTYPES:
+            raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
+                             f"{', '.join(map(str, _VALUE_DTYPES))}")
+    x = x.contiguous()
+    plans = [plan_for(x, check_quantize_inputs(x, axis, fmt, rht, seed), fmt, rht, codes=dtype is None,
+                      values=dtype is not None) for axis, _, dtype in jobs]
+    if x.numel() == 0 or pair_refusal(*plans) is not None:
+        return [quantize(x, axis, fmt, rht, rht_seed, seed, offset) if dtype is None else
+                quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype)
+                for axis, offset, dtype in jobs]
+    outputs, tensors = [], []
+    for plan, (axis, offset, dtype) in zip(plans, jobs):
+        ts = torch.empty((), dtype=torch.float32, device=x.device)
+        if dtype is None:
+            codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
+            scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=x.device)
+            tensors.append((codes, scales, codes, ts, int(offset)))
+            outputs.append((codes, scales.view(plan.result_scale_dtype), ts))
+        else:
+            values = torch.empty(x.shape, dtype=dtype, device=x.device)
+            tensors.append((values, values, values, ts, int(offset)))
+            outputs.append((values, ts))
+    launch = pair_launch(*plans)
+    dummy = tensors[0][0]
+    seed_t = _seed_tensor(seed, x.device) if plans[0].constexprs["STOCHASTIC"] else dummy
+    per_job = {}
+    for p, (codes, scales, values, ts, offset) in zip("ab", tensors):
+        per_job.update({f"{p}_codes_ptr": codes, f"{p}_scales_ptr": scales, f"{p}_values_ptr": values,
+                        f"{p}_ts_ptr": ts, f"{p}_offset": offset})
+    _quantize_pair_kernel[launch.grid](x_ptr=x, seed_ptr=seed_t, gamax_ptr=dummy, rht_key=rht_key(plans[0], rht_seed),
+                                       **per_job, **launch.scalars, **launch.constexprs, num_warps=launch.num_warps)
+    return outputs
+
+
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
 
 _SCALE_POINTERS = ("*fp32", "*u8", "*u8")  # by format_constants().scale, as _OUT_SCALE_DTYPES stores them
@@ -812,6 +944,31 @@ def compile_variants():
             names = amax.setdefault((rht, rowwise, plan.amax_num_warps, tuple(sorted(plan.amax_constexprs.items()))),
                                     {})
             names.update(dict.fromkeys(presets.split(", ")))
+    pairs: dict = {}
+    for (fmt, rht, rowwise), presets in preset_quantize_calls().items():
+        pairs.setdefault((fmt, rht), set()).update(presets.split(", "))
+    for (fmt, rht), names in pairs.items():  # the row-wise values and column-wise codes of one tensor
+        shape = (_VARIANT_SIZE, _VARIANT_SIZE)
+        row, col = (launch_plan(shape, 2, axis, fmt, rht, axis == 0, axis == 1, False) for axis in (1, 0))
+        if pair_refusal(row, col) is not None:
+            continue
+        c = format_constants(fmt)
+        launch = pair_launch(row, col)
+        types = dict(x_ptr="*bf16", seed_ptr="*i64" if c.stochastic else "*u8", gamax_ptr="*i32", rht_key="i32")
+        # a writes values (its unused code and scale pointers are the values buffer), b codes and scales
+        # (its unused values pointer is the codes buffer), as the launcher and the lowering pass them
+        for p, codes_ptr, scale_ptr, values_ptr in (("a", "*bf16", "*bf16", "*bf16"),
+                                                    ("b", "*u8", _SCALE_POINTERS[c.scale], "*u8")):
+            types.update({f"{p}_codes_ptr": codes_ptr, f"{p}_scales_ptr": scale_ptr, f"{p}_values_ptr": values_ptr,
+                          f"{p}_ts_ptr": "*fp32", f"{p}_O": "i32", f"{p}_L": "i32", f"{p}_s_page": "i32",
+                          f"{p}_offset": "i64", f"{p}_g0": "i32", f"{p}_g1": "i32"})
+        types["a_g2"] = "i32"
+        unit = dict(a_s_o=row.args["s_o"], a_s_l=1, b_s_o=1, b_s_l=_VARIANT_SIZE)
+        variants.append(KernelVariant.build(
+            f"quantize_pair[{fmt.spec} rht{rht} row-wise values + column-wise codes]", ", ".join(sorted(names)),
+            _quantize_pair_kernel, types, unit | launch.constexprs,
+            aligned=("x_ptr", "a_values_ptr", "b_codes_ptr", "b_scales_ptr", "a_O", "a_L", "b_O", "b_L"),
+            options=dict(num_warps=launch.num_warps)))
     for (rht, rowwise, warps, constexprs), names in amax.items():
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"

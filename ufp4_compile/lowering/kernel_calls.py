@@ -13,6 +13,7 @@ Anything else (CPU tensors, symbolic sizes) goes to the op's own implementation 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
@@ -241,7 +242,140 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
     return codes_buf, scales_buf, values_buf, lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
 
 
+# ---- two quantizations of one tensor in one launch ------------------------------------------------------
+#
+# A training step quantizes most tensors twice in one graph: X row-wise for Fprop and column-wise (codes for
+# Wgrad) in the forward, W likewise, dY row-wise for Dgrad and column-wise for Wgrad in the backward. With
+# pairing on, the first of two such ops (same input, format, RHT, RHT seed and seed) lowers to one launch of
+# kernels.quantize._quantize_pair_kernel that writes both results, and the second op returns its half: one
+# launch fewer per pair, the same bits (each program runs the tile it runs alone). Off by default until it is
+# measured on a GPU; :func:`pair_quantizations` turns it on while compiling.
+
+_pairing = False
+_QUANTIZE_OPS = ("quantize", "quantize_dequantize")
+
+
+def state_key() -> str:
+    """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
+    return f"pairs{int(_pairing)}"
+
+
+@contextlib.contextmanager
+def pair_quantizations(enabled: bool = True):
+    """Lower two quantizations of one tensor in one graph to one kernel launch while compiling."""
+    global _pairing
+    previous, _pairing = _pairing, enabled
+    try:
+        yield
+    finally:
+        _pairing = previous
+
+
+def _quantize_call(node) -> tuple | None:
+    """(x, axis, fmt, rht, rht_seed, seed, offset, dtype or None) of a ufp4 quantize / quantize_dequantize FX
+    node called positionally, else None."""
+    target = getattr(node, "target", None)
+    name = getattr(getattr(target, "_schema", None), "name", "")
+    if node.op != "call_function" or node.kwargs or name not in tuple(f"ufp4::{n}" for n in _QUANTIZE_OPS):
+        return None
+    args = tuple(node.args)
+    return args + (None,) if name == "ufp4::quantize" else args
+
+
+def _sibling(node, order: dict):
+    """The next quantization in the graph of ``node``'s input with its format, RHT, RHT seed and seed."""
+    mine = _quantize_call(node)
+    if mine is None:
+        return None
+    best = None
+    for user in mine[0].users:
+        other = _quantize_call(user) if user is not node else None
+        if (other is not None and order.get(user, -1) > order[node] and other[2:5] == mine[2:5]
+                and other[5] is mine[5] and (best is None or order[user] < order[best])):
+            best = user
+    return best
+
+
+def _pair_state():
+    """Per graph being lowered: the graph's node order, and the halves lowered ahead for their nodes."""
+    from torch._inductor.virtualized import V
+
+    graph = V.graph
+    state = getattr(graph, "_ufp4_pairs", None)
+    if state is None:
+        state = {"order": {n: i for i, n in enumerate(graph.graph.nodes)}, "ahead": {}}
+        graph._ufp4_pairs = state
+    return graph.current_node, state
+
+
+def _outputs(plan, values_dtype, shape, device) -> tuple:
+    codes_buf = scales_buf = values_buf = None
+    if values_dtype is None:
+        codes_buf = _empty(plan.codes_shape, torch.uint8, device)
+        scales_buf = _empty(plan.scales_shape, plan.result_scale_dtype, device)
+    else:
+        values_buf = _empty(shape, values_dtype, device)
+    return codes_buf, scales_buf, values_buf, _empty((1,), torch.float32, device)
+
+
+def _result(outputs, values_dtype) -> tuple:
+    codes_buf, scales_buf, values_buf, tensor_scale = outputs
+    tensor_scale = lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
+    return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
+
+
+def _pair_launch(x, mine: tuple, theirs: tuple, seed):
+    """Lower both quantizations in one launch: (my result, the sibling's), or None where they cannot pair."""
+    from ufp4_compile.kernels.quantize import _quantize_pair_kernel, launch_plan, pair_launch, pair_refusal, rht_key
+
+    sizes = _static_sizes(x)
+    if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
+        return None
+    shape = sizes[0]
+    spec, rht, rht_seed = as_format(mine[2]), mine[3], mine[4]
+    plans = [launch_plan(shape, x.get_dtype().itemsize, call[1] % len(shape), spec, rht, call[7] is None,
+                         call[7] is not None, _asm()) for call in (mine, theirs)]
+    if pair_refusal(*plans) is not None:
+        return None
+    x = _contiguous(x)
+    device = x.get_device()
+    outputs = [_outputs(plan, call[7], shape, device) for plan, call in zip(plans, (mine, theirs))]
+    launch = pair_launch(*plans)
+    dummy = next(b for b in outputs[0][:3] if b is not None)
+    tensors = dict(x_ptr=x, seed_ptr=seed if plans[0].constexprs["STOCHASTIC"] else dummy, gamax_ptr=dummy)
+    scalars = dict(launch.scalars, rht_key=rht_key(plans[0], rht_seed))
+    for p, (codes_buf, scales_buf, values_buf, tensor_scale), call in zip("ab", outputs, (mine, theirs)):
+        own = next(b for b in (codes_buf, values_buf) if b is not None)
+        tensors.update({f"{p}_codes_ptr": codes_buf if codes_buf is not None else own,
+                        f"{p}_scales_ptr": scales_buf if scales_buf is not None else own,
+                        f"{p}_values_ptr": values_buf if values_buf is not None else own,
+                        f"{p}_ts_ptr": tensor_scale})
+        scalars[f"{p}_offset"] = int(call[6])
+    kernel_launch(_quantize_pair_kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
+    return _result(outputs[0], mine[7]), _result(outputs[1], theirs[7])
+
+
+def _paired(x, seed) -> tuple | None:
+    """This node's result when pairing lowered it ahead, or lowered now with its sibling; else None."""
+    if not _pairing:
+        return None
+    node, state = _pair_state()
+    if node in state["ahead"]:
+        return state["ahead"].pop(node)
+    sibling = _sibling(node, state["order"]) if node is not None else None
+    if sibling is None or sibling in state["ahead"]:
+        return None
+    both = _pair_launch(x, _quantize_call(node), _quantize_call(sibling), seed)
+    if both is None:
+        return None
+    state["ahead"][sibling] = both[1]
+    return both[0]
+
+
 def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset):
+    paired = _paired(x, seed)
+    if paired is not None:
+        return paired
     out = _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, codes=True)
     if out is None:
         return fallback_handler(torch.ops.ufp4.quantize.default, add_to_fallback_set=False)(
@@ -251,6 +385,9 @@ def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset):
 
 
 def lower_quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
+    paired = _paired(x, seed)
+    if paired is not None:
+        return paired
     out = _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, codes=False, values_dtype=dtype)
     if out is None:
         return fallback_handler(torch.ops.ufp4.quantize_dequantize.default, add_to_fallback_set=False)(
