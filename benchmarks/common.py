@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import torch
@@ -19,17 +17,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def git_sha() -> str:
-    if os.environ.get("UFP4_GIT_SHA"):  # a copy of the tree whose .git is missing or stale names its commit
-        return os.environ["UFP4_GIT_SHA"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-        sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) if sha else os.environ.get("UFP4_GIT_SHA", "unknown")
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("UFP4_GIT_SHA", "unknown")
+    """The commit that ran (``UFP4_GIT_SHA`` first; ``-dirty`` for a tree that differs from it): the
+    package's own record of it (``ufp4_compile.training.experiment.git_sha``)."""
+    from ufp4_compile.training.experiment import git_sha as package_git_sha
+
+    return package_git_sha() or "unknown"
 
 
 def environment() -> dict:

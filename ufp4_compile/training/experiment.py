@@ -201,13 +201,20 @@ def device_name(device: torch.device) -> str:
 
 def git_sha() -> str | None:
     """The commit of the code that ran: ``UFP4_GIT_SHA`` when set (a copy of the tree whose ``.git`` is
-    missing or belongs to an older checkout), else ``git rev-parse`` of the package's tree."""
+    missing or belongs to an older checkout), else ``git rev-parse`` of the package's tree, with ``-dirty``
+    when tracked files differ from that commit (a stale ``.git`` under a newer tree reads as dirty, not as
+    the old commit)."""
     if os.environ.get("UFP4_GIT_SHA"):
         return os.environ["UFP4_GIT_SHA"]
+    here = pathlib.Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=pathlib.Path(__file__).parent)
-        return out.stdout.strip() or None
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=here).stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=here).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
