@@ -69,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "C++, no Python per launch), ufp4-pylaunch (our kernels through Triton's Python launcher, "
                         "Inductor's default for kernels it did not generate, instead of the static launcher the "
                         "backend asks for: static_launch_user_defined_triton_kernels=False), ufp4-pairs / ufp4-pairs-cg "
-                        "(two quantizations of one tensor in one launch, lowering.kernel_calls."
-                        "pair_quantizations) to run (default: eager, inductor, ufp4, qdq)")
+                        "(pairs of quantize and of dequantize launches as one launch each, lowering.kernel_calls."
+                        "pair_launches) to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
     p.add_argument("--iters", type=int, default=20, help="timed steps")
@@ -400,7 +400,7 @@ def main(argv=None) -> int:
             print(f"{label} ...", flush=True)
             try:
                 # ufp4-pairs*: compiled (forward and the lazily compiled backward) with paired quantize launches
-                with kernel_calls.pair_quantizations("-pairs" in kind):
+                with kernel_calls.pair_launches("-pairs" in kind):
                     rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})

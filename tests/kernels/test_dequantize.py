@@ -64,3 +64,23 @@ def test_empty_and_bad_axis():
     q = quantize(torch.randn(4, 32).to(DEVICE), 1, "int4/16/fp32/nearest")
     with pytest.raises(ValueError, match="axis=7 is not valid"):
         kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, 7, q.fmt)
+
+
+@pytest.mark.parametrize("a, b", [
+    (("int4/16/fp32/nearest", (48, 64), 0, torch.bfloat16), ("int4/16/fp32/nearest", (32, 64), 1, torch.bfloat16)),
+    (("e2m1/16/e4m3/nearest", (2, 64, 3), 1, torch.float32), ("e2m1/32/e8m0/nearest", (40, 96), 1, torch.bfloat16)),
+])
+def test_pair_launch_matches_reference(a, b):
+    """Two dequantizations of any codes and formats in one launch: each the reference's, bit for bit."""
+    jobs, wanted = [], []
+    for spec, shape, axis, dtype in (a, b):
+        q = quantize(torch.randn(shape).to(DEVICE) * 3, axis, spec)
+        jobs.append((q.codes, q.scales, q.tensor_scale, axis, spec, dtype))
+        wanted.append(dequantize_reference(q, dtype))
+    for got, want in zip(kernels_dequantize.dequantize_pair(jobs), wanted):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="two"):
+        kernels_dequantize.dequantize_pair(jobs[:1])
+    with pytest.raises(ValueError, match="axis"):
+        kernels_dequantize.dequantize_pair([jobs[0], (*jobs[1][:3], 7, *jobs[1][4:])])

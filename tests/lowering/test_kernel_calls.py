@@ -52,7 +52,7 @@ def test_compiled_ops_launch_kernels_and_match_eager(spec, rht, axis):
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec, rht", CASES)
 def test_paired_quantizations_match_eager(spec, rht):
-    """With ``pair_quantizations()``, two quantizations of x in one graph (row-wise values, column-wise codes,
+    """With ``pair_launches()``, two quantizations of x in one graph (row-wise values, column-wise codes,
     as the forward quantizes X and W) run as one pair-kernel launch where the format allows, bit for bit
     eager's."""
     from torch._inductor.utils import run_and_get_code
@@ -73,7 +73,7 @@ def test_paired_quantizations_match_eager(spec, rht):
 
     eager = f(x, seed)
     torch._dynamo.reset()
-    with kernel_calls.pair_quantizations():
+    with kernel_calls.pair_launches():
         compiled, code = run_and_get_code(torch.compile(f, backend="inductor", fullgraph=True), x, seed)
     text = "\n".join(code)
     plans = [launch_plan((256, 512), 2, axis, as_format(spec), rht, axis == 0, axis == 1, True) for axis in (1, 0)]
@@ -129,9 +129,9 @@ def test_static_launcher_launches_the_kernels_with_the_same_bits(spec, rht):
 @pytest.mark.gpu
 @pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref"])
 def test_paired_training_step_equals_unpaired(recipe):
-    """A training step of backend="ufp4" with pair_quantizations() (X's, W's and dY's two quantizations in
-    one launch each) against the same step without: the same output and gradients, bit for bit, and the
-    pair kernel in the generated code."""
+    """A training step of backend="ufp4" with pair_launches() (X's, W's and dY's two quantizations in
+    one launch each, the backward's dequantizations two by two) against the same step without: the same
+    output and gradients, bit for bit, and the pair kernels in the generated code."""
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
@@ -152,11 +152,12 @@ def test_paired_training_step_equals_unpaired(recipe):
             out.float().square().sum().backward()
             return out
 
-        with kernel_calls.pair_quantizations(paired), config.patch(force_disable_caches=True):
+        with kernel_calls.pair_launches(paired), config.patch(force_disable_caches=True):
             out, code = run_and_get_code(step)
         codes.append("\n".join(code))
         results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
     assert "_quantize_pair_kernel" not in codes[0] and "_quantize_pair_kernel" in codes[1]
+    assert "_dequantize_pair_kernel" not in codes[0] and "_dequantize_pair_kernel" in codes[1]
     for unpaired, paired in zip(*results):
         torch.testing.assert_close(paired, unpaired, rtol=0, atol=0)
 

@@ -187,13 +187,28 @@ def _pair_check() -> dict:
             return v, vts, c, s, ts, w, wts, d, dts
 
         for on in (False, True):
-            with kernel_calls.pair_quantizations(on):
+            with kernel_calls.pair_launches(on):
                 code = wrapper_code(f, ((256, 512), torch.bfloat16), ((128, 512), torch.bfloat16),
                                     ((), torch.int64), ((), torch.int64))
             out[f"{spec}/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
-    writes = [kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
-              if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_pair_kernel"]
-    out["pair_accesses"] = writes
+    def g(x, w, seed):  # the backward's dequantizations of saved codes (two formats), and a third
+        cx, sx, tx = torch.ops.ufp4.quantize(x, 0, "int4/16/fp32/nearest", 16, 3, seed, 16)
+        cw, sw, tw = torch.ops.ufp4.quantize(w, 0, "e2m1/16/e4m3/nearest", 0, 3, seed, 16)
+        a = torch.ops.ufp4.dequantize(cx, sx, tx, 0, "int4/16/fp32/nearest", torch.bfloat16)
+        b = torch.ops.ufp4.dequantize(cw, sw, tw, 0, "e2m1/16/e4m3/nearest", torch.bfloat16)
+        c = torch.ops.ufp4.dequantize(cx, sx, tx, 0, "int4/16/fp32/nearest", torch.float32)
+        return a, b, c
+
+    for on in (False, True):
+        with kernel_calls.pair_launches(on):
+            code = wrapper_code(g, ((256, 512), torch.bfloat16), ((128, 512), torch.bfloat16), ((), torch.int64))
+        out[f"dequantize/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)
+                                        if "dequantize" in n]
+    out["pair_accesses"] = [kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
+                            if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_pair_kernel"]
+    out["dequantize_pair_accesses"] = [
+        kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
+        if getattr(getattr(key[0], "fn", None), "__name__", "") == "_dequantize_pair_kernel"]
     return out
 
 
@@ -210,13 +225,19 @@ def test_two_quantizations_of_a_tensor_share_a_launch_when_pairing(wrappers):
     """With pairing on, the first two quantizations of x with the same format, RHT and seed become one launch
     of the pair kernel, which the access analysis sees writing both results; a third one with another seed,
     another tensor, and a format whose tiles or pre-pass differ by orientation (nvfp4's E4M3) keep their own
-    launches. Off (the default), every quantization is its own launch."""
+    launches. Two neighbouring dequantizations (of any formats) become one launch, a third its own. Off (the
+    default), every quantization and dequantization is its own launch."""
     pairs = wrappers["pairs"]
     for spec in ("int4/16/fp32/stochastic", "int4/16/fp32/nearest"):  # in the scheduler's order: compare as sets
         assert pairs[f"{spec}/0"] == ["_quantize_kernel"] * 4
         assert sorted(pairs[f"{spec}/1"]) == ["_quantize_kernel"] * 2 + ["_quantize_pair_kernel"]
     e4m3 = ["_amax_kernel", "_quantize_kernel"] * 4
     assert pairs["e2m1/16/e4m3/nearest/0"] == pairs["e2m1/16/e4m3/nearest/1"] == e4m3
+    assert pairs["dequantize/0"] == ["_dequantize_kernel"] * 3
+    assert sorted(pairs["dequantize/1"]) == ["_dequantize_kernel", "_dequantize_pair_kernel"]
+    for reads, writes, _ in pairs["dequantize_pair_accesses"]:
+        assert set(writes) == {"a_out_ptr", "b_out_ptr"}
+    assert pairs["dequantize_pair_accesses"], "the dequantize pair kernel was never analysed"
     accesses = {(tuple(reads), tuple(writes), fuse) for reads, writes, fuse in pairs["pair_accesses"]}
     assert accesses, "the pair kernel was never analysed"
     for reads, writes, _ in accesses:
@@ -279,7 +300,7 @@ def test_memos_take_either_torch_api():
 def test_pairing_finds_the_training_step_pairs(monkeypatch):
     """On the graphs Inductor lowers for a GPT block's training step (forward and backward, after the
     partitioner), the pairing finds X's row-wise and column-wise quantizations of each linear in the
-    forward and dY's two in the backward: half the quantize launches of each graph's pairs."""
+    forward and dY's two in the backward, and the backward's dequantizations of saved codes two by two."""
     import torch._inductor.compile_fx as compile_fx
 
     from ufp4_compile.backend import make_backend
@@ -315,6 +336,15 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
         for a, b in pairs:
             assert a.args[0] is b.args[0] and a.args[5] is b.args[5] and a.args[2:5] == b.args[2:5]
             assert a.args[1] != b.args[1]  # one row-wise, one column-wise
-        found["backward" if backward else "forward"] = (len(quantizations), len(pairs))
+        dequantizations = [n for n in gm.graph.nodes if kernel_calls._dequantize_call(n) is not None]
+        dequantize_pairs, taken = 0, set()
+        for node in dequantizations:
+            sibling = None if node in taken else kernel_calls._dequantize_sibling(node, order)
+            if sibling is not None:
+                dequantize_pairs += 1
+                taken |= {node, sibling}
+        found["backward" if backward else "forward"] = (len(quantizations), len(pairs), len(dequantizations),
+                                                        dequantize_pairs)
     linears = 4  # qkv, attention output, SwiGLU gate-and-up, down (fp32 here: W is quantized in the backward)
-    assert found == {"forward": (3 * linears, linears), "backward": (3 * linears, linears)}
+    # the backward dequantizes X's saved codes of each linear: two pairs of neighbours
+    assert found == {"forward": (3 * linears, linears, 0, 0), "backward": (3 * linears, linears, linears, 2)}

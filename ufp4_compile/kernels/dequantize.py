@@ -8,6 +8,7 @@ dtype; the tensor scales belong to the GEMM's epilogue), used by the dequantize 
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import triton
@@ -19,19 +20,21 @@ from ufp4_compile.numerics.quantize import as_format, padded_length
 
 
 @triton.jit
-def _dequantize_kernel(codes_ptr, scales_ptr, ts_ptr, out_ptr, O, L2, s_page, s_o, s_l, ss_page, ss_o, ss_l,
-                       GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, APPLY_TS: tl.constexpr,
-                       ROWWISE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L2: tl.constexpr):
-    page = tl.program_id(2).to(tl.int64)
-    offs_o = (tl.program_id(0) * BLOCK_O + tl.arange(0, BLOCK_O)).to(tl.int64)
-    offs_l2 = (tl.program_id(1) * BLOCK_L2 + tl.arange(0, BLOCK_L2)).to(tl.int64)
+def _dequantize_tile(codes_ptr, scales_ptr, ts_ptr, out_ptr, O, L2, s_page, s_o, s_l, ss_page, ss_o, ss_l,
+                     pid_0, pid_1, pid_2,
+                     GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, APPLY_TS: tl.constexpr,
+                     ROWWISE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L2: tl.constexpr):
+    """One program's tile; ``(pid_0, pid_1, pid_2)`` its place in the launch grid."""
+    page = pid_2.to(tl.int64)
+    offs_o = (pid_0 * BLOCK_O + tl.arange(0, BLOCK_O)).to(tl.int64)
+    offs_l2 = (pid_1 * BLOCK_L2 + tl.arange(0, BLOCK_L2)).to(tl.int64)
     mask = (offs_o < O)[:, None] & (offs_l2 < L2)[None, :]
     packed = tl.load(codes_ptr + page * s_page + offs_o[:, None] * s_o + offs_l2[None, :] * s_l,
                      mask=mask, other=0).to(tl.int32)
     values = tl.reshape(tl.join(decode_nibbles(packed & 15, GRID), decode_nibbles(packed >> 4, GRID)),
                         (BLOCK_O, 2 * BLOCK_L2))
     NB: tl.constexpr = 2 * BLOCK_L2 // BLOCK
-    offs_b = tl.program_id(1).to(tl.int64) * NB + tl.arange(0, NB)
+    offs_b = pid_1.to(tl.int64) * NB + tl.arange(0, NB)
     LB = (2 * L2) // BLOCK
     s_mask = (offs_o < O)[:, None] & (offs_b < LB)[None, :]
     raw = tl.load(scales_ptr + page * ss_page + offs_o[:, None] * ss_o + offs_b[None, :] * ss_l, mask=s_mask)
@@ -40,13 +43,63 @@ def _dequantize_kernel(codes_ptr, scales_ptr, ts_ptr, out_ptr, O, L2, s_page, s_
     if APPLY_TS:
         out = out * tl.load(ts_ptr)
     L = 2 * L2
-    offs_l = tl.program_id(1).to(tl.int64) * (2 * BLOCK_L2) + tl.arange(0, 2 * BLOCK_L2)
+    offs_l = pid_1.to(tl.int64) * (2 * BLOCK_L2) + tl.arange(0, 2 * BLOCK_L2)
     if ROWWISE:
         dst = offs_o[:, None] * L + offs_l[None, :]
     else:
         dst = page * L * O + offs_l[None, :] * O + offs_o[:, None]
     out_mask = (offs_o < O)[:, None] & (offs_l < L)[None, :]
     tl.store(out_ptr + dst, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _dequantize_kernel(codes_ptr, scales_ptr, ts_ptr, out_ptr, O, L2, s_page, s_o, s_l, ss_page, ss_o, ss_l,
+                       GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, APPLY_TS: tl.constexpr,
+                       ROWWISE: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L2: tl.constexpr):
+    _dequantize_tile(codes_ptr, scales_ptr, ts_ptr, out_ptr, O, L2, s_page, s_o, s_l, ss_page, ss_o, ss_l,
+                     tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK, APPLY_TS, ROWWISE,
+                     BLOCK_O, BLOCK_L2)
+
+
+@triton.jit
+def _dequantize_pair_kernel(a_codes_ptr, a_scales_ptr, a_ts_ptr, a_out_ptr, a_O, a_L2, a_s_page, a_s_o, a_s_l,
+                            a_ss_page, a_ss_o, a_ss_l, a_g0, a_g1, a_g2,
+                            b_codes_ptr, b_scales_ptr, b_ts_ptr, b_out_ptr, b_O, b_L2, b_s_page, b_s_o, b_s_l,
+                            b_ss_page, b_ss_o, b_ss_l, b_g0, b_g1,
+                            A_GRID: tl.constexpr, A_SCALE: tl.constexpr, A_BLOCK: tl.constexpr,
+                            A_APPLY_TS: tl.constexpr, A_ROWWISE: tl.constexpr, A_BLOCK_O: tl.constexpr,
+                            A_BLOCK_L2: tl.constexpr,
+                            B_GRID: tl.constexpr, B_SCALE: tl.constexpr, B_BLOCK: tl.constexpr,
+                            B_APPLY_TS: tl.constexpr, B_ROWWISE: tl.constexpr, B_BLOCK_O: tl.constexpr,
+                            B_BLOCK_L2: tl.constexpr):
+    """Two dequantizations (any codes, any formats) in one launch: the first ``a_g0 * a_g1 * a_g2`` programs
+    run job a's grid, the rest job b's, each program the tile it runs in its own launch."""
+    pid = tl.program_id(0)
+    n_a = a_g0 * a_g1 * a_g2
+    if pid < n_a:
+        _dequantize_tile(a_codes_ptr, a_scales_ptr, a_ts_ptr, a_out_ptr, a_O, a_L2, a_s_page, a_s_o, a_s_l,
+                         a_ss_page, a_ss_o, a_ss_l, pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1),
+                         A_GRID, A_SCALE, A_BLOCK, A_APPLY_TS, A_ROWWISE, A_BLOCK_O, A_BLOCK_L2)
+    else:
+        q = pid - n_a
+        _dequantize_tile(b_codes_ptr, b_scales_ptr, b_ts_ptr, b_out_ptr, b_O, b_L2, b_s_page, b_s_o, b_s_l,
+                         b_ss_page, b_ss_o, b_ss_l, q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1),
+                         B_GRID, B_SCALE, B_BLOCK, B_APPLY_TS, B_ROWWISE, B_BLOCK_O, B_BLOCK_L2)
+
+
+_PLAN_ARGS = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")
+
+
+def pair_launch(a: tuple, b: tuple) -> tuple[tuple, dict, dict]:
+    """(grid, scalars, constexprs) of one launch running the :func:`launch_plan` results ``a`` and ``b``."""
+    scalars, constexprs = {}, {}
+    for p, (grid, args, kwargs) in (("a", a), ("b", b)):
+        scalars.update({f"{p}_{k}": v for k, v in zip(_PLAN_ARGS, args)})
+        scalars.update({f"{p}_g0": grid[0], f"{p}_g1": grid[1]})
+        constexprs.update({f"{p.upper()}_{k}": v for k, v in kwargs.items()})
+    scalars["a_g2"] = a[0][2]
+    n = a[0][0] * a[0][1] * a[0][2] + b[0][0] * b[0][1] * b[0][2]
+    return (n, 1, 1), scalars, constexprs
 
 
 def _view3(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, bool]:
@@ -77,14 +130,8 @@ def launch_plan(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bo
     return grid, (O, L2, *strides), kwargs
 
 
-def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, axis: int,
-               fmt: OperandFormat | str, dtype: torch.dtype = torch.float32, *,
-               apply_tensor_scale: bool = True, length: int | None = None) -> torch.Tensor:
-    """Values of packed ``codes`` quantized along ``axis`` (a contiguous tensor in the original shape).
-
-    Codes cover whole blocks; ``length`` (the quantized tensor's length along ``axis``, when it is not a
-    multiple of the block) crops the padding. Without it the result has ``2 * codes.shape[axis]`` elements.
-    """
+def _checked(codes: torch.Tensor, scales: torch.Tensor, axis, fmt) -> tuple[OperandFormat, int, list[int]]:
+    """(format, normalized axis, values shape) of a dequantize call, or the ValueError naming what is wrong."""
     fmt = as_format(fmt)
     if codes.dtype != torch.uint8:
         raise ValueError(f"codes.dtype={codes.dtype} is not valid; valid values: torch.uint8")
@@ -99,6 +146,18 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Te
     if list(scales.shape) != expected or shape[axis] % fmt.block:
         raise ValueError(f"scales has shape {tuple(scales.shape)}, expected {tuple(expected)} for codes "
                          f"{tuple(codes.shape)} along axis {axis} with block {fmt.block}")
+    return fmt, axis, shape
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, axis: int,
+               fmt: OperandFormat | str, dtype: torch.dtype = torch.float32, *,
+               apply_tensor_scale: bool = True, length: int | None = None) -> torch.Tensor:
+    """Values of packed ``codes`` quantized along ``axis`` (a contiguous tensor in the original shape).
+
+    Codes cover whole blocks; ``length`` (the quantized tensor's length along ``axis``, when it is not a
+    multiple of the block) crops the padding. Without it the result has ``2 * codes.shape[axis]`` elements.
+    """
+    fmt, axis, shape = _checked(codes, scales, axis, fmt)
     if length is not None and not (0 <= length <= shape[axis] and padded_length(length, fmt.block) == shape[axis]):
         raise ValueError(f"length={length!r} is not valid for codes of {shape[axis]} elements along axis {axis}; "
                          f"valid values: {max(shape[axis] - fmt.block + 1, 0)}..{shape[axis]}")
@@ -112,6 +171,30 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Te
     if length is not None and length != shape[axis]:
         out = out.narrow(axis, 0, length).contiguous()
     return out
+
+
+def dequantize_pair(jobs) -> list[torch.Tensor]:
+    """Two :func:`dequantize` calls in one launch: ``jobs`` is two ``(codes, scales, tensor_scale, axis, fmt,
+    dtype)``; each result is bit for bit its single call's (no ``length`` cropping here)."""
+    if len(jobs) != 2:
+        raise ValueError(f"jobs has {len(jobs)} entries; valid: two (codes, scales, tensor_scale, axis, fmt, dtype)")
+    checked = [_checked(codes, scales, axis, fmt) for codes, scales, _, axis, fmt, _ in jobs]
+    if any(math.prod(shape) == 0 for _, _, shape in checked):
+        return [dequantize(*job) for job in jobs]
+    outs, plans, views = [], [], []
+    for (codes, scales, tensor_scale, _, _, dtype), (fmt, axis, shape) in zip(jobs, checked):
+        out = torch.empty(shape, dtype=dtype, device=codes.device)
+        c3, rowwise = _view3(codes, axis)
+        s3, _ = _view3(scales, axis)
+        plans.append(launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt, True))
+        views.append((c3, s3, tensor_scale, out))
+        outs.append(out)
+    grid, scalars, constexprs = pair_launch(*plans)
+    tensors = {}
+    for p, (c3, s3, ts, out) in zip("ab", views):
+        tensors.update({f"{p}_codes_ptr": c3, f"{p}_scales_ptr": s3, f"{p}_ts_ptr": ts, f"{p}_out_ptr": out})
+    _dequantize_pair_kernel[grid](**tensors, **scalars, **constexprs, num_warps=4)
+    return outs
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
@@ -146,4 +229,24 @@ def compile_variants():
             f"dequantize[{short}]", ", ".join(presets), _dequantize_kernel, types, constexprs,
             aligned=("codes_ptr", "scales_ptr", "out_ptr", "O", "L2", "s_o"), options={"num_warps": 4},
             formats=(fmt, fmt), path=GemmPath.DEQUANT_MM))
+    # The backward's two saved-codes dequantizations in one launch (backward pairing): each format with itself,
+    # column-wise (the saved codes of X and W are quantized along the token and output axes).
+    for fmt, presets in operands.values():
+        c = format_constants(fmt)
+        types, constexprs = {}, {}
+        for p in ("a", "b"):
+            types.update({f"{p}_codes_ptr": "*u8", f"{p}_scales_ptr": _SCALE_POINTERS[fmt.scale],
+                          f"{p}_ts_ptr": "*fp32", f"{p}_out_ptr": "*bf16", f"{p}_O": "i32", f"{p}_L2": "i32",
+                          f"{p}_s_page": "i32", f"{p}_s_l": "i32", f"{p}_ss_page": "i32", f"{p}_ss_l": "i32",
+                          f"{p}_g0": "i32", f"{p}_g1": "i32"})
+            constexprs.update({f"{p}_s_o": 1, f"{p}_ss_o": 1, f"{p.upper()}_GRID": c.grid,
+                               f"{p.upper()}_SCALE": c.scale, f"{p.upper()}_BLOCK": fmt.block,
+                               f"{p.upper()}_APPLY_TS": True, f"{p.upper()}_ROWWISE": False,
+                               f"{p.upper()}_BLOCK_O": 64, f"{p.upper()}_BLOCK_L2": max(fmt.block // 2, 32)})
+        types["a_g2"] = "i32"
+        short = fmt.spec.rsplit("/", 1)[0].replace("16x16", "16")
+        variants.append(KernelVariant.build(
+            f"dequantize_pair[{short} column-wise x2]", ", ".join(presets), _dequantize_pair_kernel, types,
+            constexprs, aligned=("a_codes_ptr", "b_codes_ptr", "a_out_ptr", "b_out_ptr", "a_O", "b_O"),
+            options={"num_warps": 4}, formats=(fmt, fmt), path=GemmPath.DEQUANT_MM))
     return variants

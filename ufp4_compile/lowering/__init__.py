@@ -36,7 +36,7 @@ def register() -> None:
 
 def cache_key() -> str:
     """The lowering's process-wide settings that change generated code (``scaled_mm.force_choices``,
-    ``kernel_calls.pair_quantizations``), for the backend's part of Inductor's cache keys."""
+    ``kernel_calls.pair_launches``), for the backend's part of Inductor's cache keys."""
     from ufp4_compile.lowering import kernel_calls, scaled_mm
 
     return f"{scaled_mm.state_key()}-{kernel_calls.state_key()}"

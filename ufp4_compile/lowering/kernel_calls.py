@@ -242,14 +242,17 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
     return codes_buf, scales_buf, values_buf, lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
 
 
-# ---- two quantizations of one tensor in one launch ------------------------------------------------------
+# ---- two launches in one ----------------------------------------------------------------------------------
 #
 # A training step quantizes most tensors twice in one graph: X row-wise for Fprop and column-wise (codes for
-# Wgrad) in the forward, W likewise, dY row-wise for Dgrad and column-wise for Wgrad in the backward. With
-# pairing on, the first of two such ops (same input, format, RHT, RHT seed and seed) lowers to one launch of
-# kernels.quantize._quantize_pair_kernel that writes both results, and the second op returns its half: one
-# launch fewer per pair, the same bits (each program runs the tile it runs alone). Off by default until it is
-# measured on a GPU; :func:`pair_quantizations` turns it on while compiling.
+# Wgrad) in the forward, W likewise, dY row-wise for Dgrad and column-wise for Wgrad in the backward; and the
+# backward dequantizes the saved codes of X and W next to each other. With pairing on, the first of two such
+# quantizations (same input, format, RHT, RHT seed and seed) lowers to one launch of
+# kernels.quantize._quantize_pair_kernel that writes both results, and a dequantize to one launch of
+# kernels.dequantize._dequantize_pair_kernel with the next dequantize within _PAIR_REACH nodes whose inputs
+# already exist; the second op returns its half. One launch fewer per pair, the same bits (each program runs
+# the tile it runs alone). Off by default until it is measured on a GPU; :func:`pair_launches` turns it on
+# while compiling.
 
 _pairing = False
 _QUANTIZE_OPS = ("quantize", "quantize_dequantize")
@@ -261,8 +264,9 @@ def state_key() -> str:
 
 
 @contextlib.contextmanager
-def pair_quantizations(enabled: bool = True):
-    """Lower two quantizations of one tensor in one graph to one kernel launch while compiling."""
+def pair_launches(enabled: bool = True):
+    """Lower two quantizations of one tensor, and two neighbouring dequantizations, to one kernel launch
+    each while compiling (keep it on for the first backward too: the backward compiles then)."""
     global _pairing
     previous, _pairing = _pairing, enabled
     try:
@@ -411,25 +415,95 @@ def _view3(shape: tuple, axis: int) -> tuple[tuple, tuple, bool]:
     return (pages, shape[axis], inner), (shape[axis] * inner, inner, 1), False
 
 
-def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
-    from ufp4_compile.kernels.dequantize import _dequantize_kernel, launch_plan
+def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype):
+    """(launch plan, tensors, output buffer) of one dequantize launch, or None when it cannot be planned here."""
+    from ufp4_compile.kernels.dequantize import launch_plan
 
     sizes = _static_sizes(codes, scales)
     if sizes is None or not _on_cuda(codes) or 0 in sizes[0]:
-        return fallback_handler(torch.ops.ufp4.dequantize.default, add_to_fallback_set=False)(
-            codes, scales, tensor_scale, axis, fmt, dtype)
+        return None
     shape, scale_shape = sizes
     axis %= len(shape)
     codes, scales = _contiguous(codes), _contiguous(scales)
     shape3, stride3, rowwise = _view3(shape, axis)
     _, scale_stride3, _ = _view3(scale_shape, axis)
-    grid, args, constexprs = launch_plan(shape3, stride3, scale_stride3, rowwise, as_format(fmt), True)
+    plan = launch_plan(shape3, stride3, scale_stride3, rowwise, as_format(fmt), True)
     out_shape = list(shape)
     out_shape[axis] *= 2
     out = _empty(tuple(out_shape), dtype, codes.get_device())
-    names = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")
-    kernel_launch(_dequantize_kernel, grid, 4, dict(codes_ptr=codes, scales_ptr=scales, ts_ptr=tensor_scale,
-                                                    out_ptr=out), {**dict(zip(names, args)), **constexprs})
+    return plan, dict(codes_ptr=codes, scales_ptr=scales, ts_ptr=tensor_scale, out_ptr=out), out
+
+
+_DEQUANTIZE_NAMES = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")
+_PAIR_REACH = 64  # graph nodes: a dequantize pairs with one this close, so its result is not held long
+
+
+def _dequantize_call(node) -> tuple | None:
+    """(codes, scales, tensor_scale, axis, fmt, dtype) of a ufp4 dequantize FX node called positionally."""
+    name = getattr(getattr(getattr(node, "target", None), "_schema", None), "name", "")
+    if node.op != "call_function" or node.kwargs or name != "ufp4::dequantize":
+        return None
+    return tuple(node.args)
+
+
+def _dequantize_sibling(node, order: dict):
+    """The next dequantize within reach whose inputs all exist before ``node`` (so it can run there)."""
+    here = order[node]
+    later = node.next
+    for _ in range(_PAIR_REACH):
+        if later.op == "root":
+            return None
+        call = _dequantize_call(later)
+        if call is not None and all(order.get(a, here) < here for a in call[:3] if hasattr(a, "op")):
+            return later
+        later = later.next
+    return None
+
+
+def _paired_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
+    """This dequantize's result when pairing lowered it ahead, or lowered now with the next one; else None."""
+    from torch._inductor.virtualized import V
+
+    from ufp4_compile.kernels.dequantize import _dequantize_pair_kernel, pair_launch
+
+    if not _pairing:
+        return None
+    node, state = _pair_state()
+    if node in state["ahead"]:
+        return state["ahead"].pop(node)
+    if node is None or _dequantize_call(node) is None:
+        return None
+    sibling = _dequantize_sibling(node, state["order"])
+    if sibling is None or sibling in state["ahead"]:
+        return None
+    theirs = _dequantize_call(sibling)
+    try:
+        lowered = [V.graph.env[a] for a in theirs[:3]]
+    except KeyError:
+        return None
+    planned = [_dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype),
+               _dequantize_plan(*lowered, *theirs[3:])]
+    if any(p is None for p in planned):
+        return None
+    grid, scalars, constexprs = pair_launch(*[(p[0][0], p[0][1], p[0][2]) for p in planned])
+    tensors = {f"{j}_{k}": v for j, p in zip("ab", planned) for k, v in p[1].items()}
+    kernel_launch(_dequantize_pair_kernel, grid, 4, tensors, {**scalars, **constexprs})
+    state["ahead"][sibling] = planned[1][2]
+    return planned[0][2]
+
+
+def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
+    from ufp4_compile.kernels.dequantize import _dequantize_kernel
+
+    paired = _paired_dequantize(codes, scales, tensor_scale, axis, fmt, dtype)
+    if paired is not None:
+        return paired
+    planned = _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype)
+    if planned is None:
+        return fallback_handler(torch.ops.ufp4.dequantize.default, add_to_fallback_set=False)(
+            codes, scales, tensor_scale, axis, fmt, dtype)
+    (grid, args, constexprs), tensors, out = planned
+    kernel_launch(_dequantize_kernel, grid, 4, tensors, {**dict(zip(_DEQUANTIZE_NAMES, args)), **constexprs})
     return out
 
 
