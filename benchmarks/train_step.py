@@ -136,8 +136,8 @@ def variants(args) -> list[tuple[str, str, str | None]]:
 # Kernel name -> category, first match wins. Our kernels are named in ufp4_compile/kernels/; cuBLAS GEMMs
 # appear as sm90_xmma*/nvjet*/cutlass*/gemm*; SDPA as flash/fmha/efficient-attention kernels.
 CATEGORIES = (
-    ("quantize", re.compile(r"_quantize_kernel|mean_split")),
-    ("dequantize", re.compile(r"_dequantize_kernel")),
+    ("quantize", re.compile(r"_quantize_(pair_)?kernel|mean_split")),
+    ("dequantize", re.compile(r"_dequantize_(pair_)?kernel")),
     ("gemm (ufp4 template/native)", re.compile(r"_scaled_mm_kernel|ufp4_scaled_mm|native_scaled_mm")),
     ("gemm (cuBLAS)", re.compile(r"gemm|xmma|nvjet|cutlass|cublas|sm90_|splitK|Kernel2", re.I)),
     ("attention", re.compile(r"flash|fmha|attention|sdpa", re.I)),

@@ -76,6 +76,8 @@ def test_bad_arguments(bench):
 def test_kernel_names_fall_into_categories(bench):
     assert bench.categorize("_quantize_kernel") == "quantize"
     assert bench.categorize("_dequantize_kernel") == "dequantize"
+    assert bench.categorize("_quantize_pair_kernel") == "quantize"
+    assert bench.categorize("_dequantize_pair_kernel") == "dequantize"
     assert bench.categorize("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "gemm (cuBLAS)"
     assert bench.categorize("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NNT") == "gemm (cuBLAS)"
     assert bench.categorize("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
