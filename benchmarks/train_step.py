@@ -53,8 +53,8 @@ BASELINE = "bf16-inductor"
 TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
            for name, step in (("ufp4", 1.30), ("ufp4-nv", 1.40), ("ufp4-mean", 1.50), ("e2m1-ref", 1.40),
                               ("nvfp4", 1.40), ("mxfp4", 1.40))}
-VARIANT_KINDS = ("eager", "inductor", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
-                 "ufp4-pylaunch", "ufp4-pairs", "ufp4-pairs-cg")
+VARIANT_KINDS = ("inductor", "eager", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
+                 "ufp4-pylaunch", "ufp4-pairs", "ufp4-pairs-cg")  # run order: each baseline before its rows
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -105,31 +105,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def variants(args) -> list[tuple[str, str, str | None]]:
     """(label, kind, recipe) in run order; the baseline (bf16-inductor) first."""
-    out = []
-    if "inductor" in args.kinds:
-        out.append((BASELINE, "inductor", None))
-    if "eager" in args.kinds:
-        out.append(("bf16-eager", "eager", None))
     quantized = [name for name in args.recipe_list if get_recipe(name).quantized_roles]  # the peer of bf16 is inductor
-    if "ufp4" in args.kinds:
-        out += [(f"ufp4:{name}", "ufp4", name) for name in args.recipe_list]
-    if "qdq" in args.kinds:
-        out += [(f"qdq:{name}", "qdq", name) for name in quantized]
-    if "inductor-cg" in args.kinds:
-        out.append((CUDAGRAPH_BASELINE, "inductor-cg", None))
-    if "ufp4-cg" in args.kinds:
-        out += [(f"ufp4-cg:{name}", "ufp4-cg", name) for name in args.recipe_list]
-    if "qdq-cg" in args.kinds:
-        out += [(f"qdq-cg:{name}", "qdq-cg", name) for name in quantized]
-    if "inductor-cpp" in args.kinds:
-        out.append(("bf16-inductor-cpp", "inductor-cpp", None))
-    if "ufp4-cpp" in args.kinds:
-        out += [(f"ufp4-cpp:{name}", "ufp4-cpp", name) for name in args.recipe_list]
-    if "ufp4-pylaunch" in args.kinds:
-        out += [(f"ufp4-pylaunch:{name}", "ufp4-pylaunch", name) for name in args.recipe_list]
-    for kind in ("ufp4-pairs", "ufp4-pairs-cg"):
-        if kind in args.kinds:
-            out += [(f"{kind}:{name}", kind, name) for name in args.recipe_list]
+    out = []
+    for kind in (k for k in VARIANT_KINDS if k in args.kinds):
+        if kind == "eager" or kind.startswith("inductor"):  # bf16-inductor, bf16-inductor-cg, ...: the baselines
+            out.append((f"bf16-{kind}", kind, None))
+        else:
+            out += [(f"{kind}:{name}", kind, name) for name in (quantized if kind.startswith("qdq") else args.recipe_list)]
     return out
 
 

@@ -87,14 +87,14 @@ def _dequantize_pair_kernel(a_codes_ptr, a_scales_ptr, a_ts_ptr, a_out_ptr, a_O,
                          B_GRID, B_SCALE, B_BLOCK, B_APPLY_TS, B_ROWWISE, B_BLOCK_O, B_BLOCK_L2)
 
 
-_PLAN_ARGS = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")
+PLAN_ARGS = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")  # launch_plan's args, in order
 
 
 def pair_launch(a: tuple, b: tuple) -> tuple[tuple, dict, dict]:
     """(grid, scalars, constexprs) of one launch running the :func:`launch_plan` results ``a`` and ``b``."""
     scalars, constexprs = {}, {}
     for p, (grid, args, kwargs) in (("a", a), ("b", b)):
-        scalars.update({f"{p}_{k}": v for k, v in zip(_PLAN_ARGS, args)})
+        scalars.update({f"{p}_{k}": v for k, v in zip(PLAN_ARGS, args)})
         scalars.update({f"{p}_g0": grid[0], f"{p}_g1": grid[1]})
         constexprs.update({f"{p.upper()}_{k}": v for k, v in kwargs.items()})
     scalars["a_g2"] = a[0][2]

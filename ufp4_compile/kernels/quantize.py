@@ -777,24 +777,33 @@ def rht_key(plan: LaunchPlan, rht_seed) -> int:
     return sign_mask(c["RHT"], int(rht_seed)) if c["SIGN_MASK"] else int(rht_seed)
 
 
+PLAN_SCALARS = ("O", "L", "s_page", "s_o", "s_l")  # LaunchPlan.args, in the kernels' order
+
+
+def output_pointers(codes, scales, values, prefix: str = "") -> dict:
+    """The kernels' three output pointers (``prefix``: a pair kernel's ``a_`` / ``b_``); one the launch does
+    not write points at a buffer it does (never read through it). Tensors or Inductor buffers alike."""
+    own = codes if codes is not None else values
+    return {f"{prefix}codes_ptr": own if codes is None else codes, f"{prefix}scales_ptr": own if scales is None else scales,
+            f"{prefix}values_ptr": own if values is None else values}
+
+
 def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     """Run the (pre-pass and) kernel; returns the tensor scale."""
     device = x.device
     tensor_scale = torch.empty((), dtype=torch.float32, device=device)  # the kernel writes it
     dummy = codes if codes is not None else values
     seed_t = _seed_tensor(seed, device) if plan.constexprs["STOCHASTIC"] else dummy
-    args = plan.args
-    scalars = (args["O"], args["L"], args["s_page"], args["s_o"], args["s_l"])
+    scalars = {k: plan.args[k] for k in PLAN_SCALARS}
     if plan.amax_constexprs is not None:
         gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)  # every program writes its slot
-        _amax_kernel[(AMAX_PROGRAMS,)](x, gamax, *scalars, plan.grid[2], rht_key(plan, rht_seed),
+        _amax_kernel[(AMAX_PROGRAMS,)](x, gamax, **scalars, pages=plan.grid[2], rht_key=rht_key(plan, rht_seed),
                                        **plan.amax_constexprs, num_warps=plan.amax_num_warps)
     else:
         gamax = dummy  # not read: one-level scales have no global amax
-    _quantize_kernel[plan.grid](x, dummy if codes is None else codes, dummy if scales is None else scales,
-                                dummy if values is None else values, tensor_scale, gamax, seed_t, *scalars,
-                                int(offset), rht_key(plan, rht_seed), **plan.constexprs,
-                                num_warps=plan.num_warps)
+    _quantize_kernel[plan.grid](x, **output_pointers(codes, scales, values), ts_ptr=tensor_scale, gamax_ptr=gamax,
+                                seed_ptr=seed_t, **scalars, offset=int(offset), rht_key=rht_key(plan, rht_seed),
+                                **plan.constexprs, num_warps=plan.num_warps)
     return tensor_scale
 
 
@@ -863,7 +872,7 @@ class PairLaunch:
 
 def pair_launch(a: LaunchPlan, b: LaunchPlan) -> PairLaunch:
     """The one launch of plans ``a`` and ``b`` (``pair_refusal(a, b)`` is None)."""
-    scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in ("O", "L", "s_page", "s_o", "s_l")}
+    scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
     scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
     constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
     for p, plan in (("A", a), ("B", b)):
@@ -879,39 +888,35 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int, rht_seed:
     fmt = as_format(fmt)
     if len(jobs) != 2:
         raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
-    for axis, _, dtype in jobs:
-        check_quantize_inputs(x, axis, fmt, rht, seed)
+    axes = [check_quantize_inputs(x, axis, fmt, rht, seed) for axis, _, _ in jobs]
+    for _, _, dtype in jobs:
         if dtype is not None and dtype not in _VALUE_DTYPES:
             raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
                              f"{', '.join(map(str, _VALUE_DTYPES))}")
     x = x.contiguous()
-    plans = [plan_for(x, check_quantize_inputs(x, axis, fmt, rht, seed), fmt, rht, codes=dtype is None,
-                      values=dtype is not None) for axis, _, dtype in jobs]
+    plans = [plan_for(x, axis, fmt, rht, codes=dtype is None, values=dtype is not None)
+             for axis, (_, _, dtype) in zip(axes, jobs)]
     if x.numel() == 0 or pair_refusal(*plans) is not None:
         return [quantize(x, axis, fmt, rht, rht_seed, seed, offset) if dtype is None else
                 quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype)
                 for axis, offset, dtype in jobs]
-    outputs, tensors = [], []
-    for plan, (axis, offset, dtype) in zip(plans, jobs):
+    outputs, kwargs = [], {}
+    for p, plan, (_, offset, dtype) in zip("ab", plans, jobs):
         ts = torch.empty((), dtype=torch.float32, device=x.device)
+        codes = scales = values = None
         if dtype is None:
             codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
             scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=x.device)
-            tensors.append((codes, scales, codes, ts, int(offset)))
             outputs.append((codes, scales.view(plan.result_scale_dtype), ts))
         else:
             values = torch.empty(x.shape, dtype=dtype, device=x.device)
-            tensors.append((values, values, values, ts, int(offset)))
             outputs.append((values, ts))
+        kwargs.update(output_pointers(codes, scales, values, f"{p}_"), **{f"{p}_ts_ptr": ts, f"{p}_offset": int(offset)})
     launch = pair_launch(*plans)
-    dummy = tensors[0][0]
+    dummy = outputs[0][0]
     seed_t = _seed_tensor(seed, x.device) if plans[0].constexprs["STOCHASTIC"] else dummy
-    per_job = {}
-    for p, (codes, scales, values, ts, offset) in zip("ab", tensors):
-        per_job.update({f"{p}_codes_ptr": codes, f"{p}_scales_ptr": scales, f"{p}_values_ptr": values,
-                        f"{p}_ts_ptr": ts, f"{p}_offset": offset})
     _quantize_pair_kernel[launch.grid](x_ptr=x, seed_ptr=seed_t, gamax_ptr=dummy, rht_key=rht_key(plans[0], rht_seed),
-                                       **per_job, **launch.scalars, **launch.constexprs, num_warps=launch.num_warps)
+                                       **kwargs, **launch.scalars, **launch.constexprs, num_warps=launch.num_warps)
     return outputs
 
 

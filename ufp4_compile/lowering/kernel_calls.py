@@ -199,32 +199,44 @@ def _asm() -> bool:
     return torch.version.hip is None
 
 
-def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, values_dtype=None):
-    """Lower one quantize launch; returns (codes, scales, values, tensor_scale) buffers (None where not asked),
-    or None when the launch cannot be planned here."""
-    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS, _amax_kernel, _quantize_kernel, launch_plan, rht_key
+def _outputs(plan, values_dtype, shape, device) -> tuple:
+    """(codes, scales, values, tensor scale) buffers of one quantization: codes and scales, or values."""
+    codes_buf = scales_buf = values_buf = None
+    if values_dtype is None:
+        codes_buf = _empty(plan.codes_shape, torch.uint8, device)
+        scales_buf = _empty(plan.scales_shape, plan.result_scale_dtype, device)
+    else:
+        values_buf = _empty(shape, values_dtype, device)
+    # The tensor scale as a (1,) buffer viewed as 0-d (_result): Inductor lowers an empty 0-d buffer to a fill
+    # kernel (an empty buffer is a pointwise fill with zero ranges, and a 0-d one has no range to zero), one
+    # more launch per quantization; a (1,) one costs nothing.
+    return codes_buf, scales_buf, values_buf, _empty((1,), torch.float32, device)
+
+
+def _result(outputs, values_dtype) -> tuple:
+    """The op's result: ``quantize``'s (codes, scales, tensor scale) or ``quantize_dequantize``'s (values, ts)."""
+    codes_buf, scales_buf, values_buf, tensor_scale = outputs
+    tensor_scale = lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
+    return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
+
+
+def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None):
+    """Lower one quantize launch (codes for ``values_dtype=None``, else values); the op's result, or None when
+    the launch cannot be planned here."""
+    from ufp4_compile.kernels.quantize import (AMAX_PROGRAMS, PLAN_SCALARS, _amax_kernel, _quantize_kernel,
+                                               launch_plan, output_pointers, rht_key)
 
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
         return None
-    spec = as_format(fmt)
     shape = sizes[0]
-    axis %= len(shape)
     x = _contiguous(x)
     device = x.get_device()
-    plan = launch_plan(shape, x.get_dtype().itemsize, axis, spec, rht, codes, values_dtype is not None, _asm())
-    codes_buf = scales_buf = values_buf = None
-    if codes:
-        codes_buf = _empty(plan.codes_shape, torch.uint8, device)
-        scales_buf = _empty(plan.scales_shape, plan.result_scale_dtype, device)
-    if values_dtype is not None:
-        values_buf = _empty(shape, values_dtype, device)
-    dummy = codes_buf if codes_buf is not None else values_buf
-    # The tensor scale as a (1,) buffer viewed as 0-d: Inductor lowers an empty 0-d buffer to a fill kernel
-    # (an empty buffer is a pointwise fill with zero ranges, and a 0-d one has no range to zero), one more
-    # launch per quantization; a (1,) one costs nothing.
-    tensor_scale = _empty((1,), torch.float32, device)
-    scalars = {k: plan.args[k] for k in ("O", "L", "s_page", "s_o", "s_l")}
+    plan = launch_plan(shape, x.get_dtype().itemsize, axis % len(shape), as_format(fmt), rht, values_dtype is None,
+                       values_dtype is not None, _asm())
+    outputs = _outputs(plan, values_dtype, shape, device)
+    dummy = next(b for b in outputs[:3] if b is not None)
+    scalars = {k: plan.args[k] for k in PLAN_SCALARS}
     common = dict(rht_key=rht_key(plan, rht_seed))
     if plan.amax_constexprs is not None:
         # One partial maximum per pre-pass program, each written: no zero fill (a kernel launch) needed.
@@ -233,13 +245,11 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
                       {**scalars, "pages": plan.grid[2], **common, **plan.amax_constexprs})
     else:
         gamax = dummy
-    tensors = dict(x_ptr=x, codes_ptr=codes_buf if codes_buf is not None else dummy,
-                   scales_ptr=scales_buf if scales_buf is not None else dummy,
-                   values_ptr=values_buf if values_buf is not None else dummy, ts_ptr=tensor_scale, gamax_ptr=gamax,
+    tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3], gamax_ptr=gamax,
                    seed_ptr=seed if plan.constexprs["STOCHASTIC"] else dummy)
     kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
                   {**scalars, **common, "offset": int(offset), **plan.constexprs})
-    return codes_buf, scales_buf, values_buf, lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
+    return _result(outputs, values_dtype)
 
 
 # ---- two launches in one ----------------------------------------------------------------------------------
@@ -255,7 +265,7 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, *, codes: bool, 
 # while compiling.
 
 _pairing = False
-_QUANTIZE_OPS = ("quantize", "quantize_dequantize")
+_PAIR_REACH = 64  # graph nodes: a dequantize pairs with one this close, so its result is not held long
 
 
 def state_key() -> str:
@@ -275,15 +285,23 @@ def pair_launches(enabled: bool = True):
         _pairing = previous
 
 
-def _quantize_call(node) -> tuple | None:
-    """(x, axis, fmt, rht, rht_seed, seed, offset, dtype or None) of a ufp4 quantize / quantize_dequantize FX
-    node called positionally, else None."""
-    target = getattr(node, "target", None)
-    name = getattr(getattr(target, "_schema", None), "name", "")
-    if node.op != "call_function" or node.kwargs or name not in tuple(f"ufp4::{n}" for n in _QUANTIZE_OPS):
+def _ufp4_call(node, *ops: str) -> tuple | None:
+    """The arguments of an FX node calling one of the ufp4 ``ops`` positionally, else None."""
+    name = getattr(getattr(getattr(node, "target", None), "_schema", None), "name", "")
+    if node.op != "call_function" or node.kwargs or name not in tuple(f"ufp4::{op}" for op in ops):
         return None
-    args = tuple(node.args)
-    return args + (None,) if name == "ufp4::quantize" else args
+    return tuple(node.args)
+
+
+def _quantize_call(node) -> tuple | None:
+    """(x, axis, fmt, rht, rht_seed, seed, offset, dtype or None) of a quantize / quantize_dequantize node."""
+    args = _ufp4_call(node, "quantize", "quantize_dequantize")
+    return args + (None,) if args is not None and len(args) == 7 else args
+
+
+def _dequantize_call(node) -> tuple | None:
+    """(codes, scales, tensor_scale, axis, fmt, dtype) of a dequantize node."""
+    return _ufp4_call(node, "dequantize")
 
 
 def _sibling(node, order: dict):
@@ -300,104 +318,92 @@ def _sibling(node, order: dict):
     return best
 
 
-def _pair_state():
-    """Per graph being lowered: the graph's node order, and the halves lowered ahead for their nodes."""
+def _dequantize_sibling(node, order: dict):
+    """The next dequantize within reach whose inputs all exist before ``node`` (so it can run there)."""
+    if _dequantize_call(node) is None:
+        return None
+    here = order[node]
+    later = node.next
+    for _ in range(_PAIR_REACH):
+        if later.op == "root":
+            return None
+        call = _dequantize_call(later)
+        if call is not None and all(order.get(a, here) < here for a in call[:3] if hasattr(a, "op")):
+            return later
+        later = later.next
+    return None
+
+
+def _lower_paired(find_sibling, lower_both):
+    """The result of the node being lowered when pairing lowered it ahead with an earlier one, or when it
+    pairs with ``find_sibling(node, order)`` now (``lower_both(node, sibling)``: both results, or None where
+    they cannot share a launch; the sibling's is kept for its turn); else None."""
+    if not _pairing:
+        return None
     from torch._inductor.virtualized import V
 
     graph = V.graph
     state = getattr(graph, "_ufp4_pairs", None)
-    if state is None:
-        state = {"order": {n: i for i, n in enumerate(graph.graph.nodes)}, "ahead": {}}
-        graph._ufp4_pairs = state
-    return graph.current_node, state
-
-
-def _outputs(plan, values_dtype, shape, device) -> tuple:
-    codes_buf = scales_buf = values_buf = None
-    if values_dtype is None:
-        codes_buf = _empty(plan.codes_shape, torch.uint8, device)
-        scales_buf = _empty(plan.scales_shape, plan.result_scale_dtype, device)
-    else:
-        values_buf = _empty(shape, values_dtype, device)
-    return codes_buf, scales_buf, values_buf, _empty((1,), torch.float32, device)
-
-
-def _result(outputs, values_dtype) -> tuple:
-    codes_buf, scales_buf, values_buf, tensor_scale = outputs
-    tensor_scale = lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
-    return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
-
-
-def _pair_launch(x, mine: tuple, theirs: tuple, seed):
-    """Lower both quantizations in one launch: (my result, the sibling's), or None where they cannot pair."""
-    from ufp4_compile.kernels.quantize import _quantize_pair_kernel, launch_plan, pair_launch, pair_refusal, rht_key
-
-    sizes = _static_sizes(x)
-    if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
-        return None
-    shape = sizes[0]
-    spec, rht, rht_seed = as_format(mine[2]), mine[3], mine[4]
-    plans = [launch_plan(shape, x.get_dtype().itemsize, call[1] % len(shape), spec, rht, call[7] is None,
-                         call[7] is not None, _asm()) for call in (mine, theirs)]
-    if pair_refusal(*plans) is not None:
-        return None
-    x = _contiguous(x)
-    device = x.get_device()
-    outputs = [_outputs(plan, call[7], shape, device) for plan, call in zip(plans, (mine, theirs))]
-    launch = pair_launch(*plans)
-    dummy = next(b for b in outputs[0][:3] if b is not None)
-    tensors = dict(x_ptr=x, seed_ptr=seed if plans[0].constexprs["STOCHASTIC"] else dummy, gamax_ptr=dummy)
-    scalars = dict(launch.scalars, rht_key=rht_key(plans[0], rht_seed))
-    for p, (codes_buf, scales_buf, values_buf, tensor_scale), call in zip("ab", outputs, (mine, theirs)):
-        own = next(b for b in (codes_buf, values_buf) if b is not None)
-        tensors.update({f"{p}_codes_ptr": codes_buf if codes_buf is not None else own,
-                        f"{p}_scales_ptr": scales_buf if scales_buf is not None else own,
-                        f"{p}_values_ptr": values_buf if values_buf is not None else own,
-                        f"{p}_ts_ptr": tensor_scale})
-        scalars[f"{p}_offset"] = int(call[6])
-    kernel_launch(_quantize_pair_kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
-    return _result(outputs[0], mine[7]), _result(outputs[1], theirs[7])
-
-
-def _paired(x, seed) -> tuple | None:
-    """This node's result when pairing lowered it ahead, or lowered now with its sibling; else None."""
-    if not _pairing:
-        return None
-    node, state = _pair_state()
+    if state is None:  # per graph: its node order, and the halves lowered ahead for their nodes
+        state = graph._ufp4_pairs = {"order": {n: i for i, n in enumerate(graph.graph.nodes)}, "ahead": {}}
+    node = graph.current_node
     if node in state["ahead"]:
         return state["ahead"].pop(node)
-    sibling = _sibling(node, state["order"]) if node is not None else None
+    sibling = find_sibling(node, state["order"]) if node is not None else None
     if sibling is None or sibling in state["ahead"]:
         return None
-    both = _pair_launch(x, _quantize_call(node), _quantize_call(sibling), seed)
+    both = lower_both(node, sibling)
     if both is None:
         return None
     state["ahead"][sibling] = both[1]
     return both[0]
 
 
+def _quantize_pair(x, seed):
+    """``lower_both`` of two quantizations of ``x``."""
+    def lower_both(node, sibling):
+        from ufp4_compile.kernels.quantize import (_quantize_pair_kernel, launch_plan, output_pointers, pair_launch,
+                                                   pair_refusal, rht_key)
+
+        sizes = _static_sizes(x)
+        if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
+            return None
+        shape = sizes[0]
+        calls = (_quantize_call(node), _quantize_call(sibling))
+        spec, rht, rht_seed = as_format(calls[0][2]), calls[0][3], calls[0][4]
+        plans = [launch_plan(shape, x.get_dtype().itemsize, call[1] % len(shape), spec, rht, call[7] is None,
+                             call[7] is not None, _asm()) for call in calls]
+        if pair_refusal(*plans) is not None:
+            return None
+        xc = _contiguous(x)
+        outputs = [_outputs(plan, call[7], shape, xc.get_device()) for plan, call in zip(plans, calls)]
+        launch = pair_launch(*plans)
+        dummy = next(b for b in outputs[0][:3] if b is not None)
+        tensors = dict(x_ptr=xc, seed_ptr=seed if plans[0].constexprs["STOCHASTIC"] else dummy, gamax_ptr=dummy)
+        scalars = dict(launch.scalars, rht_key=rht_key(plans[0], rht_seed))
+        for p, out, call in zip("ab", outputs, calls):
+            tensors.update(output_pointers(*out[:3], f"{p}_"), **{f"{p}_ts_ptr": out[3]})
+            scalars[f"{p}_offset"] = int(call[6])
+        kernel_launch(_quantize_pair_kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
+        return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
+
+    return _lower_paired(_sibling, lower_both)
+
+
 def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset):
-    paired = _paired(x, seed)
-    if paired is not None:
-        return paired
-    out = _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, codes=True)
+    out = _quantize_pair(x, seed) or _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset)
     if out is None:
         return fallback_handler(torch.ops.ufp4.quantize.default, add_to_fallback_set=False)(
             x, axis, fmt, rht, rht_seed, seed, offset)
-    codes, scales, _, tensor_scale = out
-    return codes, scales, tensor_scale
+    return out
 
 
 def lower_quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
-    paired = _paired(x, seed)
-    if paired is not None:
-        return paired
-    out = _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, codes=False, values_dtype=dtype)
+    out = _quantize_pair(x, seed) or _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, dtype)
     if out is None:
         return fallback_handler(torch.ops.ufp4.quantize_dequantize.default, add_to_fallback_set=False)(
             x, axis, fmt, rht, rht_seed, seed, offset, dtype)
-    _, _, values, tensor_scale = out
-    return values, tensor_scale
+    return out
 
 
 def _view3(shape: tuple, axis: int) -> tuple[tuple, tuple, bool]:
@@ -434,68 +440,34 @@ def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype):
     return plan, dict(codes_ptr=codes, scales_ptr=scales, ts_ptr=tensor_scale, out_ptr=out), out
 
 
-_DEQUANTIZE_NAMES = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")
-_PAIR_REACH = 64  # graph nodes: a dequantize pairs with one this close, so its result is not held long
+def _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype):
+    """``lower_both`` of this dequantize and the next one (its inputs as already lowered)."""
+    def lower_both(node, sibling):
+        from torch._inductor.virtualized import V
 
+        from ufp4_compile.kernels.dequantize import _dequantize_pair_kernel, pair_launch
 
-def _dequantize_call(node) -> tuple | None:
-    """(codes, scales, tensor_scale, axis, fmt, dtype) of a ufp4 dequantize FX node called positionally."""
-    name = getattr(getattr(getattr(node, "target", None), "_schema", None), "name", "")
-    if node.op != "call_function" or node.kwargs or name != "ufp4::dequantize":
-        return None
-    return tuple(node.args)
-
-
-def _dequantize_sibling(node, order: dict):
-    """The next dequantize within reach whose inputs all exist before ``node`` (so it can run there)."""
-    here = order[node]
-    later = node.next
-    for _ in range(_PAIR_REACH):
-        if later.op == "root":
+        theirs = _dequantize_call(sibling)
+        try:
+            lowered = [V.graph.env[a] for a in theirs[:3]]
+        except KeyError:
             return None
-        call = _dequantize_call(later)
-        if call is not None and all(order.get(a, here) < here for a in call[:3] if hasattr(a, "op")):
-            return later
-        later = later.next
-    return None
+        planned = [_dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype),
+                   _dequantize_plan(*lowered, *theirs[3:])]
+        if any(p is None for p in planned):
+            return None
+        grid, scalars, constexprs = pair_launch(planned[0][0], planned[1][0])
+        tensors = {f"{j}_{k}": v for j, p in zip("ab", planned) for k, v in p[1].items()}
+        kernel_launch(_dequantize_pair_kernel, grid, 4, tensors, {**scalars, **constexprs})
+        return planned[0][2], planned[1][2]
 
-
-def _paired_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
-    """This dequantize's result when pairing lowered it ahead, or lowered now with the next one; else None."""
-    from torch._inductor.virtualized import V
-
-    from ufp4_compile.kernels.dequantize import _dequantize_pair_kernel, pair_launch
-
-    if not _pairing:
-        return None
-    node, state = _pair_state()
-    if node in state["ahead"]:
-        return state["ahead"].pop(node)
-    if node is None or _dequantize_call(node) is None:
-        return None
-    sibling = _dequantize_sibling(node, state["order"])
-    if sibling is None or sibling in state["ahead"]:
-        return None
-    theirs = _dequantize_call(sibling)
-    try:
-        lowered = [V.graph.env[a] for a in theirs[:3]]
-    except KeyError:
-        return None
-    planned = [_dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype),
-               _dequantize_plan(*lowered, *theirs[3:])]
-    if any(p is None for p in planned):
-        return None
-    grid, scalars, constexprs = pair_launch(*[(p[0][0], p[0][1], p[0][2]) for p in planned])
-    tensors = {f"{j}_{k}": v for j, p in zip("ab", planned) for k, v in p[1].items()}
-    kernel_launch(_dequantize_pair_kernel, grid, 4, tensors, {**scalars, **constexprs})
-    state["ahead"][sibling] = planned[1][2]
-    return planned[0][2]
+    return _lower_paired(_dequantize_sibling, lower_both)
 
 
 def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
-    from ufp4_compile.kernels.dequantize import _dequantize_kernel
+    from ufp4_compile.kernels.dequantize import PLAN_ARGS, _dequantize_kernel
 
-    paired = _paired_dequantize(codes, scales, tensor_scale, axis, fmt, dtype)
+    paired = _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype)
     if paired is not None:
         return paired
     planned = _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype)
@@ -503,7 +475,7 @@ def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
         return fallback_handler(torch.ops.ufp4.dequantize.default, add_to_fallback_set=False)(
             codes, scales, tensor_scale, axis, fmt, dtype)
     (grid, args, constexprs), tensors, out = planned
-    kernel_launch(_dequantize_kernel, grid, 4, tensors, {**dict(zip(_DEQUANTIZE_NAMES, args)), **constexprs})
+    kernel_launch(_dequantize_kernel, grid, 4, tensors, {**dict(zip(PLAN_ARGS, args)), **constexprs})
     return out
 
 
