@@ -60,8 +60,48 @@ def main() -> int:
                     e = bench(lambda: f(x, seed))
                     print(f"{spec:26s} rht{rht:<3d} {str(shape):13s} axis {axis} {mode:6s} {e*1e3:7.1f} us "
                           f"({nbytes/e/1e6/copy_gbs:.2f} of copy)  kernel==reference {same_ref}", flush=True)
+    bad += pairs(seed)
     print("MISMATCHES vs reference:", bad)
     return 1 if bad else 0
+
+
+def pairs(seed) -> int:
+    """Two quantizations in one launch of the pair kernel against the two single launches, under a CUDA graph
+    (kernel time only; the pairing saves a launch, which this leaves out): one tensor's row-wise values and
+    column-wise codes (dY), and two tensors' row-wise values or column-wise codes (X and W). The pair's
+    results against the single launches', bit for bit. Returns the number of mismatches."""
+    from ufp4_compile.kernels.quantize import quantize_pair
+
+    bad = 0
+    w_seed = torch.tensor(11, device="cuda")
+    for spec in ("int4/16/fp32/nearest", "int4/16/fp32/stochastic"):
+        for x_shape, w_shape in (((8192, 1024), (1024, 1024)), ((8192, 1024), (2816, 1024)),
+                                 ((8192, 2816), (1024, 2816))):
+            x = torch.randn(*x_shape, device="cuda", dtype=torch.bfloat16) * 3
+            w = torch.randn(*w_shape, device="cuda", dtype=torch.bfloat16)
+            cases = {"x row values + x column codes": (((1, 16, torch.bfloat16), (0, 16, None)), None),
+                     "x row values + w row values": (((1, 16, torch.bfloat16), (1, 0, torch.bfloat16)), (w, 5, w_seed)),
+                     "x column codes + w column codes": (((0, 16, None), (0, 0, None)), (w, 5, w_seed))}
+            for name, (jobs, other) in cases.items():
+                inputs = [(x, 3, seed), other or (x, 3, seed)]
+
+                def single(job, t, r, s):
+                    axis, offset, dtype = job
+                    if dtype is None:
+                        return torch.ops.ufp4.quantize(t, axis, spec, 16, r, s, offset)
+                    return torch.ops.ufp4.quantize_dequantize(t, axis, spec, 16, r, s, offset, dtype)
+
+                both = quantize_pair(x, spec, 16, 3, seed, jobs, other=other)
+                alone = [single(job, *i) for job, i in zip(jobs, inputs)]
+                same = all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+                           for pa, pb in zip(both, alone) for a, b in zip(pa, pb))
+                bad += not same
+                paired_ms = bench(lambda: quantize_pair(x, spec, 16, 3, seed, jobs, other=other))
+                singles_ms = bench(lambda: [single(job, *i) for job, i in zip(jobs, inputs)])
+                print(f"pair {spec:26s} x{str(x_shape):13s} w{str(w_shape):13s} {name:32s} "
+                      f"{paired_ms*1e3:7.1f} us paired, {singles_ms*1e3:7.1f} us two launches "
+                      f"({paired_ms/singles_ms:.2f})  paired==single {same}", flush=True)
+    return bad
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
            for name, step in (("ufp4", 1.30), ("ufp4-nv", 1.40), ("ufp4-mean", 1.50), ("e2m1-ref", 1.40),
                               ("nvfp4", 1.40), ("mxfp4", 1.40))}
 VARIANT_KINDS = ("inductor", "eager", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
-                 "ufp4-pylaunch", "ufp4-pairs", "ufp4-pairs-cg")  # run order: each baseline before its rows
+                 "ufp4-pylaunch", "ufp4-nopairs", "ufp4-nopairs-cg", "ufp4-sameaxis",
+                 "ufp4-sameaxis-cg")  # run order: each baseline before its rows
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -68,9 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "inductor-cpp / ufp4-cpp (Inductor's C++ wrapper, cpp_wrapper: kernels launched from "
                         "C++, no Python per launch), ufp4-pylaunch (our kernels through Triton's Python launcher, "
                         "Inductor's default for kernels it did not generate, instead of the static launcher the "
-                        "backend asks for: static_launch_user_defined_triton_kernels=False), ufp4-pairs / ufp4-pairs-cg "
-                        "(pairs of quantize and of dequantize launches as one launch each, lowering.kernel_calls."
-                        "pair_launches) to run (default: eager, inductor, ufp4, qdq)")
+                        "backend asks for: static_launch_user_defined_triton_kernels=False), ufp4-nopairs / "
+                        "ufp4-nopairs-cg (every quantize and dequantize its own launch: lowering.kernel_calls."
+                        "pair_launches(False); the backend pairs them by default), ufp4-sameaxis / ufp4-sameaxis-cg "
+                        "(quantize launches paired only along the same kind of axis: pair_launches(other_axis=False)) "
+                        "to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
     p.add_argument("--iters", type=int, default=20, help="timed steps")
@@ -381,8 +384,8 @@ def main(argv=None) -> int:
         for label, kind, recipe in variants(args):
             print(f"{label} ...", flush=True)
             try:
-                # ufp4-pairs*: compiled (forward and the lazily compiled backward) with paired quantize launches
-                with kernel_calls.pair_launches("-pairs" in kind):
+                # ufp4-nopairs*: compiled (forward and the lazily compiled backward) without paired launches
+                with kernel_calls.pair_launches("-nopairs" not in kind, other_axis="-sameaxis" not in kind):
                     rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})

@@ -271,12 +271,13 @@ def test_rowwise_fold():
                                                                          config={"fold": False})[0])
 
 
-def _pair_reference(x, spec, rht, seed, job):
+def _pair_reference(x, spec, rht, seed, job, rht_seed=3):
     axis, offset, dtype = job
     if dtype is None:
-        q = quantize_reference(x, axis, spec, rht=rht, rht_seed=3, seed=seed, offset=offset)
+        q = quantize_reference(x, axis, spec, rht=rht, rht_seed=rht_seed, seed=seed, offset=offset)
         return q.codes, q.scales, q.tensor_scale
-    return quantize_dequantize_reference(x, axis, spec, rht=rht, rht_seed=3, seed=seed, offset=offset, dtype=dtype)
+    return quantize_dequantize_reference(x, axis, spec, rht=rht, rht_seed=rht_seed, seed=seed, offset=offset,
+                                         dtype=dtype)
 
 
 def _bits(t):
@@ -310,6 +311,27 @@ def test_pair_launch_matches_reference(spec, rht, shape, jobs):
             assert torch.equal(_bits(g), _bits(w))
 
 
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
+                                       ("e2m1/16/fp32/nearest", 0)])
+@pytest.mark.parametrize("shapes, jobs", [
+    (((48, 64), (32, 64)), ((1, 16, torch.bfloat16), (1, 3, torch.bfloat16))),  # X's and W's row-wise values
+    (((48, 64), (40, 96)), ((0, 1 << 32, None), (0, 7, None))),  # their column-wise codes; a partial tile
+    (((2, 40, 32), (64, 32)), ((1, 9, None), (1, 5, torch.float32))),  # pages column-wise beside a row-wise job
+])
+def test_pair_launch_of_two_tensors_matches_reference(spec, rht, shapes, jobs):
+    """Two tensors quantized in one launch, each with its own RHT seed and seed (the pairing of X's and W's
+    row-wise quantizations for Fprop): each result is its single reference's, bit for bit."""
+    x, w = (torch.randn(shape, device=DEVICE) * 3 for shape in shapes)
+    seeds = torch.tensor(1234, device=DEVICE), torch.tensor(77, device=DEVICE)
+    results = kernels_quantize.quantize_pair(x, spec, rht, 3, seeds[0], jobs, other=(w, 5, seeds[1]))
+    for t, rht_seed, seed, job, got in zip((x, w), (3, 5), seeds, jobs, results):
+        want = _pair_reference(t, spec, rht, seed, job, rht_seed)
+        assert len(got) == len(want)
+        for g, w_ in zip(got, want):
+            assert g.dtype == w_.dtype and g.shape == w_.shape
+            assert torch.equal(_bits(g), _bits(w_))
+
+
 def test_pair_refusal_names_the_reason():
     x = torch.randn(64, 64)
     plan = lambda spec, axis: kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=True,
@@ -322,6 +344,8 @@ def test_pair_refusal_names_the_reason():
         kernels_quantize.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None)])
     with pytest.raises(ValueError, match="dtype"):
         kernels_quantize.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, torch.int8)])
+    with pytest.raises(ValueError, match="other"):
+        kernels_quantize.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, None)], other=x)
 
 
 @gpu

@@ -3,6 +3,8 @@ kernels itself (no extern call into the ufp4 ops, so no Python launcher per call
 launcher's bits, through Triton's launcher and through Inductor's static one; and the backend's default on a GPU without native 4-bit MMA (dense GEMMs) equals the
 codes path. GPU only: Inductor cannot generate code for user Triton kernels on CPU tensors."""
 
+import re
+
 import pytest
 import torch
 
@@ -52,9 +54,10 @@ def test_compiled_ops_launch_kernels_and_match_eager(spec, rht, axis):
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec, rht", CASES)
 def test_paired_quantizations_match_eager(spec, rht):
-    """With ``pair_launches()``, two quantizations of x in one graph (row-wise values, column-wise codes,
-    as the forward quantizes X and W) run as one pair-kernel launch where the format allows, bit for bit
-    eager's."""
+    """With pairing (the default), two quantizations of x in one graph (row-wise values, column-wise codes)
+    run as one pair-kernel launch where the format allows, and so do the row-wise values of x and w with
+    their own RHT seeds and seeds, and their column-wise codes (as the forward quantizes X and W for Fprop,
+    Wgrad and Dgrad); bit for bit eager's."""
     from torch._inductor.utils import run_and_get_code
 
     from ufp4_compile import lowering
@@ -78,6 +81,25 @@ def test_paired_quantizations_match_eager(spec, rht):
     text = "\n".join(code)
     plans = [launch_plan((256, 512), 2, axis, as_format(spec), rht, axis == 0, axis == 1, True) for axis in (1, 0)]
     assert ("_quantize_pair_kernel" in text) == (pair_refusal(*plans) is None)
+    for got, want in zip(compiled, eager):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(_bits(got), _bits(want))
+
+    w = torch.randn(384, 512, device="cuda", dtype=torch.bfloat16)
+    w_seed = torch.tensor(11, device="cuda")
+
+    def g(x, w, seed, w_seed):
+        xv, xvts = torch.ops.ufp4.quantize_dequantize(x, 1, spec, rht, 3, seed, 16, torch.bfloat16)
+        wv, wvts = torch.ops.ufp4.quantize_dequantize(w, 1, spec, rht, 5, w_seed, 0, torch.bfloat16)
+        xc, xs, xts = torch.ops.ufp4.quantize(x, 0, spec, rht, 3, seed, 1 << 32)
+        wc, ws, wts = torch.ops.ufp4.quantize(w, 0, spec, rht, 5, w_seed, 1 << 33)
+        return xv, xvts, wv, wvts, xc, xs, xts, wc, ws, wts
+
+    eager = g(x, w, seed, w_seed)
+    torch._dynamo.reset()
+    compiled, code = run_and_get_code(torch.compile(g, backend="inductor", fullgraph=True), x, w, seed, w_seed)
+    text = "\n".join(code)
+    assert (len(re.findall(r"_quantize_pair_kernel\w*\.run\(", text)) == 2) == (pair_refusal(*plans) is None)
     for got, want in zip(compiled, eager):
         assert got.dtype == want.dtype and got.shape == want.shape
         assert torch.equal(_bits(got), _bits(want))
@@ -129,9 +151,10 @@ def test_static_launcher_launches_the_kernels_with_the_same_bits(spec, rht):
 @pytest.mark.gpu
 @pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref"])
 def test_paired_training_step_equals_unpaired(recipe):
-    """A training step of backend="ufp4" with pair_launches() (X's, W's and dY's two quantizations in
-    one launch each, the backward's dequantizations two by two) against the same step without: the same
-    output and gradients, bit for bit, and the pair kernels in the generated code."""
+    """A training step of backend="ufp4" with paired launches (the default: X's and W's row-wise
+    quantizations side by side and their column-wise ones, dY's two, the backward's dequantizations two by
+    two) against the same step with pair_launches(False): the same output and gradients, bit for bit, and
+    the pair kernels in the generated code."""
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 

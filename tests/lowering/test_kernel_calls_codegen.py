@@ -21,6 +21,7 @@ CASES = [("int4/16/fp32/stochastic", 16, 1), ("int4/16/fp32/nearest", 16, 0), ("
 
 def _wrapper(spec: str, rht: int, axis: int) -> str:
     from ufp4_compile import lowering
+    from ufp4_compile.lowering import kernel_calls
     from ufp4_compile.testing.fake_cuda import wrapper_code
 
     lowering.register()
@@ -31,7 +32,8 @@ def _wrapper(spec: str, rht: int, axis: int) -> str:
         back = torch.ops.ufp4.dequantize(codes, scales, ts, axis, spec, torch.float32)
         return codes, scales, ts, values, values_ts, back
 
-    return wrapper_code(f, ((256, 512), torch.bfloat16), ((), torch.int64))
+    with kernel_calls.pair_launches(False):  # one launch per op (the pairing has its own test)
+        return wrapper_code(f, ((256, 512), torch.bfloat16), ((), torch.int64))
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +71,16 @@ def _compile_with_constant_scalars() -> dict:
     from ufp4_compile.kernels import quantize
     from ufp4_compile.numerics.hadamard import sign_mask
 
-    scalars = dict(O=4096, L=4096, s_page=2, offset=16, rht_key=sign_mask(16, 3))
+    one = dict(O=4096, L=4096, s_page=2, offset=16, rht_key=sign_mask(16, 3))
+    scalars = {f"{p}{k}": v for p in ("", "a_", "b_") for k, v in one.items()}  # a pair kernel's jobs a and b
     errors = {}
     for variant in quantize.compile_variants():
         signature = {k: ("constexpr" if k in scalars else v) for k, v in variant.signature.items()}
         constexprs = {**variant.constexprs, **{k: v for k, v in scalars.items() if k in signature}}
         if variant.constexprs.get("SIGN_MASK") is False or variant.constexprs.get("RHT", 16) != 16:
-            constexprs["rht_key"] = 3  # a Philox seed where the kernel computes the signs itself
+            for key in ("rht_key", "a_rht_key", "b_rht_key"):  # a Philox seed where the kernel computes the signs
+                if key in signature:
+                    constexprs[key] = 3
         try:
             triton_compile(ASTSource(fn=variant.fn, signature=signature, constexprs=constexprs),
                            target=GPUTarget("cuda", 90, 32), options=variant.options)
@@ -186,11 +191,18 @@ def _pair_check() -> dict:
             d, dts = torch.ops.ufp4.quantize_dequantize(y, 1, spec, 16, 3, seed, 7, torch.bfloat16)
             return v, vts, c, s, ts, w, wts, d, dts
 
+        def h(x, seed):  # one tensor's row-wise values and column-wise codes, nothing else to pair with
+            v, vts = torch.ops.ufp4.quantize_dequantize(x, 1, spec, 16, 3, seed, 16, torch.bfloat16)
+            c, s, ts = torch.ops.ufp4.quantize(x, 0, spec, 16, 3, seed, 1 << 32)
+            return v, vts, c, s, ts
+
         for on in (False, True):
             with kernel_calls.pair_launches(on):
                 code = wrapper_code(f, ((256, 512), torch.bfloat16), ((128, 512), torch.bfloat16),
                                     ((), torch.int64), ((), torch.int64))
+                alone = wrapper_code(h, ((256, 512), torch.bfloat16), ((), torch.int64))
             out[f"{spec}/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+            out[f"{spec}/alone/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", alone)]
     def g(x, w, seed):  # the backward's dequantizations of saved codes (two formats), and a third
         cx, sx, tx = torch.ops.ufp4.quantize(x, 0, "int4/16/fp32/nearest", 16, 3, seed, 16)
         cw, sw, tw = torch.ops.ufp4.quantize(w, 0, "e2m1/16/e4m3/nearest", 0, 3, seed, 16)
@@ -221,16 +233,20 @@ if __name__ == "__main__":
     print(json.dumps(out))
 
 
-def test_two_quantizations_of_a_tensor_share_a_launch_when_pairing(wrappers):
-    """With pairing on, the first two quantizations of x with the same format, RHT and seed become one launch
-    of the pair kernel, which the access analysis sees writing both results; a third one with another seed,
-    another tensor, and a format whose tiles or pre-pass differ by orientation (nvfp4's E4M3) keep their own
-    launches. Two neighbouring dequantizations (of any formats) become one launch, a third its own. Off (the
-    default), every quantization and dequantization is its own launch."""
+def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers):
+    """With pairing on (the default), a quantization shares one launch of the pair kernel with the next one
+    of the same format and RHT along the same kind of axis whose inputs exist (x's and y's row-wise values;
+    x's column-wise codes and its column-wise values with another seed), else with its own tensor's other
+    axis (x's row-wise values and column-wise codes, when nothing else is there); a format whose tiles or
+    pre-pass differ by orientation (nvfp4's E4M3) keeps its own launches. The access analysis sees each pair
+    launch read both inputs and write both results. Two neighbouring dequantizations (of any formats) become
+    one launch, a third its own. Off, every quantization and dequantization is its own launch."""
     pairs = wrappers["pairs"]
     for spec in ("int4/16/fp32/stochastic", "int4/16/fp32/nearest"):  # in the scheduler's order: compare as sets
         assert pairs[f"{spec}/0"] == ["_quantize_kernel"] * 4
-        assert sorted(pairs[f"{spec}/1"]) == ["_quantize_kernel"] * 2 + ["_quantize_pair_kernel"]
+        assert pairs[f"{spec}/1"] == ["_quantize_pair_kernel"] * 2
+        assert pairs[f"{spec}/alone/0"] == ["_quantize_kernel"] * 2
+        assert pairs[f"{spec}/alone/1"] == ["_quantize_pair_kernel"]
     e4m3 = ["_amax_kernel", "_quantize_kernel"] * 4
     assert pairs["e2m1/16/e4m3/nearest/0"] == pairs["e2m1/16/e4m3/nearest/1"] == e4m3
     assert pairs["dequantize/0"] == ["_dequantize_kernel"] * 3
@@ -239,10 +255,12 @@ def test_two_quantizations_of_a_tensor_share_a_launch_when_pairing(wrappers):
         assert set(writes) == {"a_out_ptr", "b_out_ptr"}
     assert pairs["dequantize_pair_accesses"], "the dequantize pair kernel was never analysed"
     accesses = {(tuple(reads), tuple(writes), fuse) for reads, writes, fuse in pairs["pair_accesses"]}
-    assert accesses, "the pair kernel was never analysed"
-    for reads, writes, _ in accesses:
-        assert {"x_ptr"} <= set(reads)
-        assert {"a_values_ptr", "a_ts_ptr", "b_codes_ptr", "b_scales_ptr", "b_ts_ptr"} == set(writes)
+    for reads, _, _ in accesses:
+        assert {"a_x_ptr", "b_x_ptr"} <= set(reads)
+    rows, cols = {"a_values_ptr", "a_ts_ptr", "b_values_ptr", "b_ts_ptr"}, {"a_codes_ptr", "a_scales_ptr",
+                                                                            "a_ts_ptr", "b_values_ptr", "b_ts_ptr"}
+    row_col = {"a_values_ptr", "a_ts_ptr", "b_codes_ptr", "b_scales_ptr", "b_ts_ptr"}
+    assert {frozenset(writes) for _, writes, _ in accesses} == {frozenset(rows), frozenset(cols), frozenset(row_col)}
 
 
 def test_memos_take_either_torch_api():
@@ -299,8 +317,11 @@ def test_memos_take_either_torch_api():
 
 def test_pairing_finds_the_training_step_pairs(monkeypatch):
     """On the graphs Inductor lowers for a GPT block's training step (forward and backward, after the
-    partitioner), the pairing finds X's row-wise and column-wise quantizations of each linear in the
-    forward and dY's two in the backward, and the backward's dequantizations of saved codes two by two."""
+    partitioner), the pairing puts the row-wise quantizations of X and W of each linear side by side in the
+    forward, pairs dY's two (row-wise and column-wise: no other quantization's input exists yet) and W's
+    column-wise ones two by two in the backward, and the backward's dequantizations of saved codes two by
+    two. X's column-wise codes in the forward find no partner here: no other column-wise quantization's
+    input exists yet (on a GPU, in bf16, W's column-wise one is in the forward too)."""
     import torch._inductor.compile_fx as compile_fx
 
     from ufp4_compile.backend import make_backend
@@ -329,22 +350,26 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
         for node in quantizations:  # as the lowering walks them: a node paired ahead is not paired again
             if node in taken:
                 continue
-            sibling = kernel_calls._sibling(node, order)
-            if sibling is not None and sibling not in taken:
+            sibling = kernel_calls._sibling(node, order, taken)
+            if sibling is not None:
                 pairs.append((node, sibling))
                 taken |= {node, sibling}
+        kinds = []
         for a, b in pairs:
-            assert a.args[0] is b.args[0] and a.args[5] is b.args[5] and a.args[2:5] == b.args[2:5]
-            assert a.args[1] != b.args[1]  # one row-wise, one column-wise
+            assert a.args[2:4] == b.args[2:4]  # format and RHT
+            same_axis = kernel_calls._rowwise(a.args) == kernel_calls._rowwise(b.args)
+            assert same_axis or a.args[0] is b.args[0]  # else the other axis of one tensor
+            kinds.append("same axis" if same_axis else "one tensor")
         dequantizations = [n for n in gm.graph.nodes if kernel_calls._dequantize_call(n) is not None]
         dequantize_pairs, taken = 0, set()
         for node in dequantizations:
-            sibling = None if node in taken else kernel_calls._dequantize_sibling(node, order)
+            sibling = None if node in taken else kernel_calls._dequantize_sibling(node, order, taken)
             if sibling is not None:
                 dequantize_pairs += 1
                 taken |= {node, sibling}
-        found["backward" if backward else "forward"] = (len(quantizations), len(pairs), len(dequantizations),
+        found["backward" if backward else "forward"] = (len(quantizations), sorted(kinds), len(dequantizations),
                                                         dequantize_pairs)
     linears = 4  # qkv, attention output, SwiGLU gate-and-up, down (fp32 here: W is quantized in the backward)
     # the backward dequantizes X's saved codes of each linear: two pairs of neighbours
-    assert found == {"forward": (3 * linears, linears, 0, 0), "backward": (3 * linears, linears, linears, 2)}
+    assert found == {"forward": (3 * linears, ["same axis"] * linears, 0, 0),
+                     "backward": (3 * linears, ["one tensor"] * linears + ["same axis"] * (linears // 2), linears, 2)}

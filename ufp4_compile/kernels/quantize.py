@@ -596,7 +596,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
 
 
 @triton.jit
-def _quantize_pair_kernel(x_ptr, seed_ptr, gamax_ptr, rht_key,
+def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a_rht_key, b_rht_key,
                           a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l,
                           a_offset, a_g0, a_g1, a_g2,
                           b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_O, b_L, b_s_page, b_s_o, b_s_l,
@@ -610,22 +610,24 @@ def _quantize_pair_kernel(x_ptr, seed_ptr, gamax_ptr, rht_key,
                           B_SR_GROUPED: tl.constexpr, B_ROWWISE: tl.constexpr, B_COLS: tl.constexpr,
                           B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, B_U: tl.constexpr,
                           B_B: tl.constexpr, B_PARTIAL: tl.constexpr):
-    """Two quantizations of one tensor in one launch (the same format, RHT and seed; each its own axis and
-    outputs): the first ``a_g0 * a_g1 * a_g2`` programs are job a's grid, the rest job b's, each in the grid
-    order of its own launch. A launch fewer per pair: the default mode of a training step is bound by the
-    host's time per launch. Each program runs exactly the tile it runs in its own launch, so the bits are."""
+    """Two quantizations in one launch (one format and RHT; each its own input, seeds, axis and outputs):
+    the first ``a_g0 * a_g1 * a_g2`` programs are job a's grid, the rest job b's, each in the grid order of
+    its own launch. A launch fewer per pair: the default mode of a training step is bound by the host's time
+    per launch. Each program runs exactly the tile it runs in its own launch, so the bits are. The two jobs
+    share one register allocation: two row-wise (or two column-wise) jobs keep a single launch's occupancy,
+    a row-wise and a column-wise one take the larger tile's registers for both."""
     pid = tl.program_id(0)
     n_a = a_g0 * a_g1 * a_g2
     if pid < n_a:
-        _quantize_tile(x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, seed_ptr,
-                       a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, rht_key,
+        _quantize_tile(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, a_seed_ptr,
+                       a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, a_rht_key,
                        pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1), GRID, SCALE, BLOCK, BLOCK_2D,
                        STOCHASTIC, A_SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, A_ROWWISE, A_COLS,
                        A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B, A_PARTIAL)
     else:
         q = pid - n_a
-        _quantize_tile(x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, seed_ptr,
-                       b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, rht_key,
+        _quantize_tile(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, b_seed_ptr,
+                       b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, b_rht_key,
                        q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1), GRID, SCALE, BLOCK, BLOCK_2D,
                        STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, B_ROWWISE, B_COLS,
                        B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
@@ -843,7 +845,7 @@ def quantize_dequantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rh
     return values, _launch(x, plan, rht_seed, seed, offset, None, None, values)
 
 
-# ---- two quantizations of one tensor in one launch ---------------------------------------------------------
+# ---- two quantizations in one launch -----------------------------------------------------------------------
 
 _PAIR_SHARED = ("GRID", "SCALE", "BLOCK", "BLOCK_2D", "STOCHASTIC", "E8M0_FLOOR", "Q_MAX", "RHT", "INV_SQRT",
                 "SIGN_MASK", "ASM")  # what the two jobs of a pair launch have in common
@@ -851,7 +853,7 @@ _PAIR_OWN = ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U"
 
 
 def pair_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
-    """Why two launches of one tensor cannot share a launch (:func:`_quantize_pair_kernel`), or None."""
+    """Why two quantize launches cannot share one (:func:`_quantize_pair_kernel`), or None."""
     if a.amax_constexprs is not None or b.amax_constexprs is not None:
         return "two-level scales (each quantization has its own global-amax pre-pass)"
     if a.num_warps != b.num_warps:
@@ -866,7 +868,7 @@ def pair_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
 class PairLaunch:
     grid: tuple
     num_warps: int
-    scalars: dict  # a_* and b_* sizes, strides and grid extents (offsets and rht_key: the caller's)
+    scalars: dict  # a_* and b_* sizes, strides and grid extents (offsets and rht keys: the caller's)
     constexprs: dict
 
 
@@ -881,42 +883,48 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan) -> PairLaunch:
     return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs)
 
 
-def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int, rht_seed: int, seed, jobs) -> list[tuple]:
-    """Two quantizations of ``x`` (one format, RHT and seed) in one launch where :func:`pair_refusal` allows,
-    else two: ``jobs`` is two ``(axis, offset, dtype)``, ``dtype`` None for codes (``quantize``'s result) or
-    the values' dtype (``quantize_dequantize``'s). Each result is bit for bit the single call's."""
+def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int, rht_seed: int, seed, jobs, *,
+                  other: tuple | None = None) -> list[tuple]:
+    """Two quantizations (one format and RHT) in one launch where :func:`pair_refusal` allows, else two:
+    ``jobs`` is two ``(axis, offset, dtype)``, ``dtype`` None for codes (``quantize``'s result) or the values'
+    dtype (``quantize_dequantize``'s). Both quantize ``x`` with ``rht_seed`` and ``seed``, or the second
+    quantizes ``other = (tensor, rht_seed, seed)``. Each result is bit for bit the single call's."""
     fmt = as_format(fmt)
     if len(jobs) != 2:
         raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
-    axes = [check_quantize_inputs(x, axis, fmt, rht, seed) for axis, _, _ in jobs]
+    if other is not None and (not isinstance(other, tuple) or len(other) != 3):
+        raise ValueError(f"other={other!r} is not valid: a (tensor, rht_seed, seed) triple, or None")
+    inputs = [(x, rht_seed, seed), other if other is not None else (x, rht_seed, seed)]
+    axes = [check_quantize_inputs(t, axis, fmt, rht, s) for (t, _, s), (axis, _, _) in zip(inputs, jobs)]
     for _, _, dtype in jobs:
         if dtype is not None and dtype not in _VALUE_DTYPES:
             raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
                              f"{', '.join(map(str, _VALUE_DTYPES))}")
-    x = x.contiguous()
-    plans = [plan_for(x, axis, fmt, rht, codes=dtype is None, values=dtype is not None)
-             for axis, (_, _, dtype) in zip(axes, jobs)]
-    if x.numel() == 0 or pair_refusal(*plans) is not None:
-        return [quantize(x, axis, fmt, rht, rht_seed, seed, offset) if dtype is None else
-                quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype)
-                for axis, offset, dtype in jobs]
+    inputs = [(t.contiguous(), r, s) for t, r, s in inputs]
+    plans = [plan_for(t, axis, fmt, rht, codes=dtype is None, values=dtype is not None)
+             for (t, _, _), axis, (_, _, dtype) in zip(inputs, axes, jobs)]
+    if any(t.numel() == 0 for t, _, _ in inputs) or pair_refusal(*plans) is not None:
+        return [quantize(t, axis, fmt, rht, r, s, offset) if dtype is None else
+                quantize_dequantize(t, axis, fmt, rht, r, s, offset, dtype)
+                for (t, r, s), axis, (_, offset, dtype) in zip(inputs, axes, jobs)]
     outputs, kwargs = [], {}
-    for p, plan, (_, offset, dtype) in zip("ab", plans, jobs):
-        ts = torch.empty((), dtype=torch.float32, device=x.device)
+    for p, plan, (t, r, s), (_, offset, dtype) in zip("ab", plans, inputs, jobs):
+        ts = torch.empty((), dtype=torch.float32, device=t.device)
         codes = scales = values = None
         if dtype is None:
-            codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
-            scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=x.device)
+            codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=t.device)
+            scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=t.device)
             outputs.append((codes, scales.view(plan.result_scale_dtype), ts))
         else:
-            values = torch.empty(x.shape, dtype=dtype, device=x.device)
+            values = torch.empty(t.shape, dtype=dtype, device=t.device)
             outputs.append((values, ts))
-        kwargs.update(output_pointers(codes, scales, values, f"{p}_"), **{f"{p}_ts_ptr": ts, f"{p}_offset": int(offset)})
+        seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else outputs[-1][0]
+        kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
+                      **{f"{p}_ts_ptr": ts, f"{p}_offset": int(offset), f"{p}_x_ptr": t, f"{p}_seed_ptr": seed_t,
+                         f"{p}_rht_key": rht_key(plan, r)})
     launch = pair_launch(*plans)
-    dummy = outputs[0][0]
-    seed_t = _seed_tensor(seed, x.device) if plans[0].constexprs["STOCHASTIC"] else dummy
-    _quantize_pair_kernel[launch.grid](x_ptr=x, seed_ptr=seed_t, gamax_ptr=dummy, rht_key=rht_key(plans[0], rht_seed),
-                                       **kwargs, **launch.scalars, **launch.constexprs, num_warps=launch.num_warps)
+    _quantize_pair_kernel[launch.grid](gamax_ptr=outputs[0][0], **kwargs, **launch.scalars, **launch.constexprs,
+                                       num_warps=launch.num_warps)
     return outputs
 
 
@@ -952,28 +960,37 @@ def compile_variants():
     pairs: dict = {}
     for (fmt, rht, rowwise), presets in preset_quantize_calls().items():
         pairs.setdefault((fmt, rht), set()).update(presets.split(", "))
-    for (fmt, rht), names in pairs.items():  # the row-wise values and column-wise codes of one tensor
-        shape = (_VARIANT_SIZE, _VARIANT_SIZE)
-        row, col = (launch_plan(shape, 2, axis, fmt, rht, axis == 0, axis == 1, False) for axis in (1, 0))
-        if pair_refusal(row, col) is not None:
-            continue
+    # the row-wise values and column-wise codes of one tensor; two tensors' row-wise values (X and W for
+    # Fprop) and their column-wise codes (for Wgrad and Dgrad)
+    jobs = dict(row=(1, "row-wise values", ("*bf16", "*bf16", "*bf16")), col=(0, "column-wise codes", None))
+    for (fmt, rht), names in pairs.items():
         c = format_constants(fmt)
-        launch = pair_launch(row, col)
-        types = dict(x_ptr="*bf16", seed_ptr="*i64" if c.stochastic else "*u8", gamax_ptr="*i32", rht_key="i32")
-        # a writes values (its unused code and scale pointers are the values buffer), b codes and scales
-        # (its unused values pointer is the codes buffer), as the launcher and the lowering pass them
-        for p, codes_ptr, scale_ptr, values_ptr in (("a", "*bf16", "*bf16", "*bf16"),
-                                                    ("b", "*u8", _SCALE_POINTERS[c.scale], "*u8")):
-            types.update({f"{p}_codes_ptr": codes_ptr, f"{p}_scales_ptr": scale_ptr, f"{p}_values_ptr": values_ptr,
-                          f"{p}_ts_ptr": "*fp32", f"{p}_O": "i32", f"{p}_L": "i32", f"{p}_s_page": "i32",
-                          f"{p}_offset": "i64", f"{p}_g0": "i32", f"{p}_g1": "i32"})
-        types["a_g2"] = "i32"
-        unit = dict(a_s_o=row.args["s_o"], a_s_l=1, b_s_o=1, b_s_l=_VARIANT_SIZE)
-        variants.append(KernelVariant.build(
-            f"quantize_pair[{fmt.spec} rht{rht} row-wise values + column-wise codes]", ", ".join(sorted(names)),
-            _quantize_pair_kernel, types, unit | launch.constexprs,
-            aligned=("x_ptr", "a_values_ptr", "b_codes_ptr", "b_scales_ptr", "a_O", "a_L", "b_O", "b_L"),
-            options=dict(num_warps=launch.num_warps)))
+        for kinds in (("row", "col"), ("row", "row"), ("col", "col")):
+            shape = (_VARIANT_SIZE, _VARIANT_SIZE)
+            plans = [launch_plan(shape, 2, jobs[k][0], fmt, rht, k == "col", k == "row", False) for k in kinds]
+            if pair_refusal(*plans) is not None:
+                continue
+            launch = pair_launch(*plans)
+            types, unit = dict(gamax_ptr="*i32"), {}
+            # a values job's unused code and scale pointers are its values buffer, a codes job's unused
+            # values pointer its codes buffer, as the launcher and the lowering pass them
+            for p, k, plan in zip("ab", kinds, plans):
+                codes_ptr, scale_ptr, values_ptr = jobs[k][2] or ("*u8", _SCALE_POINTERS[c.scale], "*u8")
+                types.update({f"{p}_x_ptr": "*bf16", f"{p}_seed_ptr": "*i64" if c.stochastic else codes_ptr,
+                              f"{p}_rht_key": "i32", f"{p}_codes_ptr": codes_ptr, f"{p}_scales_ptr": scale_ptr,
+                              f"{p}_values_ptr": values_ptr, f"{p}_ts_ptr": "*fp32", f"{p}_O": "i32",
+                              f"{p}_L": "i32", f"{p}_s_page": "i32", f"{p}_offset": "i64", f"{p}_g0": "i32",
+                              f"{p}_g1": "i32"})
+                unit.update({f"{p}_s_o": plan.args["s_o"], f"{p}_s_l": 1} if k == "row" else
+                            {f"{p}_s_o": 1, f"{p}_s_l": _VARIANT_SIZE})
+            types["a_g2"] = "i32"
+            written = [("a_values_ptr" if k == "row" else "a_codes_ptr") for k in kinds[:1]]
+            written += ["b_values_ptr"] if kinds[1] == "row" else ["b_codes_ptr", "b_scales_ptr"]
+            variants.append(KernelVariant.build(
+                f"quantize_pair[{fmt.spec} rht{rht} {jobs[kinds[0]][1]} + {jobs[kinds[1]][1]}]",
+                ", ".join(sorted(names)), _quantize_pair_kernel, types, unit | launch.constexprs,
+                aligned=("a_x_ptr", "b_x_ptr", *written, "a_O", "a_L", "b_O", "b_L"),
+                options=dict(num_warps=launch.num_warps)))
     for (rht, rowwise, warps, constexprs), names in amax.items():
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"

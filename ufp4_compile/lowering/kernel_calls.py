@@ -256,33 +256,38 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 #
 # A training step quantizes most tensors twice in one graph: X row-wise for Fprop and column-wise (codes for
 # Wgrad) in the forward, W likewise, dY row-wise for Dgrad and column-wise for Wgrad in the backward; and the
-# backward dequantizes the saved codes of X and W next to each other. With pairing on, the first of two such
-# quantizations (same input, format, RHT, RHT seed and seed) lowers to one launch of
-# kernels.quantize._quantize_pair_kernel that writes both results, and a dequantize to one launch of
-# kernels.dequantize._dequantize_pair_kernel with the next dequantize within _PAIR_REACH nodes whose inputs
-# already exist; the second op returns its half. One launch fewer per pair, the same bits (each program runs
-# the tile it runs alone). Off by default until it is measured on a GPU; :func:`pair_launches` turns it on
+# backward dequantizes the saved codes of X and W next to each other. With pairing on (the default), a
+# quantization lowers to one launch of kernels.quantize._quantize_pair_kernel with the next one within
+# _PAIR_REACH nodes of the same format and RHT along the same kind of axis whose inputs already exist (X's and
+# W's row-wise quantizations for Fprop, their column-wise ones), else with the next quantization of its own
+# input (dY's two); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
+# dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
+# pair, the same bits (each program runs the tile it runs alone). Why same-axis partners first: a pair
+# kernel takes the registers of its larger tile for both halves, and a row-wise tile beside a column-wise one
+# runs at a lower occupancy than alone (docs/kernels.md). :func:`pair_launches` (False) turns pairing off
 # while compiling.
 
-_pairing = False
+_pairing = True
+_other_axis = True  # a quantization with no same-axis partner pairs with its own tensor's other axis
 _PAIR_REACH = 64  # graph nodes: a dequantize pairs with one this close, so its result is not held long
 
 
 def state_key() -> str:
     """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
-    return f"pairs{int(_pairing)}"
+    return f"pairs{int(_pairing)}{int(_other_axis)}"
 
 
 @contextlib.contextmanager
-def pair_launches(enabled: bool = True):
-    """Lower two quantizations of one tensor, and two neighbouring dequantizations, to one kernel launch
-    each while compiling (keep it on for the first backward too: the backward compiles then)."""
-    global _pairing
-    previous, _pairing = _pairing, enabled
+def pair_launches(enabled: bool = True, *, other_axis: bool = True):
+    """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
+    (the default; ``enabled=False`` turns it off; ``other_axis=False`` pairs quantizations along the same kind
+    of axis only). Keep the setting for the first backward too: the backward compiles then."""
+    global _pairing, _other_axis
+    previous, _pairing, _other_axis = (_pairing, _other_axis), enabled, other_axis
     try:
         yield
     finally:
-        _pairing = previous
+        _pairing, _other_axis = previous
 
 
 def _ufp4_call(node, *ops: str) -> tuple | None:
@@ -304,22 +309,43 @@ def _dequantize_call(node) -> tuple | None:
     return _ufp4_call(node, "dequantize")
 
 
-def _sibling(node, order: dict):
-    """The next quantization in the graph of ``node``'s input with its format, RHT, RHT seed and seed."""
+def _rowwise(call) -> bool | None:
+    """Whether a quantize call runs along its input's last axis (None where the rank is not known)."""
+    val = getattr(call[0], "meta", {}).get("val")
+    return None if val is None else call[1] % max(val.dim(), 1) == max(val.dim(), 1) - 1
+
+
+def _sibling(node, order: dict, taken=()):
+    """The quantization that shares ``node``'s launch: the next one within reach with its format and RHT
+    along the same kind of axis (both row-wise or both column-wise: their tiles take alike registers, so the
+    pair keeps a single launch's occupancy) whose inputs all exist before ``node``; else the next
+    quantization of ``node``'s own input with its format and RHT (its other axis). Not one in ``taken``."""
     mine = _quantize_call(node)
     if mine is None:
         return None
+    here, rowwise = order[node], _rowwise(mine)
+    later = node.next
+    for _ in range(_PAIR_REACH):
+        if later.op == "root" or rowwise is None:
+            break
+        other = _quantize_call(later) if later not in taken else None
+        if (other is not None and other[2:4] == mine[2:4] and _rowwise(other) == rowwise
+                and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))):
+            return later
+        later = later.next
     best = None
-    for user in mine[0].users:
-        other = _quantize_call(user) if user is not node else None
-        if (other is not None and order.get(user, -1) > order[node] and other[2:5] == mine[2:5]
-                and other[5] is mine[5] and (best is None or order[user] < order[best])):
+    for user in (mine[0].users if _other_axis else ()):
+        other = _quantize_call(user) if user is not node and user not in taken else None
+        if (other is not None and order.get(user, -1) > here and other[2:4] == mine[2:4]
+                and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
+                and (best is None or order[user] < order[best])):
             best = user
     return best
 
 
-def _dequantize_sibling(node, order: dict):
-    """The next dequantize within reach whose inputs all exist before ``node`` (so it can run there)."""
+def _dequantize_sibling(node, order: dict, taken=()):
+    """The next dequantize within reach whose inputs all exist before ``node`` (so it can run there), not one
+    in ``taken``."""
     if _dequantize_call(node) is None:
         return None
     here = order[node]
@@ -327,7 +353,7 @@ def _dequantize_sibling(node, order: dict):
     for _ in range(_PAIR_REACH):
         if later.op == "root":
             return None
-        call = _dequantize_call(later)
+        call = _dequantize_call(later) if later not in taken else None
         if call is not None and all(order.get(a, here) < here for a in call[:3] if hasattr(a, "op")):
             return later
         later = later.next
@@ -336,7 +362,7 @@ def _dequantize_sibling(node, order: dict):
 
 def _lower_paired(find_sibling, lower_both):
     """The result of the node being lowered when pairing lowered it ahead with an earlier one, or when it
-    pairs with ``find_sibling(node, order)`` now (``lower_both(node, sibling)``: both results, or None where
+    pairs with ``find_sibling(node, order, taken)`` now (``lower_both(node, sibling)``: both results, or None where
     they cannot share a launch; the sibling's is kept for its turn); else None."""
     if not _pairing:
         return None
@@ -349,8 +375,8 @@ def _lower_paired(find_sibling, lower_both):
     node = graph.current_node
     if node in state["ahead"]:
         return state["ahead"].pop(node)
-    sibling = find_sibling(node, state["order"]) if node is not None else None
-    if sibling is None or sibling in state["ahead"]:
+    sibling = find_sibling(node, state["order"], state["ahead"]) if node is not None else None
+    if sibling is None:
         return None
     both = lower_both(node, sibling)
     if both is None:
@@ -360,30 +386,37 @@ def _lower_paired(find_sibling, lower_both):
 
 
 def _quantize_pair(x, seed):
-    """``lower_both`` of two quantizations of ``x``."""
+    """``lower_both`` of two quantizations (``x`` and ``seed``: this one's inputs as lowered)."""
     def lower_both(node, sibling):
+        from torch._inductor.virtualized import V
+
         from ufp4_compile.kernels.quantize import (_quantize_pair_kernel, launch_plan, output_pointers, pair_launch,
                                                    pair_refusal, rht_key)
 
-        sizes = _static_sizes(x)
-        if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
-            return None
-        shape = sizes[0]
         calls = (_quantize_call(node), _quantize_call(sibling))
-        spec, rht, rht_seed = as_format(calls[0][2]), calls[0][3], calls[0][4]
-        plans = [launch_plan(shape, x.get_dtype().itemsize, call[1] % len(shape), spec, rht, call[7] is None,
-                             call[7] is not None, _asm()) for call in calls]
+        try:  # the sibling's input and seed as lowered (they exist: the sibling was chosen so)
+            lowered = [(x, seed)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (calls[1][0], calls[1][5]))]
+        except KeyError:
+            return None
+        sizes = [_static_sizes(t) for t, _ in lowered]
+        if any(s is None or not _on_cuda(t) or 0 in s[0] for s, (t, _) in zip(sizes, lowered)):
+            return None
+        if lowered[1][0].get_dtype() != x.get_dtype() or lowered[1][0].get_device() != x.get_device():
+            return None
+        spec, rht = as_format(calls[0][2]), calls[0][3]
+        plans = [launch_plan(size[0], t.get_dtype().itemsize, call[1] % len(size[0]), spec, rht, call[7] is None,
+                             call[7] is not None, _asm()) for size, (t, _), call in zip(sizes, lowered, calls)]
         if pair_refusal(*plans) is not None:
             return None
-        xc = _contiguous(x)
-        outputs = [_outputs(plan, call[7], shape, xc.get_device()) for plan, call in zip(plans, calls)]
+        outputs = [_outputs(plan, call[7], size[0], x.get_device()) for plan, call, size in zip(plans, calls, sizes)]
         launch = pair_launch(*plans)
         dummy = next(b for b in outputs[0][:3] if b is not None)
-        tensors = dict(x_ptr=xc, seed_ptr=seed if plans[0].constexprs["STOCHASTIC"] else dummy, gamax_ptr=dummy)
-        scalars = dict(launch.scalars, rht_key=rht_key(plans[0], rht_seed))
-        for p, out, call in zip("ab", outputs, calls):
-            tensors.update(output_pointers(*out[:3], f"{p}_"), **{f"{p}_ts_ptr": out[3]})
-            scalars[f"{p}_offset"] = int(call[6])
+        tensors, scalars = dict(gamax_ptr=dummy), dict(launch.scalars)
+        for p, out, call, plan, (t, s) in zip("ab", outputs, calls, plans, lowered):
+            tensors.update(output_pointers(*out[:3], f"{p}_"), **{
+                f"{p}_ts_ptr": out[3], f"{p}_x_ptr": _contiguous(t),
+                f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else dummy})
+            scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": rht_key(plan, call[4])})
         kernel_launch(_quantize_pair_kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
         return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
 
