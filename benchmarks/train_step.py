@@ -72,7 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "backend asks for: static_launch_user_defined_triton_kernels=False), ufp4-nopairs / "
                         "ufp4-nopairs-cg (every quantize and dequantize its own launch: lowering.kernel_calls."
                         "pair_launches(False); the backend pairs them by default), ufp4-sameaxis / ufp4-sameaxis-cg "
-                        "(quantize launches paired only along the same kind of axis: pair_launches(other_axis=False)) "
+                        "(quantize launches paired only along the same kind of axis, pair_launches(other_axis=False); the "
+                        "default pairs one tensor's two axes too where it runs without CUDA graphs) "
                         "to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
@@ -385,7 +386,8 @@ def main(argv=None) -> int:
             print(f"{label} ...", flush=True)
             try:
                 # ufp4-nopairs*: compiled (forward and the lazily compiled backward) without paired launches
-                with kernel_calls.pair_launches("-nopairs" not in kind, other_axis="-sameaxis" not in kind):
+                other_axis = False if "-sameaxis" in kind else None
+                with kernel_calls.pair_launches("-nopairs" not in kind, other_axis=other_axis):
                     rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})

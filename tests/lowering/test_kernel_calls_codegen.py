@@ -373,3 +373,25 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
     # the backward dequantizes X's saved codes of each linear: two pairs of neighbours
     assert found == {"forward": (3 * linears, ["same axis"] * linears, 0, 0),
                      "backward": (3 * linears, ["one tensor"] * linears + ["same axis"] * (linears // 2), linears, 2)}
+
+
+def test_other_axis_pairing_follows_cuda_graphs():
+    """One tensor's two axes share a launch by default only without CUDA graphs (where the step waits on the
+    host); pair_launches(other_axis=...) decides it either way, and refuses what is not a bool or None."""
+    from torch._inductor import config
+
+    from ufp4_compile.lowering import kernel_calls
+
+    with config.patch({"triton.cudagraphs": False}):
+        assert kernel_calls._pair_other_axis()
+        with kernel_calls.pair_launches(other_axis=False):
+            assert not kernel_calls._pair_other_axis()
+    with config.patch({"triton.cudagraphs": True}):
+        assert not kernel_calls._pair_other_axis()
+        with kernel_calls.pair_launches(other_axis=True):
+            assert kernel_calls._pair_other_axis()
+            assert kernel_calls.state_key() == "pairs1True"
+    assert kernel_calls.state_key() == "pairs1None"
+    with pytest.raises(ValueError, match="other_axis"):
+        with kernel_calls.pair_launches(other_axis="no"):
+            pass

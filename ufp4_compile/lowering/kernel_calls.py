@@ -268,20 +268,29 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 # while compiling.
 
 _pairing = True
-_other_axis = True  # a quantization with no same-axis partner pairs with its own tensor's other axis
+# A quantization with no same-axis partner pairs with its own tensor's other axis: True, False, or None (the
+# default) for "without CUDA graphs only". On the H200 such a pair (dY's) ran slower than its two launches
+# (the step's quantize kernel time 7.5 ms against 6.2), which a launch fewer repays only where the step waits
+# on the host: without CUDA graphs (docs/kernels.md, "Two launches in one").
+_other_axis = None
 _PAIR_REACH = 64  # graph nodes: a dequantize pairs with one this close, so its result is not held long
 
 
 def state_key() -> str:
     """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
-    return f"pairs{int(_pairing)}{int(_other_axis)}"
+    return f"pairs{int(_pairing)}{_other_axis}"
 
 
 @contextlib.contextmanager
-def pair_launches(enabled: bool = True, *, other_axis: bool = True):
+def pair_launches(enabled: bool = True, *, other_axis: bool | None = None):
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
-    (the default; ``enabled=False`` turns it off; ``other_axis=False`` pairs quantizations along the same kind
-    of axis only). Keep the setting for the first backward too: the backward compiles then."""
+    (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner along
+    its kind of axis pairs with its own tensor's other axis; None (the default): only without CUDA graphs
+    (Inductor's ``triton.cudagraphs``). Keep the setting for the first backward too: the backward compiles
+    then."""
+    if other_axis not in (None, True, False) or enabled not in (True, False):
+        raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r} are not valid: enabled is True or "
+                         "False, other_axis True, False or None")
     global _pairing, _other_axis
     previous, _pairing, _other_axis = (_pairing, _other_axis), enabled, other_axis
     try:
@@ -309,6 +318,14 @@ def _dequantize_call(node) -> tuple | None:
     return _ufp4_call(node, "dequantize")
 
 
+def _pair_other_axis() -> bool:
+    if _other_axis is not None:
+        return _other_axis
+    from torch._inductor import config
+
+    return not config.triton.cudagraphs
+
+
 def _rowwise(call) -> bool | None:
     """Whether a quantize call runs along its input's last axis (None where the rank is not known)."""
     val = getattr(call[0], "meta", {}).get("val")
@@ -334,7 +351,7 @@ def _sibling(node, order: dict, taken=()):
             return later
         later = later.next
     best = None
-    for user in (mine[0].users if _other_axis else ()):
+    for user in (mine[0].users if _pair_other_axis() else ()):
         other = _quantize_call(user) if user is not node and user not in taken else None
         if (other is not None and order.get(user, -1) > here and other[2:4] == mine[2:4]
                 and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
@@ -395,7 +412,8 @@ def _quantize_pair(x, seed):
 
         calls = (_quantize_call(node), _quantize_call(sibling))
         try:  # the sibling's input and seed as lowered (they exist: the sibling was chosen so)
-            lowered = [(x, seed)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (calls[1][0], calls[1][5]))]
+            theirs = tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (calls[1][0], calls[1][5]))
+            lowered = [(x, seed), theirs]
         except KeyError:
             return None
         sizes = [_static_sizes(t) for t, _ in lowered]
