@@ -315,13 +315,10 @@ def test_memos_take_either_torch_api():
     assert vars(bare) == {}
 
 
-def test_pairing_finds_the_training_step_pairs(monkeypatch):
-    """On the graphs Inductor lowers for a GPT block's training step (forward and backward, after the
-    partitioner), the pairing puts the row-wise quantizations of X and W of each linear side by side in the
-    forward, pairs dY's two (row-wise and column-wise: no other quantization's input exists yet) and W's
-    column-wise ones two by two in the backward, and the backward's dequantizations of saved codes two by
-    two. X's column-wise codes in the forward find no partner here: no other column-wise quantization's
-    input exists yet (on a GPU, in bf16, W's column-wise one is in the forward too)."""
+def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool) -> dict:
+    """What the pairing would pair on the graphs Inductor lowers for a one-block GPT's training step (forward
+    and backward, after the partitioner), walked as the lowering walks them: per graph, (quantizations,
+    sorted pair kinds, dequantizations, dequantize pairs)."""
     import torch._inductor.compile_fx as compile_fx
 
     from ufp4_compile.backend import make_backend
@@ -338,41 +335,64 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
     monkeypatch.setattr(compile_fx, "compile_fx_inner", inner)
     torch._dynamo.reset()
     model = GPT(GPTConfig(n_layers=1))
-    with torch._inductor.config.patch(force_disable_caches=True):  # a cache hit would skip the lowering
+    with (torch._inductor.config.patch(force_disable_caches=True),  # a cache hit would skip the lowering
+          torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)):
         out = torch.compile(model, backend=make_backend({"dense_gemms": True}))(torch.randint(0, 256, (2, 128)))
-        (out[0] if isinstance(out, tuple) else out).float().mean().backward()
+    (out[0] if isinstance(out, tuple) else out).float().mean().backward()
     torch._dynamo.reset()
     found = {}
-    for backward, gm in graphs:
-        order = {n: i for i, n in enumerate(gm.graph.nodes)}
-        quantizations = [n for n in gm.graph.nodes if kernel_calls._quantize_call(n) is not None]
-        pairs, taken = [], set()
-        for node in quantizations:  # as the lowering walks them: a node paired ahead is not paired again
-            if node in taken:
-                continue
-            sibling = kernel_calls._sibling(node, order, taken)
-            if sibling is not None:
-                pairs.append((node, sibling))
+    with torch._inductor.config.patch({"triton.cudagraphs": cudagraphs}):  # what the finder reads
+        for backward, gm in graphs:
+            order = {n: i for i, n in enumerate(gm.graph.nodes)}
+            quantizations = [n for n in gm.graph.nodes if kernel_calls._quantize_call(n) is not None]
+            kinds, taken = [], set()
+            for node in quantizations:  # as the lowering walks them: a node paired ahead is not paired again
+                if node in taken:
+                    continue
+                sibling = kernel_calls._sibling(node, order, taken)
+                if sibling is None:
+                    continue
                 taken |= {node, sibling}
-        kinds = []
-        for a, b in pairs:
-            assert a.args[2:4] == b.args[2:4]  # format and RHT
-            same_axis = kernel_calls._rowwise(a.args) == kernel_calls._rowwise(b.args)
-            assert same_axis or a.args[0] is b.args[0]  # else the other axis of one tensor
-            kinds.append("same axis" if same_axis else "one tensor")
-        dequantizations = [n for n in gm.graph.nodes if kernel_calls._dequantize_call(n) is not None]
-        dequantize_pairs, taken = 0, set()
-        for node in dequantizations:
-            sibling = None if node in taken else kernel_calls._dequantize_sibling(node, order, taken)
-            if sibling is not None:
-                dequantize_pairs += 1
-                taken |= {node, sibling}
-        found["backward" if backward else "forward"] = (len(quantizations), sorted(kinds), len(dequantizations),
-                                                        dequantize_pairs)
-    linears = 4  # qkv, attention output, SwiGLU gate-and-up, down (fp32 here: W is quantized in the backward)
-    # the backward dequantizes X's saved codes of each linear: two pairs of neighbours
-    assert found == {"forward": (3 * linears, ["same axis"] * linears, 0, 0),
+                a, b = node.args, sibling.args
+                assert a[2:4] == b[2:4]  # format and RHT
+                same_axis = kernel_calls._rowwise(a) == kernel_calls._rowwise(b)
+                kinds.append("same axis" if same_axis else "one tensor" if a[0] is b[0] else "other axis")
+            dequantizations = [n for n in gm.graph.nodes if kernel_calls._dequantize_call(n) is not None]
+            dequantize_pairs, taken = 0, set()
+            for node in dequantizations:
+                sibling = None if node in taken else kernel_calls._dequantize_sibling(node, order, taken)
+                if sibling is not None:
+                    dequantize_pairs += 1
+                    taken |= {node, sibling}
+            found["backward" if backward else "forward"] = (len(quantizations), sorted(kinds), len(dequantizations),
+                                                            dequantize_pairs)
+    return found
+
+
+def test_pairing_finds_the_training_step_pairs(monkeypatch):
+    """fp32 (W is quantized column-wise in the backward), without CUDA graphs: the pairing leaves no
+    quantization alone: same-axis partners where one's input exists, else the other axis; dY's two in the
+    backward (row-wise and column-wise: no other quantization's input exists yet) and W's column-wise ones two
+    by two; and the backward's dequantizations of saved codes two by two."""
+    found = _step_pairs(monkeypatch, autocast=False, cudagraphs=False)
+    linears = 4  # qkv, attention output, SwiGLU gate-and-up, down
+    # forward: two of X's and W's row-wise quantizations side by side; where no same-axis partner's input
+    # exists yet, the other axis: of X itself, or of the next W
+    assert found == {"forward": (3 * linears, ["one tensor"] * 2 + ["other axis"] * 2 + ["same axis"] * 2, 0, 0),
                      "backward": (3 * linears, ["one tensor"] * linears + ["same axis"] * (linears // 2), linears, 2)}
+
+
+@pytest.mark.parametrize("cudagraphs", [False, True])
+def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
+    """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways, and every quantization
+    pairs with one along its own kind of axis (X's and W's row-wise ones, their column-wise ones); dY's two
+    pair with each other only without CUDA graphs (a row-wise tile beside a column-wise one runs slower than
+    alone, which only a step waiting on the host repays)."""
+    found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
+    linears = 4
+    dy_pairs = [] if cudagraphs else ["one tensor"] * linears
+    assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
+    assert found["backward"][:2] == (2 * linears, dy_pairs)
 
 
 def test_other_axis_pairing_follows_cuda_graphs():

@@ -332,30 +332,59 @@ def _rowwise(call) -> bool | None:
     return None if val is None else call[1] % max(val.dim(), 1) == max(val.dim(), 1) - 1
 
 
+def _can_pair(mine, other) -> bool:
+    """Whether two quantize calls can share a launch, judged from their inputs' example values: static shapes,
+    one dtype, and launch plans that :func:`kernels.quantize.pair_refusal` accepts (the lowering checks again
+    on the lowered buffers)."""
+    from ufp4_compile.kernels.quantize import launch_plan, pair_refusal
+
+    vals = [getattr(call[0], "meta", {}).get("val") for call in (mine, other)]
+    if any(v is None for v in vals) or vals[0].dtype != vals[1].dtype:
+        return False
+    try:
+        shapes = [tuple(int(d) for d in v.shape) for v in vals]
+    except TypeError:  # a symbolic size: the lowering launches these alone
+        return False
+    if any(0 in shape or not shape for shape in shapes):
+        return False
+    spec = as_format(mine[2])
+    plans = [launch_plan(shape, vals[0].dtype.itemsize, call[1] % len(shape), spec, call[3], call[7] is None,
+                         call[7] is not None, _asm()) for shape, call in zip(shapes, (mine, other))]
+    return pair_refusal(*plans) is None
+
+
 def _sibling(node, order: dict, taken=()):
-    """The quantization that shares ``node``'s launch: the next one within reach with its format and RHT
-    along the same kind of axis (both row-wise or both column-wise: their tiles take alike registers, so the
-    pair keeps a single launch's occupancy) whose inputs all exist before ``node``; else the next
-    quantization of ``node``'s own input with its format and RHT (its other axis). Not one in ``taken``."""
+    """The quantization that shares ``node``'s launch, not one in ``taken``: the next one within reach with
+    its format and RHT along the same kind of axis (both row-wise or both column-wise: their tiles take alike
+    registers, so the pair keeps a single launch's occupancy) whose inputs all exist before ``node``; else,
+    where other-axis pairs are on (:func:`pair_launches`), the next one within reach along the other axis
+    whose inputs exist (dY's other quantization; in an MoE's backward, the padded copy of an expert's dY),
+    or the next quantization of ``node``'s own input further on."""
     mine = _quantize_call(node)
     if mine is None:
         return None
     here, rowwise = order[node], _rowwise(mine)
-    later = node.next
+    other_axis = _pair_other_axis()
+    fallback, later = None, node.next
     for _ in range(_PAIR_REACH):
         if later.op == "root" or rowwise is None:
             break
         other = _quantize_call(later) if later not in taken else None
-        if (other is not None and other[2:4] == mine[2:4] and _rowwise(other) == rowwise
-                and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))):
-            return later
+        if (other is not None and other[2:4] == mine[2:4]
+                and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))
+                and _can_pair(mine, other)):
+            if _rowwise(other) == rowwise:
+                return later
+            fallback = fallback or (later if other_axis else None)
         later = later.next
+    if fallback is not None:
+        return fallback
     best = None
-    for user in (mine[0].users if _pair_other_axis() else ()):
+    for user in (mine[0].users if other_axis else ()):
         other = _quantize_call(user) if user is not node and user not in taken else None
         if (other is not None and order.get(user, -1) > here and other[2:4] == mine[2:4]
                 and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
-                and (best is None or order[user] < order[best])):
+                and (best is None or order[user] < order[best]) and _can_pair(mine, other)):
             best = user
     return best
 
