@@ -341,10 +341,9 @@ def _can_pair(mine, other) -> bool:
     vals = [getattr(call[0], "meta", {}).get("val") for call in (mine, other)]
     if any(v is None for v in vals) or vals[0].dtype != vals[1].dtype:
         return False
-    try:
-        shapes = [tuple(int(d) for d in v.shape) for v in vals]
-    except TypeError:  # a symbolic size: the lowering launches these alone
-        return False
+    if not all(type(d) is int for v in vals for d in v.shape):  # a symbolic size: launched alone (int() on
+        return False  # a SymInt would guard on its value and specialize the graph)
+    shapes = [tuple(v.shape) for v in vals]
     if any(0 in shape or not shape for shape in shapes):
         return False
     spec = as_format(mine[2])
@@ -467,7 +466,7 @@ def _quantize_pair(x, seed):
         kernel_launch(_quantize_pair_kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
         return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
 
-    return _lower_paired(_sibling, lower_both)
+    return _lower_paired(_sibling, lower_both) if _on_cuda(x) else None
 
 
 def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset):
@@ -541,7 +540,7 @@ def _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype):
         kernel_launch(_dequantize_pair_kernel, grid, 4, tensors, {**scalars, **constexprs})
         return planned[0][2], planned[1][2]
 
-    return _lower_paired(_dequantize_sibling, lower_both)
+    return _lower_paired(_dequantize_sibling, lower_both) if _on_cuda(codes) else None
 
 
 def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
