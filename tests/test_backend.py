@@ -81,6 +81,8 @@ def test_unknown_recipe_and_bad_values():
     ({"dense_gemms": "yes"}, "dense_gemms='yes'", "'auto', True, False"),
     ({"dense_gemms": 1}, "dense_gemms=1", "'auto', True, False"),
     ({"dense_gemms": None}, "dense_gemms=None", "'auto', True, False"),
+    ({"pair_launches": "yes"}, "pair_launches='yes'", "None .the default., True, False, 'same-axis', 'all'"),
+    ({"pair_launches": 1}, "pair_launches=1", "True, False, 'same-axis', 'all'"),
     ({"keep_routers": True}, "keep_routers=True", "an integer >= 0"),
     ({"keep_routers": -1}, "keep_routers=-1", "an integer >= 0"),
     ({"keep_routers": 8.0}, "keep_routers=8.0", "an integer >= 0"),
@@ -217,6 +219,40 @@ def test_static_launch_of_our_kernels_is_the_default_the_user_can_turn_off(monke
     torch.compile(nn.Linear(32, 32), backend="ufp4")(torch.randn(16, 32))
     assert seen[STATIC_LAUNCH] is True
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("option, state", [(None, "pairs1None"), (True, "pairs1None"), (False, "pairs0None"),
+                                           ("same-axis", "pairs1False"), ("all", "pairs1True")])
+def test_pair_launches_option_holds_while_forward_and_backward_lower(monkeypatch, option, state):
+    """The pair_launches option is the lowering's setting while each graph compiles, the backward's (which
+    AOTAutograd compiles at the first backward, after the backend returned) included, and it is part of
+    the cache key the joint pass gives Inductor; outside, the lowering's setting is untouched."""
+    import torch._inductor.compile_fx as compile_fx
+
+    from ufp4_compile.lowering import kernel_calls
+
+    seen, keys = [], []
+    original, original_key = compile_fx.compile_fx_inner, backend_mod.lowering_cache_key
+
+    def inner(gm, example_inputs, **kwargs):
+        seen.append((bool(kwargs.get("is_backward")), kernel_calls.state_key()))
+        return original(gm, example_inputs, **kwargs)
+
+    def key():
+        keys.append(original_key())
+        return keys[-1]
+
+    monkeypatch.setattr(compile_fx, "compile_fx_inner", inner)
+    monkeypatch.setattr(backend_mod, "lowering_cache_key", key)
+    torch._dynamo.reset()
+    options = {} if option is None else {"pair_launches": option}
+    backend = make_backend({**options, **FIXED})
+    with torch._inductor.config.patch(force_disable_caches=True):
+        torch.compile(nn.Linear(32, 32), backend=backend)(torch.randn(16, 32, requires_grad=True)).sum().backward()
+    torch._dynamo.reset()
+    assert seen == [(False, state), (True, state)]
+    assert keys and all(k.endswith(state) for k in keys)
+    assert kernel_calls.state_key() == "pairs1None"
 
 
 def test_user_joint_pass_runs_after_ours():

@@ -38,8 +38,9 @@ log = logging.getLogger("ufp4_compile.backend")
 
 LAYER_OPTIONS = tuple(f.name for f in dataclasses.fields(LayerPolicy))
 RECIPE_OPTIONS = ("sr_seed", "sr_seed_policy", "rht_seed", "rht_seed_policy", "compute_dtype")
-UFP4_OPTIONS = ("recipe",) + LAYER_OPTIONS + RECIPE_OPTIONS + ("dump_dir", "dense_gemms")
+UFP4_OPTIONS = ("recipe",) + LAYER_OPTIONS + RECIPE_OPTIONS + ("dump_dir", "dense_gemms", "pair_launches")
 DENSE_GEMMS = ("auto", True, False)
+PAIR_LAUNCHES = (None, True, False, "same-axis", "all")  # docs/backend.md; None: the lowering's own setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,7 @@ class BackendOptions:
     dump_dir: str | None
     dense_gemms: bool | str  # one of DENSE_GEMMS
     inductor: dict  # forwarded to Inductor as config patches
+    pair_launches: bool | str | None = None  # one of PAIR_LAUNCHES
 
 
 def _inductor_keys() -> set[str]:
@@ -103,6 +105,10 @@ def resolve_options(options: Mapping | None, mode: str | None = None) -> Backend
     dense = options.pop("dense_gemms", "auto")
     if not any(dense is v or (isinstance(v, str) and dense == v) for v in DENSE_GEMMS):
         raise ValueError(f"dense_gemms={dense!r} is not valid; valid values: 'auto', True, False")
+    pairs = options.pop("pair_launches", None)
+    if not any(pairs is v or (isinstance(v, str) and pairs == v) for v in PAIR_LAUNCHES):
+        raise ValueError(f"pair_launches={pairs!r} is not valid; valid values: None (the default), True, False, "
+                         f"'same-axis', 'all'")
     unknown = sorted(set(options) - _inductor_keys(), key=repr) if options else []
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; valid ufp4 options: "
@@ -118,7 +124,7 @@ def resolve_options(options: Mapping | None, mode: str | None = None) -> Backend
                          f"'sr_seed_policy': 'fixed' to the options, or drop sr_seed")
     inductor = _mode_options(mode)
     inductor.update(options)
-    return BackendOptions(recipe, dump_dir, dense, inductor)
+    return BackendOptions(recipe, dump_dir, dense, inductor, pairs)
 
 
 # Inductor launches the Triton kernels it did not generate (ours: quantize, dequantize) through Triton's own
@@ -180,16 +186,26 @@ def _sinks(extra_sinks, dump_dir) -> list:
     return sinks
 
 
-def _inner_compile(joint, sinks):
+def _pairing(value):
+    """A factory of the context that holds the ``pair_launches`` option while a graph is lowered (the
+    forward's and the backward's, which AOTAutograd compiles later), or None: the lowering's own setting."""
+    pairing = _lowering("pairing")
+    if value is None or pairing is None:
+        return None
+    return lambda: pairing(value)
+
+
+def _inner_compile(joint, sinks, pairing=None):
     from torch._inductor.compile_fx import compile_fx_inner
 
-    if not sinks:
+    if not sinks and pairing is None:
         return compile_fx_inner
 
     def inner(gm, example_inputs, **kwargs):
         for sink in sinks:
             sink.compiled(joint.last_graph_id, gm, bool(kwargs.get("is_backward", False)))
-        return compile_fx_inner(gm, example_inputs, **kwargs)
+        with pairing() if pairing is not None else contextlib.nullcontext():
+            return compile_fx_inner(gm, example_inputs, **kwargs)
 
     return inner
 
@@ -244,13 +260,16 @@ class Ufp4Backend:
         resolved = resolve_options(with_defaults({**self.options, **options_dict(options)}), mode or self.mode)
         patches = inductor_patches(resolved)
         sinks = _sinks(self.sinks, resolved.dump_dir)
+        pairing = _pairing(resolved.pair_launches)
+        with pairing() if pairing is not None else contextlib.nullcontext():  # the setting the key must name
+            key_extra = lowering_cache_key()
         joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks, dense=resolved.dense_gemms,
                               extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm),
-                              key_extra=lowering_cache_key())
+                              key_extra=key_extra)
         patches["joint_custom_pre_pass"] = joint
         register_lowering(example_inputs)
         with _matmuls_kept_whole():
-            compiled = compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks),
+            compiled = compile_fx(gm, example_inputs, inner_compile=_inner_compile(joint, sinks, pairing),
                                   config_patches=patches)
         if joint.last_graph_id is None:
             # AOTAutograd's cache served the compiled (rewritten) graph: the pass did not run in this process.

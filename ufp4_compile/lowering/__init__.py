@@ -34,6 +34,16 @@ def register() -> None:
     _registered = True
 
 
+def pairing(option):
+    """The context of the backend option ``pair_launches`` (docs/backend.md): True pairs launches with the
+    default policy (quantizations along the same kind of axis; one tensor's two axes too without CUDA graphs),
+    "same-axis" only along the same kind of axis, "all" along either axis with or without CUDA graphs, False
+    not at all (:func:`kernel_calls.pair_launches`)."""
+    from ufp4_compile.lowering.kernel_calls import pair_launches
+
+    return pair_launches(option is not False, other_axis={"same-axis": False, "all": True}.get(option))
+
+
 def cache_key() -> str:
     """The lowering's process-wide settings that change generated code (``scaled_mm.force_choices``,
     ``kernel_calls.pair_launches``), for the backend's part of Inductor's cache keys."""
