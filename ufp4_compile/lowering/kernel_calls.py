@@ -259,8 +259,8 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 # backward dequantizes the saved codes of X and W next to each other. With pairing on (the default), a
 # quantization lowers to one launch of kernels.quantize._quantize_pair_kernel with the next one within
 # _PAIR_REACH nodes of the same format and RHT along the same kind of axis whose inputs already exist (X's and
-# W's row-wise quantizations for Fprop, their column-wise ones), else with the next quantization of its own
-# input (dY's two); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
+# W's row-wise quantizations for Fprop, their column-wise ones), else, where other-axis pairs are on, with the
+# next one along the other axis (dY's two); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
 # dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
 # pair, the same bits (each program runs the tile it runs alone). Why same-axis partners first: a pair
 # kernel takes the registers of its larger tile for both halves, and a row-wise tile beside a column-wise one
@@ -268,12 +268,12 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 # while compiling.
 
 _pairing = True
-# A quantization with no same-axis partner pairs with its own tensor's other axis: True, False, or None (the
-# default) for "without CUDA graphs only". On the H200 such a pair (dY's) ran slower than its two launches
+# A quantization with no same-axis partner pairs along the other axis: True, False, or None (the default) for
+# "without CUDA graphs only". On the H200 such a pair (dY's) ran slower than its two launches
 # (the step's quantize kernel time 7.5 ms against 6.2), which a launch fewer repays only where the step waits
 # on the host: without CUDA graphs (docs/kernels.md, "Two launches in one").
 _other_axis = None
-_PAIR_REACH = 64  # graph nodes: a dequantize pairs with one this close, so its result is not held long
+_PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
 
 
 def state_key() -> str:
@@ -285,10 +285,10 @@ def state_key() -> str:
 def pair_launches(enabled: bool = True, *, other_axis: bool | None = None):
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
     (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner along
-    its kind of axis pairs with its own tensor's other axis; None (the default): only without CUDA graphs
+    its kind of axis pairs along the other axis; None (the default): only without CUDA graphs
     (Inductor's ``triton.cudagraphs``). Keep the setting for the first backward too: the backward compiles
     then."""
-    if other_axis not in (None, True, False) or enabled not in (True, False):
+    if not any(other_axis is v for v in (None, True, False)) or not any(enabled is v for v in (True, False)):
         raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r} are not valid: enabled is True or "
                          "False, other_axis True, False or None")
     global _pairing, _other_axis
