@@ -188,23 +188,21 @@ def _sinks(extra_sinks, dump_dir) -> list:
 
 def _pairing(value):
     """A factory of the context that holds the ``pair_launches`` option while a graph is lowered (the
-    forward's and the backward's, which AOTAutograd compiles later), or None: the lowering's own setting."""
+    forward's and the backward's, which AOTAutograd compiles later); a null context for None (the lowering's
+    own setting) or where the lowering is not installed."""
     pairing = _lowering("pairing")
     if value is None or pairing is None:
-        return None
+        return contextlib.nullcontext
     return lambda: pairing(value)
 
 
-def _inner_compile(joint, sinks, pairing=None):
+def _inner_compile(joint, sinks, pairing=contextlib.nullcontext):
     from torch._inductor.compile_fx import compile_fx_inner
-
-    if not sinks and pairing is None:
-        return compile_fx_inner
 
     def inner(gm, example_inputs, **kwargs):
         for sink in sinks:
             sink.compiled(joint.last_graph_id, gm, bool(kwargs.get("is_backward", False)))
-        with pairing() if pairing is not None else contextlib.nullcontext():
+        with pairing():
             return compile_fx_inner(gm, example_inputs, **kwargs)
 
     return inner
@@ -261,7 +259,7 @@ class Ufp4Backend:
         patches = inductor_patches(resolved)
         sinks = _sinks(self.sinks, resolved.dump_dir)
         pairing = _pairing(resolved.pair_launches)
-        with pairing() if pairing is not None else contextlib.nullcontext():  # the setting the key must name
+        with pairing():  # the setting the key must name
             key_extra = lowering_cache_key()
         joint = Ufp4JointPass(resolved.recipe, report=self.report, sinks=sinks, dense=resolved.dense_gemms,
                               extra=patches.pop("joint_custom_pre_pass", None), inputs=graph_inputs(gm),

@@ -220,11 +220,20 @@ def _result(outputs, values_dtype) -> tuple:
     return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
 
 
+def _plan(shape: tuple, itemsize: int, axis: int, fmt, rht: int, values_dtype):
+    """The quantize launch plan of a contiguous input of ``shape``: codes for ``values_dtype=None``, else
+    values."""
+    from ufp4_compile.kernels.quantize import launch_plan
+
+    return launch_plan(shape, itemsize, axis % len(shape), as_format(fmt), rht, values_dtype is None,
+                       values_dtype is not None, _asm())
+
+
 def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None):
     """Lower one quantize launch (codes for ``values_dtype=None``, else values); the op's result, or None when
     the launch cannot be planned here."""
     from ufp4_compile.kernels.quantize import (AMAX_PROGRAMS, PLAN_SCALARS, _amax_kernel, _quantize_kernel,
-                                               launch_plan, output_pointers, rht_key)
+                                               output_pointers, rht_key)
 
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
@@ -232,8 +241,7 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     shape = sizes[0]
     x = _contiguous(x)
     device = x.get_device()
-    plan = launch_plan(shape, x.get_dtype().itemsize, axis % len(shape), as_format(fmt), rht, values_dtype is None,
-                       values_dtype is not None, _asm())
+    plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype)
     outputs = _outputs(plan, values_dtype, shape, device)
     dummy = next(b for b in outputs[:3] if b is not None)
     scalars = {k: plan.args[k] for k in PLAN_SCALARS}
@@ -260,8 +268,8 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 # quantization lowers to one launch of kernels.quantize._quantize_pair_kernel with the next one within
 # _PAIR_REACH nodes of the same format and RHT along the same kind of axis whose inputs already exist (X's and
 # W's row-wise quantizations for Fprop, their column-wise ones), else, where other-axis pairs are on, with the
-# next one along the other axis (dY's two); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
-# dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
+# next one along the other axis (dY's two); a dequantize to one launch of
+# kernels.dequantize._dequantize_pair_kernel with the next dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
 # pair, the same bits (each program runs the tile it runs alone). Why same-axis partners first: a pair
 # kernel takes the registers of its larger tile for both halves, and a row-wise tile beside a column-wise one
 # runs at a lower occupancy than alone (docs/kernels.md). :func:`pair_launches` (False) turns pairing off
@@ -336,7 +344,7 @@ def _can_pair(mine, other) -> bool:
     """Whether two quantize calls can share a launch, judged from their inputs' example values: static shapes,
     one dtype, and launch plans that :func:`kernels.quantize.pair_refusal` accepts (the lowering checks again
     on the lowered buffers)."""
-    from ufp4_compile.kernels.quantize import launch_plan, pair_refusal
+    from ufp4_compile.kernels.quantize import pair_refusal
 
     vals = [getattr(call[0], "meta", {}).get("val") for call in (mine, other)]
     if any(v is None for v in vals) or vals[0].dtype != vals[1].dtype:
@@ -346,10 +354,8 @@ def _can_pair(mine, other) -> bool:
     shapes = [tuple(v.shape) for v in vals]
     if any(0 in shape or not shape for shape in shapes):
         return False
-    spec = as_format(mine[2])
-    plans = [launch_plan(shape, vals[0].dtype.itemsize, call[1] % len(shape), spec, call[3], call[7] is None,
-                         call[7] is not None, _asm()) for shape, call in zip(shapes, (mine, other))]
-    return pair_refusal(*plans) is None
+    return pair_refusal(*(_plan(shape, vals[0].dtype.itemsize, call[1], call[2], call[3], call[7])
+                           for shape, call in zip(shapes, (mine, other)))) is None
 
 
 def _sibling(node, order: dict, taken=()):
@@ -365,16 +371,17 @@ def _sibling(node, order: dict, taken=()):
     here, rowwise = order[node], _rowwise(mine)
     other_axis = _pair_other_axis()
     fallback, later = None, node.next
-    for _ in range(_PAIR_REACH):
-        if later.op == "root" or rowwise is None:
+    for _ in range(_PAIR_REACH if rowwise is not None else 0):
+        if later.op == "root":
             break
         other = _quantize_call(later) if later not in taken else None
         if (other is not None and other[2:4] == mine[2:4]
+                and (_rowwise(other) == rowwise or (other_axis and fallback is None))
                 and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))
                 and _can_pair(mine, other)):
             if _rowwise(other) == rowwise:
                 return later
-            fallback = fallback or (later if other_axis else None)
+            fallback = later
         later = later.next
     if fallback is not None:
         return fallback
@@ -435,8 +442,8 @@ def _quantize_pair(x, seed):
     def lower_both(node, sibling):
         from torch._inductor.virtualized import V
 
-        from ufp4_compile.kernels.quantize import (_quantize_pair_kernel, launch_plan, output_pointers, pair_launch,
-                                                   pair_refusal, rht_key)
+        from ufp4_compile.kernels.quantize import (_quantize_pair_kernel, output_pointers, pair_launch, pair_refusal,
+                                                   rht_key)
 
         calls = (_quantize_call(node), _quantize_call(sibling))
         try:  # the sibling's input and seed as lowered (they exist: the sibling was chosen so)
@@ -449,9 +456,8 @@ def _quantize_pair(x, seed):
             return None
         if lowered[1][0].get_dtype() != x.get_dtype() or lowered[1][0].get_device() != x.get_device():
             return None
-        spec, rht = as_format(calls[0][2]), calls[0][3]
-        plans = [launch_plan(size[0], t.get_dtype().itemsize, call[1] % len(size[0]), spec, rht, call[7] is None,
-                             call[7] is not None, _asm()) for size, (t, _), call in zip(sizes, lowered, calls)]
+        plans = [_plan(size[0], t.get_dtype().itemsize, call[1], call[2], call[3], call[7])
+                 for size, (t, _), call in zip(sizes, lowered, calls)]
         if pair_refusal(*plans) is not None:
             return None
         outputs = [_outputs(plan, call[7], size[0], x.get_device()) for plan, call, size in zip(plans, calls, sizes)]
