@@ -66,10 +66,12 @@ def main() -> int:
 
 
 def pairs(seed) -> int:
-    """Two quantizations in one launch of the pair kernel against the two single launches, under a CUDA graph
-    (kernel time only; the pairing saves a launch, which this leaves out): one tensor's row-wise values and
-    column-wise codes (dY), and two tensors' row-wise values or column-wise codes (X and W). The pair's
-    results against the single launches', bit for bit. Returns the number of mismatches."""
+    """Two quantizations in one launch against the two single launches, under a CUDA graph (kernel time only;
+    the pairing saves a launch, which this leaves out): one tensor's row-wise and column-wise quantizations
+    (X's values and codes in the forward, dY's values both ways in the backward) in the one-read dual kernel
+    and in the pair kernel (``-pair``: two reads), and two tensors' row-wise values or column-wise codes (X
+    and W). Each launch's results against the single launches', bit for bit. Returns the number of
+    mismatches."""
     from ufp4_compile.kernels.quantize import quantize_pair
 
     bad = 0
@@ -80,6 +82,9 @@ def pairs(seed) -> int:
             x = torch.randn(*x_shape, device="cuda", dtype=torch.bfloat16) * 3
             w = torch.randn(*w_shape, device="cuda", dtype=torch.bfloat16)
             cases = {"x row values + x column codes": (((1, 16, torch.bfloat16), (0, 16, None)), None),
+                     "x row values + x column codes -pair": (((1, 16, torch.bfloat16), (0, 16, None)), None),
+                     "x row values + x column values": (((1, 16, torch.bfloat16), (0, 9, torch.bfloat16)), None),
+                     "x row values + x column values -pair": (((1, 16, torch.bfloat16), (0, 9, torch.bfloat16)), None),
                      "x row values + w row values": (((1, 16, torch.bfloat16), (1, 0, torch.bfloat16)), (w, 5, w_seed)),
                      "x column codes + w column codes": (((0, 16, None), (0, 0, None)), (w, 5, w_seed))}
             for name, (jobs, other) in cases.items():
@@ -91,14 +96,15 @@ def pairs(seed) -> int:
                         return torch.ops.ufp4.quantize(t, axis, spec, 16, r, s, offset)
                     return torch.ops.ufp4.quantize_dequantize(t, axis, spec, 16, r, s, offset, dtype)
 
-                both = quantize_pair(x, spec, 16, 3, seed, jobs, other=other)
+                dual = not name.endswith("-pair")
+                both = quantize_pair(x, spec, 16, 3, seed, jobs, other=other, dual=dual)
                 alone = [single(job, *i) for job, i in zip(jobs, inputs)]
                 same = all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
                            for pa, pb in zip(both, alone) for a, b in zip(pa, pb))
                 bad += not same
-                paired_ms = bench(lambda: quantize_pair(x, spec, 16, 3, seed, jobs, other=other))
+                paired_ms = bench(lambda: quantize_pair(x, spec, 16, 3, seed, jobs, other=other, dual=dual))
                 singles_ms = bench(lambda: [single(job, *i) for job, i in zip(jobs, inputs)])
-                print(f"pair {spec:26s} x{str(x_shape):13s} w{str(w_shape):13s} {name:32s} "
+                print(f"pair {spec:26s} x{str(x_shape):13s} w{str(w_shape):13s} {name:37s} "
                       f"{paired_ms*1e3:7.1f} us paired, {singles_ms*1e3:7.1f} us two launches "
                       f"({paired_ms/singles_ms:.2f})  paired==single {same}", flush=True)
     return bad

@@ -55,7 +55,7 @@ TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
                               ("nvfp4", 1.40), ("mxfp4", 1.40))}
 VARIANT_KINDS = ("inductor", "eager", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
                  "ufp4-pylaunch", "ufp4-nopairs", "ufp4-nopairs-cg", "ufp4-sameaxis",
-                 "ufp4-sameaxis-cg")  # run order: each baseline before its rows
+                 "ufp4-sameaxis-cg", "ufp4-nodual", "ufp4-nodual-cg")  # run order: each baseline before its rows
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -73,7 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "ufp4-nopairs-cg (every quantize and dequantize its own launch: lowering.kernel_calls."
                         "pair_launches(False); the backend pairs them by default), ufp4-sameaxis / ufp4-sameaxis-cg "
                         "(quantize launches paired only along the same kind of axis, pair_launches(other_axis=False); the "
-                        "default pairs one tensor's two axes too where it runs without CUDA graphs) "
+                        "default pairs other tensors' other-axis quantizations too where it runs without CUDA graphs), "
+                        "ufp4-nodual / ufp4-nodual-cg (pairs without the one-read launch of a tensor's two axes: "
+                        "pair_launches(dual=False)) "
                         "to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
@@ -122,7 +124,7 @@ def variants(args) -> list[tuple[str, str, str | None]]:
 # Kernel name -> category, first match wins. Our kernels are named in ufp4_compile/kernels/; cuBLAS GEMMs
 # appear as sm90_xmma*/nvjet*/cutlass*/gemm*; SDPA as flash/fmha/efficient-attention kernels.
 CATEGORIES = (
-    ("quantize", re.compile(r"_quantize_(pair_)?kernel|mean_split")),
+    ("quantize", re.compile(r"_quantize_(pair_|dual_)?kernel|mean_split")),
     ("dequantize", re.compile(r"_dequantize_(pair_)?kernel")),
     ("gemm (ufp4 template/native)", re.compile(r"_scaled_mm_kernel|ufp4_scaled_mm|native_scaled_mm")),
     ("gemm (cuBLAS)", re.compile(r"gemm|xmma|nvjet|cutlass|cublas|sm90_|splitK|Kernel2", re.I)),
@@ -387,7 +389,8 @@ def main(argv=None) -> int:
             try:
                 # ufp4-nopairs*: compiled (forward and the lazily compiled backward) without paired launches
                 other_axis = False if "-sameaxis" in kind else None
-                with kernel_calls.pair_launches("-nopairs" not in kind, other_axis=other_axis):
+                with kernel_calls.pair_launches("-nopairs" not in kind, other_axis=other_axis,
+                                                dual="-nodual" not in kind):
                     rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})

@@ -312,6 +312,51 @@ def test_pair_launch_matches_reference(spec, rht, shape, jobs):
 
 
 @pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
+                                       ("e2m1/16/fp32/stochastic", 16), ("e2m1/16/fp32/nearest", 0)])
+@pytest.mark.parametrize("shape, jobs", [
+    ((48, 64), ((1, 16, torch.bfloat16), (0, 1 << 32, None))),  # X in the forward: row values, column codes
+    ((32, 512), ((0, 77, torch.bfloat16), (1, 5, torch.bfloat16))),  # dY: column job first; two row passes
+    ((16, 288), ((1, 9, None), (0, 3, torch.float32))),  # a last column tile past N; codes and FP32 values
+])
+def test_dual_launch_matches_reference(spec, rht, shape, jobs):
+    """A 2-D tensor's row-wise and column-wise quantizations from one read (the dual kernel: dual_refusal
+    accepts these), with NaN, Inf and a huge block in the input: each result is its single launch's bit for
+    bit, and the reference's (NaN for NaN: a NaN's payload is not part of the contract)."""
+    x = torch.randn(shape, device=DEVICE) * 3
+    x[0, 5], x[3, 17], x[7, 40:56] = float("nan"), float("-inf"), 1e30
+    seed = torch.tensor(1234, device=DEVICE)
+    fmt = OperandFormat.from_spec(spec)
+    plans = [kernels_quantize.plan_for(x, axis % x.dim(), fmt, rht, codes=dtype is None, values=dtype is not None)
+             for axis, _, dtype in jobs]
+    assert kernels_quantize.dual_refusal(tuple(x.shape), *plans) is None
+    assert kernels_quantize.pair_launch(*plans, dual_shape=tuple(x.shape)).kernel is kernels_quantize._quantize_dual_kernel
+    results = kernels_quantize.quantize_pair(x, spec, rht, 3, seed, jobs)
+    for (axis, offset, dtype), got in zip(jobs, results):
+        single = (kernels_quantize.quantize(x, axis, spec, rht, 3, seed, offset) if dtype is None else
+                  kernels_quantize.quantize_dequantize(x, axis, spec, rht, 3, seed, offset, dtype))
+        want = _pair_reference(x, spec, rht, seed, (axis, offset, dtype))
+        assert len(got) == len(want) == len(single)
+        for g, o, w in zip(got, single, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            assert torch.equal(_bits(g), _bits(o))
+            torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+
+
+def test_dual_refusal_names_the_reason():
+    plan = lambda shape, spec, axis, rht=16: kernels_quantize.plan_for(
+        torch.empty(shape), axis, OperandFormat.from_spec(spec), rht, codes=True, values=False)
+    ok = "int4/16/fp32/nearest"
+    assert kernels_quantize.dual_refusal((64, 64), plan((64, 64), ok, 1), plan((64, 64), ok, 0)) is None
+    assert "2-D" in kernels_quantize.dual_refusal((64, 64), plan((64, 64), ok, 1), plan((64, 64), ok, 1))
+    assert "2-D" in kernels_quantize.dual_refusal((2, 64, 64), plan((2, 64, 64), ok, 2), plan((2, 64, 64), ok, 1))
+    assert "16 x 16 tiles" in kernels_quantize.dual_refusal((40, 64), plan((40, 64), ok, 1), plan((40, 64), ok, 0))
+    assert "16 x 16 tiles" in kernels_quantize.dual_refusal((64, 64), plan((64, 64), ok, 1, 32),
+                                                            plan((64, 64), ok, 0, 32))
+    assert "pre-pass" in kernels_quantize.dual_refusal((64, 64), plan((64, 64), "e2m1/16/e4m3/nearest", 1),
+                                                       plan((64, 64), "e2m1/16/e4m3/nearest", 0))
+
+
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
                                        ("e2m1/16/fp32/nearest", 0)])
 @pytest.mark.parametrize("shapes, jobs", [
     (((48, 64), (32, 64)), ((1, 16, torch.bfloat16), (1, 3, torch.bfloat16))),  # X's and W's row-wise values
@@ -346,6 +391,24 @@ def test_pair_refusal_names_the_reason():
         kernels_quantize.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, torch.int8)])
     with pytest.raises(ValueError, match="other"):
         kernels_quantize.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, None)], other=x)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic", "int4/16/fp32/nearest"])
+@pytest.mark.parametrize("shape", [(8192, 1024), (8192, 3072), (4096, 2816)])
+def test_dual_launch_matches_reference_real_shapes(spec, shape):
+    """dY's two quantizations at the training step's shapes (and a width that is not a multiple of the
+    column tile) from one read: the reference's bits, and the pair kernel's (dual off)."""
+    x = (torch.randn(shape, device="cuda") * 2).to(torch.bfloat16)
+    seed = torch.tensor(99, device="cuda")
+    jobs = ((0, 1 << 33, torch.bfloat16), (1, 123456, torch.bfloat16))
+    dual = kernels_quantize.quantize_pair(x, spec, 16, 3, seed, jobs)
+    pair = kernels_quantize.quantize_pair(x, spec, 16, 3, seed, jobs, dual=False)
+    for job, got, other in zip(jobs, dual, pair):
+        for g, o, w in zip(got, other, _pair_reference(x, spec, 16, seed, job)):
+            assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(_bits(g), _bits(w))
+            assert torch.equal(_bits(g), _bits(o))
 
 
 @gpu

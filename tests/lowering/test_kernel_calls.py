@@ -57,13 +57,14 @@ def test_compiled_ops_launch_kernels_and_match_eager(spec, rht, axis):
 @pytest.mark.parametrize("spec, rht", CASES)
 def test_paired_quantizations_match_eager(spec, rht):
     """With pairing (the default), two quantizations of x in one graph (row-wise values, column-wise codes)
-    run as one pair-kernel launch where the format allows, and so do the row-wise values of x and w with
+    run as one launch where the format allows (the dual kernel, one read of x, where dual_refusal allows,
+    else the pair kernel), and so do the row-wise values of x and w with
     their own RHT seeds and seeds, and their column-wise codes (as the forward quantizes X and W for Fprop,
     Wgrad and Dgrad); bit for bit eager's."""
     from torch._inductor.utils import run_and_get_code
 
     from ufp4_compile import lowering
-    from ufp4_compile.kernels.quantize import launch_plan, pair_refusal
+    from ufp4_compile.kernels.quantize import dual_refusal, launch_plan, pair_refusal
     from ufp4_compile.lowering import kernel_calls
     from ufp4_compile.numerics.quantize import as_format
 
@@ -82,7 +83,9 @@ def test_paired_quantizations_match_eager(spec, rht):
         compiled, code = run_and_get_code(torch.compile(f, backend="inductor", fullgraph=True), x, seed)
     text = "\n".join(code)
     plans = [launch_plan((256, 512), 2, axis, as_format(spec), rht, axis == 0, axis == 1, True) for axis in (1, 0)]
-    assert ("_quantize_pair_kernel" in text) == (pair_refusal(*plans) is None)
+    one_read = dual_refusal((256, 512), *plans) is None
+    assert ("_quantize_dual_kernel" in text) == one_read
+    assert ("_quantize_pair_kernel" in text) == (not one_read and pair_refusal(*plans) is None)
     for got, want in zip(compiled, eager):
         assert got.dtype == want.dtype and got.shape == want.shape
         assert torch.equal(_bits(got), _bits(want))
@@ -157,8 +160,8 @@ def test_static_launcher_launches_the_kernels_with_the_same_bits(spec, rht):
 def test_paired_training_step_equals_unpaired(recipe):
     """A training step of backend="ufp4" with paired launches (the default: X's and W's row-wise
     quantizations side by side and their column-wise ones, dY's two, the backward's dequantizations two by
-    two) against the same step with pair_launches(False): the same output and gradients, bit for bit, and
-    the pair kernels in the generated code."""
+    two) against the same step with pair_launches(False), and with pairs but without the one-read dual launch:
+    the same output and gradients, bit for bit, and the pair and dual kernels in the generated code."""
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
@@ -166,7 +169,7 @@ def test_paired_training_step_equals_unpaired(recipe):
     from ufp4_compile.lowering import kernel_calls
 
     results, codes = [], []
-    for paired in (False, True):
+    for paired, dual in ((False, True), (True, True), (True, False)):
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = MLP(256, 512).cuda()
@@ -179,14 +182,18 @@ def test_paired_training_step_equals_unpaired(recipe):
             out.float().square().sum().backward()
             return out
 
-        with kernel_calls.pair_launches(paired), config.patch(force_disable_caches=True):
+        with kernel_calls.pair_launches(paired, dual=dual), config.patch(force_disable_caches=True):
             out, code = run_and_get_code(step)
         codes.append("\n".join(code))
         results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
     assert "_quantize_pair_kernel" not in codes[0] and "_quantize_pair_kernel" in codes[1]
     assert "_dequantize_pair_kernel" not in codes[0] and "_dequantize_pair_kernel" in codes[1]
-    for unpaired, paired in zip(*results):
+    # ufp4 quantizes dY both ways with one RHT (the dual kernel's); e2m1-ref rotates only Wgrad's dY
+    assert ("_quantize_dual_kernel" in codes[1]) == (recipe == "ufp4")
+    assert "_quantize_dual_kernel" not in codes[0] + codes[2]
+    for unpaired, paired, no_dual in zip(*results):
         torch.testing.assert_close(paired, unpaired, rtol=0, atol=0)
+        torch.testing.assert_close(no_dual, unpaired, rtol=0, atol=0)
 
 
 @gpu

@@ -203,6 +203,9 @@ def _pair_check() -> dict:
                 alone = wrapper_code(h, ((256, 512), torch.bfloat16), ((), torch.int64))
             out[f"{spec}/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
             out[f"{spec}/alone/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", alone)]
+        with kernel_calls.pair_launches(True, dual=False):
+            alone = wrapper_code(h, ((256, 512), torch.bfloat16), ((), torch.int64))
+        out[f"{spec}/alone/nodual"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", alone)]
     def g(x, w, seed):  # the backward's dequantizations of saved codes (two formats), and a third
         cx, sx, tx = torch.ops.ufp4.quantize(x, 0, "int4/16/fp32/nearest", 16, 3, seed, 16)
         cw, sw, tw = torch.ops.ufp4.quantize(w, 0, "e2m1/16/e4m3/nearest", 0, 3, seed, 16)
@@ -218,6 +221,8 @@ def _pair_check() -> dict:
                                         if "dequantize" in n]
     out["pair_accesses"] = [kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
                             if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_pair_kernel"]
+    out["dual_accesses"] = [kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
+                            if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_dual_kernel"]
     out["dequantize_pair_accesses"] = [
         kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
         if getattr(getattr(key[0], "fn", None), "__name__", "") == "_dequantize_pair_kernel"]
@@ -237,7 +242,8 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     """With pairing on (the default), a quantization shares one launch of the pair kernel with the next one
     of the same format and RHT along the same kind of axis whose inputs exist (x's and y's row-wise values;
     x's column-wise codes and its column-wise values with another seed), else with its own tensor's other
-    axis (x's row-wise values and column-wise codes, when nothing else is there); a format whose tiles or
+    axis (x's row-wise values and column-wise codes, when nothing else is there: the one-read dual kernel, or
+    the pair kernel with dual launches off); a format whose tiles or
     pre-pass differ by orientation (nvfp4's E4M3) keeps its own launches. The access analysis sees each pair
     launch read both inputs and write both results. Two neighbouring dequantizations (of any formats) become
     one launch, a third its own. Off, every quantization and dequantization is its own launch."""
@@ -246,7 +252,8 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
         assert pairs[f"{spec}/0"] == ["_quantize_kernel"] * 4
         assert pairs[f"{spec}/1"] == ["_quantize_pair_kernel"] * 2
         assert pairs[f"{spec}/alone/0"] == ["_quantize_kernel"] * 2
-        assert pairs[f"{spec}/alone/1"] == ["_quantize_pair_kernel"]
+        assert pairs[f"{spec}/alone/1"] == ["_quantize_dual_kernel"]
+        assert pairs[f"{spec}/alone/nodual"] == ["_quantize_pair_kernel"]
     e4m3 = ["_amax_kernel", "_quantize_kernel"] * 4
     assert pairs["e2m1/16/e4m3/nearest/0"] == pairs["e2m1/16/e4m3/nearest/1"] == e4m3
     assert pairs["dequantize/0"] == ["_dequantize_kernel"] * 3
@@ -261,6 +268,9 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
                                                                             "a_ts_ptr", "b_values_ptr", "b_ts_ptr"}
     row_col = {"a_values_ptr", "a_ts_ptr", "b_codes_ptr", "b_scales_ptr", "b_ts_ptr"}
     assert {frozenset(writes) for _, writes, _ in accesses} == {frozenset(rows), frozenset(cols), frozenset(row_col)}
+    dual = {(tuple(reads), tuple(writes)) for reads, writes, _ in pairs["dual_accesses"]}
+    assert dual and all("a_x_ptr" in reads for reads, _ in dual)
+    assert {frozenset(writes) for _, writes in dual} == {frozenset(row_col)}
 
 
 def test_memos_take_either_torch_api():
@@ -356,7 +366,9 @@ def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool) -> dict:
                 a, b = node.args, sibling.args
                 assert a[2:4] == b[2:4]  # format and RHT
                 same_axis = kernel_calls._rowwise(a) == kernel_calls._rowwise(b)
-                kinds.append("same axis" if same_axis else "one tensor" if a[0] is b[0] else "other axis")
+                one_read = kernel_calls._can_dual(kernel_calls._quantize_call(node), kernel_calls._quantize_call(sibling))
+                kinds.append("same axis" if same_axis else "one read" if one_read else
+                             "one tensor" if a[0] is b[0] else "other axis")
             dequantizations = [n for n in gm.graph.nodes if kernel_calls._dequantize_call(n) is not None]
             dequantize_pairs, taken = 0, set()
             for node in dequantizations:
@@ -378,21 +390,21 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
     linears = 4  # qkv, attention output, SwiGLU gate-and-up, down
     # forward: two of X's and W's row-wise quantizations side by side; where no same-axis partner's input
     # exists yet, the other axis: of X itself, or of the next W
-    assert found == {"forward": (3 * linears, ["one tensor"] * 2 + ["other axis"] * 2 + ["same axis"] * 2, 0, 0),
-                     "backward": (3 * linears, ["one tensor"] * linears + ["same axis"] * (linears // 2), linears, 2)}
+    # (one tensor's two axes: the one-read dual launch)
+    assert found == {"forward": (3 * linears, ["one read"] * 2 + ["other axis"] * 2 + ["same axis"] * 2, 0, 0),
+                     "backward": (3 * linears, ["one read"] * linears + ["same axis"] * (linears // 2), linears, 2)}
 
 
 @pytest.mark.parametrize("cudagraphs", [False, True])
 def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
     """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways, and every quantization
     pairs with one along its own kind of axis (X's and W's row-wise ones, their column-wise ones); dY's two
-    pair with each other only without CUDA graphs (a row-wise tile beside a column-wise one runs slower than
-    alone, which only a step waiting on the host repays)."""
+    share the one-read dual launch, with CUDA graphs too (other tensors' other-axis pairs are off there: a
+    row-wise tile beside a column-wise one in the pair kernel runs slower than alone)."""
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     linears = 4
-    dy_pairs = [] if cudagraphs else ["one tensor"] * linears
     assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
-    assert found["backward"][:2] == (2 * linears, dy_pairs)
+    assert found["backward"][:2] == (2 * linears, ["one read"] * linears)
 
 
 def test_other_axis_pairing_follows_cuda_graphs():
@@ -410,8 +422,8 @@ def test_other_axis_pairing_follows_cuda_graphs():
         assert not kernel_calls._pair_other_axis()
         with kernel_calls.pair_launches(other_axis=True):
             assert kernel_calls._pair_other_axis()
-            assert kernel_calls.state_key() == "pairs1True"
-    assert kernel_calls.state_key() == "pairs1None"
+            assert kernel_calls.state_key() == "pairs1True1"
+    assert kernel_calls.state_key() == "pairs1None1"
     with pytest.raises(ValueError, match="other_axis"):
         with kernel_calls.pair_launches(other_axis="no"):
             pass

@@ -118,10 +118,11 @@ def _from_rows(v, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
 
 
 @triton.jit
-def _chunk(x_ptr, c: tl.constexpr, l0, o0, O, L, s_o, s_l, B: tl.constexpr):
-    """Row-wise: elements ``l0 + 8c .. l0 + 8c + 8`` of rows ``o0 .. o0 + B`` as ``(B, 8)`` (one 16-byte
-    vector per thread for bf16), with their row-major flat indices."""
-    o = o0 + tl.arange(0, B)[:, None]
+def _chunk(x_ptr, c: tl.constexpr, l0, rows, O, L, s_o, s_l):
+    """Row-wise: elements ``l0 + 8c .. l0 + 8c + 8`` of the rows ``rows`` (``(B,)``: ``o0 .. o0 + B``, or
+    any row indices; one ``>= O`` is masked out) as ``(B, 8)`` (one 16-byte vector per thread for bf16), with
+    their row-major flat indices."""
+    o = rows[:, None]
     l = l0 + c * 8 + tl.arange(0, 8)[None, :]
     x = tl.load(x_ptr + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=(o < O) & (l < L), other=0.0)
     return x.to(tl.float32), o.to(tl.int64) * L + l
@@ -149,10 +150,10 @@ def _chunk_mask(o, O, l, L, PARTIAL: tl.constexpr):
 
 
 @triton.jit
-def _store_chunks(ptr, v, l0, o0, O, L, U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr):
-    """Row-wise store of the ``(U, B)`` tile ``v`` into a contiguous ``(O, L)`` tensor, chunk by chunk
-    (the inverse of :func:`_join_chunks`)."""
-    o = o0 + tl.arange(0, B)[:, None]
+def _store_chunks(ptr, v, l0, rows, O, L, U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr):
+    """Row-wise store of the ``(U, B)`` tile ``v`` into the rows ``rows`` of a contiguous ``(O, L)`` tensor,
+    chunk by chunk (the inverse of :func:`_join_chunks`)."""
+    o = rows[:, None]
     e = tl.arange(0, 8)[None, :]
     base = ptr + o.to(tl.int64) * L + l0 + e
     if U == 16:
@@ -170,18 +171,19 @@ def _store_chunks(ptr, v, l0, o0, O, L, U: tl.constexpr, B: tl.constexpr, PARTIA
 
 
 @triton.jit
-def _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U: tl.constexpr, B: tl.constexpr,
+def _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U: tl.constexpr, B: tl.constexpr,
                ROWWISE: tl.constexpr, COLS: tl.constexpr):
     """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and each element's index in the
-    axis-last order (``x[page, o, l]`` flattened; stochastic rounding's counter)."""
+    axis-last order (``x[page, o, l]`` flattened; stochastic rounding's counter). Row-wise with U = 16 or 32,
+    ``rows`` (``(B,)``) names the tile's rows, ``o0 .. o0 + B`` or any others (:func:`_quantize_dual_kernel`)."""
     if ROWWISE and (U == 16 or U == 32):
-        c0, f0 = _chunk(x_ptr, 0, l0, o0, O, L, s_o, s_l, B)
-        c1, f1 = _chunk(x_ptr, 1, l0, o0, O, L, s_o, s_l, B)
+        c0, f0 = _chunk(x_ptr, 0, l0, rows, O, L, s_o, s_l)
+        c1, f1 = _chunk(x_ptr, 1, l0, rows, O, L, s_o, s_l)
         c2, f2 = c0, f0
         c3, f3 = c1, f1
         if U == 32:
-            c2, f2 = _chunk(x_ptr, 2, l0, o0, O, L, s_o, s_l, B)
-            c3, f3 = _chunk(x_ptr, 3, l0, o0, O, L, s_o, s_l, B)
+            c2, f2 = _chunk(x_ptr, 2, l0, rows, O, L, s_o, s_l)
+            c3, f3 = _chunk(x_ptr, 3, l0, rows, O, L, s_o, s_l)
         x = _join_chunks(c0, c1, c2, c3, U, B)
         flat = _join_chunks(f0, f1, f2, f3, U, B)
     else:
@@ -267,12 +269,12 @@ def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT
 
 
 @triton.jit
-def _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_key, RHT: tl.constexpr, INV_SQRT: tl.constexpr,
-                  SIGN_MASK: tl.constexpr, U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr,
-                  COLS: tl.constexpr, PARTIAL: tl.constexpr):
+def _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT: tl.constexpr,
+                  INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
+                  ROWWISE: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
     """The loaded tile, rotated when ``RHT``; ``PARTIAL`` (L is not a multiple of U): rows of a group that
     ends past ``L`` keep their loaded values (a trailing partial group is not rotated; padding is zeros)."""
-    x, flat = _load_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS)
+    x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS)
     if RHT > 0:
         rotated = _rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK)
         if PARTIAL:
@@ -470,8 +472,8 @@ def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
             pid_l, pid_o, page = i0, rest % tiles_o, rest // tiles_o
         else:
             pid_o, pid_l, page = i0, rest % tiles_l, rest // tiles_l
-        x, _ = _rotated_tile(x_ptr, page, pid_l * U, pid_o * B, O, L, s_page, s_o, s_l, rht_key,
-                             RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
+        x, _ = _rotated_tile(x_ptr, page, pid_l * U, pid_o * B, pid_o * B + tl.arange(0, B), O, L, s_page, s_o, s_l,
+                             rht_key, RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
         bits = abs_bits(x)
         bits = tl.where(bits < 0x7F800000, bits, 0)
         best = tl.maximum(best, tl.max(tl.max(bits, axis=1), axis=0))
@@ -492,14 +494,29 @@ def _quantize_tile(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, 
         pid_l, pid_o = pid_0, pid_1
     else:
         pid_o, pid_l = pid_0, pid_1
-    l0 = pid_l * U
-    o0 = pid_o * B
-    x, flat = _rotated_tile(x_ptr, page, l0, o0, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT, SIGN_MASK,
+    _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
+                 offset, rht_key, pid_l * U, pid_o * B, pid_o * B + tl.arange(0, B), page,
+                 (pid_0 == 0) & (pid_1 == 0) & (page == 0), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED,
+                 E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B,
+                 PARTIAL)
+
+
+@triton.jit
+def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
+                 O, L, s_page, s_o, s_l, offset, rht_key, l0, o0, rows, page, first,
+                 GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
+                 STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
+                 Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
+                 ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
+                 WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
+                 PARTIAL: tl.constexpr):
+    """The tile at ``l0`` along the quantized axis and ``o0 .. o0 + B`` along the other (row-wise: the rows
+    ``rows``, ``o0 + arange(B)`` or any others); ``first``: the program that writes the tensor scale."""
+    x, flat = _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT, SIGN_MASK,
                             U, B, ROWWISE, COLS, PARTIAL)
     NB: tl.constexpr = U // BLOCK
     amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
     g = 0.0
-    first = (pid_0 == 0) & (pid_1 == 0) & (page == 0)
     if SCALE == 1:
         g = tl.max(tl.load(gamax_ptr + tl.arange(0, _AMAX_PROGRAMS)), axis=0).to(tl.float32, bitcast=True)
         if first:
@@ -538,8 +555,10 @@ def _quantize_tile(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, 
             nib = (neg.to(tl.int32) << 3) | level
         level_value = decode_nibbles(nib, GRID)
 
-    o_in = o0 + tl.arange(0, B)
-    o64 = o_in.to(tl.int64)
+    if ROWWISE:
+        o64 = rows.to(tl.int64)
+    else:
+        o64 = (o0 + tl.arange(0, B)).to(tl.int64)
     if WRITE_CODES:
         # Codes and scales cover whole blocks: L rounded up to the block (the zero padding gives code 0).
         if PARTIAL:
@@ -570,7 +589,7 @@ def _quantize_tile(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, 
         v = tl.reshape(level_value, (NB, BLOCK, B)) * decoded[:, None, :]
         v = tl.reshape(v, (U, B)).to(values_ptr.dtype.element_ty)
         if ROWWISE and (U == 16 or U == 32):
-            _store_chunks(values_ptr, v, l0, o0, O, L, U, B, PARTIAL)
+            _store_chunks(values_ptr, v, l0, rows, O, L, U, B, PARTIAL)
         else:
             r, o = _tile_index(l0, o0, U, B, ROWWISE, COLS)
             if ROWWISE:
@@ -631,6 +650,67 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a
                        q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1), GRID, SCALE, BLOCK, BLOCK_2D,
                        STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, B_ROWWISE, B_COLS,
                        B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
+
+
+@triton.jit
+def _dual_tile(x_ptr, pid_n, pid_m, M, N,
+               r_seed_ptr, r_rht_key, r_codes_ptr, r_scales_ptr, r_values_ptr, r_ts_ptr, r_offset,
+               c_seed_ptr, c_rht_key, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, c_offset,
+               GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, STOCHASTIC: tl.constexpr,
+               E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr,
+               SIGN_MASK: tl.constexpr, ASM: tl.constexpr, R_WRITE_CODES: tl.constexpr,
+               R_WRITE_VALUES: tl.constexpr, C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
+               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr):
+    """Rows ``16 pid_m ..`` x columns ``B pid_n ..`` of ``x (M, N)``: its row-wise quantization (job r, the
+    tile's ``16 B / 16`` row segments of 16, as the folded row-wise launch holds them, ``ROW_B`` segments at a
+    time) and then its column-wise one (job c, the column-wise launch's tile). The second load of the tile
+    finds it in the cache: one read of ``x`` from memory for both."""
+    zero = pid_m * 0  # the page (a tensor: the tile code converts it)
+    first = (pid_n == 0) & (pid_m == 0)
+    SEGS: tl.constexpr = B // 16  # row segments per tile row
+    segments = tl.cast(M, tl.int64) * (N // 16)
+    for h in tl.static_range(B // ROW_B):
+        j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
+        seg = pid_n * SEGS + j % SEGS
+        rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
+        _quantize_at(x_ptr, r_codes_ptr, r_scales_ptr, r_values_ptr, r_ts_ptr, x_ptr, r_seed_ptr, segments, 16, 0,
+                     16, 1, r_offset, r_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE, BLOCK, False,
+                     STOCHASTIC, True, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, True, COLS, R_WRITE_CODES,
+                     R_WRITE_VALUES, ASM, 16, ROW_B, False)
+    _quantize_at(x_ptr, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, x_ptr, c_seed_ptr, N, M, 0, 1, N,
+                 c_offset, c_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
+                 BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, False, COLS,
+                 C_WRITE_CODES, C_WRITE_VALUES, ASM, 16, B, False)
+
+
+@triton.jit
+def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a_rht_key, b_rht_key,
+                          a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr,
+                          b_ts_ptr, M, N, a_offset, b_offset,
+                          GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
+                          STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr,
+                          RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ASM: tl.constexpr,
+                          A_ROWWISE: tl.constexpr, A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
+                          B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
+                          B: tl.constexpr, ROW_B: tl.constexpr):
+    """One 2-D tensor's row-wise and column-wise quantizations (jobs a and b, one of each; ``A_ROWWISE``
+    says which is a) from one read of it: :func:`_dual_tile` per program, the column-wise launch's grid
+    ``(cdiv(N, B), M // 16)``. Each element goes through the code of its own launch: the bits are those of
+    the two single launches. The arguments are :func:`_quantize_pair_kernel`'s (``b_x_ptr`` is ``a_x_ptr``,
+    ``gamax_ptr`` is not read) with ``M, N`` for the two jobs' sizes."""
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    if A_ROWWISE:
+        _dual_tile(a_x_ptr, pid_n, pid_m, M, N,
+                   a_seed_ptr, a_rht_key, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_offset,
+                   b_seed_ptr, b_rht_key, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_offset,
+                   GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ASM,
+                   A_WRITE_CODES, A_WRITE_VALUES, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
+    else:
+        _dual_tile(a_x_ptr, pid_n, pid_m, M, N,
+                   b_seed_ptr, b_rht_key, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_offset,
+                   a_seed_ptr, a_rht_key, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_offset,
+                   GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ASM,
+                   B_WRITE_CODES, B_WRITE_VALUES, A_WRITE_CODES, A_WRITE_VALUES, COLS, B, ROW_B)
 
 
 # ---- launch plans --------------------------------------------------------------------------------------
@@ -864,31 +944,63 @@ def pair_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
     return None
 
 
+def dual_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
+    """Why the two quantizations of one tensor of ``shape`` with plans ``a`` and ``b`` cannot run from one read
+    of it (:func:`_quantize_dual_kernel`), or None."""
+    refusal = pair_refusal(a, b)
+    if refusal is not None:
+        return refusal
+    if a.rowwise == b.rowwise or len(shape) != 2:
+        return "not the row-wise and column-wise quantizations of a 2-D tensor"
+    if shape[0] % 16 or shape[1] % 16 or a.constexprs["U"] != 16 or b.constexprs["U"] != 16:
+        return "blocks and RHT groups of 16 along both axes of whole 16 x 16 tiles only"
+    if a.constexprs["BLOCK_2D"]:
+        return "16 x 16 blocks"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class PairLaunch:
     grid: tuple
     num_warps: int
     scalars: dict  # a_* and b_* sizes, strides and grid extents (offsets and rht keys: the caller's)
     constexprs: dict
+    kernel: object = None  # _quantize_pair_kernel, or _quantize_dual_kernel for one tensor's two axes
 
 
-def pair_launch(a: LaunchPlan, b: LaunchPlan) -> PairLaunch:
-    """The one launch of plans ``a`` and ``b`` (``pair_refusal(a, b)`` is None)."""
+_ROW_SEGMENTS = 128  # row segments of 16 per thread block in the dual kernel's row-wise pass: the row-wise tile's
+
+
+def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None) -> PairLaunch:
+    """The one launch of plans ``a`` and ``b`` (``pair_refusal(a, b)`` is None). ``dual_shape``: both quantize
+    one tensor of this shape, and ``dual_refusal`` accepts it: the launch reads it once
+    (:func:`_quantize_dual_kernel`)."""
+    if dual_shape is not None:
+        col = b if a.rowwise else a
+        constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
+        constexprs.update(A_ROWWISE=a.rowwise, COLS=col.constexprs["COLS"], B=col.constexprs["B"],
+                          ROW_B=min(col.constexprs["B"], _ROW_SEGMENTS))
+        for p, plan in (("A", a), ("B", b)):
+            constexprs.update({f"{p}_WRITE_CODES": plan.constexprs["WRITE_CODES"],
+                               f"{p}_WRITE_VALUES": plan.constexprs["WRITE_VALUES"]})
+        return PairLaunch(col.grid, col.num_warps, dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
+                          _quantize_dual_kernel)
     scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
     scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
     constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
     for p, plan in (("A", a), ("B", b)):
         constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _PAIR_OWN})
     n = a.grid[0] * a.grid[1] * a.grid[2] + b.grid[0] * b.grid[1] * b.grid[2]
-    return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs)
+    return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs, _quantize_pair_kernel)
 
 
 def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int, rht_seed: int, seed, jobs, *,
-                  other: tuple | None = None) -> list[tuple]:
+                  other: tuple | None = None, dual: bool = True) -> list[tuple]:
     """Two quantizations (one format and RHT) in one launch where :func:`pair_refusal` allows, else two:
     ``jobs`` is two ``(axis, offset, dtype)``, ``dtype`` None for codes (``quantize``'s result) or the values'
     dtype (``quantize_dequantize``'s). Both quantize ``x`` with ``rht_seed`` and ``seed``, or the second
-    quantizes ``other = (tensor, rht_seed, seed)``. Each result is bit for bit the single call's."""
+    quantizes ``other = (tensor, rht_seed, seed)``. Each result is bit for bit the single call's. ``dual``:
+    ``x``'s row-wise and column-wise quantizations read it once where :func:`dual_refusal` allows."""
     fmt = as_format(fmt)
     if len(jobs) != 2:
         raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
@@ -922,9 +1034,11 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int, rht_seed:
         kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
                       **{f"{p}_ts_ptr": ts, f"{p}_offset": int(offset), f"{p}_x_ptr": t, f"{p}_seed_ptr": seed_t,
                          f"{p}_rht_key": rht_key(plan, r)})
-    launch = pair_launch(*plans)
-    _quantize_pair_kernel[launch.grid](gamax_ptr=outputs[0][0], **kwargs, **launch.scalars, **launch.constexprs,
-                                       num_warps=launch.num_warps)
+    shape = tuple(x.shape)
+    one_read = dual and other is None and dual_refusal(shape, *plans) is None
+    launch = pair_launch(*plans, dual_shape=shape if one_read else None)
+    launch.kernel[launch.grid](gamax_ptr=outputs[0][0], **kwargs, **launch.scalars, **launch.constexprs,
+                               num_warps=launch.num_warps)
     return outputs
 
 
@@ -991,6 +1105,28 @@ def compile_variants():
                 ", ".join(sorted(names)), _quantize_pair_kernel, types, unit | launch.constexprs,
                 aligned=("a_x_ptr", "b_x_ptr", *written, "a_O", "a_L", "b_O", "b_L"),
                 options=dict(num_warps=launch.num_warps)))
+        # one tensor's two quantizations from one read: row-wise values with column-wise codes (X in the
+        # forward) or column-wise values (dY in the backward, for a bf16 Wgrad)
+        for col_values in (False, True):
+            shape = (_VARIANT_SIZE, _VARIANT_SIZE)
+            plans = [launch_plan(shape, 2, 1, fmt, rht, False, True, False),
+                     launch_plan(shape, 2, 0, fmt, rht, not col_values, col_values, False)]
+            if dual_refusal(shape, *plans) is not None:
+                continue
+            launch = pair_launch(*plans, dual_shape=shape)
+            col_ptrs = ("*bf16",) * 3 if col_values else ("*u8", _SCALE_POINTERS[c.scale], "*u8")
+            types = dict(a_x_ptr="*bf16", b_x_ptr="*bf16", gamax_ptr="*bf16", a_rht_key="i32", b_rht_key="i32",
+                         a_codes_ptr="*bf16", a_scales_ptr="*bf16", a_values_ptr="*bf16", a_ts_ptr="*fp32",
+                         b_codes_ptr=col_ptrs[0], b_scales_ptr=col_ptrs[1], b_values_ptr=col_ptrs[2],
+                         b_ts_ptr="*fp32", M="i32", N="i32", a_offset="i64", b_offset="i64",
+                         a_seed_ptr="*i64" if c.stochastic else "*bf16",
+                         b_seed_ptr="*i64" if c.stochastic else col_ptrs[0])
+            written = ["a_values_ptr"] + (["b_values_ptr"] if col_values else ["b_codes_ptr", "b_scales_ptr"])
+            variants.append(KernelVariant.build(
+                f"quantize_dual[{fmt.spec} rht{rht} row-wise values + column-wise "
+                f"{'values' if col_values else 'codes'}]",
+                ", ".join(sorted(names)), _quantize_dual_kernel, types, launch.constexprs,
+                aligned=("a_x_ptr", "b_x_ptr", *written, "M", "N"), options=dict(num_warps=launch.num_warps)))
     for (rht, rowwise, warps, constexprs), names in amax.items():
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"

@@ -281,30 +281,35 @@ _pairing = True
 # (the step's quantize kernel time 7.5 ms against 6.2), which a launch fewer repays only where the step waits
 # on the host: without CUDA graphs (docs/kernels.md, "Two launches in one").
 _other_axis = None
+# One tensor's row-wise and column-wise quantizations (dY's in the backward) in one launch that reads the tensor
+# once (kernels.quantize._quantize_dual_kernel), where its plans allow, with or without CUDA graphs.
+_dual = True
 _PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
 
 
 def state_key() -> str:
     """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
-    return f"pairs{int(_pairing)}{_other_axis}"
+    return f"pairs{int(_pairing)}{_other_axis}{int(_dual)}"
 
 
 @contextlib.contextmanager
-def pair_launches(enabled: bool = True, *, other_axis: bool | None = None):
+def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool = True):
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
     (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner along
     its kind of axis pairs along the other axis; None (the default): only without CUDA graphs
-    (Inductor's ``triton.cudagraphs``). Keep the setting for the first backward too: the backward compiles
-    then."""
-    if not any(other_axis is v for v in (None, True, False)) or not any(enabled is v for v in (True, False)):
-        raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r} are not valid: enabled is True or "
-                         "False, other_axis True, False or None")
-    global _pairing, _other_axis
-    previous, _pairing, _other_axis = (_pairing, _other_axis), enabled, other_axis
+    (Inductor's ``triton.cudagraphs``). ``dual``: one 2-D tensor's row-wise and column-wise quantizations
+    with no same-axis partners share one launch that reads the tensor once, whatever ``other_axis`` says.
+    Keep the setting for the first backward too: the backward compiles then."""
+    if (not any(other_axis is v for v in (None, True, False))
+            or not all(any(flag is v for v in (True, False)) for flag in (enabled, dual))):
+        raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r} are not valid: enabled "
+                         "and dual are True or False, other_axis True, False or None")
+    global _pairing, _other_axis, _dual
+    previous, (_pairing, _other_axis, _dual) = (_pairing, _other_axis, _dual), (enabled, other_axis, dual)
     try:
         yield
     finally:
-        _pairing, _other_axis = previous
+        _pairing, _other_axis, _dual = previous
 
 
 def _ufp4_call(node, *ops: str) -> tuple | None:
@@ -358,13 +363,27 @@ def _can_pair(mine, other) -> bool:
                            for shape, call in zip(shapes, (mine, other)))) is None
 
 
+def _can_dual(mine, other) -> bool:
+    """Whether two quantize calls are one 2-D tensor's two axes that one launch can take from one read
+    (:func:`kernels.quantize.dual_refusal`), with dual launches on."""
+    from ufp4_compile.kernels.quantize import dual_refusal
+
+    val = getattr(mine[0], "meta", {}).get("val")
+    if not _dual or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape):
+        return False
+    shape = tuple(val.shape)
+    return len(shape) == 2 and 0 not in shape and dual_refusal(
+        shape, *(_plan(shape, val.dtype.itemsize, call[1], call[2], call[3], call[7]) for call in (mine, other))) is None
+
+
 def _sibling(node, order: dict, taken=()):
     """The quantization that shares ``node``'s launch, not one in ``taken``: the next one within reach with
     its format and RHT along the same kind of axis (both row-wise or both column-wise: their tiles take alike
     registers, so the pair keeps a single launch's occupancy) whose inputs all exist before ``node``; else,
     where other-axis pairs are on (:func:`pair_launches`), the next one within reach along the other axis
     whose inputs exist (dY's other quantization; in an MoE's backward, the padded copy of an expert's dY),
-    or the next quantization of ``node``'s own input further on."""
+    or the next quantization of ``node``'s own input further on. With dual launches on, ``node``'s own
+    input's other-axis quantization qualifies as well where :func:`_can_dual` says one read serves both."""
     mine = _quantize_call(node)
     if mine is None:
         return None
@@ -376,7 +395,8 @@ def _sibling(node, order: dict, taken=()):
             break
         other = _quantize_call(later) if later not in taken else None
         if (other is not None and other[2:4] == mine[2:4]
-                and (_rowwise(other) == rowwise or (other_axis and fallback is None))
+                and (_rowwise(other) == rowwise
+                     or (fallback is None and (other_axis or _can_dual(mine, other))))
                 and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))
                 and _can_pair(mine, other)):
             if _rowwise(other) == rowwise:
@@ -386,11 +406,12 @@ def _sibling(node, order: dict, taken=()):
     if fallback is not None:
         return fallback
     best = None
-    for user in (mine[0].users if other_axis else ()):
+    for user in (mine[0].users if other_axis or _dual else ()):
         other = _quantize_call(user) if user is not node and user not in taken else None
         if (other is not None and order.get(user, -1) > here and other[2:4] == mine[2:4]
                 and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
-                and (best is None or order[user] < order[best]) and _can_pair(mine, other)):
+                and (best is None or order[user] < order[best]) and _can_pair(mine, other)
+                and (other_axis or _can_dual(mine, other))):
             best = user
     return best
 
@@ -442,8 +463,7 @@ def _quantize_pair(x, seed):
     def lower_both(node, sibling):
         from torch._inductor.virtualized import V
 
-        from ufp4_compile.kernels.quantize import (_quantize_pair_kernel, output_pointers, pair_launch, pair_refusal,
-                                                   rht_key)
+        from ufp4_compile.kernels.quantize import dual_refusal, output_pointers, pair_launch, pair_refusal, rht_key
 
         calls = (_quantize_call(node), _quantize_call(sibling))
         try:  # the sibling's input and seed as lowered (they exist: the sibling was chosen so)
@@ -461,7 +481,8 @@ def _quantize_pair(x, seed):
         if pair_refusal(*plans) is not None:
             return None
         outputs = [_outputs(plan, call[7], size[0], x.get_device()) for plan, call, size in zip(plans, calls, sizes)]
-        launch = pair_launch(*plans)
+        one_read = _dual and calls[1][0] is calls[0][0] and dual_refusal(sizes[0][0], *plans) is None
+        launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read else None)
         dummy = next(b for b in outputs[0][:3] if b is not None)
         tensors, scalars = dict(gamax_ptr=dummy), dict(launch.scalars)
         for p, out, call, plan, (t, s) in zip("ab", outputs, calls, plans, lowered):
@@ -469,7 +490,7 @@ def _quantize_pair(x, seed):
                 f"{p}_ts_ptr": out[3], f"{p}_x_ptr": _contiguous(t),
                 f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else dummy})
             scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": rht_key(plan, call[4])})
-        kernel_launch(_quantize_pair_kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
+        kernel_launch(launch.kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
         return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
 
     return _lower_paired(_sibling, lower_both) if _on_cuda(x) else None
