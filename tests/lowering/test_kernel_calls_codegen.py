@@ -399,12 +399,12 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
 def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
     """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways, and every quantization
     pairs with one along its own kind of axis (X's and W's row-wise ones, their column-wise ones); dY's two
-    share the one-read dual launch, with CUDA graphs too (other tensors' other-axis pairs are off there: a
-    row-wise tile beside a column-wise one in the pair kernel runs slower than alone)."""
+    share the one-read dual launch only without CUDA graphs (a row-wise tile beside a column-wise one runs
+    slower than alone, which only a step waiting on the host repays)."""
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     linears = 4
     assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
-    assert found["backward"][:2] == (2 * linears, ["one read"] * linears)
+    assert found["backward"][:2] == (2 * linears, [] if cudagraphs else ["one read"] * linears)
 
 
 def test_other_axis_pairing_follows_cuda_graphs():

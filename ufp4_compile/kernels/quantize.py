@@ -14,6 +14,11 @@ One kernel writes any of the two results a quantization has consumers for:
 - ``WRITE_VALUES``: the dequantized operand ``code x block scale`` rounded to the output dtype, what a
   bf16 GEMM consumes on GPUs without 4-bit tensor cores (the tensor scale stays out, for the epilogue).
 
+Two quantizations can share a launch (the lowering pairs them): :func:`_quantize_pair_kernel` runs two jobs'
+programs side by side, each on its own input; :func:`_quantize_dual_kernel` takes one 2-D tensor's row-wise and
+column-wise quantizations from one read of it, each program running its tile's row segments and then its
+columns (the second load hits the cache).
+
 E4M3 two-level scales need the amax of the whole (rotated) tensor first: :func:`_amax_kernel`, one extra
 read over the finite values, run by a fixed number of programs (``AMAX_PROGRAMS``) that each walk their share
 of the tiles and write one partial maximum; the quantize kernel reduces the partials. Every slot is written,

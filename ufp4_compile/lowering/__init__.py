@@ -36,10 +36,10 @@ def register() -> None:
 
 def pairing(option):
     """The context of the backend option ``pair_launches`` (docs/backend.md): True pairs launches with the
-    default policy (quantizations along the same kind of axis; a 2-D tensor's two axes from one read; other
-    tensors' other-axis quantizations too without CUDA graphs), "same-axis" no pairs along the other axis
-    but the one-read launches, "all" along either axis with or without CUDA graphs, "no-dual" the default
-    without the one-read launches, False not at all (:func:`kernel_calls.pair_launches`)."""
+    default policy (quantizations along the same kind of axis; without CUDA graphs along the other axis too,
+    a 2-D tensor's two axes from one read), "same-axis" only along the same kind of axis, "all" along either
+    axis with or without CUDA graphs, "no-dual" the default with a tensor's two axes read twice (the pair
+    kernel), False not at all (:func:`kernel_calls.pair_launches`)."""
     from ufp4_compile.lowering.kernel_calls import pair_launches
 
     return pair_launches(option is not False, other_axis={"same-axis": False, "all": True}.get(option),

@@ -268,12 +268,13 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 # quantization lowers to one launch of kernels.quantize._quantize_pair_kernel with the next one within
 # _PAIR_REACH nodes of the same format and RHT along the same kind of axis whose inputs already exist (X's and
 # W's row-wise quantizations for Fprop, their column-wise ones), else, where other-axis pairs are on, with the
-# next one along the other axis (dY's two); a dequantize to one launch of
-# kernels.dequantize._dequantize_pair_kernel with the next dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
-# pair, the same bits (each program runs the tile it runs alone). Why same-axis partners first: a pair
-# kernel takes the registers of its larger tile for both halves, and a row-wise tile beside a column-wise one
-# runs at a lower occupancy than alone (docs/kernels.md). :func:`pair_launches` (False) turns pairing off
-# while compiling.
+# next one along the other axis (dY's two: one launch of kernels.quantize._quantize_dual_kernel, which reads dY
+# once for both); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
+# dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
+# pair, the same bits (each element goes through the code of its own launch). Why same-axis partners first: a
+# pair or dual kernel takes the registers of its larger tile for both halves, and a row-wise tile beside a
+# column-wise one runs at a lower occupancy than alone (docs/kernels.md). :func:`pair_launches` (False) turns
+# pairing off while compiling.
 
 _pairing = True
 # A quantization with no same-axis partner pairs along the other axis: True, False, or None (the default) for
@@ -281,8 +282,10 @@ _pairing = True
 # (the step's quantize kernel time 7.5 ms against 6.2), which a launch fewer repays only where the step waits
 # on the host: without CUDA graphs (docs/kernels.md, "Two launches in one").
 _other_axis = None
-# One tensor's row-wise and column-wise quantizations (dY's in the backward) in one launch that reads the tensor
-# once (kernels.quantize._quantize_dual_kernel), where its plans allow, with or without CUDA graphs.
+# One tensor's row-wise and column-wise quantizations (dY's in the backward), where they pair (other-axis pairs
+# on), in the launch that reads the tensor once (kernels.quantize._quantize_dual_kernel) where its plans allow,
+# instead of the pair kernel's two reads. On the H200 dY's two took 4.6 ms per step there against the pair
+# kernel's 5.2 and their two single launches' 4.0: a launch fewer pays only where the step waits on the host.
 _dual = True
 _PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
 
@@ -297,9 +300,9 @@ def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual:
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
     (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner along
     its kind of axis pairs along the other axis; None (the default): only without CUDA graphs
-    (Inductor's ``triton.cudagraphs``). ``dual``: one 2-D tensor's row-wise and column-wise quantizations
-    with no same-axis partners share one launch that reads the tensor once, whatever ``other_axis`` says.
-    Keep the setting for the first backward too: the backward compiles then."""
+    (Inductor's ``triton.cudagraphs``). ``dual``: where one 2-D tensor's row-wise and column-wise
+    quantizations pair, their launch reads the tensor once (the dual kernel) rather than twice (the pair
+    kernel). Keep the setting for the first backward too: the backward compiles then."""
     if (not any(other_axis is v for v in (None, True, False))
             or not all(any(flag is v for v in (True, False)) for flag in (enabled, dual))):
         raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r} are not valid: enabled "
@@ -364,7 +367,7 @@ def _can_pair(mine, other) -> bool:
 
 
 def _can_dual(mine, other) -> bool:
-    """Whether two quantize calls are one 2-D tensor's two axes that one launch can take from one read
+    """Whether two quantize calls that pair are one 2-D tensor's two axes that one launch takes from one read
     (:func:`kernels.quantize.dual_refusal`), with dual launches on."""
     from ufp4_compile.kernels.quantize import dual_refusal
 
@@ -382,8 +385,7 @@ def _sibling(node, order: dict, taken=()):
     registers, so the pair keeps a single launch's occupancy) whose inputs all exist before ``node``; else,
     where other-axis pairs are on (:func:`pair_launches`), the next one within reach along the other axis
     whose inputs exist (dY's other quantization; in an MoE's backward, the padded copy of an expert's dY),
-    or the next quantization of ``node``'s own input further on. With dual launches on, ``node``'s own
-    input's other-axis quantization qualifies as well where :func:`_can_dual` says one read serves both."""
+    or the next quantization of ``node``'s own input further on."""
     mine = _quantize_call(node)
     if mine is None:
         return None
@@ -395,8 +397,7 @@ def _sibling(node, order: dict, taken=()):
             break
         other = _quantize_call(later) if later not in taken else None
         if (other is not None and other[2:4] == mine[2:4]
-                and (_rowwise(other) == rowwise
-                     or (fallback is None and (other_axis or _can_dual(mine, other))))
+                and (_rowwise(other) == rowwise or (other_axis and fallback is None))
                 and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))
                 and _can_pair(mine, other)):
             if _rowwise(other) == rowwise:
@@ -406,12 +407,11 @@ def _sibling(node, order: dict, taken=()):
     if fallback is not None:
         return fallback
     best = None
-    for user in (mine[0].users if other_axis or _dual else ()):
+    for user in (mine[0].users if other_axis else ()):
         other = _quantize_call(user) if user is not node and user not in taken else None
         if (other is not None and order.get(user, -1) > here and other[2:4] == mine[2:4]
                 and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
-                and (best is None or order[user] < order[best]) and _can_pair(mine, other)
-                and (other_axis or _can_dual(mine, other))):
+                and (best is None or order[user] < order[best]) and _can_pair(mine, other)):
             best = user
     return best
 
@@ -481,7 +481,7 @@ def _quantize_pair(x, seed):
         if pair_refusal(*plans) is not None:
             return None
         outputs = [_outputs(plan, call[7], size[0], x.get_device()) for plan, call, size in zip(plans, calls, sizes)]
-        one_read = _dual and calls[1][0] is calls[0][0] and dual_refusal(sizes[0][0], *plans) is None
+        one_read = _can_dual(*calls) and dual_refusal(sizes[0][0], *plans) is None
         launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read else None)
         dummy = next(b for b in outputs[0][:3] if b is not None)
         tensors, scalars = dict(gamax_ptr=dummy), dict(launch.scalars)
