@@ -41,7 +41,7 @@ stage() {  # stage NAME LIMIT_S COMMAND...
 [ -n "${SKIP_INSTALL:-}" ] || python3 -m pip install -q --no-deps --no-build-isolation -e . >"$R/install.log" 2>&1 \
   || echo "install failed (see install.log)"
 stage env 30 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"; git rev-parse HEAD'
-TEST_FILES=${TEST_FILES:-"tests/kernels/test_quantize.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py tests/lowering/test_kernel_calls.py tests/test_emulate.py"}
+TEST_FILES=${TEST_FILES:-"tests/kernels/test_quantize.py tests/kernels/test_quantize_pair.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py tests/lowering/test_kernel_calls.py tests/test_emulate.py"}
 stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml="$R/pytest_gpu.xml" $TEST_FILES
 stage host 60 python3 benchmarks/host_overhead.py --out "$R"
 stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"

@@ -70,7 +70,8 @@ def test_paired_quantizations_match_eager(spec, rht):
     from torch._inductor.utils import run_and_get_code
 
     from ufp4_compile import lowering
-    from ufp4_compile.kernels.quantize import dual_refusal, launch_plan, pair_refusal
+    from ufp4_compile.kernels.quantize import launch_plan
+    from ufp4_compile.kernels.quantize_pair import dual_refusal, pair_refusal
     from ufp4_compile.lowering import kernel_calls
     from ufp4_compile.numerics.quantize import as_format
 

@@ -68,19 +68,20 @@ def _compile_with_constant_scalars() -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
-    from ufp4_compile.kernels import quantize
+    from ufp4_compile.kernels import quantize, quantize_pair
     from ufp4_compile.numerics.hadamard import sign_mask
 
     one = dict(O=4096, L=4096, s_page=2, offset=16, rht_key=sign_mask(16, 3))
     scalars = {f"{p}{k}": v for p in ("", "a_", "b_") for k, v in one.items()}  # a pair kernel's jobs a and b
+    scalars.update(M=4096, N=4096)  # the dual kernel's sizes
     errors = {}
-    for variant in quantize.compile_variants():
+    for variant in quantize.compile_variants() + quantize_pair.compile_variants():
         signature = {k: ("constexpr" if k in scalars else v) for k, v in variant.signature.items()}
         constexprs = {**variant.constexprs, **{k: v for k, v in scalars.items() if k in signature}}
-        if variant.constexprs.get("SIGN_MASK") is False or variant.constexprs.get("RHT", 16) != 16:
-            for key in ("rht_key", "a_rht_key", "b_rht_key"):  # a Philox seed where the kernel computes the signs
-                if key in signature:
-                    constexprs[key] = 3
+        for p, key in (("", "rht_key"), ("A_", "a_rht_key"), ("B_", "b_rht_key")):  # each job's own RHT
+            if key in signature and (variant.constexprs.get(f"{p}SIGN_MASK") is False
+                                     or variant.constexprs.get(f"{p}RHT", 16) != 16):
+                constexprs[key] = 3  # a Philox seed where the kernel computes the signs
         try:
             triton_compile(ASTSource(fn=variant.fn, signature=signature, constexprs=constexprs),
                            target=GPUTarget("cuda", 90, 32), options=variant.options)
@@ -325,7 +326,7 @@ def test_memos_take_either_torch_api():
     assert vars(bare) == {}
 
 
-def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool) -> dict:
+def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool, recipe: str = "ufp4") -> dict:
     """What the pairing would pair on the graphs Inductor lowers for a one-block GPT's training step (forward
     and backward, after the partitioner), walked as the lowering walks them: per graph, (quantizations,
     sorted pair kinds, dequantizations, dequantize pairs)."""
@@ -347,7 +348,8 @@ def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool) -> dict:
     model = GPT(GPTConfig(n_layers=1))
     with (torch._inductor.config.patch(force_disable_caches=True),  # a cache hit would skip the lowering
           torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)):
-        out = torch.compile(model, backend=make_backend({"dense_gemms": True}))(torch.randint(0, 256, (2, 128)))
+        out = torch.compile(model, backend=make_backend({"dense_gemms": True, "recipe": recipe}))(
+            torch.randint(0, 256, (2, 128)))
     (out[0] if isinstance(out, tuple) else out).float().mean().backward()
     torch._dynamo.reset()
     found = {}
@@ -364,7 +366,7 @@ def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool) -> dict:
                     continue
                 taken |= {node, sibling}
                 a, b = node.args, sibling.args
-                assert a[2:4] == b[2:4]  # format and RHT
+                assert a[2] == b[2]  # the format (each job has its own RHT)
                 same_axis = kernel_calls._rowwise(a) == kernel_calls._rowwise(b)
                 one_read = kernel_calls._can_dual(kernel_calls._quantize_call(node), kernel_calls._quantize_call(sibling))
                 kinds.append("same axis" if same_axis else "one read" if one_read else
@@ -405,6 +407,18 @@ def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
     linears = 4
     assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
     assert found["backward"][:2] == (2 * linears, [] if cudagraphs else ["one read"] * linears)
+
+
+@pytest.mark.parametrize("recipe", ["e2m1-ref", "mxfp4"])
+def test_pairing_of_recipes_that_rotate_wgrad_only(monkeypatch, recipe):
+    """e2m1-ref and mxfp4 rotate Wgrad's operands only, so X is quantized for Fprop without RHT and for Wgrad
+    with it, and so is dY for Dgrad and Wgrad: each job of a launch keeps its own RHT size, so the forward
+    pairs every quantization along its own kind of axis, and e2m1-ref's dY pairs (one read) without CUDA
+    graphs. MXFP4's row-wise and column-wise tiles take different warp counts: its dY stays two launches."""
+    found = _step_pairs(monkeypatch, autocast=True, cudagraphs=False, recipe=recipe)
+    linears = 4
+    assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
+    assert found["backward"][:2] == (2 * linears, ["one read"] * linears if recipe == "e2m1-ref" else [])
 
 
 def test_other_axis_pairing_follows_cuda_graphs():

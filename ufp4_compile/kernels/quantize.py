@@ -14,10 +14,8 @@ One kernel writes any of the two results a quantization has consumers for:
 - ``WRITE_VALUES``: the dequantized operand ``code x block scale`` rounded to the output dtype, what a
   bf16 GEMM consumes on GPUs without 4-bit tensor cores (the tensor scale stays out, for the epilogue).
 
-Two quantizations can share a launch (the lowering pairs them): :func:`_quantize_pair_kernel` runs two jobs'
-programs side by side, each on its own input; :func:`_quantize_dual_kernel` takes one 2-D tensor's row-wise and
-column-wise quantizations from one read of it, each program running its tile's row segments and then its
-columns (the second load hits the cache).
+Two quantizations can share a launch (the lowering pairs them): ``kernels.quantize_pair`` runs the tiles of
+this module for two jobs in one grid, or one 2-D tensor's two axes from one read of it.
 
 E4M3 two-level scales need the amax of the whole (rotated) tensor first: :func:`_amax_kernel`, one extra
 read over the finite values, run by a fixed number of programs (``AMAX_PROGRAMS``) that each walk their share
@@ -180,7 +178,8 @@ def _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U: tl.constexp
                ROWWISE: tl.constexpr, COLS: tl.constexpr):
     """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and each element's index in the
     axis-last order (``x[page, o, l]`` flattened; stochastic rounding's counter). Row-wise with U = 16 or 32,
-    ``rows`` (``(B,)``) names the tile's rows, ``o0 .. o0 + B`` or any others (:func:`_quantize_dual_kernel`)."""
+    ``rows`` (``(B,)``) names the tile's rows, ``o0 .. o0 + B`` or any others (``kernels.quantize_pair``'s dual
+    kernel)."""
     if ROWWISE and (U == 16 or U == 32):
         c0, f0 = _chunk(x_ptr, 0, l0, rows, O, L, s_o, s_l)
         c1, f1 = _chunk(x_ptr, 1, l0, rows, O, L, s_o, s_l)
@@ -619,105 +618,6 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                    WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL)
 
 
-@triton.jit
-def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a_rht_key, b_rht_key,
-                          a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l,
-                          a_offset, a_g0, a_g1, a_g2,
-                          b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_O, b_L, b_s_page, b_s_o, b_s_l,
-                          b_offset, b_g0, b_g1,
-                          GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
-                          STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr,
-                          RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ASM: tl.constexpr,
-                          A_SR_GROUPED: tl.constexpr, A_ROWWISE: tl.constexpr, A_COLS: tl.constexpr,
-                          A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr, A_U: tl.constexpr,
-                          A_B: tl.constexpr, A_PARTIAL: tl.constexpr,
-                          B_SR_GROUPED: tl.constexpr, B_ROWWISE: tl.constexpr, B_COLS: tl.constexpr,
-                          B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, B_U: tl.constexpr,
-                          B_B: tl.constexpr, B_PARTIAL: tl.constexpr):
-    """Two quantizations in one launch (one format and RHT; each its own input, seeds, axis and outputs):
-    the first ``a_g0 * a_g1 * a_g2`` programs are job a's grid, the rest job b's, each in the grid order of
-    its own launch. A launch fewer per pair: the default mode of a training step is bound by the host's time
-    per launch. Each program runs exactly the tile it runs in its own launch, so the bits are. The two jobs
-    share one register allocation: two row-wise (or two column-wise) jobs keep a single launch's occupancy,
-    a row-wise and a column-wise one take the larger tile's registers for both."""
-    pid = tl.program_id(0)
-    n_a = a_g0 * a_g1 * a_g2
-    if pid < n_a:
-        _quantize_tile(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, a_seed_ptr,
-                       a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, a_rht_key,
-                       pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1), GRID, SCALE, BLOCK, BLOCK_2D,
-                       STOCHASTIC, A_SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, A_ROWWISE, A_COLS,
-                       A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B, A_PARTIAL)
-    else:
-        q = pid - n_a
-        _quantize_tile(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, b_seed_ptr,
-                       b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, b_rht_key,
-                       q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1), GRID, SCALE, BLOCK, BLOCK_2D,
-                       STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, B_ROWWISE, B_COLS,
-                       B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
-
-
-@triton.jit
-def _dual_tile(x_ptr, pid_n, pid_m, M, N,
-               r_seed_ptr, r_rht_key, r_codes_ptr, r_scales_ptr, r_values_ptr, r_ts_ptr, r_offset,
-               c_seed_ptr, c_rht_key, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, c_offset,
-               GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, STOCHASTIC: tl.constexpr,
-               E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr,
-               SIGN_MASK: tl.constexpr, ASM: tl.constexpr, R_WRITE_CODES: tl.constexpr,
-               R_WRITE_VALUES: tl.constexpr, C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
-               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr):
-    """Rows ``16 pid_m ..`` x columns ``B pid_n ..`` of ``x (M, N)``: its row-wise quantization (job r, the
-    tile's ``16 B / 16`` row segments of 16, as the folded row-wise launch holds them, ``ROW_B`` segments at a
-    time) and then its column-wise one (job c, the column-wise launch's tile). The second load of the tile
-    finds it in the cache: one read of ``x`` from memory for both."""
-    zero = pid_m * 0  # the page (a tensor: the tile code converts it)
-    first = (pid_n == 0) & (pid_m == 0)
-    SEGS: tl.constexpr = B // 16  # row segments per tile row
-    segments = tl.cast(M, tl.int64) * (N // 16)
-    for h in tl.static_range(B // ROW_B):
-        j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
-        seg = pid_n * SEGS + j % SEGS
-        rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
-        _quantize_at(x_ptr, r_codes_ptr, r_scales_ptr, r_values_ptr, r_ts_ptr, x_ptr, r_seed_ptr, segments, 16, 0,
-                     16, 1, r_offset, r_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE, BLOCK, False,
-                     STOCHASTIC, True, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, True, COLS, R_WRITE_CODES,
-                     R_WRITE_VALUES, ASM, 16, ROW_B, False)
-    _quantize_at(x_ptr, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, x_ptr, c_seed_ptr, N, M, 0, 1, N,
-                 c_offset, c_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
-                 BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, False, COLS,
-                 C_WRITE_CODES, C_WRITE_VALUES, ASM, 16, B, False)
-
-
-@triton.jit
-def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a_rht_key, b_rht_key,
-                          a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr,
-                          b_ts_ptr, M, N, a_offset, b_offset,
-                          GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
-                          STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr,
-                          RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ASM: tl.constexpr,
-                          A_ROWWISE: tl.constexpr, A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
-                          B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
-                          B: tl.constexpr, ROW_B: tl.constexpr):
-    """One 2-D tensor's row-wise and column-wise quantizations (jobs a and b, one of each; ``A_ROWWISE``
-    says which is a) from one read of it: :func:`_dual_tile` per program, the column-wise launch's grid
-    ``(cdiv(N, B), M // 16)``. Each element goes through the code of its own launch: the bits are those of
-    the two single launches. The arguments are :func:`_quantize_pair_kernel`'s (``b_x_ptr`` is ``a_x_ptr``,
-    ``gamax_ptr`` is not read) with ``M, N`` for the two jobs' sizes."""
-    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
-    if A_ROWWISE:
-        _dual_tile(a_x_ptr, pid_n, pid_m, M, N,
-                   a_seed_ptr, a_rht_key, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_offset,
-                   b_seed_ptr, b_rht_key, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_offset,
-                   GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ASM,
-                   A_WRITE_CODES, A_WRITE_VALUES, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
-    else:
-        _dual_tile(a_x_ptr, pid_n, pid_m, M, N,
-                   b_seed_ptr, b_rht_key, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_offset,
-                   a_seed_ptr, a_rht_key, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_offset,
-                   GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ASM,
-                   B_WRITE_CODES, B_WRITE_VALUES, A_WRITE_CODES, A_WRITE_VALUES, COLS, B, ROW_B)
-
-
 # ---- launch plans --------------------------------------------------------------------------------------
 
 def _interpreting() -> bool:
@@ -930,123 +830,6 @@ def quantize_dequantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rh
     return values, _launch(x, plan, rht_seed, seed, offset, None, None, values)
 
 
-# ---- two quantizations in one launch -----------------------------------------------------------------------
-
-_PAIR_SHARED = ("GRID", "SCALE", "BLOCK", "BLOCK_2D", "STOCHASTIC", "E8M0_FLOOR", "Q_MAX", "RHT", "INV_SQRT",
-                "SIGN_MASK", "ASM")  # what the two jobs of a pair launch have in common
-_PAIR_OWN = ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B", "PARTIAL")
-
-
-def pair_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
-    """Why two quantize launches cannot share one (:func:`_quantize_pair_kernel`), or None."""
-    if a.amax_constexprs is not None or b.amax_constexprs is not None:
-        return "two-level scales (each quantization has its own global-amax pre-pass)"
-    if a.num_warps != b.num_warps:
-        return f"their tiles take {a.num_warps} and {b.num_warps} warps"
-    differ = [k for k in _PAIR_SHARED if a.constexprs[k] != b.constexprs[k]]
-    if differ:
-        return f"format or RHT differ ({', '.join(differ)})"
-    return None
-
-
-def dual_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
-    """Why the two quantizations of one tensor of ``shape`` with plans ``a`` and ``b`` cannot run from one read
-    of it (:func:`_quantize_dual_kernel`), or None."""
-    refusal = pair_refusal(a, b)
-    if refusal is not None:
-        return refusal
-    if a.rowwise == b.rowwise or len(shape) != 2:
-        return "not the row-wise and column-wise quantizations of a 2-D tensor"
-    if shape[0] % 16 or shape[1] % 16 or a.constexprs["U"] != 16 or b.constexprs["U"] != 16:
-        return "blocks and RHT groups of 16 along both axes of whole 16 x 16 tiles only"
-    if a.constexprs["BLOCK_2D"]:
-        return "16 x 16 blocks"
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class PairLaunch:
-    grid: tuple
-    num_warps: int
-    scalars: dict  # a_* and b_* sizes, strides and grid extents (offsets and rht keys: the caller's)
-    constexprs: dict
-    kernel: object = None  # _quantize_pair_kernel, or _quantize_dual_kernel for one tensor's two axes
-
-
-_ROW_SEGMENTS = 128  # row segments of 16 per thread block in the dual kernel's row-wise pass: the row-wise tile's
-
-
-def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None) -> PairLaunch:
-    """The one launch of plans ``a`` and ``b`` (``pair_refusal(a, b)`` is None). ``dual_shape``: both quantize
-    one tensor of this shape, and ``dual_refusal`` accepts it: the launch reads it once
-    (:func:`_quantize_dual_kernel`)."""
-    if dual_shape is not None:
-        col = b if a.rowwise else a
-        constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
-        constexprs.update(A_ROWWISE=a.rowwise, COLS=col.constexprs["COLS"], B=col.constexprs["B"],
-                          ROW_B=min(col.constexprs["B"], _ROW_SEGMENTS))
-        for p, plan in (("A", a), ("B", b)):
-            constexprs.update({f"{p}_WRITE_CODES": plan.constexprs["WRITE_CODES"],
-                               f"{p}_WRITE_VALUES": plan.constexprs["WRITE_VALUES"]})
-        return PairLaunch(col.grid, col.num_warps, dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
-                          _quantize_dual_kernel)
-    scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
-    scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
-    constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
-    for p, plan in (("A", a), ("B", b)):
-        constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _PAIR_OWN})
-    n = a.grid[0] * a.grid[1] * a.grid[2] + b.grid[0] * b.grid[1] * b.grid[2]
-    return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs, _quantize_pair_kernel)
-
-
-def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int, rht_seed: int, seed, jobs, *,
-                  other: tuple | None = None, dual: bool = True) -> list[tuple]:
-    """Two quantizations (one format and RHT) in one launch where :func:`pair_refusal` allows, else two:
-    ``jobs`` is two ``(axis, offset, dtype)``, ``dtype`` None for codes (``quantize``'s result) or the values'
-    dtype (``quantize_dequantize``'s). Both quantize ``x`` with ``rht_seed`` and ``seed``, or the second
-    quantizes ``other = (tensor, rht_seed, seed)``. Each result is bit for bit the single call's. ``dual``:
-    ``x``'s row-wise and column-wise quantizations read it once where :func:`dual_refusal` allows."""
-    fmt = as_format(fmt)
-    if len(jobs) != 2:
-        raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
-    if other is not None and (not isinstance(other, tuple) or len(other) != 3):
-        raise ValueError(f"other={other!r} is not valid: a (tensor, rht_seed, seed) triple, or None")
-    inputs = [(x, rht_seed, seed), other if other is not None else (x, rht_seed, seed)]
-    axes = [check_quantize_inputs(t, axis, fmt, rht, s) for (t, _, s), (axis, _, _) in zip(inputs, jobs)]
-    for _, _, dtype in jobs:
-        if dtype is not None and dtype not in _VALUE_DTYPES:
-            raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
-                             f"{', '.join(map(str, _VALUE_DTYPES))}")
-    inputs = [(t.contiguous(), r, s) for t, r, s in inputs]
-    plans = [plan_for(t, axis, fmt, rht, codes=dtype is None, values=dtype is not None)
-             for (t, _, _), axis, (_, _, dtype) in zip(inputs, axes, jobs)]
-    if any(t.numel() == 0 for t, _, _ in inputs) or pair_refusal(*plans) is not None:
-        return [quantize(t, axis, fmt, rht, r, s, offset) if dtype is None else
-                quantize_dequantize(t, axis, fmt, rht, r, s, offset, dtype)
-                for (t, r, s), axis, (_, offset, dtype) in zip(inputs, axes, jobs)]
-    outputs, kwargs = [], {}
-    for p, plan, (t, r, s), (_, offset, dtype) in zip("ab", plans, inputs, jobs):
-        ts = torch.empty((), dtype=torch.float32, device=t.device)
-        codes = scales = values = None
-        if dtype is None:
-            codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=t.device)
-            scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=t.device)
-            outputs.append((codes, scales.view(plan.result_scale_dtype), ts))
-        else:
-            values = torch.empty(t.shape, dtype=dtype, device=t.device)
-            outputs.append((values, ts))
-        seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else outputs[-1][0]
-        kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
-                      **{f"{p}_ts_ptr": ts, f"{p}_offset": int(offset), f"{p}_x_ptr": t, f"{p}_seed_ptr": seed_t,
-                         f"{p}_rht_key": rht_key(plan, r)})
-    shape = tuple(x.shape)
-    one_read = dual and other is None and dual_refusal(shape, *plans) is None
-    launch = pair_launch(*plans, dual_shape=shape if one_read else None)
-    launch.kernel[launch.grid](gamax_ptr=outputs[0][0], **kwargs, **launch.scalars, **launch.constexprs,
-                               num_warps=launch.num_warps)
-    return outputs
-
-
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
 
 _SCALE_POINTERS = ("*fp32", "*u8", "*u8")  # by format_constants().scale, as _OUT_SCALE_DTYPES stores them
@@ -1076,62 +859,6 @@ def compile_variants():
             names = amax.setdefault((rht, rowwise, plan.amax_num_warps, tuple(sorted(plan.amax_constexprs.items()))),
                                     {})
             names.update(dict.fromkeys(presets.split(", ")))
-    pairs: dict = {}
-    for (fmt, rht, rowwise), presets in preset_quantize_calls().items():
-        pairs.setdefault((fmt, rht), set()).update(presets.split(", "))
-    # the row-wise values and column-wise codes of one tensor; two tensors' row-wise values (X and W for
-    # Fprop) and their column-wise codes (for Wgrad and Dgrad)
-    jobs = dict(row=(1, "row-wise values", ("*bf16", "*bf16", "*bf16")), col=(0, "column-wise codes", None))
-    for (fmt, rht), names in pairs.items():
-        c = format_constants(fmt)
-        for kinds in (("row", "col"), ("row", "row"), ("col", "col")):
-            shape = (_VARIANT_SIZE, _VARIANT_SIZE)
-            plans = [launch_plan(shape, 2, jobs[k][0], fmt, rht, k == "col", k == "row", False) for k in kinds]
-            if pair_refusal(*plans) is not None:
-                continue
-            launch = pair_launch(*plans)
-            types, unit = dict(gamax_ptr="*i32"), {}
-            # a values job's unused code and scale pointers are its values buffer, a codes job's unused
-            # values pointer its codes buffer, as the launcher and the lowering pass them
-            for p, k, plan in zip("ab", kinds, plans):
-                codes_ptr, scale_ptr, values_ptr = jobs[k][2] or ("*u8", _SCALE_POINTERS[c.scale], "*u8")
-                types.update({f"{p}_x_ptr": "*bf16", f"{p}_seed_ptr": "*i64" if c.stochastic else codes_ptr,
-                              f"{p}_rht_key": "i32", f"{p}_codes_ptr": codes_ptr, f"{p}_scales_ptr": scale_ptr,
-                              f"{p}_values_ptr": values_ptr, f"{p}_ts_ptr": "*fp32", f"{p}_O": "i32",
-                              f"{p}_L": "i32", f"{p}_s_page": "i32", f"{p}_offset": "i64", f"{p}_g0": "i32",
-                              f"{p}_g1": "i32"})
-                unit.update({f"{p}_s_o": plan.args["s_o"], f"{p}_s_l": 1} if k == "row" else
-                            {f"{p}_s_o": 1, f"{p}_s_l": _VARIANT_SIZE})
-            types["a_g2"] = "i32"
-            written = [("a_values_ptr" if k == "row" else "a_codes_ptr") for k in kinds[:1]]
-            written += ["b_values_ptr"] if kinds[1] == "row" else ["b_codes_ptr", "b_scales_ptr"]
-            variants.append(KernelVariant.build(
-                f"quantize_pair[{fmt.spec} rht{rht} {jobs[kinds[0]][1]} + {jobs[kinds[1]][1]}]",
-                ", ".join(sorted(names)), _quantize_pair_kernel, types, unit | launch.constexprs,
-                aligned=("a_x_ptr", "b_x_ptr", *written, "a_O", "a_L", "b_O", "b_L"),
-                options=dict(num_warps=launch.num_warps)))
-        # one tensor's two quantizations from one read: row-wise values with column-wise codes (X in the
-        # forward) or column-wise values (dY in the backward, for a bf16 Wgrad)
-        for col_values in (False, True):
-            shape = (_VARIANT_SIZE, _VARIANT_SIZE)
-            plans = [launch_plan(shape, 2, 1, fmt, rht, False, True, False),
-                     launch_plan(shape, 2, 0, fmt, rht, not col_values, col_values, False)]
-            if dual_refusal(shape, *plans) is not None:
-                continue
-            launch = pair_launch(*plans, dual_shape=shape)
-            col_ptrs = ("*bf16",) * 3 if col_values else ("*u8", _SCALE_POINTERS[c.scale], "*u8")
-            types = dict(a_x_ptr="*bf16", b_x_ptr="*bf16", gamax_ptr="*bf16", a_rht_key="i32", b_rht_key="i32",
-                         a_codes_ptr="*bf16", a_scales_ptr="*bf16", a_values_ptr="*bf16", a_ts_ptr="*fp32",
-                         b_codes_ptr=col_ptrs[0], b_scales_ptr=col_ptrs[1], b_values_ptr=col_ptrs[2],
-                         b_ts_ptr="*fp32", M="i32", N="i32", a_offset="i64", b_offset="i64",
-                         a_seed_ptr="*i64" if c.stochastic else "*bf16",
-                         b_seed_ptr="*i64" if c.stochastic else col_ptrs[0])
-            written = ["a_values_ptr"] + (["b_values_ptr"] if col_values else ["b_codes_ptr", "b_scales_ptr"])
-            variants.append(KernelVariant.build(
-                f"quantize_dual[{fmt.spec} rht{rht} row-wise values + column-wise "
-                f"{'values' if col_values else 'codes'}]",
-                ", ".join(sorted(names)), _quantize_dual_kernel, types, launch.constexprs,
-                aligned=("a_x_ptr", "b_x_ptr", *written, "M", "N"), options=dict(num_warps=launch.num_warps)))
     for (rht, rowwise, warps, constexprs), names in amax.items():
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"

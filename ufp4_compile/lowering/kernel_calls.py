@@ -265,10 +265,11 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 # A training step quantizes most tensors twice in one graph: X row-wise for Fprop and column-wise (codes for
 # Wgrad) in the forward, W likewise, dY row-wise for Dgrad and column-wise for Wgrad in the backward; and the
 # backward dequantizes the saved codes of X and W next to each other. With pairing on (the default), a
-# quantization lowers to one launch of kernels.quantize._quantize_pair_kernel with the next one within
-# _PAIR_REACH nodes of the same format and RHT along the same kind of axis whose inputs already exist (X's and
-# W's row-wise quantizations for Fprop, their column-wise ones), else, where other-axis pairs are on, with the
-# next one along the other axis (dY's two: one launch of kernels.quantize._quantize_dual_kernel, which reads dY
+# quantization lowers to one launch of kernels.quantize_pair._quantize_pair_kernel with the next one within
+# _PAIR_REACH nodes of the same format (each with its own RHT) along the same kind of axis whose inputs already
+# exist (X's and W's row-wise quantizations for Fprop, their column-wise ones), else, where other-axis pairs are
+# on, with the
+# next one along the other axis (dY's two: one launch of kernels.quantize_pair._quantize_dual_kernel, which reads dY
 # once for both); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
 # dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
 # pair, the same bits (each element goes through the code of its own launch). Why same-axis partners first: a
@@ -283,7 +284,7 @@ _pairing = True
 # on the host: without CUDA graphs (docs/kernels.md, "Two launches in one").
 _other_axis = None
 # One tensor's row-wise and column-wise quantizations (dY's in the backward), where they pair (other-axis pairs
-# on), in the launch that reads the tensor once (kernels.quantize._quantize_dual_kernel) where its plans allow,
+# on), in the launch that reads the tensor once (kernels.quantize_pair._quantize_dual_kernel) where its plans allow,
 # instead of the pair kernel's two reads. On the H200 dY's two took 4.6 ms per step there against the pair
 # kernel's 5.2 and their two single launches' 4.0: a launch fewer pays only where the step waits on the host.
 _dual = True
@@ -350,9 +351,9 @@ def _rowwise(call) -> bool | None:
 
 def _can_pair(mine, other) -> bool:
     """Whether two quantize calls can share a launch, judged from their inputs' example values: static shapes,
-    one dtype, and launch plans that :func:`kernels.quantize.pair_refusal` accepts (the lowering checks again
+    one dtype, and launch plans that :func:`kernels.quantize_pair.pair_refusal` accepts (the lowering checks again
     on the lowered buffers)."""
-    from ufp4_compile.kernels.quantize import pair_refusal
+    from ufp4_compile.kernels.quantize_pair import pair_refusal
 
     vals = [getattr(call[0], "meta", {}).get("val") for call in (mine, other)]
     if any(v is None for v in vals) or vals[0].dtype != vals[1].dtype:
@@ -368,8 +369,8 @@ def _can_pair(mine, other) -> bool:
 
 def _can_dual(mine, other) -> bool:
     """Whether two quantize calls that pair are one 2-D tensor's two axes that one launch takes from one read
-    (:func:`kernels.quantize.dual_refusal`), with dual launches on."""
-    from ufp4_compile.kernels.quantize import dual_refusal
+    (:func:`kernels.quantize_pair.dual_refusal`), with dual launches on."""
+    from ufp4_compile.kernels.quantize_pair import dual_refusal
 
     val = getattr(mine[0], "meta", {}).get("val")
     if not _dual or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape):
@@ -381,8 +382,9 @@ def _can_dual(mine, other) -> bool:
 
 def _sibling(node, order: dict, taken=()):
     """The quantization that shares ``node``'s launch, not one in ``taken``: the next one within reach with
-    its format and RHT along the same kind of axis (both row-wise or both column-wise: their tiles take alike
-    registers, so the pair keeps a single launch's occupancy) whose inputs all exist before ``node``; else,
+    its format (each job keeps its own RHT) along the same kind of axis (both row-wise or both column-wise:
+    their tiles take alike registers, so the pair keeps a single launch's occupancy) whose inputs all exist
+    before ``node``; else,
     where other-axis pairs are on (:func:`pair_launches`), the next one within reach along the other axis
     whose inputs exist (dY's other quantization; in an MoE's backward, the padded copy of an expert's dY),
     or the next quantization of ``node``'s own input further on."""
@@ -396,7 +398,7 @@ def _sibling(node, order: dict, taken=()):
         if later.op == "root":
             break
         other = _quantize_call(later) if later not in taken else None
-        if (other is not None and other[2:4] == mine[2:4]
+        if (other is not None and other[2] == mine[2]
                 and (_rowwise(other) == rowwise or (other_axis and fallback is None))
                 and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))
                 and _can_pair(mine, other)):
@@ -409,7 +411,7 @@ def _sibling(node, order: dict, taken=()):
     best = None
     for user in (mine[0].users if other_axis else ()):
         other = _quantize_call(user) if user is not node and user not in taken else None
-        if (other is not None and order.get(user, -1) > here and other[2:4] == mine[2:4]
+        if (other is not None and order.get(user, -1) > here and other[2] == mine[2]
                 and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
                 and (best is None or order[user] < order[best]) and _can_pair(mine, other)):
             best = user
@@ -463,7 +465,8 @@ def _quantize_pair(x, seed):
     def lower_both(node, sibling):
         from torch._inductor.virtualized import V
 
-        from ufp4_compile.kernels.quantize import dual_refusal, output_pointers, pair_launch, pair_refusal, rht_key
+        from ufp4_compile.kernels.quantize import output_pointers, rht_key
+        from ufp4_compile.kernels.quantize_pair import dual_refusal, pair_launch, pair_refusal
 
         calls = (_quantize_call(node), _quantize_call(sibling))
         try:  # the sibling's input and seed as lowered (they exist: the sibling was chosen so)

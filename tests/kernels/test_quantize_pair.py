@@ -1,0 +1,204 @@
+"""Two quantizations in one launch (kernels.quantize_pair) against the reference and the single launches:
+identical codes, scales, values and tensor scales.
+
+On CPU the kernels run in Triton's interpreter (tests/conftest.py), so shapes stay tiny; the GPU tests
+repeat the comparison at real shapes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ufp4_compile.numerics.formats import OperandFormat
+from ufp4_compile.numerics.quantize import quantize as quantize_reference
+from ufp4_compile.numerics.quantize import quantize_dequantize as quantize_dequantize_reference
+
+kernels_quantize = pytest.importorskip("ufp4_compile.kernels.quantize")
+quantize_pair = pytest.importorskip("ufp4_compile.kernels.quantize_pair")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _pair_reference(x, spec, rht, seed, job, rht_seed=3):
+    axis, offset, dtype = job
+    if dtype is None:
+        q = quantize_reference(x, axis, spec, rht=rht, rht_seed=rht_seed, seed=seed, offset=offset)
+        return q.codes, q.scales, q.tensor_scale
+    return quantize_dequantize_reference(x, axis, spec, rht=rht, rht_seed=rht_seed, seed=seed, offset=offset,
+                                         dtype=dtype)
+
+
+def _bits(t):
+    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8}.get(
+        t.dtype, t.dtype))
+
+
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
+                                       ("e2m1/16/fp32/nearest", 0), ("e2m1/32/e8m0/stochastic", 16)])
+@pytest.mark.parametrize("shape, jobs", [
+    ((48, 64), ((1, 16, torch.bfloat16), (0, 1 << 32, None))),  # X in the forward: row values, column codes
+    ((40, 96), ((1, 5, torch.bfloat16), (0, 77, torch.bfloat16))),  # dY in the backward; a partial column tile
+    ((3, 40, 32), ((1, 9, None), (2, 3, torch.float32))),  # pages column-wise
+])
+def test_pair_launch_matches_reference(spec, rht, shape, jobs):
+    """Two quantizations of one tensor in one launch (the pair kernel where pair_refusal allows, two launches
+    where it does not: E8M0's row-wise tile takes more warps than its column-wise one): each result is the
+    reference's, bit for bit."""
+    x = torch.randn(shape, device=DEVICE) * 3
+    seed = torch.tensor(1234, device=DEVICE)
+    fmt = OperandFormat.from_spec(spec)
+    plans = [kernels_quantize.plan_for(x, axis % x.dim(), fmt, rht, codes=dtype is None, values=dtype is not None)
+             for axis, _, dtype in jobs]
+    assert (quantize_pair.pair_refusal(*plans) is None) == ("fp32" in spec)
+    results = quantize_pair.quantize_pair(x, spec, rht, 3, seed, jobs)
+    for job, got in zip(jobs, results):
+        want = _pair_reference(x, spec, rht, seed, job)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            assert torch.equal(_bits(g), _bits(w))
+
+
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
+                                       ("e2m1/16/fp32/stochastic", 16), ("e2m1/16/fp32/nearest", 0)])
+@pytest.mark.parametrize("shape, jobs", [
+    ((48, 64), ((1, 16, torch.bfloat16), (0, 1 << 32, None))),  # X in the forward: row values, column codes
+    ((32, 512), ((0, 77, torch.bfloat16), (1, 5, torch.bfloat16))),  # dY: column job first; two row passes
+    ((16, 288), ((1, 9, None), (0, 3, torch.float32))),  # a last column tile past N; codes and FP32 values
+])
+def test_dual_launch_matches_reference(spec, rht, shape, jobs):
+    """A 2-D tensor's row-wise and column-wise quantizations from one read (the dual kernel: dual_refusal
+    accepts these), with NaN, Inf and a huge block in the input: each result is its single launch's bit for
+    bit, and the reference's (NaN for NaN: a NaN's payload is not part of the contract)."""
+    x = torch.randn(shape, device=DEVICE) * 3
+    x[0, 5], x[3, 17], x[7, 40:56] = float("nan"), float("-inf"), 1e30
+    seed = torch.tensor(1234, device=DEVICE)
+    fmt = OperandFormat.from_spec(spec)
+    plans = [kernels_quantize.plan_for(x, axis % x.dim(), fmt, rht, codes=dtype is None, values=dtype is not None)
+             for axis, _, dtype in jobs]
+    assert quantize_pair.dual_refusal(tuple(x.shape), *plans) is None
+    assert quantize_pair.pair_launch(*plans, dual_shape=tuple(x.shape)).kernel is quantize_pair._quantize_dual_kernel
+    results = quantize_pair.quantize_pair(x, spec, rht, 3, seed, jobs)
+    for (axis, offset, dtype), got in zip(jobs, results):
+        single = (kernels_quantize.quantize(x, axis, spec, rht, 3, seed, offset) if dtype is None else
+                  kernels_quantize.quantize_dequantize(x, axis, spec, rht, 3, seed, offset, dtype))
+        want = _pair_reference(x, spec, rht, seed, (axis, offset, dtype))
+        assert len(got) == len(want) == len(single)
+        for g, o, w in zip(got, single, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            assert torch.equal(_bits(g), _bits(o))
+            torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+
+
+def test_dual_refusal_names_the_reason():
+    plan = lambda shape, spec, axis, rht=16: kernels_quantize.plan_for(
+        torch.empty(shape), axis, OperandFormat.from_spec(spec), rht, codes=True, values=False)
+    ok = "int4/16/fp32/nearest"
+    assert quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1), plan((64, 64), ok, 0)) is None
+    assert "2-D" in quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1), plan((64, 64), ok, 1))
+    assert "2-D" in quantize_pair.dual_refusal((2, 64, 64), plan((2, 64, 64), ok, 2), plan((2, 64, 64), ok, 1))
+    assert "16 x 16 tiles" in quantize_pair.dual_refusal((40, 64), plan((40, 64), ok, 1), plan((40, 64), ok, 0))
+    assert "16 x 16 tiles" in quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1, 32),
+                                                            plan((64, 64), ok, 0, 32))
+    assert "pre-pass" in quantize_pair.dual_refusal((64, 64), plan((64, 64), "e2m1/16/e4m3/nearest", 1),
+                                                       plan((64, 64), "e2m1/16/e4m3/nearest", 0))
+
+
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
+                                       ("e2m1/16/fp32/nearest", 0)])
+@pytest.mark.parametrize("shapes, jobs", [
+    (((48, 64), (32, 64)), ((1, 16, torch.bfloat16), (1, 3, torch.bfloat16))),  # X's and W's row-wise values
+    (((48, 64), (40, 96)), ((0, 1 << 32, None), (0, 7, None))),  # their column-wise codes; a partial tile
+    (((2, 40, 32), (64, 32)), ((1, 9, None), (1, 5, torch.float32))),  # pages column-wise beside a row-wise job
+])
+def test_pair_launch_of_two_tensors_matches_reference(spec, rht, shapes, jobs):
+    """Two tensors quantized in one launch, each with its own RHT seed and seed (the pairing of X's and W's
+    row-wise quantizations for Fprop): each result is its single reference's, bit for bit."""
+    x, w = (torch.randn(shape, device=DEVICE) * 3 for shape in shapes)
+    seeds = torch.tensor(1234, device=DEVICE), torch.tensor(77, device=DEVICE)
+    results = quantize_pair.quantize_pair(x, spec, rht, 3, seeds[0], jobs, other=(w, 5, seeds[1]))
+    for t, rht_seed, seed, job, got in zip((x, w), (3, 5), seeds, jobs, results):
+        want = _pair_reference(t, spec, rht, seed, job, rht_seed)
+        assert len(got) == len(want)
+        for g, w_ in zip(got, want):
+            assert g.dtype == w_.dtype and g.shape == w_.shape
+            assert torch.equal(_bits(g), _bits(w_))
+
+
+@pytest.mark.parametrize("spec", ["e2m1/16/fp32/stochastic", "e2m1/32/e8m0/nearest", "int4/16/fp32/nearest"])
+@pytest.mark.parametrize("shape, jobs, other_shape", [
+    ((32, 64), ((1, 5, torch.bfloat16), (0, 77, torch.bfloat16)), None),  # e2m1-ref's dY: Dgrad unrotated, Wgrad RHT
+    ((32, 64), ((0, 16, None), (0, 3, None)), (48, 64)),  # X's Wgrad codes (RHT) beside W's Dgrad codes (none)
+])
+def test_jobs_with_their_own_rht(spec, shape, jobs, other_shape):
+    """Each job of a pair or dual launch has its own RHT size (0 and 16: e2m1-ref rotates only Wgrad's
+    operands): each result is its single launch's bit for bit and the reference's."""
+    x = torch.randn(shape, device=DEVICE) * 3
+    w = torch.randn(other_shape, device=DEVICE) if other_shape else None
+    seeds = torch.tensor(1234, device=DEVICE), torch.tensor(77, device=DEVICE)
+    other = (w, 5, seeds[1]) if w is not None else None
+    rhts = (0, 16) if w is None else (16, 0)
+    inputs = [(x, 3, seeds[0]), (w, 5, seeds[1]) if w is not None else (x, 3, seeds[0])]
+    fmt = OperandFormat.from_spec(spec)
+    plans = [kernels_quantize.plan_for(t, axis, fmt, rht, codes=dtype is None, values=dtype is not None)
+             for (t, _, _), rht, (axis, _, dtype) in zip(inputs, rhts, jobs)]
+    # one launch, or two where E8M0's row-wise and column-wise tiles take different warp counts
+    assert (quantize_pair.pair_refusal(*plans) is None) == ("fp32" in spec or jobs[0][0] == jobs[1][0])
+    results = quantize_pair.quantize_pair(x, spec, rhts, 3, seeds[0], jobs, other=other)
+    for (t, rht_seed, seed), rht, (axis, offset, dtype), got in zip(inputs, rhts, jobs, results):
+        single = (kernels_quantize.quantize(t, axis, spec, rht, rht_seed, seed, offset) if dtype is None else
+                  kernels_quantize.quantize_dequantize(t, axis, spec, rht, rht_seed, seed, offset, dtype))
+        want = _pair_reference(t, spec, rht, seed, (axis, offset, dtype), rht_seed)
+        for g, o, r in zip(got, single, want):
+            assert g.dtype == r.dtype and g.shape == r.shape
+            assert torch.equal(_bits(g), _bits(o)) and torch.equal(_bits(g), _bits(r))
+
+
+def test_pair_refusal_names_the_reason():
+    x = torch.randn(64, 64)
+    plan = lambda spec, axis: kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=True,
+                                                        values=False)
+    assert "pre-pass" in quantize_pair.pair_refusal(plan("e2m1/16/e4m3/nearest", 1), plan("e2m1/16/e4m3/nearest", 0))
+    assert "warps" in quantize_pair.pair_refusal(plan("e2m1/32/e8m0/nearest", 1), plan("e2m1/32/e8m0/nearest", 0))
+    assert "STOCHASTIC" in quantize_pair.pair_refusal(plan("int4/16/fp32/nearest", 1),
+                                                      plan("int4/16/fp32/stochastic", 0))
+    with pytest.raises(ValueError, match="rht"):
+        quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", (16, 16, 0), 3, None, [(1, 0, None), (0, 0, None)])
+    with pytest.raises(ValueError, match="jobs"):
+        quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None)])
+    with pytest.raises(ValueError, match="dtype"):
+        quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, torch.int8)])
+    with pytest.raises(ValueError, match="other"):
+        quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, None)], other=x)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic", "int4/16/fp32/nearest"])
+@pytest.mark.parametrize("shape", [(8192, 1024), (8192, 3072), (4096, 2816)])
+def test_dual_launch_matches_reference_real_shapes(spec, shape):
+    """dY's two quantizations at the training step's shapes (and a width that is not a multiple of the
+    column tile) from one read: the reference's bits, and the pair kernel's (dual off)."""
+    x = (torch.randn(shape, device="cuda") * 2).to(torch.bfloat16)
+    seed = torch.tensor(99, device="cuda")
+    jobs = ((0, 1 << 33, torch.bfloat16), (1, 123456, torch.bfloat16))
+    dual = quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs)
+    pair = quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs, dual=False)
+    for job, got, other in zip(jobs, dual, pair):
+        for g, o, w in zip(got, other, _pair_reference(x, spec, 16, seed, job)):
+            assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(_bits(g), _bits(w))
+            assert torch.equal(_bits(g), _bits(o))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "int4/16/fp32/stochastic"])
+def test_pair_launch_matches_reference_real_shapes(spec):
+    x = (torch.randn(4096, 2048, device="cuda") * 2).to(torch.bfloat16)
+    seed = torch.tensor(99, device="cuda")
+    jobs = ((1, 123456, torch.bfloat16), (0, 1 << 40, None))
+    for job, got in zip(jobs, quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs)):
+        for g, w in zip(got, _pair_reference(x, spec, 16, seed, job)):
+            assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(_bits(g), _bits(w))

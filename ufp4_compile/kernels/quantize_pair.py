@@ -1,0 +1,328 @@
+"""Two quantizations in one launch: what the lowering pairs (docs/kernels.md, "Two launches in one").
+
+- :func:`_quantize_pair_kernel` runs two jobs' programs side by side in one grid, each on its own input with
+  its own RHT, seed, axis and outputs (one format): X's and W's row-wise quantizations for Fprop, their
+  column-wise ones; one tensor's two axes where nothing better pairs.
+- :func:`_quantize_dual_kernel` takes one 2-D tensor's row-wise and column-wise quantizations from one read of
+  it (dY's two in the backward): each program quantizes its 16 x B tile's row segments, then its columns (the
+  second load of the tile hits the cache).
+
+Both run each element through the code of its own single launch (``kernels.quantize._quantize_tile`` /
+``_quantize_at``), so the bits are the single launches'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+from ufp4_compile.kernels.common import format_constants
+from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, LaunchPlan, PLAN_SCALARS,
+                                           _quantize_at, _quantize_tile, _seed_tensor, launch_plan, output_pointers,
+                                           plan_for, quantize, quantize_dequantize, rht_key)
+from ufp4_compile.numerics.formats import OperandFormat
+from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
+
+# ---- kernels -------------------------------------------------------------------------------------------
+
+@triton.jit
+def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a_rht_key, b_rht_key,
+                          a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l,
+                          a_offset, a_g0, a_g1, a_g2,
+                          b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_O, b_L, b_s_page, b_s_o, b_s_l,
+                          b_offset, b_g0, b_g1,
+                          GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
+                          STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, ASM: tl.constexpr,
+                          A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+                          A_SR_GROUPED: tl.constexpr, A_ROWWISE: tl.constexpr, A_COLS: tl.constexpr,
+                          A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr, A_U: tl.constexpr,
+                          A_B: tl.constexpr, A_PARTIAL: tl.constexpr,
+                          B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+                          B_SR_GROUPED: tl.constexpr, B_ROWWISE: tl.constexpr, B_COLS: tl.constexpr,
+                          B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, B_U: tl.constexpr,
+                          B_B: tl.constexpr, B_PARTIAL: tl.constexpr):
+    """Two quantizations in one launch (one format; each its own input, RHT, seeds, axis and outputs):
+    the first ``a_g0 * a_g1 * a_g2`` programs are job a's grid, the rest job b's, each in the grid order of
+    its own launch. A launch fewer per pair: the default mode of a training step is bound by the host's time
+    per launch. Each program runs exactly the tile it runs in its own launch, so the bits are. The two jobs
+    share one register allocation: two row-wise (or two column-wise) jobs keep a single launch's occupancy,
+    a row-wise and a column-wise one take the larger tile's registers for both."""
+    pid = tl.program_id(0)
+    n_a = a_g0 * a_g1 * a_g2
+    if pid < n_a:
+        _quantize_tile(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, a_seed_ptr,
+                       a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, a_rht_key,
+                       pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1), GRID, SCALE, BLOCK, BLOCK_2D,
+                       STOCHASTIC, A_SR_GROUPED, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_COLS,
+                       A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B, A_PARTIAL)
+    else:
+        q = pid - n_a
+        _quantize_tile(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, b_seed_ptr,
+                       b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, b_rht_key,
+                       q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1), GRID, SCALE, BLOCK, BLOCK_2D,
+                       STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_COLS,
+                       B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
+
+
+@triton.jit
+def _dual_tile(x_ptr, pid_n, pid_m, M, N,
+               r_seed_ptr, r_rht_key, r_codes_ptr, r_scales_ptr, r_values_ptr, r_ts_ptr, r_offset,
+               c_seed_ptr, c_rht_key, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, c_offset,
+               GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, STOCHASTIC: tl.constexpr,
+               E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, ASM: tl.constexpr,
+               R_RHT: tl.constexpr, R_INV_SQRT: tl.constexpr, R_SIGN_MASK: tl.constexpr,
+               R_WRITE_CODES: tl.constexpr, R_WRITE_VALUES: tl.constexpr,
+               C_RHT: tl.constexpr, C_INV_SQRT: tl.constexpr, C_SIGN_MASK: tl.constexpr,
+               C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
+               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr):
+    """Rows ``16 pid_m ..`` x columns ``B pid_n ..`` of ``x (M, N)``: its row-wise quantization (job r, the
+    tile's ``16 B / 16`` row segments of 16, as the folded row-wise launch holds them, ``ROW_B`` segments at a
+    time) and then its column-wise one (job c, the column-wise launch's tile). The second load of the tile
+    finds it in the cache: one read of ``x`` from memory for both."""
+    zero = pid_m * 0  # the page (a tensor: the tile code converts it)
+    first = (pid_n == 0) & (pid_m == 0)
+    SEGS: tl.constexpr = B // 16  # row segments per tile row
+    segments = tl.cast(M, tl.int64) * (N // 16)
+    for h in tl.static_range(B // ROW_B):
+        j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
+        seg = pid_n * SEGS + j % SEGS
+        rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
+        _quantize_at(x_ptr, r_codes_ptr, r_scales_ptr, r_values_ptr, r_ts_ptr, x_ptr, r_seed_ptr, segments, 16, 0,
+                     16, 1, r_offset, r_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE, BLOCK, False,
+                     STOCHASTIC, True, E8M0_FLOOR, Q_MAX, R_RHT, R_INV_SQRT, R_SIGN_MASK, True, COLS, R_WRITE_CODES,
+                     R_WRITE_VALUES, ASM, 16, ROW_B, False)
+    _quantize_at(x_ptr, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, x_ptr, c_seed_ptr, N, M, 0, 1, N,
+                 c_offset, c_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
+                 BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, C_RHT, C_INV_SQRT, C_SIGN_MASK, False, COLS,
+                 C_WRITE_CODES, C_WRITE_VALUES, ASM, 16, B, False)
+
+
+@triton.jit
+def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a_rht_key, b_rht_key,
+                          a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr,
+                          b_ts_ptr, M, N, a_offset, b_offset,
+                          GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
+                          STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, ASM: tl.constexpr,
+                          A_ROWWISE: tl.constexpr, A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr,
+                          A_SIGN_MASK: tl.constexpr, A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
+                          B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+                          B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
+                          B: tl.constexpr, ROW_B: tl.constexpr):
+    """One 2-D tensor's row-wise and column-wise quantizations (jobs a and b, one of each, each with its own
+    RHT; ``A_ROWWISE`` says which is a) from one read of it: :func:`_dual_tile` per program, the column-wise launch's grid
+    ``(cdiv(N, B), M // 16)``. Each element goes through the code of its own launch: the bits are those of
+    the two single launches. The arguments are :func:`_quantize_pair_kernel`'s (``b_x_ptr`` is ``a_x_ptr``,
+    ``gamax_ptr`` is not read) with ``M, N`` for the two jobs' sizes."""
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    if A_ROWWISE:
+        _dual_tile(a_x_ptr, pid_n, pid_m, M, N,
+                   a_seed_ptr, a_rht_key, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_offset,
+                   b_seed_ptr, b_rht_key, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_offset,
+                   GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, ASM,
+                   A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES,
+                   B_RHT, B_INV_SQRT, B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
+    else:
+        _dual_tile(a_x_ptr, pid_n, pid_m, M, N,
+                   b_seed_ptr, b_rht_key, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_offset,
+                   a_seed_ptr, a_rht_key, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_offset,
+                   GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, ASM,
+                   B_RHT, B_INV_SQRT, B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES,
+                   A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, COLS, B, ROW_B)
+
+
+# ---- launches -------------------------------------------------------------------------------------------
+
+_PAIR_SHARED = ("GRID", "SCALE", "BLOCK", "BLOCK_2D", "STOCHASTIC", "E8M0_FLOOR", "Q_MAX",
+                "ASM")  # what the two jobs of a pair launch have in common: the format
+_RHT_KEYS = ("RHT", "INV_SQRT", "SIGN_MASK")  # each job's own
+_PAIR_OWN = _RHT_KEYS + ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B", "PARTIAL")
+
+
+def pair_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
+    """Why two quantize launches cannot share one (:func:`_quantize_pair_kernel`), or None."""
+    if a.amax_constexprs is not None or b.amax_constexprs is not None:
+        return "two-level scales (each quantization has its own global-amax pre-pass)"
+    if a.num_warps != b.num_warps:
+        return f"their tiles take {a.num_warps} and {b.num_warps} warps"
+    differ = [k for k in _PAIR_SHARED if a.constexprs[k] != b.constexprs[k]]
+    if differ:
+        return f"formats differ ({', '.join(differ)})"
+    return None
+
+
+def dual_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
+    """Why the two quantizations of one tensor of ``shape`` with plans ``a`` and ``b`` cannot run from one read
+    of it (:func:`_quantize_dual_kernel`), or None."""
+    refusal = pair_refusal(a, b)
+    if refusal is not None:
+        return refusal
+    if a.rowwise == b.rowwise or len(shape) != 2:
+        return "not the row-wise and column-wise quantizations of a 2-D tensor"
+    if shape[0] % 16 or shape[1] % 16 or a.constexprs["U"] != 16 or b.constexprs["U"] != 16:
+        return "blocks and RHT groups of 16 along both axes of whole 16 x 16 tiles only"
+    if a.constexprs["BLOCK_2D"]:
+        return "16 x 16 blocks"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLaunch:
+    grid: tuple
+    num_warps: int
+    scalars: dict  # a_* and b_* sizes, strides and grid extents (offsets and rht keys: the caller's)
+    constexprs: dict
+    kernel: object = None  # _quantize_pair_kernel, or _quantize_dual_kernel for one tensor's two axes
+
+
+_ROW_SEGMENTS = 128  # row segments of 16 per thread block in the dual kernel's row-wise pass: the row-wise tile's
+
+
+def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None) -> PairLaunch:
+    """The one launch of plans ``a`` and ``b`` (``pair_refusal(a, b)`` is None). ``dual_shape``: both quantize
+    one tensor of this shape, and ``dual_refusal`` accepts it: the launch reads it once
+    (:func:`_quantize_dual_kernel`)."""
+    if dual_shape is not None:
+        col = b if a.rowwise else a
+        constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
+        constexprs.update(A_ROWWISE=a.rowwise, COLS=col.constexprs["COLS"], B=col.constexprs["B"],
+                          ROW_B=min(col.constexprs["B"], _ROW_SEGMENTS))
+        for p, plan in (("A", a), ("B", b)):
+            constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
+        return PairLaunch(col.grid, col.num_warps, dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
+                          _quantize_dual_kernel)
+    scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
+    scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
+    constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
+    for p, plan in (("A", a), ("B", b)):
+        constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _PAIR_OWN})
+    n = a.grid[0] * a.grid[1] * a.grid[2] + b.grid[0] * b.grid[1] * b.grid[2]
+    return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs, _quantize_pair_kernel)
+
+
+def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, rht_seed: int, seed, jobs, *,
+                  other: tuple | None = None, dual: bool = True) -> list[tuple]:
+    """Two quantizations (one format) in one launch where :func:`pair_refusal` allows, else two: ``jobs`` is
+    two ``(axis, offset, dtype)``, ``dtype`` None for codes (``quantize``'s result) or the values' dtype
+    (``quantize_dequantize``'s); ``rht`` the RHT size of both, or of each as a pair. Both quantize ``x`` with
+    ``rht_seed`` and ``seed``, or the second quantizes ``other = (tensor, rht_seed, seed)``. Each result is bit
+    for bit the single call's. ``dual``: ``x``'s row-wise and column-wise quantizations read it once where
+    :func:`dual_refusal` allows."""
+    fmt = as_format(fmt)
+    if len(jobs) != 2:
+        raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
+    rhts = tuple(rht) if isinstance(rht, (tuple, list)) else (rht, rht)
+    if len(rhts) != 2:
+        raise ValueError(f"rht={rht!r} is not valid: an RHT size, or a pair of them (one per job)")
+    if other is not None and (not isinstance(other, tuple) or len(other) != 3):
+        raise ValueError(f"other={other!r} is not valid: a (tensor, rht_seed, seed) triple, or None")
+    inputs = [(x, rht_seed, seed), other if other is not None else (x, rht_seed, seed)]
+    axes = [check_quantize_inputs(t, axis, fmt, r, s) for (t, _, s), (axis, _, _), r in zip(inputs, jobs, rhts)]
+    for _, _, dtype in jobs:
+        if dtype is not None and dtype not in _VALUE_DTYPES:
+            raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
+                             f"{', '.join(map(str, _VALUE_DTYPES))}")
+    inputs = [(t.contiguous(), r, s) for t, r, s in inputs]
+    plans = [plan_for(t, axis, fmt, size, codes=dtype is None, values=dtype is not None)
+             for (t, _, _), axis, (_, _, dtype), size in zip(inputs, axes, jobs, rhts)]
+    if any(t.numel() == 0 for t, _, _ in inputs) or pair_refusal(*plans) is not None:
+        return [quantize(t, axis, fmt, size, r, s, offset) if dtype is None else
+                quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype)
+                for (t, r, s), axis, (_, offset, dtype), size in zip(inputs, axes, jobs, rhts)]
+    outputs, kwargs = [], {}
+    for p, plan, (t, r, s), (_, offset, dtype) in zip("ab", plans, inputs, jobs):
+        ts = torch.empty((), dtype=torch.float32, device=t.device)
+        codes = scales = values = None
+        if dtype is None:
+            codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=t.device)
+            scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=t.device)
+            outputs.append((codes, scales.view(plan.result_scale_dtype), ts))
+        else:
+            values = torch.empty(t.shape, dtype=dtype, device=t.device)
+            outputs.append((values, ts))
+        seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else outputs[-1][0]
+        kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
+                      **{f"{p}_ts_ptr": ts, f"{p}_offset": int(offset), f"{p}_x_ptr": t, f"{p}_seed_ptr": seed_t,
+                         f"{p}_rht_key": rht_key(plan, r)})
+    shape = tuple(x.shape)
+    one_read = dual and other is None and dual_refusal(shape, *plans) is None
+    launch = pair_launch(*plans, dual_shape=shape if one_read else None)
+    launch.kernel[launch.grid](gamax_ptr=outputs[0][0], **kwargs, **launch.scalars, **launch.constexprs,
+                               num_warps=launch.num_warps)
+    return outputs
+
+
+# ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
+
+def compile_variants():
+    """The pair and dual launches of the presets' quantizations (bf16 input, 4096 x 4096): per format, the row-wise
+    values and column-wise codes of one tensor, two tensors' row-wise values, their column-wise codes, for every
+    pair of the RHT sizes the format is used with; and the dual launch of one tensor's row-wise values with its
+    column-wise codes or values."""
+    from ufp4_compile.kernels.targets import KernelVariant, preset_quantize_calls
+
+    variants = []
+    by_format: dict = {}
+    for (fmt, rht, rowwise), presets in preset_quantize_calls().items():
+        by_format.setdefault(fmt, {}).setdefault(rht, set()).update(presets.split(", "))
+    # each job has its own RHT: every pair of the RHT sizes a format is used with (e2m1-ref rotates Wgrad's
+    # operands only, so its X and dY go through 0 and 16)
+    pairs = {(fmt, (ra, rb)): sizes[ra] | sizes[rb] for fmt, sizes in by_format.items() for ra in sizes for rb in sizes}
+    # the row-wise values and column-wise codes of one tensor; two tensors' row-wise values (X and W for
+    # Fprop) and their column-wise codes (for Wgrad and Dgrad)
+    jobs = dict(row=(1, "row-wise values", ("*bf16", "*bf16", "*bf16")), col=(0, "column-wise codes", None))
+    for (fmt, (ra, rb)), names in pairs.items():
+        c = format_constants(fmt)
+        rht = f"rht{ra}" if ra == rb else f"rht{ra}+{rb}"
+        for kinds in (("row", "col"), ("row", "row"), ("col", "col")):
+            shape = (_VARIANT_SIZE, _VARIANT_SIZE)
+            plans = [launch_plan(shape, 2, jobs[k][0], fmt, r, k == "col", k == "row", False)
+                     for k, r in zip(kinds, (ra, rb))]
+            if pair_refusal(*plans) is not None:
+                continue
+            launch = pair_launch(*plans)
+            types, unit = dict(gamax_ptr="*i32"), {}
+            # a values job's unused code and scale pointers are its values buffer, a codes job's unused
+            # values pointer its codes buffer, as the launcher and the lowering pass them
+            for p, k, plan in zip("ab", kinds, plans):
+                codes_ptr, scale_ptr, values_ptr = jobs[k][2] or ("*u8", _SCALE_POINTERS[c.scale], "*u8")
+                types.update({f"{p}_x_ptr": "*bf16", f"{p}_seed_ptr": "*i64" if c.stochastic else codes_ptr,
+                              f"{p}_rht_key": "i32", f"{p}_codes_ptr": codes_ptr, f"{p}_scales_ptr": scale_ptr,
+                              f"{p}_values_ptr": values_ptr, f"{p}_ts_ptr": "*fp32", f"{p}_O": "i32",
+                              f"{p}_L": "i32", f"{p}_s_page": "i32", f"{p}_offset": "i64", f"{p}_g0": "i32",
+                              f"{p}_g1": "i32"})
+                unit.update({f"{p}_s_o": plan.args["s_o"], f"{p}_s_l": 1} if k == "row" else
+                            {f"{p}_s_o": 1, f"{p}_s_l": _VARIANT_SIZE})
+            types["a_g2"] = "i32"
+            written = [("a_values_ptr" if k == "row" else "a_codes_ptr") for k in kinds[:1]]
+            written += ["b_values_ptr"] if kinds[1] == "row" else ["b_codes_ptr", "b_scales_ptr"]
+            variants.append(KernelVariant.build(
+                f"quantize_pair[{fmt.spec} {rht} {jobs[kinds[0]][1]} + {jobs[kinds[1]][1]}]",
+                ", ".join(sorted(names)), _quantize_pair_kernel, types, unit | launch.constexprs,
+                aligned=("a_x_ptr", "b_x_ptr", *written, "a_O", "a_L", "b_O", "b_L"),
+                options=dict(num_warps=launch.num_warps)))
+        # one tensor's two quantizations from one read: row-wise values with column-wise codes (X in the
+        # forward) or column-wise values (dY in the backward, for a bf16 Wgrad)
+        for col_values in (False, True):
+            shape = (_VARIANT_SIZE, _VARIANT_SIZE)
+            plans = [launch_plan(shape, 2, 1, fmt, ra, False, True, False),
+                     launch_plan(shape, 2, 0, fmt, rb, not col_values, col_values, False)]
+            if dual_refusal(shape, *plans) is not None:
+                continue
+            launch = pair_launch(*plans, dual_shape=shape)
+            col_ptrs = ("*bf16",) * 3 if col_values else ("*u8", _SCALE_POINTERS[c.scale], "*u8")
+            types = dict(a_x_ptr="*bf16", b_x_ptr="*bf16", gamax_ptr="*bf16", a_rht_key="i32", b_rht_key="i32",
+                         a_codes_ptr="*bf16", a_scales_ptr="*bf16", a_values_ptr="*bf16", a_ts_ptr="*fp32",
+                         b_codes_ptr=col_ptrs[0], b_scales_ptr=col_ptrs[1], b_values_ptr=col_ptrs[2],
+                         b_ts_ptr="*fp32", M="i32", N="i32", a_offset="i64", b_offset="i64",
+                         a_seed_ptr="*i64" if c.stochastic else "*bf16",
+                         b_seed_ptr="*i64" if c.stochastic else col_ptrs[0])
+            written = ["a_values_ptr"] + (["b_values_ptr"] if col_values else ["b_codes_ptr", "b_scales_ptr"])
+            variants.append(KernelVariant.build(
+                f"quantize_dual[{fmt.spec} {rht} row-wise values + column-wise "
+                f"{'values' if col_values else 'codes'}]",
+                ", ".join(sorted(names)), _quantize_dual_kernel, types, launch.constexprs,
+                aligned=("a_x_ptr", "b_x_ptr", *written, "M", "N"), options=dict(num_warps=launch.num_warps)))
+    return variants
