@@ -485,24 +485,14 @@ def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
 
 
 @triton.jit
-def _quantize_tile(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
-                   O, L, s_page, s_o, s_l, offset, rht_key, pid_0, pid_1, page,
-                   GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
-                   STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
-                   Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
-                   ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
-                   WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                   PARTIAL: tl.constexpr):
-    """One program's tile of a quantization; ``(pid_0, pid_1, page)`` its place in the launch grid."""
-    if ROWWISE:  # consecutive programs walk along the rows (one row segment of U elements each)
-        pid_l, pid_o = pid_0, pid_1
+def _place(pid_0, pid_1, U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
+    """``(l0, o0)`` of the tile of the program at ``(pid_0, pid_1)`` of a quantize grid: row-wise, consecutive
+    programs walk along the rows (one row segment of U elements each)."""
+    if ROWWISE:
+        l0, o0 = pid_0 * U, pid_1 * B
     else:
-        pid_o, pid_l = pid_0, pid_1
-    _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
-                 offset, rht_key, pid_l * U, pid_o * B, pid_o * B + tl.arange(0, B), page,
-                 (pid_0 == 0) & (pid_1 == 0) & (page == 0), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED,
-                 E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B,
-                 PARTIAL)
+        l0, o0 = pid_1 * U, pid_0 * B
+    return l0, o0
 
 
 @triton.jit
@@ -612,10 +602,12 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                      ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                      PARTIAL: tl.constexpr):
-    _quantize_tile(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
-                   offset, rht_key, tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK,
-                   BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS,
-                   WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL)
+    pid_0, pid_1, page = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    l0, o0 = _place(pid_0, pid_1, U, B, ROWWISE)
+    _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
+                 offset, rht_key, l0, o0, o0 + tl.arange(0, B), page, (pid_0 == 0) & (pid_1 == 0) & (page == 0),
+                 GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK,
+                 ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL)
 
 
 # ---- launch plans --------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@
   it (dY's two in the backward): each program quantizes its 16 x B tile's row segments, then its columns (the
   second load of the tile hits the cache).
 
-Both run each element through the code of its own single launch (``kernels.quantize._quantize_tile`` /
-``_quantize_at``), so the bits are the single launches'.
+Both run each element through the code of its own single launch (``kernels.quantize._quantize_at``), so the
+bits are the single launches'.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, LaunchPlan, PLAN_SCALARS,
-                                           _quantize_at, _quantize_tile, _seed_tensor, launch_plan, output_pointers,
+                                           _place, _quantize_at, _seed_tensor, launch_plan, output_pointers,
                                            plan_for, quantize, quantize_dequantize, rht_key)
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
@@ -53,51 +53,22 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a
     pid = tl.program_id(0)
     n_a = a_g0 * a_g1 * a_g2
     if pid < n_a:
-        _quantize_tile(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, a_seed_ptr,
-                       a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, a_rht_key,
-                       pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1), GRID, SCALE, BLOCK, BLOCK_2D,
-                       STOCHASTIC, A_SR_GROUPED, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_COLS,
-                       A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B, A_PARTIAL)
+        pid_0, pid_1, page = pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1)
+        l0, o0 = _place(pid_0, pid_1, A_U, A_B, A_ROWWISE)
+        _quantize_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, a_seed_ptr,
+                     a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, a_rht_key, l0, o0, o0 + tl.arange(0, A_B), page,
+                     (pid_0 == 0) & (pid_1 == 0) & (page == 0), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC,
+                     A_SR_GROUPED, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_COLS,
+                     A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B, A_PARTIAL)
     else:
         q = pid - n_a
-        _quantize_tile(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, b_seed_ptr,
-                       b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, b_rht_key,
-                       q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1), GRID, SCALE, BLOCK, BLOCK_2D,
-                       STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_COLS,
-                       B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
-
-
-@triton.jit
-def _dual_tile(x_ptr, pid_n, pid_m, M, N,
-               r_seed_ptr, r_rht_key, r_codes_ptr, r_scales_ptr, r_values_ptr, r_ts_ptr, r_offset,
-               c_seed_ptr, c_rht_key, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, c_offset,
-               GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, STOCHASTIC: tl.constexpr,
-               E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, ASM: tl.constexpr,
-               R_RHT: tl.constexpr, R_INV_SQRT: tl.constexpr, R_SIGN_MASK: tl.constexpr,
-               R_WRITE_CODES: tl.constexpr, R_WRITE_VALUES: tl.constexpr,
-               C_RHT: tl.constexpr, C_INV_SQRT: tl.constexpr, C_SIGN_MASK: tl.constexpr,
-               C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
-               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr):
-    """Rows ``16 pid_m ..`` x columns ``B pid_n ..`` of ``x (M, N)``: its row-wise quantization (job r, the
-    tile's ``16 B / 16`` row segments of 16, as the folded row-wise launch holds them, ``ROW_B`` segments at a
-    time) and then its column-wise one (job c, the column-wise launch's tile). The second load of the tile
-    finds it in the cache: one read of ``x`` from memory for both."""
-    zero = pid_m * 0  # the page (a tensor: the tile code converts it)
-    first = (pid_n == 0) & (pid_m == 0)
-    SEGS: tl.constexpr = B // 16  # row segments per tile row
-    segments = tl.cast(M, tl.int64) * (N // 16)
-    for h in tl.static_range(B // ROW_B):
-        j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
-        seg = pid_n * SEGS + j % SEGS
-        rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
-        _quantize_at(x_ptr, r_codes_ptr, r_scales_ptr, r_values_ptr, r_ts_ptr, x_ptr, r_seed_ptr, segments, 16, 0,
-                     16, 1, r_offset, r_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE, BLOCK, False,
-                     STOCHASTIC, True, E8M0_FLOOR, Q_MAX, R_RHT, R_INV_SQRT, R_SIGN_MASK, True, COLS, R_WRITE_CODES,
-                     R_WRITE_VALUES, ASM, 16, ROW_B, False)
-    _quantize_at(x_ptr, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, x_ptr, c_seed_ptr, N, M, 0, 1, N,
-                 c_offset, c_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
-                 BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, C_RHT, C_INV_SQRT, C_SIGN_MASK, False, COLS,
-                 C_WRITE_CODES, C_WRITE_VALUES, ASM, 16, B, False)
+        pid_0, pid_1, page = q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1)
+        l0, o0 = _place(pid_0, pid_1, B_U, B_B, B_ROWWISE)
+        _quantize_at(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, b_seed_ptr,
+                     b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, b_rht_key, l0, o0, o0 + tl.arange(0, B_B), page,
+                     (pid_0 == 0) & (pid_1 == 0) & (page == 0), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC,
+                     B_SR_GROUPED, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_COLS,
+                     B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
 
 
 @triton.jit
@@ -106,31 +77,36 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a
                           b_ts_ptr, M, N, a_offset, b_offset,
                           GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
                           STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, ASM: tl.constexpr,
-                          A_ROWWISE: tl.constexpr, A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr,
-                          A_SIGN_MASK: tl.constexpr, A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
+                          A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+                          A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
                           B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                           B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
                           B: tl.constexpr, ROW_B: tl.constexpr):
-    """One 2-D tensor's row-wise and column-wise quantizations (jobs a and b, one of each, each with its own
-    RHT; ``A_ROWWISE`` says which is a) from one read of it: :func:`_dual_tile` per program, the column-wise launch's grid
-    ``(cdiv(N, B), M // 16)``. Each element goes through the code of its own launch: the bits are those of
-    the two single launches. The arguments are :func:`_quantize_pair_kernel`'s (``b_x_ptr`` is ``a_x_ptr``,
-    ``gamax_ptr`` is not read) with ``M, N`` for the two jobs' sizes."""
+    """One 2-D tensor ``x (M, N)``'s row-wise quantization (job a) and column-wise one (job b), each with its
+    own RHT, from one read of it, in the column-wise launch's grid ``(cdiv(N, B), M // 16)``. A program takes
+    rows ``16 pid_m ..`` x columns ``B pid_n ..``: first job a on the tile's ``16 B / 16`` row segments of
+    16, as the folded row-wise launch holds them, ``ROW_B`` segments at a time; then job b on the column-wise
+    launch's tile, whose load finds the tile in the cache. Each element goes through the code of its own
+    launch: the bits are the two single launches'. The arguments are :func:`_quantize_pair_kernel`'s
+    (``b_x_ptr`` is ``a_x_ptr``; ``gamax_ptr`` is not read) with ``M, N`` for the sizes; a launcher whose first
+    job is the column-wise one passes each job's arguments under the other's prefix (``PairLaunch.prefixes``)."""
     pid_n, pid_m = tl.program_id(0), tl.program_id(1)
-    if A_ROWWISE:
-        _dual_tile(a_x_ptr, pid_n, pid_m, M, N,
-                   a_seed_ptr, a_rht_key, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_offset,
-                   b_seed_ptr, b_rht_key, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_offset,
-                   GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, ASM,
-                   A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES,
-                   B_RHT, B_INV_SQRT, B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
-    else:
-        _dual_tile(a_x_ptr, pid_n, pid_m, M, N,
-                   b_seed_ptr, b_rht_key, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_offset,
-                   a_seed_ptr, a_rht_key, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_offset,
-                   GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, ASM,
-                   B_RHT, B_INV_SQRT, B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES,
-                   A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, COLS, B, ROW_B)
+    zero = pid_m * 0  # the page (a tensor: the tile code converts it)
+    first = (pid_n == 0) & (pid_m == 0)
+    SEGS: tl.constexpr = B // 16  # row segments per tile row
+    segments = tl.cast(M, tl.int64) * (N // 16)
+    for h in tl.static_range(B // ROW_B):
+        j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
+        seg = pid_n * SEGS + j % SEGS
+        rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
+        _quantize_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, a_seed_ptr, segments,
+                     16, 0, 16, 1, a_offset, a_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE,
+                     BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, True, COLS,
+                     A_WRITE_CODES, A_WRITE_VALUES, ASM, 16, ROW_B, False)
+    _quantize_at(a_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, b_seed_ptr, N, M, 0, 1, N,
+                 b_offset, b_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
+                 BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, False, COLS,
+                 B_WRITE_CODES, B_WRITE_VALUES, ASM, 16, B, False)
 
 
 # ---- launches -------------------------------------------------------------------------------------------
@@ -175,6 +151,7 @@ class PairLaunch:
     scalars: dict  # a_* and b_* sizes, strides and grid extents (offsets and rht keys: the caller's)
     constexprs: dict
     kernel: object = None  # _quantize_pair_kernel, or _quantize_dual_kernel for one tensor's two axes
+    prefixes: str = "ab"  # the argument prefixes of the first and second job ("ba": the dual kernel's a is row-wise)
 
 
 _ROW_SEGMENTS = 128  # row segments of 16 per thread block in the dual kernel's row-wise pass: the row-wise tile's
@@ -185,14 +162,13 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None) -
     one tensor of this shape, and ``dual_refusal`` accepts it: the launch reads it once
     (:func:`_quantize_dual_kernel`)."""
     if dual_shape is not None:
-        col = b if a.rowwise else a
+        row, col = (a, b) if a.rowwise else (b, a)
         constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
-        constexprs.update(A_ROWWISE=a.rowwise, COLS=col.constexprs["COLS"], B=col.constexprs["B"],
-                          ROW_B=min(col.constexprs["B"], _ROW_SEGMENTS))
-        for p, plan in (("A", a), ("B", b)):
+        constexprs.update(COLS=col.constexprs["COLS"], B=col.constexprs["B"], ROW_B=min(col.constexprs["B"], _ROW_SEGMENTS))
+        for p, plan in (("A", row), ("B", col)):
             constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
         return PairLaunch(col.grid, col.num_warps, dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
-                          _quantize_dual_kernel)
+                          _quantize_dual_kernel, "ab" if a.rowwise else "ba")
     scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
     scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
     constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
@@ -231,8 +207,11 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
         return [quantize(t, axis, fmt, size, r, s, offset) if dtype is None else
                 quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype)
                 for (t, r, s), axis, (_, offset, dtype), size in zip(inputs, axes, jobs, rhts)]
+    shape = tuple(x.shape)
+    one_read = dual and other is None and dual_refusal(shape, *plans) is None
+    launch = pair_launch(*plans, dual_shape=shape if one_read else None)
     outputs, kwargs = [], {}
-    for p, plan, (t, r, s), (_, offset, dtype) in zip("ab", plans, inputs, jobs):
+    for p, plan, (t, r, s), (_, offset, dtype) in zip(launch.prefixes, plans, inputs, jobs):
         ts = torch.empty((), dtype=torch.float32, device=t.device)
         codes = scales = values = None
         if dtype is None:
@@ -246,9 +225,6 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
         kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
                       **{f"{p}_ts_ptr": ts, f"{p}_offset": int(offset), f"{p}_x_ptr": t, f"{p}_seed_ptr": seed_t,
                          f"{p}_rht_key": rht_key(plan, r)})
-    shape = tuple(x.shape)
-    one_read = dual and other is None and dual_refusal(shape, *plans) is None
-    launch = pair_launch(*plans, dual_shape=shape if one_read else None)
     launch.kernel[launch.grid](gamax_ptr=outputs[0][0], **kwargs, **launch.scalars, **launch.constexprs,
                                num_warps=launch.num_warps)
     return outputs

@@ -488,7 +488,7 @@ def _quantize_pair(x, seed):
         launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read else None)
         dummy = next(b for b in outputs[0][:3] if b is not None)
         tensors, scalars = dict(gamax_ptr=dummy), dict(launch.scalars)
-        for p, out, call, plan, (t, s) in zip("ab", outputs, calls, plans, lowered):
+        for p, out, call, plan, (t, s) in zip(launch.prefixes, outputs, calls, plans, lowered):
             tensors.update(output_pointers(*out[:3], f"{p}_"), **{
                 f"{p}_ts_ptr": out[3], f"{p}_x_ptr": _contiguous(t),
                 f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else dummy})
