@@ -269,3 +269,24 @@ def test_rowwise_fold():
         values = kernels_quantize.quantize_dequantize(x, 1, spec, 16, 5, 77, 9)[0]
         assert torch.equal(values, kernels_quantize.quantize_dequantize(x, 1, spec, 16, 5, 77, 9,
                                                                          config={"fold": False})[0])
+
+
+def test_column_vector_width_changes_no_bit():
+    """``config={"cols": ..}`` (the sweep's narrower column-wise vectors, fewer registers) lays the tile out
+    differently, never the math: codes, scales and values equal the default launch's bit for bit; a width
+    that is not a power of two is refused by name."""
+    x = (torch.randn(48, 96, generator=torch.Generator().manual_seed(5)) * 3).to(DEVICE)
+    for spec in ("int4/16/fp32/stochastic", "e2m1/16/fp32/nearest"):
+        default = kernels_quantize.quantize(x, 0, spec, 16, 5, 77, 9)
+        default_values = kernels_quantize.quantize_dequantize(x, 0, spec, 16, 5, 77, 9)[0]
+        for config in ({"cols": 2, "B": 64, "num_warps": 1}, {"cols": 1, "B": 32, "num_warps": 1}):
+            plan = kernels_quantize.plan_for(x, 0, OperandFormat.from_spec(spec), 16, codes=True, values=False,
+                                             config=config)
+            assert plan.constexprs["COLS"] == config["cols"]
+            for a, b in zip(default, kernels_quantize.quantize(x, 0, spec, 16, 5, 77, 9, config=config)):
+                assert torch.equal(a.view(torch.uint8) if a.element_size() == 1 else a,
+                                   b.view(torch.uint8) if b.element_size() == 1 else b)
+            values = kernels_quantize.quantize_dequantize(x, 0, spec, 16, 5, 77, 9, config=config)[0]
+            assert torch.equal(values, default_values)
+    with pytest.raises(ValueError, match="cols"):
+        kernels_quantize.quantize(x, 0, "int4/16/fp32/nearest", 16, config={"cols": 3})

@@ -638,10 +638,15 @@ def _tile(unit: int, other: int, itemsize: int, rowwise: bool, two_level: bool, 
     b = max(16, min(b, triton.next_power_of_2(other)))
     if config:
         b, warps = config.get("B", b), config.get("num_warps", warps)
-        if set(config) - {"B", "num_warps", "fold", "amax_B", "amax_warps"}:
-            raise ValueError(f"config={config!r} is not valid: its keys are B, num_warps, fold, amax_B, amax_warps")
+        if set(config) - {"B", "num_warps", "fold", "amax_B", "amax_warps", "cols"}:
+            raise ValueError(f"config={config!r} is not valid: its keys are B, num_warps, fold, amax_B, amax_warps, "
+                             "cols")
         if b % 16 or b & (b - 1):
             raise ValueError(f"config={config!r} is not valid: B must be a power of two multiple of 16")
+        cols = config.get("cols", 1)
+        if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1 or cols & (cols - 1):
+            raise ValueError(f"config={config!r} is not valid: cols (column-wise: columns per thread) is a power "
+                             "of two")
     return u, b, warps
 
 
@@ -711,7 +716,7 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     codes_shape[axis] = padded_length(length, fmt.block) // 2
     scales_shape[axis] = padded_length(length, fmt.block) // fmt.block
     # Column-wise, a thread holds COLS consecutive columns (the tile's vector width; B is a multiple of it).
-    cols = min(_columns_per_thread(u, itemsize), b)
+    cols = min(config.get("cols", _columns_per_thread(u, itemsize)), b)
     # Grouped random words: the sixteen elements of one Philox call are sixteen consecutive elements along the
     # quantized axis (the axis-last order), in one thread in either orientation when L % 16 == 0.
     grouped = L % 16 == 0
@@ -790,8 +795,9 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
              seed=None, offset: int = 0, *, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit.
 
-    ``config`` (benchmarks): ``{"B": .., "num_warps": .., "fold": False, "amax_B": .., "amax_warps": ..}``
-    overrides the tile (``fold``: see :func:`_folds`; ``amax_*``: the E4M3 global-amax pre-pass's).
+    ``config`` (benchmarks): ``{"B": .., "num_warps": .., "fold": False, "amax_B": .., "amax_warps": ..,
+    "cols": ..}`` overrides the tile (``fold``: see :func:`_folds`; ``amax_*``: the E4M3 global-amax
+    pre-pass's; ``cols``: column-wise, the consecutive columns a thread holds, the vector width).
     """
     fmt = as_format(fmt)
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)
