@@ -164,7 +164,8 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None) -
     if dual_shape is not None:
         row, col = (a, b) if a.rowwise else (b, a)
         constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
-        constexprs.update(COLS=col.constexprs["COLS"], B=col.constexprs["B"], ROW_B=min(col.constexprs["B"], _ROW_SEGMENTS))
+        b_cols = col.constexprs["B"]
+        constexprs.update(COLS=col.constexprs["COLS"], B=b_cols, ROW_B=min(b_cols, _ROW_SEGMENTS))
         for p, plan in (("A", row), ("B", col)):
             constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
         return PairLaunch(col.grid, col.num_warps, dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
@@ -249,11 +250,11 @@ def compile_variants():
     # the row-wise values and column-wise codes of one tensor; two tensors' row-wise values (X and W for
     # Fprop) and their column-wise codes (for Wgrad and Dgrad)
     jobs = dict(row=(1, "row-wise values", ("*bf16", "*bf16", "*bf16")), col=(0, "column-wise codes", None))
+    shape = (_VARIANT_SIZE, _VARIANT_SIZE)
     for (fmt, (ra, rb)), names in pairs.items():
         c = format_constants(fmt)
         rht = f"rht{ra}" if ra == rb else f"rht{ra}+{rb}"
         for kinds in (("row", "col"), ("row", "row"), ("col", "col")):
-            shape = (_VARIANT_SIZE, _VARIANT_SIZE)
             plans = [launch_plan(shape, 2, jobs[k][0], fmt, r, k == "col", k == "row", False)
                      for k, r in zip(kinds, (ra, rb))]
             if pair_refusal(*plans) is not None:
@@ -272,8 +273,8 @@ def compile_variants():
                 unit.update({f"{p}_s_o": plan.args["s_o"], f"{p}_s_l": 1} if k == "row" else
                             {f"{p}_s_o": 1, f"{p}_s_l": _VARIANT_SIZE})
             types["a_g2"] = "i32"
-            written = [("a_values_ptr" if k == "row" else "a_codes_ptr") for k in kinds[:1]]
-            written += ["b_values_ptr"] if kinds[1] == "row" else ["b_codes_ptr", "b_scales_ptr"]
+            written = [name for p, k in zip("ab", kinds)
+                       for name in ((f"{p}_values_ptr",) if k == "row" else (f"{p}_codes_ptr", f"{p}_scales_ptr"))]
             variants.append(KernelVariant.build(
                 f"quantize_pair[{fmt.spec} {rht} {jobs[kinds[0]][1]} + {jobs[kinds[1]][1]}]",
                 ", ".join(sorted(names)), _quantize_pair_kernel, types, unit | launch.constexprs,
@@ -282,7 +283,6 @@ def compile_variants():
         # one tensor's two quantizations from one read: row-wise values with column-wise codes (X in the
         # forward) or column-wise values (dY in the backward, for a bf16 Wgrad)
         for col_values in (False, True):
-            shape = (_VARIANT_SIZE, _VARIANT_SIZE)
             plans = [launch_plan(shape, 2, 1, fmt, ra, False, True, False),
                      launch_plan(shape, 2, 0, fmt, rb, not col_values, col_values, False)]
             if dual_refusal(shape, *plans) is not None:

@@ -268,9 +268,8 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 # quantization lowers to one launch of kernels.quantize_pair._quantize_pair_kernel with the next one within
 # _PAIR_REACH nodes of the same format (each with its own RHT) along the same kind of axis whose inputs already
 # exist (X's and W's row-wise quantizations for Fprop, their column-wise ones), else, where other-axis pairs are
-# on, with the
-# next one along the other axis (dY's two: one launch of kernels.quantize_pair._quantize_dual_kernel, which reads dY
-# once for both); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
+# on, with the next one along the other axis (dY's two: one launch of kernels.quantize_pair._quantize_dual_kernel,
+# which reads dY once for both); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
 # dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
 # pair, the same bits (each element goes through the code of its own launch). Why same-axis partners first: a
 # pair or dual kernel takes the registers of its larger tile for both halves, and a row-wise tile beside a
@@ -284,8 +283,8 @@ _pairing = True
 # on the host: without CUDA graphs (docs/kernels.md, "Two launches in one").
 _other_axis = None
 # One tensor's row-wise and column-wise quantizations (dY's in the backward), where they pair (other-axis pairs
-# on), in the launch that reads the tensor once (kernels.quantize_pair._quantize_dual_kernel) where its plans allow,
-# instead of the pair kernel's two reads. On the H200 dY's two took 4.6 ms per step there against the pair
+# on), in the launch that reads the tensor once (kernels.quantize_pair._quantize_dual_kernel) where its plans
+# allow, instead of the pair kernel's two reads. On the H200 dY's two took 4.6 ms per step there against the pair
 # kernel's 5.2 and their two single launches' 4.0: a launch fewer pays only where the step waits on the host.
 _dual = True
 _PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
@@ -376,16 +375,18 @@ def _can_dual(mine, other) -> bool:
     if not _dual or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape):
         return False
     shape = tuple(val.shape)
-    return len(shape) == 2 and 0 not in shape and dual_refusal(
-        shape, *(_plan(shape, val.dtype.itemsize, call[1], call[2], call[3], call[7]) for call in (mine, other))) is None
+    if len(shape) != 2 or 0 in shape:
+        return False
+    plans = [_plan(shape, val.dtype.itemsize, call[1], call[2], call[3], call[7]) for call in (mine, other)]
+    return dual_refusal(shape, *plans) is None
 
 
 def _sibling(node, order: dict, taken=()):
     """The quantization that shares ``node``'s launch, not one in ``taken``: the next one within reach with
     its format (each job keeps its own RHT) along the same kind of axis (both row-wise or both column-wise:
     their tiles take alike registers, so the pair keeps a single launch's occupancy) whose inputs all exist
-    before ``node``; else,
-    where other-axis pairs are on (:func:`pair_launches`), the next one within reach along the other axis
+    before ``node``; else, where other-axis pairs are on (:func:`pair_launches`), the next one within reach
+    along the other axis
     whose inputs exist (dY's other quantization; in an MoE's backward, the padded copy of an expert's dY),
     or the next quantization of ``node``'s own input further on."""
     mine = _quantize_call(node)
@@ -466,7 +467,7 @@ def _quantize_pair(x, seed):
         from torch._inductor.virtualized import V
 
         from ufp4_compile.kernels.quantize import output_pointers, rht_key
-        from ufp4_compile.kernels.quantize_pair import dual_refusal, pair_launch, pair_refusal
+        from ufp4_compile.kernels.quantize_pair import pair_launch, pair_refusal
 
         calls = (_quantize_call(node), _quantize_call(sibling))
         try:  # the sibling's input and seed as lowered (they exist: the sibling was chosen so)
@@ -484,8 +485,7 @@ def _quantize_pair(x, seed):
         if pair_refusal(*plans) is not None:
             return None
         outputs = [_outputs(plan, call[7], size[0], x.get_device()) for plan, call, size in zip(plans, calls, sizes)]
-        one_read = _can_dual(*calls) and dual_refusal(sizes[0][0], *plans) is None
-        launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read else None)
+        launch = pair_launch(*plans, dual_shape=sizes[0][0] if _can_dual(*calls) else None)
         dummy = next(b for b in outputs[0][:3] if b is not None)
         tensors, scalars = dict(gamax_ptr=dummy), dict(launch.scalars)
         for p, out, call, plan, (t, s) in zip(launch.prefixes, outputs, calls, plans, lowered):
