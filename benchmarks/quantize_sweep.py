@@ -33,6 +33,17 @@ VARIANTS = [  # (spec, rht, shape, axis, mode): the ufp4 recipe's launches first
 ]
 
 
+# One tensor's row-wise and column-wise quantizations in the one-read dual launch (kernels.quantize_pair), which
+# runs at the column-wise job's tile (B, num_warps, cols): X's row values + column codes in the forward, dY's
+# values both ways (stochastic) in the backward. (spec, shape, jobs as quantize_pair takes them)
+DUALS = [
+    ("int4/16/fp32/nearest", (8192, 1024), ((1, 16, torch.bfloat16), (0, 16, None))),
+    ("int4/16/fp32/nearest", (8192, 2816), ((1, 16, torch.bfloat16), (0, 16, None))),
+    ("int4/16/fp32/stochastic", (8192, 1024), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
+    ("int4/16/fp32/stochastic", (8192, 2816), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
+]
+
+
 def configs(axis: int, quick: bool):
     if axis == 1:
         bs, warps = ((64, 128, 256), (2, 4)) if quick else ((32, 64, 128, 256, 512), (1, 2, 4, 8))
@@ -47,6 +58,61 @@ def configs(axis: int, quick: bool):
         for cols, b, w in itertools.product((2, 1), (64, 128, 256), (1, 2, 4)):
             if cols * 32 * w <= b:
                 yield {"B": b, "num_warps": w, "cols": cols}
+
+
+def dual_configs(quick: bool):
+    for cols, b, w in itertools.product((4, 2, 1), (64, 128, 256, 512), (1, 2, 4) if quick else (1, 2, 4, 8)):
+        if cols * 32 * w <= b <= (256 if quick else 512):
+            yield {"B": b, "num_warps": w, "cols": cols}
+
+
+def sweep_duals(seed, copy_gbs: float, quick: bool) -> int:
+    """The dual launch per config, against its default and against the two single launches (each at its
+    default tile); bits against the default's. Returns the number of configs whose bits differ."""
+    from ufp4_compile.kernels.quantize_pair import quantize_pair
+
+    bad = 0
+    for spec, shape, jobs in DUALS:
+        x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 3
+        nbytes = x.numel() * 2 + sum(x.numel() * 2 if dtype is not None else x.numel() // 2 + x.numel() // 16 * 4
+                                     for _, _, dtype in jobs)  # one read, both jobs' writes
+
+        def dual(config):
+            return [t for out in quantize_pair(x, spec, 16, 3, seed, jobs, config=config) for t in out[:-1]]
+
+        def singles():
+            return [run_job(x, spec, job, seed) for job in jobs]
+
+        expect = torch.cat([t.reshape(-1).view(torch.uint8) for t in dual(None)])
+        singles_ms = bench(singles)
+        default_ms = bench(lambda: dual(None))
+        name = f"dual {spec:24s} {str(shape):13s} {'+'.join('codes' if d is None else 'values' for _, _, d in jobs)}"
+        print(f"{name} two single launches {singles_ms * 1e3:7.1f} us; dual default {default_ms * 1e3:7.1f} us "
+              f"({nbytes / default_ms / 1e6 / copy_gbs:.2f} of copy, {default_ms / singles_ms:.2f} of two launches)",
+              flush=True)
+        best = (default_ms, "default")
+        for config in dual_configs(quick):
+            try:
+                same = torch.equal(torch.cat([t.reshape(-1).view(torch.uint8) for t in dual(config)]), expect)
+                ms = bench(lambda: dual(config))
+            except Exception as err:  # a tile the compiler refuses
+                print(f"{name} {config} failed: {repr(err)[:120]}", flush=True)
+                continue
+            bad += not same
+            print(f"{name} {config} {ms * 1e3:7.1f} us ({nbytes / ms / 1e6 / copy_gbs:.2f} of copy, "
+                  f"{ms / singles_ms:.2f} of two launches) same {same}", flush=True)
+            if same and ms < best[0]:
+                best = (ms, config)
+        print(f"{name} BEST {best[1]} {best[0] * 1e3:.1f} us ({best[0] / singles_ms:.2f} of two launches)",
+              flush=True)
+    return bad
+
+
+def run_job(x, spec, job, seed):
+    axis, offset, dtype = job
+    if dtype is None:
+        return kq.quantize(x, axis, spec, 16, 3, seed, offset)
+    return kq.quantize_dequantize(x, axis, spec, 16, 3, seed, offset, dtype)
 
 
 def run(x, spec, rht, axis, mode, seed, config):
@@ -67,6 +133,7 @@ def output_bytes(out) -> torch.Tensor:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=("single", "dual"), help="sweep only the single or only the dual launches")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no GPU: nothing to measure", file=sys.stderr)
@@ -76,7 +143,7 @@ def main() -> int:
     copy_gbs = 2 * x0.numel() * 2 / bench(lambda: x0.clone()) / 1e6
     print(f"copy {copy_gbs:.0f} GB/s", flush=True)
     bad = 0
-    for spec, rht, shape, axis, mode in VARIANTS:
+    for spec, rht, shape, axis, mode in (VARIANTS if args.only != "dual" else ()):
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 3
         nbytes = x.numel() * 4 if mode == "values" else x.numel() * 2 + x.numel() // 2 + x.numel() // 16 * 4
         expect = output_bytes(run(x, spec, rht, axis, mode, seed, None))
@@ -99,6 +166,8 @@ def main() -> int:
                 best = (ms, config)
         print(f"{name} BEST {best[1]} {best[0] * 1e3:.1f} us ({nbytes / best[0] / 1e6 / copy_gbs:.2f} of copy)",
               flush=True)
+    if args.only != "single":
+        bad += sweep_duals(seed, copy_gbs, args.quick)
     print("configs whose bits differ from the default:", bad)
     return 1 if bad else 0
 

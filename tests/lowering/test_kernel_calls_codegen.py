@@ -207,6 +207,10 @@ def _pair_check() -> dict:
         with kernel_calls.pair_launches(True, dual=False):
             alone = wrapper_code(h, ((256, 512), torch.bfloat16), ((), torch.int64))
         out[f"{spec}/alone/nodual"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", alone)]
+        with kernel_calls.pair_launches(True, dual="first"):
+            code = wrapper_code(f, ((256, 512), torch.bfloat16), ((128, 512), torch.bfloat16),
+                                ((), torch.int64), ((), torch.int64))
+        out[f"{spec}/dualfirst"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
     def g(x, w, seed):  # the backward's dequantizations of saved codes (two formats), and a third
         cx, sx, tx = torch.ops.ufp4.quantize(x, 0, "int4/16/fp32/nearest", 16, 3, seed, 16)
         cw, sw, tw = torch.ops.ufp4.quantize(w, 0, "e2m1/16/e4m3/nearest", 0, 3, seed, 16)
@@ -244,7 +248,8 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     of the same format and RHT along the same kind of axis whose inputs exist (x's and y's row-wise values;
     x's column-wise codes and its column-wise values with another seed), else with its own tensor's other
     axis (x's row-wise values and column-wise codes, when nothing else is there: the one-read dual kernel, or
-    the pair kernel with dual launches off); a format whose tiles or
+    the pair kernel with dual launches off; with dual launches first, x's two take the dual kernel even where
+    y's row-wise values are there to pair with); a format whose tiles or
     pre-pass differ by orientation (nvfp4's E4M3) keeps its own launches. The access analysis sees each pair
     launch read both inputs and write both results. Two neighbouring dequantizations (of any formats) become
     one launch, a third its own. Off, every quantization and dequantization is its own launch."""
@@ -255,6 +260,8 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
         assert pairs[f"{spec}/alone/0"] == ["_quantize_kernel"] * 2
         assert pairs[f"{spec}/alone/1"] == ["_quantize_dual_kernel"]
         assert pairs[f"{spec}/alone/nodual"] == ["_quantize_pair_kernel"]
+        # dual first: x's row values with its column codes from one read, then x's column values with y's
+        assert sorted(pairs[f"{spec}/dualfirst"]) == ["_quantize_dual_kernel", "_quantize_pair_kernel"]
     e4m3 = ["_amax_kernel", "_quantize_kernel"] * 4
     assert pairs["e2m1/16/e4m3/nearest/0"] == pairs["e2m1/16/e4m3/nearest/1"] == e4m3
     assert pairs["dequantize/0"] == ["_dequantize_kernel"] * 3

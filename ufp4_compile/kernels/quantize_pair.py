@@ -180,13 +180,14 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None) -
 
 
 def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, rht_seed: int, seed, jobs, *,
-                  other: tuple | None = None, dual: bool = True) -> list[tuple]:
+                  other: tuple | None = None, dual: bool = True, config: dict | None = None) -> list[tuple]:
     """Two quantizations (one format) in one launch where :func:`pair_refusal` allows, else two: ``jobs`` is
     two ``(axis, offset, dtype)``, ``dtype`` None for codes (``quantize``'s result) or the values' dtype
     (``quantize_dequantize``'s); ``rht`` the RHT size of both, or of each as a pair. Both quantize ``x`` with
     ``rht_seed`` and ``seed``, or the second quantizes ``other = (tensor, rht_seed, seed)``. Each result is bit
     for bit the single call's. ``dual``: ``x``'s row-wise and column-wise quantizations read it once where
-    :func:`dual_refusal` allows."""
+    :func:`dual_refusal` allows. ``config`` (benchmarks): both jobs' tile, as ``quantize``'s (the dual launch
+    takes the column-wise job's ``B``, ``num_warps`` and ``cols``)."""
     fmt = as_format(fmt)
     if len(jobs) != 2:
         raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
@@ -202,7 +203,7 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
             raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
                              f"{', '.join(map(str, _VALUE_DTYPES))}")
     inputs = [(t.contiguous(), r, s) for t, r, s in inputs]
-    plans = [plan_for(t, axis, fmt, size, codes=dtype is None, values=dtype is not None)
+    plans = [plan_for(t, axis, fmt, size, codes=dtype is None, values=dtype is not None, config=config)
              for (t, _, _), axis, (_, _, dtype), size in zip(inputs, axes, jobs, rhts)]
     if any(t.numel() == 0 for t, _, _ in inputs) or pair_refusal(*plans) is not None:
         return [quantize(t, axis, fmt, size, r, s, offset) if dtype is None else

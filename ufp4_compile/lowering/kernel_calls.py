@@ -292,21 +292,23 @@ _PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner
 
 def state_key() -> str:
     """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
-    return f"pairs{int(_pairing)}{_other_axis}{int(_dual)}"
+    return f"pairs{int(_pairing)}{_other_axis}{'F' if _dual == 'first' else int(_dual)}"
 
 
 @contextlib.contextmanager
-def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool = True):
+def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str = True):
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
     (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner along
     its kind of axis pairs along the other axis; None (the default): only without CUDA graphs
     (Inductor's ``triton.cudagraphs``). ``dual``: where one 2-D tensor's row-wise and column-wise
     quantizations pair, their launch reads the tensor once (the dual kernel) rather than twice (the pair
-    kernel). Keep the setting for the first backward too: the backward compiles then."""
-    if (not any(other_axis is v for v in (None, True, False))
-            or not all(any(flag is v for v in (True, False)) for flag in (enabled, dual))):
+    kernel); ``"first"``: a quantization takes its tensor's other-axis quantization as its partner in the dual
+    launch before any same-axis partner, with or without CUDA graphs (X's two and W's two in the forward, dY's
+    two in the backward). Keep the setting for the first backward too: the backward compiles then."""
+    if (not any(other_axis is v for v in (None, True, False)) or not any(enabled is v for v in (True, False))
+            or not (any(dual is v for v in (True, False)) or dual == "first")):
         raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r} are not valid: enabled "
-                         "and dual are True or False, other_axis True, False or None")
+                         "is True or False, other_axis True, False or None, dual True, False or 'first'")
     global _pairing, _other_axis, _dual
     previous, (_pairing, _other_axis, _dual) = (_pairing, _other_axis, _dual), (enabled, other_axis, dual)
     try:
@@ -393,6 +395,10 @@ def _sibling(node, order: dict, taken=()):
     if mine is None:
         return None
     here, rowwise = order[node], _rowwise(mine)
+    if _dual == "first":
+        partner = _dual_partner(node, mine, order, taken)
+        if partner is not None:
+            return partner
     other_axis = _pair_other_axis()
     fallback, later = None, node.next
     for _ in range(_PAIR_REACH if rowwise is not None else 0):
@@ -415,6 +421,20 @@ def _sibling(node, order: dict, taken=()):
         if (other is not None and order.get(user, -1) > here and other[2] == mine[2]
                 and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
                 and (best is None or order[user] < order[best]) and _can_pair(mine, other)):
+            best = user
+    return best
+
+
+def _dual_partner(node, mine, order: dict, taken=()):
+    """The first later quantization of ``node``'s own input along the other axis, of its format, whose seed
+    exists before ``node`` and which the dual launch takes with it (:func:`_can_dual`), else None."""
+    here, best = order[node], None
+    for user in mine[0].users:
+        other = _quantize_call(user) if user is not node and user not in taken else None
+        if (other is not None and order.get(user, -1) > here and other[2] == mine[2]
+                and (best is None or order[user] < order[best])
+                and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
+                and _can_pair(mine, other) and _can_dual(mine, other)):
             best = user
     return best
 
