@@ -221,9 +221,10 @@ def test_static_launch_of_our_kernels_is_the_default_the_user_can_turn_off(monke
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("option, state", [(None, "pairs1None1"), (True, "pairs1None1"), (False, "pairs0None1"),
-                                           ("same-axis", "pairs1False1"), ("all", "pairs1True1"),
-                                           ("no-dual", "pairs1None0"), ("dual-first", "pairs1NoneF")])
+@pytest.mark.parametrize("option, state", [(None, "pairs1NoneD"), (True, "pairs1NoneD"), (False, "pairs0NoneD"),
+                                           ("same-axis", "pairs1FalseD"), ("all", "pairs1TrueD"),
+                                           ("no-dual", "pairs1None0"), ("dual-first", "pairs1NoneF"),
+                                           ("dual-last", "pairs1NoneL")])
 def test_pair_launches_option_holds_while_forward_and_backward_lower(monkeypatch, option, state):
     """The pair_launches option is the lowering's setting while each graph compiles, the backward's (which
     AOTAutograd compiles at the first backward, after the backend returned) included, and it is part of
@@ -253,7 +254,7 @@ def test_pair_launches_option_holds_while_forward_and_backward_lower(monkeypatch
     torch._dynamo.reset()
     assert seen == [(False, state), (True, state)]
     assert keys and all(k.endswith(state) for k in keys)
-    assert kernel_calls.state_key() == "pairs1None1"
+    assert kernel_calls.state_key() == "pairs1NoneD"
 
 
 def test_user_joint_pass_runs_after_ours():

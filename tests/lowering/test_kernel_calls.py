@@ -165,9 +165,10 @@ def test_static_launcher_launches_the_kernels_with_the_same_bits(spec, rht):
 @pytest.mark.gpu
 @pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref"])
 def test_paired_training_step_equals_unpaired(recipe):
-    """A training step of backend="ufp4" with paired launches (the default: X's and W's row-wise
-    quantizations side by side and their column-wise ones, dY's two, the backward's dequantizations two by
-    two) against the same step with pair_launches(False), and with pairs but without the one-read dual launch:
+    """A training step of backend="ufp4" with paired launches (the default without CUDA graphs: X's, W's and
+    dY's two quantizations each from one read, the backward's dequantizations two by two) against the same
+    step with pair_launches(False), with pairs but without the one-read dual launch, and with the dual launch
+    last (same-axis partners first: X's and W's row-wise quantizations side by side, their column-wise ones):
     the same output and gradients, bit for bit, and the pair and dual kernels in the generated code."""
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
@@ -176,7 +177,7 @@ def test_paired_training_step_equals_unpaired(recipe):
     from ufp4_compile.lowering import kernel_calls
 
     results, codes = [], []
-    for paired, dual in ((False, True), (True, True), (True, False)):
+    for paired, dual in ((False, None), (True, None), (True, False), (True, "last")):
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = MLP(256, 512).cuda()
@@ -196,13 +197,14 @@ def test_paired_training_step_equals_unpaired(recipe):
     launches = [{k: _launches(k, code) for k in ("_quantize_pair_kernel", "_dequantize_pair_kernel",
                                                  "_quantize_dual_kernel")} for code in codes]
     assert not any(launches[0].values()) and launches[1]["_dequantize_pair_kernel"]
-    assert launches[1]["_quantize_pair_kernel"]
-    # ufp4 quantizes dY both ways with one RHT: the dual kernel's launches (e2m1-ref rotates Wgrad's dY only)
-    assert launches[1]["_quantize_dual_kernel"] or recipe != "ufp4"
+    assert launches[1]["_quantize_dual_kernel"]
     assert launches[2]["_quantize_pair_kernel"] and not launches[2]["_quantize_dual_kernel"]
-    for unpaired, paired, no_dual in zip(*results):
-        torch.testing.assert_close(paired, unpaired, rtol=0, atol=0)
-        torch.testing.assert_close(no_dual, unpaired, rtol=0, atol=0)
+    # dual last: same-axis pairs; ufp4 quantizes dY both ways with one RHT: the dual kernel's launches
+    # (e2m1-ref rotates Wgrad's dY only)
+    assert launches[3]["_quantize_pair_kernel"] and (launches[3]["_quantize_dual_kernel"] or recipe != "ufp4")
+    for unpaired, *others in zip(*results):
+        for other in others:
+            torch.testing.assert_close(other, unpaired, rtol=0, atol=0)
 
 
 @gpu

@@ -207,10 +207,10 @@ def _pair_check() -> dict:
         with kernel_calls.pair_launches(True, dual=False):
             alone = wrapper_code(h, ((256, 512), torch.bfloat16), ((), torch.int64))
         out[f"{spec}/alone/nodual"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", alone)]
-        with kernel_calls.pair_launches(True, dual="first"):
+        with kernel_calls.pair_launches(True, dual="last"):
             code = wrapper_code(f, ((256, 512), torch.bfloat16), ((128, 512), torch.bfloat16),
                                 ((), torch.int64), ((), torch.int64))
-        out[f"{spec}/dualfirst"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+        out[f"{spec}/duallast"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
     def g(x, w, seed):  # the backward's dequantizations of saved codes (two formats), and a third
         cx, sx, tx = torch.ops.ufp4.quantize(x, 0, "int4/16/fp32/nearest", 16, 3, seed, 16)
         cw, sw, tw = torch.ops.ufp4.quantize(w, 0, "e2m1/16/e4m3/nearest", 0, 3, seed, 16)
@@ -244,24 +244,26 @@ if __name__ == "__main__":
 
 
 def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers):
-    """With pairing on (the default), a quantization shares one launch of the pair kernel with the next one
-    of the same format and RHT along the same kind of axis whose inputs exist (x's and y's row-wise values;
-    x's column-wise codes and its column-wise values with another seed), else with its own tensor's other
-    axis (x's row-wise values and column-wise codes, when nothing else is there: the one-read dual kernel, or
-    the pair kernel with dual launches off; with dual launches first, x's two take the dual kernel even where
-    y's row-wise values are there to pair with); a format whose tiles or
+    """With pairing on (the default, no CUDA graphs), a quantization shares the one-read dual launch with its
+    tensor's other-axis quantization where the dual kernel takes both (x's row-wise values and column-wise
+    codes), else one launch of the pair kernel with the next one of the same format along the same kind of
+    axis whose inputs exist, else along the other axis (x's column-wise values with y's row-wise values); with
+    the dual kernel last, same-axis partners come first (x's and y's row-wise values; x's column-wise codes
+    and values), and with dual launches off one tensor's two axes take the pair kernel; a format whose tiles or
     pre-pass differ by orientation (nvfp4's E4M3) keeps its own launches. The access analysis sees each pair
     launch read both inputs and write both results. Two neighbouring dequantizations (of any formats) become
     one launch, a third its own. Off, every quantization and dequantization is its own launch."""
     pairs = wrappers["pairs"]
     for spec in ("int4/16/fp32/stochastic", "int4/16/fp32/nearest"):  # in the scheduler's order: compare as sets
         assert pairs[f"{spec}/0"] == ["_quantize_kernel"] * 4
-        assert pairs[f"{spec}/1"] == ["_quantize_pair_kernel"] * 2
+        # x's row values with its column codes from one read (the dual kernel first, the default without CUDA
+        # graphs), then x's column values with y's row values
+        assert sorted(pairs[f"{spec}/1"]) == ["_quantize_dual_kernel", "_quantize_pair_kernel"]
+        # the dual kernel last: x's and y's row values, x's column codes and values
+        assert pairs[f"{spec}/duallast"] == ["_quantize_pair_kernel"] * 2
         assert pairs[f"{spec}/alone/0"] == ["_quantize_kernel"] * 2
         assert pairs[f"{spec}/alone/1"] == ["_quantize_dual_kernel"]
         assert pairs[f"{spec}/alone/nodual"] == ["_quantize_pair_kernel"]
-        # dual first: x's row values with its column codes from one read, then x's column values with y's
-        assert sorted(pairs[f"{spec}/dualfirst"]) == ["_quantize_dual_kernel", "_quantize_pair_kernel"]
     e4m3 = ["_amax_kernel", "_quantize_kernel"] * 4
     assert pairs["e2m1/16/e4m3/nearest/0"] == pairs["e2m1/16/e4m3/nearest/1"] == e4m3
     assert pairs["dequantize/0"] == ["_dequantize_kernel"] * 3
@@ -397,34 +399,34 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
     by two; and the backward's dequantizations of saved codes two by two."""
     found = _step_pairs(monkeypatch, autocast=False, cudagraphs=False)
     linears = 4  # qkv, attention output, SwiGLU gate-and-up, down
-    # forward: two of X's and W's row-wise quantizations side by side; where no same-axis partner's input
-    # exists yet, the other axis: of X itself, or of the next W
-    # (one tensor's two axes: the one-read dual launch)
-    assert found == {"forward": (3 * linears, ["one read"] * 2 + ["other axis"] * 2 + ["same axis"] * 2, 0, 0),
+    # forward: X's row-wise and column-wise quantizations from one read (the dual kernel first), W's row-wise
+    # ones two by two
+    assert found == {"forward": (3 * linears, ["one read"] * linears + ["same axis"] * (linears // 2), 0, 0),
                      "backward": (3 * linears, ["one read"] * linears + ["same axis"] * (linears // 2), linears, 2)}
 
 
 @pytest.mark.parametrize("cudagraphs", [False, True])
 def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
-    """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways, and every quantization
-    pairs with one along its own kind of axis (X's and W's row-wise ones, their column-wise ones); dY's two
-    share the one-read dual launch only without CUDA graphs (a row-wise tile beside a column-wise one runs
-    slower than alone, which only a step waiting on the host repays)."""
+    """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways. Without CUDA graphs each
+    tensor's two quantizations share the one-read dual launch (X's, W's, and dY's in the backward); with
+    them, every quantization pairs with one along its own kind of axis (X's and W's row-wise ones, their
+    column-wise ones) and dY's two stay apart (docs/kernels.md, "Two launches in one")."""
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     linears = 4
-    assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
+    assert found["forward"][:2] == (4 * linears, ["same axis" if cudagraphs else "one read"] * (2 * linears))
     assert found["backward"][:2] == (2 * linears, [] if cudagraphs else ["one read"] * linears)
 
 
 @pytest.mark.parametrize("recipe", ["e2m1-ref", "mxfp4"])
 def test_pairing_of_recipes_that_rotate_wgrad_only(monkeypatch, recipe):
     """e2m1-ref and mxfp4 rotate Wgrad's operands only, so X is quantized for Fprop without RHT and for Wgrad
-    with it, and so is dY for Dgrad and Wgrad: each job of a launch keeps its own RHT size, so the forward
-    pairs every quantization along its own kind of axis, and e2m1-ref's dY pairs (one read) without CUDA
-    graphs. MXFP4's row-wise and column-wise tiles take different warp counts: its dY stays two launches."""
+    with it, and so is dY for Dgrad and Wgrad: each job of a launch keeps its own RHT size, so without CUDA
+    graphs e2m1-ref's X, W and dY each take the one-read dual launch. MXFP4's row-wise and column-wise tiles
+    take different warp counts: its forward pairs every quantization along its own kind of axis, and its dY
+    stays two launches."""
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=False, recipe=recipe)
     linears = 4
-    assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
+    assert found["forward"][:2] == (4 * linears, ["one read" if recipe == "e2m1-ref" else "same axis"] * (2 * linears))
     assert found["backward"][:2] == (2 * linears, ["one read"] * linears if recipe == "e2m1-ref" else [])
 
 
@@ -443,8 +445,8 @@ def test_other_axis_pairing_follows_cuda_graphs():
         assert not kernel_calls._pair_other_axis()
         with kernel_calls.pair_launches(other_axis=True):
             assert kernel_calls._pair_other_axis()
-            assert kernel_calls.state_key() == "pairs1True1"
-    assert kernel_calls.state_key() == "pairs1None1"
+            assert kernel_calls.state_key() == "pairs1TrueD"
+    assert kernel_calls.state_key() == "pairs1NoneD"
     with pytest.raises(ValueError, match="other_axis"):
         with kernel_calls.pair_launches(other_axis="no"):
             pass

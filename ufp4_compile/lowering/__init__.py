@@ -37,15 +37,15 @@ def register() -> None:
 def pairing(option):
     """The context of the backend option ``pair_launches`` (docs/backend.md): True pairs launches with the
     default policy (quantizations along the same kind of axis; without CUDA graphs along the other axis too,
-    a 2-D tensor's two axes from one read), "same-axis" only along the same kind of axis, "all" along either
-    axis with or without CUDA graphs, "no-dual" the default with a tensor's two axes read twice (the pair
-    kernel), "dual-first" a tensor's two axes from one read wherever the dual kernel takes them (X's and W's in
-    the forward too, with or without CUDA graphs) and the default's pairs for the rest, False not at all
-    (:func:`kernel_calls.pair_launches`)."""
+    one tensor's two axes first, from one read: the dual kernel), "same-axis" only along the same kind of axis,
+    "all" along either axis with or without CUDA graphs, "no-dual" the default with a tensor's two axes read
+    twice (the pair kernel), "dual-first" a tensor's two axes from one read wherever the dual kernel takes them,
+    with or without CUDA graphs, "dual-last" the dual kernel only for a quantization with no same-axis partner,
+    False not at all (:func:`kernel_calls.pair_launches`)."""
     from ufp4_compile.lowering.kernel_calls import pair_launches
 
     return pair_launches(option is not False, other_axis={"same-axis": False, "all": True}.get(option),
-                         dual={"no-dual": False, "dual-first": "first"}.get(option, True))
+                         dual={"no-dual": False, "dual-first": "first", "dual-last": "last"}.get(option))
 
 
 def cache_key() -> str:

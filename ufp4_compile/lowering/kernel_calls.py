@@ -282,33 +282,39 @@ _pairing = True
 # (the step's quantize kernel time 7.5 ms against 6.2), which a launch fewer repays only where the step waits
 # on the host: without CUDA graphs (docs/kernels.md, "Two launches in one").
 _other_axis = None
-# One tensor's row-wise and column-wise quantizations (dY's in the backward), where they pair (other-axis pairs
-# on), in the launch that reads the tensor once (kernels.quantize_pair._quantize_dual_kernel) where its plans
-# allow, instead of the pair kernel's two reads. On the H200 dY's two took 4.6 ms per step there against the pair
-# kernel's 5.2 and their two single launches' 4.0: a launch fewer pays only where the step waits on the host.
-_dual = True
+# One 2-D tensor's row-wise and column-wise quantizations in the launch that reads the tensor once
+# (kernels.quantize_pair._quantize_dual_kernel) where its plans allow:
+#   "first": a quantization takes its tensor's other-axis quantization as its partner before any same-axis one
+#            (X's two and W's two in the forward, dY's two in the backward);
+#   "last":  only where a quantization found no same-axis partner and pairs across axes (dY's two), the pair
+#            kernel's two reads replaced by one;
+#   None (the default): "first" where other-axis pairs are on (without CUDA graphs by default), else "last";
+#   False:   never (other-axis pairs of one tensor take the pair kernel).
+# Why (docs/kernels.md, "Two launches in one"): DUAL_POLICY_NOTE.
+_dual = None
+_DUAL_KEYS = {None: "D", "first": "F", "last": "L", False: "0"}
 _PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
 
 
 def state_key() -> str:
     """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
-    return f"pairs{int(_pairing)}{_other_axis}{'F' if _dual == 'first' else int(_dual)}"
+    return f"pairs{int(_pairing)}{_other_axis}{_DUAL_KEYS[_dual]}"
 
 
 @contextlib.contextmanager
-def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str = True):
+def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str | None = None):
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
     (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner along
     its kind of axis pairs along the other axis; None (the default): only without CUDA graphs
-    (Inductor's ``triton.cudagraphs``). ``dual``: where one 2-D tensor's row-wise and column-wise
-    quantizations pair, their launch reads the tensor once (the dual kernel) rather than twice (the pair
-    kernel); ``"first"``: a quantization takes its tensor's other-axis quantization as its partner in the dual
-    launch before any same-axis partner, with or without CUDA graphs (X's two and W's two in the forward, dY's
-    two in the backward). Keep the setting for the first backward too: the backward compiles then."""
+    (Inductor's ``triton.cudagraphs``). ``dual``: when one 2-D tensor's row-wise and column-wise quantizations
+    share the launch that reads the tensor once (the dual kernel): ``"first"`` before any same-axis partner,
+    ``"last"`` only where a quantization found no same-axis partner, None (the default) ``"first"`` where
+    other-axis pairs are on and ``"last"`` elsewhere, False never (the pair kernel reads it twice). Keep the
+    setting for the first backward too: the backward compiles then."""
     if (not any(other_axis is v for v in (None, True, False)) or not any(enabled is v for v in (True, False))
-            or not (any(dual is v for v in (True, False)) or dual == "first")):
+            or not (dual is None or dual is False or dual in ("first", "last"))):
         raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r} are not valid: enabled "
-                         "is True or False, other_axis True, False or None, dual True, False or 'first'")
+                         "is True or False, other_axis True, False or None, dual None, 'first', 'last' or False")
     global _pairing, _other_axis, _dual
     previous, (_pairing, _other_axis, _dual) = (_pairing, _other_axis, _dual), (enabled, other_axis, dual)
     try:
@@ -344,6 +350,11 @@ def _pair_other_axis() -> bool:
     return not config.triton.cudagraphs
 
 
+def _dual_first() -> bool:
+    """Whether a quantization looks for its tensor's other-axis quantization before a same-axis partner."""
+    return _dual == "first" or (_dual is None and _pair_other_axis())
+
+
 def _rowwise(call) -> bool | None:
     """Whether a quantize call runs along its input's last axis (None where the rank is not known)."""
     val = getattr(call[0], "meta", {}).get("val")
@@ -374,7 +385,7 @@ def _can_dual(mine, other) -> bool:
     from ufp4_compile.kernels.quantize_pair import dual_refusal
 
     val = getattr(mine[0], "meta", {}).get("val")
-    if not _dual or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape):
+    if _dual is False or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape):
         return False
     shape = tuple(val.shape)
     if len(shape) != 2 or 0 in shape:
@@ -395,7 +406,7 @@ def _sibling(node, order: dict, taken=()):
     if mine is None:
         return None
     here, rowwise = order[node], _rowwise(mine)
-    if _dual == "first":
+    if _dual_first():
         partner = _dual_partner(node, mine, order, taken)
         if partner is not None:
             return partner
