@@ -92,20 +92,21 @@ def test_dual_launch_matches_reference(spec, rht, shape, jobs):
             torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("config", [{"cols": 2, "B": 64, "num_warps": 1}, {"cols": 1, "B": 32, "num_warps": 1}])
+@pytest.mark.parametrize("config", [{"cols": 4, "B": 128, "num_warps": 1}, {"cols": 1, "B": 32, "num_warps": 1}])
 def test_dual_launch_tile_changes_no_bit(config):
-    """The dual launch at a narrower column-wise tile (``config``: the sweep's, and the launch runs at the
-    column-wise job's tile): the same bits as the single launches at their default tiles."""
+    """The dual launch at another tile than its own (``config``: the sweep's): the same bits as the single
+    launches at their default tiles."""
     x = torch.randn(32, 128, device=DEVICE) * 3
     seed = torch.tensor(99, device=DEVICE)
     jobs = ((1, 16, torch.bfloat16), (0, 9, None))
     for spec in ("int4/16/fp32/stochastic", "e2m1/16/fp32/nearest"):
         plans = [kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=dtype is None,
                                            values=dtype is not None, config=config) for axis, _, dtype in jobs]
-        launch = quantize_pair.pair_launch(*plans, dual_shape=tuple(x.shape))
+        launch = quantize_pair.pair_launch(*plans, dual_shape=tuple(x.shape), dual_tile=config)
         assert launch.kernel is quantize_pair._quantize_dual_kernel
         assert (launch.constexprs["COLS"], launch.constexprs["B"], launch.num_warps) == (
             config["cols"], config["B"], config["num_warps"])
+        assert launch.grid == (128 // config["B"], 2, 1)
         results = quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs, config=config)
         singles = [kernels_quantize.quantize_dequantize(x, 1, spec, 16, 3, seed, 16)[:1],
                    kernels_quantize.quantize(x, 0, spec, 16, 3, seed, 9)[:2]]

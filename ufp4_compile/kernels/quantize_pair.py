@@ -4,8 +4,8 @@
   its own RHT, seed, axis and outputs (one format): X's and W's row-wise quantizations for Fprop, their
   column-wise ones; one tensor's two axes where nothing better pairs.
 - :func:`_quantize_dual_kernel` takes one 2-D tensor's row-wise and column-wise quantizations from one read of
-  it (dY's two in the backward): each program quantizes its 16 x B tile's row segments, then its columns (the
-  second load of the tile hits the cache).
+  it (X's, W's and dY's two, where the lowering pairs them so): each program quantizes its 16 x B tile's row
+  segments, then its columns (the second load of the tile hits the cache).
 
 Both run each element through the code of its own single launch (``kernels.quantize._quantize_at``), so the
 bits are the single launches'.
@@ -155,20 +155,30 @@ class PairLaunch:
 
 
 _ROW_SEGMENTS = 128  # row segments of 16 per thread block in the dual kernel's row-wise pass: the row-wise tile's
+# The dual launch's own tile: 64 columns, one warp, two consecutive columns per thread (32 elements per thread
+# in either pass). On an H200 (benchmarks/quantize_sweep.py, INT4 RHT-16, 8192 x 1024 and 8192 x 2816) it took
+# 0.86-0.91 of the two single launches' time with round to nearest and 0.95-0.98 with stochastic rounding;
+# the column-wise launch's tile (256 columns, two warps, four per thread), which it ran at before, took
+# 1.04-1.09, and tiles wider than one vector per thread, or one column per thread, took longer still.
+DUAL_TILE = {"B": 64, "num_warps": 1, "cols": 2}
 
 
-def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None) -> PairLaunch:
+def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
+                dual_tile: dict | None = None) -> PairLaunch:
     """The one launch of plans ``a`` and ``b`` (``pair_refusal(a, b)`` is None). ``dual_shape``: both quantize
     one tensor of this shape, and ``dual_refusal`` accepts it: the launch reads it once
-    (:func:`_quantize_dual_kernel`)."""
+    (:func:`_quantize_dual_kernel`) at :data:`DUAL_TILE`, or at ``dual_tile``'s ``B``, ``num_warps`` and
+    ``cols`` where given (benchmarks)."""
     if dual_shape is not None:
         row, col = (a, b) if a.rowwise else (b, a)
+        tile = {**DUAL_TILE, **{k: v for k, v in (dual_tile or {}).items() if k in DUAL_TILE}}
+        width = max(16, min(tile["B"], triton.next_power_of_2(dual_shape[1])))
         constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
-        b_cols = col.constexprs["B"]
-        constexprs.update(COLS=col.constexprs["COLS"], B=b_cols, ROW_B=min(b_cols, _ROW_SEGMENTS))
+        constexprs.update(COLS=min(tile["cols"], width), B=width, ROW_B=min(width, _ROW_SEGMENTS))
         for p, plan in (("A", row), ("B", col)):
             constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
-        return PairLaunch(col.grid, col.num_warps, dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
+        grid = (triton.cdiv(dual_shape[1], width), dual_shape[0] // 16, 1)
+        return PairLaunch(grid, tile["num_warps"], dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
                           _quantize_dual_kernel, "ab" if a.rowwise else "ba")
     scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
     scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
@@ -186,8 +196,8 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
     (``quantize_dequantize``'s); ``rht`` the RHT size of both, or of each as a pair. Both quantize ``x`` with
     ``rht_seed`` and ``seed``, or the second quantizes ``other = (tensor, rht_seed, seed)``. Each result is bit
     for bit the single call's. ``dual``: ``x``'s row-wise and column-wise quantizations read it once where
-    :func:`dual_refusal` allows. ``config`` (benchmarks): both jobs' tile, as ``quantize``'s (the dual launch
-    takes the column-wise job's ``B``, ``num_warps`` and ``cols``)."""
+    :func:`dual_refusal` allows. ``config`` (benchmarks): both jobs' tile, as ``quantize``'s, and the dual
+    launch's ``B``, ``num_warps`` and ``cols`` (:func:`pair_launch`)."""
     fmt = as_format(fmt)
     if len(jobs) != 2:
         raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
@@ -211,7 +221,7 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
                 for (t, r, s), axis, (_, offset, dtype), size in zip(inputs, axes, jobs, rhts)]
     shape = tuple(x.shape)
     one_read = dual and other is None and dual_refusal(shape, *plans) is None
-    launch = pair_launch(*plans, dual_shape=shape if one_read else None)
+    launch = pair_launch(*plans, dual_shape=shape if one_read else None, dual_tile=config)
     outputs, kwargs = [], {}
     for p, plan, (t, r, s), (_, offset, dtype) in zip(launch.prefixes, plans, inputs, jobs):
         ts = torch.empty((), dtype=torch.float32, device=t.device)
