@@ -64,9 +64,10 @@ def test_compiled_ops_launch_kernels_and_match_eager(spec, rht, axis):
 def test_paired_quantizations_match_eager(spec, rht):
     """With pairing (the default), two quantizations of x in one graph (row-wise values, column-wise codes)
     run as one launch where the format allows (the dual kernel, one read of x, where dual_refusal allows,
-    else the pair kernel), and so do the row-wise values of x and w with
-    their own RHT seeds and seeds, and their column-wise codes (as the forward quantizes X and W for Fprop,
-    Wgrad and Dgrad); bit for bit eager's."""
+    else the pair kernel). With x's and w's, each with its own RHT seed and seed, both ways (as the forward
+    quantizes X and W for Fprop, Wgrad and Dgrad): by default each tensor's two from one read; with the dual
+    launch last, the row-wise values of x and w side by side, and their column-wise codes. Bit for bit
+    eager's."""
     from torch._inductor.utils import run_and_get_code
 
     from ufp4_compile import lowering
@@ -108,15 +109,24 @@ def test_paired_quantizations_match_eager(spec, rht):
         return xv, xvts, wv, wvts, xc, xs, xts, wc, ws, wts
 
     eager = g(x, w, seed, w_seed)
-    torch._dynamo.reset()
-    compiled, code = run_and_get_code(torch.compile(g, backend="inductor", fullgraph=True), x, w, seed, w_seed)
-    text = "\n".join(code)
     allowed = sum(pair_refusal(*(launch_plan(shape, 2, axis, as_format(spec), rht, axis == 0, axis == 1, True)
                                  for shape in ((256, 512), (384, 512)))) is None for axis in (1, 0))
-    assert len(re.findall(r"_quantize_pair_kernel\w*\.run\(", text)) == allowed
-    for got, want in zip(compiled, eager):
-        assert got.dtype == want.dtype and got.shape == want.shape
-        assert torch.equal(_bits(got), _bits(want))
+    duals = sum(dual_refusal(shape, *(launch_plan(shape, 2, axis, as_format(spec), rht, axis == 0, axis == 1, True)
+                                      for axis in (1, 0))) is None for shape in ((256, 512), (384, 512)))
+    for dual in (None, "last"):  # the default: each tensor's two from one read; "last": same-axis pairs first
+        torch._dynamo.reset()
+        # no FX graph cache: the pairing setting is not in the key of a plain backend="inductor" compile
+        # (backend="ufp4" puts it there), so the second compile would get the first one's code
+        with kernel_calls.pair_launches(dual=dual), torch._inductor.config.patch(force_disable_caches=True):
+            compiled, code = run_and_get_code(torch.compile(g, backend="inductor", fullgraph=True), x, w, seed, w_seed)
+        text = "\n".join(code)
+        if dual is None:
+            assert len(re.findall(r"_quantize_dual_kernel\w*\.run\(", text)) == duals
+        else:
+            assert len(re.findall(r"_quantize_pair_kernel\w*\.run\(", text)) == allowed
+        for got, want in zip(compiled, eager):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert torch.equal(_bits(got), _bits(want))
 
 
 def _strict_static_launch_patches() -> dict:

@@ -244,7 +244,7 @@ if __name__ == "__main__":
 
 
 def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers):
-    """With pairing on (the default, no CUDA graphs), a quantization shares the one-read dual launch with its
+    """With pairing on (the default), a quantization shares the one-read dual launch with its
     tensor's other-axis quantization where the dual kernel takes both (x's row-wise values and column-wise
     codes), else one launch of the pair kernel with the next one of the same format along the same kind of
     axis whose inputs exist, else along the other axis (x's column-wise values with y's row-wise values); with
@@ -256,8 +256,8 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     pairs = wrappers["pairs"]
     for spec in ("int4/16/fp32/stochastic", "int4/16/fp32/nearest"):  # in the scheduler's order: compare as sets
         assert pairs[f"{spec}/0"] == ["_quantize_kernel"] * 4
-        # x's row values with its column codes from one read (the dual kernel first, the default without CUDA
-        # graphs), then x's column values with y's row values
+        # x's row values with its column codes from one read (the dual kernel first, the default), then x's
+        # column values with y's row values (other-axis pairs: on without CUDA graphs)
         assert sorted(pairs[f"{spec}/1"]) == ["_quantize_dual_kernel", "_quantize_pair_kernel"]
         # the dual kernel last: x's and y's row values, x's column codes and values
         assert pairs[f"{spec}/duallast"] == ["_quantize_pair_kernel"] * 2
@@ -407,13 +407,20 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
 
 @pytest.mark.parametrize("cudagraphs", [False, True])
 def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
-    """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways. Without CUDA graphs each
-    tensor's two quantizations share the one-read dual launch (X's, W's, and dY's in the backward); with
-    them, every quantization pairs with one along its own kind of axis (X's and W's row-wise ones, their
-    column-wise ones) and dY's two stay apart (docs/kernels.md, "Two launches in one")."""
+    """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways, the backward dY. With or
+    without CUDA graphs each tensor's two quantizations share the one-read dual launch (X's, W's, dY's);
+    with the dual kernel last, the forward pairs every quantization with one along its own kind of axis (X's
+    and W's row-wise ones, their column-wise ones), and dY's two share the dual launch only without CUDA
+    graphs (docs/kernels.md, "Two launches in one")."""
+    from ufp4_compile.lowering import kernel_calls
+
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     linears = 4
-    assert found["forward"][:2] == (4 * linears, ["same axis" if cudagraphs else "one read"] * (2 * linears))
+    assert found["forward"][:2] == (4 * linears, ["one read"] * (2 * linears))
+    assert found["backward"][:2] == (2 * linears, ["one read"] * linears)
+    with kernel_calls.pair_launches(dual="last"):
+        found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
+    assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
     assert found["backward"][:2] == (2 * linears, [] if cudagraphs else ["one read"] * linears)
 
 
@@ -445,8 +452,8 @@ def test_other_axis_pairing_follows_cuda_graphs():
         assert not kernel_calls._pair_other_axis()
         with kernel_calls.pair_launches(other_axis=True):
             assert kernel_calls._pair_other_axis()
-            assert kernel_calls.state_key() == "pairs1TrueD"
-    assert kernel_calls.state_key() == "pairs1NoneD"
+            assert kernel_calls.state_key() == "pairs1TrueF"
+    assert kernel_calls.state_key() == "pairs1NoneF"
     with pytest.raises(ValueError, match="other_axis"):
         with kernel_calls.pair_launches(other_axis="no"):
             pass

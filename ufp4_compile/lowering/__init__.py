@@ -36,16 +36,15 @@ def register() -> None:
 
 def pairing(option):
     """The context of the backend option ``pair_launches`` (docs/backend.md): True pairs launches with the
-    default policy (quantizations along the same kind of axis; without CUDA graphs along the other axis too,
-    one tensor's two axes first, from one read: the dual kernel), "same-axis" only along the same kind of axis,
-    "all" along either axis with or without CUDA graphs, "no-dual" the default with a tensor's two axes read
-    twice (the pair kernel), "dual-first" a tensor's two axes from one read wherever the dual kernel takes them,
-    with or without CUDA graphs, "dual-last" the dual kernel only for a quantization with no same-axis partner,
-    False not at all (:func:`kernel_calls.pair_launches`)."""
+    default policy (a tensor's two quantizations first, from one read: the dual kernel; then quantizations
+    along the same kind of axis; without CUDA graphs along the other axis too), "same-axis" never pairs two
+    tensors across axes, "all" does with CUDA graphs too, "no-dual" the default without the dual kernel (a
+    tensor's two axes read twice, by the pair kernel), "dual-last" the dual kernel only for a quantization with
+    no same-axis partner, False not at all (:func:`kernel_calls.pair_launches`)."""
     from ufp4_compile.lowering.kernel_calls import pair_launches
 
     return pair_launches(option is not False, other_axis={"same-axis": False, "all": True}.get(option),
-                         dual={"no-dual": False, "dual-first": "first", "dual-last": "last"}.get(option))
+                         dual={"no-dual": False, "dual-last": "last"}.get(option, "first"))
 
 
 def cache_key() -> str:

@@ -265,34 +265,31 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
 # A training step quantizes most tensors twice in one graph: X row-wise for Fprop and column-wise (codes for
 # Wgrad) in the forward, W likewise, dY row-wise for Dgrad and column-wise for Wgrad in the backward; and the
 # backward dequantizes the saved codes of X and W next to each other. With pairing on (the default), a
-# quantization lowers to one launch of kernels.quantize_pair._quantize_pair_kernel with the next one within
-# _PAIR_REACH nodes of the same format (each with its own RHT) along the same kind of axis whose inputs already
-# exist (X's and W's row-wise quantizations for Fprop, their column-wise ones), else, where other-axis pairs are
-# on, with the next one along the other axis (dY's two: one launch of kernels.quantize_pair._quantize_dual_kernel,
-# which reads dY once for both); a dequantize to one launch of kernels.dequantize._dequantize_pair_kernel with the next
-# dequantize within reach whose inputs already exist. The second op returns its half. One launch fewer per
-# pair, the same bits (each element goes through the code of its own launch). Why same-axis partners first: a
-# pair or dual kernel takes the registers of its larger tile for both halves, and a row-wise tile beside a
-# column-wise one runs at a lower occupancy than alone (docs/kernels.md). :func:`pair_launches` (False) turns
-# pairing off while compiling.
+# quantization lowers to one launch with a partner and the partner returns its half: first its own tensor's
+# quantization along the other axis, in kernels.quantize_pair._quantize_dual_kernel, which reads the tensor
+# once for both (X's two, W's two, dY's two), where the dual kernel takes them; else the next quantization
+# within _PAIR_REACH nodes of the same format (each with its own RHT) along the same kind of axis whose inputs
+# already exist, in kernels.quantize_pair._quantize_pair_kernel; else, where other-axis pairs are on, the next
+# one along the other axis. A dequantize lowers to one launch of kernels.dequantize._dequantize_pair_kernel
+# with the next dequantize within reach whose inputs already exist. One launch fewer per pair, the same bits
+# (each element goes through the code of its own launch). :func:`pair_launches` (False) turns pairing off
+# while compiling.
 
 _pairing = True
-# A quantization with no same-axis partner pairs along the other axis: True, False, or None (the default) for
-# "without CUDA graphs only". On the H200 such a pair (dY's) ran slower than its two launches
-# (the step's quantize kernel time 7.5 ms against 6.2), which a launch fewer repays only where the step waits
-# on the host: without CUDA graphs (docs/kernels.md, "Two launches in one").
+# A quantization with no partner of its own tensor and none along its kind of axis pairs along the other axis
+# (the pair kernel): True, False, or None (the default) for "without CUDA graphs only": a row-wise tile beside a
+# column-wise one runs at the larger one's registers, which a launch fewer repays only where the step waits on
+# the host (docs/kernels.md, "Two launches in one").
 _other_axis = None
-# One 2-D tensor's row-wise and column-wise quantizations in the launch that reads the tensor once
-# (kernels.quantize_pair._quantize_dual_kernel) where its plans allow:
-#   "first": a quantization takes its tensor's other-axis quantization as its partner before any same-axis one
-#            (X's two and W's two in the forward, dY's two in the backward);
-#   "last":  only where a quantization found no same-axis partner and pairs across axes (dY's two), the pair
-#            kernel's two reads replaced by one;
-#   None (the default): "first" where other-axis pairs are on (without CUDA graphs by default), else "last";
-#   False:   never (other-axis pairs of one tensor take the pair kernel).
-# Why (docs/kernels.md, "Two launches in one"): DUAL_POLICY_NOTE.
-_dual = None
-_DUAL_KEYS = {None: "D", "first": "F", "last": "L", False: "0"}
+# One 2-D tensor's row-wise and column-wise quantizations in the dual kernel:
+#   "first" (the default): before any other partner, with or without CUDA graphs;
+#   "last":  only for a quantization with no same-axis partner, where other-axis pairs are on (dY's two
+#            without CUDA graphs: the policy before the dual kernel had its own tile);
+#   False:   never (one tensor's two axes, where they pair, take the pair kernel's two reads).
+# On the H200 (docs/kernels.md) "first" took the step's quantize kernel time from 5.98 to 5.58 ms without CUDA
+# graphs and from 6.25 to 5.71 ms with them (same-axis pairs and dY's two single launches).
+_dual = "first"
+_DUAL_KEYS = {"first": "F", "last": "L", False: "0"}
 _PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
 
 
@@ -302,19 +299,18 @@ def state_key() -> str:
 
 
 @contextlib.contextmanager
-def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str | None = None):
+def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str = "first"):
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
-    (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner along
-    its kind of axis pairs along the other axis; None (the default): only without CUDA graphs
-    (Inductor's ``triton.cudagraphs``). ``dual``: when one 2-D tensor's row-wise and column-wise quantizations
-    share the launch that reads the tensor once (the dual kernel): ``"first"`` before any same-axis partner,
-    ``"last"`` only where a quantization found no same-axis partner, None (the default) ``"first"`` where
-    other-axis pairs are on and ``"last"`` elsewhere, False never (the pair kernel reads it twice). Keep the
-    setting for the first backward too: the backward compiles then."""
+    (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner
+    pairs along the other axis; None (the default): only without CUDA graphs (Inductor's
+    ``triton.cudagraphs``). ``dual``: when one 2-D tensor's row-wise and column-wise quantizations share the
+    launch that reads the tensor once (the dual kernel): ``"first"`` (the default) before any other partner,
+    ``"last"`` only where a quantization found no same-axis partner and other-axis pairs are on, False never.
+    Keep the setting for the first backward too: the backward compiles then."""
     if (not any(other_axis is v for v in (None, True, False)) or not any(enabled is v for v in (True, False))
-            or not (dual is None or dual is False or dual in ("first", "last"))):
+            or not (dual is False or dual in ("first", "last"))):
         raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r} are not valid: enabled "
-                         "is True or False, other_axis True, False or None, dual None, 'first', 'last' or False")
+                         "is True or False, other_axis True, False or None, dual 'first', 'last' or False")
     global _pairing, _other_axis, _dual
     previous, (_pairing, _other_axis, _dual) = (_pairing, _other_axis, _dual), (enabled, other_axis, dual)
     try:
@@ -348,11 +344,6 @@ def _pair_other_axis() -> bool:
     from torch._inductor import config
 
     return not config.triton.cudagraphs
-
-
-def _dual_first() -> bool:
-    """Whether a quantization looks for its tensor's other-axis quantization before a same-axis partner."""
-    return _dual == "first" or (_dual is None and _pair_other_axis())
 
 
 def _rowwise(call) -> bool | None:
@@ -395,18 +386,18 @@ def _can_dual(mine, other) -> bool:
 
 
 def _sibling(node, order: dict, taken=()):
-    """The quantization that shares ``node``'s launch, not one in ``taken``: the next one within reach with
-    its format (each job keeps its own RHT) along the same kind of axis (both row-wise or both column-wise:
-    their tiles take alike registers, so the pair keeps a single launch's occupancy) whose inputs all exist
-    before ``node``; else, where other-axis pairs are on (:func:`pair_launches`), the next one within reach
-    along the other axis
-    whose inputs exist (dY's other quantization; in an MoE's backward, the padded copy of an expert's dY),
-    or the next quantization of ``node``'s own input further on."""
+    """The quantization that shares ``node``'s launch, not one in ``taken``: with the dual kernel first (the
+    default), the first later quantization of ``node``'s own input along the other axis that the dual kernel
+    takes with it; else the next one within reach with its format (each job keeps its own RHT) along the same
+    kind of axis (both row-wise or both column-wise: their tiles take alike registers, so the pair keeps a
+    single launch's occupancy) whose inputs all exist before ``node``; else, where other-axis pairs are on
+    (:func:`pair_launches`), the next one within reach along the other axis whose inputs exist (in an MoE's
+    backward, the padded copy of an expert's dY), or the next quantization of ``node``'s own input further on."""
     mine = _quantize_call(node)
     if mine is None:
         return None
     here, rowwise = order[node], _rowwise(mine)
-    if _dual_first():
+    if _dual == "first":
         partner = _dual_partner(node, mine, order, taken)
         if partner is not None:
             return partner
