@@ -81,7 +81,8 @@ def sweep_duals(seed, copy_gbs: float, quick: bool) -> int:
             return [t for out in quantize_pair(x, spec, 16, 3, seed, jobs, config=config) for t in out[:-1]]
 
         def singles():
-            return [run_job(x, spec, job, seed) for job in jobs]
+            return [run(x, spec, 16, axis, "codes" if dtype is None else "values", seed, None)
+                    for axis, _, dtype in jobs]
 
         expect = torch.cat([t.reshape(-1).view(torch.uint8) for t in dual(None)])
         singles_ms = bench(singles)
@@ -106,13 +107,6 @@ def sweep_duals(seed, copy_gbs: float, quick: bool) -> int:
         print(f"{name} BEST {best[1]} {best[0] * 1e3:.1f} us ({best[0] / singles_ms:.2f} of two launches)",
               flush=True)
     return bad
-
-
-def run_job(x, spec, job, seed):
-    axis, offset, dtype = job
-    if dtype is None:
-        return kq.quantize(x, axis, spec, 16, 3, seed, offset)
-    return kq.quantize_dequantize(x, axis, spec, 16, 3, seed, offset, dtype)
 
 
 def run(x, spec, rht, axis, mode, seed, config):

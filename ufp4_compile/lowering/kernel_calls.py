@@ -398,7 +398,7 @@ def _sibling(node, order: dict, taken=()):
         return None
     here, rowwise = order[node], _rowwise(mine)
     if _dual == "first":
-        partner = _dual_partner(node, mine, order, taken)
+        partner = _own_partner(node, mine, order, taken, _can_dual)
         if partner is not None:
             return partner
     other_axis = _pair_other_axis()
@@ -415,28 +415,22 @@ def _sibling(node, order: dict, taken=()):
                 return later
             fallback = later
         later = later.next
-    if fallback is not None:
+    if fallback is not None or not other_axis:
         return fallback
-    best = None
-    for user in (mine[0].users if other_axis else ()):
-        other = _quantize_call(user) if user is not node and user not in taken else None
-        if (other is not None and order.get(user, -1) > here and other[2] == mine[2]
-                and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
-                and (best is None or order[user] < order[best]) and _can_pair(mine, other)):
-            best = user
-    return best
+    return _own_partner(node, mine, order, taken, _can_pair)
 
 
-def _dual_partner(node, mine, order: dict, taken=()):
-    """The first later quantization of ``node``'s own input along the other axis, of its format, whose seed
-    exists before ``node`` and which the dual launch takes with it (:func:`_can_dual`), else None."""
+def _own_partner(node, mine, order: dict, taken, accept):
+    """The first later quantization of ``node``'s own input, of its format, not in ``taken``, whose seed exists
+    before ``node`` and that ``accept(mine, other)`` takes (:func:`_can_dual`: the dual launch; :func:`_can_pair`:
+    the pair launch), else None."""
     here, best = order[node], None
     for user in mine[0].users:
         other = _quantize_call(user) if user is not node and user not in taken else None
         if (other is not None and order.get(user, -1) > here and other[2] == mine[2]
                 and (best is None or order[user] < order[best])
                 and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
-                and _can_pair(mine, other) and _can_dual(mine, other)):
+                and accept(mine, other)):
             best = user
     return best
 
