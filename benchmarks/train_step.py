@@ -128,6 +128,7 @@ def variants(args) -> list[tuple[str, str, str | None]]:
 CATEGORIES = (
     ("quantize", re.compile(r"_quantize_(pair_|dual_)?kernel|mean_split")),
     ("dequantize", re.compile(r"_dequantize_(pair_)?kernel")),
+    ("amax pre-pass", re.compile(r"_amax_(pair_)?kernel")),
     ("gemm (ufp4 template/native)", re.compile(r"_scaled_mm_kernel|ufp4_scaled_mm|native_scaled_mm")),
     ("gemm (cuBLAS)", re.compile(r"gemm|xmma|nvjet|cutlass|cublas|sm90_|splitK|Kernel2", re.I)),
     ("attention", re.compile(r"flash|fmha|attention|sdpa", re.I)),
@@ -218,6 +219,30 @@ def timed_steps(step, n: int, device) -> list[float]:
     return times
 
 
+def host_times(step, n: int, device) -> tuple[list[float], float]:
+    """Host seconds to issue one step while the GPU still runs a sleep kernel queued first (about 0.3 s): what
+    the step costs the CPU (Python, Inductor's wrappers, the launches), apart from the GPU. Where it nears the
+    step's kernel time, the default mode waits on the host. Also the sleep's own length: a step whose issue
+    takes that long filled the launch queue and waited on the GPU."""
+    sleep_cycles = 600_000_000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    torch.cuda._sleep(sleep_cycles)
+    end.record()
+    end.synchronize()
+    sleep_s = start.elapsed_time(end) / 1e3
+    times = []
+    for _ in range(n):
+        torch.cuda.synchronize(device)
+        torch.cuda._sleep(sleep_cycles)
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        torch.cuda.synchronize(device)
+    return times, sleep_s
+
+
 def measure(kind: str, recipe: str | None, config, args, device) -> dict:
     model, optimizer, fn = build(kind, recipe, config, device)
     g = torch.Generator().manual_seed(1)
@@ -244,6 +269,7 @@ def measure(kind: str, recipe: str | None, config, args, device) -> dict:
     times = timed_steps(step, args.iters, device)
     median = statistics.median(times)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    host, sleep_s = host_times(step, 5, device) if device.type == "cuda" else (None, None)
     profiled = profile_steps(step, args.profile, device) if args.profile else None
     del model, optimizer, fn
     gc.collect()
@@ -252,6 +278,8 @@ def measure(kind: str, recipe: str | None, config, args, device) -> dict:
     return {"step_time_s": median, "step_times_s": times, "tokens_per_s": args.batch_size * config.seq_len / median,
             "peak_memory_bytes": peak, "peak_memory_with_warmup_bytes": peak_with_warmup, "first_step_s": first,
             "compile_time_s": max(0.0, first - median),
+            "host_issue_s": statistics.median(host) if host else None, "host_issue_times_s": host,
+            "host_issue_sleep_s": sleep_s,
             **({"profile": profiled} if profiled else {})}
 
 
@@ -289,15 +317,16 @@ def markdown(meta: dict, rows: list[dict]) -> str:
              f"{meta['iters']} steps after {meta['warmup']} warm-up steps. Ratios are to `{BASELINE}`. Compile s: "
              f"first step minus the median step, Inductor caches "
              f"{'enabled' if meta['compile_cache'] else 'disabled (cold compiles)'}.", "",
-             "| variant | step ms | × | × cg | × qdq | tokens/s | peak GiB | × | compile s | × |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | step ms | × | × cg | × qdq | host ms | tokens/s | peak GiB | × | compile s | × |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | error: {r['error'].splitlines()[-1][:120]} |||||||||")
+            lines.append(f"| {r['variant']} | error: {r['error'].splitlines()[-1][:120]} ||||||||||")
             continue
         peak = r["peak_memory_bytes"] / 2**30 if r["peak_memory_bytes"] else None
         lines.append(f"| {r['variant']} | {1e3 * r['step_time_s']:.2f} | {_fmt(r.get('ratio_step_time'), '.2f')} | "
                      f"{_fmt(r.get('ratio_step_time_vs_cudagraphs'), '.2f')} | {_fmt(r.get('ratio_vs_qdq'), '.2f')} | "
+                     f"{_fmt(r.get('host_issue_s') and 1e3 * r['host_issue_s'], '.1f')} | "
                      f"{r['tokens_per_s']:,.0f} | {_fmt(peak, '.2f')} | {_fmt(r.get('ratio_peak_memory'), '.2f')} | "
                      f"{r['compile_time_s']:.1f} | {_fmt(r.get('ratio_compile_time'), '.2f')} |")
     cg_peaks = [f"{r['variant']} {r['peak_memory_with_warmup_bytes'] / 2**30:.2f} GiB" for r in rows
@@ -313,7 +342,13 @@ def markdown(meta: dict, rows: list[dict]) -> str:
               f"; peak memory ≤ {TARGETS['ufp4']['peak_memory']:.2f}; compile ≤ {TARGETS['ufp4']['compile_time']:g}. "
               f"`× cg`: step time over `{CUDAGRAPH_BASELINE}` (bf16 Inductor with CUDA graphs) for the variants "
               "that run with CUDA graphs (`-cg`). `× qdq`: step time of a `ufp4` row over its peer `qdq` row (the "
-              "same recipe as hand-written plain-PyTorch fake quantization, compiled by Inductor; same mode).", "",
+              "same recipe as hand-written plain-PyTorch fake quantization, compiled by Inductor; same mode). "
+              "`host ms`: median host time to issue one step while the GPU is busy with a sleep kernel queued "
+              "first (the CPU's share of the step; the default mode waits on the host where it nears the kernel "
+              "time; a figure near the sleep's own length, "
+              + (", ".join(sorted({f"{1e3 * r['host_issue_sleep_s']:.0f} ms" for r in rows
+                                   if r.get('host_issue_sleep_s')})) or "n/a")
+              + " here, means the launch queue filled).", "",
               f"Command: `{meta['command']}`", ""]
     return "\n".join(lines)
 

@@ -36,16 +36,17 @@ def _bits(t):
 
 
 @pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
-                                       ("e2m1/16/fp32/nearest", 0), ("e2m1/32/e8m0/stochastic", 16)])
+                                       ("e2m1/16/fp32/nearest", 0), ("e2m1/32/e8m0/stochastic", 16),
+                                       ("int4/16/e4m3/stochastic", 16), ("e2m1/16/e4m3/nearest", 0)])
 @pytest.mark.parametrize("shape, jobs", [
     ((48, 64), ((1, 16, torch.bfloat16), (0, 1 << 32, None))),  # X in the forward: row values, column codes
     ((40, 96), ((1, 5, torch.bfloat16), (0, 77, torch.bfloat16))),  # dY in the backward; a partial column tile
     ((3, 40, 32), ((1, 9, None), (2, 3, torch.float32))),  # pages column-wise
 ])
 def test_pair_launch_matches_reference(spec, rht, shape, jobs):
-    """Two quantizations of one tensor in one launch (the pair kernel where pair_refusal allows, two launches
-    where it does not: E8M0's row-wise tile takes more warps than its column-wise one): each result is the
-    reference's, bit for bit."""
+    """Two quantizations of one tensor in one launch (the pair kernel where pair_refusal allows; the dual
+    kernel for a 2-D tensor's two axes; else two launches: E8M0's and E4M3's row-wise tiles take more warps
+    than their column-wise ones): each result is the reference's, bit for bit."""
     x = torch.randn(shape, device=DEVICE) * 3
     seed = torch.tensor(1234, device=DEVICE)
     fmt = OperandFormat.from_spec(spec)
@@ -62,7 +63,8 @@ def test_pair_launch_matches_reference(spec, rht, shape, jobs):
 
 
 @pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
-                                       ("e2m1/16/fp32/stochastic", 16), ("e2m1/16/fp32/nearest", 0)])
+                                       ("e2m1/16/fp32/stochastic", 16), ("e2m1/16/fp32/nearest", 0),
+                                       ("int4/16/e4m3/stochastic", 16), ("e2m1/16/e4m3/nearest", 0)])
 @pytest.mark.parametrize("shape, jobs", [
     ((48, 64), ((1, 16, torch.bfloat16), (0, 1 << 32, None))),  # X in the forward: row values, column codes
     ((32, 512), ((0, 77, torch.bfloat16), (1, 5, torch.bfloat16))),  # dY: column job first; two row passes
@@ -125,12 +127,15 @@ def test_dual_refusal_names_the_reason():
     assert "16 x 16 tiles" in quantize_pair.dual_refusal((40, 64), plan((40, 64), ok, 1), plan((40, 64), ok, 0))
     assert "16 x 16 tiles" in quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1, 32),
                                                             plan((64, 64), ok, 0, 32))
-    assert "pre-pass" in quantize_pair.dual_refusal((64, 64), plan((64, 64), "e2m1/16/e4m3/nearest", 1),
-                                                       plan((64, 64), "e2m1/16/e4m3/nearest", 0))
+    # two-level scales: each job its own global-amax pre-pass; the dual kernel's own tile takes any warp count
+    assert quantize_pair.dual_refusal((64, 64), plan((64, 64), "e2m1/16/e4m3/nearest", 1),
+                                      plan((64, 64), "e2m1/16/e4m3/nearest", 0)) is None
+    assert "16 x 16 blocks" in quantize_pair.dual_refusal((64, 64), plan((64, 64), "e2m1/16x16/e4m3/nearest", 1, 0),
+                                                          plan((64, 64), "e2m1/16x16/e4m3/nearest", 0, 0))
 
 
 @pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("int4/16/fp32/nearest", 16),
-                                       ("e2m1/16/fp32/nearest", 0)])
+                                       ("e2m1/16/fp32/nearest", 0), ("e2m1/16/e4m3/stochastic", 16)])
 @pytest.mark.parametrize("shapes, jobs", [
     (((48, 64), (32, 64)), ((1, 16, torch.bfloat16), (1, 3, torch.bfloat16))),  # X's and W's row-wise values
     (((48, 64), (40, 96)), ((0, 1 << 32, None), (0, 7, None))),  # their column-wise codes; a partial tile
@@ -150,7 +155,22 @@ def test_pair_launch_of_two_tensors_matches_reference(spec, rht, shapes, jobs):
             assert torch.equal(_bits(g), _bits(w_))
 
 
-@pytest.mark.parametrize("spec", ["e2m1/16/fp32/stochastic", "e2m1/32/e8m0/nearest", "int4/16/fp32/nearest"])
+@pytest.mark.parametrize("jobs", [((1, 16, torch.bfloat16), (1, 3, torch.bfloat16)), ((0, 0, None), (0, 7, None))])
+def test_pair_launch_of_two_weights_in_16x16_blocks(jobs):
+    """nvfp4's weights (16 x 16 blocks, E4M3 scales) pair with each other along one axis, each with its own
+    global-amax pre-pass (in one launch): each result is its single reference's, bit for bit."""
+    spec = "e2m1/16x16/e4m3/nearest"
+    w1, w2 = torch.randn(48, 64, device=DEVICE) * 3, torch.randn(32, 80, device=DEVICE)
+    w2[3, 4] = 1e4
+    results = quantize_pair.quantize_pair(w1, spec, 0, 3, None, jobs, other=(w2, 5, None))
+    for t, job, got in zip((w1, w2), jobs, results):
+        for g, w_ in zip(got, _pair_reference(t, spec, 0, None, job)):
+            assert g.dtype == w_.dtype and g.shape == w_.shape
+            assert torch.equal(_bits(g), _bits(w_))
+
+
+@pytest.mark.parametrize("spec", ["e2m1/16/fp32/stochastic", "e2m1/32/e8m0/nearest", "int4/16/fp32/nearest",
+                                  "e2m1/16/e4m3/nearest"])
 @pytest.mark.parametrize("shape, jobs, other_shape", [
     ((32, 64), ((1, 5, torch.bfloat16), (0, 77, torch.bfloat16)), None),  # e2m1-ref's dY: Dgrad unrotated, Wgrad RHT
     ((32, 64), ((0, 16, None), (0, 3, None)), (48, 64)),  # X's Wgrad codes (RHT) beside W's Dgrad codes (none)
@@ -167,7 +187,8 @@ def test_jobs_with_their_own_rht(spec, shape, jobs, other_shape):
     fmt = OperandFormat.from_spec(spec)
     plans = [kernels_quantize.plan_for(t, axis, fmt, rht, codes=dtype is None, values=dtype is not None)
              for (t, _, _), rht, (axis, _, dtype) in zip(inputs, rhts, jobs)]
-    # one launch, or two where E8M0's row-wise and column-wise tiles take different warp counts
+    # one launch, or two where E8M0's (and E4M3's) row-wise and column-wise tiles take different warp counts
+    # (E4M3's dual launch takes one tensor's two at its own tile)
     assert (quantize_pair.pair_refusal(*plans) is None) == ("fp32" in spec or jobs[0][0] == jobs[1][0])
     results = quantize_pair.quantize_pair(x, spec, rhts, 3, seeds[0], jobs, other=other)
     for (t, rht_seed, seed), rht, (axis, offset, dtype), got in zip(inputs, rhts, jobs, results):
@@ -183,7 +204,8 @@ def test_pair_refusal_names_the_reason():
     x = torch.randn(64, 64)
     plan = lambda spec, axis: kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=True,
                                                         values=False)
-    assert "pre-pass" in quantize_pair.pair_refusal(plan("e2m1/16/e4m3/nearest", 1), plan("e2m1/16/e4m3/nearest", 0))
+    assert quantize_pair.pair_refusal(plan("e2m1/16/e4m3/nearest", 1), plan("e2m1/16/e4m3/nearest", 1)) is None
+    assert "warps" in quantize_pair.pair_refusal(plan("e2m1/16/e4m3/nearest", 1), plan("e2m1/16/e4m3/nearest", 0))
     assert "warps" in quantize_pair.pair_refusal(plan("e2m1/32/e8m0/nearest", 1), plan("e2m1/32/e8m0/nearest", 0))
     assert "STOCHASTIC" in quantize_pair.pair_refusal(plan("int4/16/fp32/nearest", 1),
                                                       plan("int4/16/fp32/stochastic", 0))
@@ -197,9 +219,35 @@ def test_pair_refusal_names_the_reason():
         quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, None)], other=x)
 
 
+@pytest.mark.parametrize("specs", [("int4/16/e4m3/nearest", 16, 16), ("e2m1/16/e4m3/stochastic", 0, 16)])
+def test_amax_pair_writes_each_jobs_partial_maxima(specs):
+    """Two two-level quantizations' global-amax pre-passes in one launch (nvfp4's dY: Dgrad unrotated, Wgrad
+    rotated): each job's partial maxima are its own pre-pass's, word for word."""
+    spec, ra, rb = specs
+    fmt = OperandFormat.from_spec(spec)
+    x = torch.randn(48, 64, device=DEVICE) * 3
+    x[1, 2] = float("inf")  # counts as 0
+    plans = [kernels_quantize.plan_for(x, 1, fmt, ra, codes=False, values=True),
+             kernels_quantize.plan_for(x, 0, fmt, rb, codes=True, values=False)]
+    keys = [kernels_quantize.rht_key(plan, 3) for plan in plans]
+    n = kernels_quantize.AMAX_PROGRAMS
+    paired = [torch.full((n,), -1, dtype=torch.int32, device=DEVICE) for _ in plans]
+    launches = quantize_pair.amax_launches(plans, [x, x], paired, keys)
+    assert len(launches) == 1 and launches[0][0] is quantize_pair._amax_pair_kernel
+    for kernel, grid, num_warps, tensors, scalars in launches:
+        kernel[grid](**tensors, **scalars, num_warps=num_warps)
+    for plan, key, got in zip(plans, keys, paired):
+        want = torch.full((n,), -2, dtype=torch.int32, device=DEVICE)
+        kernel, grid, num_warps, tensors, scalars = kernels_quantize.amax_launch(plan, x, want, key)
+        kernel[grid](**tensors, **scalars, num_warps=num_warps)
+        assert torch.equal(got, want)
+    assert paired[0].max() != paired[1].max()  # each job's maximum is its own (rotated along its own axis)
+
+
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic", "int4/16/fp32/nearest"])
+@pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic", "int4/16/fp32/nearest",
+                                  "e2m1/16/e4m3/stochastic", "int4/16/e4m3/stochastic"])
 @pytest.mark.parametrize("shape", [(8192, 1024), (8192, 3072), (4096, 2816)])
 def test_dual_launch_matches_reference_real_shapes(spec, shape):
     """dY's two quantizations at the training step's shapes (and a width that is not a multiple of the
@@ -217,7 +265,7 @@ def test_dual_launch_matches_reference_real_shapes(spec, shape):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "int4/16/fp32/stochastic"])
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "int4/16/fp32/stochastic", "e2m1/16/e4m3/nearest"])
 def test_pair_launch_matches_reference_real_shapes(spec):
     x = (torch.randn(4096, 2048, device="cuda") * 2).to(torch.bfloat16)
     seed = torch.tensor(99, device="cuda")

@@ -113,14 +113,14 @@ def test_paired_quantizations_match_eager(spec, rht):
                                  for shape in ((256, 512), (384, 512)))) is None for axis in (1, 0))
     duals = sum(dual_refusal(shape, *(launch_plan(shape, 2, axis, as_format(spec), rht, axis == 0, axis == 1, True)
                                       for axis in (1, 0))) is None for shape in ((256, 512), (384, 512)))
-    for dual in (None, "last"):  # the default: each tensor's two from one read; "last": same-axis pairs first
+    for dual in ("first", "last"):  # the default: each tensor's two from one read; "last": same-axis pairs first
         torch._dynamo.reset()
         # no FX graph cache: the pairing setting is not in the key of a plain backend="inductor" compile
         # (backend="ufp4" puts it there), so the second compile would get the first one's code
         with kernel_calls.pair_launches(dual=dual), torch._inductor.config.patch(force_disable_caches=True):
             compiled, code = run_and_get_code(torch.compile(g, backend="inductor", fullgraph=True), x, w, seed, w_seed)
         text = "\n".join(code)
-        if dual is None:
+        if dual == "first":
             assert len(re.findall(r"_quantize_dual_kernel\w*\.run\(", text)) == duals
         else:
             assert len(re.findall(r"_quantize_pair_kernel\w*\.run\(", text)) == allowed
@@ -173,13 +173,14 @@ def test_static_launcher_launches_the_kernels_with_the_same_bits(spec, rht):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref"])
+@pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref", "nvfp4", "ufp4-nv"])
 def test_paired_training_step_equals_unpaired(recipe):
     """A training step of backend="ufp4" with paired launches (the default without CUDA graphs: X's, W's and
     dY's two quantizations each from one read, the backward's dequantizations two by two) against the same
     step with pair_launches(False), with pairs but without the one-read dual launch, and with the dual launch
     last (same-axis partners first: X's and W's row-wise quantizations side by side, their column-wise ones):
-    the same output and gradients, bit for bit, and the pair and dual kernels in the generated code."""
+    the same output and gradients, bit for bit, and the pair and dual kernels in the generated code. nvfp4
+    and ufp4-nv (E4M3 scales) pair too, each job with its own global-amax pre-pass, two pre-passes a launch."""
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
@@ -207,6 +208,8 @@ def test_paired_training_step_equals_unpaired(recipe):
     launches = [{k: _launches(k, code) for k in ("_quantize_pair_kernel", "_dequantize_pair_kernel",
                                                  "_quantize_dual_kernel")} for code in codes]
     assert not any(launches[0].values()) and launches[1]["_dequantize_pair_kernel"]
+    if recipe in ("nvfp4", "ufp4-nv"):
+        assert not _launches("_amax_pair_kernel", codes[0]) and _launches("_amax_pair_kernel", codes[1])
     assert launches[1]["_quantize_dual_kernel"]
     assert launches[2]["_quantize_pair_kernel"] and not launches[2]["_quantize_dual_kernel"]
     # dual last: same-axis pairs; ufp4 quantizes dY both ways with one RHT: the dual kernel's launches

@@ -456,14 +456,10 @@ def _pack(nib, U: tl.constexpr, B: tl.constexpr):
 # ---- kernels -------------------------------------------------------------------------------------------
 
 @triton.jit
-def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
-                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
-                 U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
-    """Max |RHT(x)| over the finite elements as int32 FP32 bits (numerics.quantize._finite_amax: NaN and +-Inf
-    count as 0, so they poison only their own blocks): ``AMAX_PROGRAMS`` programs, program p takes the tiles
-    p, p + AMAX_PROGRAMS, ... of the ``U x B`` tiling (its own ``B``, wider than the quantize kernel's) and
-    writes its maximum to ``gamax_ptr[p]``."""
-    pid = tl.program_id(0)
+def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
+             RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
+             U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
+    """Program ``pid`` of the global-amax pre-pass (:func:`_amax_kernel`)."""
     tiles_l, tiles_o = tl.cdiv(L, U), tl.cdiv(O, B)
     if ROWWISE:
         first = tiles_l
@@ -482,6 +478,18 @@ def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
         bits = tl.where(bits < 0x7F800000, bits, 0)
         best = tl.maximum(best, tl.max(tl.max(bits, axis=1), axis=0))
     tl.store(gamax_ptr + pid, best)
+
+
+@triton.jit
+def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
+                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
+                 U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
+    """Max |RHT(x)| over the finite elements as int32 FP32 bits (numerics.quantize._finite_amax: NaN and +-Inf
+    count as 0, so they poison only their own blocks): ``AMAX_PROGRAMS`` programs, program p takes the tiles
+    p, p + AMAX_PROGRAMS, ... of the ``U x B`` tiling (its own ``B``, wider than the quantize kernel's) and
+    writes its maximum to ``gamax_ptr[p]``."""
+    _amax_at(x_ptr, gamax_ptr, tl.program_id(0), O, L, s_page, s_o, s_l, pages, rht_key, RHT, INV_SQRT, SIGN_MASK,
+             ROWWISE, U, B, COLS, PARTIAL)
 
 
 @triton.jit
@@ -772,22 +780,34 @@ def output_pointers(codes, scales, values, prefix: str = "") -> dict:
             f"{prefix}values_ptr": own if values is None else values}
 
 
+def amax_scalars(plan: LaunchPlan, prefix: str = "") -> dict:
+    """The global-amax pre-pass's scalar arguments (``prefix``: a pair launch's ``a_`` / ``b_``)."""
+    return {**{f"{prefix}{k}": plan.args[k] for k in PLAN_SCALARS}, f"{prefix}pages": plan.grid[2]}
+
+
+def amax_launch(plan: LaunchPlan, x, gamax, key) -> tuple:
+    """The global-amax pre-pass of a two-level quantization as ``(kernel, grid, num_warps, tensors, scalars)``:
+    ``x`` and ``gamax`` (``AMAX_PROGRAMS`` int32, every program writes its slot) tensors or Inductor buffers,
+    ``key`` the ``rht_key``."""
+    return (_amax_kernel, (AMAX_PROGRAMS, 1, 1), plan.amax_num_warps, dict(x_ptr=x, gamax_ptr=gamax),
+            {**amax_scalars(plan), "rht_key": key, **plan.amax_constexprs})
+
+
 def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     """Run the (pre-pass and) kernel; returns the tensor scale."""
     device = x.device
     tensor_scale = torch.empty((), dtype=torch.float32, device=device)  # the kernel writes it
     dummy = codes if codes is not None else values
     seed_t = _seed_tensor(seed, device) if plan.constexprs["STOCHASTIC"] else dummy
-    scalars = {k: plan.args[k] for k in PLAN_SCALARS}
     if plan.amax_constexprs is not None:
-        gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)  # every program writes its slot
-        _amax_kernel[(AMAX_PROGRAMS,)](x, gamax, **scalars, pages=plan.grid[2], rht_key=rht_key(plan, rht_seed),
-                                       **plan.amax_constexprs, num_warps=plan.amax_num_warps)
+        gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)
+        kernel, grid, num_warps, tensors, scalars = amax_launch(plan, x, gamax, rht_key(plan, rht_seed))
+        kernel[grid](**tensors, **scalars, num_warps=num_warps)
     else:
         gamax = dummy  # not read: one-level scales have no global amax
     _quantize_kernel[plan.grid](x, **output_pointers(codes, scales, values), ts_ptr=tensor_scale, gamax_ptr=gamax,
-                                seed_ptr=seed_t, **scalars, offset=int(offset), rht_key=rht_key(plan, rht_seed),
-                                **plan.constexprs, num_warps=plan.num_warps)
+                                seed_ptr=seed_t, **{k: plan.args[k] for k in PLAN_SCALARS}, offset=int(offset),
+                                rht_key=rht_key(plan, rht_seed), **plan.constexprs, num_warps=plan.num_warps)
     return tensor_scale
 
 

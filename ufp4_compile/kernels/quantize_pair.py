@@ -20,16 +20,17 @@ import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
-from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, LaunchPlan, PLAN_SCALARS,
-                                           _place, _quantize_at, _seed_tensor, launch_plan, output_pointers,
-                                           plan_for, quantize, quantize_dequantize, rht_key)
+from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS,
+                                           LaunchPlan, PLAN_SCALARS, _amax_at, _place, _quantize_at, _seed_tensor,
+                                           launch_plan, output_pointers, plan_for, quantize, quantize_dequantize,
+                                           rht_key)
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
 
 # ---- kernels -------------------------------------------------------------------------------------------
 
 @triton.jit
-def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a_rht_key, b_rht_key,
+def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key,
                           a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l,
                           a_offset, a_g0, a_g1, a_g2,
                           b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_O, b_L, b_s_page, b_s_o, b_s_l,
@@ -55,7 +56,7 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a
     if pid < n_a:
         pid_0, pid_1, page = pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1)
         l0, o0 = _place(pid_0, pid_1, A_U, A_B, A_ROWWISE)
-        _quantize_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, a_seed_ptr,
+        _quantize_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr,
                      a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, a_rht_key, l0, o0, o0 + tl.arange(0, A_B), page,
                      (pid_0 == 0) & (pid_1 == 0) & (page == 0), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC,
                      A_SR_GROUPED, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_COLS,
@@ -64,7 +65,7 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a
         q = pid - n_a
         pid_0, pid_1, page = q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1)
         l0, o0 = _place(pid_0, pid_1, B_U, B_B, B_ROWWISE)
-        _quantize_at(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, b_seed_ptr,
+        _quantize_at(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr,
                      b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, b_rht_key, l0, o0, o0 + tl.arange(0, B_B), page,
                      (pid_0 == 0) & (pid_1 == 0) & (page == 0), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC,
                      B_SR_GROUPED, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_COLS,
@@ -72,7 +73,7 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a
 
 
 @triton.jit
-def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a_rht_key, b_rht_key,
+def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key,
                           a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr,
                           b_ts_ptr, M, N, a_offset, b_offset,
                           GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
@@ -88,7 +89,7 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a
     16, as the folded row-wise launch holds them, ``ROW_B`` segments at a time; then job b on the column-wise
     launch's tile, whose load finds the tile in the cache. Each element goes through the code of its own
     launch: the bits are the two single launches'. The arguments are :func:`_quantize_pair_kernel`'s
-    (``b_x_ptr`` is ``a_x_ptr``; ``gamax_ptr`` is not read) with ``M, N`` for the sizes; a launcher whose first
+    (``b_x_ptr`` is ``a_x_ptr``) with ``M, N`` for the sizes; a launcher whose first
     job is the column-wise one passes each job's arguments under the other's prefix (``PairLaunch.prefixes``)."""
     pid_n, pid_m = tl.program_id(0), tl.program_id(1)
     zero = pid_m * 0  # the page (a tensor: the tile code converts it)
@@ -99,14 +100,35 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, gamax_ptr, a
         j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
         seg = pid_n * SEGS + j % SEGS
         rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
-        _quantize_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, gamax_ptr, a_seed_ptr, segments,
+        _quantize_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr, segments,
                      16, 0, 16, 1, a_offset, a_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE,
                      BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, True, COLS,
                      A_WRITE_CODES, A_WRITE_VALUES, ASM, 16, ROW_B, False)
-    _quantize_at(a_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, gamax_ptr, b_seed_ptr, N, M, 0, 1, N,
+    _quantize_at(a_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, N, M, 0, 1, N,
                  b_offset, b_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
                  BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, False, COLS,
                  B_WRITE_CODES, B_WRITE_VALUES, ASM, 16, B, False)
+
+
+@triton.jit
+def _amax_pair_kernel(a_x_ptr, b_x_ptr, a_gamax_ptr, b_gamax_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l, a_pages,
+                      a_rht_key, b_O, b_L, b_s_page, b_s_o, b_s_l, b_pages, b_rht_key,
+                      A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+                      A_ROWWISE: tl.constexpr, A_U: tl.constexpr, A_B: tl.constexpr, A_COLS: tl.constexpr,
+                      A_PARTIAL: tl.constexpr,
+                      B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+                      B_ROWWISE: tl.constexpr, B_U: tl.constexpr, B_B: tl.constexpr, B_COLS: tl.constexpr,
+                      B_PARTIAL: tl.constexpr):
+    """The global-amax pre-passes of two two-level quantizations in one launch: the first ``AMAX_PROGRAMS``
+    programs are job a's (``kernels.quantize._amax_kernel``'s programs), the rest job b's, each writing its
+    own job's partial maxima, as its own launch would."""
+    pid = tl.program_id(0)
+    if pid < _AMAX_PROGRAMS:
+        _amax_at(a_x_ptr, a_gamax_ptr, pid, a_O, a_L, a_s_page, a_s_o, a_s_l, a_pages, a_rht_key, A_RHT,
+                 A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_U, A_B, A_COLS, A_PARTIAL)
+    else:
+        _amax_at(b_x_ptr, b_gamax_ptr, pid - _AMAX_PROGRAMS, b_O, b_L, b_s_page, b_s_o, b_s_l, b_pages, b_rht_key,
+                 B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_U, B_B, B_COLS, B_PARTIAL)
 
 
 # ---- launches -------------------------------------------------------------------------------------------
@@ -117,22 +139,24 @@ _RHT_KEYS = ("RHT", "INV_SQRT", "SIGN_MASK")  # each job's own
 _PAIR_OWN = _RHT_KEYS + ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B", "PARTIAL")
 
 
+def _format_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
+    differ = [k for k in _PAIR_SHARED if a.constexprs[k] != b.constexprs[k]]
+    return f"formats differ ({', '.join(differ)})" if differ else None
+
+
 def pair_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
-    """Why two quantize launches cannot share one (:func:`_quantize_pair_kernel`), or None."""
-    if a.amax_constexprs is not None or b.amax_constexprs is not None:
-        return "two-level scales (each quantization has its own global-amax pre-pass)"
+    """Why two quantize launches cannot share one (:func:`_quantize_pair_kernel`, whose programs run each job's
+    own tile at one warp count), or None. Two-level (E4M3) scales pair: each job keeps its own global-amax
+    pre-pass (:func:`amax_launches`)."""
     if a.num_warps != b.num_warps:
         return f"their tiles take {a.num_warps} and {b.num_warps} warps"
-    differ = [k for k in _PAIR_SHARED if a.constexprs[k] != b.constexprs[k]]
-    if differ:
-        return f"formats differ ({', '.join(differ)})"
-    return None
+    return _format_refusal(a, b)
 
 
 def dual_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
     """Why the two quantizations of one tensor of ``shape`` with plans ``a`` and ``b`` cannot run from one read
-    of it (:func:`_quantize_dual_kernel`), or None."""
-    refusal = pair_refusal(a, b)
+    of it (:func:`_quantize_dual_kernel`, at its own tile), or None."""
+    refusal = _format_refusal(a, b)
     if refusal is not None:
         return refusal
     if a.rowwise == b.rowwise or len(shape) != 2:
@@ -189,6 +213,25 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
     return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs, _quantize_pair_kernel)
 
 
+def amax_launches(plans, inputs, partials, keys) -> list[tuple]:
+    """The global-amax pre-pass launches of quantizations with ``plans`` (two-level scales only; the others are
+    skipped), each job's maxima written to its own ``partials`` buffer (``AMAX_PROGRAMS`` int32): two jobs in
+    one launch of :func:`_amax_pair_kernel` where their pre-passes take one warp count, else one launch each.
+    ``inputs``, ``partials``: tensors or Inductor buffers; ``keys``: each job's ``rht_key``. Each launch as
+    ``(kernel, grid, num_warps, tensors, scalars)``."""
+    from ufp4_compile.kernels.quantize import amax_launch, amax_scalars
+
+    jobs = [job for job in zip(plans, inputs, partials, keys) if job[0].amax_constexprs is not None]
+    if len(jobs) == 2 and jobs[0][0].amax_num_warps == jobs[1][0].amax_num_warps:
+        tensors, scalars = {}, {}
+        for p, (plan, x, gamax, key) in zip("ab", jobs):
+            tensors.update({f"{p}_x_ptr": x, f"{p}_gamax_ptr": gamax})
+            scalars.update(amax_scalars(plan, f"{p}_"), **{f"{p}_rht_key": key},
+                           **{f"{p.upper()}_{k}": v for k, v in plan.amax_constexprs.items()})
+        return [(_amax_pair_kernel, (2 * AMAX_PROGRAMS, 1, 1), jobs[0][0].amax_num_warps, tensors, scalars)]
+    return [amax_launch(*job) for job in jobs]
+
+
 def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, rht_seed: int, seed, jobs, *,
                   other: tuple | None = None, dual: bool = True, config: dict | None = None) -> list[tuple]:
     """Two quantizations (one format) in one launch where :func:`pair_refusal` allows, else two: ``jobs`` is
@@ -215,15 +258,21 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
     inputs = [(t.contiguous(), r, s) for t, r, s in inputs]
     plans = [plan_for(t, axis, fmt, size, codes=dtype is None, values=dtype is not None, config=config)
              for (t, _, _), axis, (_, _, dtype), size in zip(inputs, axes, jobs, rhts)]
-    if any(t.numel() == 0 for t, _, _ in inputs) or pair_refusal(*plans) is not None:
+    shape = tuple(x.shape)
+    empty = any(t.numel() == 0 for t, _, _ in inputs)
+    one_read = not empty and dual and other is None and dual_refusal(shape, *plans) is None
+    if empty or (not one_read and pair_refusal(*plans) is not None):
         return [quantize(t, axis, fmt, size, r, s, offset) if dtype is None else
                 quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype)
                 for (t, r, s), axis, (_, offset, dtype), size in zip(inputs, axes, jobs, rhts)]
-    shape = tuple(x.shape)
-    one_read = dual and other is None and dual_refusal(shape, *plans) is None
     launch = pair_launch(*plans, dual_shape=shape if one_read else None, dual_tile=config)
+    partials = [torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=t.device)  # every program writes its slot
+                if plan.amax_constexprs is not None else None for plan, (t, _, _) in zip(plans, inputs)]
+    for kernel, grid, num_warps, tensors, scalars in amax_launches(
+            plans, [t for t, _, _ in inputs], partials, [rht_key(plan, r) for plan, (_, r, _) in zip(plans, inputs)]):
+        kernel[grid](**tensors, **scalars, num_warps=num_warps)
     outputs, kwargs = [], {}
-    for p, plan, (t, r, s), (_, offset, dtype) in zip(launch.prefixes, plans, inputs, jobs):
+    for p, plan, (t, r, s), (_, offset, dtype), gamax in zip(launch.prefixes, plans, inputs, jobs, partials):
         ts = torch.empty((), dtype=torch.float32, device=t.device)
         codes = scales = values = None
         if dtype is None:
@@ -235,9 +284,9 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
             outputs.append((values, ts))
         seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else outputs[-1][0]
         kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
-                      **{f"{p}_ts_ptr": ts, f"{p}_offset": int(offset), f"{p}_x_ptr": t, f"{p}_seed_ptr": seed_t,
+                      **{f"{p}_ts_ptr": ts, f"{p}_gamax_ptr": gamax if gamax is not None else outputs[-1][0], f"{p}_offset": int(offset), f"{p}_x_ptr": t, f"{p}_seed_ptr": seed_t,
                          f"{p}_rht_key": rht_key(plan, r)})
-    launch.kernel[launch.grid](gamax_ptr=outputs[0][0], **kwargs, **launch.scalars, **launch.constexprs,
+    launch.kernel[launch.grid](**kwargs, **launch.scalars, **launch.constexprs,
                                num_warps=launch.num_warps)
     return outputs
 
@@ -271,12 +320,13 @@ def compile_variants():
             if pair_refusal(*plans) is not None:
                 continue
             launch = pair_launch(*plans)
-            types, unit = dict(gamax_ptr="*i32"), {}
+            types, unit = {}, {}
             # a values job's unused code and scale pointers are its values buffer, a codes job's unused
             # values pointer its codes buffer, as the launcher and the lowering pass them
             for p, k, plan in zip("ab", kinds, plans):
                 codes_ptr, scale_ptr, values_ptr = jobs[k][2] or ("*u8", _SCALE_POINTERS[c.scale], "*u8")
                 types.update({f"{p}_x_ptr": "*bf16", f"{p}_seed_ptr": "*i64" if c.stochastic else codes_ptr,
+                              f"{p}_gamax_ptr": "*i32" if c.scale == 1 else codes_ptr,
                               f"{p}_rht_key": "i32", f"{p}_codes_ptr": codes_ptr, f"{p}_scales_ptr": scale_ptr,
                               f"{p}_values_ptr": values_ptr, f"{p}_ts_ptr": "*fp32", f"{p}_O": "i32",
                               f"{p}_L": "i32", f"{p}_s_page": "i32", f"{p}_offset": "i64", f"{p}_g0": "i32",
@@ -291,6 +341,17 @@ def compile_variants():
                 ", ".join(sorted(names)), _quantize_pair_kernel, types, unit | launch.constexprs,
                 aligned=("a_x_ptr", "b_x_ptr", *written, "a_O", "a_L", "b_O", "b_L"),
                 options=dict(num_warps=launch.num_warps)))
+        if c.scale == 1:  # two-level scales: the two jobs' global-amax pre-passes in one launch
+            plans = [launch_plan(shape, 2, 1, fmt, ra, False, True, False),
+                     launch_plan(shape, 2, 0, fmt, rb, True, False, False)]
+            (_, _, warps, _, scalars), = amax_launches(plans, ("x", "x"), ("g", "g"), (0, 0))
+            types = {f"{p}_{k}": "*bf16" if k == "x_ptr" else "*i32" if k == "gamax_ptr" else "i32"
+                     for p in "ab" for k in ("x_ptr", "gamax_ptr", "O", "L", "s_page", "pages", "rht_key")}
+            unit = {k: scalars[k] for k in ("a_s_o", "a_s_l", "b_s_o", "b_s_l")}
+            variants.append(KernelVariant.build(
+                f"quantize_amax_pair[{fmt.spec} {rht} row-wise + column-wise]", ", ".join(sorted(names)),
+                _amax_pair_kernel, types, unit | {k: v for k, v in scalars.items() if k[0] in "AB"},
+                aligned=("a_x_ptr", "b_x_ptr", "a_O", "a_L", "b_O", "b_L"), options=dict(num_warps=warps)))
         # one tensor's two quantizations from one read: row-wise values with column-wise codes (X in the
         # forward) or column-wise values (dY in the backward, for a bf16 Wgrad)
         for col_values in (False, True):
@@ -300,7 +361,9 @@ def compile_variants():
                 continue
             launch = pair_launch(*plans, dual_shape=shape)
             col_ptrs = ("*bf16",) * 3 if col_values else ("*u8", _SCALE_POINTERS[c.scale], "*u8")
-            types = dict(a_x_ptr="*bf16", b_x_ptr="*bf16", gamax_ptr="*bf16", a_rht_key="i32", b_rht_key="i32",
+            types = dict(a_x_ptr="*bf16", b_x_ptr="*bf16", a_rht_key="i32", b_rht_key="i32",
+                         a_gamax_ptr="*i32" if c.scale == 1 else "*bf16",
+                         b_gamax_ptr="*i32" if c.scale == 1 else col_ptrs[0],
                          a_codes_ptr="*bf16", a_scales_ptr="*bf16", a_values_ptr="*bf16", a_ts_ptr="*fp32",
                          b_codes_ptr=col_ptrs[0], b_scales_ptr=col_ptrs[1], b_values_ptr=col_ptrs[2],
                          b_ts_ptr="*fp32", M="i32", N="i32", a_offset="i64", b_offset="i64",

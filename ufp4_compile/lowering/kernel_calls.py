@@ -229,11 +229,24 @@ def _plan(shape: tuple, itemsize: int, axis: int, fmt, rht: int, values_dtype):
                        values_dtype is not None, _asm())
 
 
+def _amax_prepasses(plans, inputs, keys, device) -> list:
+    """Emit the global-amax pre-passes of quantizations with ``plans`` (two-level scales; two in one launch where
+    they can: ``kernels.quantize_pair.amax_launches``); each one's partial-maxima buffer, None for a one-level
+    one. One partial maximum per pre-pass program, each written: no zero fill (a kernel launch) needed."""
+    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS
+    from ufp4_compile.kernels.quantize_pair import amax_launches
+
+    partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None
+                for plan in plans]
+    for kernel, grid, num_warps, tensors, scalars in amax_launches(plans, inputs, partials, keys):
+        kernel_launch(kernel, grid, num_warps, tensors, scalars)
+    return partials
+
+
 def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None):
     """Lower one quantize launch (codes for ``values_dtype=None``, else values); the op's result, or None when
     the launch cannot be planned here."""
-    from ufp4_compile.kernels.quantize import (AMAX_PROGRAMS, PLAN_SCALARS, _amax_kernel, _quantize_kernel,
-                                               output_pointers, rht_key)
+    from ufp4_compile.kernels.quantize import PLAN_SCALARS, _quantize_kernel, output_pointers, rht_key
 
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
@@ -244,19 +257,13 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype)
     outputs = _outputs(plan, values_dtype, shape, device)
     dummy = next(b for b in outputs[:3] if b is not None)
-    scalars = {k: plan.args[k] for k in PLAN_SCALARS}
-    common = dict(rht_key=rht_key(plan, rht_seed))
-    if plan.amax_constexprs is not None:
-        # One partial maximum per pre-pass program, each written: no zero fill (a kernel launch) needed.
-        gamax = _empty((AMAX_PROGRAMS,), torch.int32, device)
-        kernel_launch(_amax_kernel, (AMAX_PROGRAMS, 1, 1), plan.amax_num_warps, dict(x_ptr=x, gamax_ptr=gamax),
-                      {**scalars, "pages": plan.grid[2], **common, **plan.amax_constexprs})
-    else:
-        gamax = dummy
-    tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3], gamax_ptr=gamax,
+    key = rht_key(plan, rht_seed)
+    gamax = _amax_prepasses([plan], [x], [key], device)[0]
+    tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3],
+                   gamax_ptr=gamax if gamax is not None else dummy,
                    seed_ptr=seed if plan.constexprs["STOCHASTIC"] else dummy)
     kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
-                  {**scalars, **common, "offset": int(offset), **plan.constexprs})
+                  {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(offset), **plan.constexprs})
     return _result(outputs, values_dtype)
 
 
@@ -483,7 +490,7 @@ def _quantize_pair(x, seed):
         from torch._inductor.virtualized import V
 
         from ufp4_compile.kernels.quantize import output_pointers, rht_key
-        from ufp4_compile.kernels.quantize_pair import pair_launch, pair_refusal
+        from ufp4_compile.kernels.quantize_pair import dual_refusal, pair_launch, pair_refusal
 
         calls = (_quantize_call(node), _quantize_call(sibling))
         try:  # the sibling's input and seed as lowered (they exist: the sibling was chosen so)
@@ -498,17 +505,22 @@ def _quantize_pair(x, seed):
             return None
         plans = [_plan(size[0], t.get_dtype().itemsize, call[1], call[2], call[3], call[7])
                  for size, (t, _), call in zip(sizes, lowered, calls)]
-        if pair_refusal(*plans) is not None:
+        one_read = _can_dual(*calls) and dual_refusal(sizes[0][0], *plans) is None
+        if not one_read and pair_refusal(*plans) is not None:
             return None
         outputs = [_outputs(plan, call[7], size[0], x.get_device()) for plan, call, size in zip(plans, calls, sizes)]
-        launch = pair_launch(*plans, dual_shape=sizes[0][0] if _can_dual(*calls) else None)
+        launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read else None)
         dummy = next(b for b in outputs[0][:3] if b is not None)
-        tensors, scalars = dict(gamax_ptr=dummy), dict(launch.scalars)
-        for p, out, call, plan, (t, s) in zip(launch.prefixes, outputs, calls, plans, lowered):
+        inputs = [_contiguous(t) for t, _ in lowered]
+        keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
+        partials = _amax_prepasses(plans, inputs, keys, x.get_device())
+        tensors, scalars = {}, dict(launch.scalars)
+        for p, out, call, plan, (_, s), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered, inputs,
+                                                              keys, partials):
             tensors.update(output_pointers(*out[:3], f"{p}_"), **{
-                f"{p}_ts_ptr": out[3], f"{p}_x_ptr": _contiguous(t),
+                f"{p}_ts_ptr": out[3], f"{p}_x_ptr": t, f"{p}_gamax_ptr": gamax if gamax is not None else dummy,
                 f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else dummy})
-            scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": rht_key(plan, call[4])})
+            scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
         kernel_launch(launch.kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
         return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
 
