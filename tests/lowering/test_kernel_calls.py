@@ -188,7 +188,7 @@ def test_paired_training_step_equals_unpaired(recipe):
     from ufp4_compile.lowering import kernel_calls
 
     results, codes = [], []
-    for paired, dual in ((False, None), (True, None), (True, False), (True, "last")):
+    for paired, dual in ((False, "first"), (True, "first"), (True, False), (True, "last")):
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = MLP(256, 512).cuda()
