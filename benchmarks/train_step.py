@@ -3,7 +3,9 @@
 The GPT of issue 6: D=1024, 12 layers, 16 heads, T=1024, batch 8, vocabulary 32000, SwiGLU, RMSNorm, SDPA;
 bf16 autocast over FP32 master weights; fused AdamW. Per variant: step time (CUDA events, median of the
 timed steps after warm-up), tokens/s, peak memory (CUDA max allocated over the timed steps) and compile
-time (first step minus the median step). Ratios are to bf16-compiled measured in the same run.
+time (first step minus the median step). Ratios are to bf16-compiled measured in the same run. On a GPU also
+the host time to issue one step while the GPU is busy with a sleep kernel queued first (``host ms``, median of
+5): where it nears the step's kernel time, the default mode waits on the host.
 
 Variants (``--variants``): ``eager`` and ``inductor`` (bf16-eager, bf16-inductor); ``ufp4`` (``ufp4:<recipe>``,
 backend="ufp4"); ``qdq`` (``qdq:<recipe>``, the peer: the recipe as a plain-PyTorch fake-quant
@@ -19,7 +21,8 @@ over the ``qdq`` row of the same recipe and mode.
 
 Writes train_step_<device>.json and .md under --out (default benchmarks/results/). With ``--profile N``, N more
 steps per variant run under ``torch.profiler`` after the timed ones; their device time is summed per kernel and
-per category (quantize, dequantize, GEMM, attention, Inductor-generated, optimizer, other) into the JSON and
+per category (quantize, dequantize, E4M3 amax pre-pass, GEMM, attention, Inductor-generated, optimizer, other)
+into the JSON and
 train_step_profile_<device>.md. Profiled steps are never the timed ones.
 """
 
