@@ -58,7 +58,8 @@ TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
                               ("nvfp4", 1.40), ("mxfp4", 1.40))}
 VARIANT_KINDS = ("inductor", "eager", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
                  "ufp4-pylaunch", "ufp4-nopairs", "ufp4-nopairs-cg", "ufp4-sameaxis",
-                 "ufp4-sameaxis-cg", "ufp4-nodual", "ufp4-nodual-cg", "ufp4-duallast", "ufp4-duallast-cg")  # run order: each baseline before its rows
+                 "ufp4-sameaxis-cg", "ufp4-nodual", "ufp4-nodual-cg", "ufp4-duallast", "ufp4-duallast-cg",
+                 "ufp4-singleduals", "ufp4-singleduals-cg")  # run order: each baseline before its rows
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -80,7 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "ufp4-nodual / ufp4-nodual-cg (pairs without the one-read launch of a tensor's two axes: "
                         "pair_launches(dual=False)), ufp4-duallast / ufp4-duallast-cg (the dual kernel only for a "
                         "quantization with no same-axis partner where other-axis pairs are on, dY's two without "
-                        "CUDA graphs: pair_launches(dual='last'); the default takes every tensor's two in it first) "
+                        "CUDA graphs: pair_launches(dual='last'); the default takes every tensor's two in it first), "
+                        "ufp4-singleduals / ufp4-singleduals-cg (each tensor's dual launch its own: "
+                        "pair_launches(two_duals=False); the default runs a linear layer's X and W duals as one) "
                         "to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
@@ -431,7 +434,8 @@ def main(argv=None) -> int:
                 other_axis = False if "-sameaxis" in kind else None
                 with kernel_calls.pair_launches("-nopairs" not in kind, other_axis=other_axis,
                                                 dual={"-duallast": "last", "-nodual": False}.get(
-                                                    re.sub(r"^ufp4|-cg$", "", kind), "first")):
+                                                    re.sub(r"^ufp4|-cg$", "", kind), "first"),
+                                                two_duals="-singleduals" not in kind):
                     rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})

@@ -223,7 +223,8 @@ def test_static_launch_of_our_kernels_is_the_default_the_user_can_turn_off(monke
 
 @pytest.mark.parametrize("option, state", [(None, "pairs1NoneF"), (True, "pairs1NoneF"), (False, "pairs0NoneF"),
                                            ("same-axis", "pairs1FalseF"), ("all", "pairs1TrueF"),
-                                           ("no-dual", "pairs1None0"), ("dual-last", "pairs1NoneL")])
+                                           ("no-dual", "pairs1None0"), ("dual-last", "pairs1NoneL"),
+                                           ("single-duals", "pairs1NoneFS")])
 def test_pair_launches_option_holds_while_forward_and_backward_lower(monkeypatch, option, state):
     """The pair_launches option is the lowering's setting while each graph compiles, the backward's (which
     AOTAutograd compiles at the first backward, after the backend returned) included, and it is part of

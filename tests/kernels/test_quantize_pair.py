@@ -219,6 +219,57 @@ def test_pair_refusal_names_the_reason():
         quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, None)], other=x)
 
 
+@pytest.mark.parametrize("spec, rhts", [("int4/16/fp32/nearest", (16, 16)), ("int4/16/fp32/stochastic", (16, 16)),
+                                        ("e2m1/16/fp32/nearest", (0, 16)), ("e2m1/16/e4m3/nearest", (0, 16)),
+                                        ("int4/16/e4m3/stochastic", (16, 16))])
+def test_two_duals_in_one_launch_match_single_launches(spec, rhts):
+    """X's and W's two quantizations each (row-wise values and column-wise codes for X; W's jobs in the other
+    order, each job its own RHT) in one launch of the two-duals kernel, with NaN, Inf and a huge block in X:
+    each result is its single launch's bit for bit (NaN for NaN)."""
+    fmt = OperandFormat.from_spec(spec)
+    x, w = torch.randn(48, 64, device=DEVICE) * 3, torch.randn(32, 128, device=DEVICE)
+    x[0, 5], x[3, 17], x[7, 40:56] = float("nan"), float("-inf"), 1e30
+    seeds = torch.tensor(1234, device=DEVICE), torch.tensor(77, device=DEVICE)
+    x_jobs, w_jobs = ((1, 16, torch.bfloat16), (0, 1 << 32, None)), ((0, 7, None), (1, 3, torch.bfloat16))
+    first, second = (x, 3, seeds[0], rhts, x_jobs), (w, 5, seeds[1], rhts[::-1], w_jobs)
+    duals = []
+    for t, _, _, rr, jobs in (first, second):
+        plans = [kernels_quantize.plan_for(t, axis, fmt, r, codes=dtype is None, values=dtype is not None)
+                 for (axis, _, dtype), r in zip(jobs, rr)]
+        duals.append(quantize_pair.pair_launch(*plans, dual_shape=tuple(t.shape)))
+    assert quantize_pair.two_duals_refusal(*duals) is None
+    launch = quantize_pair.two_duals_launch(*duals)
+    assert launch.kernel is quantize_pair._quantize_two_duals_kernel and launch.prefixes == "abdc"
+    results = quantize_pair.quantize_two_duals(spec, first, second)
+    singles = [kernels_quantize.quantize(t, axis, spec, r, rs, s, offset) if dtype is None else
+               kernels_quantize.quantize_dequantize(t, axis, spec, r, rs, s, offset, dtype)
+               for t, rs, s, rr, jobs in (first, second) for (axis, offset, dtype), r in zip(jobs, rr)]
+    assert len(results) == len(singles) == 4
+    for got, want in zip(results, singles):
+        for g, w_ in zip(got, want):
+            assert g.dtype == w_.dtype and g.shape == w_.shape
+            torch.testing.assert_close(g, w_, rtol=0, atol=0, equal_nan=True)
+            assert torch.equal(_bits(g), _bits(w_)) or g.is_floating_point()
+
+
+def test_two_duals_refusal_names_the_reason():
+    """Two duals share a launch only at one format and one tile; a refused pair runs as two dual launches."""
+    plan = lambda t, axis, spec: kernels_quantize.plan_for(t, axis, OperandFormat.from_spec(spec), 16, codes=axis == 0,
+                                                           values=axis == 1)
+    x, narrow = torch.randn(64, 128), torch.randn(64, 32)
+    dual = lambda t, spec: quantize_pair.pair_launch(plan(t, 1, spec), plan(t, 0, spec), dual_shape=tuple(t.shape))
+    ok = "int4/16/fp32/nearest"
+    assert quantize_pair.two_duals_refusal(dual(x, ok), dual(x, ok)) is None
+    assert "STOCHASTIC" in quantize_pair.two_duals_refusal(dual(x, ok), dual(x, "int4/16/fp32/stochastic"))
+    assert "B" in quantize_pair.two_duals_refusal(dual(x, ok), dual(narrow, ok))  # a 32-column tile
+    pair = quantize_pair.pair_launch(plan(x, 1, ok), plan(x, 1, ok))
+    assert "not two dual launches" in quantize_pair.two_duals_refusal(dual(x, ok), pair)
+    results = quantize_pair.quantize_two_duals(ok, (x, 3, None, (16, 16), ((1, 0, torch.bfloat16), (0, 0, None))),
+                                               (narrow, 4, None, (16, 16), ((1, 0, torch.bfloat16), (0, 0, None))))
+    for got, (t, rs) in zip(results[::2], ((x, 3), (narrow, 4))):
+        assert torch.equal(got[0], kernels_quantize.quantize_dequantize(t, 1, ok, 16, rs, None, 0)[0])
+
+
 @pytest.mark.parametrize("specs", [("int4/16/e4m3/nearest", 16, 16), ("e2m1/16/e4m3/stochastic", 0, 16)])
 def test_amax_pair_writes_each_jobs_partial_maxima(specs):
     """Two two-level quantizations' global-amax pre-passes in one launch (nvfp4's dY: Dgrad unrotated, Wgrad
@@ -261,6 +312,32 @@ def test_dual_launch_matches_reference_real_shapes(spec, shape):
         for g, o, w in zip(got, other, _pair_reference(x, spec, 16, seed, job)):
             assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(_bits(g), _bits(w))
             assert torch.equal(_bits(g), _bits(o))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "e2m1/16/fp32/nearest", "e2m1/16/e4m3/nearest",
+                                  "int4/16/e4m3/nearest"])
+def test_two_duals_match_reference_real_shapes(spec):
+    """X's and W's two quantizations each at the step's shapes (X 8192 x 1024, W 3072 x 1024 and 1024 x 2816)
+    in one launch: the reference's bits."""
+    seed, w_seed = torch.tensor(99, device="cuda"), torch.tensor(5, device="cuda")
+    jobs = ((1, 123456, torch.bfloat16), (0, 1 << 40, None))
+    rhts = (0, 16) if spec.startswith("e2m1/16/e4m3") else (16, 16)
+    for w_shape in ((3072, 1024), (1024, 2816)):
+        x = (torch.randn(8192, w_shape[1], device="cuda") * 2).to(torch.bfloat16)
+        w = (torch.randn(w_shape, device="cuda") * 0.02).to(torch.bfloat16)
+        results = quantize_pair.quantize_two_duals(spec, (x, 3, seed, rhts, jobs), (w, 4, w_seed, rhts, jobs))
+        for (t, rs, s), (job, rht), got in zip([(x, 3, seed)] * 2 + [(w, 4, w_seed)] * 2, list(zip(jobs, rhts)) * 2,
+                                               results):
+            axis, offset, dtype = job
+            want = (quantize_reference(t, axis, spec, rht=rht, rht_seed=rs, seed=s, offset=offset)
+                    if dtype is None else None)
+            want = ((want.codes, want.scales, want.tensor_scale) if want is not None else
+                    quantize_dequantize_reference(t, axis, spec, rht=rht, rht_seed=rs, seed=s, offset=offset,
+                                                  dtype=dtype))
+            for g, w_ in zip(got, want):
+                assert g.dtype == w_.dtype and g.shape == w_.shape and torch.equal(_bits(g), _bits(w_))
 
 
 @gpu

@@ -188,7 +188,8 @@ def test_paired_training_step_equals_unpaired(recipe):
     from ufp4_compile.lowering import kernel_calls
 
     results, codes = [], []
-    for paired, dual in ((False, "first"), (True, "first"), (True, False), (True, "last")):
+    for paired, dual, two in ((False, "first", True), (True, "first", True), (True, False, True),
+                              (True, "last", True), (True, "first", False)):
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = MLP(256, 512).cuda()
@@ -201,16 +202,21 @@ def test_paired_training_step_equals_unpaired(recipe):
             out.float().square().sum().backward()
             return out
 
-        with kernel_calls.pair_launches(paired, dual=dual), config.patch(force_disable_caches=True):
+        with kernel_calls.pair_launches(paired, dual=dual, two_duals=two), config.patch(force_disable_caches=True):
             out, code = run_and_get_code(step)
         codes.append("\n".join(code))
         results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
     launches = [{k: _launches(k, code) for k in ("_quantize_pair_kernel", "_dequantize_pair_kernel",
-                                                 "_quantize_dual_kernel")} for code in codes]
+                                                 "_quantize_dual_kernel", "_quantize_two_duals_kernel")}
+                for code in codes]
+    # by default a linear layer's X and W duals share one launch (W's bf16 copy exists before X's
+    # quantizations); with two_duals off each is its own dual launch
+    assert launches[1]["_quantize_two_duals_kernel"] and not launches[4]["_quantize_two_duals_kernel"]
+    assert launches[4]["_quantize_dual_kernel"] > launches[1]["_quantize_dual_kernel"]
     assert not any(launches[0].values()) and launches[1]["_dequantize_pair_kernel"]
     if recipe in ("nvfp4", "ufp4-nv"):
         assert not _launches("_amax_pair_kernel", codes[0]) and _launches("_amax_pair_kernel", codes[1])
-    assert launches[1]["_quantize_dual_kernel"]
+    assert launches[1]["_quantize_dual_kernel"]  # dY's
     # Without the dual kernel (2) or with it last (3), one tensor's two axes take the pair kernel where their
     # tiles take one warp count: not E4M3's (4 warps row-wise, 2 column-wise). nvfp4's weights (16 x 16 blocks)
     # are another format than its activations, so nothing in this MLP has a same-axis partner there.

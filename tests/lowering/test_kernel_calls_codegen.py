@@ -211,6 +211,19 @@ def _pair_check() -> dict:
             code = wrapper_code(f, ((256, 512), torch.bfloat16), ((128, 512), torch.bfloat16),
                                 ((), torch.int64), ((), torch.int64))
         out[f"{spec}/duallast"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+
+        def two(x, w, seed, w_seed):  # a linear layer's forward: X's and W's two quantizations each
+            xv = torch.ops.ufp4.quantize_dequantize(x, 1, spec, 16, 3, seed, 16, torch.bfloat16)
+            wv = torch.ops.ufp4.quantize_dequantize(w, 1, spec, 16, 5, w_seed, 0, torch.bfloat16)
+            wc = torch.ops.ufp4.quantize(w, 0, spec, 16, 5, w_seed, 1 << 33)
+            xc = torch.ops.ufp4.quantize(x, 0, spec, 16, 3, seed, 1 << 32)
+            return (*xv, *wv, *wc, *xc)
+
+        for on in (True, False):
+            with kernel_calls.pair_launches(two_duals=on):
+                code = wrapper_code(two, ((256, 512), torch.bfloat16), ((384, 512), torch.bfloat16),
+                                    ((), torch.int64), ((), torch.int64))
+            out[f"{spec}/two/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
     def g(x, w, seed):  # the backward's dequantizations of saved codes (two formats), and a third
         cx, sx, tx = torch.ops.ufp4.quantize(x, 0, "int4/16/fp32/nearest", 16, 3, seed, 16)
         cw, sw, tw = torch.ops.ufp4.quantize(w, 0, "e2m1/16/e4m3/nearest", 0, 3, seed, 16)
@@ -228,6 +241,8 @@ def _pair_check() -> dict:
                             if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_pair_kernel"]
     out["dual_accesses"] = [kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
                             if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_dual_kernel"]
+    out["two_duals_accesses"] = [kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
+                                 if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_two_duals_kernel"]
     out["dequantize_pair_accesses"] = [
         kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
         if getattr(getattr(key[0], "fn", None), "__name__", "") == "_dequantize_pair_kernel"]
@@ -273,6 +288,10 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     assert pairs[f"{alone}/1"] == ["_amax_pair_kernel", "_quantize_dual_kernel"]
     # the dual kernel last: x's and y's row values, x's column codes and values, in the pair kernel
     assert pairs["e2m1/16/e4m3/nearest/duallast"] == ["_amax_pair_kernel", "_quantize_pair_kernel"] * 2
+    for spec in ("int4/16/fp32/stochastic", "int4/16/fp32/nearest"):  # X's and W's duals in one launch
+        assert pairs[f"{spec}/two/1"] == ["_quantize_two_duals_kernel"]
+        assert pairs[f"{spec}/two/0"] == ["_quantize_dual_kernel"] * 2
+    assert pairs["e2m1/16/e4m3/nearest/two/1"] == ["_amax_pair_kernel"] * 2 + ["_quantize_two_duals_kernel"]
     assert pairs["dequantize/0"] == ["_dequantize_kernel"] * 3
     assert sorted(pairs["dequantize/1"]) == ["_dequantize_kernel", "_dequantize_pair_kernel"]
     for reads, writes, _ in pairs["dequantize_pair_accesses"]:
@@ -288,6 +307,9 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     dual = {(tuple(reads), tuple(writes)) for reads, writes, _ in pairs["dual_accesses"]}
     assert dual and all("a_x_ptr" in reads for reads, _ in dual)
     assert {frozenset(writes) for _, writes in dual} == {frozenset(row_col)}
+    two = {frozenset(writes) for reads, writes, _ in pairs["two_duals_accesses"]}
+    assert two == {frozenset(row_col | {w.replace("a_", "c_").replace("b_", "d_") for w in row_col})}
+    assert all({"a_x_ptr", "c_x_ptr"} <= set(reads) for reads, _, _ in pairs["two_duals_accesses"])
 
 
 def test_memos_take_either_torch_api():
@@ -377,16 +399,17 @@ def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool, recipe: str = "uf
             for node in quantizations:  # as the lowering walks them: a node paired ahead is not paired again
                 if node in taken:
                     continue
-                sibling = kernel_calls._sibling(node, order, taken)
-                if sibling is None:
+                siblings = kernel_calls._siblings(node, order, taken)
+                if not siblings:
                     continue
-                taken |= {node, sibling}
+                taken |= {node, *siblings}
+                sibling = siblings[0]
                 a, b = node.args, sibling.args
-                assert a[2] == b[2]  # the format (each job has its own RHT)
+                assert all(s.args[2] == a[2] for s in siblings)  # the format (each job has its own RHT)
                 same_axis = kernel_calls._rowwise(a) == kernel_calls._rowwise(b)
                 one_read = kernel_calls._can_dual(kernel_calls._quantize_call(node), kernel_calls._quantize_call(sibling))
-                kinds.append("same axis" if same_axis else "one read" if one_read else
-                             "one tensor" if a[0] is b[0] else "other axis")
+                kinds.append("two duals" if len(siblings) == 3 else "same axis" if same_axis else
+                             "one read" if one_read else "one tensor" if a[0] is b[0] else "other axis")
             dequantizations = [n for n in gm.graph.nodes if kernel_calls._dequantize_call(n) is not None]
             dequantize_pairs, taken = 0, set()
             for node in dequantizations:
@@ -415,14 +438,19 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
 @pytest.mark.parametrize("cudagraphs", [False, True])
 def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
     """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways, the backward dY. With or
-    without CUDA graphs each tensor's two quantizations share the one-read dual launch (X's, W's, dY's);
-    with the dual kernel last, the forward pairs every quantization with one along its own kind of axis (X's
+    without CUDA graphs each tensor's two quantizations share the one-read dual launch (X's, W's, dY's), and
+    a linear layer's X and W duals share one launch (W's bf16 copy exists before X's quantizations), unless
+    two_duals is off; with the dual kernel last, the forward pairs every quantization with one along its own kind of axis (X's
     and W's row-wise ones, their column-wise ones), and dY's two share the dual launch only without CUDA
     graphs (docs/kernels.md, "Two launches in one")."""
     from ufp4_compile.lowering import kernel_calls
 
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     linears = 4
+    assert found["forward"][:2] == (4 * linears, ["two duals"] * linears)
+    assert found["backward"][:2] == (2 * linears, ["one read"] * linears)
+    with kernel_calls.pair_launches(two_duals=False):
+        found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     assert found["forward"][:2] == (4 * linears, ["one read"] * (2 * linears))
     assert found["backward"][:2] == (2 * linears, ["one read"] * linears)
     with kernel_calls.pair_launches(dual="last"):
@@ -435,12 +463,13 @@ def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
 def test_pairing_of_recipes_that_rotate_wgrad_only(monkeypatch, recipe):
     """e2m1-ref and mxfp4 rotate Wgrad's operands only, so X is quantized for Fprop without RHT and for Wgrad
     with it, and so is dY for Dgrad and Wgrad: each job of a launch keeps its own RHT size, so without CUDA
-    graphs e2m1-ref's X, W and dY each take the one-read dual launch. MXFP4's row-wise and column-wise tiles
-    take different warp counts: its forward pairs every quantization along its own kind of axis, and its dY
-    stays two launches."""
+    graphs e2m1-ref's X, W and dY each take the one-read dual launch (X's and W's in one launch). MXFP4's
+    row-wise and column-wise tiles take different warp counts: its forward pairs every quantization along its
+    own kind of axis, and its dY stays two launches."""
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=False, recipe=recipe)
     linears = 4
-    assert found["forward"][:2] == (4 * linears, ["one read" if recipe == "e2m1-ref" else "same axis"] * (2 * linears))
+    assert found["forward"][:2] == ((4 * linears, ["two duals"] * linears) if recipe == "e2m1-ref" else
+                                    (4 * linears, ["same axis"] * (2 * linears)))
     assert found["backward"][:2] == (2 * linears, ["one read"] * linears if recipe == "e2m1-ref" else [])
 
 

@@ -73,6 +73,36 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
 
 
 @triton.jit
+def _dual_at(x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key,
+             a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr,
+             M, N, a_offset, b_offset, pid_n, pid_m,
+             GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, STOCHASTIC: tl.constexpr,
+             E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, ASM: tl.constexpr,
+             A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+             A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
+             B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+             B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
+             B: tl.constexpr, ROW_B: tl.constexpr):
+    """The program at ``(pid_n, pid_m)`` of :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``."""
+    zero = pid_m * 0  # the page (a tensor: the tile code converts it)
+    first = (pid_n == 0) & (pid_m == 0)
+    SEGS: tl.constexpr = B // 16  # row segments per tile row
+    segments = tl.cast(M, tl.int64) * (N // 16)
+    for h in tl.static_range(B // ROW_B):
+        j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
+        seg = pid_n * SEGS + j % SEGS
+        rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
+        _quantize_at(x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr, segments,
+                     16, 0, 16, 1, a_offset, a_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE,
+                     BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, True, COLS,
+                     A_WRITE_CODES, A_WRITE_VALUES, ASM, 16, ROW_B, False)
+    _quantize_at(x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, N, M, 0, 1, N,
+                 b_offset, b_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
+                 BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, False, COLS,
+                 B_WRITE_CODES, B_WRITE_VALUES, ASM, 16, B, False)
+
+
+@triton.jit
 def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key,
                           a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr,
                           b_ts_ptr, M, N, a_offset, b_offset,
@@ -91,23 +121,53 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
     launch: the bits are the two single launches'. The arguments are :func:`_quantize_pair_kernel`'s
     (``b_x_ptr`` is ``a_x_ptr``) with ``M, N`` for the sizes; a launcher whose first
     job is the column-wise one passes each job's arguments under the other's prefix (``PairLaunch.prefixes``)."""
-    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
-    zero = pid_m * 0  # the page (a tensor: the tile code converts it)
-    first = (pid_n == 0) & (pid_m == 0)
-    SEGS: tl.constexpr = B // 16  # row segments per tile row
-    segments = tl.cast(M, tl.int64) * (N // 16)
-    for h in tl.static_range(B // ROW_B):
-        j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
-        seg = pid_n * SEGS + j % SEGS
-        rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
-        _quantize_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr, segments,
-                     16, 0, 16, 1, a_offset, a_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE,
-                     BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, True, COLS,
-                     A_WRITE_CODES, A_WRITE_VALUES, ASM, 16, ROW_B, False)
-    _quantize_at(a_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, N, M, 0, 1, N,
-                 b_offset, b_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
-                 BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, False, COLS,
-                 B_WRITE_CODES, B_WRITE_VALUES, ASM, 16, B, False)
+    _dual_at(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, a_codes_ptr,
+             a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N, a_offset,
+             b_offset, tl.program_id(0), tl.program_id(1), GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, ASM,
+             A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT, B_SIGN_MASK,
+             B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
+
+
+@triton.jit
+def _quantize_two_duals_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_ptr, d_seed_ptr,
+                               a_gamax_ptr, b_gamax_ptr, c_gamax_ptr, d_gamax_ptr,
+                               a_rht_key, b_rht_key, c_rht_key, d_rht_key,
+                               a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr,
+                               b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr,
+                               c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr,
+                               d_codes_ptr, d_scales_ptr, d_values_ptr, d_ts_ptr,
+                               M, N, P, Q, a_offset, b_offset, c_offset, d_offset, n_first, g_first, g_second,
+                               GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr,
+                               BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr,
+                               Q_MAX: tl.constexpr, ASM: tl.constexpr,
+                               A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+                               A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
+                               B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+                               B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr,
+                               C_RHT: tl.constexpr, C_INV_SQRT: tl.constexpr, C_SIGN_MASK: tl.constexpr,
+                               C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
+                               D_RHT: tl.constexpr, D_INV_SQRT: tl.constexpr, D_SIGN_MASK: tl.constexpr,
+                               D_WRITE_CODES: tl.constexpr, D_WRITE_VALUES: tl.constexpr,
+                               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr):
+    """Two tensors' dual launches in one (X's and W's in the forward, one format, one tile): the first
+    ``n_first = g_first * (M // 16)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``
+    (jobs a row-wise, b column-wise), the rest its grid over ``w (P, Q)`` (jobs c row-wise, d column-wise),
+    each program exactly the tile it runs in its own launch, so the bits are. A launch fewer per pair of
+    duals: the default mode of a training step waits on the host's time per launch."""
+    pid = tl.program_id(0)
+    if pid < n_first:
+        _dual_at(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, a_codes_ptr,
+                 a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
+                 a_offset, b_offset, pid % g_first, pid // g_first, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
+                 Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
+    else:
+        q = pid - n_first
+        _dual_at(c_x_ptr, c_seed_ptr, d_seed_ptr, c_gamax_ptr, d_gamax_ptr, c_rht_key, d_rht_key, c_codes_ptr,
+                 c_scales_ptr, c_values_ptr, c_ts_ptr, d_codes_ptr, d_scales_ptr, d_values_ptr, d_ts_ptr, P, Q,
+                 c_offset, d_offset, q % g_second, q // g_second, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
+                 Q_MAX, ASM, C_RHT, C_INV_SQRT, C_SIGN_MASK, C_WRITE_CODES, C_WRITE_VALUES, D_RHT, D_INV_SQRT,
+                 D_SIGN_MASK, D_WRITE_CODES, D_WRITE_VALUES, COLS, B, ROW_B)
 
 
 @triton.jit
@@ -213,6 +273,35 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
     return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs, _quantize_pair_kernel)
 
 
+_DUAL_OWN = _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")  # each job's own constexprs in a dual launch
+_DUAL_TILE_KEYS = ("COLS", "B", "ROW_B")
+
+
+def two_duals_refusal(first: PairLaunch, second: PairLaunch) -> str | None:
+    """Why two tensors' dual launches cannot run as one (:func:`_quantize_two_duals_kernel`), or None."""
+    if first.kernel is not _quantize_dual_kernel or second.kernel is not _quantize_dual_kernel:
+        return "not two dual launches"
+    differ = [k for k in _PAIR_SHARED + _DUAL_TILE_KEYS if first.constexprs[k] != second.constexprs[k]]
+    if differ or first.num_warps != second.num_warps:
+        return f"their formats or tiles differ ({', '.join(differ) or 'num_warps'})"
+    return None
+
+
+def two_duals_launch(first: PairLaunch, second: PairLaunch) -> PairLaunch:
+    """The one launch of two tensors' dual launches (``two_duals_refusal`` is None): ``first``'s jobs under
+    the prefixes a (row-wise) and b (column-wise), ``second``'s under c and d; ``prefixes`` maps the four jobs,
+    in the order the two dual launches took them, to theirs."""
+    constexprs = {k: first.constexprs[k] for k in _PAIR_SHARED + _DUAL_TILE_KEYS}
+    for (p, q), launch in ((("A", "A"), first), (("B", "B"), first), (("A", "C"), second), (("B", "D"), second)):
+        constexprs.update({f"{q}_{k}": launch.constexprs[f"{p}_{k}"] for k in _DUAL_OWN})
+    n_first = first.grid[0] * first.grid[1]
+    scalars = dict(M=first.scalars["M"], N=first.scalars["N"], P=second.scalars["M"], Q=second.scalars["N"],
+                   n_first=n_first, g_first=first.grid[0], g_second=second.grid[0])
+    prefixes = first.prefixes + second.prefixes.translate(str.maketrans("ab", "cd"))
+    return PairLaunch((n_first + second.grid[0] * second.grid[1], 1, 1), first.num_warps, scalars, constexprs,
+                      _quantize_two_duals_kernel, prefixes)
+
+
 def amax_launches(plans, inputs, partials, keys) -> list[tuple]:
     """The global-amax pre-pass launches of quantizations with ``plans`` (two-level scales only; the others are
     skipped), each job's maxima written to its own ``partials`` buffer (``AMAX_PROGRAMS`` int32): two jobs in
@@ -266,13 +355,22 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
                 quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype)
                 for (t, r, s), axis, (_, offset, dtype), size in zip(inputs, axes, jobs, rhts)]
     launch = pair_launch(*plans, dual_shape=shape if one_read else None, dual_tile=config)
+    return _run(launch, plans, inputs, jobs)
+
+
+def _run(launch: PairLaunch, plans, inputs, jobs) -> list[tuple]:
+    """Allocate the jobs' outputs, run their global-amax pre-passes (two-level scales, two a launch) and
+    ``launch``; each job's result (``quantize``'s or ``quantize_dequantize``'s), in the order of ``plans``."""
     partials = [torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=t.device)  # every program writes its slot
                 if plan.amax_constexprs is not None else None for plan, (t, _, _) in zip(plans, inputs)]
-    for kernel, grid, num_warps, tensors, scalars in amax_launches(
-            plans, [t for t, _, _ in inputs], partials, [rht_key(plan, r) for plan, (_, r, _) in zip(plans, inputs)]):
-        kernel[grid](**tensors, **scalars, num_warps=num_warps)
+    keys = [rht_key(plan, r) for plan, (_, r, _) in zip(plans, inputs)]
+    for i in range(0, len(plans), 2):
+        for kernel, grid, num_warps, tensors, scalars in amax_launches(
+                plans[i:i + 2], [t for t, _, _ in inputs[i:i + 2]], partials[i:i + 2], keys[i:i + 2]):
+            kernel[grid](**tensors, **scalars, num_warps=num_warps)
     outputs, kwargs = [], {}
-    for p, plan, (t, r, s), (_, offset, dtype), gamax in zip(launch.prefixes, plans, inputs, jobs, partials):
+    for p, plan, (t, _, s), (_, offset, dtype), gamax, key in zip(launch.prefixes, plans, inputs, jobs, partials,
+                                                                   keys):
         ts = torch.empty((), dtype=torch.float32, device=t.device)
         codes = scales = values = None
         if dtype is None:
@@ -284,11 +382,41 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
             outputs.append((values, ts))
         seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else outputs[-1][0]
         kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
-                      **{f"{p}_ts_ptr": ts, f"{p}_gamax_ptr": gamax if gamax is not None else outputs[-1][0], f"{p}_offset": int(offset), f"{p}_x_ptr": t, f"{p}_seed_ptr": seed_t,
-                         f"{p}_rht_key": rht_key(plan, r)})
-    launch.kernel[launch.grid](**kwargs, **launch.scalars, **launch.constexprs,
-                               num_warps=launch.num_warps)
+                      **{f"{p}_ts_ptr": ts, f"{p}_gamax_ptr": gamax if gamax is not None else outputs[-1][0],
+                         f"{p}_offset": int(offset), f"{p}_seed_ptr": seed_t, f"{p}_rht_key": key})
+        if f"{p}_x_ptr" in launch.kernel.arg_names:
+            kwargs[f"{p}_x_ptr"] = t
+    launch.kernel[launch.grid](**kwargs, **launch.scalars, **launch.constexprs, num_warps=launch.num_warps)
     return outputs
+
+
+def quantize_two_duals(fmt: OperandFormat | str, first: tuple, second: tuple, *,
+                       config: dict | None = None) -> list[tuple]:
+    """Two 2-D tensors' row-wise and column-wise quantizations (X's and W's in the forward; one format) in one
+    launch of :func:`_quantize_two_duals_kernel` where :func:`two_duals_refusal` allows, else each tensor's two
+    by :func:`quantize_pair`. ``first`` and ``second``: ``(tensor, rht_seed, seed, rhts, jobs)``, ``rhts`` the
+    two jobs' RHT sizes and ``jobs`` two ``(axis, offset, dtype)`` as :func:`quantize_pair` takes them. The
+    four results, the first tensor's two first; each bit for bit its single call's."""
+    fmt = as_format(fmt)
+    groups = []
+    for t, r, s, rhts, jobs in (first, second):
+        if len(jobs) != 2 or len(rhts) != 2:
+            raise ValueError(f"jobs={jobs!r}, rhts={rhts!r} are not valid: two (axis, offset, dtype) triples and "
+                             "two RHT sizes per tensor")
+        axes = [check_quantize_inputs(t, axis, fmt, rht, s) for (axis, _, _), rht in zip(jobs, rhts)]
+        t = t.contiguous()
+        plans = [plan_for(t, axis, fmt, rht, codes=dtype is None, values=dtype is not None, config=config)
+                 for axis, (_, _, dtype), rht in zip(axes, jobs, rhts)]
+        ok = t.numel() > 0 and dual_refusal(tuple(t.shape), *plans) is None
+        groups.append((t, r, s, rhts, jobs, plans,
+                       pair_launch(*plans, dual_shape=tuple(t.shape), dual_tile=config) if ok else None))
+    duals = [g[6] for g in groups]
+    if any(d is None for d in duals) or two_duals_refusal(*duals) is not None:
+        return [out for t, r, s, rhts, jobs, _, _ in groups
+                for out in quantize_pair(t, fmt, rhts, r, s, jobs, config=config)]
+    launch = two_duals_launch(*duals)
+    return _run(launch, [p for g in groups for p in g[5]], [(g[0], g[1], g[2]) for g in groups for _ in range(2)],
+                [j for g in groups for j in g[4]])
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
@@ -375,4 +503,17 @@ def compile_variants():
                 f"{'values' if col_values else 'codes'}]",
                 ", ".join(sorted(names)), _quantize_dual_kernel, types, launch.constexprs,
                 aligned=("a_x_ptr", "b_x_ptr", *written, "M", "N"), options=dict(num_warps=launch.num_warps)))
+            if not col_values:  # X's and W's duals in one launch (the forward), each its row-wise values and
+                # column-wise codes
+                two = two_duals_launch(launch, launch)
+                types.update({k.replace("b_", "d_", 1) if k.startswith("b_") else k.replace("a_", "c_", 1): v
+                              for k, v in types.items() if k[:2] in ("a_", "b_") and k != "b_x_ptr"})
+                types = {k: v for k, v in types.items() if k != "b_x_ptr"}
+                types.update(P="i32", Q="i32", n_first="i32", g_first="i32", g_second="i32")
+                variants.append(KernelVariant.build(
+                    f"quantize_two_duals[{fmt.spec} {rht} row-wise values + column-wise codes, twice]",
+                    ", ".join(sorted(names)), _quantize_two_duals_kernel, types, two.constexprs,
+                    aligned=("a_x_ptr", "c_x_ptr", *written, *(w.replace("a_", "c_").replace("b_", "d_")
+                                                                for w in written), "M", "N", "P", "Q"),
+                    options=dict(num_warps=two.num_warps)))
     return variants

@@ -297,33 +297,41 @@ _other_axis = None
 # graphs and from 6.25 to 5.71 ms with them (same-axis pairs and dY's two single launches).
 _dual = "first"
 _DUAL_KEYS = {"first": "F", "last": "L", False: "0"}
+# With the dual kernel first, two tensors' duals in one launch (kernels.quantize_pair._quantize_two_duals_kernel)
+# where a second tensor's two quantizations follow within reach with their inputs already there (X's and W's in
+# the forward): a launch fewer per linear layer's forward.
+_two_duals = True
 _PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
 
 
 def state_key() -> str:
     """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
-    return f"pairs{int(_pairing)}{_other_axis}{_DUAL_KEYS[_dual]}"
+    return f"pairs{int(_pairing)}{_other_axis}{_DUAL_KEYS[_dual]}{'' if _two_duals else 'S'}"
 
 
 @contextlib.contextmanager
-def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str = "first"):
+def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str = "first",
+                  two_duals: bool = True):
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
     (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner
     pairs along the other axis; None (the default): only without CUDA graphs (Inductor's
     ``triton.cudagraphs``). ``dual``: when one 2-D tensor's row-wise and column-wise quantizations share the
     launch that reads the tensor once (the dual kernel): ``"first"`` (the default) before any other partner,
     ``"last"`` only where a quantization found no same-axis partner and other-axis pairs are on, False never.
+    ``two_duals``: with the dual kernel first, two tensors' duals in one launch where they can (the default).
     Keep the setting for the first backward too: the backward compiles then."""
     if (not any(other_axis is v for v in (None, True, False)) or not any(enabled is v for v in (True, False))
-            or not (dual is False or dual in ("first", "last"))):
-        raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r} are not valid: enabled "
-                         "is True or False, other_axis True, False or None, dual 'first', 'last' or False")
-    global _pairing, _other_axis, _dual
-    previous, (_pairing, _other_axis, _dual) = (_pairing, _other_axis, _dual), (enabled, other_axis, dual)
+            or not (dual is False or dual in ("first", "last")) or not any(two_duals is v for v in (True, False))):
+        raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r}, two_duals={two_duals!r} "
+                         "are not valid: enabled is True or False, other_axis True, False or None, dual 'first', "
+                         "'last' or False, two_duals True or False")
+    global _pairing, _other_axis, _dual, _two_duals
+    previous = (_pairing, _other_axis, _dual, _two_duals)
+    _pairing, _other_axis, _dual, _two_duals = enabled, other_axis, dual, two_duals
     try:
         yield
     finally:
-        _pairing, _other_axis, _dual = previous
+        _pairing, _other_axis, _dual, _two_duals = previous
 
 
 def _ufp4_call(node, *ops: str) -> tuple | None:
@@ -380,16 +388,22 @@ def _can_pair(mine, other) -> bool:
 def _can_dual(mine, other) -> bool:
     """Whether two quantize calls that pair are one 2-D tensor's two axes that one launch takes from one read
     (:func:`kernels.quantize_pair.dual_refusal`), with dual launches on."""
-    from ufp4_compile.kernels.quantize_pair import dual_refusal
+    return _dual_launch(mine, other) is not None
+
+
+def _dual_launch(mine, other):
+    """The dual launch of two quantize calls (one 2-D tensor's two axes, judged from its example value), or
+    None where dual launches are off or the dual kernel refuses them."""
+    from ufp4_compile.kernels.quantize_pair import dual_refusal, pair_launch
 
     val = getattr(mine[0], "meta", {}).get("val")
     if _dual is False or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape):
-        return False
+        return None
     shape = tuple(val.shape)
     if len(shape) != 2 or 0 in shape:
-        return False
+        return None
     plans = [_plan(shape, val.dtype.itemsize, call[1], call[2], call[3], call[7]) for call in (mine, other)]
-    return dual_refusal(shape, *plans) is None
+    return pair_launch(*plans, dual_shape=shape) if dual_refusal(shape, *plans) is None else None
 
 
 def _sibling(node, order: dict, taken=()):
@@ -427,6 +441,36 @@ def _sibling(node, order: dict, taken=()):
     return _own_partner(node, mine, order, taken, _can_pair)
 
 
+def _siblings(node, order: dict, taken=()) -> list:
+    """The quantizations that share ``node``'s launch: its partner (:func:`_sibling`), and where that is the dual
+    launch of ``node``'s tensor and two tensors' duals are on, a second tensor's two quantizations (the first
+    later quantization within reach of the format whose input and seed exist before ``node``, with its own
+    dual partner) that one launch takes with them (``kernels.quantize_pair.two_duals_refusal``)."""
+    partner = _sibling(node, order, taken)
+    if partner is None:
+        return []
+    mine, theirs = _quantize_call(node), _quantize_call(partner)
+    first = _dual_launch(mine, theirs) if _two_duals and _dual == "first" else None
+    if first is None:
+        return [partner]
+    from ufp4_compile.kernels.quantize_pair import two_duals_refusal
+
+    here, busy = order[node], {*taken, node, partner}
+    exists = lambda call: all(order.get(a, here) < here for a in (call[0], call[5]) if hasattr(a, "op"))
+    later = node.next
+    for _ in range(_PAIR_REACH):
+        if later.op == "root":
+            break
+        other = _quantize_call(later) if later not in busy else None
+        if other is not None and other[2] == mine[2] and other[0] is not mine[0] and exists(other):
+            second = _own_partner(later, other, order, busy, _can_dual)
+            if second is not None and exists(_quantize_call(second)):
+                if two_duals_refusal(first, _dual_launch(other, _quantize_call(second))) is None:
+                    return [partner, later, second]
+        later = later.next
+    return [partner]
+
+
 def _own_partner(node, mine, order: dict, taken, accept):
     """The first later quantization of ``node``'s own input, of its format, not in ``taken``, whose seed exists
     before ``node`` and that ``accept(mine, other)`` takes (:func:`_can_dual`: the dual launch; :func:`_can_pair`:
@@ -459,72 +503,92 @@ def _dequantize_sibling(node, order: dict, taken=()):
     return None
 
 
-def _lower_paired(find_sibling, lower_both):
+def _lower_paired(find_siblings, lower_all):
     """The result of the node being lowered when pairing lowered it ahead with an earlier one, or when it
-    pairs with ``find_sibling(node, order, taken)`` now (``lower_both(node, sibling)``: both results, or None where
-    they cannot share a launch; the sibling's is kept for its turn); else None."""
+    shares a launch with ``find_siblings(node, order, taken)`` now (``lower_all(node, siblings)``: the node's
+    result and those of the first siblings the launch took, or None where none can share it; the siblings'
+    results are kept for their turns); else None."""
     if not _pairing:
         return None
     from torch._inductor.virtualized import V
 
     graph = V.graph
     state = getattr(graph, "_ufp4_pairs", None)
-    if state is None:  # per graph: its node order, and the halves lowered ahead for their nodes
+    if state is None:  # per graph: its node order, and the results lowered ahead for their nodes
         state = graph._ufp4_pairs = {"order": {n: i for i, n in enumerate(graph.graph.nodes)}, "ahead": {}}
     node = graph.current_node
     if node in state["ahead"]:
         return state["ahead"].pop(node)
-    sibling = find_sibling(node, state["order"], state["ahead"]) if node is not None else None
-    if sibling is None:
+    siblings = find_siblings(node, state["order"], state["ahead"]) if node is not None else []
+    results = lower_all(node, siblings) if siblings else None
+    if results is None:
         return None
-    both = lower_both(node, sibling)
-    if both is None:
-        return None
-    state["ahead"][sibling] = both[1]
-    return both[0]
+    for sibling, result in zip(siblings, results[1:]):
+        state["ahead"][sibling] = result
+    return results[0]
 
 
 def _quantize_pair(x, seed):
-    """``lower_both`` of two quantizations (``x`` and ``seed``: this one's inputs as lowered)."""
-    def lower_both(node, sibling):
+    """``lower_all`` of quantizations sharing a launch (``x`` and ``seed``: this one's inputs as lowered): two
+    tensors' duals (four siblings' worth) where the launch takes them, else the first two."""
+    def lower_all(node, siblings):
         from torch._inductor.virtualized import V
 
-        from ufp4_compile.kernels.quantize import output_pointers, rht_key
-        from ufp4_compile.kernels.quantize_pair import dual_refusal, pair_launch, pair_refusal
+        from ufp4_compile.kernels.quantize_pair import (dual_refusal, pair_launch, pair_refusal, two_duals_launch,
+                                                        two_duals_refusal)
 
-        calls = (_quantize_call(node), _quantize_call(sibling))
-        try:  # the sibling's input and seed as lowered (they exist: the sibling was chosen so)
-            theirs = tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (calls[1][0], calls[1][5]))
-            lowered = [(x, seed), theirs]
+        calls = [_quantize_call(n) for n in (node, *siblings)]
+        try:  # the siblings' inputs and seeds as lowered (they exist: the siblings were chosen so)
+            lowered = [(x, seed)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (c[0], c[5]))
+                                     for c in calls[1:]]
         except KeyError:
             return None
         sizes = [_static_sizes(t) for t, _ in lowered]
         if any(s is None or not _on_cuda(t) or 0 in s[0] for s, (t, _) in zip(sizes, lowered)):
             return None
-        if lowered[1][0].get_dtype() != x.get_dtype() or lowered[1][0].get_device() != x.get_device():
+        if any(t.get_dtype() != x.get_dtype() or t.get_device() != x.get_device() for t, _ in lowered[1:]):
             return None
         plans = [_plan(size[0], t.get_dtype().itemsize, call[1], call[2], call[3], call[7])
                  for size, (t, _), call in zip(sizes, lowered, calls)]
-        one_read = _can_dual(*calls) and dual_refusal(sizes[0][0], *plans) is None
-        if not one_read and pair_refusal(*plans) is not None:
-            return None
-        outputs = [_outputs(plan, call[7], size[0], x.get_device()) for plan, call, size in zip(plans, calls, sizes)]
-        launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read else None)
-        dummy = next(b for b in outputs[0][:3] if b is not None)
-        inputs = [_contiguous(t) for t, _ in lowered]
-        keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
-        partials = _amax_prepasses(plans, inputs, keys, x.get_device())
-        tensors, scalars = {}, dict(launch.scalars)
-        for p, out, call, plan, (_, s), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered, inputs,
-                                                              keys, partials):
-            tensors.update(output_pointers(*out[:3], f"{p}_"), **{
-                f"{p}_ts_ptr": out[3], f"{p}_x_ptr": t, f"{p}_gamax_ptr": gamax if gamax is not None else dummy,
-                f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else dummy})
-            scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
-        kernel_launch(launch.kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
-        return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
+        one_read = [_can_dual(*calls[i:i + 2]) and dual_refusal(sizes[i][0], *plans[i:i + 2]) is None
+                    for i in range(0, len(calls) - 1, 2)]
+        duals = [pair_launch(*plans[i:i + 2], dual_shape=sizes[i][0]) for i in (0, 2) if i < len(calls) - 1
+                 and one_read[i // 2]]
+        if len(calls) == 4 and len(duals) == 2 and two_duals_refusal(*duals) is None:
+            launch = two_duals_launch(*duals)
+        else:
+            calls, lowered, sizes, plans = calls[:2], lowered[:2], sizes[:2], plans[:2]
+            if not one_read[0] and pair_refusal(*plans) is not None:
+                return None
+            launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read[0] else None)
+        return _emit_quantize_launch(launch, calls, lowered, sizes, plans, x.get_device())
 
-    return _lower_paired(_sibling, lower_both) if _on_cuda(x) else None
+    return _lower_paired(_siblings, lower_all) if _on_cuda(x) else None
+
+
+def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device) -> tuple:
+    """Emit the jobs' outputs, their global-amax pre-passes (two a launch) and ``launch`` (a pair, dual or
+    two-duals launch, its jobs under ``launch.prefixes``); each job's op result."""
+    from ufp4_compile.kernels.quantize import output_pointers, rht_key
+
+    outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
+    dummy = next(b for b in outputs[0][:3] if b is not None)
+    inputs = [_contiguous(t) for t, _ in lowered]
+    keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
+    partials = [g for i in range(0, len(plans), 2)
+                for g in _amax_prepasses(plans[i:i + 2], inputs[i:i + 2], keys[i:i + 2], device)]
+    arg_names = set(launch.kernel.arg_names)
+    tensors, scalars = {}, dict(launch.scalars)
+    for p, out, call, plan, (_, s), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered, inputs,
+                                                          keys, partials):
+        tensors.update(output_pointers(*out[:3], f"{p}_"), **{
+            f"{p}_ts_ptr": out[3], f"{p}_gamax_ptr": gamax if gamax is not None else dummy,
+            f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else dummy})
+        if f"{p}_x_ptr" in arg_names:
+            tensors[f"{p}_x_ptr"] = t
+        scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
+    kernel_launch(launch.kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
+    return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
 
 
 def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset):
@@ -579,12 +643,12 @@ def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype):
 
 def _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype):
     """``lower_both`` of this dequantize and the next one (its inputs as already lowered)."""
-    def lower_both(node, sibling):
+    def lower_both(node, siblings):
         from torch._inductor.virtualized import V
 
         from ufp4_compile.kernels.dequantize import _dequantize_pair_kernel, pair_launch
 
-        theirs = _dequantize_call(sibling)
+        theirs = _dequantize_call(siblings[0])
         try:
             lowered = [V.graph.env[a] for a in theirs[:3]]
         except KeyError:
@@ -598,7 +662,11 @@ def _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype):
         kernel_launch(_dequantize_pair_kernel, grid, 4, tensors, {**scalars, **constexprs})
         return planned[0][2], planned[1][2]
 
-    return _lower_paired(_dequantize_sibling, lower_both) if _on_cuda(codes) else None
+    def find(node, order, taken):
+        sibling = _dequantize_sibling(node, order, taken)
+        return [] if sibling is None else [sibling]
+
+    return _lower_paired(find, lower_both) if _on_cuda(codes) else None
 
 
 def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
