@@ -602,6 +602,23 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
 
 
 @triton.jit
+def _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
+                offset, rht_key, pid_0, pid_1, page,
+                GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
+                STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr,
+                RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
+                COLS: tl.constexpr, WRITE_CODES: tl.constexpr, WRITE_VALUES: tl.constexpr, ASM: tl.constexpr,
+                U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr):
+    """The program at ``(pid_0, pid_1, page)`` of a quantize launch's grid: its tile, and the tensor scale
+    written by the first program (:func:`_quantize_kernel`; the pair kernel's jobs)."""
+    l0, o0 = _place(pid_0, pid_1, U, B, ROWWISE)
+    _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
+                 offset, rht_key, l0, o0, o0 + tl.arange(0, B), page, (pid_0 == 0) & (pid_1 == 0) & (page == 0),
+                 GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK,
+                 ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL)
+
+
+@triton.jit
 def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
                      O, L, s_page, s_o, s_l, offset, rht_key,
                      GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
@@ -610,12 +627,10 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                      ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                      PARTIAL: tl.constexpr):
-    pid_0, pid_1, page = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    l0, o0 = _place(pid_0, pid_1, U, B, ROWWISE)
-    _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
-                 offset, rht_key, l0, o0, o0 + tl.arange(0, B), page, (pid_0 == 0) & (pid_1 == 0) & (page == 0),
-                 GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK,
-                 ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL)
+    _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
+                offset, rht_key, tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK, BLOCK_2D,
+                STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS, WRITE_CODES,
+                WRITE_VALUES, ASM, U, B, PARTIAL)
 
 
 # ---- launch plans --------------------------------------------------------------------------------------

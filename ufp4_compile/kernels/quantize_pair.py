@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS,
-                                           LaunchPlan, PLAN_SCALARS, _amax_at, _place, _quantize_at, _seed_tensor,
+                                           LaunchPlan, PLAN_SCALARS, _amax_at, _program_at, _quantize_at, _seed_tensor,
                                            launch_plan, output_pointers, plan_for, quantize, quantize_dequantize,
                                            rht_key)
 from ufp4_compile.numerics.formats import OperandFormat
@@ -54,22 +54,17 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
     pid = tl.program_id(0)
     n_a = a_g0 * a_g1 * a_g2
     if pid < n_a:
-        pid_0, pid_1, page = pid % a_g0, (pid // a_g0) % a_g1, pid // (a_g0 * a_g1)
-        l0, o0 = _place(pid_0, pid_1, A_U, A_B, A_ROWWISE)
-        _quantize_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr,
-                     a_O, a_L, a_s_page, a_s_o, a_s_l, a_offset, a_rht_key, l0, o0, o0 + tl.arange(0, A_B), page,
-                     (pid_0 == 0) & (pid_1 == 0) & (page == 0), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC,
-                     A_SR_GROUPED, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_COLS,
-                     A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B, A_PARTIAL)
+        _program_at(a_x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr, a_O, a_L,
+                    a_s_page, a_s_o, a_s_l, a_offset, a_rht_key, pid % a_g0, (pid // a_g0) % a_g1,
+                    pid // (a_g0 * a_g1), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, A_SR_GROUPED, E8M0_FLOOR, Q_MAX,
+                    A_RHT, A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_COLS, A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B,
+                    A_PARTIAL)
     else:
         q = pid - n_a
-        pid_0, pid_1, page = q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1)
-        l0, o0 = _place(pid_0, pid_1, B_U, B_B, B_ROWWISE)
-        _quantize_at(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr,
-                     b_O, b_L, b_s_page, b_s_o, b_s_l, b_offset, b_rht_key, l0, o0, o0 + tl.arange(0, B_B), page,
-                     (pid_0 == 0) & (pid_1 == 0) & (page == 0), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC,
-                     B_SR_GROUPED, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_COLS,
-                     B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
+        _program_at(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, b_O, b_L,
+                    b_s_page, b_s_o, b_s_l, b_offset, b_rht_key, q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1),
+                    GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT,
+                    B_SIGN_MASK, B_ROWWISE, B_COLS, B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
 
 
 @triton.jit
