@@ -37,6 +37,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 
@@ -59,7 +60,7 @@ TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
 VARIANT_KINDS = ("inductor", "eager", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
                  "ufp4-pylaunch", "ufp4-nopairs", "ufp4-nopairs-cg", "ufp4-sameaxis",
                  "ufp4-sameaxis-cg", "ufp4-nodual", "ufp4-nodual-cg", "ufp4-duallast", "ufp4-duallast-cg",
-                 "ufp4-singleduals", "ufp4-singleduals-cg")  # run order: each baseline before its rows
+                 "ufp4-singleduals", "ufp4-singleduals-cg", "ufp4-deqapart", "ufp4-deqapart-cg")  # run order: each baseline before its rows
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -83,7 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "quantization with no same-axis partner where other-axis pairs are on, dY's two without "
                         "CUDA graphs: pair_launches(dual='last'); the default takes every tensor's two in it first), "
                         "ufp4-singleduals / ufp4-singleduals-cg (each tensor's dual launch its own: "
-                        "pair_launches(two_duals=False); the default runs a linear layer's X and W duals as one) "
+                        "pair_launches(two_duals=False); the default runs a linear layer's X and W duals as one), "
+                        "ufp4-deqapart / ufp4-deqapart-cg (the backward's dequantizations in launches of their own: "
+                        "pair_launches(dual_dequantize=False); the default runs them in dY's dual launch) "
                         "to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
@@ -172,16 +175,51 @@ def profile_steps(step, n: int, device) -> dict:
     for name, (ms, _) in kernels.items():
         by_category[categorize(name)] = by_category.get(categorize(name), 0.0) + ms
     top = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:25]
-    host = []
+    host, idle = [], {}
     if device.type == "cuda":  # where the host's time goes: self CPU time per op or runtime call, per step
         averages = sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:15]
         host = [{"name": a.key[:160], "self_cpu_ms_per_step": a.self_cpu_time_total / 1e3 / n,
                  "calls_per_step": a.count / n} for a in averages]
-    return {"steps": n, "top_host": host,
+        with tempfile.TemporaryDirectory() as tmp:
+            path = pathlib.Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(path))
+            idle = gpu_idle_by_phase(json.loads(path.read_text()), n)
+    return {"steps": n, "top_host": host, "gpu_idle_by_phase": idle,
             "ms_per_step_by_category": dict(sorted(by_category.items(), key=lambda kv: -kv[1])),
             "total_ms_per_step": sum(by_category.values()),
             "top_kernels": [{"name": k[:160], "category": categorize(k), "ms_per_step": v[0],
                              "launches_per_step": v[1] / n} for k, (v) in top]}
+
+
+# CPU ranges of a step's phases in the profiler's trace: a kernel belongs to the phase its launch was issued in.
+PHASES = (("forward", re.compile(r"^CompiledFunction$")), ("backward", re.compile(r"^CompiledFunctionBackward$")),
+          ("optimizer", re.compile(r"^Optimizer\.step")))
+
+
+def gpu_idle_by_phase(trace: dict, steps: int) -> dict:
+    """Where the GPU waited on the host, from a ``torch.profiler`` Chrome trace: per phase of the step (the CPU
+    range the kernel's launch was issued in: forward, backward, optimizer, else other), the kernels' busy ms
+    and the idle ms before them (the time from the previous kernel's end to their start, when positive), per
+    step. Idle time before a phase's kernels is time the GPU had nothing queued: its host issued them late."""
+    events = trace.get("traceEvents", [])
+    ranges = [(name, e["ts"], e["ts"] + e.get("dur", 0)) for e in events if e.get("ph") == "X"
+              for name, pattern in PHASES if pattern.search(str(e.get("name", "")))]
+    launched = {e["args"]["correlation"]: e["ts"] for e in events
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    kernels = sorted((e for e in events if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")),
+                     key=lambda e: e["ts"])
+    out = {name: {"busy_ms": 0.0, "idle_ms": 0.0, "kernels": 0} for name in [p for p, _ in PHASES] + ["other"]}
+    end = None
+    for k in kernels:
+        at = launched.get(k.get("args", {}).get("correlation"))
+        phase = next((name for name, lo, hi in ranges if at is not None and lo <= at <= hi), "other")
+        entry = out[phase]
+        entry["kernels"] += 1
+        entry["busy_ms"] += k.get("dur", 0) / 1e3
+        if end is not None and k["ts"] > end:
+            entry["idle_ms"] += (k["ts"] - end) / 1e3
+        end = max(end or k["ts"], k["ts"] + k.get("dur", 0))
+    return {name: {key: v / steps for key, v in entry.items()} for name, entry in out.items() if entry["kernels"]}
 
 
 def build(kind: str, recipe: str | None, config, device):
@@ -376,6 +414,17 @@ def profile_markdown(meta: dict, rows: list[dict]) -> str:
     lines.append("| **total kernel ms** | " + " | ".join(f"{r['profile']['total_ms_per_step']:.2f}" for r in rows)
                  + " |")
     lines.append("| step ms (timed) | " + " | ".join(f"{1e3 * r['step_time_s']:.2f}" for r in rows) + " |")
+    phases = [p for p, _ in PHASES] + ["other"]
+    if any(r["profile"].get("gpu_idle_by_phase") for r in rows):
+        lines += ["", "GPU idle before each phase's kernels (ms per step; the GPU had nothing queued: the host issued "
+                  "them late) and the phase's kernel ms, by the CPU range each launch was issued in:", "",
+                  "| phase | " + " | ".join(f"{r['variant']} idle / busy" for r in rows) + " |",
+                  "|---|" + "---|" * len(rows)]
+        for phase in phases:
+            vals = [r["profile"].get("gpu_idle_by_phase", {}).get(phase) for r in rows]
+            if any(vals):
+                lines.append(f"| {phase} | " + " | ".join(
+                    f"{v['idle_ms']:.2f} / {v['busy_ms']:.2f} ({v['kernels']:.0f})" if v else "n/a" for v in vals) + " |")
     for r in rows:
         lines += ["", f"## {r['variant']}: top kernels", "", "| kernel | category | ms/step | launches/step |",
                   "|---|---|---|---|"]
@@ -435,7 +484,8 @@ def main(argv=None) -> int:
                 with kernel_calls.pair_launches("-nopairs" not in kind, other_axis=other_axis,
                                                 dual={"-duallast": "last", "-nodual": False}.get(
                                                     re.sub(r"^ufp4|-cg$", "", kind), "first"),
-                                                two_duals="-singleduals" not in kind):
+                                                two_duals="-singleduals" not in kind,
+                                                dual_dequantize="-deqapart" not in kind):
                     rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})

@@ -40,7 +40,8 @@ LAYER_OPTIONS = tuple(f.name for f in dataclasses.fields(LayerPolicy))
 RECIPE_OPTIONS = ("sr_seed", "sr_seed_policy", "rht_seed", "rht_seed_policy", "compute_dtype")
 UFP4_OPTIONS = ("recipe",) + LAYER_OPTIONS + RECIPE_OPTIONS + ("dump_dir", "dense_gemms", "pair_launches")
 DENSE_GEMMS = ("auto", True, False)
-PAIR_LAUNCHES = (None, True, False, "same-axis", "all", "no-dual", "dual-last", "single-duals")  # docs/backend.md; None: the lowering's own setting
+PAIR_LAUNCHES = (None, True, False, "same-axis", "all", "no-dual", "dual-last", "single-duals",
+                 "dequantize-apart")  # docs/backend.md; None: the lowering's own setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +109,7 @@ def resolve_options(options: Mapping | None, mode: str | None = None) -> Backend
     pairs = options.pop("pair_launches", None)
     if not any(pairs is v or (isinstance(v, str) and pairs == v) for v in PAIR_LAUNCHES):
         raise ValueError(f"pair_launches={pairs!r} is not valid; valid values: None (the default), True, False, "
-                         f"'same-axis', 'all', 'no-dual', 'dual-last', 'single-duals'")
+                         f"'same-axis', 'all', 'no-dual', 'dual-last', 'single-duals', 'dequantize-apart'")
     unknown = sorted(set(options) - _inductor_keys(), key=repr) if options else []
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))}; valid ufp4 options: "

@@ -270,6 +270,71 @@ def test_two_duals_refusal_names_the_reason():
         assert torch.equal(got[0], kernels_quantize.quantize_dequantize(t, 1, ok, 16, rs, None, 0)[0])
 
 
+def _saved_codes(t, axis, spec, rht_seed):
+    """Codes, scales and tensor scale of ``t`` along ``axis`` as the forward saves them for the backward (round to
+    nearest: the forward's format)."""
+    return kernels_quantize.quantize(t, axis, spec.replace("stochastic", "nearest"), 16, rht_seed, None, 0)
+
+
+@pytest.mark.parametrize("spec, rhts", [("int4/16/fp32/stochastic", (16, 16)), ("e2m1/16/fp32/stochastic", (0, 16)),
+                                        ("int4/16/e4m3/stochastic", (16, 16)), ("e2m1/16/e4m3/nearest", (0, 16))])
+def test_dual_and_two_dequantizations_in_one_launch_match_single_launches(spec, rhts):
+    """A linear layer's backward in one launch: dY's column-wise and row-wise values (each its own RHT, with
+    NaN, Inf and a huge block in dY) and the dequantizations of W's and X's saved column-wise codes (X's with
+    a NaN): each result is its single launch's bit for bit (NaN for NaN)."""
+    fmt = OperandFormat.from_spec(spec)
+    dy = torch.randn(48, 64, device=DEVICE) * 3
+    dy[0, 5], dy[3, 17], dy[7, 40:56] = float("nan"), float("-inf"), 1e30
+    w, x = torch.randn(64, 32, device=DEVICE) * 0.1, torch.randn(48, 32, device=DEVICE)
+    x[2, 3] = float("nan")
+    seed = torch.tensor(1234, device=DEVICE)
+    jobs = ((0, 1 << 32, torch.bfloat16), (1, 16, torch.bfloat16))
+    saved = [(*_saved_codes(t, 0, spec, rs), 0, spec.replace("stochastic", "nearest"), torch.bfloat16)
+             for t, rs in ((w, 5), (x, 7))]
+    plans = [kernels_quantize.plan_for(dy, axis, fmt, r, codes=False, values=True) for (axis, _, _), r in zip(jobs, rhts)]
+    dual = quantize_pair.pair_launch(*plans, dual_shape=tuple(dy.shape))
+    assert dual.prefixes == "ba"  # the first job is the column-wise one
+    results = quantize_pair.quantize_dual_dequantize(dy, spec, rhts, 3, seed, jobs, saved)
+    assert len(results) == 4
+    singles = [kernels_quantize.quantize_dequantize(dy, axis, spec, r, 3, seed, offset, dtype)
+               for (axis, offset, dtype), r in zip(jobs, rhts)]
+    for got, want in zip(results[:2], singles):
+        for g, w_ in zip(got, want):
+            assert g.dtype == w_.dtype and g.shape == w_.shape and torch.equal(_bits(g), _bits(w_))
+    from ufp4_compile.kernels.dequantize import dequantize
+
+    for got, job in zip(results[2:], saved):
+        want = dequantize(*job)
+        assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(_bits(got), _bits(want))
+    assert torch.isnan(results[3]).any()
+
+
+def test_dual_dequantize_refusal_names_the_reason():
+    """Only a dual launch takes the two dequantizations, at tiles of the dual launch's size; refused, the
+    same results come from the dual and the dequantize pair launches."""
+    from ufp4_compile.kernels import dequantize as dq
+
+    spec = "int4/16/fp32/nearest"
+    fmt = OperandFormat.from_spec(spec)
+    x = torch.randn(64, 128)
+    plans = [kernels_quantize.plan_for(x, axis, fmt, 16, codes=False, values=True) for axis in (1, 0)]
+    dual, pair = quantize_pair.pair_launch(*plans, dual_shape=(64, 128)), quantize_pair.pair_launch(*plans)
+    deq = lambda elements: dq.launch_plan((1, 64, 64), (0, 64, 1), (0, 8, 1), True, fmt, True, elements)
+    fits = quantize_pair.dual_dequantize_elements(dual)
+    assert quantize_pair.dual_dequantize_refusal(dual, [deq(fits)] * 2) is None
+    assert "not a dual launch" in quantize_pair.dual_dequantize_refusal(pair, [deq(fits)] * 2)
+    assert "two" in quantize_pair.dual_dequantize_refusal(dual, [deq(fits)])
+    assert "more than" in quantize_pair.dual_dequantize_refusal(dual, [deq(4096)] * 2)
+    with pytest.raises(ValueError, match="two"):
+        quantize_pair.quantize_dual_dequantize(x, spec, (16, 16), 3, None, ((1, 0, None), (0, 0, None)), [])
+    narrow = torch.randn(40, 24)  # not whole 16 x 16 tiles: no dual launch
+    saved = [(*_saved_codes(torch.randn(32, 16), 0, spec, 5), 0, spec, torch.float32)] * 2
+    results = quantize_pair.quantize_dual_dequantize(narrow, spec, (16, 16), 3, None,
+                                                     ((1, 0, torch.bfloat16), (0, 0, None)), saved)
+    assert torch.equal(results[0][0], kernels_quantize.quantize_dequantize(narrow, 1, spec, 16, 3, None, 0)[0])
+    assert torch.equal(results[2], dq.dequantize(*saved[0]))
+
+
 @pytest.mark.parametrize("specs", [("int4/16/e4m3/nearest", 16, 16), ("e2m1/16/e4m3/stochastic", 0, 16)])
 def test_amax_pair_writes_each_jobs_partial_maxima(specs):
     """Two two-level quantizations' global-amax pre-passes in one launch (nvfp4's dY: Dgrad unrotated, Wgrad
@@ -338,6 +403,34 @@ def test_two_duals_match_reference_real_shapes(spec):
                                                   dtype=dtype))
             for g, w_ in zip(got, want):
                 assert g.dtype == w_.dtype and g.shape == w_.shape and torch.equal(_bits(g), _bits(w_))
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic", "e2m1/16/e4m3/stochastic",
+                                  "int4/16/e4m3/stochastic"])
+def test_dual_dequantize_matches_reference_real_shapes(spec):
+    """A linear layer's backward at the step's shapes (dY 8192 x 3072 and 8192 x 1024; W 3072 x 1024, X 8192 x
+    1024 saved column-wise) in one launch: the reference's bits for dY's two, and each dequantization
+    equal to its own launch."""
+    from ufp4_compile.kernels.dequantize import dequantize
+
+    seed = torch.tensor(99, device="cuda")
+    jobs = ((0, 1 << 33, torch.bfloat16), (1, 123456, torch.bfloat16))
+    rhts = (16, 0) if spec.startswith("e2m1") else (16, 16)
+    x = (torch.randn(8192, 1024, device="cuda") * 2).to(torch.bfloat16)
+    for n in (3072, 1024):
+        dy = (torch.randn(8192, n, device="cuda") * 1e-3).to(torch.bfloat16)
+        w = (torch.randn(n, 1024, device="cuda") * 0.02).to(torch.bfloat16)
+        fwd = spec.replace("stochastic", "nearest")
+        saved = [(*kernels_quantize.quantize(t, 0, fwd, 16, rs, None, 0), 0, fwd, torch.bfloat16)
+                 for t, rs in ((w, 5), (x, 7))]
+        results = quantize_pair.quantize_dual_dequantize(dy, spec, rhts, 3, seed, jobs, saved)
+        for job, rht, got in zip(jobs, rhts, results[:2]):
+            for g, w_ in zip(got, _pair_reference(dy, spec, rht, seed, job)):
+                assert g.dtype == w_.dtype and g.shape == w_.shape and torch.equal(_bits(g), _bits(w_))
+        for got, job in zip(results[2:], saved):
+            assert torch.equal(_bits(got), _bits(dequantize(*job)))
 
 
 @gpu

@@ -173,10 +173,48 @@ def test_static_launcher_launches_the_kernels_with_the_same_bits(spec, rht):
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/e4m3/stochastic"])
+def test_dual_dequantize_launch_through_the_static_launcher(spec):
+    """A linear layer's backward (dY's two quantizations and the dequantizations of saved X and W codes) as
+    one launch of the dual-dequantize kernel through Inductor's strict static launcher: eager's bits."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from ufp4_compile import lowering
+    from ufp4_compile.kernels.quantize import quantize
+
+    lowering.register()
+    near = spec.replace("stochastic", "nearest")
+    dy = torch.randn(512, 768, device="cuda", dtype=torch.bfloat16)
+    x, w = torch.randn(512, 256, device="cuda"), torch.randn(768, 256, device="cuda") * 0.05
+    (cx, sx, tx), (cw, sw, tw) = quantize(x, 0, near, 16, 3, None, 0), quantize(w, 0, near, 16, 5, None, 0)
+    seed = torch.tensor(7, device="cuda")
+
+    def back(dy, cx, sx, tx, cw, sw, tw, seed):
+        dyc = torch.ops.ufp4.quantize_dequantize(dy, 0, spec, 16, 3, seed, 1 << 33, torch.bfloat16)
+        xv = torch.ops.ufp4.dequantize(cx, sx, tx, 0, near, torch.bfloat16)
+        dyr = torch.ops.ufp4.quantize_dequantize(dy, 1, spec, 16, 3, seed, 16, torch.bfloat16)
+        wv = torch.ops.ufp4.dequantize(cw, sw, tw, 0, near, torch.bfloat16)
+        return (*dyc, xv, *dyr, wv)
+
+    args = (dy, cx, sx, tx, cw, sw, tw, seed)
+    eager = back(*args)
+    torch._dynamo.reset()
+    with config.patch(force_disable_caches=True, **_strict_static_launch_patches()):
+        compiled, code = run_and_get_code(torch.compile(back, backend="inductor", fullgraph=True), *args)
+    assert _launches("_quantize_dual_dequantize_kernel", "\n".join(code)) == 1
+    for got, want in zip(compiled, eager):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(_bits(got), _bits(want))
+
+
+@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref", "nvfp4", "ufp4-nv"])
 def test_paired_training_step_equals_unpaired(recipe):
     """A training step of backend="ufp4" with paired launches (the default without CUDA graphs: X's, W's and
-    dY's two quantizations each from one read, the backward's dequantizations two by two) against the same
+    dY's two quantizations each from one read, dY's launch with the dequantizations of the saved codes, or
+    with dual_dequantize off those two by two) against the same
     step with pair_launches(False), with pairs but without the one-read dual launch, and with the dual launch
     last (same-axis partners first: X's and W's row-wise quantizations side by side, their column-wise ones):
     the same output and gradients, bit for bit, and the pair and dual kernels in the generated code. nvfp4
@@ -188,8 +226,9 @@ def test_paired_training_step_equals_unpaired(recipe):
     from ufp4_compile.lowering import kernel_calls
 
     results, codes = [], []
-    for paired, dual, two in ((False, "first", True), (True, "first", True), (True, False, True),
-                              (True, "last", True), (True, "first", False)):
+    for paired, dual, two, deq in ((False, "first", True, True), (True, "first", True, True),
+                                   (True, False, True, True), (True, "last", True, True),
+                                   (True, "first", False, True), (True, "first", True, False)):
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = MLP(256, 512).cuda()
@@ -202,12 +241,14 @@ def test_paired_training_step_equals_unpaired(recipe):
             out.float().square().sum().backward()
             return out
 
-        with kernel_calls.pair_launches(paired, dual=dual, two_duals=two), config.patch(force_disable_caches=True):
+        with (kernel_calls.pair_launches(paired, dual=dual, two_duals=two, dual_dequantize=deq),
+              config.patch(force_disable_caches=True)):
             out, code = run_and_get_code(step)
         codes.append("\n".join(code))
         results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
     launches = [{k: _launches(k, code) for k in ("_quantize_pair_kernel", "_dequantize_pair_kernel",
-                                                 "_quantize_dual_kernel", "_quantize_two_duals_kernel")}
+                                                 "_quantize_dual_kernel", "_quantize_two_duals_kernel",
+                                                 "_quantize_dual_dequantize_kernel")}
                 for code in codes]
     # by default a linear layer's X and W duals share one launch (W's bf16 copy exists before X's
     # quantizations); with two_duals off each is its own dual launch. Not nvfp4's: its W (16 x 16 blocks) is
@@ -217,10 +258,13 @@ def test_paired_training_step_equals_unpaired(recipe):
         assert launches[4]["_quantize_dual_kernel"] > launches[1]["_quantize_dual_kernel"]
     else:
         assert not launches[1]["_quantize_two_duals_kernel"]
-    assert not any(launches[0].values()) and launches[1]["_dequantize_pair_kernel"]
+    # dY's dual launch takes the dequantizations of the saved codes beside it; with dual_dequantize off (5),
+    # dY's two share the dual launch and the dequantizations pair with each other
+    assert not any(launches[0].values()) and launches[1]["_quantize_dual_dequantize_kernel"]
+    assert launches[5]["_dequantize_pair_kernel"] and launches[5]["_quantize_dual_kernel"]
+    assert not launches[5]["_quantize_dual_dequantize_kernel"]
     if recipe in ("nvfp4", "ufp4-nv"):
         assert not _launches("_amax_pair_kernel", codes[0]) and _launches("_amax_pair_kernel", codes[1])
-    assert launches[1]["_quantize_dual_kernel"]  # dY's
     # Without the dual kernel (2) or with it last (3), one tensor's two axes take the pair kernel where their
     # tiles take one warp count: not E4M3's (4 warps row-wise, 2 column-wise). nvfp4's weights (16 x 16 blocks)
     # are another format than its activations, so nothing in this MLP has a same-axis partner there.

@@ -224,6 +224,27 @@ def _pair_check() -> dict:
                 code = wrapper_code(two, ((256, 512), torch.bfloat16), ((384, 512), torch.bfloat16),
                                     ((), torch.int64), ((), torch.int64))
             out[f"{spec}/two/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+    for sr, scale_dtype in (("int4/16/fp32/stochastic", torch.float32), ("e2m1/16/e4m3/stochastic", torch.float8_e4m3fn)):
+        near = sr.replace("stochastic", "nearest")
+
+        def back(dy, cx, sx, tx, cw, sw, tw, seed):  # a linear layer's backward: dY's two, X's and W's codes
+            dyc = torch.ops.ufp4.quantize_dequantize(dy, 0, sr, 16, 3, seed, 1 << 33, torch.bfloat16)
+            xv = torch.ops.ufp4.dequantize(cx, sx, tx, 0, near, torch.bfloat16)
+            dyr = torch.ops.ufp4.quantize_dequantize(dy, 1, sr, 16, 3, seed, 16, torch.bfloat16)
+            wv = torch.ops.ufp4.dequantize(cw, sw, tw, 0, near, torch.bfloat16)
+            return (*dyc, xv, *dyr, wv)
+
+        shapes = (((256, 384), torch.bfloat16), ((128, 512), torch.uint8), ((16, 512), scale_dtype),
+                  ((), torch.float32), ((192, 512), torch.uint8), ((24, 512), scale_dtype), ((), torch.float32),
+                  ((), torch.int64))
+        for on in (True, False):
+            with kernel_calls.pair_launches(dual_dequantize=on):
+                code = wrapper_code(back, *shapes)
+            out[f"{sr}/back/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+    out["dual_dequantize_accesses"] = [
+        kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
+        if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_dual_dequantize_kernel"]
+
     def g(x, w, seed):  # the backward's dequantizations of saved codes (two formats), and a third
         cx, sx, tx = torch.ops.ufp4.quantize(x, 0, "int4/16/fp32/nearest", 16, 3, seed, 16)
         cw, sw, tw = torch.ops.ufp4.quantize(w, 0, "e2m1/16/e4m3/nearest", 0, 3, seed, 16)
@@ -306,10 +327,29 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     assert {frozenset(writes) for _, writes, _ in accesses} == {frozenset(rows), frozenset(cols), frozenset(row_col)}
     dual = {(tuple(reads), tuple(writes)) for reads, writes, _ in pairs["dual_accesses"]}
     assert dual and all("a_x_ptr" in reads for reads, _ in dual)
-    assert {frozenset(writes) for _, writes in dual} == {frozenset(row_col)}
+    # X's row-wise values and column-wise codes; dY's two values (the backward with dual_dequantize off)
+    assert {frozenset(writes) for _, writes in dual} == {frozenset(row_col), frozenset(rows)}
     two = {frozenset(writes) for reads, writes, _ in pairs["two_duals_accesses"]}
     assert two == {frozenset(row_col | {w.replace("a_", "c_").replace("b_", "d_") for w in row_col})}
     assert all({"a_x_ptr", "c_x_ptr"} <= set(reads) for reads, _, _ in pairs["two_duals_accesses"])
+
+
+def test_dual_launch_takes_the_backward_dequantizations(wrappers):
+    """A linear layer's backward: dY's two quantizations and the dequantizations of X's and W's saved codes
+    lower to one launch (E4M3: after dY's two global-amax pre-passes in one launch), which reads dY and both
+    codes and writes dY's two results and both dequantized operands; with dual_dequantize off, the dual
+    launch and the dequantize pair."""
+    pairs = wrappers["pairs"]
+    assert pairs["int4/16/fp32/stochastic/back/1"] == ["_quantize_dual_dequantize_kernel"]
+    assert sorted(pairs["int4/16/fp32/stochastic/back/0"]) == ["_dequantize_pair_kernel", "_quantize_dual_kernel"]
+    assert pairs["e2m1/16/e4m3/stochastic/back/1"] == ["_amax_pair_kernel", "_quantize_dual_dequantize_kernel"]
+    assert sorted(pairs["e2m1/16/e4m3/stochastic/back/0"]) == ["_amax_pair_kernel", "_dequantize_pair_kernel",
+                                                               "_quantize_dual_kernel"]
+    accesses = pairs["dual_dequantize_accesses"]
+    assert accesses, "the dual-dequantize kernel was never analysed"
+    for reads, writes, _ in accesses:
+        assert {"a_x_ptr", "c_codes_ptr", "c_scales_ptr", "d_codes_ptr", "d_scales_ptr"} <= set(reads)
+        assert set(writes) == {"a_values_ptr", "a_ts_ptr", "b_values_ptr", "b_ts_ptr", "c_out_ptr", "d_out_ptr"}
 
 
 def test_memos_take_either_torch_api():
@@ -403,15 +443,19 @@ def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool, recipe: str = "uf
                 if not siblings:
                     continue
                 taken |= {node, *siblings}
+                dequantized = [s for s in siblings if kernel_calls._dequantize_call(s) is not None]
+                siblings = [s for s in siblings if s not in dequantized]
                 sibling = siblings[0]
                 a, b = node.args, sibling.args
                 assert all(s.args[2] == a[2] for s in siblings)  # the format (each job has its own RHT)
                 same_axis = kernel_calls._rowwise(a) == kernel_calls._rowwise(b)
                 one_read = kernel_calls._can_dual(kernel_calls._quantize_call(node), kernel_calls._quantize_call(sibling))
+                assert not dequantized or (len(dequantized) == 2 and one_read and len(siblings) == 1)
                 kinds.append("two duals" if len(siblings) == 3 else "same axis" if same_axis else
-                             "one read" if one_read else "one tensor" if a[0] is b[0] else "other axis")
+                             "one read + 2 dequantize" if dequantized else "one read" if one_read else
+                             "one tensor" if a[0] is b[0] else "other axis")
             dequantizations = [n for n in gm.graph.nodes if kernel_calls._dequantize_call(n) is not None]
-            dequantize_pairs, taken = 0, set()
+            dequantize_pairs = 0  # taken: the dequantizations a dual launch took
             for node in dequantizations:
                 sibling = None if node in taken else kernel_calls._dequantize_sibling(node, order, taken)
                 if sibling is not None:
@@ -426,13 +470,15 @@ def test_pairing_finds_the_training_step_pairs(monkeypatch):
     """fp32 (W is quantized column-wise in the backward), without CUDA graphs: the pairing leaves no
     quantization alone: same-axis partners where one's input exists, else the other axis; dY's two in the
     backward (row-wise and column-wise: no other quantization's input exists yet) and W's column-wise ones two
-    by two; and the backward's dequantizations of saved codes two by two."""
+    by two; and the backward's dequantizations of saved codes (X's only: W is quantized in the backward) two at a
+    time in the dual launches of dY that find two within reach."""
     found = _step_pairs(monkeypatch, autocast=False, cudagraphs=False)
     linears = 4  # qkv, attention output, SwiGLU gate-and-up, down
     # forward: X's row-wise and column-wise quantizations from one read (the dual kernel first), W's row-wise
     # ones two by two
     assert found == {"forward": (3 * linears, ["one read"] * linears + ["same axis"] * (linears // 2), 0, 0),
-                     "backward": (3 * linears, ["one read"] * linears + ["same axis"] * (linears // 2), linears, 2)}
+                     "backward": (3 * linears, sorted(["one read", "one read + 2 dequantize"] * (linears // 2)
+                                                      + ["same axis"] * (linears // 2)), linears, 0)}
 
 
 @pytest.mark.parametrize("cudagraphs", [False, True])
@@ -440,19 +486,24 @@ def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
     """bf16 autocast, as a GPU step runs: the forward quantizes X and W both ways, the backward dY. With or
     without CUDA graphs each tensor's two quantizations share the one-read dual launch (X's, W's, dY's), and
     a linear layer's X and W duals share one launch (W's bf16 copy exists before X's quantizations), unless
-    two_duals is off; with the dual kernel last, the forward pairs every quantization with one along its own kind of axis (X's
-    and W's row-wise ones, their column-wise ones), and dY's two share the dual launch only without CUDA
-    graphs (docs/kernels.md, "Two launches in one")."""
+    two_duals is off, and dY's dual launch takes the dequantizations of W's and X's saved codes, unless
+    dual_dequantize is off (then they pair with each other); with the dual kernel last, the forward pairs every
+    quantization with one along its own kind of axis (X's and W's row-wise ones, their column-wise ones), and
+    dY's two share the dual launch only without CUDA graphs (docs/kernels.md, "Two launches in one")."""
     from ufp4_compile.lowering import kernel_calls
 
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     linears = 4
     assert found["forward"][:2] == (4 * linears, ["two duals"] * linears)
-    assert found["backward"][:2] == (2 * linears, ["one read"] * linears)
+    assert found["backward"] == (2 * linears, ["one read + 2 dequantize"] * linears, 2 * linears, 0)
     with kernel_calls.pair_launches(two_duals=False):
         found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     assert found["forward"][:2] == (4 * linears, ["one read"] * (2 * linears))
-    assert found["backward"][:2] == (2 * linears, ["one read"] * linears)
+    assert found["backward"] == (2 * linears, ["one read + 2 dequantize"] * linears, 2 * linears, 0)
+    with kernel_calls.pair_launches(dual_dequantize=False):
+        found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
+    assert found["forward"][:2] == (4 * linears, ["two duals"] * linears)
+    assert found["backward"] == (2 * linears, ["one read"] * linears, 2 * linears, linears)
     with kernel_calls.pair_launches(dual="last"):
         found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
@@ -470,7 +521,8 @@ def test_pairing_of_recipes_that_rotate_wgrad_only(monkeypatch, recipe):
     linears = 4
     assert found["forward"][:2] == ((4 * linears, ["two duals"] * linears) if recipe == "e2m1-ref" else
                                     (4 * linears, ["same axis"] * (2 * linears)))
-    assert found["backward"][:2] == (2 * linears, ["one read"] * linears if recipe == "e2m1-ref" else [])
+    assert found["backward"][:2] == (2 * linears, ["one read + 2 dequantize"] * linears if recipe == "e2m1-ref"
+                                     else [])
 
 
 def test_other_axis_pairing_follows_cuda_graphs():

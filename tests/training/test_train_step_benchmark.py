@@ -86,6 +86,26 @@ def test_kernel_names_fall_into_categories(bench):
     assert bench.categorize("void at::native::elementwise_kernel<128, 2>") == "other"
 
 
+def test_gpu_idle_is_charged_to_the_phase_that_launched_the_kernel(bench):
+    """A synthetic two-step trace: a kernel's idle gap (from the previous kernel's end to its start) and its
+    busy time count for the phase whose CPU range issued its launch; overlapping kernels leave no gap."""
+    cpu = lambda name, ts, dur: {"ph": "X", "cat": "cpu_op", "name": name, "ts": ts, "dur": dur}
+    launch = lambda corr, ts: {"ph": "X", "cat": "cuda_driver", "name": "cuLaunchKernelEx", "ts": ts, "dur": 1,
+                               "args": {"correlation": corr}}
+    kernel = lambda corr, ts, dur: {"ph": "X", "cat": "kernel", "name": f"k{corr}", "ts": ts, "dur": dur,
+                                    "args": {"correlation": corr}}
+    events = [cpu("CompiledFunction", 0, 100), cpu("CompiledFunctionBackward", 100, 100),
+              cpu("Optimizer.step#AdamW.step", 200, 50),
+              launch(1, 10), launch(2, 20), launch(3, 150), launch(4, 210), launch(5, 300),
+              kernel(1, 50, 100), kernel(2, 120, 40),  # overlaps kernel 1: no gap; busy counts both
+              kernel(3, 400, 1000), kernel(4, 1500, 500), kernel(5, 2000, 10)]
+    idle = bench.gpu_idle_by_phase({"traceEvents": events}, steps=2)
+    assert idle["forward"] == {"busy_ms": 0.14 / 2, "idle_ms": 0.0, "kernels": 1.0}
+    assert idle["backward"] == pytest.approx({"busy_ms": 0.5, "idle_ms": (400 - 160) / 1e3 / 2, "kernels": 0.5})
+    assert idle["optimizer"] == pytest.approx({"busy_ms": 0.25, "idle_ms": 0.05, "kernels": 0.5})
+    assert idle["other"] == pytest.approx({"busy_ms": 0.005, "idle_ms": 0.0, "kernels": 0.5})
+
+
 def test_profile_breakdown_on_cpu(bench, tmp_path):
     assert bench.main(["--tiny", "--variants", "eager", "--profile", "1", "--out", str(tmp_path)]) == 0
     (json_path,) = tmp_path.glob("train_step_*-tiny.json")

@@ -113,8 +113,11 @@ def _view3(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, bool]:
 
 @functools.lru_cache(maxsize=4096)  # bounded: shapes that never repeat (dynamic shapes) must not grow it
 def launch_plan(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bool, fmt: OperandFormat,
-            apply_tensor_scale: bool) -> tuple[tuple, tuple, dict]:
-    """(grid, strides and sizes, launch kwargs) of codes viewed as ``shape3``, computed once per call site."""
+                apply_tensor_scale: bool, elements: int = 4096) -> tuple[tuple, tuple, dict]:
+    """(grid, strides and sizes, launch kwargs) of codes viewed as ``shape3``, computed once per call site.
+    ``elements``: the values per program (4096 at the launch's four warps; a launch at fewer warps, as the
+    dual launch that takes two dequantizations, plans fewer). Each value is decoded alone, so any tile gives
+    the same bits."""
     c = format_constants(fmt)
     if rowwise:
         pages, O, L2 = 1, shape3[1], shape3[2]
@@ -122,8 +125,8 @@ def launch_plan(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bo
     else:
         pages, L2, O = shape3
         strides = (stride3[0], stride3[2], stride3[1], scale_stride3[0], scale_stride3[2], scale_stride3[1])
-    block_l2 = max(fmt.block // 2, min(triton.next_power_of_2(L2), 64 if rowwise else 32))
-    block_o = max(16, min(triton.next_power_of_2(O), 4096 // (2 * block_l2)))
+    block_l2 = max(fmt.block // 2, min(triton.next_power_of_2(L2), 64 if rowwise else 32, elements // 32))
+    block_o = max(16, min(triton.next_power_of_2(O), elements // (2 * block_l2)))
     grid = (triton.cdiv(O, block_o), triton.cdiv(L2, block_l2), pages)
     kwargs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, APPLY_TS=apply_tensor_scale, ROWWISE=rowwise,
                   BLOCK_O=block_o, BLOCK_L2=block_l2)

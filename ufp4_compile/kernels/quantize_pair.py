@@ -14,12 +14,15 @@ bits are the single launches'.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
+from ufp4_compile.kernels.dequantize import PLAN_ARGS as DEQUANTIZE_PLAN_ARGS
+from ufp4_compile.kernels.dequantize import _dequantize_tile
 from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS,
                                            LaunchPlan, PLAN_SCALARS, _amax_at, _program_at, _quantize_at, _seed_tensor,
                                            launch_plan, output_pointers, plan_for, quantize, quantize_dequantize,
@@ -166,6 +169,55 @@ def _quantize_two_duals_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_
 
 
 @triton.jit
+def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key,
+                                     a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr,
+                                     b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr,
+                                     M, N, a_offset, b_offset, n_dual, g_dual,
+                                     c_codes_ptr, c_scales_ptr, c_ts_ptr, c_out_ptr, c_O, c_L2, c_s_page, c_s_o,
+                                     c_s_l, c_ss_page, c_ss_o, c_ss_l, c_g0, c_g1, n_c,
+                                     d_codes_ptr, d_scales_ptr, d_ts_ptr, d_out_ptr, d_O, d_L2, d_s_page, d_s_o,
+                                     d_s_l, d_ss_page, d_ss_o, d_ss_l, d_g0, d_g1,
+                                     GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr,
+                                     BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr,
+                                     Q_MAX: tl.constexpr, ASM: tl.constexpr,
+                                     A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+                                     A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
+                                     B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+                                     B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr,
+                                     COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr,
+                                     C_GRID: tl.constexpr, C_SCALE: tl.constexpr, C_BLOCK: tl.constexpr,
+                                     C_APPLY_TS: tl.constexpr, C_ROWWISE: tl.constexpr, C_BLOCK_O: tl.constexpr,
+                                     C_BLOCK_L2: tl.constexpr,
+                                     D_GRID: tl.constexpr, D_SCALE: tl.constexpr, D_BLOCK: tl.constexpr,
+                                     D_APPLY_TS: tl.constexpr, D_ROWWISE: tl.constexpr, D_BLOCK_O: tl.constexpr,
+                                     D_BLOCK_L2: tl.constexpr):
+    """One tensor's dual launch and two dequantizations in one (a linear layer's backward: dY's row-wise and
+    column-wise quantizations, and the dequantizations of the saved codes of W and X beside them): the first
+    ``n_dual = g_dual * (M // 16)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``, the
+    next ``n_c`` job c's dequantize grid (``kernels.dequantize._dequantize_tile``, ``c_g0 x c_g1`` tiles a
+    page), the rest job d's. Each quantize program is exactly the tile it runs in its own launch, and each
+    dequantized value is decoded alone, so the bits are the single launches'. A launch fewer per linear
+    layer's backward."""
+    pid = tl.program_id(0)
+    if pid < n_dual:
+        _dual_at(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, a_codes_ptr,
+                 a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
+                 a_offset, b_offset, pid % g_dual, pid // g_dual, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
+                 Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
+    elif pid < n_dual + n_c:
+        q = pid - n_dual
+        _dequantize_tile(c_codes_ptr, c_scales_ptr, c_ts_ptr, c_out_ptr, c_O, c_L2, c_s_page, c_s_o, c_s_l,
+                         c_ss_page, c_ss_o, c_ss_l, q % c_g0, (q // c_g0) % c_g1, q // (c_g0 * c_g1),
+                         C_GRID, C_SCALE, C_BLOCK, C_APPLY_TS, C_ROWWISE, C_BLOCK_O, C_BLOCK_L2)
+    else:
+        q = pid - n_dual - n_c
+        _dequantize_tile(d_codes_ptr, d_scales_ptr, d_ts_ptr, d_out_ptr, d_O, d_L2, d_s_page, d_s_o, d_s_l,
+                         d_ss_page, d_ss_o, d_ss_l, q % d_g0, (q // d_g0) % d_g1, q // (d_g0 * d_g1),
+                         D_GRID, D_SCALE, D_BLOCK, D_APPLY_TS, D_ROWWISE, D_BLOCK_O, D_BLOCK_L2)
+
+
+@triton.jit
 def _amax_pair_kernel(a_x_ptr, b_x_ptr, a_gamax_ptr, b_gamax_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l, a_pages,
                       a_rht_key, b_O, b_L, b_s_page, b_s_o, b_s_l, b_pages, b_rht_key,
                       A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
@@ -297,6 +349,46 @@ def two_duals_launch(first: PairLaunch, second: PairLaunch) -> PairLaunch:
                       _quantize_two_duals_kernel, prefixes)
 
 
+# The values per program of a dequantize job in a dual launch, per warp: the dual launch's tile holds 32
+# elements per thread in either pass, and so does this (the single dequantize launch: 4096 at four warps).
+DEQUANTIZE_ELEMENTS_PER_WARP = 1024
+
+
+def dual_dequantize_elements(dual: PairLaunch) -> int:
+    """``kernels.dequantize.launch_plan``'s ``elements`` for a dequantize job in ``dual``'s launch."""
+    return DEQUANTIZE_ELEMENTS_PER_WARP * dual.num_warps
+
+
+def dual_dequantize_refusal(dual: PairLaunch, dequantize_plans) -> str | None:
+    """Why a dual launch and the dequantize launch plans ``dequantize_plans`` (``kernels.dequantize.launch_plan``
+    at :func:`dual_dequantize_elements`) cannot run as one (:func:`_quantize_dual_dequantize_kernel`), or None."""
+    if dual.kernel is not _quantize_dual_kernel:
+        return "not a dual launch"
+    if len(dequantize_plans) != 2:
+        return f"{len(dequantize_plans)} dequantizations (the launch takes two)"
+    elements = dual_dequantize_elements(dual)
+    if any(kw["BLOCK_O"] * 2 * kw["BLOCK_L2"] > elements for _, _, kw in dequantize_plans):
+        return f"a dequantize tile holds more than {elements} values"
+    return None
+
+
+def dual_dequantize_launch(dual: PairLaunch, dequantize_plans) -> PairLaunch:
+    """The one launch of ``dual`` and two dequantizations (``dual_dequantize_refusal`` is None): the dual's jobs
+    under its ``prefixes``, the dequantizations' arguments under ``c_`` and ``d_`` (``kernels.dequantize``'s
+    names: ``codes_ptr``, ``scales_ptr``, ``ts_ptr``, ``out_ptr`` are the caller's)."""
+    n_dual = dual.grid[0] * dual.grid[1]
+    scalars = dict(M=dual.scalars["M"], N=dual.scalars["N"], n_dual=n_dual, g_dual=dual.grid[0])
+    constexprs, n = dict(dual.constexprs), n_dual
+    for p, (grid, args, kwargs) in zip("cd", dequantize_plans):
+        scalars.update({f"{p}_{k}": v for k, v in zip(DEQUANTIZE_PLAN_ARGS, args)})
+        scalars.update({f"{p}_g0": grid[0], f"{p}_g1": grid[1]})
+        constexprs.update({f"{p.upper()}_{k}": v for k, v in kwargs.items()})
+        n += grid[0] * grid[1] * grid[2]
+    (c_grid, _, _), _ = dequantize_plans
+    scalars["n_c"] = c_grid[0] * c_grid[1] * c_grid[2]
+    return PairLaunch((n, 1, 1), dual.num_warps, scalars, constexprs, _quantize_dual_dequantize_kernel, dual.prefixes)
+
+
 def amax_launches(plans, inputs, partials, keys) -> list[tuple]:
     """The global-amax pre-pass launches of quantizations with ``plans`` (two-level scales only; the others are
     skipped), each job's maxima written to its own ``partials`` buffer (``AMAX_PROGRAMS`` int32): two jobs in
@@ -353,9 +445,10 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
     return _run(launch, plans, inputs, jobs)
 
 
-def _run(launch: PairLaunch, plans, inputs, jobs) -> list[tuple]:
+def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None) -> list[tuple]:
     """Allocate the jobs' outputs, run their global-amax pre-passes (two-level scales, two a launch) and
-    ``launch``; each job's result (``quantize``'s or ``quantize_dequantize``'s), in the order of ``plans``."""
+    ``launch`` (with ``extra`` arguments: other jobs' tensors); each job's result (``quantize``'s or
+    ``quantize_dequantize``'s), in the order of ``plans``."""
     partials = [torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=t.device)  # every program writes its slot
                 if plan.amax_constexprs is not None else None for plan, (t, _, _) in zip(plans, inputs)]
     keys = [rht_key(plan, r) for plan, (_, r, _) in zip(plans, inputs)]
@@ -381,7 +474,8 @@ def _run(launch: PairLaunch, plans, inputs, jobs) -> list[tuple]:
                          f"{p}_offset": int(offset), f"{p}_seed_ptr": seed_t, f"{p}_rht_key": key})
         if f"{p}_x_ptr" in launch.kernel.arg_names:
             kwargs[f"{p}_x_ptr"] = t
-    launch.kernel[launch.grid](**kwargs, **launch.scalars, **launch.constexprs, num_warps=launch.num_warps)
+    launch.kernel[launch.grid](**kwargs, **(extra or {}), **launch.scalars, **launch.constexprs,
+                               num_warps=launch.num_warps)
     return outputs
 
 
@@ -412,6 +506,47 @@ def quantize_two_duals(fmt: OperandFormat | str, first: tuple, second: tuple, *,
     launch = two_duals_launch(*duals)
     return _run(launch, [p for g in groups for p in g[5]], [(g[0], g[1], g[2]) for g in groups for _ in range(2)],
                 [j for g in groups for j in g[4]])
+
+
+def quantize_dual_dequantize(x: torch.Tensor, fmt: OperandFormat | str, rhts: tuple, rht_seed: int, seed, jobs,
+                             dequantizations, *, config: dict | None = None) -> list:
+    """A 2-D tensor's row-wise and column-wise quantizations and two dequantizations in one launch of
+    :func:`_quantize_dual_dequantize_kernel` (dY's dual and the saved codes of W and X in a linear layer's
+    backward) where :func:`dual_refusal` and :func:`dual_dequantize_refusal` allow, else by
+    :func:`quantize_pair` and ``kernels.dequantize.dequantize_pair``. ``rhts`` and ``jobs``: the two
+    quantizations' RHT sizes and ``(axis, offset, dtype)`` as :func:`quantize_pair` takes them;
+    ``dequantizations``: two ``(codes, scales, tensor_scale, axis, fmt, dtype)``. The two quantizations'
+    results, then the two dequantized tensors; each bit for bit its single call's."""
+    from ufp4_compile.kernels import dequantize as dq
+
+    fmt = as_format(fmt)
+    if len(jobs) != 2 or len(rhts) != 2 or len(dequantizations) != 2:
+        raise ValueError(f"jobs={jobs!r}, rhts={rhts!r} and {len(dequantizations)} dequantizations are not valid: "
+                         "two (axis, offset, dtype) triples, two RHT sizes, two dequantize calls")
+    axes = [check_quantize_inputs(x, axis, fmt, rht, seed) for (axis, _, _), rht in zip(jobs, rhts)]
+    checked = [dq._checked(codes, scales, axis, f) for codes, scales, _, axis, f, _ in dequantizations]
+    x = x.contiguous()
+    plans = [plan_for(x, axis, fmt, rht, codes=dtype is None, values=dtype is not None, config=config)
+             for axis, (_, _, dtype), rht in zip(axes, jobs, rhts)]
+    empty = x.numel() == 0 or any(math.prod(shape) == 0 for _, _, shape in checked)
+    dual = (pair_launch(*plans, dual_shape=tuple(x.shape), dual_tile=config)
+            if not empty and dual_refusal(tuple(x.shape), *plans) is None else None)
+    views, dequantize_plans, outs = [], [], []
+    for (codes, scales, ts, _, _, dtype), (f, axis, shape) in zip(dequantizations, checked):
+        c3, rowwise = dq._view3(codes, axis)
+        s3, _ = dq._view3(scales, axis)
+        views.append((c3, s3, ts))
+        outs.append(torch.empty(shape, dtype=dtype, device=codes.device))
+        if dual is not None:
+            dequantize_plans.append(dq.launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, f, True,
+                                                   dual_dequantize_elements(dual)))
+    if dual is None or dual_dequantize_refusal(dual, dequantize_plans) is not None:
+        return [*quantize_pair(x, fmt, rhts, rht_seed, seed, jobs, config=config),
+                *dq.dequantize_pair(dequantizations)]
+    launch = dual_dequantize_launch(dual, dequantize_plans)
+    extra = {f"{p}_{k}": v for p, (c3, s3, ts), out in zip("cd", views, outs)
+             for k, v in (("codes_ptr", c3), ("scales_ptr", s3), ("ts_ptr", ts), ("out_ptr", out))}
+    return [*_run(launch, plans, [(x, rht_seed, seed)] * 2, jobs, extra), *outs]
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
@@ -498,6 +633,25 @@ def compile_variants():
                 f"{'values' if col_values else 'codes'}]",
                 ", ".join(sorted(names)), _quantize_dual_kernel, types, launch.constexprs,
                 aligned=("a_x_ptr", "b_x_ptr", *written, "M", "N"), options=dict(num_warps=launch.num_warps)))
+            if col_values and c.stochastic and rb == 16:  # dY's dual (stochastic, Wgrad's job rotated) with the
+                # dequantizations of two saved column-wise codes of the format (a linear layer's backward), at
+                # the dequantize tile of the dual launch's warps (kernels.dequantize.launch_plan)
+                side = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, APPLY_TS=True, ROWWISE=False,
+                            BLOCK_O=16, BLOCK_L2=32)
+                deq_types, deq_unit = {}, {}
+                for p in "cd":
+                    deq_types.update({f"{p}_codes_ptr": "*u8", f"{p}_scales_ptr": _SCALE_POINTERS[c.scale],
+                                      f"{p}_ts_ptr": "*fp32", f"{p}_out_ptr": "*bf16", f"{p}_O": "i32",
+                                      f"{p}_L2": "i32", f"{p}_s_page": "i32", f"{p}_s_l": "i32",
+                                      f"{p}_ss_page": "i32", f"{p}_ss_l": "i32", f"{p}_g0": "i32", f"{p}_g1": "i32"})
+                    deq_unit.update({f"{p}_s_o": 1, f"{p}_ss_o": 1, **{f"{p.upper()}_{k}": v for k, v in side.items()}})
+                variants.append(KernelVariant.build(
+                    f"quantize_dual_dequantize[{fmt.spec} {rht} row-wise + column-wise values, two column-wise "
+                    "dequantizations]", ", ".join(sorted(names)), _quantize_dual_dequantize_kernel,
+                    {k: v for k, v in types.items() if k != "b_x_ptr"} | deq_types
+                    | dict(n_dual="i32", g_dual="i32", n_c="i32"), launch.constexprs | deq_unit,
+                    aligned=("a_x_ptr", *written, "M", "N", "c_codes_ptr", "d_codes_ptr", "c_out_ptr", "d_out_ptr",
+                             "c_O", "d_O"), options=dict(num_warps=launch.num_warps)))
             if not col_values:  # X's and W's duals in one launch (the forward), each its row-wise values and
                 # column-wise codes
                 two = two_duals_launch(launch, launch)

@@ -41,12 +41,13 @@ def pairing(option):
     tensors across axes, "all" does with CUDA graphs too, "no-dual" the default without the dual kernel (a
     tensor's two axes read twice, by the pair kernel), "dual-last" the dual kernel only for a quantization with
     no same-axis partner, "single-duals" the default with each tensor's dual launch its own (not two tensors'
-    in one), False not at all (:func:`kernel_calls.pair_launches`)."""
+    in one), "dequantize-apart" the default with the backward's dequantizations in launches of their own (not
+    in dY's dual launch), False not at all (:func:`kernel_calls.pair_launches`)."""
     from ufp4_compile.lowering.kernel_calls import pair_launches
 
     return pair_launches(option is not False, other_axis={"same-axis": False, "all": True}.get(option),
                          dual={"no-dual": False, "dual-last": "last"}.get(option, "first"),
-                         two_duals=option != "single-duals")
+                         two_duals=option != "single-duals", dual_dequantize=option != "dequantize-apart")
 
 
 def cache_key() -> str:

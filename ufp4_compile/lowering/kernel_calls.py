@@ -301,17 +301,22 @@ _DUAL_KEYS = {"first": "F", "last": "L", False: "0"}
 # where a second tensor's two quantizations follow within reach with their inputs already there (X's and W's in
 # the forward): a launch fewer per linear layer's forward.
 _two_duals = True
+# A dual launch with no second tensor's dual takes the next two dequantizations within reach whose inputs exist
+# before it (kernels.quantize_pair._quantize_dual_dequantize_kernel): in a linear layer's backward, dY's two
+# quantizations and the dequantizations of W's and X's saved codes, a launch fewer per layer.
+_dual_dequantize = True
 _PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
 
 
 def state_key() -> str:
     """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
-    return f"pairs{int(_pairing)}{_other_axis}{_DUAL_KEYS[_dual]}{'' if _two_duals else 'S'}"
+    return (f"pairs{int(_pairing)}{_other_axis}{_DUAL_KEYS[_dual]}{'' if _two_duals else 'S'}"
+            f"{'' if _dual_dequantize else 'D'}")
 
 
 @contextlib.contextmanager
 def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str = "first",
-                  two_duals: bool = True):
+                  two_duals: bool = True, dual_dequantize: bool = True):
     """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
     (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner
     pairs along the other axis; None (the default): only without CUDA graphs (Inductor's
@@ -319,19 +324,22 @@ def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual:
     launch that reads the tensor once (the dual kernel): ``"first"`` (the default) before any other partner,
     ``"last"`` only where a quantization found no same-axis partner and other-axis pairs are on, False never.
     ``two_duals``: with the dual kernel first, two tensors' duals in one launch where they can (the default).
-    Keep the setting for the first backward too: the backward compiles then."""
-    if (not any(other_axis is v for v in (None, True, False)) or not any(enabled is v for v in (True, False))
-            or not (dual is False or dual in ("first", "last")) or not any(two_duals is v for v in (True, False))):
-        raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r}, two_duals={two_duals!r} "
-                         "are not valid: enabled is True or False, other_axis True, False or None, dual 'first', "
-                         "'last' or False, two_duals True or False")
-    global _pairing, _other_axis, _dual, _two_duals
-    previous = (_pairing, _other_axis, _dual, _two_duals)
-    _pairing, _other_axis, _dual, _two_duals = enabled, other_axis, dual, two_duals
+    ``dual_dequantize``: a dual launch with no second dual takes the next two dequantizations whose inputs
+    exist (dY's and the saved codes' in a linear layer's backward; the default). Keep the setting for the
+    first backward too: the backward compiles then."""
+    flags = dict(enabled=enabled, two_duals=two_duals, dual_dequantize=dual_dequantize)
+    if (not any(other_axis is v for v in (None, True, False)) or not (dual is False or dual in ("first", "last"))
+            or not all(any(v is b for b in (True, False)) for v in flags.values())):
+        raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r}, two_duals={two_duals!r}, "
+                         f"dual_dequantize={dual_dequantize!r} are not valid: enabled, two_duals and dual_dequantize "
+                         "are True or False, other_axis True, False or None, dual 'first', 'last' or False")
+    global _pairing, _other_axis, _dual, _two_duals, _dual_dequantize
+    previous = (_pairing, _other_axis, _dual, _two_duals, _dual_dequantize)
+    _pairing, _other_axis, _dual, _two_duals, _dual_dequantize = enabled, other_axis, dual, two_duals, dual_dequantize
     try:
         yield
     finally:
-        _pairing, _other_axis, _dual, _two_duals = previous
+        _pairing, _other_axis, _dual, _two_duals, _dual_dequantize = previous
 
 
 def _ufp4_call(node, *ops: str) -> tuple | None:
@@ -450,7 +458,7 @@ def _siblings(node, order: dict, taken=()) -> list:
     if partner is None:
         return []
     mine, theirs = _quantize_call(node), _quantize_call(partner)
-    first = _dual_launch(mine, theirs) if _two_duals and _dual == "first" else None
+    first = _dual_launch(mine, theirs) if (_two_duals or _dual_dequantize) and _dual == "first" else None
     if first is None:
         return [partner]
     from ufp4_compile.kernels.quantize_pair import two_duals_refusal
@@ -458,7 +466,7 @@ def _siblings(node, order: dict, taken=()) -> list:
     here, busy = order[node], {*taken, node, partner}
     exists = lambda call: all(order.get(a, here) < here for a in (call[0], call[5]) if hasattr(a, "op"))
     later = node.next
-    for _ in range(_PAIR_REACH):
+    for _ in range(_PAIR_REACH if _two_duals else 0):
         if later.op == "root":
             break
         other = _quantize_call(later) if later not in busy else None
@@ -468,7 +476,8 @@ def _siblings(node, order: dict, taken=()) -> list:
                 if two_duals_refusal(first, _dual_launch(other, _quantize_call(second))) is None:
                     return [partner, later, second]
         later = later.next
-    return [partner]
+    dequantizations = _dequantize_siblings(node, order, busy, 2) if _dual_dequantize else []
+    return [partner, *dequantizations] if len(dequantizations) == 2 else [partner]
 
 
 def _own_partner(node, mine, order: dict, taken, accept):
@@ -486,21 +495,28 @@ def _own_partner(node, mine, order: dict, taken, accept):
     return best
 
 
+def _dequantize_siblings(node, order: dict, taken=(), count: int = 1) -> list:
+    """The next ``count`` dequantizations within reach whose inputs all exist before ``node`` (so they can run
+    there), none in ``taken``; fewer where reach ends first."""
+    here, found = order[node], []
+    later = node.next
+    for _ in range(_PAIR_REACH):
+        if later.op == "root" or len(found) == count:
+            break
+        call = _dequantize_call(later) if later not in taken else None
+        if call is not None and all(order.get(a, here) < here for a in call[:3] if hasattr(a, "op")):
+            found.append(later)
+        later = later.next
+    return found
+
+
 def _dequantize_sibling(node, order: dict, taken=()):
     """The next dequantize within reach whose inputs all exist before ``node`` (so it can run there), not one
     in ``taken``."""
     if _dequantize_call(node) is None:
         return None
-    here = order[node]
-    later = node.next
-    for _ in range(_PAIR_REACH):
-        if later.op == "root":
-            return None
-        call = _dequantize_call(later) if later not in taken else None
-        if call is not None and all(order.get(a, here) < here for a in call[:3] if hasattr(a, "op")):
-            return later
-        later = later.next
-    return None
+    found = _dequantize_siblings(node, order, taken)
+    return found[0] if found else None
 
 
 def _lower_paired(find_siblings, lower_all):
@@ -538,6 +554,8 @@ def _quantize_pair(x, seed):
                                                         two_duals_refusal)
 
         calls = [_quantize_call(n) for n in (node, *siblings)]
+        dequantizations = [_dequantize_call(n) for n in siblings if _quantize_call(n) is None]
+        calls = calls[:len(calls) - len(dequantizations)]
         try:  # the siblings' inputs and seeds as lowered (they exist: the siblings were chosen so)
             lowered = [(x, seed)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (c[0], c[5]))
                                      for c in calls[1:]]
@@ -556,6 +574,8 @@ def _quantize_pair(x, seed):
                  and one_read[i // 2]]
         if len(calls) == 4 and len(duals) == 2 and two_duals_refusal(*duals) is None:
             launch = two_duals_launch(*duals)
+        elif dequantizations and len(duals) == 1:
+            return _emit_dual_dequantize(duals[0], calls, lowered, sizes, plans, dequantizations, x.get_device())
         else:
             calls, lowered, sizes, plans = calls[:2], lowered[:2], sizes[:2], plans[:2]
             if not one_read[0] and pair_refusal(*plans) is not None:
@@ -566,9 +586,31 @@ def _quantize_pair(x, seed):
     return _lower_paired(_siblings, lower_all) if _on_cuda(x) else None
 
 
-def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device) -> tuple:
+def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device) -> tuple:
+    """Emit ``dual`` (two quantizations of one tensor) with the two ``dequantizations`` (their FX calls) as one
+    launch where ``kernels.quantize_pair.dual_dequantize_refusal`` accepts them: the four op results; else the
+    dual launch alone: its two (the dequantizations lower on their own)."""
+    from torch._inductor.virtualized import V
+
+    from ufp4_compile.kernels.quantize_pair import dual_dequantize_elements, dual_dequantize_launch, dual_dequantize_refusal
+
+    try:
+        planned = [_dequantize_plan(*(V.graph.env[a] for a in call[:3]), *call[3:],
+                                    elements=dual_dequantize_elements(dual)) for call in dequantizations]
+    except KeyError:
+        planned = [None]
+    if any(p is None for p in planned) or dual_dequantize_refusal(dual, [p[0] for p in planned]) is not None:
+        return _emit_quantize_launch(dual, calls, lowered, sizes, plans, device)
+    extra = {f"{p}_{k}": v for p, (_, tensors, _) in zip("cd", planned) for k, v in tensors.items()}
+    results = _emit_quantize_launch(dual_dequantize_launch(dual, [p[0] for p in planned]), calls, lowered, sizes,
+                                    plans, device, extra)
+    return (*results, *(out for _, _, out in planned))
+
+
+def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: dict | None = None) -> tuple:
     """Emit the jobs' outputs, their global-amax pre-passes (two a launch) and ``launch`` (a pair, dual or
-    two-duals launch, its jobs under ``launch.prefixes``); each job's op result."""
+    two-duals launch, its jobs under ``launch.prefixes``; ``extra``: other jobs' buffers); each quantize job's op
+    result."""
     from ufp4_compile.kernels.quantize import output_pointers, rht_key
 
     outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
@@ -587,7 +629,8 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device) -> tuple
         if f"{p}_x_ptr" in arg_names:
             tensors[f"{p}_x_ptr"] = t
         scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
-    kernel_launch(launch.kernel, launch.grid, launch.num_warps, tensors, {**scalars, **launch.constexprs})
+    kernel_launch(launch.kernel, launch.grid, launch.num_warps, {**tensors, **(extra or {})},
+                  {**scalars, **launch.constexprs})
     return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
 
 
@@ -622,8 +665,9 @@ def _view3(shape: tuple, axis: int) -> tuple[tuple, tuple, bool]:
     return (pages, shape[axis], inner), (shape[axis] * inner, inner, 1), False
 
 
-def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype):
-    """(launch plan, tensors, output buffer) of one dequantize launch, or None when it cannot be planned here."""
+def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype, elements: int = 4096):
+    """(launch plan, tensors, output buffer) of one dequantize launch (``elements`` values a program), or None
+    when it cannot be planned here."""
     from ufp4_compile.kernels.dequantize import launch_plan
 
     sizes = _static_sizes(codes, scales)
@@ -634,7 +678,7 @@ def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype):
     codes, scales = _contiguous(codes), _contiguous(scales)
     shape3, stride3, rowwise = _view3(shape, axis)
     _, scale_stride3, _ = _view3(scale_shape, axis)
-    plan = launch_plan(shape3, stride3, scale_stride3, rowwise, as_format(fmt), True)
+    plan = launch_plan(shape3, stride3, scale_stride3, rowwise, as_format(fmt), True, elements)
     out_shape = list(shape)
     out_shape[axis] *= 2
     out = _empty(tuple(out_shape), dtype, codes.get_device())
