@@ -18,6 +18,7 @@ def register() -> None:
     from torch._inductor.lowering import fallbacks, register_lowering
 
     import ufp4_compile.ops  # noqa: F401  (defines the ops)
+    from ufp4_compile.lowering import static_launch
     from ufp4_compile.lowering.cuda_impls import register_cuda_impls
     from ufp4_compile.lowering.kernel_calls import LOWERINGS, install_memos
     from ufp4_compile.lowering.scaled_mm import lower_scaled_mm
@@ -29,6 +30,7 @@ def register() -> None:
         fallbacks.discard(op)
         register_lowering(op, type_promotion_kind=None)(lowering)
     install_memos()
+    static_launch.install()
     if torch.cuda.is_available():
         register_cuda_impls()
     _registered = True

@@ -1,0 +1,65 @@
+"""Inductor's static launcher for user-defined Triton kernels compiled in its worker pool.
+
+The backend asks Inductor to launch the kernels it did not generate (ours, through the lowerings in
+``kernel_calls``) with its static launcher (``static_launch_user_defined_triton_kernels``; docs/kernels.md):
+a C++ launch from the generated wrapper instead of Triton's Python launcher. Inductor compiles a graph's Triton
+kernels in a pool of worker processes and hands the workers ``use_static_triton_launcher`` but not that
+option, so a user-defined kernel compiled there comes back bound to Triton's launcher, and the parent keeps
+what the worker chose (``CachingAutotuner._precompile_worker`` reuses the worker's compile results). Only a
+kernel compiled in the parent itself (small graphs, one compile thread) got the static launcher.
+
+:func:`install` makes the parent choose again for such a kernel where its own config asks for static launches:
+it drops the worker's results of a user-defined kernel that are not static and precompiles the kernel's
+configs in the parent, where Triton's on-disk cache (which the worker filled) serves the binary. Whatever the
+static launcher refuses stays on Triton's launcher, as in Inductor's own path.
+"""
+
+from __future__ import annotations
+
+OPTION = "static_launch_user_defined_triton_kernels"
+
+
+def _relaunch_in_parent(autotuner, heuristics) -> bool:
+    """Whether ``autotuner`` (a ``CachingAutotuner`` whose compile results came from a worker) is a user-defined
+    kernel with a result on Triton's launcher that the parent's config wants launched statically."""
+    from torch._inductor import config
+
+    user = getattr(getattr(heuristics, "HeuristicType", None), "USER_AUTOTUNE", None)
+    static = getattr(heuristics, "StaticTritonCompileResult", None)
+    return (user is not None and static is not None and getattr(autotuner, "heuristic_type", None) == user
+            and bool(getattr(config, OPTION, False)) and bool(getattr(config, "use_static_triton_launcher", False))
+            and not getattr(config, "cpp_wrapper", False)
+            and all(hasattr(r, "config") for r in autotuner.compile_results)
+            and any(not isinstance(r, static) for r in autotuner.compile_results))
+
+
+def install() -> bool:
+    """Patch ``CachingAutotuner._precompile_worker`` once per process (see the module's docstring); False where
+    this torch lacks the pieces (then nothing changes)."""
+    try:
+        from torch._inductor.runtime import triton_heuristics as heuristics
+    except ImportError:
+        return False
+    autotuner = getattr(heuristics, "CachingAutotuner", None)
+    original = getattr(autotuner, "_precompile_worker", None)
+    if original is None:
+        return False
+    if getattr(original, "_ufp4_static", False):
+        return True
+
+    def _precompile_worker(self):
+        if getattr(self, "compile_results", None) and _relaunch_in_parent(self, heuristics):
+            fn = getattr(self, "fn", None)
+            reload = getattr(self, "_reload_kernel", None)
+            if getattr(fn, "fn", True) is None:  # the worker's JIT function lost its Python function in the pickle
+                if not callable(reload):
+                    return original(self)
+                self.fn = reload().fn  # as Inductor's own parent-side compiles do (_ensure_kernel_loaded)
+            self.configs = [r.config for r in self.compile_results]
+            self.compile_results = []
+        return original(self)
+
+    _precompile_worker._ufp4_static = True
+    _precompile_worker.original = original
+    autotuner._precompile_worker = _precompile_worker
+    return True
