@@ -6,9 +6,12 @@
 - :func:`_quantize_dual_kernel` takes one 2-D tensor's row-wise and column-wise quantizations from one read of
   it (X's, W's and dY's two, where the lowering pairs them so): each program quantizes its 16 x B tile's row
   segments, then its columns (the second load of the tile hits the cache).
+- :func:`_quantize_two_duals_kernel` runs two tensors' dual grids in one launch (X's and W's in a linear
+  layer's forward); :func:`_quantize_dual_dequantize_kernel` a dual grid and two dequantize grids (dY's two
+  and the saved codes of W and X in its backward).
 
-Both run each element through the code of its own single launch (``kernels.quantize._quantize_at``), so the
-bits are the single launches'.
+Each runs each element through the code of its own single launch (``kernels.quantize._quantize_at``,
+``kernels.dequantize._dequantize_tile``), so the bits are the single launches'.
 """
 
 from __future__ import annotations
