@@ -65,9 +65,9 @@ def test_paired_quantizations_match_eager(spec, rht):
     """With pairing (the default), two quantizations of x in one graph (row-wise values, column-wise codes)
     run as one launch where the format allows (the dual kernel, one read of x, where dual_refusal allows,
     else the pair kernel). With x's and w's, each with its own RHT seed and seed, both ways (as the forward
-    quantizes X and W for Fprop, Wgrad and Dgrad): by default each tensor's two from one read; with the dual
-    launch last, the row-wise values of x and w side by side, and their column-wise codes. Bit for bit
-    eager's."""
+    quantizes X and W for Fprop, Wgrad and Dgrad): by default each tensor's two from one read, both tensors'
+    in one two-duals launch; with the dual launch last, the row-wise values of x and w side by side, and
+    their column-wise codes. Bit for bit eager's."""
     from torch._inductor.utils import run_and_get_code
 
     from ufp4_compile import lowering
@@ -120,8 +120,10 @@ def test_paired_quantizations_match_eager(spec, rht):
         with kernel_calls.pair_launches(dual=dual), torch._inductor.config.patch(force_disable_caches=True):
             compiled, code = run_and_get_code(torch.compile(g, backend="inductor", fullgraph=True), x, w, seed, w_seed)
         text = "\n".join(code)
-        if dual == "first":
-            assert len(re.findall(r"_quantize_dual_kernel\w*\.run\(", text)) == duals
+        if dual == "first":  # both tensors' duals in one two-duals launch where both take the dual kernel
+            two = len(re.findall(r"_quantize_two_duals_kernel\w*\.run\(", text))
+            assert two == (duals == 2)
+            assert len(re.findall(r"_quantize_dual_kernel\w*\.run\(", text)) == duals - 2 * two
         else:
             assert len(re.findall(r"_quantize_pair_kernel\w*\.run\(", text)) == allowed
         for got, want in zip(compiled, eager):
