@@ -42,7 +42,8 @@ stage() {  # stage NAME LIMIT_S COMMAND...
   || echo "install failed (see install.log)"
 stage env 30 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"; git rev-parse HEAD'
 TEST_FILES=${TEST_FILES:-"tests/kernels/test_quantize.py tests/kernels/test_quantize_pair.py tests/kernels/test_gemm.py tests/kernels/test_dequantize.py tests/lowering/test_scaled_mm.py tests/lowering/test_kernel_calls.py tests/test_emulate.py"}
-stage tests 150 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider --junitxml="$R/pytest_gpu.xml" $TEST_FILES
+# -v -rf: each test's outcome as it finishes, so a stage cut by its limit still names the failures it met
+stage tests 150 python3 -m pytest -v -rf -m gpu -n 8 -p no:cacheprovider --junitxml="$R/pytest_gpu.xml" $TEST_FILES
 stage host 60 python3 benchmarks/host_overhead.py --out "$R"
 stage bench_gemm 200 python3 benchmarks/gemm.py --out "$R"
 stage bench_quantize 200 python3 benchmarks/quantize.py --out "$R"
@@ -69,7 +70,7 @@ cp "$R"/*.md "$OUT"/ 2>/dev/null
 echo "=== summary"
 cat "$R/status.txt"
 tail -n 5 "$R/tests.log" 2>/dev/null
-grep -E "^(FAILED|ERROR)" "$R/tests.log" 2>/dev/null | head -30
+grep -E "^(FAILED|ERROR)|\] (FAILED|ERROR) " "$R/tests.log" 2>/dev/null | head -30
 grep -E "8192\^3|ratio" "$R/bench_gemm.log" 2>/dev/null | head -12
 grep -E "GB/s" "$R/bench_quantize.log" 2>/dev/null | head -30
 grep -E "copy|MISMATCHES" "$R/quantize_shapes.txt" 2>/dev/null | head -40
