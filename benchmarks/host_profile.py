@@ -19,7 +19,6 @@ import pathlib
 import pstats
 import statistics
 import sys
-import time
 
 import torch
 
@@ -30,38 +29,17 @@ from common import device_slug, git_sha  # noqa: E402
 from ufp4_compile.models.gpt import get_config  # noqa: E402
 
 
-def _held(step, device, sleep_cycles: int = 600_000_000):
-    """Run ``step`` behind a sleep kernel; the host seconds it took."""
-    torch.cuda.synchronize(device)
-    torch.cuda._sleep(sleep_cycles)
-    t0 = time.perf_counter()
-    step()
-    elapsed = time.perf_counter() - t0
-    torch.cuda.synchronize(device)
-    return elapsed
-
-
 def profile_variant(label: str, kind: str, recipe: str | None, config, args, device) -> dict:
     model, optimizer, fn = train_step.build(kind, recipe, config, device)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, config.vocab_size, (args.batch_size, config.seq_len), generator=g).to(device)
-    y = torch.randint(0, config.vocab_size, (args.batch_size, config.seq_len), generator=g).to(device)
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = fn(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = train_step.make_step(fn, optimizer, config, args.batch_size, device)
     for _ in range(args.warmup):
         step()
     torch.cuda.synchronize(device)
-    host = [_held(step, device) for _ in range(args.steps)]
+    host, _ = train_step.host_times(step, args.steps, device)
     prof = cProfile.Profile()
     for _ in range(args.steps):
         torch.cuda.synchronize(device)
-        torch.cuda._sleep(600_000_000)
+        torch.cuda._sleep(train_step.SLEEP_CYCLES)
         prof.enable()
         step()
         prof.disable()

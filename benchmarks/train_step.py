@@ -264,12 +264,15 @@ def timed_steps(step, n: int, device) -> list[float]:
     return times
 
 
+SLEEP_CYCLES = 600_000_000  # the sleep kernel that holds the GPU while the host issues a step (about 0.3 s)
+
+
 def host_times(step, n: int, device) -> tuple[list[float], float]:
     """Host seconds to issue one step while the GPU still runs a sleep kernel queued first (about 0.3 s): what
     the step costs the CPU (Python, Inductor's wrappers, the launches), apart from the GPU. Where it nears the
     step's kernel time, the default mode waits on the host. Also the sleep's own length: a step whose issue
     takes that long filled the launch queue and waited on the GPU."""
-    sleep_cycles = 600_000_000
+    sleep_cycles = SLEEP_CYCLES
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize(device)
     start.record()
@@ -288,11 +291,12 @@ def host_times(step, n: int, device) -> tuple[list[float], float]:
     return times, sleep_s
 
 
-def measure(kind: str, recipe: str | None, config, args, device) -> dict:
-    model, optimizer, fn = build(kind, recipe, config, device)
+def make_step(fn, optimizer, config, batch_size: int, device):
+    """One training step of ``fn`` (a variant's compiled model) on a fixed random batch: bf16 autocast on a
+    GPU, backward, the optimizer's step."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, config.vocab_size, (args.batch_size, config.seq_len), generator=g).to(device)
-    y = torch.randint(0, config.vocab_size, (args.batch_size, config.seq_len), generator=g).to(device)
+    x = torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=g).to(device)
+    y = torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=g).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step():
@@ -301,6 +305,13 @@ def measure(kind: str, recipe: str | None, config, args, device) -> dict:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure(kind: str, recipe: str | None, config, args, device) -> dict:
+    model, optimizer, fn = build(kind, recipe, config, device)
+    step = make_step(fn, optimizer, config, args.batch_size, device)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

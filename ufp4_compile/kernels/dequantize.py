@@ -184,20 +184,24 @@ def dequantize_pair(jobs) -> list[torch.Tensor]:
     checked = [_checked(codes, scales, axis, fmt) for codes, scales, _, axis, fmt, _ in jobs]
     if any(math.prod(shape) == 0 for _, _, shape in checked):
         return [dequantize(*job) for job in jobs]
-    outs, plans, views = [], [], []
-    for (codes, scales, tensor_scale, _, _, dtype), (fmt, axis, shape) in zip(jobs, checked):
-        out = torch.empty(shape, dtype=dtype, device=codes.device)
-        c3, rowwise = _view3(codes, axis)
-        s3, _ = _view3(scales, axis)
-        plans.append(launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt, True))
-        views.append((c3, s3, tensor_scale, out))
-        outs.append(out)
-    grid, scalars, constexprs = pair_launch(*plans)
-    tensors = {}
-    for p, (c3, s3, ts, out) in zip("ab", views):
-        tensors.update({f"{p}_codes_ptr": c3, f"{p}_scales_ptr": s3, f"{p}_ts_ptr": ts, f"{p}_out_ptr": out})
+    prepared = [prepare(job, check) for job, check in zip(jobs, checked)]
+    grid, scalars, constexprs = pair_launch(*(plan for plan, _, _ in prepared))
+    tensors = {f"{p}_{k}": v for p, (_, job_tensors, _) in zip("ab", prepared) for k, v in job_tensors.items()}
     _dequantize_pair_kernel[grid](**tensors, **scalars, **constexprs, num_warps=4)
-    return outs
+    return [out for _, _, out in prepared]
+
+
+def prepare(job, checked, elements: int = 4096) -> tuple:
+    """(launch plan, the kernel's tensors by argument name, the output) of one dequantize call ``job``
+    (``(codes, scales, tensor_scale, axis, fmt, dtype)``, ``checked`` its :func:`_checked` result) at
+    ``elements`` values a program (:func:`launch_plan`), for a launch that takes it beside other jobs."""
+    codes, scales, tensor_scale, _, _, dtype = job
+    fmt, axis, shape = checked
+    out = torch.empty(shape, dtype=dtype, device=codes.device)
+    c3, rowwise = _view3(codes, axis)
+    s3, _ = _view3(scales, axis)
+    plan = launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt, True, elements)
+    return plan, dict(codes_ptr=c3, scales_ptr=s3, ts_ptr=tensor_scale, out_ptr=out), out
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------

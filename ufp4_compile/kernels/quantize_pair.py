@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
-from ufp4_compile.kernels.dequantize import PLAN_ARGS as DEQUANTIZE_PLAN_ARGS
 from ufp4_compile.kernels.dequantize import _dequantize_tile
+from ufp4_compile.kernels.dequantize import pair_launch as dequantize_pair_launch
 from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS,
                                            LaunchPlan, PLAN_SCALARS, _amax_at, _program_at, _quantize_at, _seed_tensor,
                                            launch_plan, output_pointers, plan_for, quantize, quantize_dequantize,
@@ -379,17 +379,17 @@ def dual_dequantize_launch(dual: PairLaunch, dequantize_plans) -> PairLaunch:
     """The one launch of ``dual`` and two dequantizations (``dual_dequantize_refusal`` is None): the dual's jobs
     under its ``prefixes``, the dequantizations' arguments under ``c_`` and ``d_`` (``kernels.dequantize``'s
     names: ``codes_ptr``, ``scales_ptr``, ``ts_ptr``, ``out_ptr`` are the caller's)."""
+    # the two dequantizations' arguments as their pair launch has them (prefixes a, b), renamed c, d
+    (n_deq, _, _), deq_scalars, deq_constexprs = dequantize_pair_launch(*dequantize_plans)
+    renamed = lambda d: {{"a": "c", "b": "d", "A": "C", "B": "D"}[k[0]] + k[1:]: v for k, v in d.items()}
     n_dual = dual.grid[0] * dual.grid[1]
-    scalars = dict(M=dual.scalars["M"], N=dual.scalars["N"], n_dual=n_dual, g_dual=dual.grid[0])
-    constexprs, n = dict(dual.constexprs), n_dual
-    for p, (grid, args, kwargs) in zip("cd", dequantize_plans):
-        scalars.update({f"{p}_{k}": v for k, v in zip(DEQUANTIZE_PLAN_ARGS, args)})
-        scalars.update({f"{p}_g0": grid[0], f"{p}_g1": grid[1]})
-        constexprs.update({f"{p.upper()}_{k}": v for k, v in kwargs.items()})
-        n += grid[0] * grid[1] * grid[2]
+    scalars = dict(M=dual.scalars["M"], N=dual.scalars["N"], n_dual=n_dual, g_dual=dual.grid[0],
+                   **renamed(deq_scalars))
     (c_grid, _, _), _ = dequantize_plans
+    del scalars["c_g2"]  # job c's program count instead: the kernel places job d after it
     scalars["n_c"] = c_grid[0] * c_grid[1] * c_grid[2]
-    return PairLaunch((n, 1, 1), dual.num_warps, scalars, constexprs, _quantize_dual_dequantize_kernel, dual.prefixes)
+    return PairLaunch((n_dual + n_deq, 1, 1), dual.num_warps, scalars, {**dual.constexprs, **renamed(deq_constexprs)},
+                      _quantize_dual_dequantize_kernel, dual.prefixes)
 
 
 def amax_launches(plans, inputs, partials, keys) -> list[tuple]:
@@ -534,22 +534,14 @@ def quantize_dual_dequantize(x: torch.Tensor, fmt: OperandFormat | str, rhts: tu
     empty = x.numel() == 0 or any(math.prod(shape) == 0 for _, _, shape in checked)
     dual = (pair_launch(*plans, dual_shape=tuple(x.shape), dual_tile=config)
             if not empty and dual_refusal(tuple(x.shape), *plans) is None else None)
-    views, dequantize_plans, outs = [], [], []
-    for (codes, scales, ts, _, _, dtype), (f, axis, shape) in zip(dequantizations, checked):
-        c3, rowwise = dq._view3(codes, axis)
-        s3, _ = dq._view3(scales, axis)
-        views.append((c3, s3, ts))
-        outs.append(torch.empty(shape, dtype=dtype, device=codes.device))
-        if dual is not None:
-            dequantize_plans.append(dq.launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, f, True,
-                                                   dual_dequantize_elements(dual)))
-    if dual is None or dual_dequantize_refusal(dual, dequantize_plans) is not None:
+    prepared = ([dq.prepare(job, check, dual_dequantize_elements(dual)) for job, check in zip(dequantizations, checked)]
+                if dual is not None else [])
+    if dual is None or dual_dequantize_refusal(dual, [plan for plan, _, _ in prepared]) is not None:
         return [*quantize_pair(x, fmt, rhts, rht_seed, seed, jobs, config=config),
                 *dq.dequantize_pair(dequantizations)]
-    launch = dual_dequantize_launch(dual, dequantize_plans)
-    extra = {f"{p}_{k}": v for p, (c3, s3, ts), out in zip("cd", views, outs)
-             for k, v in (("codes_ptr", c3), ("scales_ptr", s3), ("ts_ptr", ts), ("out_ptr", out))}
-    return [*_run(launch, plans, [(x, rht_seed, seed)] * 2, jobs, extra), *outs]
+    launch = dual_dequantize_launch(dual, [plan for plan, _, _ in prepared])
+    extra = {f"{p}_{k}": v for p, (_, tensors, _) in zip("cd", prepared) for k, v in tensors.items()}
+    return [*_run(launch, plans, [(x, rht_seed, seed)] * 2, jobs, extra), *(out for _, _, out in prepared)]
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------

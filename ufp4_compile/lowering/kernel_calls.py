@@ -553,9 +553,9 @@ def _quantize_pair(x, seed):
         from ufp4_compile.kernels.quantize_pair import (dual_refusal, pair_launch, pair_refusal, two_duals_launch,
                                                         two_duals_refusal)
 
-        calls = [_quantize_call(n) for n in (node, *siblings)]
-        dequantizations = [_dequantize_call(n) for n in siblings if _quantize_call(n) is None]
-        calls = calls[:len(calls) - len(dequantizations)]
+        quantizations = [_quantize_call(n) for n in (node, *siblings)]
+        calls = [c for c in quantizations if c is not None]  # the dequantizations come last (_siblings)
+        dequantizations = [_dequantize_call(n) for n, c in zip(siblings, quantizations[1:]) if c is None]
         try:  # the siblings' inputs and seeds as lowered (they exist: the siblings were chosen so)
             lowered = [(x, seed)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (c[0], c[5]))
                                      for c in calls[1:]]
