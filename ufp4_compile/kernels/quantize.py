@@ -788,11 +788,12 @@ PLAN_SCALARS = ("O", "L", "s_page", "s_o", "s_l")  # LaunchPlan.args, in the ker
 
 
 def output_pointers(codes, scales, values, prefix: str = "") -> dict:
-    """The kernels' three output pointers (``prefix``: a pair kernel's ``a_`` / ``b_``); one the launch does
-    not write points at a buffer it does (never read through it). Tensors or Inductor buffers alike."""
-    own = codes if codes is not None else values
-    return {f"{prefix}codes_ptr": own if codes is None else codes, f"{prefix}scales_ptr": own if scales is None else scales,
-            f"{prefix}values_ptr": own if values is None else values}
+    """The kernels' three output pointers (``prefix``: a pair kernel's ``a_`` / ``b_``); None for one the launch
+    does not write, as for any pointer a launch does not read (the gamax of one-level scales, the seed of round
+    to nearest): Triton takes None as a constant, the kernel never touches it, and a launcher has one pointer
+    fewer to resolve (Inductor's static launcher asks the driver for each one; docs/kernels.md). Tensors or
+    Inductor buffers alike."""
+    return {f"{prefix}codes_ptr": codes, f"{prefix}scales_ptr": scales, f"{prefix}values_ptr": values}
 
 
 def amax_scalars(plan: LaunchPlan, prefix: str = "") -> dict:
@@ -812,14 +813,13 @@ def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     """Run the (pre-pass and) kernel; returns the tensor scale."""
     device = x.device
     tensor_scale = torch.empty((), dtype=torch.float32, device=device)  # the kernel writes it
-    dummy = codes if codes is not None else values
-    seed_t = _seed_tensor(seed, device) if plan.constexprs["STOCHASTIC"] else dummy
+    seed_t = _seed_tensor(seed, device) if plan.constexprs["STOCHASTIC"] else None
     if plan.amax_constexprs is not None:
         gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)
         kernel, grid, num_warps, tensors, scalars = amax_launch(plan, x, gamax, rht_key(plan, rht_seed))
         kernel[grid](**tensors, **scalars, num_warps=num_warps)
     else:
-        gamax = dummy  # not read: one-level scales have no global amax
+        gamax = None  # not read: one-level scales have no global amax
     _quantize_kernel[plan.grid](x, **output_pointers(codes, scales, values), ts_ptr=tensor_scale, gamax_ptr=gamax,
                                 seed_ptr=seed_t, **{k: plan.args[k] for k in PLAN_SCALARS}, offset=int(offset),
                                 rht_key=rht_key(plan, rht_seed), **plan.constexprs, num_warps=plan.num_warps)
@@ -869,6 +869,16 @@ _SCALE_POINTERS = ("*fp32", "*u8", "*u8")  # by format_constants().scale, as _OU
 _VARIANT_SIZE = 4096  # variants use the launcher's tile for a 4096 x 4096 operand
 
 
+def unused_pointers(c, *, values: bool, prefix: str = "") -> dict:
+    """The pointer arguments a launch of a job with format constants ``c`` passes as None (``values``: it
+    writes values, else codes and scales; the gamax of one-level scales; the seed of round to nearest), as
+    ``{name: None}``: compile-only variants take them as constants, as Triton does at the launches."""
+    names = ["codes_ptr", "scales_ptr"] if values else ["values_ptr"]
+    names += [] if c.scale == 1 else ["gamax_ptr"]
+    names += [] if c.stochastic else ["seed_ptr"]
+    return {f"{prefix}{n}": None for n in names}
+
+
 def compile_variants():
     """One ``_quantize_kernel`` per distinct quantize launch of the presets (format, RHT, row- or
     column-wise; bf16 input; codes for the 4-bit GEMMs of sm_100 / gfx950), and the ``_amax_kernel``
@@ -880,13 +890,15 @@ def compile_variants():
         shape = (_VARIANT_SIZE, _VARIANT_SIZE)
         plan = launch_plan(shape, 2, 1 if rowwise else 0, fmt, rht, True, False, False)
         c = format_constants(fmt)
-        types = dict(x_ptr="*bf16", codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[c.scale], values_ptr="*bf16",
-                     ts_ptr="*fp32", gamax_ptr="*i32", seed_ptr="*i64" if c.stochastic else "*u8", O="i32", L="i32",
-                     s_page="i32", offset="i64", rht_key="i32")
+        types = dict(x_ptr="*bf16", codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[c.scale], ts_ptr="*fp32",
+                     gamax_ptr="*i32", seed_ptr="*i64", O="i32", L="i32", s_page="i32", offset="i64", rht_key="i32")
+        unused = unused_pointers(c, values=False)  # None at every launch (output_pointers)
+        types = {k: v for k, v in types.items() if k not in unused}
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         orientation = "row-wise" if rowwise else "column-wise"
         variants.append(KernelVariant.build(
-            f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types, unit | plan.constexprs,
+            f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types,
+            unit | plan.constexprs | unused,
             aligned=("x_ptr", "codes_ptr", "scales_ptr", "O", "L"), options=dict(num_warps=plan.num_warps)))
         if fmt.scale is ScaleFormat.E4M3:  # two-level scales: the global-amax pre-pass first
             names = amax.setdefault((rht, rowwise, plan.amax_num_warps, tuple(sorted(plan.amax_constexprs.items()))),

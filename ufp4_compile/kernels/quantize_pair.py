@@ -29,7 +29,7 @@ from ufp4_compile.kernels.dequantize import pair_launch as dequantize_pair_launc
 from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS,
                                            LaunchPlan, PLAN_SCALARS, _amax_at, _program_at, _quantize_at, _seed_tensor,
                                            launch_plan, output_pointers, plan_for, quantize, quantize_dequantize,
-                                           rht_key)
+                                           rht_key, unused_pointers)
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
 
@@ -286,6 +286,7 @@ class PairLaunch:
     constexprs: dict
     kernel: object = None  # _quantize_pair_kernel, or _quantize_dual_kernel for one tensor's two axes
     prefixes: str = "ab"  # the argument prefixes of the first and second job ("ba": the dual kernel's a is row-wise)
+    reads_x: str = "ab"  # the prefixes whose x_ptr the kernel reads (a dual launch reads its tensor as a_x_ptr)
 
 
 _ROW_SEGMENTS = 128  # row segments of 16 per thread block in the dual kernel's row-wise pass: the row-wise tile's
@@ -313,7 +314,7 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
             constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
         grid = (triton.cdiv(dual_shape[1], width), dual_shape[0] // 16, 1)
         return PairLaunch(grid, tile["num_warps"], dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
-                          _quantize_dual_kernel, "ab" if a.rowwise else "ba")
+                          _quantize_dual_kernel, "ab" if a.rowwise else "ba", reads_x="a")
     scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
     scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
     constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
@@ -349,7 +350,7 @@ def two_duals_launch(first: PairLaunch, second: PairLaunch) -> PairLaunch:
                    n_first=n_first, g_first=first.grid[0], g_second=second.grid[0])
     prefixes = first.prefixes + second.prefixes.translate(str.maketrans("ab", "cd"))
     return PairLaunch((n_first + second.grid[0] * second.grid[1], 1, 1), first.num_warps, scalars, constexprs,
-                      _quantize_two_duals_kernel, prefixes)
+                      _quantize_two_duals_kernel, prefixes, reads_x="ac")
 
 
 # The values per program of a dequantize job in a dual launch, per warp: the dual launch's tile holds 32
@@ -389,7 +390,7 @@ def dual_dequantize_launch(dual: PairLaunch, dequantize_plans) -> PairLaunch:
     del scalars["c_g2"]  # job c's program count instead: the kernel places job d after it
     scalars["n_c"] = c_grid[0] * c_grid[1] * c_grid[2]
     return PairLaunch((n_dual + n_deq, 1, 1), dual.num_warps, scalars, {**dual.constexprs, **renamed(deq_constexprs)},
-                      _quantize_dual_dequantize_kernel, dual.prefixes)
+                      _quantize_dual_dequantize_kernel, dual.prefixes, reads_x="a")
 
 
 def amax_launches(plans, inputs, partials, keys) -> list[tuple]:
@@ -471,12 +472,12 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None) -> 
         else:
             values = torch.empty(t.shape, dtype=dtype, device=t.device)
             outputs.append((values, ts))
-        seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else outputs[-1][0]
+        seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else None
         kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
-                      **{f"{p}_ts_ptr": ts, f"{p}_gamax_ptr": gamax if gamax is not None else outputs[-1][0],
-                         f"{p}_offset": int(offset), f"{p}_seed_ptr": seed_t, f"{p}_rht_key": key})
-        if f"{p}_x_ptr" in launch.kernel.arg_names:
-            kwargs[f"{p}_x_ptr"] = t
+                      **{f"{p}_ts_ptr": ts, f"{p}_gamax_ptr": gamax, f"{p}_offset": int(offset),
+                         f"{p}_seed_ptr": seed_t, f"{p}_rht_key": key})
+        if f"{p}_x_ptr" in launch.kernel.arg_names:  # None where the kernel reads another job's input
+            kwargs[f"{p}_x_ptr"] = t if p in launch.reads_x else None
     launch.kernel[launch.grid](**kwargs, **(extra or {}), **launch.scalars, **launch.constexprs,
                                num_warps=launch.num_warps)
     return outputs
@@ -562,7 +563,7 @@ def compile_variants():
     pairs = {(fmt, (ra, rb)): sizes[ra] | sizes[rb] for fmt, sizes in by_format.items() for ra in sizes for rb in sizes}
     # the row-wise values and column-wise codes of one tensor; two tensors' row-wise values (X and W for
     # Fprop) and their column-wise codes (for Wgrad and Dgrad)
-    jobs = dict(row=(1, "row-wise values", ("*bf16", "*bf16", "*bf16")), col=(0, "column-wise codes", None))
+    jobs = dict(row=(1, "row-wise values"), col=(0, "column-wise codes"))
     shape = (_VARIANT_SIZE, _VARIANT_SIZE)
     for (fmt, (ra, rb)), names in pairs.items():
         c = format_constants(fmt)
@@ -574,18 +575,16 @@ def compile_variants():
                 continue
             launch = pair_launch(*plans)
             types, unit = {}, {}
-            # a values job's unused code and scale pointers are its values buffer, a codes job's unused
-            # values pointer its codes buffer, as the launcher and the lowering pass them
-            for p, k, plan in zip("ab", kinds, plans):
-                codes_ptr, scale_ptr, values_ptr = jobs[k][2] or ("*u8", _SCALE_POINTERS[c.scale], "*u8")
-                types.update({f"{p}_x_ptr": "*bf16", f"{p}_seed_ptr": "*i64" if c.stochastic else codes_ptr,
-                              f"{p}_gamax_ptr": "*i32" if c.scale == 1 else codes_ptr,
-                              f"{p}_rht_key": "i32", f"{p}_codes_ptr": codes_ptr, f"{p}_scales_ptr": scale_ptr,
-                              f"{p}_values_ptr": values_ptr, f"{p}_ts_ptr": "*fp32", f"{p}_O": "i32",
+            for p, k, plan in zip("ab", kinds, plans):  # the pointers a job does not use are None (constants)
+                unit.update(unused_pointers(c, values=k == "row", prefix=f"{p}_"))
+                types.update({f"{p}_x_ptr": "*bf16", f"{p}_seed_ptr": "*i64", f"{p}_gamax_ptr": "*i32",
+                              f"{p}_rht_key": "i32", f"{p}_codes_ptr": "*u8", f"{p}_scales_ptr": _SCALE_POINTERS[c.scale],
+                              f"{p}_values_ptr": "*bf16", f"{p}_ts_ptr": "*fp32", f"{p}_O": "i32",
                               f"{p}_L": "i32", f"{p}_s_page": "i32", f"{p}_offset": "i64", f"{p}_g0": "i32",
                               f"{p}_g1": "i32"})
                 unit.update({f"{p}_s_o": plan.args["s_o"], f"{p}_s_l": 1} if k == "row" else
                             {f"{p}_s_o": 1, f"{p}_s_l": _VARIANT_SIZE})
+            types = {k: v for k, v in types.items() if k not in unit}
             types["a_g2"] = "i32"
             written = [name for p, k in zip("ab", kinds)
                        for name in ((f"{p}_values_ptr",) if k == "row" else (f"{p}_codes_ptr", f"{p}_scales_ptr"))]
@@ -613,21 +612,20 @@ def compile_variants():
             if dual_refusal(shape, *plans) is not None:
                 continue
             launch = pair_launch(*plans, dual_shape=shape)
-            col_ptrs = ("*bf16",) * 3 if col_values else ("*u8", _SCALE_POINTERS[c.scale], "*u8")
-            types = dict(a_x_ptr="*bf16", b_x_ptr="*bf16", a_rht_key="i32", b_rht_key="i32",
-                         a_gamax_ptr="*i32" if c.scale == 1 else "*bf16",
-                         b_gamax_ptr="*i32" if c.scale == 1 else col_ptrs[0],
-                         a_codes_ptr="*bf16", a_scales_ptr="*bf16", a_values_ptr="*bf16", a_ts_ptr="*fp32",
-                         b_codes_ptr=col_ptrs[0], b_scales_ptr=col_ptrs[1], b_values_ptr=col_ptrs[2],
-                         b_ts_ptr="*fp32", M="i32", N="i32", a_offset="i64", b_offset="i64",
-                         a_seed_ptr="*i64" if c.stochastic else "*bf16",
-                         b_seed_ptr="*i64" if c.stochastic else col_ptrs[0])
+            # the pointers a job does not use are None (constants), and so is b_x_ptr (the dual reads a_x_ptr)
+            nones = {"b_x_ptr": None, **unused_pointers(c, values=True, prefix="a_"),
+                     **unused_pointers(c, values=col_values, prefix="b_")}
+            types = dict(a_x_ptr="*bf16", a_rht_key="i32", b_rht_key="i32", a_gamax_ptr="*i32", b_gamax_ptr="*i32",
+                         a_values_ptr="*bf16", a_ts_ptr="*fp32", b_codes_ptr="*u8",
+                         b_scales_ptr=_SCALE_POINTERS[c.scale], b_values_ptr="*bf16", b_ts_ptr="*fp32", M="i32",
+                         N="i32", a_offset="i64", b_offset="i64", a_seed_ptr="*i64", b_seed_ptr="*i64")
+            types = {k: v for k, v in types.items() if k not in nones}
             written = ["a_values_ptr"] + (["b_values_ptr"] if col_values else ["b_codes_ptr", "b_scales_ptr"])
             variants.append(KernelVariant.build(
                 f"quantize_dual[{fmt.spec} {rht} row-wise values + column-wise "
                 f"{'values' if col_values else 'codes'}]",
-                ", ".join(sorted(names)), _quantize_dual_kernel, types, launch.constexprs,
-                aligned=("a_x_ptr", "b_x_ptr", *written, "M", "N"), options=dict(num_warps=launch.num_warps)))
+                ", ".join(sorted(names)), _quantize_dual_kernel, types, launch.constexprs | nones,
+                aligned=("a_x_ptr", *written, "M", "N"), options=dict(num_warps=launch.num_warps)))
             if col_values and c.stochastic and rb == 16:  # dY's dual (stochastic, Wgrad's job rotated) with the
                 # dequantizations of two saved column-wise codes of the format (a linear layer's backward), at
                 # the dequantize tile of the dual launch's warps (kernels.dequantize.launch_plan)
@@ -643,20 +641,20 @@ def compile_variants():
                 variants.append(KernelVariant.build(
                     f"quantize_dual_dequantize[{fmt.spec} {rht} row-wise + column-wise values, two column-wise "
                     "dequantizations]", ", ".join(sorted(names)), _quantize_dual_dequantize_kernel,
-                    {k: v for k, v in types.items() if k != "b_x_ptr"} | deq_types
-                    | dict(n_dual="i32", g_dual="i32", n_c="i32"), launch.constexprs | deq_unit,
+                    types | deq_types | dict(n_dual="i32", g_dual="i32", n_c="i32"),
+                    launch.constexprs | deq_unit | {k: v for k, v in nones.items() if k != "b_x_ptr"},
                     aligned=("a_x_ptr", *written, "M", "N", "c_codes_ptr", "d_codes_ptr", "c_out_ptr", "d_out_ptr",
                              "c_O", "d_O"), options=dict(num_warps=launch.num_warps)))
             if not col_values:  # X's and W's duals in one launch (the forward), each its row-wise values and
                 # column-wise codes
                 two = two_duals_launch(launch, launch)
-                types.update({k.replace("b_", "d_", 1) if k.startswith("b_") else k.replace("a_", "c_", 1): v
-                              for k, v in types.items() if k[:2] in ("a_", "b_") and k != "b_x_ptr"})
-                types = {k: v for k, v in types.items() if k != "b_x_ptr"}
+                second = lambda k: k.replace("b_", "d_", 1) if k.startswith("b_") else k.replace("a_", "c_", 1)
+                types.update({second(k): v for k, v in types.items() if k[:2] in ("a_", "b_")})
+                two_nones = {n: None for k in nones if k != "b_x_ptr" for n in (k, second(k))}
                 types.update(P="i32", Q="i32", n_first="i32", g_first="i32", g_second="i32")
                 variants.append(KernelVariant.build(
                     f"quantize_two_duals[{fmt.spec} {rht} row-wise values + column-wise codes, twice]",
-                    ", ".join(sorted(names)), _quantize_two_duals_kernel, types, two.constexprs,
+                    ", ".join(sorted(names)), _quantize_two_duals_kernel, types, two.constexprs | two_nones,
                     aligned=("a_x_ptr", "c_x_ptr", *written, *(w.replace("a_", "c_").replace("b_", "d_")
                                                                 for w in written), "M", "N", "P", "Q"),
                     options=dict(num_warps=two.num_warps)))

@@ -161,6 +161,9 @@ def kernel_launch(kernel, grid: tuple, num_warps: int, tensors: dict, scalars: d
     constexprs = {p.name for p in kernel.params if p.is_constexpr}
     scalars = {name: sympy.Integer(v) if isinstance(v, int) and not isinstance(v, bool) and name not in constexprs
                else v for name, v in scalars.items()}
+    # a pointer the launch does not use is None: a constant of the call, which Triton specializes away
+    scalars.update({name: None for name, t in tensors.items() if t is None})
+    tensors = {name: t for name, t in tensors.items() if t is not None}
     kernel_idx = kernel_side_table.add_kernel(_with_warps(kernel, num_warps))
     constant_args_idx = kernel_side_table.add_constant_args(scalars)
     lowerings[triton_kernel_wrapper_mutation](kernel_idx=kernel_idx, constant_args_idx=constant_args_idx,
@@ -256,12 +259,10 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     device = x.get_device()
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype)
     outputs = _outputs(plan, values_dtype, shape, device)
-    dummy = next(b for b in outputs[:3] if b is not None)
     key = rht_key(plan, rht_seed)
     gamax = _amax_prepasses([plan], [x], [key], device)[0]
-    tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3],
-                   gamax_ptr=gamax if gamax is not None else dummy,
-                   seed_ptr=seed if plan.constexprs["STOCHASTIC"] else dummy)
+    tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3], gamax_ptr=gamax,
+                   seed_ptr=seed if plan.constexprs["STOCHASTIC"] else None)
     kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
                   {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(offset), **plan.constexprs})
     return _result(outputs, values_dtype)
@@ -614,7 +615,6 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
     from ufp4_compile.kernels.quantize import output_pointers, rht_key
 
     outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
-    dummy = next(b for b in outputs[0][:3] if b is not None)
     inputs = [_contiguous(t) for t, _ in lowered]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
     partials = [g for i in range(0, len(plans), 2)
@@ -624,10 +624,9 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
     for p, out, call, plan, (_, s), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered, inputs,
                                                           keys, partials):
         tensors.update(output_pointers(*out[:3], f"{p}_"), **{
-            f"{p}_ts_ptr": out[3], f"{p}_gamax_ptr": gamax if gamax is not None else dummy,
-            f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else dummy})
-        if f"{p}_x_ptr" in arg_names:
-            tensors[f"{p}_x_ptr"] = t
+            f"{p}_ts_ptr": out[3], f"{p}_gamax_ptr": gamax, f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else None})
+        if f"{p}_x_ptr" in arg_names:  # None where the kernel reads another job's input
+            tensors[f"{p}_x_ptr"] = t if p in launch.reads_x else None
         scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
     kernel_launch(launch.kernel, launch.grid, launch.num_warps, {**tensors, **(extra or {})},
                   {**scalars, **launch.constexprs})
