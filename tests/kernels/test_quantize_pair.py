@@ -125,8 +125,15 @@ def test_dual_refusal_names_the_reason():
     assert "2-D" in quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1), plan((64, 64), ok, 1))
     assert "2-D" in quantize_pair.dual_refusal((2, 64, 64), plan((2, 64, 64), ok, 2), plan((2, 64, 64), ok, 1))
     assert "16 x 16 tiles" in quantize_pair.dual_refusal((40, 64), plan((40, 64), ok, 1), plan((40, 64), ok, 0))
-    assert "16 x 16 tiles" in quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1, 32),
-                                                            plan((64, 64), ok, 0, 32))
+    # a span of 32 (RHT-32 groups here, MXFP4's blocks below) for both jobs: whole 32 x 32 tiles
+    assert quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1, 32), plan((64, 64), ok, 0, 32)) is None
+    assert "32 x 32 tiles" in quantize_pair.dual_refusal((48, 64), plan((48, 64), ok, 1, 32),
+                                                            plan((48, 64), ok, 0, 32))
+    assert "spanning 32 and 16" in quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1, 32),
+                                                                 plan((64, 64), ok, 0, 16))
+    assert "spanning 64" in quantize_pair.dual_refusal((64, 64), plan((64, 64), ok, 1, 64), plan((64, 64), ok, 0, 64))
+    mx = "e2m1/32/e8m0/nearest"
+    assert quantize_pair.dual_refusal((64, 96), plan((64, 96), mx, 1, 0), plan((64, 96), mx, 0, 16)) is None
     # two-level scales: each job its own global-amax pre-pass; the dual kernel's own tile takes any warp count
     assert quantize_pair.dual_refusal((64, 64), plan((64, 64), "e2m1/16/e4m3/nearest", 1),
                                       plan((64, 64), "e2m1/16/e4m3/nearest", 0)) is None
@@ -252,6 +259,55 @@ def test_two_duals_in_one_launch_match_single_launches(spec, rhts):
             assert torch.equal(_bits(g), _bits(w_)) or g.is_floating_point()
 
 
+@pytest.mark.parametrize("spec, rhts", [("e2m1/32/e8m0/stochastic", (16, 16)), ("e2m1/32/e8m0/nearest", (0, 16))])
+def test_dual_launches_at_a_span_of_32_match_single_launches(spec, rhts, monkeypatch):
+    """MXFP4's blocks of 32: a program of the dual, two-duals and dual-dequantize launches holds 32 rows of the
+    tensor. With NaN, Inf and a huge block in the input, each result is its single launch's bit for bit (NaN
+    for NaN), and the reference's."""
+    from ufp4_compile.kernels.dequantize import dequantize
+
+    fmt = OperandFormat.from_spec(spec)
+    seed = torch.tensor(1234, device=DEVICE)
+    x, w = torch.randn(64, 96, device=DEVICE) * 3, torch.randn(32, 288, device=DEVICE)
+    x[0, 5], x[3, 17], x[7, 32:64] = float("nan"), float("-inf"), 1e30
+    x_jobs, w_jobs = ((1, 16, torch.bfloat16), (0, 1 << 32, None)), ((0, 7, None), (1, 3, torch.bfloat16))
+    launches = []
+    for t, jobs, rr in ((x, x_jobs, rhts), (w, w_jobs, rhts[::-1])):
+        plans = [kernels_quantize.plan_for(t, axis, fmt, r, codes=dtype is None, values=dtype is not None)
+                 for (axis, _, dtype), r in zip(jobs, rr)]
+        assert quantize_pair.dual_refusal(tuple(t.shape), *plans) is None
+        launches.append(quantize_pair.pair_launch(*plans, dual_shape=tuple(t.shape)))
+        assert launches[-1].constexprs["U"] == 32 and launches[-1].grid[1] == t.shape[0] // 32
+    assert quantize_pair.two_duals_refusal(*launches) is None
+    first, second = (x, 3, seed, rhts, x_jobs), (w, 5, seed, rhts[::-1], w_jobs)
+    results = quantize_pair.quantize_two_duals(spec, first, second)
+    singles = [kernels_quantize.quantize(t, axis, spec, r, rs, s, offset) if dtype is None else
+               kernels_quantize.quantize_dequantize(t, axis, spec, r, rs, s, offset, dtype)
+               for t, rs, s, rr, jobs in (first, second) for (axis, offset, dtype), r in zip(jobs, rr)]
+    for i, (got, want) in enumerate(zip(results, singles)):
+        t, rs, _, rr, jobs = (first, first, second, second)[i]
+        reference = _pair_reference(t, spec, rr[i % 2], seed, jobs[i % 2], rht_seed=rs)
+        for g, w_, r in zip(got, want, reference):
+            assert g.dtype == w_.dtype == r.dtype and g.shape == w_.shape == r.shape
+            torch.testing.assert_close(g, w_, rtol=0, atol=0, equal_nan=True)
+            torch.testing.assert_close(g, r, rtol=0, atol=0, equal_nan=True)
+    # dY's dual with the dequantizations of two saved column-wise codes (a linear layer's backward)
+    dy_jobs = ((0, 1 << 33, torch.bfloat16), (1, 16, torch.bfloat16))
+    saved = [(*kernels_quantize.quantize(t, 0, spec.replace("stochastic", "nearest"), 16, rs, None, 0), 0,
+              spec.replace("stochastic", "nearest"), torch.bfloat16) for t, rs in ((w.T.contiguous(), 5), (x, 7))]
+    taken = []  # the launches the call made: one of the dual-dequantize kernel, not a fallback
+    monkeypatch.setattr(quantize_pair, "dual_dequantize_launch",
+                        lambda *a, f=quantize_pair.dual_dequantize_launch: taken.append(f(*a)) or taken[-1])
+    results = quantize_pair.quantize_dual_dequantize(x, spec, rhts, 3, seed, dy_jobs, saved)
+    assert len(results) == 4 and [launch.constexprs["U"] for launch in taken] == [32]
+    for (axis, offset, dtype), r, got in zip(dy_jobs, rhts, results[:2]):
+        want = kernels_quantize.quantize_dequantize(x, axis, spec, r, 3, seed, offset, dtype)
+        for g, w_ in zip(got, want):
+            torch.testing.assert_close(g, w_, rtol=0, atol=0, equal_nan=True)
+    for got, job in zip(results[2:], saved):
+        assert torch.equal(_bits(got), _bits(dequantize(*job)))
+
+
 def test_two_duals_refusal_names_the_reason():
     """Two duals share a launch only at one format and one tile; a refused pair runs as two dual launches."""
     plan = lambda t, axis, spec: kernels_quantize.plan_for(t, axis, OperandFormat.from_spec(spec), 16, codes=axis == 0,
@@ -363,7 +419,7 @@ def test_amax_pair_writes_each_jobs_partial_maxima(specs):
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic", "int4/16/fp32/nearest",
-                                  "e2m1/16/e4m3/stochastic", "int4/16/e4m3/stochastic"])
+                                  "e2m1/16/e4m3/stochastic", "int4/16/e4m3/stochastic", "e2m1/32/e8m0/stochastic"])
 @pytest.mark.parametrize("shape", [(8192, 1024), (8192, 3072), (4096, 2816)])
 def test_dual_launch_matches_reference_real_shapes(spec, shape):
     """dY's two quantizations at the training step's shapes (and a width that is not a multiple of the
@@ -382,7 +438,7 @@ def test_dual_launch_matches_reference_real_shapes(spec, shape):
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "e2m1/16/fp32/nearest", "e2m1/16/e4m3/nearest",
-                                  "int4/16/e4m3/nearest"])
+                                  "int4/16/e4m3/nearest", "e2m1/32/e8m0/nearest"])
 def test_two_duals_match_reference_real_shapes(spec):
     """X's and W's two quantizations each at the step's shapes (X 8192 x 1024, W 3072 x 1024 and 1024 x 2816)
     in one launch: the reference's bits."""
@@ -408,7 +464,7 @@ def test_two_duals_match_reference_real_shapes(spec):
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic", "e2m1/16/e4m3/stochastic",
-                                  "int4/16/e4m3/stochastic"])
+                                  "int4/16/e4m3/stochastic", "e2m1/32/e8m0/stochastic"])
 def test_dual_dequantize_matches_reference_real_shapes(spec):
     """A linear layer's backward at the step's shapes (dY 8192 x 3072 and 8192 x 1024; W 3072 x 1024, X 8192 x
     1024 saved column-wise) in one launch: the reference's bits for dY's two, and each dequantization

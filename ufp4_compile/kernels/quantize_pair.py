@@ -4,8 +4,9 @@
   its own RHT, seed, axis and outputs (one format): X's and W's row-wise quantizations for Fprop, their
   column-wise ones; one tensor's two axes where nothing better pairs.
 - :func:`_quantize_dual_kernel` takes one 2-D tensor's row-wise and column-wise quantizations from one read of
-  it (X's, W's and dY's two, where the lowering pairs them so): each program quantizes its 16 x B tile's row
-  segments, then its columns (the second load of the tile hits the cache).
+  it (X's, W's and dY's two, where the lowering pairs them so): each program quantizes its U x B tile's row
+  segments, then its columns (the second load of the tile hits the cache); U, the span of a block and an RHT
+  group, is 16 (UFP4, NVFP4) or 32 (MXFP4).
 - :func:`_quantize_two_duals_kernel` runs two tensors' dual grids in one launch (X's and W's in a linear
   layer's forward); :func:`_quantize_dual_dequantize_kernel` a dual grid and two dequantize grids (dY's two
   and the saved codes of W and X in its backward).
@@ -83,24 +84,25 @@ def _dual_at(x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key,
              A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
              B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
              B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
-             B: tl.constexpr, ROW_B: tl.constexpr):
-    """The program at ``(pid_n, pid_m)`` of :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``."""
+             B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
+    """The program at ``(pid_n, pid_m)`` of :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``: rows
+    ``U pid_m ..`` (``U``: both jobs' block and RHT group span, 16 or 32) x columns ``B pid_n ..``."""
     zero = pid_m * 0  # the page (a tensor: the tile code converts it)
     first = (pid_n == 0) & (pid_m == 0)
-    SEGS: tl.constexpr = B // 16  # row segments per tile row
-    segments = tl.cast(M, tl.int64) * (N // 16)
+    SEGS: tl.constexpr = B // U  # row segments per tile row
+    segments = tl.cast(M, tl.int64) * (N // U)
     for h in tl.static_range(B // ROW_B):
         j = h * ROW_B + tl.arange(0, ROW_B)  # segment j of the tile: tile row j // SEGS, segment j % SEGS of it
         seg = pid_n * SEGS + j % SEGS
-        rows = tl.where(seg < N // 16, (pid_m * 16 + j // SEGS).to(tl.int64) * (N // 16) + seg, segments)
+        rows = tl.where(seg < N // U, (pid_m * U + j // SEGS).to(tl.int64) * (N // U) + seg, segments)
         _quantize_at(x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr, segments,
-                     16, 0, 16, 1, a_offset, a_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE,
+                     U, 0, U, 1, a_offset, a_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE,
                      BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, True, COLS,
-                     A_WRITE_CODES, A_WRITE_VALUES, ASM, 16, ROW_B, False)
+                     A_WRITE_CODES, A_WRITE_VALUES, ASM, U, ROW_B, False)
     _quantize_at(x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, N, M, 0, 1, N,
-                 b_offset, b_rht_key, pid_m * 16, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
+                 b_offset, b_rht_key, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
                  BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, False, COLS,
-                 B_WRITE_CODES, B_WRITE_VALUES, ASM, 16, B, False)
+                 B_WRITE_CODES, B_WRITE_VALUES, ASM, U, B, False)
 
 
 @triton.jit
@@ -113,11 +115,11 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                           A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
                           B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                           B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
-                          B: tl.constexpr, ROW_B: tl.constexpr):
+                          B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
     """One 2-D tensor ``x (M, N)``'s row-wise quantization (job a) and column-wise one (job b), each with its
-    own RHT, from one read of it, in the column-wise launch's grid ``(cdiv(N, B), M // 16)``. A program takes
-    rows ``16 pid_m ..`` x columns ``B pid_n ..``: first job a on the tile's ``16 B / 16`` row segments of
-    16, as the folded row-wise launch holds them, ``ROW_B`` segments at a time; then job b on the column-wise
+    own RHT, from one read of it, in the column-wise launch's grid ``(cdiv(N, B), M // U)``. A program takes
+    rows ``U pid_m ..`` x columns ``B pid_n ..`` (``U``: the jobs' block and RHT group span, 16 or 32): first
+    job a on the tile's ``U B / U`` row segments of U, as the folded row-wise launch holds them, ``ROW_B`` segments at a time; then job b on the column-wise
     launch's tile, whose load finds the tile in the cache. Each element goes through the code of its own
     launch: the bits are the two single launches'. The arguments are :func:`_quantize_pair_kernel`'s
     (``b_x_ptr`` is ``a_x_ptr``) with ``M, N`` for the sizes; a launcher whose first
@@ -126,7 +128,7 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
              a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N, a_offset,
              b_offset, tl.program_id(0), tl.program_id(1), GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, ASM,
              A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT, B_SIGN_MASK,
-             B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
+             B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U)
 
 
 @triton.jit
@@ -149,9 +151,9 @@ def _quantize_two_duals_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_
                                C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
                                D_RHT: tl.constexpr, D_INV_SQRT: tl.constexpr, D_SIGN_MASK: tl.constexpr,
                                D_WRITE_CODES: tl.constexpr, D_WRITE_VALUES: tl.constexpr,
-                               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr):
+                               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
     """Two tensors' dual launches in one (X's and W's in the forward, one format, one tile): the first
-    ``n_first = g_first * (M // 16)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``
+    ``n_first = g_first * (M // U)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``
     (jobs a row-wise, b column-wise), the rest its grid over ``w (P, Q)`` (jobs c row-wise, d column-wise),
     each program exactly the tile it runs in its own launch, so the bits are. A launch fewer per pair of
     duals: the default mode of a training step waits on the host's time per launch."""
@@ -161,14 +163,14 @@ def _quantize_two_duals_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_
                  a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
                  a_offset, b_offset, pid % g_first, pid // g_first, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
-                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U)
     else:
         q = pid - n_first
         _dual_at(c_x_ptr, c_seed_ptr, d_seed_ptr, c_gamax_ptr, d_gamax_ptr, c_rht_key, d_rht_key, c_codes_ptr,
                  c_scales_ptr, c_values_ptr, c_ts_ptr, d_codes_ptr, d_scales_ptr, d_values_ptr, d_ts_ptr, P, Q,
                  c_offset, d_offset, q % g_second, q // g_second, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, C_RHT, C_INV_SQRT, C_SIGN_MASK, C_WRITE_CODES, C_WRITE_VALUES, D_RHT, D_INV_SQRT,
-                 D_SIGN_MASK, D_WRITE_CODES, D_WRITE_VALUES, COLS, B, ROW_B)
+                 D_SIGN_MASK, D_WRITE_CODES, D_WRITE_VALUES, COLS, B, ROW_B, U)
 
 
 @triton.jit
@@ -187,7 +189,7 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
                                      A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
                                      B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                                      B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr,
-                                     COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr,
+                                     COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
                                      C_GRID: tl.constexpr, C_SCALE: tl.constexpr, C_BLOCK: tl.constexpr,
                                      C_APPLY_TS: tl.constexpr, C_ROWWISE: tl.constexpr, C_BLOCK_O: tl.constexpr,
                                      C_BLOCK_L2: tl.constexpr,
@@ -196,7 +198,7 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
                                      D_BLOCK_L2: tl.constexpr):
     """One tensor's dual launch and two dequantizations in one (a linear layer's backward: dY's row-wise and
     column-wise quantizations, and the dequantizations of the saved codes of W and X beside them): the first
-    ``n_dual = g_dual * (M // 16)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``, the
+    ``n_dual = g_dual * (M // U)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``, the
     next ``n_c`` job c's dequantize grid (``kernels.dequantize._dequantize_tile``, ``c_g0 x c_g1`` tiles a
     page), the rest job d's. Each quantize program is exactly the tile it runs in its own launch, and each
     dequantized value is decoded alone, so the bits are the single launches'. A launch fewer per linear
@@ -207,7 +209,7 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
                  a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
                  a_offset, b_offset, pid % g_dual, pid // g_dual, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
-                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B)
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U)
     elif pid < n_dual + n_c:
         q = pid - n_dual
         _dequantize_tile(c_codes_ptr, c_scales_ptr, c_ts_ptr, c_out_ptr, c_O, c_L2, c_s_page, c_s_o, c_s_l,
@@ -271,8 +273,12 @@ def dual_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
         return refusal
     if a.rowwise == b.rowwise or len(shape) != 2:
         return "not the row-wise and column-wise quantizations of a 2-D tensor"
-    if shape[0] % 16 or shape[1] % 16 or a.constexprs["U"] != 16 or b.constexprs["U"] != 16:
-        return "blocks and RHT groups of 16 along both axes of whole 16 x 16 tiles only"
+    u = a.constexprs["U"]
+    if u not in DUAL_SPANS or b.constexprs["U"] != u:
+        return (f"blocks and RHT groups spanning {a.constexprs['U']} and {b.constexprs['U']} elements: one span "
+                f"of {' or '.join(map(str, DUAL_SPANS))} for both jobs only")
+    if shape[0] % u or shape[1] % u:
+        return f"whole {u} x {u} tiles only (blocks and RHT groups of {u} along both axes)"
     if a.constexprs["BLOCK_2D"]:
         return "16 x 16 blocks"
     return None
@@ -289,13 +295,16 @@ class PairLaunch:
     reads_x: str = "ab"  # the prefixes whose x_ptr the kernel reads (a dual launch reads its tensor as a_x_ptr)
 
 
-_ROW_SEGMENTS = 128  # row segments of 16 per thread block in the dual kernel's row-wise pass: the row-wise tile's
+_ROW_SEGMENTS = 128  # row segments of U per thread block in the dual kernel's row-wise pass: the row-wise tile's
 # The dual launch's own tile: 64 columns, one warp, two consecutive columns per thread (32 elements per thread
 # in either pass). On an H200 (benchmarks/quantize_sweep.py, INT4 RHT-16, 8192 x 1024 and 8192 x 2816) it took
 # 0.86-0.91 of the two single launches' time with round to nearest and 0.95-0.98 with stochastic rounding;
 # the column-wise launch's tile (256 columns, two warps, four per thread), which it ran at before, took
 # 1.04-1.09, and tiles wider than one vector per thread, or one column per thread, took longer still.
 DUAL_TILE = {"B": 64, "num_warps": 1, "cols": 2}
+# The spans U (max of block and RHT group) the dual launch takes: a program holds U rows of the tensor, so a
+# span of 32 (MXFP4's blocks) takes B * 16 / 32 columns, the same elements per thread as a span of 16.
+DUAL_SPANS = (16, 32)
 
 
 def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
@@ -307,12 +316,13 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
     if dual_shape is not None:
         row, col = (a, b) if a.rowwise else (b, a)
         tile = {**DUAL_TILE, **{k: v for k, v in (dual_tile or {}).items() if k in DUAL_TILE}}
-        width = max(16, min(tile["B"], triton.next_power_of_2(dual_shape[1])))
+        u = a.constexprs["U"]
+        width = max(u, min(tile["B"] * 16 // u, triton.next_power_of_2(dual_shape[1])))
         constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
-        constexprs.update(COLS=min(tile["cols"], width), B=width, ROW_B=min(width, _ROW_SEGMENTS))
+        constexprs.update(COLS=min(tile["cols"], width), B=width, ROW_B=min(width, _ROW_SEGMENTS), U=u)
         for p, plan in (("A", row), ("B", col)):
             constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
-        grid = (triton.cdiv(dual_shape[1], width), dual_shape[0] // 16, 1)
+        grid = (triton.cdiv(dual_shape[1], width), dual_shape[0] // u, 1)
         return PairLaunch(grid, tile["num_warps"], dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
                           _quantize_dual_kernel, "ab" if a.rowwise else "ba", reads_x="a")
     scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
@@ -325,7 +335,7 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
 
 
 _DUAL_OWN = _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")  # each job's own constexprs in a dual launch
-_DUAL_TILE_KEYS = ("COLS", "B", "ROW_B")
+_DUAL_TILE_KEYS = ("COLS", "B", "ROW_B", "U")
 
 
 def two_duals_refusal(first: PairLaunch, second: PairLaunch) -> str | None:
