@@ -514,15 +514,12 @@ def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
 def test_pairing_of_recipes_that_rotate_wgrad_only(monkeypatch, recipe):
     """e2m1-ref and mxfp4 rotate Wgrad's operands only, so X is quantized for Fprop without RHT and for Wgrad
     with it, and so is dY for Dgrad and Wgrad: each job of a launch keeps its own RHT size, so without CUDA
-    graphs e2m1-ref's X, W and dY each take the one-read dual launch (X's and W's in one launch). MXFP4's
-    row-wise and column-wise tiles take different warp counts: its forward pairs every quantization along its
-    own kind of axis, and its dY stays two launches."""
+    graphs X, W and dY each take the one-read dual launch (X's and W's in one launch, dY's with the two
+    dequantizations), MXFP4's at its span of 32 (blocks of 32) as e2m1-ref's at 16."""
     found = _step_pairs(monkeypatch, autocast=True, cudagraphs=False, recipe=recipe)
     linears = 4
-    assert found["forward"][:2] == ((4 * linears, ["two duals"] * linears) if recipe == "e2m1-ref" else
-                                    (4 * linears, ["same axis"] * (2 * linears)))
-    assert found["backward"][:2] == (2 * linears, ["one read + 2 dequantize"] * linears if recipe == "e2m1-ref"
-                                     else [])
+    assert found["forward"][:2] == (4 * linears, ["two duals"] * linears)
+    assert found["backward"][:2] == (2 * linears, ["one read + 2 dequantize"] * linears)
 
 
 def test_other_axis_pairing_follows_cuda_graphs():
