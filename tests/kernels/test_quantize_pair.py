@@ -278,7 +278,7 @@ def test_dual_launches_at_a_span_of_32_match_single_launches(spec, rhts, monkeyp
         assert quantize_pair.dual_refusal(tuple(t.shape), *plans) is None
         launches.append(quantize_pair.pair_launch(*plans, dual_shape=tuple(t.shape)))
         assert launches[-1].constexprs["U"] == 32 and launches[-1].grid[1] == t.shape[0] // 32
-        assert (launches[-1].constexprs["B"], launches[-1].constexprs["COLS"]) == (32, 1)  # 32 columns, 1 each
+        assert (launches[-1].constexprs["B"], launches[-1].constexprs["COLS"]) == (32, 2)  # 32 columns, 2 each
     assert quantize_pair.two_duals_refusal(*launches) is None
     first, second = (x, 3, seed, rhts, x_jobs), (w, 5, seed, rhts[::-1], w_jobs)
     results = quantize_pair.quantize_two_duals(spec, first, second)

@@ -303,9 +303,10 @@ _ROW_SEGMENTS = 128  # row segments of U per thread block in the dual kernel's r
 # 1.04-1.09, and tiles wider than one vector per thread, or one column per thread, took longer still.
 DUAL_TILE = {"B": 64, "num_warps": 1, "cols": 2}
 # The spans U (max of block and RHT group) the dual launch takes: a program holds U rows of the tensor, so a
-# span of 32 (MXFP4's blocks) takes B * 16 / 32 columns and cols * 16 / 32 of them per thread: the same
-# elements per thread as a span of 16, and every thread of the warp on a column of its own (at two columns
-# per thread, 32 columns would leave half the warp repeating the other half's work).
+# span of 32 (MXFP4's blocks) takes B * 16 / 32 columns, the same elements per thread as a span of 16, at two
+# columns per thread. On the H200 step (MXFP4) its launches took 10.45 ms per step against 9.97 for the single
+# and pair launches they replace, for 144 launches fewer (the step's total kernel time 35.01 against 35.09 ms);
+# at one column per thread they took 16.84 ms.
 DUAL_SPANS = (16, 32)
 
 
@@ -318,11 +319,10 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
     if dual_shape is not None:
         row, col = (a, b) if a.rowwise else (b, a)
         tile = {**DUAL_TILE, **{k: v for k, v in (dual_tile or {}).items() if k in DUAL_TILE}}
-        u = a.constexprs["U"]  # a span of 32 halves the columns and the columns per thread (DUAL_SPANS)
+        u = a.constexprs["U"]  # a span of 32 halves the columns (DUAL_SPANS)
         width = max(u, min(tile["B"] * 16 // u, triton.next_power_of_2(dual_shape[1])))
-        cols = max(1, tile["cols"] * 16 // u) if dual_tile is None or "cols" not in dual_tile else tile["cols"]
         constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
-        constexprs.update(COLS=min(cols, width), B=width, ROW_B=min(width, _ROW_SEGMENTS), U=u)
+        constexprs.update(COLS=min(tile["cols"], width), B=width, ROW_B=min(width, _ROW_SEGMENTS), U=u)
         for p, plan in (("A", row), ("B", col)):
             constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
         grid = (triton.cdiv(dual_shape[1], width), dual_shape[0] // u, 1)
