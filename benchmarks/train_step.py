@@ -309,13 +309,49 @@ def make_step(fn, optimizer, config, batch_size: int, device):
     return step
 
 
+# The compile phases the Markdown names (torch's timed compile functions, forward and backward together),
+# in compile order; each row's JSON keeps every timed function.
+COMPILE_PHASES = (
+    ("Dynamo tracing", "bytecode_tracing"),
+    ("joint graph trace", "aot_trace_joint_graph"),
+    ("ufp4 joint pass", "pass.joint_graph_passes.joint_custom_pre_pass"),
+    ("partition", "min_cut_rematerialization_partition"),
+    ("post-grad passes", "_recursive_post_grad_passes"),
+    ("lowering", "GraphLowering.run"),
+    ("scheduling + codegen", "GraphLowering.codegen"),
+    ("kernel compiles (wait)", "async_compile.wait"),
+    ("ufp4 static-launch precompile", "ufp4.static_launch_precompile"),
+    ("forward compile, all of it", "_compile.compile_inner"),
+    ("backward compile, all of it", "compile_fx.<locals>.bw_compiler"),
+)
+
+
+def compile_seconds() -> dict[str, float]:
+    """Seconds spent so far in each of torch's timed compile functions (``dynamo_timed``), summed over calls;
+    empty where this torch keeps no such table."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics
+    except ImportError:
+        return {}
+    return {name: float(sum(times)) for name, times in compilation_time_metrics.items()}
+
+
+def compile_phases(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Each timed compile function's seconds between two :func:`compile_seconds` snapshots (the first step's),
+    rounded to 10 ms; functions that took no time are left out."""
+    return {name: round(after[name] - before.get(name, 0.0), 2) for name in after
+            if after[name] - before.get(name, 0.0) >= 0.005}
+
+
 def measure(kind: str, recipe: str | None, config, args, device) -> dict:
     model, optimizer, fn = build(kind, recipe, config, device)
     step = make_step(fn, optimizer, config, args.batch_size, device)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    timed_before = compile_seconds()
     first = timed_steps(step, 1, device)[0]  # compiles forward and backward
+    phases = compile_phases(timed_before, compile_seconds())
     timed_steps(step, args.warmup, device)
     # CUDA graphs allocate their memory pool while recording (in these steps), so the timed steps' peak
     # below leaves it out; this one keeps it.
@@ -333,7 +369,7 @@ def measure(kind: str, recipe: str | None, config, args, device) -> dict:
         torch.cuda.empty_cache()
     return {"step_time_s": median, "step_times_s": times, "tokens_per_s": args.batch_size * config.seq_len / median,
             "peak_memory_bytes": peak, "peak_memory_with_warmup_bytes": peak_with_warmup, "first_step_s": first,
-            "compile_time_s": max(0.0, first - median),
+            "compile_time_s": max(0.0, first - median), "compile_phases_s": phases,
             "host_issue_s": statistics.median(host) if host else None, "host_issue_times_s": host,
             "host_issue_sleep_s": sleep_s,
             **({"profile": profiled} if profiled else {})}
@@ -406,6 +442,17 @@ def markdown(meta: dict, rows: list[dict]) -> str:
                                    if r.get('host_issue_sleep_s')})) or "n/a")
               + " here, means the launch queue filled).", "",
               f"Command: `{meta['command']}`", ""]
+    timed = [r for r in rows if r.get("compile_phases_s")]
+    if timed:
+        lines += ["Compile time by phase (s, the first step's; torch's timed compile functions): the forward "
+                  "compiles inside Dynamo's call, the backward in the first backward (the last two rows); each "
+                  "phase above them is the sum over both.", "",
+                  "| phase | " + " | ".join(r["variant"] for r in timed) + " |",
+                  "|---|" + "---|" * len(timed)]
+        for label, name in COMPILE_PHASES:
+            lines.append(f"| {label} (`{name}`) | " + " | ".join(
+                _fmt(r["compile_phases_s"].get(name), ".2f") for r in timed) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -49,12 +49,19 @@ def test_user_kernels_from_workers_compile_again_where_static_launch_is_asked(pa
     reloaded = types.SimpleNamespace(fn=types.SimpleNamespace(fn=object()))
     kernel = _Stand([_result("c0"), _result("c1")], user, fn_lost=True)
     kernel._reload_kernel = lambda: reloaded
+    from torch._dynamo.utils import compilation_time_metrics
+
+    from ufp4_compile.lowering.static_launch import TIMER
+
+    timed = len(compilation_time_metrics.get(TIMER, []))
     patched(kernel)
-    if static_option:  # recompiled in the parent, with the reloaded function
+    if static_option:  # recompiled in the parent, with the reloaded function, under its own compile timer
         assert kernel.compiled == ["c0", "c1"] and kernel.compile_results == [("parent", "c0"), ("parent", "c1")]
         assert kernel.fn is reloaded.fn and kernel.configs is None
+        assert len(compilation_time_metrics[TIMER]) == timed + 1
     else:
         assert kernel.compiled == [] and [r.config for r in kernel.compile_results] == ["c0", "c1"]
+        assert len(compilation_time_metrics.get(TIMER, [])) == timed
     other = _Stand([_result("c0")], generated)  # Inductor's own kernels keep the worker's choice
     patched(other)
     assert other.compiled == [] and len(other.compile_results) == 1

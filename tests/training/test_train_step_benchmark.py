@@ -125,6 +125,20 @@ def test_qdq_variant_runs_in_tiny_mode(bench, tmp_path):
     (json_path,) = tmp_path.glob("train_step_*-tiny.json")
     (row,) = json.loads(json_path.read_text())["rows"]
     assert row["variant"] == "qdq:ufp4" and row["step_time_s"] > 0
+    # the first step's compile, by phase: Inductor compiled the forward and the backward
+    phases = row["compile_phases_s"]
+    assert phases["_compile.compile_inner"] > 0 and phases["compile_fx.<locals>.bw_compiler"] > 0
+    assert phases["_compile.compile_inner"] <= row["first_step_s"] + 0.01
+    md = json_path.with_suffix(".md").read_text()
+    assert "Compile time by phase" in md and "| forward compile, all of it (`_compile.compile_inner`) | " in md
+
+
+def test_compile_phases_are_the_first_steps_share_of_the_timed_functions(bench):
+    before = {"a": 1.0, "b": 2.0}
+    after = {"a": 1.0, "b": 2.504, "c": 0.25, "d": 0.001}
+    assert bench.compile_phases(before, after) == {"b": 0.5, "c": 0.25}
+    timings = bench.compile_seconds()
+    assert all(isinstance(v, float) and v >= 0 for v in timings.values())
 
 
 def test_fake_quant_int4_nearest_is_the_reference_quantize_dequantize(bench):
