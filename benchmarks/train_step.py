@@ -272,18 +272,17 @@ def host_times(step, n: int, device) -> tuple[list[float], float]:
     the step costs the CPU (Python, Inductor's wrappers, the launches), apart from the GPU. Where it nears the
     step's kernel time, the default mode waits on the host. Also the sleep's own length: a step whose issue
     takes that long filled the launch queue and waited on the GPU."""
-    sleep_cycles = SLEEP_CYCLES
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize(device)
     start.record()
-    torch.cuda._sleep(sleep_cycles)
+    torch.cuda._sleep(SLEEP_CYCLES)
     end.record()
     end.synchronize()
     sleep_s = start.elapsed_time(end) / 1e3
     times = []
     for _ in range(n):
         torch.cuda.synchronize(device)
-        torch.cuda._sleep(sleep_cycles)
+        torch.cuda._sleep(SLEEP_CYCLES)
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)

@@ -462,6 +462,20 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
     return _run(launch, plans, inputs, jobs)
 
 
+def job_pointers(launch: PairLaunch, prefix: str, plan: LaunchPlan, x, outputs: tuple, gamax, seed) -> dict:
+    """The pointer arguments of ``launch``'s job under ``prefix`` (tensors or Inductor buffers alike): its input
+    ``x``, ``outputs`` (codes, scales, values, tensor scale), the partial maxima ``gamax`` of its pre-pass and
+    its ``seed``. None for each one the launch does not use (an output it does not write, the gamax of
+    one-level scales, the seed of round to nearest, the input of a job whose tensor the kernel reads under
+    another job's name): a constant of the call, one pointer fewer for the launcher to resolve."""
+    codes, scales, values, ts = outputs
+    pointers = {**output_pointers(codes, scales, values, f"{prefix}_"), f"{prefix}_ts_ptr": ts,
+                f"{prefix}_gamax_ptr": gamax, f"{prefix}_seed_ptr": seed if plan.constexprs["STOCHASTIC"] else None}
+    if f"{prefix}_x_ptr" in launch.kernel.arg_names:
+        pointers[f"{prefix}_x_ptr"] = x if prefix in launch.reads_x else None
+    return pointers
+
+
 def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None) -> list[tuple]:
     """Allocate the jobs' outputs, run their global-amax pre-passes (two-level scales, two a launch) and
     ``launch`` (with ``extra`` arguments: other jobs' tensors); each job's result (``quantize``'s or
@@ -485,12 +499,9 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None) -> 
         else:
             values = torch.empty(t.shape, dtype=dtype, device=t.device)
             outputs.append((values, ts))
-        seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else None
-        kwargs.update(output_pointers(codes, scales, values, f"{p}_"),
-                      **{f"{p}_ts_ptr": ts, f"{p}_gamax_ptr": gamax, f"{p}_offset": int(offset),
-                         f"{p}_seed_ptr": seed_t, f"{p}_rht_key": key})
-        if f"{p}_x_ptr" in launch.kernel.arg_names:  # None where the kernel reads another job's input
-            kwargs[f"{p}_x_ptr"] = t if p in launch.reads_x else None
+        seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else None  # no tensor for nothing
+        kwargs.update(job_pointers(launch, p, plan, t, (codes, scales, values, ts), gamax, seed_t),
+                      **{f"{p}_offset": int(offset), f"{p}_rht_key": key})
     launch.kernel[launch.grid](**kwargs, **(extra or {}), **launch.scalars, **launch.constexprs,
                                num_warps=launch.num_warps)
     return outputs

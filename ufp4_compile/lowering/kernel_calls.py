@@ -612,21 +612,18 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
     """Emit the jobs' outputs, their global-amax pre-passes (two a launch) and ``launch`` (a pair, dual or
     two-duals launch, its jobs under ``launch.prefixes``; ``extra``: other jobs' buffers); each quantize job's op
     result."""
-    from ufp4_compile.kernels.quantize import output_pointers, rht_key
+    from ufp4_compile.kernels.quantize import rht_key
+    from ufp4_compile.kernels.quantize_pair import job_pointers
 
     outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
     inputs = [_contiguous(t) for t, _ in lowered]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
     partials = [g for i in range(0, len(plans), 2)
                 for g in _amax_prepasses(plans[i:i + 2], inputs[i:i + 2], keys[i:i + 2], device)]
-    arg_names = set(launch.kernel.arg_names)
     tensors, scalars = {}, dict(launch.scalars)
     for p, out, call, plan, (_, s), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered, inputs,
                                                           keys, partials):
-        tensors.update(output_pointers(*out[:3], f"{p}_"), **{
-            f"{p}_ts_ptr": out[3], f"{p}_gamax_ptr": gamax, f"{p}_seed_ptr": s if plan.constexprs["STOCHASTIC"] else None})
-        if f"{p}_x_ptr" in arg_names:  # None where the kernel reads another job's input
-            tensors[f"{p}_x_ptr"] = t if p in launch.reads_x else None
+        tensors.update(job_pointers(launch, p, plan, t, out, gamax, s))
         scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
     kernel_launch(launch.kernel, launch.grid, launch.num_warps, {**tensors, **(extra or {})},
                   {**scalars, **launch.constexprs})
