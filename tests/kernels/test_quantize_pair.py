@@ -392,31 +392,6 @@ def test_dual_dequantize_refusal_names_the_reason():
     assert torch.equal(results[2], dq.dequantize(*saved[0]))
 
 
-@pytest.mark.parametrize("specs", [("int4/16/e4m3/nearest", 16, 16), ("e2m1/16/e4m3/stochastic", 0, 16)])
-def test_amax_pair_writes_each_jobs_partial_maxima(specs):
-    """Two two-level quantizations' global-amax pre-passes in one launch (nvfp4's dY: Dgrad unrotated, Wgrad
-    rotated): each job's partial maxima are its own pre-pass's, word for word."""
-    spec, ra, rb = specs
-    fmt = OperandFormat.from_spec(spec)
-    x = torch.randn(48, 64, device=DEVICE) * 3
-    x[1, 2] = float("inf")  # counts as 0
-    plans = [kernels_quantize.plan_for(x, 1, fmt, ra, codes=False, values=True),
-             kernels_quantize.plan_for(x, 0, fmt, rb, codes=True, values=False)]
-    keys = [kernels_quantize.rht_key(plan, 3) for plan in plans]
-    n = kernels_quantize.AMAX_PROGRAMS
-    paired = [torch.full((n,), -1, dtype=torch.int32, device=DEVICE) for _ in plans]
-    launches = quantize_pair.amax_launches(plans, [x, x], paired, keys)
-    assert len(launches) == 1 and launches[0][0] is quantize_pair._amax_pair_kernel
-    for kernel, grid, num_warps, tensors, scalars in launches:
-        kernel[grid](**tensors, **scalars, num_warps=num_warps)
-    for plan, key, got in zip(plans, keys, paired):
-        want = torch.full((n,), -2, dtype=torch.int32, device=DEVICE)
-        kernel, grid, num_warps, tensors, scalars = kernels_quantize.amax_launch(plan, x, want, key)
-        kernel[grid](**tensors, **scalars, num_warps=num_warps)
-        assert torch.equal(got, want)
-    assert paired[0].max() != paired[1].max()  # each job's maximum is its own (rotated along its own axis)
-
-
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("spec", ["int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic", "int4/16/fp32/nearest",
@@ -500,3 +475,34 @@ def test_pair_launch_matches_reference_real_shapes(spec):
     for job, got in zip(jobs, quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs)):
         for g, w in zip(got, _pair_reference(x, spec, 16, seed, job)):
             assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(_bits(g), _bits(w))
+
+
+@pytest.mark.parametrize("jobs", [((1, 0, torch.bfloat16), (0, 0, None)), ((0, 5, None), (1, 7, torch.float32))])
+def test_16x16_blocks_codes_and_values_in_one_launch(jobs):
+    """NVFP4's weights: one tensor's codes along one axis and values along the other, 16 x 16 blocks, no RHT,
+    round to nearest, quantize every element alike, so one launch writes both (same_values_refusal accepts):
+    each result is its single launch's, bit for bit, with NaN, Inf and a huge block in the input."""
+    spec = "e2m1/16x16/e4m3/nearest"
+    x = torch.randn(64, 96, device=DEVICE) * 3
+    x[3, 5], x[20, 40], x[33, 70] = 1e30, float("nan"), float("-inf")
+    fmt = OperandFormat.from_spec(spec)
+    assert quantize_pair.same_values_refusal((64, 96), fmt, [(axis, 0, dtype) for axis, _, dtype in jobs]) is None
+    results = quantize_pair.quantize_pair(x, spec, 0, 0, None, jobs)
+    for (axis, offset, dtype), got in zip(jobs, results):
+        single = (kernels_quantize.quantize(x, axis, spec, 0, 0, None, offset) if dtype is None else
+                  kernels_quantize.quantize_dequantize(x, axis, spec, 0, 0, None, offset, dtype))
+        assert len(got) == len(single)
+        assert all(g.dtype == o.dtype and torch.equal(_bits(g), _bits(o)) for g, o in zip(got, single))
+
+
+def test_same_values_refusal_names_the_reason():
+    fmt = OperandFormat.from_spec("e2m1/16x16/e4m3/nearest")
+    jobs = [(1, 0, torch.bfloat16), (0, 0, None)]
+    refusal = quantize_pair.same_values_refusal
+    assert refusal((64, 64), fmt, jobs) is None
+    assert "16 x 16" in refusal((64, 64), OperandFormat.from_spec("e2m1/16/e4m3/nearest"), jobs)
+    assert "stochastic" in refusal((64, 64), OperandFormat.from_spec("e2m1/16x16/e4m3/stochastic"), jobs)
+    assert "RHT" in refusal((64, 64), fmt, [(1, 16, torch.bfloat16), (0, 0, None)])
+    assert "codes" in refusal((64, 64), fmt, [(1, 0, torch.bfloat16), (0, 0, torch.bfloat16)])
+    assert "whole 16 x 16" in refusal((64, 72), fmt, jobs)
+    assert "whole 16 x 16" in refusal((4, 64, 64), fmt, jobs)

@@ -266,7 +266,9 @@ def test_paired_training_step_equals_unpaired(recipe):
     assert launches[5]["_dequantize_pair_kernel"] and launches[5]["_quantize_dual_kernel"]
     assert not launches[5]["_quantize_dual_dequantize_kernel"]
     if recipe in ("nvfp4", "ufp4-nv"):
-        assert not _launches("_amax_pair_kernel", codes[0]) and _launches("_amax_pair_kernel", codes[1])
+        # one tensor's two pre-passes from one read (dY's; X's, and W's in ufp4-nv, two tensors' in one launch)
+        assert not _launches("_dual_amax_kernel", codes[0]) and _launches("_dual_amax_kernel", codes[1])
+        assert (recipe == "ufp4-nv") == bool(_launches("_two_dual_amax_kernel", codes[1]))
     # Without the dual kernel (2) or with it last (3), one tensor's two axes take the pair kernel where their
     # tiles take one warp count: not E4M3's (4 warps row-wise, 2 column-wise). nvfp4's weights (16 x 16 blocks)
     # are another format than its activations, so nothing in this MLP has a same-axis partner there.

@@ -241,6 +241,15 @@ def _pair_check() -> dict:
             with kernel_calls.pair_launches(dual_dequantize=on):
                 code = wrapper_code(back, *shapes)
             out[f"{sr}/back/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+    def weights(w, seed):  # NVFP4's weights: row-wise values for Fprop, column-wise codes for Dgrad (16 x 16)
+        wv = torch.ops.ufp4.quantize_dequantize(w, 1, "e2m1/16x16/e4m3/nearest", 0, 5, seed, 0, torch.bfloat16)
+        wc = torch.ops.ufp4.quantize(w, 0, "e2m1/16x16/e4m3/nearest", 0, 5, seed, 1 << 33)
+        return (*wv, *wc)
+
+    for on in (False, True):
+        with kernel_calls.pair_launches(on):
+            code = wrapper_code(weights, ((384, 512), torch.bfloat16), ((), torch.int64))
+        out[f"16x16/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
     out["dual_dequantize_accesses"] = [
         kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
         if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_dual_dequantize_kernel"]
@@ -287,7 +296,8 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     the dual kernel last, same-axis partners come first (x's and y's row-wise values; x's column-wise codes
     and values), and with dual launches off one tensor's two axes take the pair kernel. A format whose
     row-wise and column-wise tiles take different warp counts (nvfp4's E4M3) pairs in the dual kernel (its own
-    tile) and along one kind of axis, not across; its two jobs' global-amax pre-passes share one launch. The
+    tile) and along one kind of axis, not across; its two jobs' global-amax pre-passes read the tensor once in
+    one launch (two tensors' in one launch before a two-duals launch). The
     access analysis sees each pair launch read both inputs and write both results. Two neighbouring dequantizations (of any formats) become
     one launch, a third its own. Off, every quantization and dequantization is its own launch."""
     pairs = wrappers["pairs"]
@@ -303,16 +313,19 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
         assert pairs[f"{spec}/alone/nodual"] == ["_quantize_pair_kernel"]
     e4m3, alone = ["_amax_kernel", "_quantize_kernel"], "e2m1/16/e4m3/nearest/alone"
     assert pairs["e2m1/16/e4m3/nearest/0"] == e4m3 * 4 and pairs[f"{alone}/0"] == pairs[f"{alone}/nodual"] == e4m3 * 2
-    # x's row values and column codes from one read, their pre-passes in one launch; x's column values and y's
+    # x's row values and column codes from one read, their pre-passes too; x's column values and y's
     # row values each alone (their tiles take different warp counts)
-    assert sorted(pairs["e2m1/16/e4m3/nearest/1"]) == sorted(["_amax_pair_kernel", "_quantize_dual_kernel"] + e4m3 * 2)
-    assert pairs[f"{alone}/1"] == ["_amax_pair_kernel", "_quantize_dual_kernel"]
+    assert sorted(pairs["e2m1/16/e4m3/nearest/1"]) == sorted(["_dual_amax_kernel", "_quantize_dual_kernel"] + e4m3 * 2)
+    assert pairs[f"{alone}/1"] == ["_dual_amax_kernel", "_quantize_dual_kernel"]
     # the dual kernel last: x's and y's row values, x's column codes and values, in the pair kernel
     assert pairs["e2m1/16/e4m3/nearest/duallast"] == ["_amax_pair_kernel", "_quantize_pair_kernel"] * 2
     for spec in ("int4/16/fp32/stochastic", "int4/16/fp32/nearest"):  # X's and W's duals in one launch
         assert pairs[f"{spec}/two/1"] == ["_quantize_two_duals_kernel"]
         assert pairs[f"{spec}/two/0"] == ["_quantize_dual_kernel"] * 2
-    assert pairs["e2m1/16/e4m3/nearest/two/1"] == ["_amax_pair_kernel"] * 2 + ["_quantize_two_duals_kernel"]
+    assert pairs["e2m1/16/e4m3/nearest/two/1"] == ["_two_dual_amax_kernel", "_quantize_two_duals_kernel"]
+    # NVFP4's weights (16 x 16 blocks, no RHT, round to nearest): one launch writes the row-wise values and
+    # the column-wise codes, after one pre-pass
+    assert pairs["16x16/1"] == e4m3 and pairs["16x16/0"] == e4m3 * 2
     assert pairs["dequantize/0"] == ["_dequantize_kernel"] * 3
     assert sorted(pairs["dequantize/1"]) == ["_dequantize_kernel", "_dequantize_pair_kernel"]
     for reads, writes, _ in pairs["dequantize_pair_accesses"]:
@@ -336,14 +349,14 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
 
 def test_dual_launch_takes_the_backward_dequantizations(wrappers):
     """A linear layer's backward: dY's two quantizations and the dequantizations of X's and W's saved codes
-    lower to one launch (E4M3: after dY's two global-amax pre-passes in one launch), which reads dY and both
+    lower to one launch (E4M3: after dY's two global-amax pre-passes from one read of it), which reads dY and both
     codes and writes dY's two results and both dequantized operands; with dual_dequantize off, the dual
     launch and the dequantize pair."""
     pairs = wrappers["pairs"]
     assert pairs["int4/16/fp32/stochastic/back/1"] == ["_quantize_dual_dequantize_kernel"]
     assert sorted(pairs["int4/16/fp32/stochastic/back/0"]) == ["_dequantize_pair_kernel", "_quantize_dual_kernel"]
-    assert pairs["e2m1/16/e4m3/stochastic/back/1"] == ["_amax_pair_kernel", "_quantize_dual_dequantize_kernel"]
-    assert sorted(pairs["e2m1/16/e4m3/stochastic/back/0"]) == ["_amax_pair_kernel", "_dequantize_pair_kernel",
+    assert pairs["e2m1/16/e4m3/stochastic/back/1"] == ["_dual_amax_kernel", "_quantize_dual_dequantize_kernel"]
+    assert sorted(pairs["e2m1/16/e4m3/stochastic/back/0"]) == ["_dequantize_pair_kernel", "_dual_amax_kernel",
                                                                "_quantize_dual_kernel"]
     accesses = pairs["dual_dequantize_accesses"]
     assert accesses, "the dual-dequantize kernel was never analysed"

@@ -27,10 +27,11 @@ import triton.language as tl
 from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.dequantize import _dequantize_tile
 from ufp4_compile.kernels.dequantize import pair_launch as dequantize_pair_launch
-from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS,
-                                           LaunchPlan, PLAN_SCALARS, _amax_at, _program_at, _quantize_at, _seed_tensor,
-                                           launch_plan, output_pointers, plan_for, quantize, quantize_dequantize,
-                                           rht_key, unused_pointers)
+from ufp4_compile.kernels.prepass import prepass_launches
+from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS, DUAL_SPANS,
+                                           PLAN_SCALARS, RHT_KEYS, ROW_SEGMENTS, LaunchPlan, _launch, _program_at,
+                                           _quantize_at, _seed_tensor, launch_plan, output_pointers, plan_for,
+                                           quantize, quantize_dequantize, rht_key, unused_pointers)
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
 
@@ -222,33 +223,11 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
                          D_GRID, D_SCALE, D_BLOCK, D_APPLY_TS, D_ROWWISE, D_BLOCK_O, D_BLOCK_L2)
 
 
-@triton.jit
-def _amax_pair_kernel(a_x_ptr, b_x_ptr, a_gamax_ptr, b_gamax_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l, a_pages,
-                      a_rht_key, b_O, b_L, b_s_page, b_s_o, b_s_l, b_pages, b_rht_key,
-                      A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
-                      A_ROWWISE: tl.constexpr, A_U: tl.constexpr, A_B: tl.constexpr, A_COLS: tl.constexpr,
-                      A_PARTIAL: tl.constexpr,
-                      B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
-                      B_ROWWISE: tl.constexpr, B_U: tl.constexpr, B_B: tl.constexpr, B_COLS: tl.constexpr,
-                      B_PARTIAL: tl.constexpr):
-    """The global-amax pre-passes of two two-level quantizations in one launch: the first ``AMAX_PROGRAMS``
-    programs are job a's (``kernels.quantize._amax_kernel``'s programs), the rest job b's, each writing its
-    own job's partial maxima, as its own launch would."""
-    pid = tl.program_id(0)
-    if pid < _AMAX_PROGRAMS:
-        _amax_at(a_x_ptr, a_gamax_ptr, pid, a_O, a_L, a_s_page, a_s_o, a_s_l, a_pages, a_rht_key, A_RHT,
-                 A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_U, A_B, A_COLS, A_PARTIAL)
-    else:
-        _amax_at(b_x_ptr, b_gamax_ptr, pid - _AMAX_PROGRAMS, b_O, b_L, b_s_page, b_s_o, b_s_l, b_pages, b_rht_key,
-                 B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_U, B_B, B_COLS, B_PARTIAL)
-
-
 # ---- launches -------------------------------------------------------------------------------------------
 
 _PAIR_SHARED = ("GRID", "SCALE", "BLOCK", "BLOCK_2D", "STOCHASTIC", "E8M0_FLOOR", "Q_MAX",
                 "ASM")  # what the two jobs of a pair launch have in common: the format
-_RHT_KEYS = ("RHT", "INV_SQRT", "SIGN_MASK")  # each job's own
-_PAIR_OWN = _RHT_KEYS + ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B", "PARTIAL")
+_PAIR_OWN = RHT_KEYS + ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B", "PARTIAL")
 
 
 def _format_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
@@ -295,19 +274,12 @@ class PairLaunch:
     reads_x: str = "ab"  # the prefixes whose x_ptr the kernel reads (a dual launch reads its tensor as a_x_ptr)
 
 
-_ROW_SEGMENTS = 128  # row segments of U per thread block in the dual kernel's row-wise pass: the row-wise tile's
 # The dual launch's own tile: 64 columns, one warp, two consecutive columns per thread (32 elements per thread
 # in either pass). On an H200 (benchmarks/quantize_sweep.py, INT4 RHT-16, 8192 x 1024 and 8192 x 2816) it took
 # 0.86-0.91 of the two single launches' time with round to nearest and 0.95-0.98 with stochastic rounding;
 # the column-wise launch's tile (256 columns, two warps, four per thread), which it ran at before, took
 # 1.04-1.09, and tiles wider than one vector per thread, or one column per thread, took longer still.
 DUAL_TILE = {"B": 64, "num_warps": 1, "cols": 2}
-# The spans U (max of block and RHT group) the dual launch takes: a program holds U rows of the tensor, so a
-# span of 32 (MXFP4's blocks) takes B * 16 / 32 columns, the same elements per thread as a span of 16, at two
-# columns per thread. On the H200 step (MXFP4) its launches took 10.45 ms per step against 9.97 for the single
-# and pair launches they replace, for 144 launches fewer (the step's total kernel time 35.01 against 35.09 ms);
-# at one column per thread they took 16.84 ms.
-DUAL_SPANS = (16, 32)
 
 
 def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
@@ -322,9 +294,9 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
         u = a.constexprs["U"]  # a span of 32 halves the columns (DUAL_SPANS)
         width = max(u, min(tile["B"] * 16 // u, triton.next_power_of_2(dual_shape[1])))
         constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
-        constexprs.update(COLS=min(tile["cols"], width), B=width, ROW_B=min(width, _ROW_SEGMENTS), U=u)
+        constexprs.update(COLS=min(tile["cols"], width), B=width, ROW_B=min(width, ROW_SEGMENTS), U=u)
         for p, plan in (("A", row), ("B", col)):
-            constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
+            constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
         grid = (triton.cdiv(dual_shape[1], width), dual_shape[0] // u, 1)
         return PairLaunch(grid, tile["num_warps"], dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
                           _quantize_dual_kernel, "ab" if a.rowwise else "ba", reads_x="a")
@@ -337,7 +309,7 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
     return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs, _quantize_pair_kernel)
 
 
-_DUAL_OWN = _RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")  # each job's own constexprs in a dual launch
+_DUAL_OWN = RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")  # each job's own constexprs in a dual launch
 _DUAL_TILE_KEYS = ("COLS", "B", "ROW_B", "U")
 
 
@@ -406,23 +378,47 @@ def dual_dequantize_launch(dual: PairLaunch, dequantize_plans) -> PairLaunch:
                       _quantize_dual_dequantize_kernel, dual.prefixes, reads_x="a")
 
 
-def amax_launches(plans, inputs, partials, keys) -> list[tuple]:
-    """The global-amax pre-pass launches of quantizations with ``plans`` (two-level scales only; the others are
-    skipped), each job's maxima written to its own ``partials`` buffer (``AMAX_PROGRAMS`` int32): two jobs in
-    one launch of :func:`_amax_pair_kernel` where their pre-passes take one warp count, else one launch each.
-    ``inputs``, ``partials``: tensors or Inductor buffers; ``keys``: each job's ``rht_key``. Each launch as
-    ``(kernel, grid, num_warps, tensors, scalars)``."""
-    from ufp4_compile.kernels.quantize import amax_launch, amax_scalars
+def one_read_shapes(launch: PairLaunch) -> list:
+    """Per two consecutive jobs of ``launch`` (its plans in order), the shape of the one tensor they quantize
+    from one read (a dual grid), else None: what :func:`amax_launches` takes as ``dual_shape``."""
+    s = launch.scalars
+    if launch.kernel is _quantize_two_duals_kernel:
+        return [(s["M"], s["N"]), (s["P"], s["Q"])]
+    if launch.kernel in (_quantize_dual_kernel, _quantize_dual_dequantize_kernel):
+        return [(s["M"], s["N"])]
+    return [None]
 
-    jobs = [job for job in zip(plans, inputs, partials, keys) if job[0].amax_constexprs is not None]
-    if len(jobs) == 2 and jobs[0][0].amax_num_warps == jobs[1][0].amax_num_warps:
-        tensors, scalars = {}, {}
-        for p, (plan, x, gamax, key) in zip("ab", jobs):
-            tensors.update({f"{p}_x_ptr": x, f"{p}_gamax_ptr": gamax})
-            scalars.update(amax_scalars(plan, f"{p}_"), **{f"{p}_rht_key": key},
-                           **{f"{p.upper()}_{k}": v for k, v in plan.amax_constexprs.items()})
-        return [(_amax_pair_kernel, (2 * AMAX_PROGRAMS, 1, 1), jobs[0][0].amax_num_warps, tensors, scalars)]
-    return [amax_launch(*job) for job in jobs]
+
+def same_values_refusal(shape: tuple, fmt: OperandFormat, jobs) -> str | None:
+    """Why one tensor's two quantizations ``jobs`` (two ``(axis, rht, dtype)``, ``dtype`` None for codes) cannot
+    take one launch that writes the codes and scales of one and the values of the other, or None. They can
+    where the two quantize every element to the same value: 16 x 16 blocks (a block's scale is the same along
+    either axis), no RHT (a rotation runs along its own axis), round to nearest (stochastic rounding draws in
+    its own axis's order), whole 16 x 16 tiles of a 2-D tensor. NVFP4's weights: W's row-wise values for Fprop
+    and its column-wise codes for Dgrad, one read and one pre-pass instead of two."""
+    if not fmt.block_2d:
+        return "not 16 x 16 blocks"
+    if format_constants(fmt).stochastic:
+        return "stochastic rounding"
+    if any(rht for _, rht, _ in jobs):
+        return "an RHT"
+    if sorted(dtype is None for _, _, dtype in jobs) != [False, True]:
+        return "not one job's codes and the other's values"
+    if len(shape) != 2 or shape[0] % 16 or shape[1] % 16 or 0 in shape:
+        return "not a 2-D tensor of whole 16 x 16 tiles"
+    return None
+
+
+def shared_values_launch(x, fmt: OperandFormat, codes_axis: int, rht_seed, seed, offset, values_dtype) -> tuple:
+    """The one launch of two quantizations :func:`same_values_refusal` accepts: the codes job's launch, writing
+    the values job's values too. ``(codes, scales, tensor scale)`` and ``(values, tensor scale)``, one tensor
+    scale for both (the same global amax)."""
+    plan = plan_for(x, codes_axis, fmt, 0, codes=True, values=True)
+    codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
+    scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=x.device)
+    values = torch.empty(x.shape, dtype=values_dtype, device=x.device)
+    ts = _launch(x, plan, rht_seed, seed, offset, codes, scales, values)
+    return (codes, scales.view(plan.result_scale_dtype), ts), (values, ts)
 
 
 def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, rht_seed: int, seed, jobs, *,
@@ -449,6 +445,12 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
             raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
                              f"{', '.join(map(str, _VALUE_DTYPES))}")
     inputs = [(t.contiguous(), r, s) for t, r, s in inputs]
+    if other is None and x.numel() and same_values_refusal(tuple(x.shape), fmt, [(axis, size, dtype) for axis, size, (
+            _, _, dtype) in zip(axes, rhts, jobs)]) is None:
+        codes_job = 0 if jobs[0][2] is None else 1
+        shared = shared_values_launch(inputs[0][0], fmt, axes[codes_job], rht_seed, seed, jobs[codes_job][1],
+                                      jobs[1 - codes_job][2])
+        return list(shared) if codes_job == 0 else list(shared[::-1])
     plans = [plan_for(t, axis, fmt, size, codes=dtype is None, values=dtype is not None, config=config)
              for (t, _, _), axis, (_, _, dtype), size in zip(inputs, axes, jobs, rhts)]
     shape = tuple(x.shape)
@@ -483,10 +485,9 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None) -> 
     partials = [torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=t.device)  # every program writes its slot
                 if plan.amax_constexprs is not None else None for plan, (t, _, _) in zip(plans, inputs)]
     keys = [rht_key(plan, r) for plan, (_, r, _) in zip(plans, inputs)]
-    for i in range(0, len(plans), 2):
-        for kernel, grid, num_warps, tensors, scalars in amax_launches(
-                plans[i:i + 2], [t for t, _, _ in inputs[i:i + 2]], partials[i:i + 2], keys[i:i + 2]):
-            kernel[grid](**tensors, **scalars, num_warps=num_warps)
+    for kernel, grid, num_warps, tensors, scalars in prepass_launches(one_read_shapes(launch), plans,
+                                                                      [t for t, _, _ in inputs], partials, keys):
+        kernel[grid](**tensors, **scalars, num_warps=num_warps)
     outputs, kwargs = [], {}
     for p, plan, (t, _, s), (_, offset, dtype), gamax, key in zip(launch.prefixes, plans, inputs, jobs, partials,
                                                                    keys):
@@ -617,17 +618,6 @@ def compile_variants():
                 ", ".join(sorted(names)), _quantize_pair_kernel, types, unit | launch.constexprs,
                 aligned=("a_x_ptr", "b_x_ptr", *written, "a_O", "a_L", "b_O", "b_L"),
                 options=dict(num_warps=launch.num_warps)))
-        if c.scale == 1:  # two-level scales: the two jobs' global-amax pre-passes in one launch
-            plans = [launch_plan(shape, 2, 1, fmt, ra, False, True, False),
-                     launch_plan(shape, 2, 0, fmt, rb, True, False, False)]
-            (_, _, warps, _, scalars), = amax_launches(plans, ("x", "x"), ("g", "g"), (0, 0))
-            types = {f"{p}_{k}": "*bf16" if k == "x_ptr" else "*i32" if k == "gamax_ptr" else "i32"
-                     for p in "ab" for k in ("x_ptr", "gamax_ptr", "O", "L", "s_page", "pages", "rht_key")}
-            unit = {k: scalars[k] for k in ("a_s_o", "a_s_l", "b_s_o", "b_s_l")}
-            variants.append(KernelVariant.build(
-                f"quantize_amax_pair[{fmt.spec} {rht} row-wise + column-wise]", ", ".join(sorted(names)),
-                _amax_pair_kernel, types, unit | {k: v for k, v in scalars.items() if k[0] in "AB"},
-                aligned=("a_x_ptr", "b_x_ptr", "a_O", "a_L", "b_O", "b_L"), options=dict(num_warps=warps)))
         # one tensor's two quantizations from one read: row-wise values with column-wise codes (X in the
         # forward) or column-wise values (dY in the backward, for a bf16 Wgrad)
         for col_values in (False, True):

@@ -232,18 +232,16 @@ def _plan(shape: tuple, itemsize: int, axis: int, fmt, rht: int, values_dtype):
                        values_dtype is not None, _asm())
 
 
-def _amax_prepasses(plans, inputs, keys, device) -> list:
-    """Emit the global-amax pre-passes of quantizations with ``plans`` (two-level scales; two in one launch where
-    they can: ``kernels.quantize_pair.amax_launches``); each one's partial-maxima buffer, None for a one-level
-    one. One partial maximum per pre-pass program, each written: no zero fill (a kernel launch) needed."""
-    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS
-    from ufp4_compile.kernels.quantize_pair import amax_launches
+def _amax_prepass(plan, x, key, device):
+    """Emit the global-amax pre-pass of a quantization with ``plan`` (two-level scales): its partial-maxima
+    buffer, None for a one-level one. Every pre-pass program writes its slot: no zero fill (a kernel launch)."""
+    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS, amax_launch
 
-    partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None
-                for plan in plans]
-    for kernel, grid, num_warps, tensors, scalars in amax_launches(plans, inputs, partials, keys):
-        kernel_launch(kernel, grid, num_warps, tensors, scalars)
-    return partials
+    if plan.amax_constexprs is None:
+        return None
+    gamax = _empty((AMAX_PROGRAMS,), torch.int32, device)
+    kernel_launch(*amax_launch(plan, x, gamax, key))
+    return gamax
 
 
 def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None):
@@ -260,7 +258,7 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype)
     outputs = _outputs(plan, values_dtype, shape, device)
     key = rht_key(plan, rht_seed)
-    gamax = _amax_prepasses([plan], [x], [key], device)[0]
+    gamax = _amax_prepass(plan, x, key, device)
     tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3], gamax_ptr=gamax,
                    seed_ptr=seed if plan.constexprs["STOCHASTIC"] else None)
     kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
@@ -415,6 +413,19 @@ def _dual_launch(mine, other):
     return pair_launch(*plans, dual_shape=shape) if dual_refusal(shape, *plans) is None else None
 
 
+def _can_share_values(mine, other) -> bool:
+    """Whether two quantize calls of one tensor (judged from its example value) quantize every element to the
+    same value, so one launch writes one's codes and the other's values
+    (:func:`kernels.quantize_pair.same_values_refusal`: NVFP4's weights)."""
+    from ufp4_compile.kernels.quantize_pair import same_values_refusal
+
+    val = getattr(mine[0], "meta", {}).get("val")
+    if other[0] is not mine[0] or other[2] != mine[2] or val is None or not all(type(d) is int for d in val.shape):
+        return False
+    jobs = [(c[1], c[3], c[7]) for c in (mine, other)]
+    return same_values_refusal(tuple(val.shape), as_format(mine[2]), jobs) is None
+
+
 def _sibling(node, order: dict, taken=()):
     """The quantization that shares ``node``'s launch, not one in ``taken``: with the dual kernel first (the
     default), the first later quantization of ``node``'s own input along the other axis that the dual kernel
@@ -427,6 +438,10 @@ def _sibling(node, order: dict, taken=()):
     if mine is None:
         return None
     here, rowwise = order[node], _rowwise(mine)
+    if "x16/" in mine[2]:  # 16 x 16 blocks: the same values along either axis
+        partner = _own_partner(node, mine, order, taken, _can_share_values)
+        if partner is not None:
+            return partner
     if _dual == "first":
         partner = _own_partner(node, mine, order, taken, _can_dual)
         if partner is not None:
@@ -567,6 +582,8 @@ def _quantize_pair(x, seed):
             return None
         if any(t.get_dtype() != x.get_dtype() or t.get_device() != x.get_device() for t, _ in lowered[1:]):
             return None
+        if len(calls) == 2 and not dequantizations and _can_share_values(*calls):
+            return _emit_shared_values(calls, _contiguous(x), sizes[0][0], x.get_device())
         plans = [_plan(size[0], t.get_dtype().itemsize, call[1], call[2], call[3], call[7])
                  for size, (t, _), call in zip(sizes, lowered, calls)]
         one_read = [_can_dual(*calls[i:i + 2]) and dual_refusal(sizes[i][0], *plans[i:i + 2]) is None
@@ -585,6 +602,27 @@ def _quantize_pair(x, seed):
         return _emit_quantize_launch(launch, calls, lowered, sizes, plans, x.get_device())
 
     return _lower_paired(_siblings, lower_all) if _on_cuda(x) else None
+
+
+def _emit_shared_values(calls, x, shape: tuple, device) -> tuple:
+    """Emit the one launch of two quantizations of ``x`` that :func:`_can_share_values` accepts: the codes job's
+    launch writing the values job's values too, one tensor scale for both; the two op results in ``calls``'
+    order."""
+    from ufp4_compile.kernels.quantize import PLAN_SCALARS, _quantize_kernel, launch_plan, output_pointers, rht_key
+
+    codes_job = 0 if calls[0][7] is None else 1
+    mine, theirs = calls[codes_job], calls[1 - codes_job]
+    plan = launch_plan(shape, x.get_dtype().itemsize, mine[1] % len(shape), as_format(mine[2]), 0, True, True,
+                       _asm())
+    codes, scales, _, ts = _outputs(plan, None, shape, device)
+    values = _empty(shape, theirs[7], device)
+    key = rht_key(plan, mine[4])
+    tensors = dict(x_ptr=x, **output_pointers(codes, scales, values), ts_ptr=ts,
+                   gamax_ptr=_amax_prepass(plan, x, key, device), seed_ptr=None)
+    scalars = {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(mine[6])}
+    kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors, {**scalars, **plan.constexprs})
+    results = (_result((codes, scales, None, ts), None), _result((None, None, values, ts), theirs[7]))
+    return results if codes_job == 0 else results[::-1]
 
 
 def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device) -> tuple:
@@ -613,13 +651,17 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
     two-duals launch, its jobs under ``launch.prefixes``; ``extra``: other jobs' buffers); each quantize job's op
     result."""
     from ufp4_compile.kernels.quantize import rht_key
-    from ufp4_compile.kernels.quantize_pair import job_pointers
+    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS
+    from ufp4_compile.kernels.prepass import prepass_launches
+    from ufp4_compile.kernels.quantize_pair import job_pointers, one_read_shapes
 
     outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
     inputs = [_contiguous(t) for t, _ in lowered]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
-    partials = [g for i in range(0, len(plans), 2)
-                for g in _amax_prepasses(plans[i:i + 2], inputs[i:i + 2], keys[i:i + 2], device)]
+    partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None
+                for plan in plans]  # every pre-pass program writes its slot: no zero fill
+    for prepass in prepass_launches(one_read_shapes(launch), plans, inputs, partials, keys):
+        kernel_launch(*prepass)
     tensors, scalars = {}, dict(launch.scalars)
     for p, out, call, plan, (_, s), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered, inputs,
                                                           keys, partials):
