@@ -1,5 +1,5 @@
 """The global-amax pre-passes of two-level (E4M3) scales at the training step's shapes: one tensor's row-wise and
-column-wise pre-passes as two jobs of one launch (each reading the tensor: ``kernels.quantize_pair._amax_pair_kernel``)
+column-wise pre-passes as two jobs of one launch (each reading the tensor: ``kernels.prepass._amax_pair_kernel``)
 against one read of it (``_dual_amax_kernel``) at a sweep of tiles, and a single pre-pass for scale.
 
 Each line: variant, shape, tile, time under a CUDA graph, the tensor's bytes over the time as a fraction of the
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_cudagraph_ms as bench  # noqa: E402
 
 from ufp4_compile.kernels import quantize as kq  # noqa: E402
-from ufp4_compile.kernels import quantize_pair as kp  # noqa: E402
+from ufp4_compile.kernels import prepass as kp  # noqa: E402
 from ufp4_compile.numerics.formats import OperandFormat  # noqa: E402
 
 # (spec, row-wise RHT, column-wise RHT): ufp4-nv rotates both; nvfp4 Fprop/Dgrad unrotated, Wgrad rotated
