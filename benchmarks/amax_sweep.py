@@ -29,13 +29,15 @@ SHAPES = [(8192, 1024), (8192, 2752), (8192, 3072), (8192, 5504)]
 
 
 def tiles(quick: bool):
-    if quick:
-        yield from ({"B": 256, "num_warps": 4, "cols": 2}, {"B": 128, "num_warps": 2, "cols": 2},
-                    {"B": 512, "num_warps": 8, "cols": 2}, {"B": 256, "num_warps": 8, "cols": 1})
+    if quick:  # the default tile at each pipelining depth, and a few others
+        for stages in (1, 2, 3, 4):
+            yield {"B": 256, "num_warps": 4, "cols": 2, "stages": stages}
+        yield from ({"B": 128, "num_warps": 2, "cols": 2, "stages": 3}, {"B": 128, "num_warps": 4, "cols": 1,
+                                                                         "stages": 3})
         return
-    for b, w, c in itertools.product((64, 128, 256, 512), (1, 2, 4, 8), (1, 2, 4)):
+    for b, w, c, stages in itertools.product((64, 128, 256, 512), (1, 2, 4, 8), (1, 2, 4), (1, 2, 3, 4)):
         if c * 32 * w <= b:
-            yield {"B": b, "num_warps": w, "cols": c}
+            yield {"B": b, "num_warps": w, "cols": c, "stages": stages}
 
 
 def main() -> int:

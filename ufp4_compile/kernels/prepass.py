@@ -51,7 +51,8 @@ def _amax_pair_kernel(a_x_ptr, b_x_ptr, a_gamax_ptr, b_gamax_ptr, a_O, a_L, a_s_
 def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, pid,
                   A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
                   B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
-                  COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
+                  COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
+                  STAGES: tl.constexpr):
     """Program ``pid`` of :func:`_dual_amax_kernel`."""
     zero = pid * 0
     g_n = tl.cdiv(N, B)
@@ -59,7 +60,7 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
     segments = tl.cast(M, tl.int64) * (N // U)
     best_a = zero
     best_b = zero
-    for t in range(pid, g_n * (M // U), _AMAX_PROGRAMS):
+    for t in tl.range(pid, g_n * (M // U), _AMAX_PROGRAMS, num_stages=STAGES):
         pid_n = t % g_n
         pid_m = t // g_n
         for h in tl.static_range(B // ROW_B):  # the tile's row segments, as the dual quantize kernel holds them
@@ -80,7 +81,8 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
 def _dual_amax_kernel(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N,
                       A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
                       B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
-                      COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
+                      COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
+                      STAGES: tl.constexpr):
     """The global-amax pre-passes of one 2-D tensor ``x (M, N)``'s row-wise (job a) and column-wise (job b)
     two-level quantizations, each with its own RHT, from one read of it: ``AMAX_PROGRAMS`` programs, program p
     takes the tiles p, p + AMAX_PROGRAMS, ... of :func:`_quantize_dual_kernel`'s ``U x B`` tiling, rotates each
@@ -89,7 +91,7 @@ def _dual_amax_kernel(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, 
     (another tiling) but their maximum, the only thing its quantize kernel reads, is the same word: the same
     rotated values (an RHT group is rotated alone), the same finite-only maximum."""
     _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, tl.program_id(0), A_RHT,
-                  A_INV_SQRT, A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U)
+                  A_INV_SQRT, A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
 
 
 @triton.jit
@@ -99,7 +101,8 @@ def _two_dual_amax_kernel(a_x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_pt
                           B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                           C_RHT: tl.constexpr, C_INV_SQRT: tl.constexpr, C_SIGN_MASK: tl.constexpr,
                           D_RHT: tl.constexpr, D_INV_SQRT: tl.constexpr, D_SIGN_MASK: tl.constexpr,
-                          COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
+                          COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
+                          STAGES: tl.constexpr):
     """Two tensors' dual pre-passes in one launch (X's and W's in a linear layer's forward, before their
     two-duals launch): the first ``AMAX_PROGRAMS`` programs are :func:`_dual_amax_kernel`'s over ``x (M, N)``
     (jobs a row-wise, b column-wise), the rest its programs over ``w (P, Q)`` (jobs c, d), each writing what it
@@ -107,17 +110,20 @@ def _two_dual_amax_kernel(a_x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_pt
     pid = tl.program_id(0)
     if pid < _AMAX_PROGRAMS:
         _dual_amax_at(a_x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
-                      A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U)
+                      A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
     else:
         _dual_amax_at(c_x_ptr, c_gamax_ptr, d_gamax_ptr, c_rht_key, d_rht_key, P, Q, pid - _AMAX_PROGRAMS, C_RHT,
-                      C_INV_SQRT, C_SIGN_MASK, D_RHT, D_INV_SQRT, D_SIGN_MASK, COLS, B, ROW_B, U)
+                      C_INV_SQRT, C_SIGN_MASK, D_RHT, D_INV_SQRT, D_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
 
 
 # ---- launches -------------------------------------------------------------------------------------------
 
 # The dual pre-pass's tile (:func:`_dual_amax_kernel`): the dual launch's two columns per thread, at four warps
-# (its fixed number of programs needs more loads in flight than the dual quantize launch's one-warp programs).
-DUAL_AMAX_TILE = {"B": 256, "num_warps": 4, "cols": 2}
+# (its fixed number of programs needs more loads in flight than the dual quantize launch's one-warp programs),
+# and the software-pipelining depth of its loop over tiles (3: Triton's default for a CUDA launch). On the H200
+# (benchmarks/amax_sweep.py, 8192 rows, 1024-5504 columns) it took 0.70-0.79 of the pair pre-pass's time (two
+# reads) at 256 columns and four warps; 128 columns and two warps 0.83-0.86, 512 and eight warps 1.1-2.4.
+DUAL_AMAX_TILE = {"B": 256, "num_warps": 4, "cols": 2, "stages": 3}
 
 
 def dual_amax_refusal(shape: tuple | None, a: LaunchPlan, b: LaunchPlan) -> str | None:
@@ -150,7 +156,7 @@ def dual_amax_launch(shape: tuple, plans, inputs, partials, keys, tile: dict | N
     cols = min(tile["cols"], width)
     tensors = dict(x_ptr=inputs[row], a_gamax_ptr=partials[row], b_gamax_ptr=partials[1 - row])
     scalars = dict(a_rht_key=keys[row], b_rht_key=keys[1 - row], M=shape[0], N=shape[1], COLS=cols, B=width,
-                   ROW_B=min(width, ROW_SEGMENTS), U=u)
+                   ROW_B=min(width, ROW_SEGMENTS), U=u, STAGES=tile["stages"])
     for p, plan in (("A", plans[row]), ("B", plans[1 - row])):
         scalars.update({f"{p}_{k}": plan.amax_constexprs[k] for k in RHT_KEYS})
     warps = max(1, min(tile["num_warps"], width // (32 * cols)))
@@ -168,7 +174,8 @@ def prepass_launches(shapes: list, plans, inputs, partials, keys) -> list[tuple]
                                 for i, shape in zip((0, 2), shapes)):
         first, second = (dual_amax_launch(shape, plans[i:i + 2], inputs[i:i + 2], partials[i:i + 2], keys[i:i + 2])
                          for i, shape in zip((0, 2), shapes))
-        if first[2] == second[2] and all(first[4][k] == second[4][k] for k in ("COLS", "B", "ROW_B", "U")):
+        if first[2] == second[2] and all(first[4][k] == second[4][k] for k in ("COLS", "B", "ROW_B", "U",
+                                                                                "STAGES")):
             return [_two_dual_amax(first, second)]
     return [prepass for i, shape in zip(range(0, len(plans), 2), shapes)
             for prepass in amax_launches(plans[i:i + 2], inputs[i:i + 2], partials[i:i + 2], keys[i:i + 2], shape)]
