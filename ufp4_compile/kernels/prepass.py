@@ -120,10 +120,11 @@ def _two_dual_amax_kernel(a_x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_pt
 
 # The dual pre-pass's tile (:func:`_dual_amax_kernel`): the dual launch's two columns per thread, at four warps
 # (its fixed number of programs needs more loads in flight than the dual quantize launch's one-warp programs),
-# and the software-pipelining depth of its loop over tiles (3: Triton's default for a CUDA launch). On the H200
-# (benchmarks/amax_sweep.py, 8192 rows, 1024-5504 columns) it took 0.70-0.79 of the pair pre-pass's time (two
-# reads) at 256 columns and four warps; 128 columns and two warps 0.83-0.86, 512 and eight warps 1.1-2.4.
-DUAL_AMAX_TILE = {"B": 256, "num_warps": 4, "cols": 2, "stages": 3}
+# and no software pipelining of its loop over tiles. On the H200 (benchmarks/amax_sweep.py, 8192 rows,
+# 1024-5504 columns) it took 0.70-0.79 of the pair pre-pass's time (two reads) at 256 columns and four warps;
+# 128 columns and two warps 0.83-0.86, 512 and eight warps 1.1-2.4; pipelining 2, 3 or 4 tiles deep 8-44%
+# longer than none.
+DUAL_AMAX_TILE = {"B": 256, "num_warps": 4, "cols": 2, "stages": 1}
 
 
 def dual_amax_refusal(shape: tuple | None, a: LaunchPlan, b: LaunchPlan) -> str | None:
