@@ -47,7 +47,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import qdq_peer  # noqa: E402
 from common import device_slug, git_sha  # noqa: E402
 
-from ufp4_compile.lowering import kernel_calls  # noqa: E402
+from ufp4_compile.lowering import kernel_calls, static_launch  # noqa: E402
 from ufp4_compile.models.gpt import GPT, get_config  # noqa: E402
 from ufp4_compile.recipes import get_recipe, recipe_names  # noqa: E402
 
@@ -101,6 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-cache", action="store_true",
                    help="let Inductor's FX/AOT caches serve compilations (default: disabled, so every variant's "
                         "compile time is a cold compile, not a cache hit from an earlier variant or run)")
+    p.add_argument("--reuse-worker-binaries", action="store_true",
+                   help="build the static launchers of the backend's kernels from the binaries Inductor's worker "
+                        "pool compiled instead of compiling them again in the parent "
+                        "(lowering.static_launch.reuse_worker_binaries): the compile-time phase "
+                        "ufp4.static_launch_precompile")
     args = p.parse_args(argv)
     kinds = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in kinds if v not in VARIANT_KINDS]
@@ -401,13 +406,14 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
+    reuse = "; our kernels' static launchers from the worker pool's binaries" if meta.get("reuse_worker_binaries") else ""
     lines = [f"# Training step: {meta['device']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, git {meta['git']}; model D={meta['model']['d_model']}, "
              f"{meta['model']['n_layers']} layers, {meta['model']['n_heads']} heads, T={meta['model']['seq_len']}, "
              f"vocab {meta['model']['vocab_size']}, batch {meta['batch_size']}; {meta['precision']}; median of "
              f"{meta['iters']} steps after {meta['warmup']} warm-up steps. Ratios are to `{BASELINE}`. Compile s: "
              f"first step minus the median step, Inductor caches "
-             f"{'enabled' if meta['compile_cache'] else 'disabled (cold compiles)'}.", "",
+             f"{'enabled' if meta['compile_cache'] else 'disabled (cold compiles)'}{reuse}.", "",
              "| variant | step ms | × | × cg | × qdq | host ms | tokens/s | peak GiB | × | compile s | × |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -508,7 +514,8 @@ def metadata(args, config, device) -> dict:
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "git": git,
             "model": dataclasses.asdict(config), "batch_size": args.batch_size, "warmup": args.warmup,
             "iters": args.iters, "precision": "bf16 autocast, fused AdamW" if device.type == "cuda" else "fp32",
-            "tiny": args.tiny, "model_kind": args.model, "profile_steps": args.profile, "compile_cache": args.compile_cache, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
+            "tiny": args.tiny, "model_kind": args.model, "profile_steps": args.profile, "compile_cache": args.compile_cache,
+            "reuse_worker_binaries": args.reuse_worker_binaries, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
 
 
 def main(argv=None) -> int:
@@ -533,7 +540,8 @@ def main(argv=None) -> int:
             (out / f"train_step_profile_{slug}.md").write_text(profile_markdown(meta, rows))
 
     rows = []
-    with inductor_config.patch(force_disable_caches=not args.compile_cache):
+    with (inductor_config.patch(force_disable_caches=not args.compile_cache),
+          static_launch.reuse_worker_binaries(args.reuse_worker_binaries)):
         for label, kind, recipe in variants(args):
             print(f"{label} ...", flush=True)
             try:

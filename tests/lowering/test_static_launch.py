@@ -25,7 +25,7 @@ class _Stand:
 
     def __init__(self, results, heuristic_type, fn_lost=False):
         self.compile_results, self.heuristic_type = list(results), heuristic_type
-        self.configs, self.launchers, self.triton_meta = None, [], {"device": 0}
+        self.configs, self.launchers, self.triton_meta, self.inductor_meta = None, [], {"device": 0}, {}
         self.fn = types.SimpleNamespace(fn=None if fn_lost else object())
         self.compiled = []
 
@@ -35,7 +35,7 @@ class _Stand:
 
 
 def _result(config):
-    return types.SimpleNamespace(config=config, kernel=types.SimpleNamespace(hash="h"))
+    return types.SimpleNamespace(config=config, compile_meta={}, kernel=types.SimpleNamespace(hash="h"))
 
 
 @pytest.mark.parametrize("static_option", [True, False])
@@ -81,3 +81,49 @@ def test_a_static_result_is_kept(patched, monkeypatch):
     kernel = _Stand([static], heuristics.HeuristicType.USER_AUTOTUNE)
     patched(kernel)
     assert kernel.compiled == [] and kernel.compile_results == [static]
+
+
+@pytest.mark.parametrize("outcome", ["static", "refused", "error"])
+def test_reused_worker_binaries_or_a_second_compile(patched, monkeypatch, outcome):
+    """With reuse_worker_binaries, the parent builds each static launcher from the worker's binary (its lost
+    ``src.fn`` set to the reloaded function) and compiles nothing; where the static launcher refuses one
+    result or anything fails, it compiles them all again, as without reuse."""
+    from torch._inductor import config
+
+    from ufp4_compile.lowering import static_launch
+
+    monkeypatch.setattr(heuristics.TritonBundler, "put", lambda *a, **k: None)
+    monkeypatch.setattr(config, "static_launch_user_defined_triton_kernels", True)
+    monkeypatch.setattr(config, "use_static_triton_launcher", True)
+    seen = []
+
+    def can_statically_launch(kernel, inductor_meta, triton_meta, heuristic_type):
+        seen.append(kernel.src.fn)
+        if outcome == "error":
+            raise RuntimeError("no cubin")
+        return None if outcome == "refused" and len(seen) == 2 else types.SimpleNamespace(hash=kernel.hash)
+
+    monkeypatch.setattr(heuristics.StaticTritonCompileResult, "can_statically_launch",
+                        staticmethod(can_statically_launch))
+    results = [_result("c0"), _result("c1")]
+    for r in results:
+        r.kernel.src = types.SimpleNamespace(fn=None)
+    kernel = _Stand(results, heuristics.HeuristicType.USER_AUTOTUNE, fn_lost=True)
+    reloaded = types.SimpleNamespace(fn=types.SimpleNamespace(fn=object()))
+    kernel._reload_kernel = lambda: reloaded
+    with static_launch.reuse_worker_binaries():
+        patched(kernel)
+    assert seen and all(fn is reloaded.fn for fn in seen)
+    if outcome == "static":
+        assert kernel.compiled == []
+        assert [type(r) for r in kernel.compile_results] == [heuristics.StaticTritonCompileResult] * 2
+        assert [(r.kernel.hash, r.config) for r in kernel.compile_results] == [("h", "c0"), ("h", "c1")]
+    else:
+        assert kernel.compiled == ["c0", "c1"] and kernel.compile_results == [("parent", "c0"), ("parent", "c1")]
+    seen.clear()
+    again = _Stand([_result("c0")], heuristics.HeuristicType.USER_AUTOTUNE)  # off (the default): compiled again
+    patched(again)
+    assert again.compiled == ["c0"] and not seen
+    with pytest.raises(ValueError, match="enabled"):
+        with static_launch.reuse_worker_binaries("yes"):
+            pass

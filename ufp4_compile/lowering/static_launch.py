@@ -12,6 +12,13 @@ kernel compiled in the parent itself (small graphs, one compile thread) got the 
 it drops the worker's results of a user-defined kernel that are not static and precompiles the kernel's
 configs in the parent, where Triton's on-disk cache (which the worker filled) serves the binary. Whatever the
 static launcher refuses stays on Triton's launcher, as in Inductor's own path.
+
+That second compile took 17.0-22.6 s of a 52-75 s training-step compile on the H200 (benchmarks/results,
+``ufp4.static_launch_precompile``), far more than loading cached binaries takes. :func:`reuse_worker_binaries`
+(off by default, until a GPU run measures it) builds the static launchers from the binaries the worker already
+compiled instead (``StaticTritonCompileResult.can_statically_launch`` on each worker result, which finds the
+worker's cubin in Triton's cache, as it does for Inductor's own kernels in the workers), and compiles again
+only where that fails.
 """
 
 from __future__ import annotations
@@ -22,6 +29,47 @@ OPTION = "static_launch_user_defined_triton_kernels"
 # The name under which torch's compile timings (torch._dynamo.utils.compile_times()) list the parent's second
 # precompile of our kernels: benchmarks/train_step.py reports it among the compile phases.
 TIMER = "ufp4.static_launch_precompile"
+
+
+_reuse = False  # reuse_worker_binaries
+
+
+@contextlib.contextmanager
+def reuse_worker_binaries(enabled: bool = True):
+    """Within the block, the parent builds the static launchers of our kernels from the binaries its worker
+    pool compiled (``enabled``) instead of compiling them again; where it cannot (no cubin in Triton's cache, a
+    result the static launcher refuses, any error) it compiles them again as without this."""
+    global _reuse
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled={enabled!r} is not valid; valid values: True, False")
+    before, _reuse = _reuse, enabled
+    try:
+        yield
+    finally:
+        _reuse = before
+
+
+def _static_results(autotuner, heuristics) -> list | None:
+    """``autotuner``'s worker results as static ones, each from the binary the worker compiled, or None where
+    one cannot be (then nothing of the autotuner is changed but a lost ``src.fn``, set to its function)."""
+    static = heuristics.StaticTritonCompileResult
+    results = []
+    try:
+        for result in autotuner.compile_results:
+            if isinstance(result, static):
+                results.append(result)
+                continue
+            src = getattr(result.kernel, "src", None)
+            if src is not None and getattr(src, "fn", None) is None:  # lost in the pickle: the reloaded one
+                src.fn = autotuner.fn
+            launcher = static.can_statically_launch(result.kernel, autotuner.inductor_meta, autotuner.triton_meta,
+                                                    autotuner.heuristic_type)
+            if launcher is None:
+                return None
+            results.append(static(launcher, result.config, result.compile_meta, autotuner.inductor_meta))
+    except Exception:  # any failure: the parent compiles them again, as without reuse
+        return None
+    return results
 
 
 def _timed(name: str):
@@ -69,6 +117,10 @@ def install() -> bool:
                 if not callable(reload):
                     return original(self)
                 self.fn = reload().fn  # as Inductor's own parent-side compiles do (_ensure_kernel_loaded)
+            reused = _static_results(self, heuristics) if _reuse else None
+            if reused is not None:
+                self.compile_results = reused
+                return original(self)  # keeps them (and files the binaries with Triton's bundler)
             self.configs = [r.config for r in self.compile_results]
             self.compile_results = []
             with _timed(TIMER):
