@@ -220,6 +220,43 @@ def test_dual_dequantize_launch_through_the_static_launcher(spec):
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["ufp4", "nvfp4"])
+def test_static_launchers_from_the_worker_pools_binaries(recipe):
+    """A training step with the static launchers of our kernels built from the binaries Inductor's worker pool
+    compiled (static_launch.reuse_worker_binaries) against the parent compiling them again (the default),
+    under the strict static launcher (a kernel left on Triton's launcher is an error): the same output and
+    gradients, bit for bit, and no second compile timed with reuse. Skipped, after the bit check, where no
+    kernel of ours compiled in the worker pool (a cold pool compiles in the parent)."""
+    from torch._dynamo.utils import compilation_time_metrics
+    from torch._inductor import config
+
+    from ufp4_compile.backend import make_backend
+    from ufp4_compile.lowering import static_launch
+
+    results, timed = [], []
+    for reuse in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = MLP(256, 512).cuda()
+        x = torch.randn(4, 64, 256, device="cuda", requires_grad=True)
+        backend = make_backend({"recipe": recipe, "sr_seed_policy": "fixed"})
+        before = len(compilation_time_metrics.get(static_launch.TIMER, []))
+        with (static_launch.reuse_worker_binaries(reuse),
+              config.patch(force_disable_caches=True, **_strict_static_launch_patches())):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = torch.compile(model, backend=backend, fullgraph=True)(x)
+            out.float().square().sum().backward()
+        timed.append(len(compilation_time_metrics.get(static_launch.TIMER, [])) - before)
+        results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
+    for got, want in zip(results[1], results[0]):
+        assert torch.equal(got, want)
+    if timed[0] == 0:
+        pytest.skip("no kernel of ours compiled in the worker pool here: nothing to reuse")
+    assert timed[1] == 0
+
+
+@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref", "nvfp4", "ufp4-nv"])
 def test_paired_training_step_equals_unpaired(recipe):
     """A training step of backend="ufp4" with paired launches (the default without CUDA graphs: X's, W's and
@@ -228,7 +265,7 @@ def test_paired_training_step_equals_unpaired(recipe):
     step with pair_launches(False), with pairs but without the one-read dual launch, and with the dual launch
     last (same-axis partners first: X's and W's row-wise quantizations side by side, their column-wise ones):
     the same output and gradients, bit for bit, and the pair and dual kernels in the generated code. nvfp4
-    and ufp4-nv (E4M3 scales) pair too, each job with its own global-amax pre-pass, two pre-passes a launch."""
+    and ufp4-nv (E4M3 scales) pair too, each tensor's two global-amax pre-passes from one read of it."""
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
