@@ -44,8 +44,8 @@ def pairing(option):
     tensor's two axes read twice, by the pair kernel), "dual-last" the dual kernel only for a quantization with
     no same-axis partner, "single-duals" the default with each tensor's dual launch its own (not two tensors'
     in one), "dequantize-apart" the default with the backward's dequantizations in launches of their own (not
-    in dY's dual launch), False not at all (:func:`kernel_calls.pair_launches`)."""
-    from ufp4_compile.lowering.kernel_calls import pair_launches
+    in dY's dual launch), False not at all (:func:`partners.pair_launches`)."""
+    from ufp4_compile.lowering.partners import pair_launches
 
     return pair_launches(option is not False, other_axis={"same-axis": False, "all": True}.get(option),
                          dual={"no-dual": False, "dual-last": "last"}.get(option, "first"),
@@ -54,7 +54,7 @@ def pairing(option):
 
 def cache_key() -> str:
     """The lowering's process-wide settings that change generated code (``scaled_mm.force_choices``,
-    ``kernel_calls.pair_launches``), for the backend's part of Inductor's cache keys."""
-    from ufp4_compile.lowering import kernel_calls, scaled_mm
+    ``partners.pair_launches``), for the backend's part of Inductor's cache keys."""
+    from ufp4_compile.lowering import partners, scaled_mm
 
-    return f"{scaled_mm.state_key()}-{kernel_calls.state_key()}"
+    return f"{scaled_mm.state_key()}-{partners.state_key()}"

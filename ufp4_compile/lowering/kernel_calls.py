@@ -9,11 +9,11 @@ call, and CUDA graphs capture it. The launch geometry is the eager launcher's (`
 ``kernels.dequantize.launch_plan``), so both give the same bits.
 
 Anything else (CPU tensors, symbolic sizes) goes to the op's own implementation as an extern fallback call.
+Which quantizations share a launch is ``lowering/partners.py``'s choice; this module emits the launch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 
@@ -21,6 +21,10 @@ import torch
 from torch._inductor import ir
 from torch._inductor.lowering import empty_strided, fallback_handler, lowerings
 
+from ufp4_compile.lowering import partners
+from ufp4_compile.lowering.partners import (_asm, _can_dual, _can_share_values, _dequantize_call, _dequantize_sibling,
+                                           _plan, _quantize_call, _siblings)
+from ufp4_compile.lowering.partners import pair_launches, state_key  # noqa: F401  (this module's API before)
 from ufp4_compile.numerics.quantize import as_format
 
 
@@ -198,10 +202,6 @@ def _on_cuda(x) -> bool:
     return device is not None and device.type == "cuda"
 
 
-def _asm() -> bool:
-    return torch.version.hip is None
-
-
 def _outputs(plan, values_dtype, shape, device) -> tuple:
     """(codes, scales, values, tensor scale) buffers of one quantization: codes and scales, or values."""
     codes_buf = scales_buf = values_buf = None
@@ -221,15 +221,6 @@ def _result(outputs, values_dtype) -> tuple:
     codes_buf, scales_buf, values_buf, tensor_scale = outputs
     tensor_scale = lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
     return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
-
-
-def _plan(shape: tuple, itemsize: int, axis: int, fmt, rht: int, values_dtype):
-    """The quantize launch plan of a contiguous input of ``shape``: codes for ``values_dtype=None``, else
-    values."""
-    from ufp4_compile.kernels.quantize import launch_plan
-
-    return launch_plan(shape, itemsize, axis % len(shape), as_format(fmt), rht, values_dtype is None,
-                       values_dtype is not None, _asm())
 
 
 def _amax_prepass(plan, x, key, device):
@@ -266,281 +257,14 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     return _result(outputs, values_dtype)
 
 
-# ---- two launches in one ----------------------------------------------------------------------------------
-#
-# A training step quantizes most tensors twice in one graph: X row-wise for Fprop and column-wise (codes for
-# Wgrad) in the forward, W likewise, dY row-wise for Dgrad and column-wise for Wgrad in the backward; and the
-# backward dequantizes the saved codes of X and W next to each other. With pairing on (the default), a
-# quantization lowers to one launch with a partner and the partner returns its half: first its own tensor's
-# quantization along the other axis, in kernels.quantize_pair._quantize_dual_kernel, which reads the tensor
-# once for both (X's two, W's two, dY's two), where the dual kernel takes them; else the next quantization
-# within _PAIR_REACH nodes of the same format (each with its own RHT) along the same kind of axis whose inputs
-# already exist, in kernels.quantize_pair._quantize_pair_kernel; else, where other-axis pairs are on, the next
-# one along the other axis. A dequantize lowers to one launch of kernels.dequantize._dequantize_pair_kernel
-# with the next dequantize within reach whose inputs already exist. One launch fewer per pair, the same bits
-# (each element goes through the code of its own launch). :func:`pair_launches` (False) turns pairing off
-# while compiling.
-
-_pairing = True
-# A quantization with no partner of its own tensor and none along its kind of axis pairs along the other axis
-# (the pair kernel): True, False, or None (the default) for "without CUDA graphs only": a row-wise tile beside a
-# column-wise one runs at the larger one's registers, which a launch fewer repays only where the step waits on
-# the host (docs/kernels.md, "Two launches in one").
-_other_axis = None
-# One 2-D tensor's row-wise and column-wise quantizations in the dual kernel:
-#   "first" (the default): before any other partner, with or without CUDA graphs;
-#   "last":  only for a quantization with no same-axis partner, where other-axis pairs are on (dY's two
-#            without CUDA graphs: the policy before the dual kernel had its own tile);
-#   False:   never (one tensor's two axes, where they pair, take the pair kernel's two reads).
-# On the H200 (docs/kernels.md) "first" took the step's quantize kernel time from 5.98 to 5.58 ms without CUDA
-# graphs and from 6.25 to 5.71 ms with them (same-axis pairs and dY's two single launches).
-_dual = "first"
-_DUAL_KEYS = {"first": "F", "last": "L", False: "0"}
-# With the dual kernel first, two tensors' duals in one launch (kernels.quantize_pair._quantize_two_duals_kernel)
-# where a second tensor's two quantizations follow within reach with their inputs already there (X's and W's in
-# the forward): a launch fewer per linear layer's forward.
-_two_duals = True
-# A dual launch with no second tensor's dual takes the next two dequantizations within reach whose inputs exist
-# before it (kernels.quantize_pair._quantize_dual_dequantize_kernel): in a linear layer's backward, dY's two
-# quantizations and the dequantizations of W's and X's saved codes, a launch fewer per layer.
-_dual_dequantize = True
-_PAIR_REACH = 64  # graph nodes: an op pairs with one this close, so the partner's result is not held long
-
-
-def state_key() -> str:
-    """The pairing setting, for the compile caches' keys (it changes the code a graph lowers to)."""
-    return (f"pairs{int(_pairing)}{_other_axis}{_DUAL_KEYS[_dual]}{'' if _two_duals else 'S'}"
-            f"{'' if _dual_dequantize else 'D'}")
-
-
-@contextlib.contextmanager
-def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual: bool | str = "first",
-                  two_duals: bool = True, dual_dequantize: bool = True):
-    """Lower two quantizations, and two neighbouring dequantizations, to one kernel launch each while compiling
-    (the default; ``enabled=False`` turns it off). ``other_axis``: whether a quantization with no partner
-    pairs along the other axis; None (the default): only without CUDA graphs (Inductor's
-    ``triton.cudagraphs``). ``dual``: when one 2-D tensor's row-wise and column-wise quantizations share the
-    launch that reads the tensor once (the dual kernel): ``"first"`` (the default) before any other partner,
-    ``"last"`` only where a quantization found no same-axis partner and other-axis pairs are on, False never.
-    ``two_duals``: with the dual kernel first, two tensors' duals in one launch where they can (the default).
-    ``dual_dequantize``: a dual launch with no second dual takes the next two dequantizations whose inputs
-    exist (dY's and the saved codes' in a linear layer's backward; the default). Keep the setting for the
-    first backward too: the backward compiles then."""
-    flags = dict(enabled=enabled, two_duals=two_duals, dual_dequantize=dual_dequantize)
-    if (not any(other_axis is v for v in (None, True, False)) or not (dual is False or dual in ("first", "last"))
-            or not all(any(v is b for b in (True, False)) for v in flags.values())):
-        raise ValueError(f"enabled={enabled!r}, other_axis={other_axis!r}, dual={dual!r}, two_duals={two_duals!r}, "
-                         f"dual_dequantize={dual_dequantize!r} are not valid: enabled, two_duals and dual_dequantize "
-                         "are True or False, other_axis True, False or None, dual 'first', 'last' or False")
-    global _pairing, _other_axis, _dual, _two_duals, _dual_dequantize
-    previous = (_pairing, _other_axis, _dual, _two_duals, _dual_dequantize)
-    _pairing, _other_axis, _dual, _two_duals, _dual_dequantize = enabled, other_axis, dual, two_duals, dual_dequantize
-    try:
-        yield
-    finally:
-        _pairing, _other_axis, _dual, _two_duals, _dual_dequantize = previous
-
-
-def _ufp4_call(node, *ops: str) -> tuple | None:
-    """The arguments of an FX node calling one of the ufp4 ``ops`` positionally, else None."""
-    name = getattr(getattr(getattr(node, "target", None), "_schema", None), "name", "")
-    if node.op != "call_function" or node.kwargs or name not in tuple(f"ufp4::{op}" for op in ops):
-        return None
-    return tuple(node.args)
-
-
-def _quantize_call(node) -> tuple | None:
-    """(x, axis, fmt, rht, rht_seed, seed, offset, dtype or None) of a quantize / quantize_dequantize node."""
-    args = _ufp4_call(node, "quantize", "quantize_dequantize")
-    return args + (None,) if args is not None and len(args) == 7 else args
-
-
-def _dequantize_call(node) -> tuple | None:
-    """(codes, scales, tensor_scale, axis, fmt, dtype) of a dequantize node."""
-    return _ufp4_call(node, "dequantize")
-
-
-def _pair_other_axis() -> bool:
-    if _other_axis is not None:
-        return _other_axis
-    from torch._inductor import config
-
-    return not config.triton.cudagraphs
-
-
-def _rowwise(call) -> bool | None:
-    """Whether a quantize call runs along its input's last axis (None where the rank is not known)."""
-    val = getattr(call[0], "meta", {}).get("val")
-    return None if val is None else call[1] % max(val.dim(), 1) == max(val.dim(), 1) - 1
-
-
-def _can_pair(mine, other) -> bool:
-    """Whether two quantize calls can share a launch, judged from their inputs' example values: static shapes,
-    one dtype, and launch plans that :func:`kernels.quantize_pair.pair_refusal` accepts (the lowering checks again
-    on the lowered buffers)."""
-    from ufp4_compile.kernels.quantize_pair import pair_refusal
-
-    vals = [getattr(call[0], "meta", {}).get("val") for call in (mine, other)]
-    if any(v is None for v in vals) or vals[0].dtype != vals[1].dtype:
-        return False
-    if not all(type(d) is int for v in vals for d in v.shape):  # a symbolic size: launched alone (int() on
-        return False  # a SymInt would guard on its value and specialize the graph)
-    shapes = [tuple(v.shape) for v in vals]
-    if any(0 in shape or not shape for shape in shapes):
-        return False
-    return pair_refusal(*(_plan(shape, vals[0].dtype.itemsize, call[1], call[2], call[3], call[7])
-                           for shape, call in zip(shapes, (mine, other)))) is None
-
-
-def _can_dual(mine, other) -> bool:
-    """Whether two quantize calls that pair are one 2-D tensor's two axes that one launch takes from one read
-    (:func:`kernels.quantize_pair.dual_refusal`), with dual launches on."""
-    return _dual_launch(mine, other) is not None
-
-
-def _dual_launch(mine, other):
-    """The dual launch of two quantize calls (one 2-D tensor's two axes, judged from its example value), or
-    None where dual launches are off or the dual kernel refuses them."""
-    from ufp4_compile.kernels.quantize_pair import dual_refusal, pair_launch
-
-    val = getattr(mine[0], "meta", {}).get("val")
-    if _dual is False or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape):
-        return None
-    shape = tuple(val.shape)
-    if len(shape) != 2 or 0 in shape:
-        return None
-    plans = [_plan(shape, val.dtype.itemsize, call[1], call[2], call[3], call[7]) for call in (mine, other)]
-    return pair_launch(*plans, dual_shape=shape) if dual_refusal(shape, *plans) is None else None
-
-
-def _can_share_values(mine, other) -> bool:
-    """Whether two quantize calls of one tensor (judged from its example value) quantize every element to the
-    same value, so one launch writes one's codes and the other's values
-    (:func:`kernels.quantize_pair.same_values_refusal`: NVFP4's weights)."""
-    from ufp4_compile.kernels.quantize_pair import same_values_refusal
-
-    val = getattr(mine[0], "meta", {}).get("val")
-    if other[0] is not mine[0] or other[2] != mine[2] or val is None or not all(type(d) is int for d in val.shape):
-        return False
-    jobs = [(c[1], c[3], c[7]) for c in (mine, other)]
-    return same_values_refusal(tuple(val.shape), as_format(mine[2]), jobs) is None
-
-
-def _sibling(node, order: dict, taken=()):
-    """The quantization that shares ``node``'s launch, not one in ``taken``: with the dual kernel first (the
-    default), the first later quantization of ``node``'s own input along the other axis that the dual kernel
-    takes with it; else the next one within reach with its format (each job keeps its own RHT) along the same
-    kind of axis (both row-wise or both column-wise: their tiles take alike registers, so the pair keeps a
-    single launch's occupancy) whose inputs all exist before ``node``; else, where other-axis pairs are on
-    (:func:`pair_launches`), the next one within reach along the other axis whose inputs exist (in an MoE's
-    backward, the padded copy of an expert's dY), or the next quantization of ``node``'s own input further on."""
-    mine = _quantize_call(node)
-    if mine is None:
-        return None
-    here, rowwise = order[node], _rowwise(mine)
-    if "x16/" in mine[2]:  # 16 x 16 blocks: the same values along either axis
-        partner = _own_partner(node, mine, order, taken, _can_share_values)
-        if partner is not None:
-            return partner
-    if _dual == "first":
-        partner = _own_partner(node, mine, order, taken, _can_dual)
-        if partner is not None:
-            return partner
-    other_axis = _pair_other_axis()
-    fallback, later = None, node.next
-    for _ in range(_PAIR_REACH if rowwise is not None else 0):
-        if later.op == "root":
-            break
-        other = _quantize_call(later) if later not in taken else None
-        if (other is not None and other[2] == mine[2]
-                and (_rowwise(other) == rowwise or (other_axis and fallback is None))
-                and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))
-                and _can_pair(mine, other)):
-            if _rowwise(other) == rowwise:
-                return later
-            fallback = later
-        later = later.next
-    if fallback is not None or not other_axis:
-        return fallback
-    return _own_partner(node, mine, order, taken, _can_pair)
-
-
-def _siblings(node, order: dict, taken=()) -> list:
-    """The quantizations that share ``node``'s launch: its partner (:func:`_sibling`), and where that is the dual
-    launch of ``node``'s tensor and two tensors' duals are on, a second tensor's two quantizations (the first
-    later quantization within reach of the format whose input and seed exist before ``node``, with its own
-    dual partner) that one launch takes with them (``kernels.quantize_pair.two_duals_refusal``)."""
-    partner = _sibling(node, order, taken)
-    if partner is None:
-        return []
-    mine, theirs = _quantize_call(node), _quantize_call(partner)
-    first = _dual_launch(mine, theirs) if (_two_duals or _dual_dequantize) and _dual == "first" else None
-    if first is None:
-        return [partner]
-    from ufp4_compile.kernels.quantize_pair import two_duals_refusal
-
-    here, busy = order[node], {*taken, node, partner}
-    exists = lambda call: all(order.get(a, here) < here for a in (call[0], call[5]) if hasattr(a, "op"))
-    later = node.next
-    for _ in range(_PAIR_REACH if _two_duals else 0):
-        if later.op == "root":
-            break
-        other = _quantize_call(later) if later not in busy else None
-        if other is not None and other[2] == mine[2] and other[0] is not mine[0] and exists(other):
-            second = _own_partner(later, other, order, busy, _can_dual)
-            if second is not None and exists(_quantize_call(second)):
-                if two_duals_refusal(first, _dual_launch(other, _quantize_call(second))) is None:
-                    return [partner, later, second]
-        later = later.next
-    dequantizations = _dequantize_siblings(node, order, busy, 2) if _dual_dequantize else []
-    return [partner, *dequantizations] if len(dequantizations) == 2 else [partner]
-
-
-def _own_partner(node, mine, order: dict, taken, accept):
-    """The first later quantization of ``node``'s own input, of its format, not in ``taken``, whose seed exists
-    before ``node`` and that ``accept(mine, other)`` takes (:func:`_can_dual`: the dual launch; :func:`_can_pair`:
-    the pair launch), else None."""
-    here, best = order[node], None
-    for user in mine[0].users:
-        other = _quantize_call(user) if user is not node and user not in taken else None
-        if (other is not None and order.get(user, -1) > here and other[2] == mine[2]
-                and (best is None or order[user] < order[best])
-                and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
-                and accept(mine, other)):
-            best = user
-    return best
-
-
-def _dequantize_siblings(node, order: dict, taken=(), count: int = 1) -> list:
-    """The next ``count`` dequantizations within reach whose inputs all exist before ``node`` (so they can run
-    there), none in ``taken``; fewer where reach ends first."""
-    here, found = order[node], []
-    later = node.next
-    for _ in range(_PAIR_REACH):
-        if later.op == "root" or len(found) == count:
-            break
-        call = _dequantize_call(later) if later not in taken else None
-        if call is not None and all(order.get(a, here) < here for a in call[:3] if hasattr(a, "op")):
-            found.append(later)
-        later = later.next
-    return found
-
-
-def _dequantize_sibling(node, order: dict, taken=()):
-    """The next dequantize within reach whose inputs all exist before ``node`` (so it can run there), not one
-    in ``taken``."""
-    if _dequantize_call(node) is None:
-        return None
-    found = _dequantize_siblings(node, order, taken)
-    return found[0] if found else None
-
+# ---- two launches in one (which ones: lowering/partners.py) -----------------------------------------------
 
 def _lower_paired(find_siblings, lower_all):
     """The result of the node being lowered when pairing lowered it ahead with an earlier one, or when it
     shares a launch with ``find_siblings(node, order, taken)`` now (``lower_all(node, siblings)``: the node's
     result and those of the first siblings the launch took, or None where none can share it; the siblings'
     results are kept for their turns); else None."""
-    if not _pairing:
+    if not partners._pairing:
         return None
     from torch._inductor.virtualized import V
 
