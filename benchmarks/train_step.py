@@ -406,7 +406,8 @@ def _fmt(value, spec: str) -> str:
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    reuse = "; our kernels' static launchers from the worker pool's binaries" if meta.get("reuse_worker_binaries") else ""
+    reuse = ("; our kernels' static launchers from the worker pool's binaries" if meta.get("reuse_worker_binaries")
+             else "")
     lines = [f"# Training step: {meta['device']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, git {meta['git']}; model D={meta['model']['d_model']}, "
              f"{meta['model']['n_layers']} layers, {meta['model']['n_heads']} heads, T={meta['model']['seq_len']}, "

@@ -20,9 +20,9 @@ import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
-from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, DUAL_SPANS, RHT_KEYS,
-                                           ROW_SEGMENTS, LaunchPlan, _amax_at, _finite_max_bits, _rotated_tile,
-                                           amax_launch, amax_scalars, launch_plan)
+from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, RHT_KEYS, ROW_SEGMENTS,
+                                           LaunchPlan, _amax_at, _finite_max_bits, _rotated_tile,
+                                           amax_launch, amax_scalars, launch_plan, one_read_refusal)
 
 # ---- kernels -------------------------------------------------------------------------------------------
 
@@ -136,14 +136,7 @@ def dual_amax_refusal(shape: tuple | None, a: LaunchPlan, b: LaunchPlan) -> str 
         return "not one tensor's two quantizations"
     if a.amax_constexprs is None or b.amax_constexprs is None:
         return "not two two-level (E4M3) quantizations"
-    if a.rowwise == b.rowwise or len(shape) != 2:
-        return "not the row-wise and column-wise quantizations of a 2-D tensor"
-    u = a.constexprs["U"]
-    if u not in DUAL_SPANS or b.constexprs["U"] != u:
-        return f"spans of {a.constexprs['U']} and {b.constexprs['U']} elements"
-    if shape[0] % u or shape[1] % u:
-        return f"whole {u} x {u} tiles only"
-    return None
+    return one_read_refusal(shape, a, b)
 
 
 def dual_amax_launch(shape: tuple, plans, inputs, partials, keys, tile: dict | None = None) -> tuple:

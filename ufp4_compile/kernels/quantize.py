@@ -776,6 +776,22 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
                       _RESULT_SCALE_DTYPES[c.scale])
 
 
+def one_read_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
+    """Why one launch cannot take a tensor of ``shape``'s quantizations with plans ``a`` and ``b`` from one read
+    of it in ``U x B`` tiles (kernels.quantize_pair's dual launch, kernels.prepass's dual pre-pass), or None:
+    the row-wise and column-wise quantizations of a 2-D tensor of whole ``U x U`` tiles, one span ``U`` of
+    :data:`DUAL_SPANS` for both."""
+    if a.rowwise == b.rowwise or len(shape) != 2:
+        return "not the row-wise and column-wise quantizations of a 2-D tensor"
+    u = a.constexprs["U"]
+    if u not in DUAL_SPANS or b.constexprs["U"] != u:
+        return (f"blocks and RHT groups spanning {a.constexprs['U']} and {b.constexprs['U']} elements: one span "
+                f"of {' or '.join(map(str, DUAL_SPANS))} for both jobs only (spans of other lengths are not taken)")
+    if shape[0] % u or shape[1] % u:
+        return f"whole {u} x {u} tiles only (blocks and RHT groups of {u} along both axes)"
+    return None
+
+
 def plan_for(x: torch.Tensor, axis: int, fmt: OperandFormat, rht: int, *, codes: bool, values: bool,
              config: dict | None = None) -> LaunchPlan:
     asm = not _interpreting() and x.device.type == "cuda" and torch.version.hip is None

@@ -28,10 +28,10 @@ from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.dequantize import _dequantize_tile
 from ufp4_compile.kernels.dequantize import pair_launch as dequantize_pair_launch
 from ufp4_compile.kernels.prepass import prepass_launches
-from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS, DUAL_SPANS,
+from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS,
                                            PLAN_SCALARS, RHT_KEYS, ROW_SEGMENTS, LaunchPlan, _launch, _program_at,
-                                           _quantize_at, _seed_tensor, launch_plan, output_pointers, plan_for,
-                                           quantize, quantize_dequantize, rht_key, unused_pointers)
+                                           _quantize_at, _seed_tensor, launch_plan, one_read_refusal, output_pointers,
+                                           plan_for, quantize, quantize_dequantize, rht_key, unused_pointers)
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
 
@@ -247,17 +247,9 @@ def pair_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
 def dual_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
     """Why the two quantizations of one tensor of ``shape`` with plans ``a`` and ``b`` cannot run from one read
     of it (:func:`_quantize_dual_kernel`, at its own tile), or None."""
-    refusal = _format_refusal(a, b)
+    refusal = _format_refusal(a, b) or one_read_refusal(shape, a, b)
     if refusal is not None:
         return refusal
-    if a.rowwise == b.rowwise or len(shape) != 2:
-        return "not the row-wise and column-wise quantizations of a 2-D tensor"
-    u = a.constexprs["U"]
-    if u not in DUAL_SPANS or b.constexprs["U"] != u:
-        return (f"blocks and RHT groups spanning {a.constexprs['U']} and {b.constexprs['U']} elements: one span "
-                f"of {' or '.join(map(str, DUAL_SPANS))} for both jobs only")
-    if shape[0] % u or shape[1] % u:
-        return f"whole {u} x {u} tiles only (blocks and RHT groups of {u} along both axes)"
     if a.constexprs["BLOCK_2D"]:
         return "16 x 16 blocks"
     return None

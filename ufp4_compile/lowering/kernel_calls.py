@@ -223,37 +223,35 @@ def _result(outputs, values_dtype) -> tuple:
     return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
 
 
-def _amax_prepass(plan, x, key, device):
-    """Emit the global-amax pre-pass of a quantization with ``plan`` (two-level scales): its partial-maxima
-    buffer, None for a one-level one. Every pre-pass program writes its slot: no zero fill (a kernel launch)."""
-    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS, amax_launch
+def _emit_single(x, plan, outputs: tuple, rht_seed, seed, offset) -> None:
+    """Emit one ``_quantize_kernel`` launch of ``plan`` on ``x`` into ``outputs`` (codes, scales, values, tensor
+    scale; None for one it does not write), after its global-amax pre-pass for two-level scales (its partial
+    maxima: every pre-pass program writes its slot, so no zero fill, a kernel launch, is needed)."""
+    from ufp4_compile.kernels.quantize import (AMAX_PROGRAMS, PLAN_SCALARS, _quantize_kernel, amax_launch,
+                                               output_pointers, rht_key)
 
-    if plan.amax_constexprs is None:
-        return None
-    gamax = _empty((AMAX_PROGRAMS,), torch.int32, device)
-    kernel_launch(*amax_launch(plan, x, gamax, key))
-    return gamax
+    key = rht_key(plan, rht_seed)
+    gamax = None
+    if plan.amax_constexprs is not None:
+        gamax = _empty((AMAX_PROGRAMS,), torch.int32, x.get_device())
+        kernel_launch(*amax_launch(plan, x, gamax, key))
+    tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3], gamax_ptr=gamax,
+                   seed_ptr=seed if plan.constexprs["STOCHASTIC"] else None)
+    kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
+                  {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(offset), **plan.constexprs})
 
 
 def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None):
     """Lower one quantize launch (codes for ``values_dtype=None``, else values); the op's result, or None when
     the launch cannot be planned here."""
-    from ufp4_compile.kernels.quantize import PLAN_SCALARS, _quantize_kernel, output_pointers, rht_key
-
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
         return None
     shape = sizes[0]
     x = _contiguous(x)
-    device = x.get_device()
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype)
-    outputs = _outputs(plan, values_dtype, shape, device)
-    key = rht_key(plan, rht_seed)
-    gamax = _amax_prepass(plan, x, key, device)
-    tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3], gamax_ptr=gamax,
-                   seed_ptr=seed if plan.constexprs["STOCHASTIC"] else None)
-    kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
-                  {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(offset), **plan.constexprs})
+    outputs = _outputs(plan, values_dtype, shape, x.get_device())
+    _emit_single(x, plan, outputs, rht_seed, seed, offset)
     return _result(outputs, values_dtype)
 
 
@@ -332,7 +330,7 @@ def _emit_shared_values(calls, x, shape: tuple, device) -> tuple:
     """Emit the one launch of two quantizations of ``x`` that :func:`_can_share_values` accepts: the codes job's
     launch writing the values job's values too, one tensor scale for both; the two op results in ``calls``'
     order."""
-    from ufp4_compile.kernels.quantize import PLAN_SCALARS, _quantize_kernel, launch_plan, output_pointers, rht_key
+    from ufp4_compile.kernels.quantize import launch_plan
 
     codes_job = 0 if calls[0][7] is None else 1
     mine, theirs = calls[codes_job], calls[1 - codes_job]
@@ -340,11 +338,7 @@ def _emit_shared_values(calls, x, shape: tuple, device) -> tuple:
                        _asm())
     codes, scales, _, ts = _outputs(plan, None, shape, device)
     values = _empty(shape, theirs[7], device)
-    key = rht_key(plan, mine[4])
-    tensors = dict(x_ptr=x, **output_pointers(codes, scales, values), ts_ptr=ts,
-                   gamax_ptr=_amax_prepass(plan, x, key, device), seed_ptr=None)
-    scalars = {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(mine[6])}
-    kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors, {**scalars, **plan.constexprs})
+    _emit_single(x, plan, (codes, scales, values, ts), mine[4], None, mine[6])  # round to nearest: no seed
     results = (_result((codes, scales, None, ts), None), _result((None, None, values, ts), theirs[7]))
     return results if codes_job == 0 else results[::-1]
 
