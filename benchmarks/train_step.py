@@ -101,11 +101,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile-cache", action="store_true",
                    help="let Inductor's FX/AOT caches serve compilations (default: disabled, so every variant's "
                         "compile time is a cold compile, not a cache hit from an earlier variant or run)")
-    p.add_argument("--reuse-worker-binaries", action="store_true",
-                   help="build the static launchers of the backend's kernels from the binaries Inductor's worker "
-                        "pool compiled instead of compiling them again in the parent "
-                        "(lowering.static_launch.reuse_worker_binaries): the compile-time phase "
-                        "ufp4.static_launch_precompile")
+    p.add_argument("--second-compile", action="store_true",
+                   help="compile the backend's kernels a second time in the parent for their static launchers "
+                        "(lowering.static_launch.reuse_worker_binaries(False); the compile-time phase "
+                        "ufp4.static_launch_precompile) instead of building them from the binaries Inductor's "
+                        "worker pool compiled (the default)")
     args = p.parse_args(argv)
     kinds = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in kinds if v not in VARIANT_KINDS]
@@ -407,7 +407,7 @@ def _fmt(value, spec: str) -> str:
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     reuse = ("; our kernels' static launchers from the worker pool's binaries" if meta.get("reuse_worker_binaries")
-             else "")
+             else "; our kernels compiled a second time in the parent for their static launchers")
     lines = [f"# Training step: {meta['device']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, git {meta['git']}; model D={meta['model']['d_model']}, "
              f"{meta['model']['n_layers']} layers, {meta['model']['n_heads']} heads, T={meta['model']['seq_len']}, "
@@ -516,7 +516,7 @@ def metadata(args, config, device) -> dict:
             "model": dataclasses.asdict(config), "batch_size": args.batch_size, "warmup": args.warmup,
             "iters": args.iters, "precision": "bf16 autocast, fused AdamW" if device.type == "cuda" else "fp32",
             "tiny": args.tiny, "model_kind": args.model, "profile_steps": args.profile, "compile_cache": args.compile_cache,
-            "reuse_worker_binaries": args.reuse_worker_binaries, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
+            "reuse_worker_binaries": not args.second_compile, "command": " ".join(["python", "benchmarks/train_step.py", *sys.argv[1:]])}
 
 
 def main(argv=None) -> int:
@@ -542,7 +542,7 @@ def main(argv=None) -> int:
 
     rows = []
     with (inductor_config.patch(force_disable_caches=not args.compile_cache),
-          static_launch.reuse_worker_binaries(args.reuse_worker_binaries)):
+          static_launch.reuse_worker_binaries(not args.second_compile)):
         for label, kind, recipe in variants(args):
             print(f"{label} ...", flush=True)
             try:

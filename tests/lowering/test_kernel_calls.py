@@ -223,7 +223,7 @@ def test_dual_dequantize_launch_through_the_static_launcher(spec):
 @pytest.mark.parametrize("recipe", ["ufp4", "nvfp4"])
 def test_static_launchers_from_the_worker_pools_binaries(recipe):
     """A training step with the static launchers of our kernels built from the binaries Inductor's worker pool
-    compiled (static_launch.reuse_worker_binaries) against the parent compiling them again (the default),
+    compiled (static_launch.reuse_worker_binaries, the default) against the parent compiling them again,
     under the strict static launcher (a kernel left on Triton's launcher is an error): the same output and
     gradients, bit for bit, and no second compile timed with reuse. Skipped, after the bit check, where no
     kernel of ours compiled in the worker pool (a cold pool compiles in the parent)."""

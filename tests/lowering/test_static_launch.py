@@ -40,7 +40,11 @@ def _result(config):
 
 @pytest.mark.parametrize("static_option", [True, False])
 def test_user_kernels_from_workers_compile_again_where_static_launch_is_asked(patched, monkeypatch, static_option):
+    """Without reuse_worker_binaries (on by default; the other test covers it), the parent compiles a user
+    kernel's worker results again where the static launcher is asked for, and keeps them otherwise."""
     from torch._inductor import config
+
+    from ufp4_compile.lowering import static_launch
 
     monkeypatch.setattr(heuristics.TritonBundler, "put", lambda *a, **k: None)
     monkeypatch.setattr(config, "static_launch_user_defined_triton_kernels", static_option)
@@ -54,6 +58,7 @@ def test_user_kernels_from_workers_compile_again_where_static_launch_is_asked(pa
     from ufp4_compile.lowering.static_launch import TIMER
 
     timed = len(compilation_time_metrics.get(TIMER, []))
+    monkeypatch.setattr(static_launch, "_reuse", False)
     patched(kernel)
     if static_option:  # recompiled in the parent, with the reloaded function, under its own compile timer
         assert kernel.compiled == ["c0", "c1"] and kernel.compile_results == [("parent", "c0"), ("parent", "c1")]
@@ -121,8 +126,9 @@ def test_reused_worker_binaries_or_a_second_compile(patched, monkeypatch, outcom
     else:
         assert kernel.compiled == ["c0", "c1"] and kernel.compile_results == [("parent", "c0"), ("parent", "c1")]
     seen.clear()
-    again = _Stand([_result("c0")], heuristics.HeuristicType.USER_AUTOTUNE)  # off (the default): compiled again
-    patched(again)
+    again = _Stand([_result("c0")], heuristics.HeuristicType.USER_AUTOTUNE)  # off: compiled again
+    with static_launch.reuse_worker_binaries(False):
+        patched(again)
     assert again.compiled == ["c0"] and not seen
     with pytest.raises(ValueError, match="enabled"):
         with static_launch.reuse_worker_binaries("yes"):
