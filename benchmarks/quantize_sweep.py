@@ -35,12 +35,19 @@ VARIANTS = [  # (spec, rht, shape, axis, mode): the ufp4 recipe's launches first
 
 # One tensor's row-wise and column-wise quantizations in the one-read dual launch (kernels.quantize_pair), which
 # runs at the column-wise job's tile (B, num_warps, cols): X's row values + column codes in the forward, dY's
-# values both ways (stochastic) in the backward. (spec, shape, jobs as quantize_pair takes them)
+# values both ways (stochastic) in the backward; MXFP4's at its span of 32 and NVFP4's (two-level scales, with
+# their global-amax pre-pass) with RHT-16 on the column-wise job only, Wgrad's. (spec, RHT size of each job, shape, jobs as quantize_pair takes them)
 DUALS = [
-    ("int4/16/fp32/nearest", (8192, 1024), ((1, 16, torch.bfloat16), (0, 16, None))),
-    ("int4/16/fp32/nearest", (8192, 2816), ((1, 16, torch.bfloat16), (0, 16, None))),
-    ("int4/16/fp32/stochastic", (8192, 1024), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
-    ("int4/16/fp32/stochastic", (8192, 2816), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
+    ("int4/16/fp32/nearest", (16, 16), (8192, 1024), ((1, 16, torch.bfloat16), (0, 16, None))),
+    ("int4/16/fp32/nearest", (16, 16), (8192, 2816), ((1, 16, torch.bfloat16), (0, 16, None))),
+    ("int4/16/fp32/stochastic", (16, 16), (8192, 1024), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
+    ("int4/16/fp32/stochastic", (16, 16), (8192, 2816), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
+    ("e2m1/32/e8m0/nearest", (0, 16), (8192, 1024), ((1, 16, torch.bfloat16), (0, 16, None))),
+    ("e2m1/32/e8m0/nearest", (0, 16), (8192, 2752), ((1, 16, torch.bfloat16), (0, 16, None))),
+    ("e2m1/32/e8m0/stochastic", (0, 16), (8192, 1024), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
+    ("e2m1/32/e8m0/stochastic", (0, 16), (8192, 2752), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
+    ("e2m1/16/e4m3/nearest", (0, 16), (8192, 1024), ((1, 16, torch.bfloat16), (0, 16, None))),
+    ("e2m1/16/e4m3/stochastic", (0, 16), (8192, 1024), ((1, 16, torch.bfloat16), (0, 9, torch.bfloat16))),
 ]
 
 
@@ -60,29 +67,32 @@ def configs(axis: int, quick: bool):
                 yield {"B": b, "num_warps": w, "cols": cols}
 
 
-def dual_configs(quick: bool):
-    for cols, b, w in itertools.product((4, 2, 1), (64, 128, 256, 512), (1, 2, 4) if quick else (1, 2, 4, 8)):
-        if cols * 32 * w <= b <= (256 if quick else 512):
-            yield {"B": b, "num_warps": w, "cols": cols}
+def dual_configs(quick: bool, span: int = 16):
+    """The dual launch's tiles, ``width`` columns (``B``, what pair_launch takes, is ``width * span / 16``)."""
+    for cols, width, w in itertools.product((4, 2, 1), (32, 64, 128, 256, 512), (1, 2, 4) if quick else (1, 2, 4, 8)):
+        if span <= width <= (256 if quick else 512) and cols * 32 * w <= width:
+            yield {"B": width * span // 16, "num_warps": w, "cols": cols}
 
 
-def sweep_duals(seed, copy_gbs: float, quick: bool) -> int:
+def sweep_duals(seed, copy_gbs: float, quick: bool, spec_filter: str | None = None) -> int:
     """The dual launch per config, against its default and against the two single launches (each at its
     default tile); bits against the default's. Returns the number of configs whose bits differ."""
     from ufp4_compile.kernels.quantize_pair import quantize_pair
 
     bad = 0
-    for spec, shape, jobs in DUALS:
+    for spec, rhts, shape, jobs in DUALS:
+        if spec_filter and spec_filter not in spec:
+            continue
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 3
         nbytes = x.numel() * 2 + sum(x.numel() * 2 if dtype is not None else x.numel() // 2 + x.numel() // 16 * 4
                                      for _, _, dtype in jobs)  # one read, both jobs' writes
 
         def dual(config):
-            return [t for out in quantize_pair(x, spec, 16, 3, seed, jobs, config=config) for t in out[:-1]]
+            return [t for out in quantize_pair(x, spec, rhts, 3, seed, jobs, config=config) for t in out[:-1]]
 
         def singles():
-            return [run(x, spec, 16, axis, "codes" if dtype is None else "values", seed, None)
-                    for axis, _, dtype in jobs]
+            return [run(x, spec, r, axis, "codes" if dtype is None else "values", seed, None)
+                    for (axis, _, dtype), r in zip(jobs, rhts)]
 
         expect = torch.cat([t.reshape(-1).view(torch.uint8) for t in dual(None)])
         singles_ms = bench(singles)
@@ -92,7 +102,7 @@ def sweep_duals(seed, copy_gbs: float, quick: bool) -> int:
               f"({nbytes / default_ms / 1e6 / copy_gbs:.2f} of copy, {default_ms / singles_ms:.2f} of two launches)",
               flush=True)
         best = (default_ms, "default")
-        for config in dual_configs(quick):
+        for config in dual_configs(quick, int(spec.split("/")[1])):
             try:
                 same = torch.equal(torch.cat([t.reshape(-1).view(torch.uint8) for t in dual(config)]), expect)
                 ms = bench(lambda: dual(config))
@@ -128,6 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", choices=("single", "dual"), help="sweep only the single or only the dual launches")
+    parser.add_argument("--spec", help="only the variants whose format spec contains this (e2m1/32: MXFP4's)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no GPU: nothing to measure", file=sys.stderr)
@@ -138,6 +149,8 @@ def main() -> int:
     print(f"copy {copy_gbs:.0f} GB/s", flush=True)
     bad = 0
     for spec, rht, shape, axis, mode in (VARIANTS if args.only != "dual" else ()):
+        if args.spec and args.spec not in spec:
+            continue
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 3
         nbytes = x.numel() * 4 if mode == "values" else x.numel() * 2 + x.numel() // 2 + x.numel() // 16 * 4
         expect = output_bytes(run(x, spec, rht, axis, mode, seed, None))
@@ -161,7 +174,7 @@ def main() -> int:
         print(f"{name} BEST {best[1]} {best[0] * 1e3:.1f} us ({nbytes / best[0] / 1e6 / copy_gbs:.2f} of copy)",
               flush=True)
     if args.only != "single":
-        bad += sweep_duals(seed, copy_gbs, args.quick)
+        bad += sweep_duals(seed, copy_gbs, args.quick, args.spec)
     print("configs whose bits differ from the default:", bad)
     return 1 if bad else 0
 
