@@ -104,7 +104,7 @@ def test_dual_launch_tile_changes_no_bit(config):
     for spec in ("int4/16/fp32/stochastic", "e2m1/16/fp32/nearest"):
         plans = [kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=dtype is None,
                                            values=dtype is not None, config=config) for axis, _, dtype in jobs]
-        launch = quantize_pair.pair_launch(*plans, dual_shape=tuple(x.shape), dual_tile=config)
+        launch = quantize_pair.pair_launch(*plans, dual_shape=tuple(x.shape), tile=config)
         assert launch.kernel is quantize_pair._quantize_dual_kernel
         assert (launch.constexprs["COLS"], launch.constexprs["B"], launch.num_warps) == (
             config["cols"], config["B"], config["num_warps"])
@@ -115,6 +115,19 @@ def test_dual_launch_tile_changes_no_bit(config):
         for got, want in zip(results, singles):
             for g, w in zip(got, want):
                 assert torch.equal(_bits(g), _bits(w))
+
+
+@pytest.mark.parametrize("spec, want", [("int4/16/fp32/stochastic", (64, 1, 2)), ("e2m1/16/e4m3/nearest", (128, 2, 2)),
+                                        ("int4/16/e4m3/stochastic", (128, 2, 2)), ("e2m1/32/e8m0/nearest", (64, 1, 2))])
+def test_dual_tile_by_format(spec, want):
+    """The dual launch's own tile per format (quantize_pair.dual_tile, from the H200 sweeps): columns, warps
+    and columns per thread; MXFP4's span of 32 at 64 columns, two-level scales over two warps."""
+    x = torch.zeros(512, 512)
+    plans = [kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=axis == 0, values=axis == 1)
+             for axis in (1, 0)]
+    launch = quantize_pair.pair_launch(*plans, dual_shape=tuple(x.shape))
+    assert (launch.constexprs["B"], launch.num_warps, launch.constexprs["COLS"]) == want
+    assert launch.grid == (512 // want[0], 512 // plans[0].constexprs["U"], 1)
 
 
 def test_dual_refusal_names_the_reason():
@@ -232,9 +245,10 @@ def test_pair_refusal_names_the_reason():
 def test_two_duals_in_one_launch_match_single_launches(spec, rhts):
     """X's and W's two quantizations each (row-wise values and column-wise codes for X; W's jobs in the other
     order, each job its own RHT) in one launch of the two-duals kernel, with NaN, Inf and a huge block in X:
-    each result is its single launch's bit for bit (NaN for NaN)."""
+    each result is its single launch's bit for bit (NaN for NaN). Both 128 columns or wider, so that each
+    format's dual tile (up to 128 columns) is as wide for both, as one launch needs."""
     fmt = OperandFormat.from_spec(spec)
-    x, w = torch.randn(48, 64, device=DEVICE) * 3, torch.randn(32, 128, device=DEVICE)
+    x, w = torch.randn(48, 192, device=DEVICE) * 3, torch.randn(32, 128, device=DEVICE)
     x[0, 5], x[3, 17], x[7, 40:56] = float("nan"), float("-inf"), 1e30
     seeds = torch.tensor(1234, device=DEVICE), torch.tensor(77, device=DEVICE)
     x_jobs, w_jobs = ((1, 16, torch.bfloat16), (0, 1 << 32, None)), ((0, 7, None), (1, 3, torch.bfloat16))
@@ -278,7 +292,8 @@ def test_dual_launches_at_a_span_of_32_match_single_launches(spec, rhts, monkeyp
         assert quantize_pair.dual_refusal(tuple(t.shape), *plans) is None
         launches.append(quantize_pair.pair_launch(*plans, dual_shape=tuple(t.shape)))
         assert launches[-1].constexprs["U"] == 32 and launches[-1].grid[1] == t.shape[0] // 32
-        assert (launches[-1].constexprs["B"], launches[-1].constexprs["COLS"]) == (32, 2)  # 32 columns, 2 each
+        # 64 columns (quantize_pair.DUAL_TILE_SPAN_32), 2 each: x's 96 end in a tile of 32
+        assert (launches[-1].constexprs["B"], launches[-1].constexprs["COLS"]) == (64, 2)
     assert quantize_pair.two_duals_refusal(*launches) is None
     first, second = (x, 3, seed, rhts, x_jobs), (w, 5, seed, rhts[::-1], w_jobs)
     results = quantize_pair.quantize_two_duals(spec, first, second)

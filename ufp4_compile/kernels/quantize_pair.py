@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ufp4_compile.kernels.common import format_constants
+from ufp4_compile.kernels.common import SCALE_IDS, format_constants
 from ufp4_compile.kernels.dequantize import _dequantize_tile
 from ufp4_compile.kernels.dequantize import pair_launch as dequantize_pair_launch
 from ufp4_compile.kernels.prepass import prepass_launches
@@ -32,7 +32,7 @@ from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARI
                                            PLAN_SCALARS, RHT_KEYS, ROW_SEGMENTS, LaunchPlan, _launch, _program_at,
                                            _quantize_at, _seed_tensor, launch_plan, one_read_refusal, output_pointers,
                                            plan_for, quantize, quantize_dequantize, rht_key, unused_pointers)
-from ufp4_compile.numerics.formats import OperandFormat
+from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
 
 # ---- kernels -------------------------------------------------------------------------------------------
@@ -272,17 +272,34 @@ class PairLaunch:
 # the column-wise launch's tile (256 columns, two warps, four per thread), which it ran at before, took
 # 1.04-1.09, and tiles wider than one vector per thread, or one column per thread, took longer still.
 DUAL_TILE = {"B": 64, "num_warps": 1, "cols": 2}
+# Other formats' own (benchmarks/quantize_sweep.py --only dual, quantize_sweep_6923407_nvidia-h200.log; ``B`` is
+# what pair_launch takes, the tile's columns B * 16 / span): MXFP4's span of 32 at 64 columns, one warp, two per
+# thread (0.97-1.06 of the two single launches' time at 8192 x 1024 and 8192 x 2752 against 1.03-1.10 at
+# DUAL_TILE's 32 columns), and two-level (E4M3) scales at 128 columns over two warps (0.92 with stochastic
+# rounding against 0.98, 0.95 either way with round to nearest).
+DUAL_TILE_SPAN_32 = {"B": 128, "num_warps": 1, "cols": 2}
+DUAL_TILE_E4M3 = {"B": 128, "num_warps": 2, "cols": 2}
+
+
+def dual_tile(plan: LaunchPlan) -> dict:
+    """The dual launch's default tile for ``plan``'s format (its span, then its scale format)."""
+    if plan.constexprs["U"] == 32:
+        return DUAL_TILE_SPAN_32
+    if plan.constexprs["SCALE"] == SCALE_IDS[ScaleFormat.E4M3]:
+        return DUAL_TILE_E4M3
+    return DUAL_TILE
 
 
 def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
-                dual_tile: dict | None = None) -> PairLaunch:
+                tile: dict | None = None) -> PairLaunch:
     """The one launch of plans ``a`` and ``b`` (``pair_refusal(a, b)`` is None). ``dual_shape``: both quantize
     one tensor of this shape, and ``dual_refusal`` accepts it: the launch reads it once
-    (:func:`_quantize_dual_kernel`) at :data:`DUAL_TILE`, or at ``dual_tile``'s ``B``, ``num_warps`` and
-    ``cols`` where given (benchmarks)."""
+    (:func:`_quantize_dual_kernel`) at the format's tile (:func:`dual_tile`), or at ``tile``'s ``B``,
+    ``num_warps`` and ``cols`` where given (benchmarks)."""
     if dual_shape is not None:
         row, col = (a, b) if a.rowwise else (b, a)
-        tile = {**DUAL_TILE, **{k: v for k, v in (dual_tile or {}).items() if k in DUAL_TILE}}
+        own = dual_tile(a)
+        tile = {**own, **{k: v for k, v in (tile or {}).items() if k in own}}
         u = a.constexprs["U"]  # a span of 32 halves the columns (DUAL_SPANS)
         width = max(u, min(tile["B"] * 16 // u, triton.next_power_of_2(dual_shape[1])))
         constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
@@ -452,7 +469,7 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
         return [quantize(t, axis, fmt, size, r, s, offset) if dtype is None else
                 quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype)
                 for (t, r, s), axis, (_, offset, dtype), size in zip(inputs, axes, jobs, rhts)]
-    launch = pair_launch(*plans, dual_shape=shape if one_read else None, dual_tile=config)
+    launch = pair_launch(*plans, dual_shape=shape if one_read else None, tile=config)
     return _run(launch, plans, inputs, jobs)
 
 
@@ -519,7 +536,7 @@ def quantize_two_duals(fmt: OperandFormat | str, first: tuple, second: tuple, *,
                  for axis, (_, _, dtype), rht in zip(axes, jobs, rhts)]
         ok = t.numel() > 0 and dual_refusal(tuple(t.shape), *plans) is None
         groups.append((t, r, s, rhts, jobs, plans,
-                       pair_launch(*plans, dual_shape=tuple(t.shape), dual_tile=config) if ok else None))
+                       pair_launch(*plans, dual_shape=tuple(t.shape), tile=config) if ok else None))
     duals = [g[6] for g in groups]
     if any(d is None for d in duals) or two_duals_refusal(*duals) is not None:
         return [out for t, r, s, rhts, jobs, _, _ in groups
@@ -550,7 +567,7 @@ def quantize_dual_dequantize(x: torch.Tensor, fmt: OperandFormat | str, rhts: tu
     plans = [plan_for(x, axis, fmt, rht, codes=dtype is None, values=dtype is not None, config=config)
              for axis, (_, _, dtype), rht in zip(axes, jobs, rhts)]
     empty = x.numel() == 0 or any(math.prod(shape) == 0 for _, _, shape in checked)
-    dual = (pair_launch(*plans, dual_shape=tuple(x.shape), dual_tile=config)
+    dual = (pair_launch(*plans, dual_shape=tuple(x.shape), tile=config)
             if not empty and dual_refusal(tuple(x.shape), *plans) is None else None)
     prepared = ([dq.prepare(job, check, dual_dequantize_elements(dual)) for job, check in zip(dequantizations, checked)]
                 if dual is not None else [])
