@@ -118,10 +118,10 @@ def test_dual_launch_tile_changes_no_bit(config):
 
 
 @pytest.mark.parametrize("spec, want", [("int4/16/fp32/stochastic", (64, 1, 2)), ("e2m1/16/e4m3/nearest", (128, 2, 2)),
-                                        ("int4/16/e4m3/stochastic", (128, 2, 2)), ("e2m1/32/e8m0/nearest", (64, 1, 2))])
+                                        ("int4/16/e4m3/stochastic", (128, 2, 2)), ("e2m1/32/e8m0/nearest", (32, 1, 2))])
 def test_dual_tile_by_format(spec, want):
     """The dual launch's own tile per format (quantize_pair.dual_tile, from the H200 sweeps): columns, warps
-    and columns per thread; MXFP4's span of 32 at 64 columns, two-level scales over two warps."""
+    and columns per thread; two-level scales at 128 columns over two warps, MXFP4's span of 32 at 32 columns."""
     x = torch.zeros(512, 512)
     plans = [kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=axis == 0, values=axis == 1)
              for axis in (1, 0)]
@@ -292,8 +292,7 @@ def test_dual_launches_at_a_span_of_32_match_single_launches(spec, rhts, monkeyp
         assert quantize_pair.dual_refusal(tuple(t.shape), *plans) is None
         launches.append(quantize_pair.pair_launch(*plans, dual_shape=tuple(t.shape)))
         assert launches[-1].constexprs["U"] == 32 and launches[-1].grid[1] == t.shape[0] // 32
-        # 64 columns (quantize_pair.DUAL_TILE_SPAN_32), 2 each: x's 96 end in a tile of 32
-        assert (launches[-1].constexprs["B"], launches[-1].constexprs["COLS"]) == (64, 2)
+        assert (launches[-1].constexprs["B"], launches[-1].constexprs["COLS"]) == (32, 2)  # 32 columns, 2 each
     assert quantize_pair.two_duals_refusal(*launches) is None
     first, second = (x, 3, seed, rhts, x_jobs), (w, 5, seed, rhts[::-1], w_jobs)
     results = quantize_pair.quantize_two_duals(spec, first, second)

@@ -272,19 +272,17 @@ class PairLaunch:
 # the column-wise launch's tile (256 columns, two warps, four per thread), which it ran at before, took
 # 1.04-1.09, and tiles wider than one vector per thread, or one column per thread, took longer still.
 DUAL_TILE = {"B": 64, "num_warps": 1, "cols": 2}
-# Other formats' own (benchmarks/quantize_sweep.py --only dual, quantize_sweep_6923407_nvidia-h200.log; ``B`` is
-# what pair_launch takes, the tile's columns B * 16 / span): MXFP4's span of 32 at 64 columns, one warp, two per
-# thread (0.97-1.06 of the two single launches' time at 8192 x 1024 and 8192 x 2752 against 1.03-1.10 at
-# DUAL_TILE's 32 columns), and two-level (E4M3) scales at 128 columns over two warps (0.92 with stochastic
-# rounding against 0.98, 0.95 either way with round to nearest).
-DUAL_TILE_SPAN_32 = {"B": 128, "num_warps": 1, "cols": 2}
+# Two-level (E4M3) scales' own: 128 columns over two warps (benchmarks/quantize_sweep.py --only dual,
+# quantize_sweep_6923407_nvidia-h200.log: 0.92 of the two single launches' time with stochastic rounding against
+# 0.98 at DUAL_TILE, 0.95 either way with round to nearest; in the NVFP4 step, train_step_tiles_af4104c_*, dY's
+# dual-dequantize launches 5.67 ms against 6.14 and X's dual launches 2.62 against 2.48). MXFP4's span of 32
+# stays at DUAL_TILE's B (32 columns): 64 columns, 3-7% faster in the sweep, made its launches in the step
+# 0.8 ms slower (11.24 ms against 10.45).
 DUAL_TILE_E4M3 = {"B": 128, "num_warps": 2, "cols": 2}
 
 
 def dual_tile(plan: LaunchPlan) -> dict:
-    """The dual launch's default tile for ``plan``'s format (its span, then its scale format)."""
-    if plan.constexprs["U"] == 32:
-        return DUAL_TILE_SPAN_32
+    """The dual launch's default tile for ``plan``'s format."""
     if plan.constexprs["SCALE"] == SCALE_IDS[ScaleFormat.E4M3]:
         return DUAL_TILE_E4M3
     return DUAL_TILE
