@@ -58,6 +58,59 @@ def bench_ms(fn, warmup_ms: int = 10, rep_ms: int = 40) -> float:
     return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
 
 
+# Bytes written between two calls of a timed function in bench_cold_cudagraph_ms: five times the H100's and
+# H200's 50 MB L2, so nothing the previous call read or wrote is left there.
+L2_FLUSH_BYTES = 256 << 20
+
+
+def bench_cold_cudagraph_ms(fn, calls: int = 8, reps: int = 15) -> float:
+    """Median milliseconds of ``fn`` from a cold L2, launch cost excluded: one CUDA graph replays ``calls``
+    times (write :data:`L2_FLUSH_BYTES`, then ``fn``), another the writes alone, and the difference of their
+    medians over ``reps`` replays is divided by ``calls``. A graph replaying ``fn`` alone
+    (:func:`bench_cudagraph_ms`) finds its operands in L2 wherever they fit (16-45 MB tensors on the
+    H200's 50 MB), which a training step's kernels, reading tensors another kernel wrote long before, do
+    not. The writes leave dirty lines that the next kernel evicts in both graphs, so their cost cancels.
+    ``bench_ms`` (with a note on stdout) where the graphs cannot be captured."""
+    import statistics
+
+    try:
+        flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # compile and allocate outside the capture
+            fn()
+            fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        graphs = []
+        for with_fn in (True, False):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(calls):
+                    flush.zero_()
+                    if with_fn:
+                        fn()
+            graphs.append(graph)
+
+        def median_ms(graph) -> float:
+            graph.replay()
+            times = []
+            for _ in range(reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                graph.replay()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            return statistics.median(times)
+
+        both, flushes = median_ms(graphs[0]), median_ms(graphs[1])
+        return max(both - flushes, 0.0) / calls
+    except Exception as err:
+        print("no cudagraph:", repr(err)[:200], flush=True)
+        return bench_ms(fn)
+
+
 def bench_cudagraph_ms(fn) -> float:
     """Median milliseconds of ``fn`` replayed in a CUDA graph (launch cost excluded); ``bench_ms`` (with a note
     on stdout) where it cannot be captured."""

@@ -1,20 +1,24 @@
 """The quantize kernels at the shapes of the issue-6 GPT's training step, and their bits on the GPU.
 
-Per (format, RHT, shape, axis): the kernel's time under a CUDA graph (so launch cost is out, as in a step run
-with CUDA graphs) as a fraction of copy bandwidth, in ``values`` mode (bf16 in, the dequantized bf16 operand
+Per (format, RHT, shape, axis): the kernel's time under a CUDA graph from a cold L2 (so launch cost is out, as
+in a step run with CUDA graphs, and the operands come from HBM, as in a step; ``--warm-l2``: replayed alone,
+as until 7491c39) as a fraction of copy bandwidth, in ``values`` mode (bf16 in, the dequantized bf16 operand
 out) and ``codes`` mode (codes + scales out); and whether codes, scales and values equal the pure-PyTorch
 reference (``ufp4_compile.numerics``) computed on the same GPU tensor, one group pushed through the 2**64
 guard of the RHT. X is 8192 x 1024 (and 8192 x 2816 before the down projection); dY has the same shapes.
 
     python benchmarks/quantize_shapes.py > quantize_shapes.log      # a few seconds per line (GPU)
 """
+import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_cudagraph_ms as bench  # noqa: E402
+from common import bench_cold_cudagraph_ms, bench_cudagraph_ms  # noqa: E402
+
+bench = bench_cold_cudagraph_ms  # main(): bench_cudagraph_ms with --warm-l2
 
 import ufp4_compile.numerics as ref  # noqa: E402
 from ufp4_compile import lowering  # noqa: E402
@@ -25,6 +29,13 @@ lowering.register()
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warm-l2", action="store_true",
+                        help="time each launch replayed alone in a CUDA graph, its operands left in L2 where they fit "
+                             "(the way these sweeps timed until 7491c39); default: from a cold L2, as a step finds them")
+    args = parser.parse_args()
+    global bench
+    bench = bench_cudagraph_ms if args.warm_l2 else bench_cold_cudagraph_ms
     if not torch._C._dispatch_has_kernel_for_dispatch_key("ufp4::quantize", "CUDA"):
         print("the ufp4 ops have no CUDA kernels registered (no GPU?): nothing to measure", file=sys.stderr)
         return 2
