@@ -16,6 +16,21 @@ def test_tiny_smoke_run_writes_json_and_markdown(bench, tmp_path):
     assert row["variant"] == "bf16-eager" and len(row["step_times_s"]) == 2
     assert row["tokens_per_s"] == pytest.approx(2 * 64 / row["step_time_s"])
     assert "| bf16-eager |" in json_path.with_suffix(".md").read_text()
+    assert data["meta"]["reuse_worker_binaries"] is True  # the default: static launchers from the worker's binaries
+
+
+def test_second_compile_turns_the_reuse_of_worker_binaries_off(bench, tmp_path, monkeypatch):
+    """--second-compile runs the variants with static_launch.reuse_worker_binaries(False) and says so."""
+    from ufp4_compile.lowering import static_launch
+
+    seen = []
+    original = static_launch.reuse_worker_binaries
+    monkeypatch.setattr(static_launch, "reuse_worker_binaries", lambda enabled=True: seen.append(enabled) or
+                        original(enabled))
+    assert bench.main(["--tiny", "--variants", "eager", "--second-compile", "--out", str(tmp_path)]) == 0
+    (json_path,) = tmp_path.glob("train_step_*-tiny.json")
+    assert seen == [False] and json.loads(json_path.read_text())["meta"]["reuse_worker_binaries"] is False
+    assert "compiled a second time in the parent" in json_path.with_suffix(".md").read_text()
 
 
 def test_ratios_against_bf16_compiled(bench):
