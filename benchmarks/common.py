@@ -111,6 +111,18 @@ def bench_cold_cudagraph_ms(fn, calls: int = 8, reps: int = 15) -> float:
         return bench_ms(fn)
 
 
+def add_warm_l2_argument(parser) -> None:
+    """The kernel sweeps' choice of timing (:func:`launch_timer`)."""
+    parser.add_argument("--warm-l2", action="store_true",
+                        help="time each launch replayed alone in a CUDA graph, its operands left in L2 where they fit "
+                             "(the way these sweeps timed until 7491c39); default: from a cold L2, as a step finds them")
+
+
+def launch_timer(args):
+    """:func:`bench_cudagraph_ms` with ``--warm-l2``, else :func:`bench_cold_cudagraph_ms`."""
+    return bench_cudagraph_ms if args.warm_l2 else bench_cold_cudagraph_ms
+
+
 def bench_cudagraph_ms(fn) -> float:
     """Median milliseconds of ``fn`` replayed in a CUDA graph (launch cost excluded); ``bench_ms`` (with a note
     on stdout) where it cannot be captured."""

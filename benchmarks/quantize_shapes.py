@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_cold_cudagraph_ms, bench_cudagraph_ms  # noqa: E402
+from common import add_warm_l2_argument, bench_cold_cudagraph_ms, launch_timer  # noqa: E402
 
-bench = bench_cold_cudagraph_ms  # main(): bench_cudagraph_ms with --warm-l2
+bench = bench_cold_cudagraph_ms  # main(): launch_timer(args)
 
 import ufp4_compile.numerics as ref  # noqa: E402
 from ufp4_compile import lowering  # noqa: E402
@@ -30,12 +30,10 @@ lowering.register()
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--warm-l2", action="store_true",
-                        help="time each launch replayed alone in a CUDA graph, its operands left in L2 where they fit "
-                             "(the way these sweeps timed until 7491c39); default: from a cold L2, as a step finds them")
+    add_warm_l2_argument(parser)
     args = parser.parse_args()
     global bench
-    bench = bench_cudagraph_ms if args.warm_l2 else bench_cold_cudagraph_ms
+    bench = launch_timer(args)
     if not torch._C._dispatch_has_kernel_for_dispatch_key("ufp4::quantize", "CUDA"):
         print("the ufp4 ops have no CUDA kernels registered (no GPU?): nothing to measure", file=sys.stderr)
         return 2

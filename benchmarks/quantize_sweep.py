@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_cold_cudagraph_ms, bench_cudagraph_ms  # noqa: E402
+from common import add_warm_l2_argument, bench_cold_cudagraph_ms, launch_timer  # noqa: E402
 
-bench = bench_cold_cudagraph_ms  # main(): bench_cudagraph_ms with --warm-l2
+bench = bench_cold_cudagraph_ms  # main(): launch_timer(args)
 
 from ufp4_compile.kernels import quantize as kq  # noqa: E402
 
@@ -141,12 +141,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", choices=("single", "dual"), help="sweep only the single or only the dual launches")
     parser.add_argument("--spec", help="only the variants whose format spec contains this (e2m1/32: MXFP4's)")
-    parser.add_argument("--warm-l2", action="store_true",
-                        help="time each launch replayed alone in a CUDA graph, its operands left in L2 where they fit "
-                             "(the way these sweeps timed until 7491c39); default: from a cold L2, as a step finds them")
+    add_warm_l2_argument(parser)
     args = parser.parse_args()
     global bench
-    bench = bench_cudagraph_ms if args.warm_l2 else bench_cold_cudagraph_ms
+    bench = launch_timer(args)
     if not torch.cuda.is_available():
         print("no GPU: nothing to measure", file=sys.stderr)
         return 2
