@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_warm_l2_argument, bench_cold_cudagraph_ms, launch_timer  # noqa: E402
-
-bench = bench_cold_cudagraph_ms  # main(): launch_timer(args)
+from common import bench_launch as bench  # noqa: E402
+from common import parse_timed_args  # noqa: E402
 
 from ufp4_compile.kernels import quantize as kq  # noqa: E402
 from ufp4_compile.kernels import prepass as kp  # noqa: E402
@@ -45,10 +44,7 @@ def tiles(quick: bool):
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    add_warm_l2_argument(parser)
-    args = parser.parse_args()
-    global bench
-    bench = launch_timer(args)
+    args = parse_timed_args(parser)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2

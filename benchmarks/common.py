@@ -111,18 +111,6 @@ def bench_cold_cudagraph_ms(fn, calls: int = 8, reps: int = 15) -> float:
         return bench_ms(fn)
 
 
-def add_warm_l2_argument(parser) -> None:
-    """The kernel sweeps' choice of timing (:func:`launch_timer`)."""
-    parser.add_argument("--warm-l2", action="store_true",
-                        help="time each launch replayed alone in a CUDA graph, its operands left in L2 where they fit "
-                             "(the way these sweeps timed until 7491c39); default: from a cold L2, as a step finds them")
-
-
-def launch_timer(args):
-    """:func:`bench_cudagraph_ms` with ``--warm-l2``, else :func:`bench_cold_cudagraph_ms`."""
-    return bench_cudagraph_ms if args.warm_l2 else bench_cold_cudagraph_ms
-
-
 def bench_cudagraph_ms(fn) -> float:
     """Median milliseconds of ``fn`` replayed in a CUDA graph (launch cost excluded); ``bench_ms`` (with a note
     on stdout) where it cannot be captured."""
@@ -134,6 +122,40 @@ def bench_cudagraph_ms(fn) -> float:
         print("no cudagraph:", repr(err)[:200], flush=True)
         return bench_ms(fn)
 
+
+
+# How the kernel benchmarks time a launch (``--timing``, parse_timed_args): (function, how the results say it).
+TIMINGS = {
+    "cold-graph": (bench_cold_cudagraph_ms, "Medians of CUDA-graph replays from a cold L2, launch cost excluded "
+                                            "(common.bench_cold_cudagraph_ms)"),
+    "warm-graph": (bench_cudagraph_ms, "Medians of CUDA-graph replays of the launch alone, its operands left in L2 "
+                                       "where they fit (common.bench_cudagraph_ms)"),
+    "do-bench": (bench_ms, "Median of triton.testing.do_bench (L2 flushed before each call; a host slower than the "
+                           "flush leaves the GPU idle inside the timed window)"),
+}
+_timing = "cold-graph"
+
+
+def parse_timed_args(parser, argv=None):
+    """``parser``'s arguments with ``--timing`` added, which :func:`bench_launch` then follows."""
+    global _timing
+    parser.add_argument("--timing", choices=tuple(TIMINGS), default="cold-graph",
+                        help="cold-graph (default): CUDA-graph replays from a cold L2, as a step finds its operands; "
+                             "warm-graph: the launch replayed alone (the sweeps until 7491c39); do-bench: "
+                             "triton.testing.do_bench (benchmarks/quantize.py until 7491c39)")
+    args = parser.parse_args(argv)
+    _timing = args.timing
+    return args
+
+
+def bench_launch(fn) -> float:
+    """Milliseconds of ``fn`` by the timing ``--timing`` chose (cold-graph unless parse_timed_args said
+    otherwise)."""
+    return TIMINGS[_timing][0](fn)
+
+
+def timing_note() -> str:
+    return TIMINGS[_timing][1]
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """``columns``: (key, heading); floats printed with 3 significant decimals."""

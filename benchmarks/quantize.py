@@ -21,14 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_cold_cudagraph_ms, bench_ms, environment, header, markdown_table, write_results  # noqa: E402
-
-# how a launch is timed: main() sets it from --timing
-TIMINGS = {"cold-graph": (bench_cold_cudagraph_ms, "Medians of CUDA-graph replays from a cold L2, launch cost excluded "
-                                                   "(common.bench_cold_cudagraph_ms)"),
-           "do-bench": (bench_ms, "Median of triton.testing.do_bench (L2 flushed before each call; a host slower "
-                                  "than the flush leaves the GPU idle inside the timed window)")}
-timing = bench_cold_cudagraph_ms
+from common import bench_launch  # noqa: E402
+from common import environment, header, markdown_table, parse_timed_args, timing_note, write_results  # noqa: E402
 
 from ufp4_compile import recipes  # noqa: E402
 from ufp4_compile.numerics.formats import OperandFormat  # noqa: E402
@@ -72,7 +66,7 @@ def _tile(cfg: dict) -> str:
 
 
 def _time_best(fn, configs):
-    timed = [(timing(lambda: fn(cfg)), cfg) for cfg in configs]
+    timed = [(bench_launch(lambda: fn(cfg)), cfg) for cfg in configs]
     return min(timed, key=lambda t: t[0]), timed
 
 
@@ -82,7 +76,7 @@ def run(rows: int, cols: int, every: bool = False, specs=None) -> list[dict]:
 
     x = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(x)
-    copy_ms = timing(lambda: dst.copy_(x))
+    copy_ms = bench_launch(lambda: dst.copy_(x))
     copy_gbs = 2 * x.numel() * x.element_size() / copy_ms / 1e6
     seed = torch.tensor(1234, device="cuda")
     results = []
@@ -113,7 +107,7 @@ def run(rows: int, cols: int, every: bool = False, specs=None) -> list[dict]:
             if rht == 0 or fmt.rounding.value == "stochastic":
                 continue
             codes, scales, ts = quantize(x, axis, fmt, rht, 5, seed, 0)
-            ms = timing(lambda: dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False))
+            ms = bench_launch(lambda: dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False))
             moved = x.numel() * (code_bytes + x.element_size())
             gbs = moved / ms / 1e6
             results.append({"kernel": "dequantize", "spec": spec, "rht": 0, "axis": axis, "presets": presets, "ms": ms,
@@ -153,12 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", type=int, default=None, help="try only the first N tile configs per axis")
     parser.add_argument("--rht", type=int, default=16)
     parser.add_argument("--axis", type=int, default=1)
-    parser.add_argument("--timing", choices=tuple(TIMINGS), default="cold-graph",
-                        help="cold-graph (default): CUDA-graph replays from a cold L2; do-bench: triton.testing.do_bench, "
-                             "as until 7491c39")
-    args = parser.parse_args(argv)
-    global timing
-    timing = TIMINGS[args.timing][0]
+    args = parse_timed_args(parser, argv)
     if not torch.cuda.is_available():
         print("benchmarks/quantize.py needs a CUDA GPU")
         return 2
@@ -178,7 +167,7 @@ def main(argv=None) -> int:
     columns = [("kernel", "kernel"), ("spec", "format"), ("rht", "RHT"), ("axis", "axis"), ("presets", "presets"), ("ms", "ms"),
                ("GB/s", "GB/s"), ("fraction_of_copy", "of copy"), ("tile", "best tile")]
     md = header(env, f"ufp4 fused RHT + quantize, bf16 {args.rows} x {args.cols}") + (
-        f"\nDevice copy: {results[0]['copy_GB/s']:.0f} GB/s (read + write). {TIMINGS[args.timing][1]}. "
+        f"\nDevice copy: {results[0]['copy_GB/s']:.0f} GB/s (read + write). {timing_note()}. "
         f"Command: `python benchmarks/quantize.py {' '.join(argv or sys.argv[1:])}`\n\n") + markdown_table(results, columns)
     paths = write_results("quantize", env, results, md, args.out, plot(results))
     print(md)

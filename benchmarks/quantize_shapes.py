@@ -1,7 +1,7 @@
 """The quantize kernels at the shapes of the issue-6 GPT's training step, and their bits on the GPU.
 
 Per (format, RHT, shape, axis): the kernel's time under a CUDA graph from a cold L2 (so launch cost is out, as
-in a step run with CUDA graphs, and the operands come from HBM, as in a step; ``--warm-l2``: replayed alone,
+in a step run with CUDA graphs, and the operands come from HBM, as in a step; ``--timing warm-graph``: replayed alone,
 as until 7491c39) as a fraction of copy bandwidth, in ``values`` mode (bf16 in, the dequantized bf16 operand
 out) and ``codes`` mode (codes + scales out); and whether codes, scales and values equal the pure-PyTorch
 reference (``ufp4_compile.numerics``) computed on the same GPU tensor, one group pushed through the 2**64
@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_warm_l2_argument, bench_cold_cudagraph_ms, launch_timer  # noqa: E402
-
-bench = bench_cold_cudagraph_ms  # main(): launch_timer(args)
+from common import bench_launch as bench  # noqa: E402
+from common import parse_timed_args  # noqa: E402
 
 import ufp4_compile.numerics as ref  # noqa: E402
 from ufp4_compile import lowering  # noqa: E402
@@ -30,10 +29,7 @@ lowering.register()
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_warm_l2_argument(parser)
-    args = parser.parse_args()
-    global bench
-    bench = launch_timer(args)
+    args = parse_timed_args(parser)
     if not torch._C._dispatch_has_kernel_for_dispatch_key("ufp4::quantize", "CUDA"):
         print("the ufp4 ops have no CUDA kernels registered (no GPU?): nothing to measure", file=sys.stderr)
         return 2

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_warm_l2_argument, bench_cold_cudagraph_ms, launch_timer  # noqa: E402
-
-bench = bench_cold_cudagraph_ms  # main(): launch_timer(args)
+from common import bench_launch as bench  # noqa: E402
+from common import parse_timed_args  # noqa: E402
 
 from ufp4_compile.kernels import quantize as kq  # noqa: E402
 
@@ -141,10 +140,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", choices=("single", "dual"), help="sweep only the single or only the dual launches")
     parser.add_argument("--spec", help="only the variants whose format spec contains this (e2m1/32: MXFP4's)")
-    add_warm_l2_argument(parser)
-    args = parser.parse_args()
-    global bench
-    bench = launch_timer(args)
+    args = parse_timed_args(parser)
     if not torch.cuda.is_available():
         print("no GPU: nothing to measure", file=sys.stderr)
         return 2
