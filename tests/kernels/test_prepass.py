@@ -77,7 +77,7 @@ def _dual_amax_check(x, spec, rhts, order=(1, 0)):
 
 
 @pytest.mark.parametrize("spec, rhts", [("int4/16/e4m3/nearest", (16, 16)), ("e2m1/16/e4m3/stochastic", (0, 16)),
-                                        ("e2m1/16x16/e4m3/nearest", (0, 0))])
+                                        ("int4/16/e4m3/nearest", (16, 0)), ("e2m1/16x16/e4m3/nearest", (0, 0))])
 @pytest.mark.parametrize("shape", [(48, 64), (32, 512), (16, 288)])
 def test_dual_amax_matches_each_jobs_pre_pass(spec, rhts, shape):
     """A 2-D tensor's row-wise and column-wise pre-passes from one read (each job its own RHT; a last column

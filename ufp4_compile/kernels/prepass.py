@@ -19,9 +19,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ufp4_compile.kernels.common import format_constants
-from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, RHT_KEYS, ROW_SEGMENTS,
-                                           LaunchPlan, _amax_at, _finite_max_bits, _rotated_tile,
+from ufp4_compile.kernels.common import abs_bits, format_constants
+from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _BIG_GROUP_BITS, _VARIANT_SIZE, AMAX_PROGRAMS, RHT_KEYS,
+                                           ROW_SEGMENTS, LaunchPlan, _amax_at, _finite_bits, _load_tile, _rht_known,
                                            amax_launch, amax_scalars, launch_plan, one_read_refusal)
 
 # ---- kernels -------------------------------------------------------------------------------------------
@@ -53,28 +53,48 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
                   B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                   COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
                   STAGES: tl.constexpr):
-    """Program ``pid`` of :func:`_dual_amax_kernel`."""
+    """Program ``pid`` of :func:`_dual_amax_kernel`.
+
+    Per tile, one load in the column-wise layout (each thread holds a column's ``U`` rows), one decision of
+    the RHT's big-group guard for both jobs (the row segments are the same elements), and each job's maxima
+    kept per column (a maximum over the thread's own rows: no exchange between threads) until the end of the
+    program, where they are reduced once. A row-wise job without RHT takes its maxima from the loaded tile
+    itself (the maximum of unrotated values does not depend on the layout); with RHT it loads the tile's row
+    segments (from L1/L2) and rotates them."""
     zero = pid * 0
     g_n = tl.cdiv(N, B)
     SEGS: tl.constexpr = B // U
     segments = tl.cast(M, tl.int64) * (N // U)
-    best_a = zero
-    best_b = zero
+    best_b = tl.zeros((B,), tl.int32)
+    if A_RHT > 0:
+        best_a = tl.zeros((ROW_B,), tl.int32)
+    else:
+        best_a = tl.zeros((B,), tl.int32)
     for t in tl.range(pid, g_n * (M // U), _AMAX_PROGRAMS, num_stages=STAGES):
         pid_n = t % g_n
         pid_m = t // g_n
-        for h in tl.static_range(B // ROW_B):  # the tile's row segments, as the dual quantize kernel holds them
-            j = h * ROW_B + tl.arange(0, ROW_B)
-            seg = pid_n * SEGS + j % SEGS
-            rows = tl.where(seg < N // U, (pid_m * U + j // SEGS).to(tl.int64) * (N // U) + seg, segments)
-            x, _ = _rotated_tile(x_ptr, zero, 0, 0, rows, segments, U, 0, U, 1, a_rht_key, A_RHT, A_INV_SQRT,
-                                 A_SIGN_MASK, U, ROW_B, True, COLS, False)
-            best_a = tl.maximum(best_a, _finite_max_bits(x))
-        x, _ = _rotated_tile(x_ptr, zero, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), N, M, 0, 1, N,
-                             b_rht_key, B_RHT, B_INV_SQRT, B_SIGN_MASK, U, B, False, COLS, False)
-        best_b = tl.maximum(best_b, _finite_max_bits(x))
-    tl.store(a_gamax_ptr + pid, best_a)
-    tl.store(b_gamax_ptr + pid, best_b)
+        x, _ = _load_tile(x_ptr, zero, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), N, M, 0, 1, N, U, B, False,
+                          COLS)
+        small = True
+        if A_RHT > 0 or B_RHT > 0:
+            small = tl.max(tl.max(abs_bits(x), axis=1), axis=0) < _BIG_GROUP_BITS
+        if B_RHT > 0:
+            best_b = tl.maximum(best_b, tl.max(_finite_bits(_rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT,
+                                                                       B_SIGN_MASK)), axis=0))
+        else:
+            best_b = tl.maximum(best_b, tl.max(_finite_bits(x), axis=0))
+        if A_RHT > 0:
+            for h in tl.static_range(B // ROW_B):  # the tile's row segments, as the dual quantize kernel holds them
+                j = h * ROW_B + tl.arange(0, ROW_B)
+                seg = pid_n * SEGS + j % SEGS
+                rows = tl.where(seg < N // U, (pid_m * U + j // SEGS).to(tl.int64) * (N // U) + seg, segments)
+                xa, _ = _load_tile(x_ptr, zero, 0, 0, rows, segments, U, 0, U, 1, U, ROW_B, True, COLS)
+                best_a = tl.maximum(best_a, tl.max(_finite_bits(_rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT,
+                                                                           A_INV_SQRT, A_SIGN_MASK)), axis=0))
+        else:
+            best_a = tl.maximum(best_a, tl.max(_finite_bits(x), axis=0))
+    tl.store(a_gamax_ptr + pid, tl.max(best_a, axis=0))
+    tl.store(b_gamax_ptr + pid, tl.max(best_b, axis=0))
 
 
 @triton.jit

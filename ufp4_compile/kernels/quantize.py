@@ -259,6 +259,16 @@ def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT
     multiplication, so the product that feeds the butterfly's first sum stays the exact sign product.
     A tile without such a group (the common case, decided once per program) skips that guard: scaling
     by 1 and a check that cannot fire give the same bits."""
+    return _rht_known(x, tl.max(tl.max(abs_bits(x), axis=1), axis=0) < _BIG_GROUP_BITS, rht_key, U, B, R, INV_SQRT,
+                      SIGN_MASK)
+
+
+@triton.jit
+def _rht_known(x, small, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT: tl.constexpr,
+               SIGN_MASK: tl.constexpr):
+    """:func:`_rht` with its guard decided by the caller: ``small`` (a scalar) True only where no group of
+    ``x`` has an amax >= 2**64 or a NaN. False is always right (the guarded path gives a small group the same
+    bits); a caller that holds the same elements in another layout decides once for both."""
     idx = tl.arange(0, U) % R
     if SIGN_MASK:
         # tl.cast, not .to: Inductor's mutation analysis compiles the kernel with its scalars as constants
@@ -268,10 +278,10 @@ def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT
         bits, _, _, _ = tl.philox(rht_key, idx.to(tl.uint32), zero, zero, zero)
         bits = bits & 1
     sign = (1.0 - 2.0 * bits.to(tl.float32))[:, None]
-    mag = abs_bits(x)
-    if tl.max(tl.max(mag, axis=1), axis=0) < _BIG_GROUP_BITS:
+    if small:
         out = _butterfly(x * sign, U, B, R) * INV_SQRT
     else:
+        mag = abs_bits(x)
         group_amax = tl.max(tl.reshape(mag, (U // R, R, B)), axis=1)
         big = tl.reshape(tl.broadcast_to((group_amax >= _BIG_GROUP_BITS)[:, None, :], (U // R, R, B)), (U, B))
         v = _butterfly((x * tl.where(big, _BIG_DOWN, 1.0)) * sign, U, B, R)
@@ -475,7 +485,7 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
         first = tiles_l
     else:
         first = tiles_o
-    best = pid * 0
+    best = tl.zeros((B,), tl.int32)  # per column of the tile: reduced once, at the end
     for t in range(pid, tiles_l * tiles_o * pages, _AMAX_PROGRAMS):
         i0, rest = t % first, t // first
         if ROWWISE:
@@ -484,16 +494,15 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
             pid_o, pid_l, page = i0, rest % tiles_l, rest // tiles_l
         x, _ = _rotated_tile(x_ptr, page, pid_l * U, pid_o * B, pid_o * B + tl.arange(0, B), O, L, s_page, s_o, s_l,
                              rht_key, RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
-        best = tl.maximum(best, _finite_max_bits(x))
-    tl.store(gamax_ptr + pid, best)
+        best = tl.maximum(best, tl.max(_finite_bits(x), axis=0))
+    tl.store(gamax_ptr + pid, tl.max(best, axis=0))
 
 
 @triton.jit
-def _finite_max_bits(x):
-    """The largest finite ``|x|`` of a 2-D tile as int32 FP32 bits (NaN and +-Inf count as 0)."""
+def _finite_bits(x):
+    """``|x|`` as int32 FP32 bits, NaN and +-Inf as 0 (what a maximum of finite magnitudes takes)."""
     bits = abs_bits(x)
-    bits = tl.where(bits < 0x7F800000, bits, 0)
-    return tl.max(tl.max(bits, axis=1), axis=0)
+    return tl.where(bits < 0x7F800000, bits, 0)
 
 
 @triton.jit
