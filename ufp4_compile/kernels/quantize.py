@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ufp4_compile.kernels.common import abs_bits, decode_nibbles, e4m3_round, format_constants, is_finite, pow2
+from ufp4_compile.kernels.common import abs_bits, e4m3_round, format_constants, is_finite, pow2
 from ufp4_compile.numerics import hadamard as _ref_hadamard
 from ufp4_compile.numerics import scales as _ref_scales
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
@@ -382,19 +382,22 @@ def _scales(amax, g, GRID: tl.constexpr, SCALE: tl.constexpr, Q_MAX: tl.constexp
 
 
 @triton.jit
-def _level_nearest_e2m1(a):
-    """E2M1 level index (int32, 0..7) nearest to ``a = |y|``, ties to the even index (numerics.grids). (INT4
-    rounds in the kernel itself, through the 1.5 * 2**23 constant.)
+def _e2m1_nearest(a):
+    """The E2M1 level nearest to ``a = |y|``, ties to the even index (numerics.grids), as (int32 index 0..7,
+    FP32 level value). (INT4 rounds in the kernel itself, through the 1.5 * 2**23 constant.)
 
     E2M1 is a float with one mantissa bit: below 1 (levels 0, .5, 1) round to a multiple of 0.5 with the
     2**22 constant (its ulp is 0.5; ties to the even multiple); from 1 up (1, 1.5, 2, 3, 4, 6) round the FP32
     pattern to one mantissa bit, ties to even, whose exponent and mantissa bit give the index (1.0 =
     0x3F800000: 254 - 252 = 2). Both are the reference's ties-to-even-index (a <= 6 after the clamp,
-    finite); about half the instructions of the seven comparisons."""
+    finite); about half the instructions of the seven comparisons. The rounded numbers are the levels
+    themselves, so a launch that writes values takes them as they are (no decoding of the index)."""
     half = (a + 4194304.0) - 4194304.0
     bits = a.to(tl.int32, bitcast=True)
     one_bit = (bits + 0x1FFFFF + ((bits >> 22) & 1)) & -4194304  # -4194304 == 0xFFC00000
-    return tl.where(a < 1.0, (half >= 0.5).to(tl.int32) + (half >= 1.0).to(tl.int32), (one_bit >> 22) - 252)
+    small = a < 1.0
+    level = tl.where(small, (half >= 0.5).to(tl.int32) + (half >= 1.0).to(tl.int32), (one_bit >> 22) - 252)
+    return level, tl.where(small, half, one_bit.to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -411,11 +414,22 @@ def _level_stochastic(a, rand, GRID: tl.constexpr):
     if GRID == 0:
         return ((a + _stochastic_offset(rand)) + _RNE_MAGIC).to(tl.int32, bitcast=True) - 0x4B400000
     else:
-        # Levels 0, .5, 1 below 1 sit at 1, 1.5, 2 in the pattern of a + 1; from 1 up, one mantissa bit is
-        # kept. (2r + 1) << 13 added below that bit carries into it with the probability of rounding up.
-        big = a >= 1.0
-        lifted = tl.where(big, a, a + 1.0).to(tl.int32, bitcast=True)
-        return ((lifted + ((rand << 14) | 0x2000)) >> 22) - tl.where(big, 252, 254)
+        level, _ = _e2m1_stochastic(a, rand)
+        return level
+
+
+@triton.jit
+def _e2m1_stochastic(a, rand):
+    """E2M1 stochastic rounding of ``a = |y|`` with 8 random bits, as (level index, FP32 level value).
+
+    Levels 0, .5, 1 below 1 sit at 1, 1.5, 2 in the pattern of a + 1; from 1 up, one mantissa bit is kept.
+    (2r + 1) << 13 added below that bit carries into it with the probability of rounding up. The kept
+    pattern is the level (less the lift of 1 below 1), so values need no decoding of the index."""
+    big = a >= 1.0
+    lifted = tl.where(big, a, a + 1.0).to(tl.int32, bitcast=True)
+    kept = (lifted + ((rand << 14) | 0x2000)) & -4194304  # -4194304 == 0xFFC00000
+    value = kept.to(tl.float32, bitcast=True)
+    return (kept >> 22) - tl.where(big, 252, 254), tl.where(big, value, value - 1.0)
 
 
 @triton.jit
@@ -570,17 +584,16 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
         nib = shifted.to(tl.int32, bitcast=True) & 0xF
         level_value = shifted - _RNE_MAGIC
     else:
+        # E2M1 (GRID == 1): the index for the codes, the level itself for the values, with y's sign (-0.0
+        # for a negative y that rounds to 0, as decoding the code gives)
         a = tl.abs(y)
         if STOCHASTIC:
-            level = _level_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED), GRID)
+            level, magnitude = _e2m1_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED))
         else:
-            level = _level_nearest_e2m1(a)  # GRID == 1 here: INT4 nearest is handled above
-        neg = y < 0.0
-        if GRID == 0:
-            nib = tl.where(neg, -level, level) & 0xF
-        else:
-            nib = (neg.to(tl.int32) << 3) | level
-        level_value = decode_nibbles(nib, GRID)
+            level, magnitude = _e2m1_nearest(a)
+        neg = (y < 0.0).to(tl.int32)
+        nib = (neg << 3) | level
+        level_value = (magnitude.to(tl.int32, bitcast=True) | (neg << 31)).to(tl.float32, bitcast=True)
 
     if ROWWISE:
         o64 = rows.to(tl.int64)
