@@ -92,7 +92,8 @@ def main() -> int:
             bad += not ok
             if best is None or ms < best[0]:
                 best = (ms, tile)
-        print(f"{label} best dual tile: {best[1]} ({best[0] * 1e3:.1f} us); default {kp.DUAL_AMAX_TILE}", flush=True)
+        print(f"{label} best dual tile: {best[1]} ({best[0] * 1e3:.1f} us); default {kp.DUAL_AMAX_TILE} (stages "
+              f"{kp.DUAL_AMAX_STAGES_UNROTATED} where the row-wise job does not rotate)", flush=True)
     print(f"{bad} line(s) whose maxima differ")
     return 1 if bad else 0
 

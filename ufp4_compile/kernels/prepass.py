@@ -139,12 +139,14 @@ def _two_dual_amax_kernel(a_x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_pt
 # ---- launches -------------------------------------------------------------------------------------------
 
 # The dual pre-pass's tile (:func:`_dual_amax_kernel`): the dual launch's two columns per thread, at four warps
-# (its fixed number of programs needs more loads in flight than the dual quantize launch's one-warp programs),
-# and no software pipelining of its loop over tiles. On the H200 (benchmarks/amax_sweep.py, 8192 rows,
-# 1024-5504 columns) it took 0.70-0.79 of the pair pre-pass's time (two reads) at 256 columns and four warps;
-# 128 columns and two warps 0.83-0.86, 512 and eight warps 1.1-2.4; pipelining 2, 3 or 4 tiles deep 8-44%
-# longer than none.
+# (its fixed number of programs needs more loads in flight than the dual quantize launch's one-warp programs).
+# On the H200 (benchmarks/amax_sweep.py, 8192 rows, 1024-5504 columns) it took 0.70-0.79 of the pair pre-pass's
+# time (two reads) at 256 columns and four warps; 128 columns and two warps 0.83-0.86, 512 and eight warps
+# 1.1-2.4. Its loop over tiles is not software-pipelined where the row-wise job rotates (2-4 tiles deep: 1-10%
+# longer at fb31bd4) and three tiles deep where it does not (NVFP4's Fprop/Dgrad rows: one load per tile, 0-8%
+# shorter: DUAL_AMAX_STAGES_UNROTATED).
 DUAL_AMAX_TILE = {"B": 256, "num_warps": 4, "cols": 2, "stages": 1}
+DUAL_AMAX_STAGES_UNROTATED = 3
 
 
 def dual_amax_refusal(shape: tuple | None, a: LaunchPlan, b: LaunchPlan) -> str | None:
@@ -161,10 +163,12 @@ def dual_amax_refusal(shape: tuple | None, a: LaunchPlan, b: LaunchPlan) -> str 
 
 def dual_amax_launch(shape: tuple, plans, inputs, partials, keys, tile: dict | None = None) -> tuple:
     """The one launch of the two pre-passes of one tensor's two quantizations (``dual_amax_refusal`` is None)
-    as ``(kernel, grid, num_warps, tensors, scalars)``; ``tile`` (benchmarks): ``B``, ``num_warps`` and
-    ``cols`` instead of :data:`DUAL_AMAX_TILE`'s."""
-    tile = {**DUAL_AMAX_TILE, **(tile or {})}
+    as ``(kernel, grid, num_warps, tensors, scalars)``; ``tile`` (benchmarks): ``B``, ``num_warps``, ``cols``
+    and ``stages`` instead of :data:`DUAL_AMAX_TILE`'s (whose ``stages`` is :data:`DUAL_AMAX_STAGES_UNROTATED`
+    where the row-wise job does not rotate)."""
     row = 0 if plans[0].rowwise else 1
+    unrotated = plans[row].amax_constexprs["RHT"] == 0
+    tile = {**DUAL_AMAX_TILE, **({"stages": DUAL_AMAX_STAGES_UNROTATED} if unrotated else {}), **(tile or {})}
     u = plans[0].constexprs["U"]
     width = max(u, min(tile["B"], triton.next_power_of_2(shape[1])))
     cols = min(tile["cols"], width)
