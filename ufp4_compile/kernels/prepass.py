@@ -65,36 +65,39 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
     g_n = tl.cdiv(N, B)
     SEGS: tl.constexpr = B // U
     segments = tl.cast(M, tl.int64) * (N // U)
-    best_b = tl.zeros((B,), tl.int32)
-    if A_RHT > 0:
-        best_a = tl.zeros((ROW_B,), tl.int32)
-    else:
-        best_a = tl.zeros((B,), tl.int32)
-    for t in tl.range(pid, g_n * (M // U), _AMAX_PROGRAMS, num_stages=STAGES):
-        pid_n = t % g_n
-        pid_m = t // g_n
-        x, _ = _load_tile(x_ptr, zero, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), N, M, 0, 1, N, U, B, False,
-                          COLS)
-        small = True
-        if A_RHT > 0 or B_RHT > 0:
-            small = tl.max(tl.max(abs_bits(x), axis=1), axis=0) < _BIG_GROUP_BITS
-        if B_RHT > 0:
-            best_b = tl.maximum(best_b, tl.max(_finite_bits(_rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT,
-                                                                       B_SIGN_MASK)), axis=0))
-        else:
-            best_b = tl.maximum(best_b, tl.max(_finite_bits(x), axis=0))
+    if pid < g_n * (M // U):  # a program without tiles writes 0 (the interpreter runs every one of them)
+        best_b = tl.zeros((B,), tl.int32)
         if A_RHT > 0:
-            for h in tl.static_range(B // ROW_B):  # the tile's row segments, as the dual quantize kernel holds them
-                j = h * ROW_B + tl.arange(0, ROW_B)
-                seg = pid_n * SEGS + j % SEGS
-                rows = tl.where(seg < N // U, (pid_m * U + j // SEGS).to(tl.int64) * (N // U) + seg, segments)
-                xa, _ = _load_tile(x_ptr, zero, 0, 0, rows, segments, U, 0, U, 1, U, ROW_B, True, COLS)
-                best_a = tl.maximum(best_a, tl.max(_finite_bits(_rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT,
-                                                                           A_INV_SQRT, A_SIGN_MASK)), axis=0))
+            best_a = tl.zeros((ROW_B,), tl.int32)
         else:
-            best_a = tl.maximum(best_a, tl.max(_finite_bits(x), axis=0))
-    tl.store(a_gamax_ptr + pid, tl.max(best_a, axis=0))
-    tl.store(b_gamax_ptr + pid, tl.max(best_b, axis=0))
+            best_a = tl.zeros((B,), tl.int32)
+        for t in tl.range(pid, g_n * (M // U), _AMAX_PROGRAMS, num_stages=STAGES):
+            pid_n = t % g_n
+            pid_m = t // g_n
+            x, _ = _load_tile(x_ptr, zero, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), N, M, 0, 1, N, U, B,
+                              False, COLS)
+            small = True
+            if A_RHT > 0 or B_RHT > 0:
+                small = tl.max(tl.max(abs_bits(x), axis=1), axis=0) < _BIG_GROUP_BITS
+            xb = x
+            if B_RHT > 0:
+                xb = _rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK)
+            best_b = tl.maximum(best_b, tl.max(_finite_bits(xb), axis=0))
+            if A_RHT > 0:
+                for h in tl.static_range(B // ROW_B):  # the tile's row segments, as the dual quantize kernel has them
+                    j = h * ROW_B + tl.arange(0, ROW_B)
+                    seg = pid_n * SEGS + j % SEGS
+                    rows = tl.where(seg < N // U, (pid_m * U + j // SEGS).to(tl.int64) * (N // U) + seg, segments)
+                    xa, _ = _load_tile(x_ptr, zero, 0, 0, rows, segments, U, 0, U, 1, U, ROW_B, True, COLS)
+                    xa = _rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT, A_INV_SQRT, A_SIGN_MASK)
+                    best_a = tl.maximum(best_a, tl.max(_finite_bits(xa), axis=0))
+            else:
+                best_a = tl.maximum(best_a, tl.max(_finite_bits(x), axis=0))
+        tl.store(a_gamax_ptr + pid, tl.max(best_a, axis=0))
+        tl.store(b_gamax_ptr + pid, tl.max(best_b, axis=0))
+    else:
+        tl.store(a_gamax_ptr + pid, zero)
+        tl.store(b_gamax_ptr + pid, zero)
 
 
 @triton.jit

@@ -499,17 +499,21 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
         first = tiles_l
     else:
         first = tiles_o
-    best = tl.zeros((B,), tl.int32)  # per column of the tile: reduced once, at the end
-    for t in range(pid, tiles_l * tiles_o * pages, _AMAX_PROGRAMS):
-        i0, rest = t % first, t // first
-        if ROWWISE:
-            pid_l, pid_o, page = i0, rest % tiles_o, rest // tiles_o
-        else:
-            pid_o, pid_l, page = i0, rest % tiles_l, rest // tiles_l
-        x, _ = _rotated_tile(x_ptr, page, pid_l * U, pid_o * B, pid_o * B + tl.arange(0, B), O, L, s_page, s_o, s_l,
-                             rht_key, RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
-        best = tl.maximum(best, tl.max(_finite_bits(x), axis=0))
-    tl.store(gamax_ptr + pid, tl.max(best, axis=0))
+    tiles = tiles_l * tiles_o * pages
+    if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
+        best = tl.zeros((B,), tl.int32)  # per column of the tile: reduced once, at the end
+        for t in range(pid, tiles, _AMAX_PROGRAMS):
+            i0, rest = t % first, t // first
+            if ROWWISE:
+                pid_l, pid_o, page = i0, rest % tiles_o, rest // tiles_o
+            else:
+                pid_o, pid_l, page = i0, rest % tiles_l, rest // tiles_l
+            x, _ = _rotated_tile(x_ptr, page, pid_l * U, pid_o * B, pid_o * B + tl.arange(0, B), O, L, s_page, s_o,
+                                 s_l, rht_key, RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
+            best = tl.maximum(best, tl.max(_finite_bits(x), axis=0))
+        tl.store(gamax_ptr + pid, tl.max(best, axis=0))
+    else:
+        tl.store(gamax_ptr + pid, pid * 0)
 
 
 @triton.jit
