@@ -123,7 +123,6 @@ def bench_cudagraph_ms(fn) -> float:
         return bench_ms(fn)
 
 
-
 # How the kernel benchmarks time a launch (``--timing``, parse_timed_args): (function, how the results say it).
 TIMINGS = {
     "cold-graph": (bench_cold_cudagraph_ms, "Medians of CUDA-graph replays from a cold L2, launch cost excluded "
@@ -155,7 +154,9 @@ def bench_launch(fn) -> float:
 
 
 def timing_note() -> str:
+    """How the results say the launches were timed."""
     return TIMINGS[_timing][1]
+
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """``columns``: (key, heading); floats printed with 3 significant decimals."""

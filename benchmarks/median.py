@@ -49,8 +49,7 @@ def launches(fn, x) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    args = parse_timed_args(parser, argv)
-    del args
+    parse_timed_args(parser, argv)
     if not torch.cuda.is_available():
         print("no GPU: nothing to measure", file=sys.stderr)
         return 2

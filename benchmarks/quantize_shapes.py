@@ -29,7 +29,7 @@ lowering.register()
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    args = parse_timed_args(parser)
+    parse_timed_args(parser)
     if not torch._C._dispatch_has_kernel_for_dispatch_key("ufp4::quantize", "CUDA"):
         print("the ufp4 ops have no CUDA kernels registered (no GPU?): nothing to measure", file=sys.stderr)
         return 2

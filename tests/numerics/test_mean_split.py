@@ -135,7 +135,6 @@ def test_traces_with_a_symbolic_token_count():
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-
 def _with_zeros_and_non_finite(tokens, channels, seed):
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(tokens, channels, generator=gen) + torch.linspace(-2, 2, channels)).bfloat16()

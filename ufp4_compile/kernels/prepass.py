@@ -19,10 +19,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ufp4_compile.kernels.common import abs_bits, format_constants
-from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _BIG_GROUP_BITS, _VARIANT_SIZE, AMAX_PROGRAMS, RHT_KEYS,
-                                           ROW_SEGMENTS, LaunchPlan, _amax_at, _finite_bits, _load_tile, _rht_known,
-                                           amax_launch, amax_scalars, launch_plan, one_read_refusal)
+from ufp4_compile.kernels.common import format_constants
+from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, RHT_KEYS, ROW_SEGMENTS,
+                                           LaunchPlan, _amax_at, _finite_bits, _load_tile, _no_big_group,
+                                           _rht_known, amax_launch, amax_scalars, launch_plan, one_read_refusal)
 
 # ---- kernels -------------------------------------------------------------------------------------------
 
@@ -65,20 +65,21 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
     g_n = tl.cdiv(N, B)
     SEGS: tl.constexpr = B // U
     segments = tl.cast(M, tl.int64) * (N // U)
-    if pid < g_n * (M // U):  # a program without tiles writes 0 (the interpreter runs every one of them)
+    tiles = g_n * (M // U)
+    if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
         best_b = tl.zeros((B,), tl.int32)
         if A_RHT > 0:
             best_a = tl.zeros((ROW_B,), tl.int32)
         else:
             best_a = tl.zeros((B,), tl.int32)
-        for t in tl.range(pid, g_n * (M // U), _AMAX_PROGRAMS, num_stages=STAGES):
+        for t in tl.range(pid, tiles, _AMAX_PROGRAMS, num_stages=STAGES):
             pid_n = t % g_n
             pid_m = t // g_n
             x, _ = _load_tile(x_ptr, zero, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), N, M, 0, 1, N, U, B,
                               False, COLS)
             small = True
             if A_RHT > 0 or B_RHT > 0:
-                small = tl.max(tl.max(abs_bits(x), axis=1), axis=0) < _BIG_GROUP_BITS
+                small = _no_big_group(x)
             xb = x
             if B_RHT > 0:
                 xb = _rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK)

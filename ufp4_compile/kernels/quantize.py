@@ -259,8 +259,14 @@ def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT
     multiplication, so the product that feeds the butterfly's first sum stays the exact sign product.
     A tile without such a group (the common case, decided once per program) skips that guard: scaling
     by 1 and a check that cannot fire give the same bits."""
-    return _rht_known(x, tl.max(tl.max(abs_bits(x), axis=1), axis=0) < _BIG_GROUP_BITS, rht_key, U, B, R, INV_SQRT,
-                      SIGN_MASK)
+    return _rht_known(x, _no_big_group(x), rht_key, U, B, R, INV_SQRT, SIGN_MASK)
+
+
+@triton.jit
+def _no_big_group(x):
+    """True (a scalar) where no element of the 2-D tile ``x`` has ``|x| >= 2**64`` or is NaN: no group of it
+    needs the RHT's guard (:func:`_rht_known`'s ``small``)."""
+    return tl.max(tl.max(abs_bits(x), axis=1), axis=0) < _BIG_GROUP_BITS
 
 
 @triton.jit
