@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ufp4_compile.numerics import hadamard
+from ufp4_compile.numerics.quantize import _finite_amax
 from ufp4_compile.numerics.formats import OperandFormat
 
 kernels_quantize = pytest.importorskip("ufp4_compile.kernels.quantize")
@@ -48,6 +50,7 @@ def test_amax_pair_writes_each_jobs_partial_maxima(specs):
         kernel, grid, num_warps, tensors, scalars = kernels_quantize.amax_launch(plan, x, want, key)
         kernel[grid](**tensors, **scalars, num_warps=num_warps)
         assert torch.equal(got, want)
+        assert int(got.max()) == _reference_amax_bits(x, plan, 3)
     assert paired[0].max() != paired[1].max()  # each job's maximum is its own (rotated along its own axis)
 
 
@@ -72,8 +75,18 @@ def _dual_amax_check(x, spec, rhts, order=(1, 0)):
         kernel, grid, num_warps, tensors, scalars = kernels_quantize.amax_launch(plan, x, want, key)
         kernel[grid](**tensors, **scalars, num_warps=num_warps)
         assert int(got.min()) >= 0 and int(got.max()) == int(want.max())  # every program wrote its slot
+        assert int(got.max()) == _reference_amax_bits(x, plan, 3)
         maxima.append(int(got.max()))
     return maxima
+
+
+def _reference_amax_bits(x, plan, rht_seed):
+    """The reference's global amax (numerics.quantize: max |RHT(x)| over the finite values) as int32 bits."""
+    axis, rht = (1 if plan.rowwise else 0), plan.amax_constexprs["RHT"]
+    xf = x.float()
+    if rht:
+        xf = hadamard.rht(xf, axis, rht, rht_seed)
+    return int(_finite_amax(xf).view(torch.int32))
 
 
 @pytest.mark.parametrize("spec, rhts", [("int4/16/e4m3/nearest", (16, 16)), ("e2m1/16/e4m3/stochastic", (0, 16)),

@@ -306,12 +306,17 @@ def _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RH
     ends past ``L`` keep their loaded values (a trailing partial group is not rotated; padding is zeros)."""
     x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS)
     if RHT > 0:
-        rotated = _rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK)
-        if PARTIAL:
-            whole = (l0 + (tl.arange(0, U) // RHT) * RHT + RHT) <= L
-            rotated = tl.where(whole[:, None], rotated, x)
-        x = rotated
+        x = _whole_groups(_rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT, U, PARTIAL)
     return x, flat
+
+
+@triton.jit
+def _whole_groups(rotated, x, l0, L, RHT: tl.constexpr, U: tl.constexpr, PARTIAL: tl.constexpr):
+    """``rotated`` where its RHT group ends before ``L``, else the loaded ``x`` (``PARTIAL`` only)."""
+    if PARTIAL:
+        whole = (l0 + (tl.arange(0, U) // RHT) * RHT + RHT) <= L
+        rotated = tl.where(whole[:, None], rotated, x)
+    return rotated
 
 
 @triton.jit
@@ -499,7 +504,12 @@ def _pack(nib, U: tl.constexpr, B: tl.constexpr):
 def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
              RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
              U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
-    """Program ``pid`` of the global-amax pre-pass (:func:`_amax_kernel`)."""
+    """Program ``pid`` of the global-amax pre-pass (:func:`_amax_kernel`).
+
+    Its tiles are first read on the common path: every ``|x| < 2**64`` (no NaN, no Inf), so no RHT group
+    needs the big-group guard and every rotated value is finite, and a float maximum of ``|RHT(x)|`` is
+    the maximum finite magnitude. Only where that check fails (:func:`_all_small`) does the program read
+    its tiles again with the finite-only bit maximum and the guarded RHT: the same word either way."""
     tiles_l, tiles_o = tl.cdiv(L, U), tl.cdiv(O, B)
     if ROWWISE:
         first = tiles_l
@@ -507,19 +517,67 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
         first = tiles_o
     tiles = tiles_l * tiles_o * pages
     if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
-        best = tl.zeros((B,), tl.int32)  # per column of the tile: reduced once, at the end
+        best = tl.zeros((B,), tl.float32)  # per column of the tile: reduced once, at the end
+        seen = tl.zeros((B,), tl.float32)  # max |x| before rotation, NaN propagated
         for t in range(pid, tiles, _AMAX_PROGRAMS):
-            i0, rest = t % first, t // first
-            if ROWWISE:
-                pid_l, pid_o, page = i0, rest % tiles_o, rest // tiles_o
-            else:
-                pid_o, pid_l, page = i0, rest % tiles_l, rest // tiles_l
-            x, _ = _rotated_tile(x_ptr, page, pid_l * U, pid_o * B, pid_o * B + tl.arange(0, B), O, L, s_page, s_o,
-                                 s_l, rht_key, RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
-            best = tl.maximum(best, tl.max(_finite_bits(x), axis=0))
-        tl.store(gamax_ptr + pid, tl.max(best, axis=0))
+            page, l0, o0 = _amax_tile(t, first, tiles_l, tiles_o, U, B, ROWWISE)
+            x, _ = _load_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, U, B, ROWWISE,
+                              COLS)
+            seen = _max_nan(seen, _abs_max_nan(x))
+            best = tl.maximum(best, tl.max(tl.abs(_rotated_small(x, l0, L, rht_key, RHT, INV_SQRT, SIGN_MASK, U, B,
+                                                                 PARTIAL)), axis=0))
+        if _all_small(seen):
+            tl.store(gamax_ptr + pid, tl.max(best, axis=0).to(tl.int32, bitcast=True))
+        else:
+            exact = tl.zeros((B,), tl.int32)
+            for t in range(pid, tiles, _AMAX_PROGRAMS):
+                page, l0, o0 = _amax_tile(t, first, tiles_l, tiles_o, U, B, ROWWISE)
+                x, _ = _rotated_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, rht_key,
+                                     RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
+                exact = tl.maximum(exact, tl.max(_finite_bits(x), axis=0))
+            tl.store(gamax_ptr + pid, tl.max(exact, axis=0))
     else:
         tl.store(gamax_ptr + pid, pid * 0)
+
+
+@triton.jit
+def _amax_tile(t, first, tiles_l, tiles_o, U: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
+    """(page, l0, o0) of the pre-pass's tile ``t`` (row-wise, consecutive tiles walk along the rows)."""
+    i0, rest = t % first, t // first
+    if ROWWISE:
+        pid_l, pid_o, page = i0, rest % tiles_o, rest // tiles_o
+    else:
+        pid_o, pid_l, page = i0, rest % tiles_l, rest // tiles_l
+    return page, pid_l * U, pid_o * B
+
+
+@triton.jit
+def _max_nan(a, b):
+    """Float maximum that propagates NaN (``max.NaN.f32``; ``tl.maximum``'s default ignores NaN on GPUs)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _abs_max_nan(x):
+    """Per column of the 2-D tile ``x``: the maximum ``|x|`` over its rows, NaN if one is NaN."""
+    return tl.reduce(tl.abs(x), 0, _max_nan)
+
+
+@triton.jit
+def _all_small(seen):
+    """True (a scalar) where the per-column maxima ``seen`` (:func:`_abs_max_nan`) are all below 2**64: no
+    NaN, no Inf, and no RHT group that needs the big-group guard."""
+    return tl.reduce(seen, 0, _max_nan) < _BIG_UP
+
+
+@triton.jit
+def _rotated_small(x, l0, L, rht_key, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
+                   U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr):
+    """:func:`_rotated_tile`'s rotation of a loaded tile with no element ``>= 2**64`` or NaN (no guard)."""
+    v = x
+    if RHT > 0:
+        v = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT, U, PARTIAL)
+    return v
 
 
 @triton.jit
