@@ -266,7 +266,7 @@ def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT
 def _no_big_group(x):
     """True (a scalar) where no element of the 2-D tile ``x`` has ``|x| >= 2**64`` or is NaN: no group of it
     needs the RHT's guard (:func:`_rht_known`'s ``small``)."""
-    return tl.max(tl.max(abs_bits(x), axis=1), axis=0) < _BIG_GROUP_BITS
+    return _all_small(_abs_max_nan(x))
 
 
 @triton.jit
@@ -398,17 +398,18 @@ def _e2m1_nearest(a):
     FP32 level value). (INT4 rounds in the kernel itself, through the 1.5 * 2**23 constant.)
 
     E2M1 is a float with one mantissa bit: below 1 (levels 0, .5, 1) round to a multiple of 0.5 with the
-    2**22 constant (its ulp is 0.5; ties to the even multiple); from 1 up (1, 1.5, 2, 3, 4, 6) round the FP32
-    pattern to one mantissa bit, ties to even, whose exponent and mantissa bit give the index (1.0 =
-    0x3F800000: 254 - 252 = 2). Both are the reference's ties-to-even-index (a <= 6 after the clamp,
-    finite); about half the instructions of the seven comparisons. The rounded numbers are the levels
-    themselves, so a launch that writes values takes them as they are (no decoding of the index)."""
-    half = (a + 4194304.0) - 4194304.0
+    2**22 constant (its ulp is 0.5; ties to the even multiple), whose low bits are then the index itself (the
+    number of halves); from 1 up (1, 1.5, 2, 3, 4, 6) round the FP32 pattern to one mantissa bit, ties to
+    even, whose exponent and mantissa bit give the index (1.0 = 0x3F800000: 254 - 252 = 2). Both are the
+    reference's ties-to-even-index (a <= 6 after the clamp, finite), in a third of the instructions of the
+    seven comparisons. The rounded numbers are the levels themselves, so a launch that writes values takes
+    them as they are (no decoding of the index)."""
+    lifted = a + 4194304.0  # 2**22 + round(2a) / 2, exact
     bits = a.to(tl.int32, bitcast=True)
     one_bit = (bits + 0x1FFFFF + ((bits >> 22) & 1)) & -4194304  # -4194304 == 0xFFC00000
     small = a < 1.0
-    level = tl.where(small, (half >= 0.5).to(tl.int32) + (half >= 1.0).to(tl.int32), (one_bit >> 22) - 252)
-    return level, tl.where(small, half, one_bit.to(tl.float32, bitcast=True))
+    level = tl.where(small, lifted.to(tl.int32, bitcast=True) - 0x4A800000, (one_bit >> 22) - 252)
+    return level, tl.where(small, lifted - 4194304.0, one_bit.to(tl.float32, bitcast=True))
 
 
 @triton.jit
@@ -638,8 +639,8 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
     blocks = tl.reshape(x, (NB, BLOCK, B))
     y = (blocks * lift[:, None, :]) * mult[:, None, :]
     y = tl.where(ok[:, None, :], y, 0.0)
-    y = tl.reshape(tl.minimum(tl.maximum(y, -limit[:, None, :]), limit[:, None, :]), (U, B))
     if GRID == 0:
+        y = tl.reshape(tl.minimum(tl.maximum(y, -limit[:, None, :]), limit[:, None, :]), (U, B))
         # INT4: y + 1.5 * 2**23 rounds y to the nearest integer, ties to even (|y| <= 7, so the sum is exact up
         # to that rounding); its low bits are the two's-complement code, and subtracting the constant back
         # gives the level (+0.0 for 0). No float-to-int conversion (a quarter-rate instruction). Stochastic
@@ -653,8 +654,9 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
         level_value = shifted - _RNE_MAGIC
     else:
         # E2M1 (GRID == 1): the index for the codes, the level itself for the values, with y's sign (-0.0
-        # for a negative y that rounds to 0, as decoding the code gives)
-        a = tl.abs(y)
+        # for a negative y that rounds to 0, as decoding the code gives); the clamp to +-limit taken on |y|
+        a = tl.reshape(tl.minimum(tl.abs(y), limit[:, None, :]), (U, B))
+        y = tl.reshape(y, (U, B))
         if STOCHASTIC:
             level, magnitude = _e2m1_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED))
         else:
