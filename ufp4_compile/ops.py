@@ -4,7 +4,8 @@
 writing codes: what a bf16 GEMM consumes where there are no 4-bit tensor cores), ``dequantize`` and
 ``scaled_mm``: each has a fake implementation (shape arithmetic only, so
 symbolic shapes work) and a reference implementation that calls :mod:`ufp4_compile.numerics` and runs on
-any device. Kernels and Inductor lowerings replace the reference on GPUs; Inductor turns an op without a
+any device. ``round_to_bf16`` is the FP32 -> bfloat16 conversion that Inductor keeps a rounding (the
+tensor-scale epilogue of the dense GEMMs, ``passes/dense_gemms.py``). Kernels and Inductor lowerings replace the reference on GPUs; Inductor turns an op without a
 lowering into an extern fallback call. Formats travel as ``OperandFormat.spec`` strings.
 
 Importing this module registers the ops; importing it again (or reloading it) is harmless.
@@ -211,6 +212,21 @@ def _scaled_mm_fake(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tens
     return a_codes.new_empty((a_codes.shape[0], b_codes.shape[0]), dtype=out_dtype)
 
 
+ROUND_TO_BF16_SCHEMA = "(Tensor x) -> Tensor"
+
+
+def _round_to_bf16_reference(x: Tensor) -> Tensor:
+    if x.dtype != torch.float32:
+        raise ValueError(f"ufp4.round_to_bf16: x.dtype={x.dtype} is not supported; valid: torch.float32")
+    return x.to(torch.bfloat16)
+
+
+def _round_to_bf16_fake(x):
+    if x.dtype != torch.float32:
+        raise ValueError(f"ufp4.round_to_bf16: x.dtype={x.dtype} is not supported; valid: torch.float32")
+    return torch.empty_like(x, dtype=torch.bfloat16)
+
+
 # ---- registration --------------------------------------------------------------------------------------
 
 _OPS = {
@@ -218,6 +234,9 @@ _OPS = {
     "quantize_dequantize": (QUANTIZE_DEQUANTIZE_SCHEMA, _quantize_dequantize_reference, _quantize_dequantize_fake),
     "dequantize": (DEQUANTIZE_SCHEMA, _dequantize_reference, _dequantize_fake),
     "scaled_mm": (SCALED_MM_SCHEMA, _scaled_mm_reference, _scaled_mm_fake),
+    # FP32 -> bfloat16 (nearest, ties to even) that stays a rounding inside Inductor's fused kernels, which
+    # otherwise keep a bf16 intermediate in FP32 (lowering/rounding.py): the tensor-scale epilogue of dense GEMMs
+    "round_to_bf16": (ROUND_TO_BF16_SCHEMA, _round_to_bf16_reference, _round_to_bf16_fake),
 }
 
 
@@ -244,4 +263,5 @@ quantize = torch.ops.ufp4.quantize.default
 quantize_dequantize = torch.ops.ufp4.quantize_dequantize.default
 dequantize = torch.ops.ufp4.dequantize.default
 scaled_mm = torch.ops.ufp4.scaled_mm.default
+round_to_bf16 = torch.ops.ufp4.round_to_bf16.default
 UFP4_OPS = (quantize, quantize_dequantize, dequantize, scaled_mm)

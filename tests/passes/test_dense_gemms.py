@@ -174,10 +174,13 @@ def test_two_level_dense_output_is_rounded_under_inductor(recipe):
 
 
 def test_round_to_bf16_is_the_conversion():
-    """The pass's FP32 rounding to bfloat16 against torch's conversion: ties to even, the largest finite values
-    and overflow to infinity, subnormals, signed zeros, infinities and NaN."""
+    """The pass's FP32 rounding to bfloat16 against torch's conversion, eager and compiled by Inductor with a
+    consumer that upcasts it (tests/lowering/test_rounding.py: the fused CUDA lowering): ties to even, the
+    largest finite values and overflow to infinity, subnormals, signed zeros, infinities and NaN."""
+    from torch._inductor import config
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    from ufp4_compile import lowering
     from ufp4_compile.passes import dense_gemms
     from ufp4_compile.passes.fx_utils import NodeBuilder
 
@@ -189,8 +192,16 @@ def test_round_to_bf16_is_the_conversion():
     node = next(n for n in gm.graph.nodes if n.op == "call_function")
     output = gm.graph.output_node()
     builder = NodeBuilder(gm.graph, node.meta["val"].fake_mode, output, node)
-    output.args = (dense_gemms._round_to_bf16(builder, node),)
+    rounded = dense_gemms._round_to_bf16(builder, node)
+    # a consumer that upcasts it, fused into one kernel: the case where Inductor would keep FP32
+    output.args = ((rounded, builder.call(torch.ops.prims.convert_element_type.default, rounded, torch.float32)),)
     gm.recompile()
-    got, want = gm(x), x.to(torch.bfloat16).float()
-    same = (got.view(torch.int32) == want.view(torch.int32)) | (got.isnan() & want.isnan())
-    assert bool(same.all()), x[~same][:8]
+    want = x.to(torch.bfloat16)
+    lowering.register()
+    with config.patch(force_disable_caches=True):
+        compiled = torch.compile(gm, backend="inductor")(x)
+    for low, high in (gm(x), compiled):  # eager, and compiled by Inductor
+        assert low.dtype == torch.bfloat16 and high.dtype == torch.float32
+        got = torch.stack([low.float(), high])
+        same = (got.view(torch.int32) == want.float().view(torch.int32)) | (got.isnan() & want.isnan())
+        assert bool(same.all()), x[~same.all(0)][:8]

@@ -70,20 +70,14 @@ def _users_through_transposes(node: fx.Node) -> list[fx.Node]:
 
 
 def _round_to_bf16(builder: NodeBuilder, x: fx.Node) -> fx.Node:
-    """``x`` (FP32) rounded to the nearest bfloat16, ties to even, still in FP32 (NaN stays NaN).
+    """``x`` (FP32) rounded to the nearest bfloat16, ties to even, as bfloat16 (NaN stays NaN).
 
     The codes path's GEMM writes its low-precision output rounded; a ``convert_element_type`` to bfloat16 is
     not enough to get the same here: Inductor keeps a low-precision value in FP32 inside a fused kernel, so a
-    consumer that upcasts it (autocast's backward, an activation) would read the unrounded product. Rounding in
-    FP32 arithmetic leaves nothing to elide, and the conversion after it is exact."""
-    nan = builder.call(aten.isnan.default, x)
-    zero = builder.call(aten.full.default, [], 0.0, dtype=torch.float32, device=value(x).device)
-    finite = builder.call(aten.where.self, nan, zero, x)  # no integer overflow below
-    bits = builder.call(aten.view.dtype, finite, torch.int32)
-    lsb = builder.call(aten.bitwise_and.Scalar, builder.call(aten.bitwise_right_shift.Tensor_Scalar, bits, 16), 1)
-    biased = builder.call(aten.add.Tensor, bits, builder.call(aten.add.Scalar, lsb, 0x7FFF))
-    rounded = builder.call(aten.view.dtype, builder.call(aten.bitwise_and.Scalar, biased, -0x10000), torch.float32)
-    return builder.call(aten.where.self, nan, x, rounded)
+    consumer that upcasts it (autocast's backward, an activation) would read the unrounded product.
+    ``ufp4.round_to_bf16`` is the conversion that Inductor's lowering of it keeps a rounding
+    (``lowering/rounding.py``), in two ops where the same rounding in integer bit operations took a dozen."""
+    return builder.call(ops.round_to_bf16, x)
 
 
 class _Densifier:
@@ -180,7 +174,7 @@ class _Densifier:
                                                                               b.tensor_scale))
             out = product
             if out_dtype == torch.bfloat16:
-                out = builder.call(prims.convert_element_type.default, _round_to_bf16(builder, product), out_dtype)
+                out = _round_to_bf16(builder, product)
             elif out_dtype != torch.float32:
                 out = builder.call(prims.convert_element_type.default, product, out_dtype)
         mm.replace_all_uses_with(out)
