@@ -23,7 +23,7 @@ def documented_schemas() -> dict[str, str]:
 
 def test_schemas_match_docs():
     documented = documented_schemas()
-    assert set(documented) == {"quantize", "dequantize", "scaled_mm"}
+    assert set(documented) == {"quantize", "dequantize", "scaled_mm", "round_to_bf16"}
     for name, schema in documented.items():
         actual = str(getattr(torch.ops.ufp4, name).default._schema)
         assert actual == f"ufp4::{name}{schema}"
@@ -234,3 +234,11 @@ def test_dequantize_checks_axis_scales_and_dtype(fake):
         ((codes, scales, ts, 1, spec, torch.int64), r"dtype=torch.int64 is not valid"),
     ]
     _assert_value_errors(torch.ops.ufp4.dequantize, cases, fake)
+
+
+def test_round_to_bf16_takes_fp32_only():
+    x = torch.tensor([1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, float("nan")])
+    out = torch.ops.ufp4.round_to_bf16(x)
+    assert out.dtype == torch.bfloat16 and out[:2].tolist() == [1.0, 1.015625] and out[2].isnan()
+    with pytest.raises(ValueError, match=r"x\.dtype=torch\.bfloat16.*valid: torch\.float32"):
+        torch.ops.ufp4.round_to_bf16(x.to(torch.bfloat16))
