@@ -5,8 +5,9 @@ writing codes: what a bf16 GEMM consumes where there are no 4-bit tensor cores),
 ``scaled_mm``: each has a fake implementation (shape arithmetic only, so
 symbolic shapes work) and a reference implementation that calls :mod:`ufp4_compile.numerics` and runs on
 any device. ``round_to_bf16`` is the FP32 -> bfloat16 conversion that Inductor keeps a rounding (the
-tensor-scale epilogue of the dense GEMMs, ``passes/dense_gemms.py``). Kernels and Inductor lowerings replace the reference on GPUs; Inductor turns an op without a
-lowering into an extern fallback call. Formats travel as ``OperandFormat.spec`` strings.
+tensor-scale epilogue of the dense GEMMs, ``passes/dense_gemms.py``). Kernels and Inductor lowerings replace
+the reference on GPUs; Inductor turns an op without a lowering into an extern fallback call. Formats travel
+as ``OperandFormat.spec`` strings.
 
 Importing this module registers the ops; importing it again (or reloading it) is harmless.
 """
@@ -215,15 +216,18 @@ def _scaled_mm_fake(a_codes, a_scales, a_tensor_scale, b_codes, b_scales, b_tens
 ROUND_TO_BF16_SCHEMA = "(Tensor x) -> Tensor"
 
 
-def _round_to_bf16_reference(x: Tensor) -> Tensor:
+def _check_round_to_bf16(x) -> None:
     if x.dtype != torch.float32:
         raise ValueError(f"ufp4.round_to_bf16: x.dtype={x.dtype} is not supported; valid: torch.float32")
+
+
+def _round_to_bf16_reference(x: Tensor) -> Tensor:
+    _check_round_to_bf16(x)
     return x.to(torch.bfloat16)
 
 
 def _round_to_bf16_fake(x):
-    if x.dtype != torch.float32:
-        raise ValueError(f"ufp4.round_to_bf16: x.dtype={x.dtype} is not supported; valid: torch.float32")
+    _check_round_to_bf16(x)
     return torch.empty_like(x, dtype=torch.bfloat16)
 
 

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, RHT_KEYS, ROW_SEGMENTS,
-                                           LaunchPlan, _abs_max_nan, _all_small, _amax_at, _finite_bits, _load_tile,
+                                           LaunchPlan, _abs_max_nan, _all_small, _amax_at, _column_max, _load_tile,
                                            _max_nan, _no_big_group, _rht_known, amax_launch, amax_scalars,
                                            launch_plan, one_read_refusal)
 
@@ -65,38 +65,60 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
     As in ``quantize._amax_at``, the tiles are read on the common path first (every ``|x| < 2**64``: no
     RHT guard, float maxima of finite values) and again with the exact finite-only path (the RHT's guard
     decided once per tile for both jobs, the row segments being the same elements) only where that fails."""
-    g_n = tl.cdiv(N, B)
-    tiles = g_n * (M // U)
+    tiles = tl.cdiv(N, B) * (M // U)
     if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
-        seen = tl.zeros((B,), tl.float32)
-        best_b = tl.zeros((B,), tl.float32)
-        if A_RHT > 0:
-            best_a = tl.zeros((ROW_B,), tl.float32)
-        else:
-            best_a = tl.zeros((B,), tl.float32)
-        for t in tl.range(pid, tiles, _AMAX_PROGRAMS, num_stages=STAGES):
-            x = _dual_tile(x_ptr, t, g_n, M, N, B, U, COLS)
-            seen = _max_nan(seen, _abs_max_nan(x))
-            xb = x
-            if B_RHT > 0:
-                xb = _rht_known(x, True, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK)
-            best_b = tl.maximum(best_b, tl.max(tl.abs(xb), axis=0))
-            if A_RHT > 0:
-                for h in tl.static_range(B // ROW_B):
-                    xa = _dual_row_segments(x_ptr, t, h, g_n, M, N, B, ROW_B, U, COLS)
-                    xa = _rht_known(xa, True, a_rht_key, U, ROW_B, A_RHT, A_INV_SQRT, A_SIGN_MASK)
-                    best_a = tl.maximum(best_a, tl.max(tl.abs(xa), axis=0))
-            else:
-                best_a = tl.maximum(best_a, tl.max(tl.abs(x), axis=0))
+        best_a, best_b, seen = _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT, A_SIGN_MASK,
+                                            B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES, False)
         if _all_small(seen):
             tl.store(a_gamax_ptr + pid, tl.max(best_a, axis=0).to(tl.int32, bitcast=True))
             tl.store(b_gamax_ptr + pid, tl.max(best_b, axis=0).to(tl.int32, bitcast=True))
         else:
-            _dual_amax_exact(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
-                             A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U)
+            exact_a, exact_b, _ = _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
+                                               A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES,
+                                               True)
+            tl.store(a_gamax_ptr + pid, tl.max(exact_a, axis=0))
+            tl.store(b_gamax_ptr + pid, tl.max(exact_b, axis=0))
     else:
         tl.store(a_gamax_ptr + pid, pid * 0)
         tl.store(b_gamax_ptr + pid, pid * 0)
+
+
+@triton.jit
+def _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid,
+                 A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+                 B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+                 COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
+                 STAGES: tl.constexpr, EXACT: tl.constexpr):
+    """:func:`_dual_amax_at`'s read of its tiles, as (job a's per-column maxima, job b's, per-column max
+    ``|x|`` with NaN): ``EXACT``, the RHT's guard decided once per tile for both jobs and finite-only bits
+    (``quantize._column_max``); else the common path, with the third result to check it by."""
+    g_n = tl.cdiv(N, B)
+    best_b = _column_max(tl.zeros((U, B), tl.float32), EXACT)  # zeros of the maxima's type
+    if A_RHT > 0:
+        best_a = _column_max(tl.zeros((U, ROW_B), tl.float32), EXACT)
+    else:
+        best_a = best_b
+    seen = tl.zeros((B,), tl.float32)
+    for t in tl.range(pid, g_n * (M // U), _AMAX_PROGRAMS, num_stages=STAGES):
+        x = _dual_tile(x_ptr, t, g_n, M, N, B, U, COLS)
+        small = True
+        if EXACT:
+            if A_RHT > 0 or B_RHT > 0:
+                small = _no_big_group(x)
+        else:
+            seen = _max_nan(seen, _abs_max_nan(x))
+        xb = x
+        if B_RHT > 0:
+            xb = _rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK)
+        best_b = tl.maximum(best_b, _column_max(xb, EXACT))
+        if A_RHT > 0:
+            for h in tl.static_range(B // ROW_B):
+                xa = _dual_row_segments(x_ptr, t, h, g_n, M, N, B, ROW_B, U, COLS)
+                xa = _rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT, A_INV_SQRT, A_SIGN_MASK)
+                best_a = tl.maximum(best_a, _column_max(xa, EXACT))
+        else:
+            best_a = tl.maximum(best_a, _column_max(x, EXACT))
+    return best_a, best_b, seen
 
 
 @triton.jit
@@ -123,40 +145,6 @@ def _dual_row_segments(x_ptr, t, h, g_n, M, N, B: tl.constexpr, ROW_B: tl.conste
     rows = tl.where(seg < N // U, (pid_m * U + j // SEGS).to(tl.int64) * (N // U) + seg, segments)
     xa, _ = _load_tile(x_ptr, pid_m * 0, 0, 0, rows, segments, U, 0, U, 1, U, ROW_B, True, COLS)
     return xa
-
-
-@triton.jit
-def _dual_amax_exact(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, pid,
-                     A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
-                     B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
-                     COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
-    """:func:`_dual_amax_at`'s program on its exact path: NaN, Inf or an RHT group with ``|x| >= 2**64`` in
-    one of its tiles."""
-    g_n = tl.cdiv(N, B)
-    tiles = g_n * (M // U)
-    best_b = tl.zeros((B,), tl.int32)
-    if A_RHT > 0:
-        best_a = tl.zeros((ROW_B,), tl.int32)
-    else:
-        best_a = tl.zeros((B,), tl.int32)
-    for t in range(pid, tiles, _AMAX_PROGRAMS):
-        x = _dual_tile(x_ptr, t, g_n, M, N, B, U, COLS)
-        small = True
-        if A_RHT > 0 or B_RHT > 0:
-            small = _no_big_group(x)
-        xb = x
-        if B_RHT > 0:
-            xb = _rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK)
-        best_b = tl.maximum(best_b, tl.max(_finite_bits(xb), axis=0))
-        if A_RHT > 0:
-            for h in tl.static_range(B // ROW_B):
-                xa = _dual_row_segments(x_ptr, t, h, g_n, M, N, B, ROW_B, U, COLS)
-                xa = _rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT, A_INV_SQRT, A_SIGN_MASK)
-                best_a = tl.maximum(best_a, tl.max(_finite_bits(xa), axis=0))
-        else:
-            best_a = tl.maximum(best_a, tl.max(_finite_bits(x), axis=0))
-    tl.store(a_gamax_ptr + pid, tl.max(best_a, axis=0))
-    tl.store(b_gamax_ptr + pid, tl.max(best_b, axis=0))
 
 
 @triton.jit

@@ -510,7 +510,8 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
     Its tiles are first read on the common path: every ``|x| < 2**64`` (no NaN, no Inf), so no RHT group
     needs the big-group guard and every rotated value is finite, and a float maximum of ``|RHT(x)|`` is
     the maximum finite magnitude. Only where that check fails (:func:`_all_small`) does the program read
-    its tiles again with the finite-only bit maximum and the guarded RHT: the same word either way."""
+    its tiles again with the finite-only bit maximum and the guarded RHT (:func:`_amax_maxima`): the same
+    word either way."""
     tiles_l, tiles_o = tl.cdiv(L, U), tl.cdiv(O, B)
     if ROWWISE:
         first = tiles_l
@@ -518,27 +519,52 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
         first = tiles_o
     tiles = tiles_l * tiles_o * pages
     if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
-        best = tl.zeros((B,), tl.float32)  # per column of the tile: reduced once, at the end
-        seen = tl.zeros((B,), tl.float32)  # max |x| before rotation, NaN propagated
-        for t in range(pid, tiles, _AMAX_PROGRAMS):
-            page, l0, o0 = _amax_tile(t, first, tiles_l, tiles_o, U, B, ROWWISE)
-            x, _ = _load_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, U, B, ROWWISE,
-                              COLS)
-            seen = _max_nan(seen, _abs_max_nan(x))
-            best = tl.maximum(best, tl.max(tl.abs(_rotated_small(x, l0, L, rht_key, RHT, INV_SQRT, SIGN_MASK, U, B,
-                                                                 PARTIAL)), axis=0))
+        best, seen = _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key, RHT,
+                                  INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, False)
         if _all_small(seen):
             tl.store(gamax_ptr + pid, tl.max(best, axis=0).to(tl.int32, bitcast=True))
         else:
-            exact = tl.zeros((B,), tl.int32)
-            for t in range(pid, tiles, _AMAX_PROGRAMS):
-                page, l0, o0 = _amax_tile(t, first, tiles_l, tiles_o, U, B, ROWWISE)
-                x, _ = _rotated_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, rht_key,
-                                     RHT, INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
-                exact = tl.maximum(exact, tl.max(_finite_bits(x), axis=0))
+            exact, _ = _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key,
+                                    RHT, INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, True)
             tl.store(gamax_ptr + pid, tl.max(exact, axis=0))
     else:
         tl.store(gamax_ptr + pid, pid * 0)
+
+
+@triton.jit
+def _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key,
+                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
+                 U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr, EXACT: tl.constexpr):
+    """:func:`_amax_at`'s read of its tiles, as (per-column maxima, per-column max ``|x|`` with NaN): the
+    maxima as :func:`_column_max` takes them (``EXACT``: the guarded RHT and finite-only bits; else the
+    common path, with the second result to check it by)."""
+    best = _column_max(tl.zeros((U, B), tl.float32), EXACT)  # zeros of the maxima's type
+    seen = tl.zeros((B,), tl.float32)
+    for t in range(pid, tiles, _AMAX_PROGRAMS):
+        page, l0, o0 = _amax_tile(t, first, tiles_l, tiles_o, U, B, ROWWISE)
+        if EXACT:
+            x, _ = _rotated_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, rht_key, RHT,
+                                 INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
+        else:
+            x, _ = _load_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, U, B, ROWWISE,
+                              COLS)
+            seen = _max_nan(seen, _abs_max_nan(x))
+            if RHT > 0:
+                x = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT, U,
+                                  PARTIAL)
+        best = tl.maximum(best, _column_max(x, EXACT))
+    return best, seen
+
+
+@triton.jit
+def _column_max(v, EXACT: tl.constexpr):
+    """Per column of the 2-D tile ``v``: the maximum finite ``|v|`` as int32 FP32 bits (``EXACT``), else the
+    float maximum ``|v|``, the same value where every element is finite (the pre-passes' common path)."""
+    if EXACT:
+        m = tl.max(_finite_bits(v), axis=0)
+    else:
+        m = tl.max(tl.abs(v), axis=0)
+    return m
 
 
 @triton.jit
@@ -569,16 +595,6 @@ def _all_small(seen):
     """True (a scalar) where the per-column maxima ``seen`` (:func:`_abs_max_nan`) are all below 2**64: no
     NaN, no Inf, and no RHT group that needs the big-group guard."""
     return tl.reduce(seen, 0, _max_nan) < _BIG_UP
-
-
-@triton.jit
-def _rotated_small(x, l0, L, rht_key, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
-                   U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr):
-    """:func:`_rotated_tile`'s rotation of a loaded tile with no element ``>= 2**64`` or NaN (no guard)."""
-    v = x
-    if RHT > 0:
-        v = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT, U, PARTIAL)
-    return v
 
 
 @triton.jit
