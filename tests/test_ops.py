@@ -23,7 +23,7 @@ def documented_schemas() -> dict[str, str]:
 
 def test_schemas_match_docs():
     documented = documented_schemas()
-    assert set(documented) == {"quantize", "dequantize", "scaled_mm", "round_to_bf16"}
+    assert set(documented) == {"quantize", "dequantize", "scaled_mm", "round_to_bf16", "sample_median"}
     for name, schema in documented.items():
         actual = str(getattr(torch.ops.ufp4, name).default._schema)
         assert actual == f"ufp4::{name}{schema}"
@@ -242,3 +242,19 @@ def test_round_to_bf16_takes_fp32_only():
     assert out.dtype == torch.bfloat16 and out[:2].tolist() == [1.0, 1.015625] and out[2].isnan()
     with pytest.raises(ValueError, match=r"x\.dtype=torch\.bfloat16.*valid: torch\.float32"):
         torch.ops.ufp4.round_to_bf16(x.to(torch.bfloat16))
+
+
+def test_sample_median_is_the_reference_and_fakes_its_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(40, 6).bfloat16()
+    x[3, 2] = float("nan")
+    mu = torch.ops.ufp4.sample_median(x)
+    assert torch.equal(mu, numerics.sample_median(x)) and mu.shape == (1, 6) and mu.dtype == torch.float32
+    with FakeTensorMode() as mode:
+        fake = torch.ops.ufp4.sample_median(mode.from_tensor(torch.zeros(7, 3, 5)))
+    assert fake.shape == (1, 3, 5) and fake.dtype == torch.float32
+    with pytest.raises(ValueError, match="x.dtype=torch.int32"):
+        torch.ops.ufp4.sample_median(torch.zeros(4, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="token dimension"):
+        torch.ops.ufp4.sample_median(torch.tensor(1.0))

@@ -4,8 +4,9 @@
 writing codes: what a bf16 GEMM consumes where there are no 4-bit tensor cores), ``dequantize`` and
 ``scaled_mm``: each has a fake implementation (shape arithmetic only, so
 symbolic shapes work) and a reference implementation that calls :mod:`ufp4_compile.numerics` and runs on
-any device. ``round_to_bf16`` is the FP32 -> bfloat16 conversion that Inductor keeps a rounding (the
-tensor-scale epilogue of the dense GEMMs, ``passes/dense_gemms.py``). Kernels and Inductor lowerings replace
+any device. ``sample_median`` is the mean split's ``mu`` (``numerics.sample_median``); ``round_to_bf16`` is
+the FP32 -> bfloat16 conversion that Inductor keeps a rounding (the tensor-scale epilogue of the dense
+GEMMs, ``passes/dense_gemms.py``). Kernels and Inductor lowerings replace
 the reference on GPUs; Inductor turns an op without a lowering into an extern fallback call. Formats travel
 as ``OperandFormat.spec`` strings.
 
@@ -231,6 +232,22 @@ def _round_to_bf16_fake(x):
     return torch.empty_like(x, dtype=torch.bfloat16)
 
 
+SAMPLE_MEDIAN_SCHEMA = "(Tensor x) -> Tensor"
+
+
+def _sample_median_reference(x: Tensor) -> Tensor:
+    from ufp4_compile import numerics
+
+    return numerics.sample_median(x)
+
+
+def _sample_median_fake(x):
+    from ufp4_compile.numerics.mean_split import check_split_input
+
+    check_split_input(x)
+    return x.new_empty((1, *x.shape[1:]), dtype=torch.float32)
+
+
 # ---- registration --------------------------------------------------------------------------------------
 
 _OPS = {
@@ -241,6 +258,8 @@ _OPS = {
     # FP32 -> bfloat16 (nearest, ties to even) that stays a rounding inside Inductor's fused kernels, which
     # otherwise keep a bf16 intermediate in FP32 (lowering/rounding.py): the tensor-scale epilogue of dense GEMMs
     "round_to_bf16": (ROUND_TO_BF16_SCHEMA, _round_to_bf16_reference, _round_to_bf16_fake),
+    # the mean split's mu (numerics.sample_median): one selection launch on GPUs (kernels/median.py)
+    "sample_median": (SAMPLE_MEDIAN_SCHEMA, _sample_median_reference, _sample_median_fake),
 }
 
 
@@ -268,4 +287,5 @@ quantize_dequantize = torch.ops.ufp4.quantize_dequantize.default
 dequantize = torch.ops.ufp4.dequantize.default
 scaled_mm = torch.ops.ufp4.scaled_mm.default
 round_to_bf16 = torch.ops.ufp4.round_to_bf16.default
+sample_median = torch.ops.ufp4.sample_median.default
 UFP4_OPS = (quantize, quantize_dequantize, dequantize, scaled_mm)

@@ -154,20 +154,43 @@ def _same(got, want):
 @pytest.mark.parametrize("tokens", [700, 8192])  # every token sampled; every 17th (482)
 def test_compiled_split_equals_eager(tokens):
     """Inductor's split (the selection an extern call, the masking and the residual generated) gives eager's
-    bits."""
+    bits, traced as it is and in the rewrite pass's form (the ``ufp4::sample_median`` op)."""
+    from ufp4_compile.passes.rewrite_matmuls import _mean_split
+
     x = _with_zeros_and_non_finite(tokens, 40, tokens)
-    compiled = torch.compile(mean_split, fullgraph=True)
-    for got, want in zip(compiled(x), mean_split(x)):
-        assert _same(got, want)
+    for split in (mean_split, _mean_split):
+        for got, want in zip(torch.compile(split, fullgraph=True)(x), mean_split(x)):
+            assert _same(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_zero_median_is_positive_zero(dtype):
+    """-0.0 and +0.0 tie in the selection: mu is +0.0 whichever the sort returns, so the residual is x bit for
+    bit (a -0.0 mu would turn the channel's -0.0 values into +0.0)."""
+    x = torch.randn(9, 4).to(dtype)
+    x[:, 0] = -0.0
+    x[:, 1] = 0.0
+    x[::2, 1] = -0.0
+    x[:, 2] = torch.tensor([-0.0, 1.0, -1.0, 0.0, -0.0, 2.0, -2.0, -0.0, 3.0]).to(dtype)
+    mu, r = mean_split(x)
+    assert mu[0, :3].view(torch.int32).tolist() == [0, 0, 0]
+    assert torch.equal(r[:, :3].view(torch.int32), x[:, :3].float().view(torch.int32))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("tokens, channels", [(700, 40), (8192, 96), (8192, 5504)])
 def test_compiled_split_on_cuda_equals_eager_on_cpu(tokens, channels):
-    """On CUDA, the compiled split gives the CPU eager split's values (NaN where it has NaN; a zero median's
-    sign is the selection kernel's)."""
+    """On CUDA, the compiled split gives the CPU eager split's bits (NaN where it has NaN): the reference
+    traced as it is (``aten.nanmedian``) and the rewrite pass's form (the ``ufp4::sample_median`` op, our
+    selection kernel)."""
+    import ufp4_compile.lowering as lowering
+    from ufp4_compile.passes.rewrite_matmuls import _mean_split
+
+    lowering.register()
     x = _with_zeros_and_non_finite(tokens, channels, channels)
-    got = torch.compile(mean_split, fullgraph=True)(x.cuda())
-    for g, w in zip(got, mean_split(x)):
-        torch.testing.assert_close(g.cpu(), w, rtol=0, atol=0, equal_nan=True)
+    want = mean_split(x)
+    for split in (mean_split, _mean_split):
+        got = torch.compile(split, fullgraph=True)(x.cuda())
+        for g, w in zip(got, want):
+            assert _same(g.cpu(), w)

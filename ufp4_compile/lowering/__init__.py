@@ -10,8 +10,8 @@ _registered = False
 
 
 def register() -> None:
-    """Register the ``ufp4::scaled_mm`` and ``ufp4::round_to_bf16`` lowerings, the quantize and dequantize
-    kernels' lowerings and the ops' CUDA kernels, once per process."""
+    """Register the ``ufp4::scaled_mm``, ``ufp4::round_to_bf16`` and ``ufp4::sample_median`` lowerings, the
+    quantize and dequantize kernels' lowerings and the ops' CUDA kernels, once per process."""
     global _registered
     if _registered:
         return
@@ -22,12 +22,14 @@ def register() -> None:
     from ufp4_compile.lowering import static_launch
     from ufp4_compile.lowering.cuda_impls import register_cuda_impls
     from ufp4_compile.lowering.kernel_calls import LOWERINGS, install_memos
+    from ufp4_compile.lowering.median import lower_sample_median
     from ufp4_compile.lowering.rounding import lower_round_to_bf16
     from ufp4_compile.lowering.scaled_mm import lower_scaled_mm
 
     # Install unconditionally: an Inductor compile that met an op before this call has already put a
     # generic fallback into ``lowerings`` (graph.py's make_fallback), which would otherwise shadow ours.
-    for name, lowering in {"scaled_mm": lower_scaled_mm, "round_to_bf16": lower_round_to_bf16, **LOWERINGS}.items():
+    for name, lowering in {"scaled_mm": lower_scaled_mm, "round_to_bf16": lower_round_to_bf16,
+                        "sample_median": lower_sample_median, **LOWERINGS}.items():
         op = getattr(torch.ops.ufp4, name).default
         fallbacks.discard(op)
         register_lowering(op, type_promotion_kind=None)(lowering)

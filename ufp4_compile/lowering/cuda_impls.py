@@ -36,6 +36,13 @@ def _scaled_mm(a_codes, a_scales, a_ts, b_codes, b_scales, b_ts, a_fmt, b_fmt, c
     return scaled_mm(a_codes, a_scales, a_ts, b_codes, b_scales, b_ts, a_fmt, b_fmt, compute_dtype, out_dtype)
 
 
+def _sample_median(x):
+    from ufp4_compile import numerics
+    from ufp4_compile.kernels import median
+
+    return numerics.sample_median(x) if median.refusal(x) else median.sample_median(x)
+
+
 def register_cuda_impls() -> None:
     """Register the Triton launchers as the ``cuda`` kernels of the ufp4 ops (idempotent)."""
     global _registered
@@ -44,6 +51,7 @@ def register_cuda_impls() -> None:
     import ufp4_compile.ops  # noqa: F401  (defines the ops)
 
     for name, fn in (("quantize", _quantize), ("quantize_dequantize", _quantize_dequantize),
-                     ("dequantize", _dequantize), ("scaled_mm", _scaled_mm)):
+                     ("dequantize", _dequantize), ("scaled_mm", _scaled_mm),
+                     ("sample_median", _sample_median)):
         torch.library.register_kernel(f"ufp4::{name}", "cuda", fn)
     _registered = True

@@ -28,19 +28,24 @@ def sample_stride(tokens):
     return 2 * (tokens // (2 * SAMPLE_TOKENS)) + 1
 
 
-def mean_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mu, residual)``, both FP32: ``mu`` (shape ``(1, ...)``) is, per channel, the median of the finite
-    values of the sampled tokens ``x[::sample_stride(T)]`` (dim 0; the lower one of the two middle values for
-    an even count; 0 where a channel has no finite value there or there are no tokens), and
-    ``residual = x.float() - mu`` over every token."""
+def check_split_input(x) -> None:
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x.dtype={got} is not valid; valid values: a floating-point dtype")
     if x.ndim < 1:
         raise ValueError("mean_split needs a token dimension (dim 0), got a 0-d tensor")
+
+
+def sample_median(x: torch.Tensor) -> torch.Tensor:
+    """``mu`` of :func:`mean_split` (FP32, shape ``(1, ...)``): per channel, the median of the finite values of
+    the sampled tokens ``x[::sample_stride(T)]`` (dim 0; the lower one of the two middle values for an even
+    count), ``+0.0`` where that median is a zero of either sign, where a channel has no finite value there, or
+    where there are no tokens. The ``ufp4::sample_median`` op's reference (``kernels/median.py`` selects the
+    same element on GPUs)."""
+    check_split_input(x)
     xf = x.float()
     if x.shape[0] == 0:  # a shape, not data: no tokens (an MoE expert that received none)
-        return xf.new_zeros((1, *xf.shape[1:])), xf
+        return xf.new_zeros((1, *xf.shape[1:]))
     # A sample of the tokens: the selection over all 8192 tokens of a (8192, 1024) operand, with the copy
     # that lays them out for it, took 47 of a 91 ms ufp4-mean training step on an H200. Tokens last and
     # contiguous: CUDA's selection kernel walks each channel's values with unit stride (along dim 0 it took
@@ -48,8 +53,16 @@ def mean_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sample = xf[::sample_stride(x.shape[0])]
     finite_or_nan = torch.where(torch.isfinite(sample), sample, float("nan")).movedim(0, -1).contiguous()
     median = finite_or_nan.nanmedian(dim=-1).values.unsqueeze(0)
-    mu = torch.where(torch.isfinite(median), median, 0.0)
-    return mu, xf - mu
+    # -0.0 and +0.0 tie in the selection, so which one it returns is the sort's business: +0.0 always, which
+    # also leaves the residual x - mu equal to x bit for bit (-0.0 - +0.0 is -0.0; -0.0 - -0.0 would be +0.0).
+    return torch.where(torch.isfinite(median) & (median != 0), median, 0.0)
+
+
+def mean_split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu, residual)``, both FP32: ``mu`` is :func:`sample_median` of ``x`` and
+    ``residual = x.float() - mu`` over every token."""
+    mu = sample_median(x)
+    return mu, x.float() - mu
 
 
 def mean_correction(mu: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""``ufp4::sample_median`` (lowering/median.py): on CUDA the mean split's ``mu`` is one launch of our selection
+kernel, reading the sampled tokens where they lie (a transposed view without a copy); elsewhere the op's own
+implementation. What Inductor generates for CUDA is checked on CPU (testing/fake_cuda.py), in a subprocess
+without Triton's interpreter (the lowering needs compiled-kernel objects); the kernel's bits are
+tests/kernels/test_median.py's."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ufp4_compile import ops
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+prims = torch.ops.prims
+
+
+@pytest.fixture(autouse=True)
+def _registered():
+    from ufp4_compile import lowering
+
+    lowering.register()
+
+
+def _split(x):
+    """The rewrite pass's split of an operand Inductor computes (a pointwise producer)."""
+    y = x * 2
+    mu = ops.sample_median(y)
+    return mu, prims.convert_element_type.default(y, torch.float32) - mu
+
+
+def _launches(code: str):
+    """The wrapper's kernel launches and op calls, in order."""
+    lines = (line.strip() for line in code.splitlines())
+    return [line for line in lines if not line.startswith("#")
+            and re.search(r"^\w+\.run\(|extern_kernels\.\w+\(|torch\.ops\.\w+\.\w+\.\w+\(", line)]
+
+
+def _wrappers() -> dict:
+    from ufp4_compile import lowering
+    from ufp4_compile.testing.fake_cuda import wrapper_code
+
+    lowering.register()
+    return {
+        "split": wrapper_code(_split, ((8192, 1024), torch.bfloat16)),
+        "transposed": wrapper_code(lambda x: ops.sample_median(torch.ops.aten.permute.default(x, [1, 0])),
+                                   ((1024, 4096), torch.bfloat16)),
+        "3d": wrapper_code(lambda x: ops.sample_median(x), ((64, 3, 5), torch.bfloat16)),
+        "float64": wrapper_code(lambda x: ops.sample_median(x), ((64, 8), torch.float64)),
+    }
+
+
+@pytest.fixture(scope="module")
+def wrappers():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_cuda_split_is_one_selection_launch(wrappers):
+    code = wrappers["split"]
+    launches = _launches(code)
+    selections = [line for line in launches if line.startswith("_sample_median_kernel")]
+    assert len(selections) == 1, launches
+    assert "nanmedian" not in code and "sample_median.default(" not in code
+    # reads the producer's buffer: 1024 channels with strides (1024, 1), every 17th of 8192 tokens (482)
+    assert re.search(r"_sample_median_kernel_\d+\.run\(buf\d+, buf\d+, 1024, 1024, 1, 17, 482,", selections[0])
+    assert len(launches) == 3, launches  # producer, selection, residual
+
+
+def test_cuda_reads_a_transposed_view_in_place(wrappers):
+    launches = _launches(wrappers["transposed"])
+    assert len(launches) == 1, launches  # no copy first
+    assert re.search(r"_sample_median_kernel_\d+\.run\(reinterpret_tensor\(x_1, \(4096, 1024\), \(1, 4096\), 0\), "
+                     r"buf\d+, 1024, 1, 4096, 9, 456,", launches[0])
+
+
+@pytest.mark.parametrize("case", ["3d", "float64"])
+def test_cuda_falls_back_to_the_op_for_what_the_kernel_refuses(wrappers, case):
+    code = wrappers[case]
+    assert "torch.ops.ufp4.sample_median.default(" in code and "_sample_median_kernel" not in code
+
+
+def test_cpu_calls_the_op():
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from ufp4_compile.numerics import mean_split
+
+    x = torch.randn(3000, 20).bfloat16()
+    with config.patch(force_disable_caches=True):
+        (mu, residual), (code,) = run_and_get_code(torch.compile(_split), x)
+    assert "torch.ops.ufp4.sample_median.default(" in code
+    want_mu, want_residual = mean_split(x * 2)
+    assert torch.equal(mu, want_mu) and torch.equal(residual, want_residual)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens, channels", [(8192, 1024), (8192, 2752), (1000, 48)])
+def test_cuda_compiled_split_equals_cpu_eager(tokens, channels):
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from ufp4_compile.numerics import mean_split
+
+    x = (torch.randn(tokens, channels) + torch.linspace(-3, 3, channels)).bfloat16()
+    x[::3, 1] = float("nan")
+    with config.patch(force_disable_caches=True):
+        (mu, residual), (code,) = run_and_get_code(torch.compile(_split), x.cuda())
+    assert "_sample_median_kernel" in code and "nanmedian" not in code
+    want_mu, want_residual = mean_split(x * 2)
+    assert torch.equal(mu.cpu(), want_mu)
+    nan = want_residual.isnan()
+    assert torch.equal(residual.cpu().isnan(), nan) and torch.equal(residual.cpu()[~nan], want_residual[~nan])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_wrappers()))
