@@ -83,7 +83,7 @@ def test_launch_plan_covers_every_sampled_token():
         grid, num_warps, scalars, constexprs = median.launch_plan(tokens, 1000, torch.bfloat16)
         step = scalars["token_step"]
         assert step == sample_stride(tokens) and scalars["n_tokens"] == len(range(0, tokens, step))
-        assert scalars["n_tokens"] <= constexprs["BLOCK_S"] <= 1024 and grid == (-(-1000 // median.BLOCK_C),)
+        assert scalars["n_tokens"] <= constexprs["BLOCK_S"] <= 1024 and grid == (-(-1000 // median.BLOCK_C), 1, 1)
         assert 1 <= num_warps <= 8
 
 

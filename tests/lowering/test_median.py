@@ -70,8 +70,10 @@ def test_cuda_split_is_one_selection_launch(wrappers):
     selections = [line for line in launches if line.startswith("_sample_median_kernel")]
     assert len(selections) == 1, launches
     assert "nanmedian" not in code and "sample_median.default(" not in code
-    # reads the producer's buffer: 1024 channels with strides (1024, 1), every 17th of 8192 tokens (482)
-    assert re.search(r"_sample_median_kernel_\d+\.run\(buf\d+, buf\d+, 1024, 1024, 1, 17, 482,", selections[0])
+    # reads the producer's buffer: 1024 channels with strides (1024, 1), every 17th of 8192 tokens (482);
+    # the grid's three dimensions (Inductor's launcher of a user kernel takes all three)
+    assert re.search(r"_sample_median_kernel_\d+\.run\(buf\d+, buf\d+, 1024, 1024, 1, 17, 482, 64, 1, 1, stream",
+                     selections[0])
     assert len(launches) == 3, launches  # producer, selection, residual
 
 
@@ -79,7 +81,7 @@ def test_cuda_reads_a_transposed_view_in_place(wrappers):
     launches = _launches(wrappers["transposed"])
     assert len(launches) == 1, launches  # no copy first
     assert re.search(r"_sample_median_kernel_\d+\.run\(reinterpret_tensor\(x_1, \(4096, 1024\), \(1, 4096\), 0\), "
-                     r"buf\d+, 1024, 1, 4096, 9, 456,", launches[0])
+                     r"buf\d+, 1024, 1, 4096, 9, 456, 64, 1, 1, stream", launches[0])
 
 
 @pytest.mark.parametrize("case", ["3d", "float64"])

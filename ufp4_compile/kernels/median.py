@@ -79,7 +79,7 @@ def launch_plan(tokens: int, channels: int, dtype: torch.dtype) -> tuple[tuple, 
     num_warps = max(1, min(8, block_s * BLOCK_C // 2048))  # about 64 keys a thread
     scalars = dict(C=channels, token_step=step, n_tokens=n_tokens)
     constexprs = dict(BITS=bits, INF_BITS=inf_bits, HALF=1 << (bits - 1), BLOCK_S=block_s, BLOCK_C=BLOCK_C)
-    return (triton.cdiv(channels, BLOCK_C),), num_warps, scalars, constexprs
+    return (triton.cdiv(channels, BLOCK_C), 1, 1), num_warps, scalars, constexprs
 
 
 def refusal(x: torch.Tensor) -> str | None:
