@@ -1,5 +1,5 @@
 """ufp4-mean's median at the training step's operand shapes, both compiled by Inductor: the mean split as the
-rewrite pass builds it (``mu`` from the ``ufp4::sample_median`` op: one launch of our selection kernel,
+rewrite pass computes it (``mu`` from the ``ufp4::sample_median`` op: one launch of our selection kernel,
 ``kernels/median.py``) against the reference traced as it is (``numerics.mean_split``: ``aten.nanmedian`` over
 the sampled tokens laid out tokens-last, an Inductor fallback, with the copy of the sample and the masking).
 
@@ -20,9 +20,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_launch, parse_timed_args, timing_note  # noqa: E402
 
-from ufp4_compile import lowering  # noqa: E402
+from ufp4_compile import lowering, ops  # noqa: E402
 from ufp4_compile.numerics.mean_split import mean_split  # noqa: E402
-from ufp4_compile.passes.rewrite_matmuls import _mean_split as kernel_split  # noqa: E402
+
+
+def kernel_split(x):
+    """The split with ``mu`` from the ``ufp4::sample_median`` op (our selection kernel) and the residual
+    written, as ``mean_split`` writes it (the training step's quantize subtracts ``mu`` itself instead)."""
+    mu = ops.sample_median(x)
+    return mu, x.float() - mu
 
 SHAPES = [(8192, 1024), (8192, 2752), (8192, 3072), (8192, 5504)]
 

@@ -23,10 +23,10 @@ from ufp4_compile.recipes import ComputeDtype, parse_enum
 
 NAMESPACE = "ufp4"
 
-QUANTIZE_SCHEMA = ("(Tensor x, int axis, str fmt, int rht, int rht_seed, Tensor? seed, int offset) "
-                   "-> (Tensor codes, Tensor scales, Tensor tensor_scale)")
+QUANTIZE_SCHEMA = ("(Tensor x, int axis, str fmt, int rht, int rht_seed, Tensor? seed, int offset, "
+                   "Tensor? shift=None) -> (Tensor codes, Tensor scales, Tensor tensor_scale)")
 QUANTIZE_DEQUANTIZE_SCHEMA = ("(Tensor x, int axis, str fmt, int rht, int rht_seed, Tensor? seed, int offset, "
-                              "ScalarType dtype) -> (Tensor values, Tensor tensor_scale)")
+                              "ScalarType dtype, Tensor? shift=None) -> (Tensor values, Tensor tensor_scale)")
 DEQUANTIZE_SCHEMA = ("(Tensor codes, Tensor scales, Tensor tensor_scale, int axis, str fmt, ScalarType dtype) "
                      "-> Tensor")
 SCALED_MM_SCHEMA = ("(Tensor a_codes, Tensor a_scales, Tensor a_tensor_scale, Tensor b_codes, Tensor b_scales, "
@@ -108,19 +108,29 @@ def _check_out_dtype(op: str, field: str, dtype) -> None:
 # ---- quantize ------------------------------------------------------------------------------------------
 
 def _quantize_reference(x: Tensor, axis: int, fmt: str, rht: int, rht_seed: int, seed: Tensor | None,
-                        offset: int) -> tuple[Tensor, Tensor, Tensor]:
+                        offset: int, shift: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     from ufp4_compile import numerics
 
     q = numerics.quantize(x, axis, OperandFormat.from_spec(fmt), rht=rht, rht_seed=rht_seed, seed=seed,
-                          offset=offset)
+                          offset=offset, shift=shift)
     # Outputs of a custom op may not alias its inputs or each other: hand back fresh tensors.
     return q.codes.contiguous().clone(), q.scales.contiguous().clone(), q.tensor_scale.reshape(()).clone()
 
 
-def _quantize_fake(x, axis, fmt, rht, rht_seed, seed, offset):
+def _check_shift(op: str, x, axis, shift) -> None:
+    from ufp4_compile.numerics.quantize import check_shift
+
+    try:
+        check_shift(x, _check_axis(op, axis, x.dim()), shift)
+    except ValueError as e:
+        raise ValueError(f"{op}: {e}") from None
+
+
+def _quantize_fake(x, axis, fmt, rht, rht_seed, seed, offset, shift=None):
     spec = OperandFormat.from_spec(fmt)
     if x.dtype not in QUANTIZABLE_DTYPES:
         raise ValueError(f"quantize: x.dtype={x.dtype} is not valid; valid values: float32, bfloat16, float16")
+    _check_shift("quantize", x, axis, shift)
     codes, scales = quantized_shapes(x.shape, axis, spec)
     return (x.new_empty(codes, dtype=torch.uint8), x.new_empty(scales, dtype=SCALE_DTYPES[spec.scale]),
             x.new_empty((), dtype=torch.float32))
@@ -140,16 +150,19 @@ def _quantized(codes: Tensor, scales: Tensor, tensor_scale: Tensor, axis: int, f
 # ---- quantize_dequantize -----------------------------------------------------------------------------------
 
 def _quantize_dequantize_reference(x: Tensor, axis: int, fmt: str, rht: int, rht_seed: int, seed: Tensor | None,
-                                   offset: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+                                   offset: int, dtype: torch.dtype, shift: Tensor | None = None
+                                   ) -> tuple[Tensor, Tensor]:
     from ufp4_compile import numerics
 
     values, tensor_scale = numerics.quantize_dequantize(x, axis, OperandFormat.from_spec(fmt), rht=rht,
-                                                        rht_seed=rht_seed, seed=seed, offset=offset, dtype=dtype)
+                                                        rht_seed=rht_seed, seed=seed, offset=offset, dtype=dtype,
+                                                        shift=shift)
     return values.contiguous().clone(), tensor_scale.reshape(()).clone()
 
 
-def _quantize_dequantize_fake(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
+def _quantize_dequantize_fake(x, axis, fmt, rht, rht_seed, seed, offset, dtype, shift=None):
     quantized_shapes(x.shape, axis, OperandFormat.from_spec(fmt))  # validates the spec and the axis
+    _check_shift("quantize_dequantize", x, axis, shift)
     _check_out_dtype("quantize_dequantize", "dtype", dtype)
     return x.new_empty(x.shape, dtype=dtype), x.new_empty((), dtype=torch.float32)
 

@@ -42,12 +42,26 @@ def _launches(code: str):
             and re.search(r"^\w+\.run\(|extern_kernels\.\w+\(|torch\.ops\.\w+\.\w+\.\w+\(", line)]
 
 
+def _split_quantized(spec):
+    """The mean split as the rewrite pass leaves it for a dense GEMM: ``mu``, then the residual's values with
+    the quantize op subtracting ``mu`` (its shift) and ``mu``'s own values."""
+    def f(x):
+        y = x * 2
+        mu = ops.sample_median(y)
+        values, _ = ops.quantize_dequantize(y, 1, spec, 16, 5, None, 0, torch.bfloat16, mu)
+        mu_values, _ = ops.quantize_dequantize(mu, 1, spec, 16, 5, None, 0, torch.bfloat16)
+        return values, mu_values
+    return f
+
+
 def _wrappers() -> dict:
     from ufp4_compile import lowering
     from ufp4_compile.testing.fake_cuda import wrapper_code
 
     lowering.register()
     return {
+        "shifted": wrapper_code(_split_quantized("int4/16/fp32/nearest"), ((8192, 1024), torch.bfloat16)),
+        "shifted_two_level": wrapper_code(_split_quantized("e2m1/16/e4m3/nearest"), ((8192, 1024), torch.bfloat16)),
         "split": wrapper_code(_split, ((8192, 1024), torch.bfloat16)),
         "transposed": wrapper_code(lambda x: ops.sample_median(torch.ops.aten.permute.default(x, [1, 0])),
                                    ((1024, 4096), torch.bfloat16)),
@@ -82,6 +96,26 @@ def test_cuda_reads_a_transposed_view_in_place(wrappers):
     assert len(launches) == 1, launches  # no copy first
     assert re.search(r"_sample_median_kernel_\d+\.run\(reinterpret_tensor\(x_1, \(4096, 1024\), \(1, 4096\), 0\), "
                      r"buf\d+, 1024, 1, 4096, 9, 456, 64, 1, 1, stream", launches[0])
+
+
+def test_cuda_quantizes_the_residual_without_writing_it(wrappers):
+    """The selection, then one pair launch of the residual's values (the kernel subtracts mu as it loads x)
+    and mu's: no kernel writes x - mu."""
+    launches = _launches(wrappers["shifted"])
+    kernels = [line.split(".run(")[0].rstrip("_0123456789") for line in launches]
+    assert kernels == ["triton_poi_fused", "_sample_median_kernel", "_quantize_pair_kernel"], launches
+    # the pair reads the producer's buffer and mu, and takes mu as the first job's shift
+    assert re.match(r"_quantize_pair_kernel_\d+\.run\((buf\d+), (buf\d+), .*, \2, -1, 64, 64, ", launches[2])
+
+
+def test_cuda_two_level_formats_quantize_the_difference(wrappers):
+    """NVFP4's global-amax pre-pass reads its input as it is: the lowering writes x - mu first."""
+    launches = _launches(wrappers["shifted_two_level"])
+    kernels = [line.split(".run(")[0].rstrip("_0123456789") for line in launches]
+    assert kernels[:3] == ["triton_poi_fused", "_sample_median_kernel", "triton_poi_fused"], launches
+    # the difference reads the producer's buffer and mu, and the residual's pre-pass reads the difference
+    producer, mu, difference = (re.search(r"\.run\((\w+), (\w+)(?:, (\w+))?", line).groups() for line in launches[:3])
+    assert difference[:2] == (producer[1], mu[1]) and re.match(rf"_amax_kernel_\d+\.run\({difference[2]},", launches[3])
 
 
 @pytest.mark.parametrize("case", ["3d", "float64"])

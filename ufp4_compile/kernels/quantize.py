@@ -49,7 +49,7 @@ from ufp4_compile.numerics import hadamard as _ref_hadamard
 from ufp4_compile.numerics import scales as _ref_scales
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.hadamard import MAX_SIGN_MASK_SIZE, inv_sqrt, sign_mask
-from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs, padded_length
+from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs, check_shift, padded_length
 
 _E4M3_MAX = tl.constexpr(_ref_scales.E4M3_MAX)
 _FP32_MAX = tl.constexpr(_ref_scales.FP32_MAX)
@@ -131,14 +131,27 @@ def _from_rows(v, ROWS: tl.constexpr, B: tl.constexpr, ROWWISE: tl.constexpr):
 
 
 @triton.jit
-def _chunk(x_ptr, c: tl.constexpr, l0, rows, O, L, s_o, s_l):
+def _shifted(x, mask, o, l, L, shift_ptr, shift_period, SHIFT: tl.constexpr):
+    """``x`` (FP32, loaded with ``mask``) less ``shift`` where ``SHIFT`` (zeros outside the mask stay zeros): a
+    mean split's residual, the FP32 difference the reference takes. ``shift`` holds one value per position
+    along the tensor's quantized axis; a row-wise plan that folds each row into ``shift_period`` rows of ``L``
+    (``launch_plan``) finds element ``(o, l)``'s at ``(o % shift_period) * L + l`` (1 when it does not fold)."""
+    if SHIFT:
+        x = tl.where(mask, x - tl.load(shift_ptr + ((o % shift_period) * L + l), mask=mask, other=0.0), 0.0)
+    return x
+
+
+@triton.jit
+def _chunk(x_ptr, c: tl.constexpr, l0, rows, O, L, s_o, s_l, shift_ptr=None, shift_period=1,
+           SHIFT: tl.constexpr = False):
     """Row-wise: elements ``l0 + 8c .. l0 + 8c + 8`` of the rows ``rows`` (``(B,)``: ``o0 .. o0 + B``, or
     any row indices; one ``>= O`` is masked out) as ``(B, 8)`` (one 16-byte vector per thread for bf16), with
-    their row-major flat indices."""
+    their row-major flat indices; less ``shift`` along the row where ``SHIFT``."""
     o = rows[:, None]
     l = l0 + c * 8 + tl.arange(0, 8)[None, :]
-    x = tl.load(x_ptr + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=(o < O) & (l < L), other=0.0)
-    return x.to(tl.float32), o.to(tl.int64) * L + l
+    mask = (o < O) & (l < L)
+    x = tl.load(x_ptr + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask, other=0.0)
+    return _shifted(x.to(tl.float32), mask, o, l, L, shift_ptr, shift_period, SHIFT), o.to(tl.int64) * L + l
 
 
 @triton.jit
@@ -185,19 +198,20 @@ def _store_chunks(ptr, v, l0, rows, O, L, U: tl.constexpr, B: tl.constexpr, PART
 
 @triton.jit
 def _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U: tl.constexpr, B: tl.constexpr,
-               ROWWISE: tl.constexpr, COLS: tl.constexpr):
+               ROWWISE: tl.constexpr, COLS: tl.constexpr, shift_ptr=None, shift_period=1,
+               SHIFT: tl.constexpr = False):
     """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and each element's index in the
     axis-last order (``x[page, o, l]`` flattened; stochastic rounding's counter). Row-wise with U = 16 or 32,
     ``rows`` (``(B,)``) names the tile's rows, ``o0 .. o0 + B`` or any others (``kernels.quantize_pair``'s dual
-    kernel)."""
+    kernel). ``SHIFT``: less ``shift`` (:func:`_shifted`)."""
     if ROWWISE and (U == 16 or U == 32):
-        c0, f0 = _chunk(x_ptr, 0, l0, rows, O, L, s_o, s_l)
-        c1, f1 = _chunk(x_ptr, 1, l0, rows, O, L, s_o, s_l)
+        c0, f0 = _chunk(x_ptr, 0, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT)
+        c1, f1 = _chunk(x_ptr, 1, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT)
         c2, f2 = c0, f0
         c3, f3 = c1, f1
         if U == 32:
-            c2, f2 = _chunk(x_ptr, 2, l0, rows, O, L, s_o, s_l)
-            c3, f3 = _chunk(x_ptr, 3, l0, rows, O, L, s_o, s_l)
+            c2, f2 = _chunk(x_ptr, 2, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT)
+            c3, f3 = _chunk(x_ptr, 3, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT)
         x = _join_chunks(c0, c1, c2, c3, U, B)
         flat = _join_chunks(f0, f1, f2, f3, U, B)
     else:
@@ -205,6 +219,7 @@ def _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U: tl.constexp
         mask = (l < L) & (o < O)
         t = tl.load(x_ptr + page.to(tl.int64) * s_page + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask,
                     other=0.0).to(tl.float32)
+        t = _shifted(t, mask, o, l, L, shift_ptr, shift_period, SHIFT)
         if ROWWISE:
             f = o.to(tl.int64) * L + l
         else:  # the index in the axis-last order x[page, o, l] (stochastic rounding's counter)
@@ -301,10 +316,13 @@ def _rht_known(x, small, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.conste
 @triton.jit
 def _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT: tl.constexpr,
                   INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                  ROWWISE: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
-    """The loaded tile, rotated when ``RHT``; ``PARTIAL`` (L is not a multiple of U): rows of a group that
-    ends past ``L`` keep their loaded values (a trailing partial group is not rotated; padding is zeros)."""
-    x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS)
+                  ROWWISE: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr, shift_ptr=None,
+                  shift_period=1, SHIFT: tl.constexpr = False):
+    """The loaded tile (less the shift where ``SHIFT``), rotated when ``RHT``; ``PARTIAL`` (L is not a multiple
+    of U): rows of a group that ends past ``L`` keep their loaded values (a trailing partial group is not
+    rotated; padding is zeros)."""
+    x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS, shift_ptr,
+                         shift_period, SHIFT)
     if RHT > 0:
         x = _whole_groups(_rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT, U, PARTIAL)
     return x, flat
@@ -635,11 +653,12 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
                  Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
                  ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                  WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                 PARTIAL: tl.constexpr):
+                 PARTIAL: tl.constexpr, shift_ptr=None, shift_period=1, SHIFT: tl.constexpr = False):
     """The tile at ``l0`` along the quantized axis and ``o0 .. o0 + B`` along the other (row-wise: the rows
-    ``rows``, ``o0 + arange(B)`` or any others); ``first``: the program that writes the tensor scale."""
+    ``rows``, ``o0 + arange(B)`` or any others); ``first``: the program that writes the tensor scale;
+    ``SHIFT``: of ``x - shift`` (:func:`_shifted`)."""
     x, flat = _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT, SIGN_MASK,
-                            U, B, ROWWISE, COLS, PARTIAL)
+                            U, B, ROWWISE, COLS, PARTIAL, shift_ptr, shift_period, SHIFT)
     NB: tl.constexpr = U // BLOCK
     amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
     g = 0.0
@@ -732,29 +751,30 @@ def _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, see
                 STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr,
                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
                 COLS: tl.constexpr, WRITE_CODES: tl.constexpr, WRITE_VALUES: tl.constexpr, ASM: tl.constexpr,
-                U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr):
+                U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr, shift_ptr=None, shift_period=1,
+                SHIFT: tl.constexpr = False):
     """The program at ``(pid_0, pid_1, page)`` of a quantize launch's grid: its tile, and the tensor scale
     written by the first program (:func:`_quantize_kernel`; the pair kernel's jobs)."""
     l0, o0 = _place(pid_0, pid_1, U, B, ROWWISE)
     _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
                  offset, rht_key, l0, o0, o0 + tl.arange(0, B), page, (pid_0 == 0) & (pid_1 == 0) & (page == 0),
                  GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK,
-                 ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL)
+                 ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT)
 
 
 @triton.jit
-def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr,
-                     O, L, s_page, s_o, s_l, offset, rht_key,
+def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, shift_ptr,
+                     O, L, s_page, s_o, s_l, offset, rht_key, shift_period,
                      GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
                      STOCHASTIC: tl.constexpr, SR_GROUPED: tl.constexpr, E8M0_FLOOR: tl.constexpr,
                      Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
                      ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                     PARTIAL: tl.constexpr):
+                     PARTIAL: tl.constexpr, SHIFT: tl.constexpr):
     _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
                 offset, rht_key, tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK, BLOCK_2D,
                 STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS, WRITE_CODES,
-                WRITE_VALUES, ASM, U, B, PARTIAL)
+                WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT)
 
 
 # ---- launch plans --------------------------------------------------------------------------------------
@@ -831,8 +851,12 @@ class LaunchPlan:
 
 @functools.lru_cache(maxsize=4096)  # bounded: shapes that never repeat (dynamic shapes) must not grow it
 def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht: int, write_codes: bool,
-                write_values: bool, asm: bool, config_items: tuple | None = None) -> LaunchPlan:
-    """The launch for a contiguous ``x`` of ``shape`` quantized along ``axis`` (normalized)."""
+                write_values: bool, asm: bool, config_items: tuple | None = None, shift: bool = False) -> LaunchPlan:
+    """The launch for a contiguous ``x`` of ``shape`` quantized along ``axis`` (normalized); ``shift``: of
+    ``x - shift``, one FP32 value per position along the axis (one-level scales only: a two-level format's
+    global-amax pre-pass reads ``x`` as it is)."""
+    if shift and format_constants(fmt).scale == 1:
+        raise ValueError(f"shift with two-level scales ({fmt.spec!r}): the global-amax pre-pass takes no shift")
     c = format_constants(fmt)
     rowwise = axis == len(shape) - 1
     length = shape[axis]
@@ -871,7 +895,7 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
                       SR_GROUPED=grouped, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
                       INV_SQRT=inv_sqrt(rht) if rht else 1.0, SIGN_MASK=0 < rht <= MAX_SIGN_MASK_SIZE,
                       ROWWISE=rowwise, COLS=cols, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
-                      PARTIAL=partial)
+                      PARTIAL=partial, SHIFT=shift)
     # The pre-pass's tiles are wider than the quantize kernel's (the same elements per thread with more warps):
     # its fixed number of programs must keep enough loads in flight to run at bandwidth.
     amax_warps = config.get("amax_warps", AMAX_WARPS)
@@ -879,7 +903,9 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     amax = (dict(RHT=rht, INV_SQRT=constexprs["INV_SQRT"], SIGN_MASK=constexprs["SIGN_MASK"], ROWWISE=rowwise,
                  U=u, B=amax_b, COLS=cols, PARTIAL=partial)
             if c.scale == 1 else None)
-    return LaunchPlan(rowwise, dict(O=O, L=L, **strides), constexprs,
+    # a row folded into rows of L (row-wise, L a whole number of units) finds its shift at (o % period) * L + l
+    args = dict(O=O, L=L, **strides, shift_period=length // L if rowwise and L else 1)
+    return LaunchPlan(rowwise, args, constexprs,
                       warps, grid, amax, amax_warps, tuple(codes_shape), tuple(scales_shape), _OUT_SCALE_DTYPES[c.scale],
                       _RESULT_SCALE_DTYPES[c.scale])
 
@@ -901,10 +927,16 @@ def one_read_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
 
 
 def plan_for(x: torch.Tensor, axis: int, fmt: OperandFormat, rht: int, *, codes: bool, values: bool,
-             config: dict | None = None) -> LaunchPlan:
+             config: dict | None = None, shift: bool = False) -> LaunchPlan:
     asm = not _interpreting() and x.device.type == "cuda" and torch.version.hip is None
     return launch_plan(tuple(x.shape), x.element_size(), axis, fmt, rht, codes, values, asm,
-                       tuple(sorted(config.items())) if config else None)
+                       tuple(sorted(config.items())) if config else None, shift)
+
+
+def kernel_takes_shift(fmt: OperandFormat) -> bool:
+    """Whether the kernels subtract a shift themselves for ``fmt`` (one-level scales); for a two-level format
+    the launchers quantize ``x.float() - shift``, the same FP32 values."""
+    return format_constants(as_format(fmt)).scale != 1
 
 
 def _seed_tensor(seed, device) -> torch.Tensor:
@@ -949,7 +981,7 @@ def amax_launch(plan: LaunchPlan, x, gamax, key) -> tuple:
             {**amax_scalars(plan), "rht_key": key, **plan.amax_constexprs})
 
 
-def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
+def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values, shift=None):
     """Run the (pre-pass and) kernel; returns the tensor scale."""
     device = x.device
     tensor_scale = torch.empty((), dtype=torch.float32, device=device)  # the kernel writes it
@@ -961,14 +993,26 @@ def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values):
     else:
         gamax = None  # not read: one-level scales have no global amax
     _quantize_kernel[plan.grid](x, **output_pointers(codes, scales, values), ts_ptr=tensor_scale, gamax_ptr=gamax,
-                                seed_ptr=seed_t, **{k: plan.args[k] for k in PLAN_SCALARS}, offset=int(offset),
-                                rht_key=rht_key(plan, rht_seed), **plan.constexprs, num_warps=plan.num_warps)
+                                seed_ptr=seed_t, shift_ptr=shift, **{k: plan.args[k] for k in PLAN_SCALARS},
+                                offset=int(offset), rht_key=rht_key(plan, rht_seed),
+                                shift_period=plan.args["shift_period"], **plan.constexprs, num_warps=plan.num_warps)
     return tensor_scale
 
 
+def _take_shift(x, axis: int, fmt: OperandFormat, shift):
+    """``(x, shift)`` for the kernel: ``shift`` as it is where the kernel takes it (contiguous), else
+    ``(x.float() - shift, None)`` (two-level scales: the same FP32 values, quantized as they are)."""
+    check_shift(x, axis, shift)
+    if shift is None or kernel_takes_shift(fmt):
+        return x, None if shift is None else shift.contiguous()
+    return x.float() - shift, None
+
+
 def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0, rht_seed: int = 0,
-             seed=None, offset: int = 0, *, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(codes, scales, tensor_scale) of ``x`` quantized along ``axis``: ``numerics.quantize``'s, bit for bit.
+             seed=None, offset: int = 0, shift: torch.Tensor | None = None, *,
+             config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, scales, tensor_scale) of ``x`` (less ``shift``, ``numerics.check_shift``) quantized along
+    ``axis``: ``numerics.quantize``'s, bit for bit.
 
     ``config`` (benchmarks): ``{"B": .., "num_warps": .., "fold": False, "amax_B": .., "amax_warps": ..,
     "cols": ..}`` overrides the tile (``fold``: see :func:`_folds`; ``amax_*``: the E4M3 global-amax
@@ -976,18 +1020,20 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
     """
     fmt = as_format(fmt)
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)
+    x, shift = _take_shift(x, axis, fmt, shift)
     x = x.contiguous()
-    plan = plan_for(x, axis, fmt, rht, codes=True, values=False, config=config)
+    plan = plan_for(x, axis, fmt, rht, codes=True, values=False, config=config, shift=shift is not None)
     codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
     scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=x.device)
     if x.numel() == 0:
         return codes, scales.view(plan.result_scale_dtype), torch.ones((), dtype=torch.float32, device=x.device)
-    tensor_scale = _launch(x, plan, rht_seed, seed, offset, codes, scales, None)
+    tensor_scale = _launch(x, plan, rht_seed, seed, offset, codes, scales, None, shift)
     return codes, scales.view(plan.result_scale_dtype), tensor_scale
 
 
 def quantize_dequantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0, rht_seed: int = 0,
-                        seed=None, offset: int = 0, dtype: torch.dtype = torch.bfloat16, *,
+                        seed=None, offset: int = 0, dtype: torch.dtype = torch.bfloat16,
+                        shift: torch.Tensor | None = None, *,
                         config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, tensor_scale): ``code x block scale`` of ``x`` quantized along ``axis``, rounded to ``dtype``
     (``numerics.quantize_dequantize``'s, bit for bit), without writing the codes."""
@@ -995,12 +1041,13 @@ def quantize_dequantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rh
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)
     if dtype not in _VALUE_DTYPES:
         raise ValueError(f"dtype={dtype} is not valid; valid values: {', '.join(map(str, _VALUE_DTYPES))}")
+    x, shift = _take_shift(x, axis, fmt, shift)
     x = x.contiguous()
     values = torch.empty(x.shape, dtype=dtype, device=x.device)
     if x.numel() == 0:
         return values, torch.ones((), dtype=torch.float32, device=x.device)
-    plan = plan_for(x, axis, fmt, rht, codes=False, values=True, config=config)
-    return values, _launch(x, plan, rht_seed, seed, offset, None, None, values)
+    plan = plan_for(x, axis, fmt, rht, codes=False, values=True, config=config, shift=shift is not None)
+    return values, _launch(x, plan, rht_seed, seed, offset, None, None, values, shift)
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
@@ -1035,6 +1082,7 @@ def compile_variants():
         unused = unused_pointers(c, values=False)  # None at every launch (output_pointers)
         types = {k: v for k, v in types.items() if k not in unused}
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
+        unit.update(shift_ptr=None, shift_period=1)  # no shift (the presets')
         orientation = "row-wise" if rowwise else "column-wise"
         variants.append(KernelVariant.build(
             f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types,

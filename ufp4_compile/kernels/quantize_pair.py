@@ -30,10 +30,11 @@ from ufp4_compile.kernels.dequantize import pair_launch as dequantize_pair_launc
 from ufp4_compile.kernels.prepass import prepass_launches
 from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS,
                                            PLAN_SCALARS, RHT_KEYS, ROW_SEGMENTS, LaunchPlan, _launch, _program_at,
-                                           _quantize_at, _seed_tensor, launch_plan, one_read_refusal, output_pointers,
-                                           plan_for, quantize, quantize_dequantize, rht_key, unused_pointers)
+                                           _quantize_at, _seed_tensor, kernel_takes_shift, launch_plan,
+                                           one_read_refusal, output_pointers, plan_for, quantize, quantize_dequantize,
+                                           rht_key, unused_pointers)
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
-from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
+from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs, check_shift
 
 # ---- kernels -------------------------------------------------------------------------------------------
 
@@ -42,7 +43,7 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                           a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_O, a_L, a_s_page, a_s_o, a_s_l,
                           a_offset, a_g0, a_g1, a_g2,
                           b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_O, b_L, b_s_page, b_s_o, b_s_l,
-                          b_offset, b_g0, b_g1,
+                          b_offset, b_g0, b_g1, a_shift_ptr, b_shift_ptr, a_shift_period, b_shift_period,
                           GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_2D: tl.constexpr,
                           STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr, Q_MAX: tl.constexpr, ASM: tl.constexpr,
                           A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
@@ -52,7 +53,8 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                           B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                           B_SR_GROUPED: tl.constexpr, B_ROWWISE: tl.constexpr, B_COLS: tl.constexpr,
                           B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, B_U: tl.constexpr,
-                          B_B: tl.constexpr, B_PARTIAL: tl.constexpr):
+                          B_B: tl.constexpr, B_PARTIAL: tl.constexpr, A_SHIFT: tl.constexpr,
+                          B_SHIFT: tl.constexpr):
     """Two quantizations in one launch (one format; each its own input, RHT, seeds, axis and outputs):
     the first ``a_g0 * a_g1 * a_g2`` programs are job a's grid, the rest job b's, each in the grid order of
     its own launch. A launch fewer per pair: the default mode of a training step is bound by the host's time
@@ -66,13 +68,14 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                     a_s_page, a_s_o, a_s_l, a_offset, a_rht_key, pid % a_g0, (pid // a_g0) % a_g1,
                     pid // (a_g0 * a_g1), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, A_SR_GROUPED, E8M0_FLOOR, Q_MAX,
                     A_RHT, A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_COLS, A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B,
-                    A_PARTIAL)
+                    A_PARTIAL, a_shift_ptr, a_shift_period, A_SHIFT)
     else:
         q = pid - n_a
         _program_at(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, b_O, b_L,
                     b_s_page, b_s_o, b_s_l, b_offset, b_rht_key, q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1),
                     GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT,
-                    B_SIGN_MASK, B_ROWWISE, B_COLS, B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL)
+                    B_SIGN_MASK, B_ROWWISE, B_COLS, B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL,
+                    b_shift_ptr, b_shift_period, B_SHIFT)
 
 
 @triton.jit
@@ -227,7 +230,8 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
 
 _PAIR_SHARED = ("GRID", "SCALE", "BLOCK", "BLOCK_2D", "STOCHASTIC", "E8M0_FLOOR", "Q_MAX",
                 "ASM")  # what the two jobs of a pair launch have in common: the format
-_PAIR_OWN = RHT_KEYS + ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B", "PARTIAL")
+_PAIR_OWN = RHT_KEYS + ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B", "PARTIAL",
+                        "SHIFT")
 
 
 def _format_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
@@ -250,6 +254,8 @@ def dual_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
     refusal = _format_refusal(a, b) or one_read_refusal(shape, a, b)
     if refusal is not None:
         return refusal
+    if a.constexprs["SHIFT"] or b.constexprs["SHIFT"]:
+        return "a job with a shift (the pair kernel and the single launch take one)"
     if a.constexprs["BLOCK_2D"]:
         return "16 x 16 blocks"
     return None
@@ -308,7 +314,8 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
         return PairLaunch(grid, tile["num_warps"], dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
                           _quantize_dual_kernel, "ab" if a.rowwise else "ba", reads_x="a")
     scalars = {f"{p}_{k}": plan.args[k] for p, plan in (("a", a), ("b", b)) for k in PLAN_SCALARS}
-    scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1])
+    scalars.update(a_g0=a.grid[0], a_g1=a.grid[1], a_g2=a.grid[2], b_g0=b.grid[0], b_g1=b.grid[1],
+                   a_shift_period=a.args["shift_period"], b_shift_period=b.args["shift_period"])
     constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
     for p, plan in (("A", a), ("B", b)):
         constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _PAIR_OWN})
@@ -429,15 +436,18 @@ def shared_values_launch(x, fmt: OperandFormat, codes_axis: int, rht_seed, seed,
 
 
 def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, rht_seed: int, seed, jobs, *,
-                  other: tuple | None = None, dual: bool = True, config: dict | None = None) -> list[tuple]:
+                  other: tuple | None = None, dual: bool = True, config: dict | None = None,
+                  shifts: tuple | None = None) -> list[tuple]:
     """Two quantizations (one format) in one launch where :func:`pair_refusal` allows, else two: ``jobs`` is
     two ``(axis, offset, dtype)``, ``dtype`` None for codes (``quantize``'s result) or the values' dtype
     (``quantize_dequantize``'s); ``rht`` the RHT size of both, or of each as a pair. Both quantize ``x`` with
     ``rht_seed`` and ``seed``, or the second quantizes ``other = (tensor, rht_seed, seed)``. Each result is bit
     for bit the single call's. ``dual``: ``x``'s row-wise and column-wise quantizations read it once where
     :func:`dual_refusal` allows. ``config`` (benchmarks): both jobs' tile, as ``quantize``'s, and the dual
-    launch's ``B``, ``num_warps`` and ``cols`` (:func:`pair_launch`)."""
+    launch's ``B``, ``num_warps`` and ``cols`` (:func:`pair_launch`). ``shifts``: each job's ``shift`` (None, or
+    ``quantize``'s): shifted jobs share the pair kernel only (one-level scales), else run as single calls."""
     fmt = as_format(fmt)
+    shifts = tuple(shifts) if shifts is not None else (None, None)
     if len(jobs) != 2:
         raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
     rhts = tuple(rht) if isinstance(rht, (tuple, list)) else (rht, rht)
@@ -452,29 +462,38 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
             raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
                              f"{', '.join(map(str, _VALUE_DTYPES))}")
     inputs = [(t.contiguous(), r, s) for t, r, s in inputs]
-    if other is None and x.numel() and same_values_refusal(tuple(x.shape), fmt, [(axis, size, dtype) for axis, size, (
+    for (t, _, _), axis, shift in zip(inputs, axes, shifts):
+        check_shift(t, axis, shift)
+    shifted = any(shift is not None for shift in shifts)
+    if shifted and not kernel_takes_shift(fmt):
+        return [quantize(t, axis, fmt, size, r, s, offset, shift) if dtype is None else
+                quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype, shift)
+                for (t, r, s), axis, (_, offset, dtype), size, shift in zip(inputs, axes, jobs, rhts, shifts)]
+    if not shifted and other is None and x.numel() and same_values_refusal(tuple(x.shape), fmt, [(axis, size, dtype) for axis, size, (
             _, _, dtype) in zip(axes, rhts, jobs)]) is None:
         codes_job = 0 if jobs[0][2] is None else 1
         shared = shared_values_launch(inputs[0][0], fmt, axes[codes_job], rht_seed, seed, jobs[codes_job][1],
                                       jobs[1 - codes_job][2])
         return list(shared) if codes_job == 0 else list(shared[::-1])
-    plans = [plan_for(t, axis, fmt, size, codes=dtype is None, values=dtype is not None, config=config)
-             for (t, _, _), axis, (_, _, dtype), size in zip(inputs, axes, jobs, rhts)]
+    plans = [plan_for(t, axis, fmt, size, codes=dtype is None, values=dtype is not None, config=config,
+                      shift=shift is not None)
+             for (t, _, _), axis, (_, _, dtype), size, shift in zip(inputs, axes, jobs, rhts, shifts)]
     shape = tuple(x.shape)
     empty = any(t.numel() == 0 for t, _, _ in inputs)
     one_read = not empty and dual and other is None and dual_refusal(shape, *plans) is None
     if empty or (not one_read and pair_refusal(*plans) is not None):
-        return [quantize(t, axis, fmt, size, r, s, offset) if dtype is None else
-                quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype)
-                for (t, r, s), axis, (_, offset, dtype), size in zip(inputs, axes, jobs, rhts)]
+        return [quantize(t, axis, fmt, size, r, s, offset, shift) if dtype is None else
+                quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype, shift)
+                for (t, r, s), axis, (_, offset, dtype), size, shift in zip(inputs, axes, jobs, rhts, shifts)]
     launch = pair_launch(*plans, dual_shape=shape if one_read else None, tile=config)
-    return _run(launch, plans, inputs, jobs)
+    return _run(launch, plans, inputs, jobs, shifts=shifts)
 
 
-def job_pointers(launch: PairLaunch, prefix: str, plan: LaunchPlan, x, outputs: tuple, gamax, seed) -> dict:
+def job_pointers(launch: PairLaunch, prefix: str, plan: LaunchPlan, x, outputs: tuple, gamax, seed,
+                 shift=None) -> dict:
     """The pointer arguments of ``launch``'s job under ``prefix`` (tensors or Inductor buffers alike): its input
-    ``x``, ``outputs`` (codes, scales, values, tensor scale), the partial maxima ``gamax`` of its pre-pass and
-    its ``seed``. None for each one the launch does not use (an output it does not write, the gamax of
+    ``x``, ``outputs`` (codes, scales, values, tensor scale), the partial maxima ``gamax`` of its pre-pass, its
+    ``seed`` and its ``shift`` (where the kernel takes one). None for each one the launch does not use (an output it does not write, the gamax of
     one-level scales, the seed of round to nearest, the input of a job whose tensor the kernel reads under
     another job's name): a constant of the call, one pointer fewer for the launcher to resolve."""
     codes, scales, values, ts = outputs
@@ -482,13 +501,19 @@ def job_pointers(launch: PairLaunch, prefix: str, plan: LaunchPlan, x, outputs: 
                 f"{prefix}_gamax_ptr": gamax, f"{prefix}_seed_ptr": seed if plan.constexprs["STOCHASTIC"] else None}
     if f"{prefix}_x_ptr" in launch.kernel.arg_names:
         pointers[f"{prefix}_x_ptr"] = x if prefix in launch.reads_x else None
+    if f"{prefix}_shift_ptr" in launch.kernel.arg_names:
+        pointers[f"{prefix}_shift_ptr"] = shift if plan.constexprs["SHIFT"] else None
+    elif shift is not None:
+        raise ValueError(f"{launch.kernel.fn.__name__} takes no shift")
     return pointers
 
 
-def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None) -> list[tuple]:
+def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shifts: tuple | None = None
+         ) -> list[tuple]:
     """Allocate the jobs' outputs, run their global-amax pre-passes (two-level scales, two a launch) and
     ``launch`` (with ``extra`` arguments: other jobs' tensors); each job's result (``quantize``'s or
     ``quantize_dequantize``'s), in the order of ``plans``."""
+    shifts = shifts or (None,) * len(plans)  # each job's shift (the pair kernel's jobs take one)
     partials = [torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=t.device)  # every program writes its slot
                 if plan.amax_constexprs is not None else None for plan, (t, _, _) in zip(plans, inputs)]
     keys = [rht_key(plan, r) for plan, (_, r, _) in zip(plans, inputs)]
@@ -496,8 +521,8 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None) -> 
                                                                       [t for t, _, _ in inputs], partials, keys):
         kernel[grid](**tensors, **scalars, num_warps=num_warps)
     outputs, kwargs = [], {}
-    for p, plan, (t, _, s), (_, offset, dtype), gamax, key in zip(launch.prefixes, plans, inputs, jobs, partials,
-                                                                   keys):
+    for p, plan, (t, _, s), (_, offset, dtype), gamax, key, shift in zip(launch.prefixes, plans, inputs, jobs,
+                                                                          partials, keys, shifts):
         ts = torch.empty((), dtype=torch.float32, device=t.device)
         codes = scales = values = None
         if dtype is None:
@@ -508,7 +533,8 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None) -> 
             values = torch.empty(t.shape, dtype=dtype, device=t.device)
             outputs.append((values, ts))
         seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else None  # no tensor for nothing
-        kwargs.update(job_pointers(launch, p, plan, t, (codes, scales, values, ts), gamax, seed_t),
+        kwargs.update(job_pointers(launch, p, plan, t, (codes, scales, values, ts), gamax, seed_t,
+                                   None if shift is None else shift.contiguous()),
                       **{f"{p}_offset": int(offset), f"{p}_rht_key": key})
     launch.kernel[launch.grid](**kwargs, **(extra or {}), **launch.scalars, **launch.constexprs,
                                num_warps=launch.num_warps)
@@ -616,6 +642,7 @@ def compile_variants():
                               f"{p}_g1": "i32"})
                 unit.update({f"{p}_s_o": plan.args["s_o"], f"{p}_s_l": 1} if k == "row" else
                             {f"{p}_s_o": 1, f"{p}_s_l": _VARIANT_SIZE})
+                unit.update({f"{p}_shift_ptr": None, f"{p}_shift_period": 1})  # no shift (the presets')
             types = {k: v for k, v in types.items() if k not in unit}
             types["a_g2"] = "i32"
             written = [name for p, k in zip("ab", kinds)

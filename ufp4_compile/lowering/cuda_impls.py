@@ -12,16 +12,16 @@ import torch
 _registered = False
 
 
-def _quantize(x, axis, fmt, rht, rht_seed, seed, offset):
+def _quantize(x, axis, fmt, rht, rht_seed, seed, offset, shift=None):
     from ufp4_compile.kernels.quantize import quantize
 
-    return quantize(x, axis, fmt, rht, rht_seed, seed, offset)
+    return quantize(x, axis, fmt, rht, rht_seed, seed, offset, shift)
 
 
-def _quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
+def _quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype, shift=None):
     from ufp4_compile.kernels.quantize import quantize_dequantize
 
-    return quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype)
+    return quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype, shift)
 
 
 def _dequantize(codes, scales, tensor_scale, axis, fmt, dtype):

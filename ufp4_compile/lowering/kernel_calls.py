@@ -23,7 +23,7 @@ from torch._inductor.lowering import empty_strided, fallback_handler, lowerings
 
 from ufp4_compile.lowering import partners
 from ufp4_compile.lowering.partners import (_asm, _can_dual, _can_share_values, _dequantize_call, _dequantize_sibling,
-                                           _plan, _quantize_call, _siblings)
+                                           _plan, _quantize_call, _siblings, kernel_shift)
 from ufp4_compile.lowering.partners import pair_launches, state_key  # noqa: F401  (this module's API before)
 from ufp4_compile.numerics.quantize import as_format
 
@@ -223,7 +223,7 @@ def _result(outputs, values_dtype) -> tuple:
     return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
 
 
-def _emit_single(x, plan, outputs: tuple, rht_seed, seed, offset) -> None:
+def _emit_single(x, plan, outputs: tuple, rht_seed, seed, offset, shift=None) -> None:
     """Emit one ``_quantize_kernel`` launch of ``plan`` on ``x`` into ``outputs`` (codes, scales, values, tensor
     scale; None for one it does not write), after its global-amax pre-pass for two-level scales (its partial
     maxima: every pre-pass program writes its slot, so no zero fill, a kernel launch, is needed)."""
@@ -236,23 +236,38 @@ def _emit_single(x, plan, outputs: tuple, rht_seed, seed, offset) -> None:
         gamax = _empty((AMAX_PROGRAMS,), torch.int32, x.get_device())
         kernel_launch(*amax_launch(plan, x, gamax, key))
     tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3], gamax_ptr=gamax,
-                   seed_ptr=seed if plan.constexprs["STOCHASTIC"] else None)
+                   seed_ptr=seed if plan.constexprs["STOCHASTIC"] else None,
+                   shift_ptr=shift if plan.constexprs["SHIFT"] else None)
     kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
-                  {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(offset), **plan.constexprs})
+                  {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(offset),
+                   "shift_period": plan.args["shift_period"], **plan.constexprs})
 
 
-def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None):
-    """Lower one quantize launch (codes for ``values_dtype=None``, else values); the op's result, or None when
-    the launch cannot be planned here."""
+def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None, shift=None):
+    """Lower one quantize launch (codes for ``values_dtype=None``, else values) of ``x`` less ``shift`` (one the
+    kernel takes: :func:`_shifted_input` first); the op's result, or None when the launch cannot be planned
+    here."""
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
         return None
     shape = sizes[0]
     x = _contiguous(x)
-    plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype)
+    plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype, shift is not None)
     outputs = _outputs(plan, values_dtype, shape, x.get_device())
-    _emit_single(x, plan, outputs, rht_seed, seed, offset)
+    _emit_single(x, plan, outputs, rht_seed, seed, offset, None if shift is None else _contiguous(shift))
     return _result(outputs, values_dtype)
+
+
+def _shifted_input(x, fmt, shift):
+    """``(x, shift)`` as a launch takes them: as they are where the kernel subtracts the shift (one-level
+    scales), else ``(x - shift in FP32, None)``, the difference as an Inductor node (a two-level format's
+    global-amax pre-pass reads its input as it is)."""
+    from ufp4_compile.kernels.quantize import kernel_takes_shift
+
+    if shift is None or kernel_takes_shift(fmt):
+        return x, shift
+    upcast = lowerings[torch.ops.prims.convert_element_type.default](x, torch.float32)
+    return lowerings[torch.ops.aten.sub.Tensor](upcast, shift), None
 
 
 # ---- two launches in one (which ones: lowering/partners.py) -----------------------------------------------
@@ -282,9 +297,9 @@ def _lower_paired(find_siblings, lower_all):
     return results[0]
 
 
-def _quantize_pair(x, seed):
-    """``lower_all`` of quantizations sharing a launch (``x`` and ``seed``: this one's inputs as lowered): two
-    tensors' duals (four siblings' worth) where the launch takes them, else the first two."""
+def _quantize_pair(x, seed, shift=None):
+    """``lower_all`` of quantizations sharing a launch (``x``, ``seed`` and ``shift``: this one's inputs as
+    lowered): two tensors' duals (four siblings' worth) where the launch takes them, else the first two."""
     def lower_all(node, siblings):
         from torch._inductor.virtualized import V
 
@@ -294,20 +309,22 @@ def _quantize_pair(x, seed):
         quantizations = [_quantize_call(n) for n in (node, *siblings)]
         calls = [c for c in quantizations if c is not None]  # the dequantizations come last (_siblings)
         dequantizations = [_dequantize_call(n) for n, c in zip(siblings, quantizations[1:]) if c is None]
-        try:  # the siblings' inputs and seeds as lowered (they exist: the siblings were chosen so)
-            lowered = [(x, seed)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (c[0], c[5]))
-                                     for c in calls[1:]]
+        try:  # the siblings' inputs, seeds and shifts as lowered (they exist: the siblings were chosen so)
+            lowered = [(x, seed, shift)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (c[0], c[5], c[8]))
+                                            for c in calls[1:]]
         except KeyError:
             return None
-        sizes = [_static_sizes(t) for t, _ in lowered]
-        if any(s is None or not _on_cuda(t) or 0 in s[0] for s, (t, _) in zip(sizes, lowered)):
+        sizes = [_static_sizes(t) for t, _, _ in lowered]
+        if any(s is None or not _on_cuda(t) or 0 in s[0] for s, (t, _, _) in zip(sizes, lowered)):
             return None
-        if any(t.get_dtype() != x.get_dtype() or t.get_device() != x.get_device() for t, _ in lowered[1:]):
+        if any(t.get_device() != x.get_device() for t, _, _ in lowered[1:]):
+            return None
+        if any(c[8] is not None and not kernel_shift(c) for c in calls):  # lowered alone (_shifted_input)
             return None
         if len(calls) == 2 and not dequantizations and _can_share_values(*calls):
             return _emit_shared_values(calls, _contiguous(x), sizes[0][0], x.get_device())
-        plans = [_plan(size[0], t.get_dtype().itemsize, call[1], call[2], call[3], call[7])
-                 for size, (t, _), call in zip(sizes, lowered, calls)]
+        plans = [_plan(size[0], t.get_dtype().itemsize, call[1], call[2], call[3], call[7], call[8] is not None)
+                 for size, (t, _, _), call in zip(sizes, lowered, calls)]
         one_read = [_can_dual(*calls[i:i + 2]) and dual_refusal(sizes[i][0], *plans[i:i + 2]) is None
                     for i in range(0, len(calls) - 1, 2)]
         duals = [pair_launch(*plans[i:i + 2], dual_shape=sizes[i][0]) for i in (0, 2) if i < len(calls) - 1
@@ -374,35 +391,39 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
     from ufp4_compile.kernels.quantize_pair import job_pointers, one_read_shapes
 
     outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
-    inputs = [_contiguous(t) for t, _ in lowered]
+    inputs = [_contiguous(t) for t, _, _ in lowered]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
     partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None
                 for plan in plans]  # every pre-pass program writes its slot: no zero fill
     for prepass in prepass_launches(one_read_shapes(launch), plans, inputs, partials, keys):
         kernel_launch(*prepass)
     tensors, scalars = {}, dict(launch.scalars)
-    for p, out, call, plan, (_, s), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered, inputs,
-                                                          keys, partials):
-        tensors.update(job_pointers(launch, p, plan, t, out, gamax, s))
+    for p, out, call, plan, (_, s, shift), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered,
+                                                                 inputs, keys, partials):
+        tensors.update(job_pointers(launch, p, plan, t, out, gamax, s, None if shift is None else _contiguous(shift)))
         scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
     kernel_launch(launch.kernel, launch.grid, launch.num_warps, {**tensors, **(extra or {})},
                   {**scalars, **launch.constexprs})
     return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
 
 
-def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset):
-    out = _quantize_pair(x, seed) or _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset)
+def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset, shift=None):
+    launched, kernel_shift_ = _shifted_input(x, fmt, shift) if _on_cuda(x) else (x, shift)
+    out = (_quantize_pair(launched, seed, kernel_shift_)
+           or _quantize_launch(launched, axis, fmt, rht, rht_seed, seed, offset, None, kernel_shift_))
     if out is None:
         return fallback_handler(torch.ops.ufp4.quantize.default, add_to_fallback_set=False)(
-            x, axis, fmt, rht, rht_seed, seed, offset)
+            x, axis, fmt, rht, rht_seed, seed, offset, shift)
     return out
 
 
-def lower_quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype):
-    out = _quantize_pair(x, seed) or _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, dtype)
+def lower_quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype, shift=None):
+    launched, kernel_shift_ = _shifted_input(x, fmt, shift) if _on_cuda(x) else (x, shift)
+    out = (_quantize_pair(launched, seed, kernel_shift_)
+           or _quantize_launch(launched, axis, fmt, rht, rht_seed, seed, offset, dtype, kernel_shift_))
     if out is None:
         return fallback_handler(torch.ops.ufp4.quantize_dequantize.default, add_to_fallback_set=False)(
-            x, axis, fmt, rht, rht_seed, seed, offset, dtype)
+            x, axis, fmt, rht, rht_seed, seed, offset, dtype, shift)
     return out
 
 

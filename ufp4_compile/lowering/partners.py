@@ -19,13 +19,26 @@ def _asm() -> bool:
     return torch.version.hip is None
 
 
-def _plan(shape: tuple, itemsize: int, axis: int, fmt, rht: int, values_dtype):
+def _plan(shape: tuple, itemsize: int, axis: int, fmt, rht: int, values_dtype, shift: bool = False):
     """The quantize launch plan of a contiguous input of ``shape``: codes for ``values_dtype=None``, else
-    values."""
+    values; ``shift``: of the input less a shift the kernel subtracts."""
     from ufp4_compile.kernels.quantize import launch_plan
 
     return launch_plan(shape, itemsize, axis % len(shape), as_format(fmt), rht, values_dtype is None,
-                       values_dtype is not None, _asm())
+                       values_dtype is not None, _asm(), None, shift)
+
+
+def kernel_shift(call) -> bool:
+    """Whether a quantize call (:func:`_quantize_call`) has a shift that its kernel subtracts itself."""
+    from ufp4_compile.kernels.quantize import kernel_takes_shift
+
+    return call[8] is not None and kernel_takes_shift(call[2])
+
+
+def _pairs_shift(call) -> bool:
+    """Whether a quantize call may share a launch as far as its shift goes: none, or one the kernel takes (a
+    two-level format's shifted input is a difference the lowering computes first: that call launches alone)."""
+    return call[8] is None or kernel_shift(call)
 
 
 # A training step quantizes most tensors twice in one graph: X row-wise for Fprop and column-wise (codes for
@@ -110,9 +123,14 @@ def _ufp4_call(node, *ops: str) -> tuple | None:
 
 
 def _quantize_call(node) -> tuple | None:
-    """(x, axis, fmt, rht, rht_seed, seed, offset, dtype or None) of a quantize / quantize_dequantize node."""
+    """(x, axis, fmt, rht, rht_seed, seed, offset, dtype or None, shift or None) of a quantize /
+    quantize_dequantize node."""
     args = _ufp4_call(node, "quantize", "quantize_dequantize")
-    return args + (None,) if args is not None and len(args) == 7 else args
+    if args is None:
+        return None
+    if node.target._schema.name == "ufp4::quantize":
+        args = args[:7] + (None,) + args[7:]
+    return args + (None,) * (9 - len(args))
 
 
 def _dequantize_call(node) -> tuple | None:
@@ -136,20 +154,21 @@ def _rowwise(call) -> bool | None:
 
 def _can_pair(mine, other) -> bool:
     """Whether two quantize calls can share a launch, judged from their inputs' example values: static shapes,
-    one dtype, and launch plans that :func:`kernels.quantize_pair.pair_refusal` accepts (the lowering checks again
-    on the lowered buffers)."""
+    shifts the kernel takes, and launch plans (each at its input's dtype: a mean split's bf16 ``x`` pairs with
+    its FP32 ``mu``) that :func:`kernels.quantize_pair.pair_refusal` accepts (the lowering checks again on the
+    lowered buffers)."""
     from ufp4_compile.kernels.quantize_pair import pair_refusal
 
     vals = [getattr(call[0], "meta", {}).get("val") for call in (mine, other)]
-    if any(v is None for v in vals) or vals[0].dtype != vals[1].dtype:
+    if any(v is None for v in vals) or not (_pairs_shift(mine) and _pairs_shift(other)):
         return False
     if not all(type(d) is int for v in vals for d in v.shape):  # a symbolic size: launched alone (int() on
         return False  # a SymInt would guard on its value and specialize the graph)
     shapes = [tuple(v.shape) for v in vals]
     if any(0 in shape or not shape for shape in shapes):
         return False
-    return pair_refusal(*(_plan(shape, vals[0].dtype.itemsize, call[1], call[2], call[3], call[7])
-                           for shape, call in zip(shapes, (mine, other)))) is None
+    return pair_refusal(*(_plan(shape, val.dtype.itemsize, call[1], call[2], call[3], call[7], kernel_shift(call))
+                           for shape, val, call in zip(shapes, vals, (mine, other)))) is None
 
 
 def _can_dual(mine, other) -> bool:
@@ -164,7 +183,8 @@ def _dual_launch(mine, other):
     from ufp4_compile.kernels.quantize_pair import dual_refusal, pair_launch
 
     val = getattr(mine[0], "meta", {}).get("val")
-    if _dual is False or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape):
+    if (_dual is False or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape)
+            or mine[8] is not None or other[8] is not None):  # the dual kernel takes no shift
         return None
     shape = tuple(val.shape)
     if len(shape) != 2 or 0 in shape:
@@ -180,7 +200,8 @@ def _can_share_values(mine, other) -> bool:
     from ufp4_compile.kernels.quantize_pair import same_values_refusal
 
     val = getattr(mine[0], "meta", {}).get("val")
-    if other[0] is not mine[0] or other[2] != mine[2] or val is None or not all(type(d) is int for d in val.shape):
+    if (other[0] is not mine[0] or other[2] != mine[2] or val is None or not all(type(d) is int for d in val.shape)
+            or mine[8] is not None or other[8] is not None):
         return False
     jobs = [(c[1], c[3], c[7]) for c in (mine, other)]
     return same_values_refusal(tuple(val.shape), as_format(mine[2]), jobs) is None
@@ -214,7 +235,7 @@ def _sibling(node, order: dict, taken=()):
         other = _quantize_call(later) if later not in taken else None
         if (other is not None and other[2] == mine[2]
                 and (_rowwise(other) == rowwise or (other_axis and fallback is None))
-                and all(order.get(a, here) < here for a in (other[0], other[5]) if hasattr(a, "op"))
+                and all(order.get(a, here) < here for a in (other[0], other[5], other[8]) if hasattr(a, "op"))
                 and _can_pair(mine, other)):
             if _rowwise(other) == rowwise:
                 return later
@@ -240,7 +261,7 @@ def _siblings(node, order: dict, taken=()) -> list:
     from ufp4_compile.kernels.quantize_pair import two_duals_refusal
 
     here, busy = order[node], {*taken, node, partner}
-    exists = lambda call: all(order.get(a, here) < here for a in (call[0], call[5]) if hasattr(a, "op"))
+    exists = lambda call: all(order.get(a, here) < here for a in (call[0], call[5], call[8]) if hasattr(a, "op"))
     later = node.next
     for _ in range(_PAIR_REACH if _two_duals else 0):
         if later.op == "root":
@@ -265,7 +286,7 @@ def _own_partner(node, mine, order: dict, taken, accept):
         other = _quantize_call(user) if user is not node and user not in taken else None
         if (other is not None and order.get(user, -1) > here and other[2] == mine[2]
                 and (best is None or order[user] < order[best])
-                and all(order.get(a, here) < here for a in (other[5],) if hasattr(a, "op"))
+                and all(order.get(a, here) < here for a in (other[5], other[8]) if hasattr(a, "op"))
                 and accept(mine, other)):
             best = user
     return best

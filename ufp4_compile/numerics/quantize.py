@@ -148,16 +148,33 @@ def _finite_amax(xf: torch.Tensor) -> torch.Tensor:
     return a.amax() if a.numel() else torch.zeros((), dtype=torch.float32, device=xf.device)
 
 
+def check_shift(x: torch.Tensor, axis: int, shift) -> None:
+    """``shift`` (or None) must be FP32 with ``x``'s dimensions, ``x.shape[axis]`` along the quantized axis and
+    1 along every other: one value per position along the axis (a mean split's ``mu``)."""
+    if shift is None:
+        return
+    want = [1] * x.ndim
+    want[axis] = x.shape[axis]
+    if not isinstance(shift, torch.Tensor) or shift.dtype != torch.float32 or list(shift.shape) != want:
+        got = (f"{shift.dtype} of shape {tuple(shift.shape)}" if isinstance(shift, torch.Tensor)
+               else type(shift).__name__)
+        raise ValueError(f"shift must be a torch.float32 tensor of shape {tuple(want)} (one value per position "
+                         f"along axis {axis}), got {got}")
+
+
 def quantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0, seed=None,
-             offset: int = 0) -> QuantizedTensor:
+             offset: int = 0, shift: torch.Tensor | None = None) -> QuantizedTensor:
     """Block-quantize ``x`` along ``axis`` (docs/numerics.md): optional RHT, scales, rounding, packing.
 
     ``seed`` (an int or a 0-d int64 tensor, read with ``.item()``) drives stochastic rounding together
-    with ``offset``; it is required for ``Rounding.STOCHASTIC`` and ignored otherwise.
+    with ``offset``; it is required for ``Rounding.STOCHASTIC`` and ignored otherwise. ``shift``
+    (:func:`check_shift`) quantizes ``x.float() - shift`` instead, the FP32 difference taken first: a mean
+    split's residual without writing it.
     """
     fmt = as_format(fmt)
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)
-    xf = x.float()
+    check_shift(x, axis, shift)
+    xf = x.float() if shift is None else x.float() - shift
     if rht:
         xf = hadamard.rht(xf, axis, rht, rht_seed)
     axis_last = xf.movedim(axis, -1)
@@ -197,10 +214,11 @@ def _values_times_scales(q: QuantizedTensor) -> torch.Tensor:
 
 
 def quantize_dequantize(x: torch.Tensor, axis: int, fmt, *, rht: int = 0, rht_seed: int = 0, seed=None,
-                        offset: int = 0, dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor]:
+                        offset: int = 0, dtype: torch.dtype = torch.bfloat16,
+                        shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values, tensor_scale)``: the GEMM operand of ``quantize(x, ...)`` as the reference GEMM reads it,
     ``grid_value * scale`` in FP32 rounded to ``dtype`` (the tensor scale is the GEMM epilogue's)."""
-    q = quantize(x, axis, fmt, rht=rht, rht_seed=rht_seed, seed=seed, offset=offset)
+    q = quantize(x, axis, fmt, rht=rht, rht_seed=rht_seed, seed=seed, offset=offset, shift=shift)
     return _values_times_scales(q).to(dtype), q.tensor_scale
 
 

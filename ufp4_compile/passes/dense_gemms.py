@@ -101,7 +101,9 @@ class _Densifier:
         key = (quantize, compute, None)
         if key not in self.done:
             builder = NodeBuilder(self.graph, self.fake_mode, quantize, quantize)
-            values, tensor_scale = builder.call_multi(ops.quantize_dequantize, *quantize.args, compute_dtype_of(compute))
+            args = quantize.args  # quantize's (x, axis, fmt, rht, rht_seed, seed, offset[, shift]): dtype before shift
+            values, tensor_scale = builder.call_multi(ops.quantize_dequantize, *args[:7], compute_dtype_of(compute),
+                                                      *args[7:])
             self.done[key] = (values, tensor_scale)
         return self.done[key]
 

@@ -45,12 +45,6 @@ class Quantized:
     tensor_scale: fx.Node
 
 
-def _mean_split(x):
-    """``numerics.mean_split`` with ``mu`` from the ``ufp4::sample_median`` op (one selection launch on GPUs)."""
-    mu = ops.sample_median(x)
-    return mu, x.float() - mu
-
-
 def step_seed(graph: fx.Graph, fake_mode, recipe: Recipe, device: torch.device, is_joint: bool,
               salt: int) -> fx.Node:
     """A 0-d int64 stochastic-rounding seed at the graph's start: ``sr_seed`` or a draw per graph call,
@@ -109,20 +103,22 @@ class _Rewriter:
         return Operand(node, op.transposed)
 
     def quantize(self, builder: NodeBuilder, op: Operand, fmt: OperandFormat, rht: int, rht_seed: int,
-                 offset_key: tuple) -> Quantized:
+                 offset_key: tuple, shift: fx.Node | None = None) -> Quantized:
+        """``op`` (less ``shift``, a mean split's ``mu``: the quantize op subtracts it) quantized for one GEMM."""
         op = self.as_2d(builder, op)
         axis = 0 if op.transposed else 1
         stochastic = fmt.rounding is Rounding.STOCHASTIC
         # One tensor quantized the same way for several GEMMs (X of q/k/v or gate/up, a tied W): share it
         # when the earlier node comes first in the graph, so backward saves one set of codes.
-        key = (op.node, op.transposed, fmt.spec, rht, rht_seed)
+        key = (op.node, op.transposed, fmt.spec, rht, rht_seed, shift)
         if not stochastic and key in self.cache and self.cache[key][1] <= builder.position:
             return self.cache[key][0]
         seed, offset = None, 0
         if stochastic:
             seed, offset = self.seed(value(op.node).device), philox_offset(*offset_key)
+        extra = () if shift is None else (shift,)
         codes, scales, tensor_scale = builder.call_multi(ops.quantize, op.node, axis, fmt.spec, rht, rht_seed,
-                                                         seed, offset)
+                                                         seed, offset, *extra)
         if op.transposed:
             codes, scales = builder.transpose(codes), builder.transpose(scales)
         result = Quantized(codes, scales, tensor_scale)
@@ -139,11 +135,14 @@ class _Rewriter:
 
         a_op = self.as_2d(here, gemm.a)
         split = grecipe.mean_split
+        mu = None
         if split is not MeanSplit.OFF:
+            # mu (numerics.sample_median: one selection launch on GPUs); the quantize op subtracts it (its
+            # shift), so the residual x - mu is never written
             a_node = here.transpose(a_op.node) if a_op.transposed else a_op.node
-            mu, residual = here.inline(_mean_split, a_node)
-            a_op = Operand(residual)
-        qa = self.quantize(here, a_op, grecipe.a, grecipe.rht, rht_seed, (site.key, role, "a"))
+            mu = here.call(ops.sample_median, a_node)
+            a_op = Operand(a_node)
+        qa = self.quantize(here, a_op, grecipe.a, grecipe.rht, rht_seed, (site.key, role, "a"), shift=mu)
         qb = self.quantize(self._placement(site, gemm, gemm.b), gemm.b, grecipe.b, grecipe.rht, rht_seed,
                            (site.key, role, "b"))
         # Sums (mean-split term, bias) are taken in FP32 and rounded once, as addmm does.
