@@ -7,10 +7,7 @@ The lowering needs Triton's compiled-kernel objects, not the interpreter's that 
 (TRITON_INTERPRET=1), so the wrappers are generated in one subprocess without it."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -38,10 +35,9 @@ def _wrapper(spec: str, rht: int, axis: int) -> str:
 
 @pytest.fixture(scope="module")
 def wrappers():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.splitlines()[-1])
+    from ufp4_compile.testing.fake_cuda import json_from_script
+
+    return json_from_script(__file__)
 
 
 @pytest.mark.parametrize("spec, rht, axis", CASES)

@@ -469,8 +469,8 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
         return [quantize(t, axis, fmt, size, r, s, offset, shift) if dtype is None else
                 quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype, shift)
                 for (t, r, s), axis, (_, offset, dtype), size, shift in zip(inputs, axes, jobs, rhts, shifts)]
-    if not shifted and other is None and x.numel() and same_values_refusal(tuple(x.shape), fmt, [(axis, size, dtype) for axis, size, (
-            _, _, dtype) in zip(axes, rhts, jobs)]) is None:
+    same_jobs = [(axis, size, dtype) for axis, size, (_, _, dtype) in zip(axes, rhts, jobs)]
+    if not shifted and other is None and x.numel() and same_values_refusal(tuple(x.shape), fmt, same_jobs) is None:
         codes_job = 0 if jobs[0][2] is None else 1
         shared = shared_values_launch(inputs[0][0], fmt, axes[codes_job], rht_seed, seed, jobs[codes_job][1],
                                       jobs[1 - codes_job][2])
@@ -493,9 +493,10 @@ def job_pointers(launch: PairLaunch, prefix: str, plan: LaunchPlan, x, outputs: 
                  shift=None) -> dict:
     """The pointer arguments of ``launch``'s job under ``prefix`` (tensors or Inductor buffers alike): its input
     ``x``, ``outputs`` (codes, scales, values, tensor scale), the partial maxima ``gamax`` of its pre-pass, its
-    ``seed`` and its ``shift`` (where the kernel takes one). None for each one the launch does not use (an output it does not write, the gamax of
-    one-level scales, the seed of round to nearest, the input of a job whose tensor the kernel reads under
-    another job's name): a constant of the call, one pointer fewer for the launcher to resolve."""
+    ``seed`` and its ``shift`` (where the kernel takes one). None for each one the launch does not use (an
+    output it does not write, the gamax of one-level scales, the seed of round to nearest, the input of a job
+    whose tensor the kernel reads under another job's name, a missing shift): a constant of the call, one
+    pointer fewer for the launcher to resolve."""
     codes, scales, values, ts = outputs
     pointers = {**output_pointers(codes, scales, values, f"{prefix}_"), f"{prefix}_ts_ptr": ts,
                 f"{prefix}_gamax_ptr": gamax, f"{prefix}_seed_ptr": seed if plan.constexprs["STOCHASTIC"] else None}

@@ -70,3 +70,19 @@ def wrapper_code(fn, *shapes_dtypes) -> str:
             graph.run(*inputs)
             code = graph.codegen()[0]
     return str(getattr(code, "value", code))
+
+
+def json_from_script(path) -> object:
+    """Run the Python file ``path`` as a script without Triton's interpreter (the lowerings need compiled-kernel
+    objects; the CPU test suite runs kernels in the interpreter) and parse the JSON its last stdout line holds:
+    how tests generate CUDA wrappers on CPU in one subprocess."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode != 0:
+        raise AssertionError(f"{path} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
