@@ -855,7 +855,7 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     """The launch for a contiguous ``x`` of ``shape`` quantized along ``axis`` (normalized); ``shift``: of
     ``x - shift``, one FP32 value per position along the axis (one-level scales only: a two-level format's
     global-amax pre-pass reads ``x`` as it is)."""
-    if shift and format_constants(fmt).scale == 1:
+    if shift and not kernel_takes_shift(fmt):
         raise ValueError(f"shift with two-level scales ({fmt.spec!r}): the global-amax pre-pass takes no shift")
     c = format_constants(fmt)
     rowwise = axis == len(shape) - 1

@@ -23,7 +23,7 @@ from torch._inductor.lowering import empty_strided, fallback_handler, lowerings
 
 from ufp4_compile.lowering import partners
 from ufp4_compile.lowering.partners import (_asm, _can_dual, _can_share_values, _dequantize_call, _dequantize_sibling,
-                                           _plan, _quantize_call, _siblings, kernel_shift)
+                                           _pairs_shift, _plan, _quantize_call, _siblings)
 from ufp4_compile.lowering.partners import pair_launches, state_key  # noqa: F401  (this module's API before)
 from ufp4_compile.numerics.quantize import as_format
 
@@ -319,7 +319,7 @@ def _quantize_pair(x, seed, shift=None):
             return None
         if any(t.get_device() != x.get_device() for t, _, _ in lowered[1:]):
             return None
-        if any(c[8] is not None and not kernel_shift(c) for c in calls):  # lowered alone (_shifted_input)
+        if not all(_pairs_shift(c) for c in calls):  # a difference computed first launches alone
             return None
         if len(calls) == 2 and not dequantizations and _can_share_values(*calls):
             return _emit_shared_values(calls, _contiguous(x), sizes[0][0], x.get_device())
@@ -408,9 +408,9 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
 
 
 def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset, shift=None):
-    launched, kernel_shift_ = _shifted_input(x, fmt, shift) if _on_cuda(x) else (x, shift)
-    out = (_quantize_pair(launched, seed, kernel_shift_)
-           or _quantize_launch(launched, axis, fmt, rht, rht_seed, seed, offset, None, kernel_shift_))
+    launched, launch_shift = _shifted_input(x, fmt, shift) if _on_cuda(x) else (x, shift)
+    out = (_quantize_pair(launched, seed, launch_shift)
+           or _quantize_launch(launched, axis, fmt, rht, rht_seed, seed, offset, None, launch_shift))
     if out is None:
         return fallback_handler(torch.ops.ufp4.quantize.default, add_to_fallback_set=False)(
             x, axis, fmt, rht, rht_seed, seed, offset, shift)
@@ -418,9 +418,9 @@ def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset, shift=None):
 
 
 def lower_quantize_dequantize(x, axis, fmt, rht, rht_seed, seed, offset, dtype, shift=None):
-    launched, kernel_shift_ = _shifted_input(x, fmt, shift) if _on_cuda(x) else (x, shift)
-    out = (_quantize_pair(launched, seed, kernel_shift_)
-           or _quantize_launch(launched, axis, fmt, rht, rht_seed, seed, offset, dtype, kernel_shift_))
+    launched, launch_shift = _shifted_input(x, fmt, shift) if _on_cuda(x) else (x, shift)
+    out = (_quantize_pair(launched, seed, launch_shift)
+           or _quantize_launch(launched, axis, fmt, rht, rht_seed, seed, offset, dtype, launch_shift))
     if out is None:
         return fallback_handler(torch.ops.ufp4.quantize_dequantize.default, add_to_fallback_set=False)(
             x, axis, fmt, rht, rht_seed, seed, offset, dtype, shift)
