@@ -295,20 +295,33 @@ def host_times(step, n: int, device) -> tuple[list[float], float]:
     return times, sleep_s
 
 
-def make_step(fn, optimizer, config, batch_size: int, device):
-    """One training step of ``fn`` (a variant's compiled model) on a fixed random batch: bf16 autocast on a
-    GPU, backward, the optimizer's step."""
+def make_phases(fn, optimizer, config, batch_size: int, device):
+    """The two halves of one training step of ``fn`` (a variant's compiled model) on a fixed random batch:
+    ``forward()`` under bf16 autocast on a GPU returns the loss, ``backward(loss)`` runs the backward and the
+    optimizer's step."""
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=g).to(device)
     y = torch.randint(0, config.vocab_size, (batch_size, config.seq_len), generator=g).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def step():
+    def forward():
         with autocast:
-            loss = fn(x, y)
+            return fn(x, y)
+
+    def backward(loss):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return forward, backward
+
+
+def make_step(fn, optimizer, config, batch_size: int, device):
+    """One training step of ``fn``: :func:`make_phases`' forward, then its backward and optimizer step."""
+    forward, backward = make_phases(fn, optimizer, config, batch_size, device)
+
+    def step():
+        backward(forward())
 
     return step
 
