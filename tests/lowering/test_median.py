@@ -51,6 +51,34 @@ def _split_quantized(spec):
     return f
 
 
+def _split_linear_forward(x, w):
+    """A split linear layer's forward quantizations as the rewrite pass leaves them (dense GEMMs): X's residual
+    values (Fprop) and column-wise codes (Wgrad), mu's values, W's values and column-wise codes (Dgrad)."""
+    spec = "int4/16/fp32/nearest"
+    y = x * 2
+    mu = ops.sample_median(y)
+    xv, _ = ops.quantize_dequantize(y, 1, spec, 16, 5, None, 0, torch.bfloat16, mu)
+    xc = ops.quantize(y, 0, spec, 16, 5, None, 1 << 32)
+    muv, _ = ops.quantize_dequantize(mu, 1, spec, 16, 5, None, 0, torch.bfloat16)
+    wv, _ = ops.quantize_dequantize(w, 1, spec, 16, 6, None, 0, torch.bfloat16)
+    wc = ops.quantize(w, 0, spec, 16, 6, None, 1 << 32)
+    return xv, *xc, muv, wv, *wc
+
+
+def _split_linear_backward(dy, seed, cw, sw, tw, cx, sx, tx):
+    """A split linear layer's backward: dY's residual values (Dgrad, stochastic) and column-wise values
+    (Wgrad), mu's values, and the dequantizations of W's and X's saved codes."""
+    spec, near = "int4/16/fp32/stochastic", "int4/16/fp32/nearest"
+    g = dy * 2
+    mu = ops.sample_median(g)
+    dr, _ = ops.quantize_dequantize(g, 1, spec, 16, 7, seed, 0, torch.bfloat16, mu)
+    dc, _ = ops.quantize_dequantize(g, 0, spec, 16, 7, seed, 1 << 32, torch.bfloat16)
+    muv, _ = ops.quantize_dequantize(mu, 1, spec, 16, 7, seed, 1 << 33, torch.bfloat16)
+    wv = torch.ops.ufp4.dequantize(cw, sw, tw, 0, near, torch.bfloat16)
+    xv = torch.ops.ufp4.dequantize(cx, sx, tx, 0, near, torch.bfloat16)
+    return dr, dc, muv, wv, xv
+
+
 def _wrappers() -> dict:
     from ufp4_compile import lowering
     from ufp4_compile.testing.fake_cuda import wrapper_code
@@ -60,6 +88,11 @@ def _wrappers() -> dict:
         "shifted": wrapper_code(_split_quantized("int4/16/fp32/nearest"), ((8192, 1024), torch.bfloat16)),
         "shifted_two_level": wrapper_code(_split_quantized("e2m1/16/e4m3/nearest"), ((8192, 1024), torch.bfloat16)),
         "split": wrapper_code(_split, ((8192, 1024), torch.bfloat16)),
+        "split_forward": wrapper_code(_split_linear_forward, ((1024, 512), torch.bfloat16),
+                                      ((768, 512), torch.bfloat16)),
+        "split_backward": wrapper_code(_split_linear_backward, ((1024, 768), torch.bfloat16), ((), torch.int64),
+                                       ((384, 512), torch.uint8), ((48, 512), torch.float32), ((), torch.float32),
+                                       ((512, 512), torch.uint8), ((64, 512), torch.float32), ((), torch.float32)),
         "transposed": wrapper_code(lambda x: ops.sample_median(torch.ops.aten.permute.default(x, [1, 0])),
                                    ((1024, 4096), torch.bfloat16)),
         "3d": wrapper_code(lambda x: ops.sample_median(x), ((64, 3, 5), torch.bfloat16)),
@@ -85,6 +118,33 @@ def test_cuda_split_is_one_selection_launch(wrappers):
     assert re.search(r"_sample_median_kernel_\d+\.run\(buf\d+, buf\d+, 1024, 1024, 1, 17, 482, 64, 1, 1, stream",
                      selections[0])
     assert len(launches) == 3, launches  # producer, selection, residual
+
+
+def _names(launches):
+    return [re.sub(r"_\d+$", "", line.split(".run(")[0]) for line in launches if ".run(" in line]
+
+
+def test_split_forward_reads_x_once_for_both_axes(wrappers):
+    """A split X's residual values (the kernel subtracts mu) and its column-wise codes share the dual launch,
+    with W's two in the two-duals launch: one read of X and of W, as without the split; mu's values alone."""
+    launches = _launches(wrappers["split_forward"])
+    assert _names(launches) == ["triton_poi_fused", "_sample_median_kernel", "_quantize_two_duals_kernel",
+                                "_quantize_kernel"], launches
+    mu = re.match(r"_sample_median_kernel_\d+\.run\(\w+, (buf\d+),", launches[1]).group(1)
+    assert re.search(rf"\b{mu}\b", launches[2])  # the row-wise job's shift
+    assert re.match(rf"_quantize_kernel_\d+\.run\({mu}, ", launches[3])  # mu's values
+
+
+def test_split_backward_reads_dy_once_beside_the_dequantizations(wrappers):
+    """A split dY's residual values (Dgrad) and column-wise values (Wgrad) share the dual launch with the two
+    dequantizations of the saved codes: the layer's backward launches as without the split, plus mu's."""
+    launches = _launches(wrappers["split_backward"])
+    names = _names(launches)
+    assert names.count("_quantize_dual_dequantize_kernel") == 1, launches
+    assert "_dequantize_pair_kernel" not in names and "_quantize_pair_kernel" not in names[:3], launches
+    mu = re.match(r"_sample_median_kernel_\d+\.run\(\w+, (buf\d+),", launches[names.index("_sample_median_kernel")])
+    dual = launches[names.index("_quantize_dual_dequantize_kernel")]
+    assert re.search(rf"\b{mu.group(1)}\b", dual)
 
 
 def test_cuda_reads_a_transposed_view_in_place(wrappers):

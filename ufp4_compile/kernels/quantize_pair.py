@@ -88,9 +88,11 @@ def _dual_at(x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key,
              A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
              B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
              B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
-             B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
+             B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr, a_shift_ptr, A_SHIFT: tl.constexpr):
     """The program at ``(pid_n, pid_m)`` of :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``: rows
-    ``U pid_m ..`` (``U``: both jobs' block and RHT group span, 16 or 32) x columns ``B pid_n ..``."""
+    ``U pid_m ..`` (``U``: both jobs' block and RHT group span, 16 or 32) x columns ``B pid_n ..``.
+    ``A_SHIFT``: the row-wise job quantizes ``x - shift`` (``a_shift_ptr``, one FP32 value per column: a mean
+    split's residual, as the single launch subtracts it); the column-wise job reads ``x`` as it is."""
     zero = pid_m * 0  # the page (a tensor: the tile code converts it)
     first = (pid_n == 0) & (pid_m == 0)
     SEGS: tl.constexpr = B // U  # row segments per tile row
@@ -102,7 +104,7 @@ def _dual_at(x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key,
         _quantize_at(x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr, segments,
                      U, 0, U, 1, a_offset, a_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE,
                      BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, True, COLS,
-                     A_WRITE_CODES, A_WRITE_VALUES, ASM, U, ROW_B, False)
+                     A_WRITE_CODES, A_WRITE_VALUES, ASM, U, ROW_B, False, a_shift_ptr, N // U, A_SHIFT)
     _quantize_at(x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, N, M, 0, 1, N,
                  b_offset, b_rht_key, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
                  BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, False, COLS,
@@ -119,9 +121,10 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                           A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
                           B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                           B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
-                          B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
-    """One 2-D tensor ``x (M, N)``'s row-wise quantization (job a) and column-wise one (job b), each with its
-    own RHT, from one read of it, in the column-wise launch's grid ``(cdiv(N, B), M // U)``. A program takes
+                          B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr, a_shift_ptr=None,
+                          A_SHIFT: tl.constexpr = False):
+    """One 2-D tensor ``x (M, N)``'s row-wise quantization (job a, of ``x - shift`` where ``A_SHIFT``) and
+    column-wise one (job b), each with its own RHT, from one read of it, in the column-wise launch's grid ``(cdiv(N, B), M // U)``. A program takes
     rows ``U pid_m ..`` x columns ``B pid_n ..`` (``U``: the jobs' block and RHT group span, 16 or 32): first
     job a on the tile's ``U B / U`` row segments of U, as the folded row-wise launch holds them, ``ROW_B`` segments at a time; then job b on the column-wise
     launch's tile, whose load finds the tile in the cache. Each element goes through the code of its own
@@ -132,7 +135,7 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
              a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N, a_offset,
              b_offset, tl.program_id(0), tl.program_id(1), GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, ASM,
              A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT, B_SIGN_MASK,
-             B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U)
+             B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT)
 
 
 @triton.jit
@@ -155,8 +158,11 @@ def _quantize_two_duals_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_
                                C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
                                D_RHT: tl.constexpr, D_INV_SQRT: tl.constexpr, D_SIGN_MASK: tl.constexpr,
                                D_WRITE_CODES: tl.constexpr, D_WRITE_VALUES: tl.constexpr,
-                               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr):
-    """Two tensors' dual launches in one (X's and W's in the forward, one format, one tile): the first
+                               COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
+                               a_shift_ptr=None, c_shift_ptr=None, A_SHIFT: tl.constexpr = False,
+                               C_SHIFT: tl.constexpr = False):
+    """Two tensors' dual launches in one (X's and W's in the forward, one format, one tile; a row-wise job
+    of either may take a shift, as in :func:`_quantize_dual_kernel`): the first
     ``n_first = g_first * (M // U)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``
     (jobs a row-wise, b column-wise), the rest its grid over ``w (P, Q)`` (jobs c row-wise, d column-wise),
     each program exactly the tile it runs in its own launch, so the bits are. A launch fewer per pair of
@@ -167,14 +173,14 @@ def _quantize_two_duals_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_
                  a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
                  a_offset, b_offset, pid % g_first, pid // g_first, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
-                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U)
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT)
     else:
         q = pid - n_first
         _dual_at(c_x_ptr, c_seed_ptr, d_seed_ptr, c_gamax_ptr, d_gamax_ptr, c_rht_key, d_rht_key, c_codes_ptr,
                  c_scales_ptr, c_values_ptr, c_ts_ptr, d_codes_ptr, d_scales_ptr, d_values_ptr, d_ts_ptr, P, Q,
                  c_offset, d_offset, q % g_second, q // g_second, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, C_RHT, C_INV_SQRT, C_SIGN_MASK, C_WRITE_CODES, C_WRITE_VALUES, D_RHT, D_INV_SQRT,
-                 D_SIGN_MASK, D_WRITE_CODES, D_WRITE_VALUES, COLS, B, ROW_B, U)
+                 D_SIGN_MASK, D_WRITE_CODES, D_WRITE_VALUES, COLS, B, ROW_B, U, c_shift_ptr, C_SHIFT)
 
 
 @triton.jit
@@ -199,9 +205,10 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
                                      C_BLOCK_L2: tl.constexpr,
                                      D_GRID: tl.constexpr, D_SCALE: tl.constexpr, D_BLOCK: tl.constexpr,
                                      D_APPLY_TS: tl.constexpr, D_ROWWISE: tl.constexpr, D_BLOCK_O: tl.constexpr,
-                                     D_BLOCK_L2: tl.constexpr):
-    """One tensor's dual launch and two dequantizations in one (a linear layer's backward: dY's row-wise and
-    column-wise quantizations, and the dequantizations of the saved codes of W and X beside them): the first
+                                     D_BLOCK_L2: tl.constexpr, a_shift_ptr=None, A_SHIFT: tl.constexpr = False):
+    """One tensor's dual launch and two dequantizations in one (a linear layer's backward: dY's row-wise (less
+    a shift where ``A_SHIFT``, as in :func:`_quantize_dual_kernel`) and column-wise quantizations, and the
+    dequantizations of the saved codes of W and X beside them): the first
     ``n_dual = g_dual * (M // U)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``, the
     next ``n_c`` job c's dequantize grid (``kernels.dequantize._dequantize_tile``, ``c_g0 x c_g1`` tiles a
     page), the rest job d's. Each quantize program is exactly the tile it runs in its own launch, and each
@@ -213,7 +220,7 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
                  a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
                  a_offset, b_offset, pid % g_dual, pid // g_dual, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
-                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U)
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT)
     elif pid < n_dual + n_c:
         q = pid - n_dual
         _dequantize_tile(c_codes_ptr, c_scales_ptr, c_ts_ptr, c_out_ptr, c_O, c_L2, c_s_page, c_s_o, c_s_l,
@@ -227,6 +234,10 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
 
 
 # ---- launches -------------------------------------------------------------------------------------------
+
+_DUAL_OWN = RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")  # each job's own constexprs in a dual launch (and the
+# row-wise job's A_SHIFT)
+_DUAL_TILE_KEYS = ("COLS", "B", "ROW_B", "U")
 
 _PAIR_SHARED = ("GRID", "SCALE", "BLOCK", "BLOCK_2D", "STOCHASTIC", "E8M0_FLOOR", "Q_MAX",
                 "ASM")  # what the two jobs of a pair launch have in common: the format
@@ -254,8 +265,9 @@ def dual_refusal(shape: tuple, a: LaunchPlan, b: LaunchPlan) -> str | None:
     refusal = _format_refusal(a, b) or one_read_refusal(shape, a, b)
     if refusal is not None:
         return refusal
-    if a.constexprs["SHIFT"] or b.constexprs["SHIFT"]:
-        return "a job with a shift (the pair kernel and the single launch take one)"
+    col = b if a.rowwise else a
+    if col.constexprs["SHIFT"]:
+        return "a column-wise job with a shift (the dual kernel subtracts one from the row-wise job only)"
     if a.constexprs["BLOCK_2D"]:
         return "16 x 16 blocks"
     return None
@@ -309,7 +321,8 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
         constexprs = {k: a.constexprs[k] for k in _PAIR_SHARED}
         constexprs.update(COLS=min(tile["cols"], width), B=width, ROW_B=min(width, ROW_SEGMENTS), U=u)
         for p, plan in (("A", row), ("B", col)):
-            constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")})
+            constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _DUAL_OWN})
+        constexprs["A_SHIFT"] = row.constexprs["SHIFT"]
         grid = (triton.cdiv(dual_shape[1], width), dual_shape[0] // u, 1)
         return PairLaunch(grid, tile["num_warps"], dict(M=dual_shape[0], N=dual_shape[1]), constexprs,
                           _quantize_dual_kernel, "ab" if a.rowwise else "ba", reads_x="a")
@@ -323,8 +336,6 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
     return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs, _quantize_pair_kernel)
 
 
-_DUAL_OWN = RHT_KEYS + ("WRITE_CODES", "WRITE_VALUES")  # each job's own constexprs in a dual launch
-_DUAL_TILE_KEYS = ("COLS", "B", "ROW_B", "U")
 
 
 def two_duals_refusal(first: PairLaunch, second: PairLaunch) -> str | None:
@@ -344,6 +355,7 @@ def two_duals_launch(first: PairLaunch, second: PairLaunch) -> PairLaunch:
     constexprs = {k: first.constexprs[k] for k in _PAIR_SHARED + _DUAL_TILE_KEYS}
     for (p, q), launch in ((("A", "A"), first), (("B", "B"), first), (("A", "C"), second), (("B", "D"), second)):
         constexprs.update({f"{q}_{k}": launch.constexprs[f"{p}_{k}"] for k in _DUAL_OWN})
+    constexprs.update(A_SHIFT=first.constexprs["A_SHIFT"], C_SHIFT=second.constexprs["A_SHIFT"])
     n_first = first.grid[0] * first.grid[1]
     scalars = dict(M=first.scalars["M"], N=first.scalars["N"], P=second.scalars["M"], Q=second.scalars["N"],
                    n_first=n_first, g_first=first.grid[0], g_second=second.grid[0])
@@ -542,13 +554,30 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shi
     return outputs
 
 
+def _checked_shifts(shifts, n: int, tensors, axes) -> tuple:
+    """``shifts`` (None, or one ``shift`` or None per job) checked against each job's input and axis."""
+    shifts = tuple(shifts) if shifts is not None else (None,) * n
+    if len(shifts) != n:
+        raise ValueError(f"shifts has {len(shifts)} entries; valid: None, or one shift (or None) per job ({n})")
+    for t, axis, shift in zip(tensors, axes, shifts):
+        check_shift(t, axis, shift)
+    return tuple(None if shift is None else shift.contiguous() for shift in shifts)
+
+
+def _kernel_shifts(shifts, fmt) -> bool:
+    """Whether the one-launch forms can take ``shifts``: none, or a format whose kernels subtract them (one-level
+    scales; for the others ``quantize_pair`` quantizes the differences in single calls)."""
+    return all(shift is None for shift in shifts) or kernel_takes_shift(fmt)
+
+
 def quantize_two_duals(fmt: OperandFormat | str, first: tuple, second: tuple, *,
-                       config: dict | None = None) -> list[tuple]:
+                       config: dict | None = None, shifts: tuple | None = None) -> list[tuple]:
     """Two 2-D tensors' row-wise and column-wise quantizations (X's and W's in the forward; one format) in one
     launch of :func:`_quantize_two_duals_kernel` where :func:`two_duals_refusal` allows, else each tensor's two
     by :func:`quantize_pair`. ``first`` and ``second``: ``(tensor, rht_seed, seed, rhts, jobs)``, ``rhts`` the
-    two jobs' RHT sizes and ``jobs`` two ``(axis, offset, dtype)`` as :func:`quantize_pair` takes them. The
-    four results, the first tensor's two first; each bit for bit its single call's."""
+    two jobs' RHT sizes and ``jobs`` two ``(axis, offset, dtype)`` as :func:`quantize_pair` takes them.
+    ``shifts``: the four jobs' (None, or ``quantize``'s ``shift``; the dual kernel subtracts a row-wise job's).
+    The four results, the first tensor's two first; each bit for bit its single call's."""
     fmt = as_format(fmt)
     groups = []
     for t, r, s, rhts, jobs in (first, second):
@@ -556,30 +585,34 @@ def quantize_two_duals(fmt: OperandFormat | str, first: tuple, second: tuple, *,
             raise ValueError(f"jobs={jobs!r}, rhts={rhts!r} are not valid: two (axis, offset, dtype) triples and "
                              "two RHT sizes per tensor")
         axes = [check_quantize_inputs(t, axis, fmt, rht, s) for (axis, _, _), rht in zip(jobs, rhts)]
-        t = t.contiguous()
-        plans = [plan_for(t, axis, fmt, rht, codes=dtype is None, values=dtype is not None, config=config)
-                 for axis, (_, _, dtype), rht in zip(axes, jobs, rhts)]
-        ok = t.numel() > 0 and dual_refusal(tuple(t.shape), *plans) is None
-        groups.append((t, r, s, rhts, jobs, plans,
-                       pair_launch(*plans, dual_shape=tuple(t.shape), tile=config) if ok else None))
-    duals = [g[6] for g in groups]
-    if any(d is None for d in duals) or two_duals_refusal(*duals) is not None:
-        return [out for t, r, s, rhts, jobs, _, _ in groups
-                for out in quantize_pair(t, fmt, rhts, r, s, jobs, config=config)]
+        groups.append((t.contiguous(), r, s, rhts, jobs, axes))
+    shifts = _checked_shifts(shifts, 4, [g[0] for g in groups for _ in range(2)], [a for g in groups for a in g[5]])
+    duals, plans = [], []
+    for i, (t, r, s, rhts, jobs, axes) in enumerate(groups if _kernel_shifts(shifts, fmt) else ()):
+        own = [plan_for(t, axis, fmt, rht, codes=dtype is None, values=dtype is not None, config=config,
+                        shift=shift is not None)
+               for axis, (_, _, dtype), rht, shift in zip(axes, jobs, rhts, shifts[2 * i:2 * i + 2])]
+        ok = t.numel() > 0 and dual_refusal(tuple(t.shape), *own) is None
+        duals.append(pair_launch(*own, dual_shape=tuple(t.shape), tile=config) if ok else None)
+        plans += own
+    if len(duals) != 2 or any(d is None for d in duals) or two_duals_refusal(*duals) is not None:
+        return [out for i, (t, r, s, rhts, jobs, _) in enumerate(groups)
+                for out in quantize_pair(t, fmt, rhts, r, s, jobs, config=config, shifts=shifts[2 * i:2 * i + 2])]
     launch = two_duals_launch(*duals)
-    return _run(launch, [p for g in groups for p in g[5]], [(g[0], g[1], g[2]) for g in groups for _ in range(2)],
-                [j for g in groups for j in g[4]])
+    return _run(launch, plans, [(g[0], g[1], g[2]) for g in groups for _ in range(2)],
+                [j for g in groups for j in g[4]], shifts=shifts)
 
 
 def quantize_dual_dequantize(x: torch.Tensor, fmt: OperandFormat | str, rhts: tuple, rht_seed: int, seed, jobs,
-                             dequantizations, *, config: dict | None = None) -> list:
+                             dequantizations, *, config: dict | None = None, shifts: tuple | None = None) -> list:
     """A 2-D tensor's row-wise and column-wise quantizations and two dequantizations in one launch of
     :func:`_quantize_dual_dequantize_kernel` (dY's dual and the saved codes of W and X in a linear layer's
     backward) where :func:`dual_refusal` and :func:`dual_dequantize_refusal` allow, else by
     :func:`quantize_pair` and ``kernels.dequantize.dequantize_pair``. ``rhts`` and ``jobs``: the two
     quantizations' RHT sizes and ``(axis, offset, dtype)`` as :func:`quantize_pair` takes them;
-    ``dequantizations``: two ``(codes, scales, tensor_scale, axis, fmt, dtype)``. The two quantizations'
-    results, then the two dequantized tensors; each bit for bit its single call's."""
+    ``dequantizations``: two ``(codes, scales, tensor_scale, axis, fmt, dtype)``; ``shifts``: the two
+    quantizations' (as :func:`quantize_two_duals` takes them). The two quantizations' results, then the two
+    dequantized tensors; each bit for bit its single call's."""
     from ufp4_compile.kernels import dequantize as dq
 
     fmt = as_format(fmt)
@@ -589,19 +622,25 @@ def quantize_dual_dequantize(x: torch.Tensor, fmt: OperandFormat | str, rhts: tu
     axes = [check_quantize_inputs(x, axis, fmt, rht, seed) for (axis, _, _), rht in zip(jobs, rhts)]
     checked = [dq._checked(codes, scales, axis, f) for codes, scales, _, axis, f, _ in dequantizations]
     x = x.contiguous()
-    plans = [plan_for(x, axis, fmt, rht, codes=dtype is None, values=dtype is not None, config=config)
-             for axis, (_, _, dtype), rht in zip(axes, jobs, rhts)]
+    shifts = _checked_shifts(shifts, 2, (x, x), axes)
+    if not _kernel_shifts(shifts, fmt):
+        return [*quantize_pair(x, fmt, rhts, rht_seed, seed, jobs, config=config, shifts=shifts),
+                *dq.dequantize_pair(dequantizations)]
+    plans = [plan_for(x, axis, fmt, rht, codes=dtype is None, values=dtype is not None, config=config,
+                      shift=shift is not None)
+             for axis, (_, _, dtype), rht, shift in zip(axes, jobs, rhts, shifts)]
     empty = x.numel() == 0 or any(math.prod(shape) == 0 for _, _, shape in checked)
     dual = (pair_launch(*plans, dual_shape=tuple(x.shape), tile=config)
             if not empty and dual_refusal(tuple(x.shape), *plans) is None else None)
     prepared = ([dq.prepare(job, check, dual_dequantize_elements(dual)) for job, check in zip(dequantizations, checked)]
                 if dual is not None else [])
     if dual is None or dual_dequantize_refusal(dual, [plan for plan, _, _ in prepared]) is not None:
-        return [*quantize_pair(x, fmt, rhts, rht_seed, seed, jobs, config=config),
+        return [*quantize_pair(x, fmt, rhts, rht_seed, seed, jobs, config=config, shifts=shifts),
                 *dq.dequantize_pair(dequantizations)]
     launch = dual_dequantize_launch(dual, [plan for plan, _, _ in prepared])
     extra = {f"{p}_{k}": v for p, (_, tensors, _) in zip("cd", prepared) for k, v in tensors.items()}
-    return [*_run(launch, plans, [(x, rht_seed, seed)] * 2, jobs, extra), *(out for _, _, out in prepared)]
+    return [*_run(launch, plans, [(x, rht_seed, seed)] * 2, jobs, extra, shifts=shifts),
+            *(out for _, _, out in prepared)]
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
@@ -662,8 +701,8 @@ def compile_variants():
                 continue
             launch = pair_launch(*plans, dual_shape=shape)
             # the pointers a job does not use are None (constants), and so is b_x_ptr (the dual reads a_x_ptr)
-            nones = {"b_x_ptr": None, **unused_pointers(c, values=True, prefix="a_"),
-                     **unused_pointers(c, values=col_values, prefix="b_")}
+            nones = {"b_x_ptr": None, "a_shift_ptr": None, **unused_pointers(c, values=True, prefix="a_"),
+                     **unused_pointers(c, values=col_values, prefix="b_")}  # no shift (the presets')
             types = dict(a_x_ptr="*bf16", a_rht_key="i32", b_rht_key="i32", a_gamax_ptr="*i32", b_gamax_ptr="*i32",
                          a_values_ptr="*bf16", a_ts_ptr="*fp32", b_codes_ptr="*u8",
                          b_scales_ptr=_SCALE_POINTERS[c.scale], b_values_ptr="*bf16", b_ts_ptr="*fp32", M="i32",

@@ -184,12 +184,13 @@ def _dual_launch(mine, other):
 
     val = getattr(mine[0], "meta", {}).get("val")
     if (_dual is False or other[0] is not mine[0] or val is None or not all(type(d) is int for d in val.shape)
-            or mine[8] is not None or other[8] is not None):  # the dual kernel takes no shift
-        return None
+            or not (_pairs_shift(mine) and _pairs_shift(other))):  # a shift the kernel takes (dual_refusal:
+        return None  # on the row-wise job only)
     shape = tuple(val.shape)
     if len(shape) != 2 or 0 in shape:
         return None
-    plans = [_plan(shape, val.dtype.itemsize, call[1], call[2], call[3], call[7]) for call in (mine, other)]
+    plans = [_plan(shape, val.dtype.itemsize, call[1], call[2], call[3], call[7], kernel_shift(call))
+             for call in (mine, other)]
     return pair_launch(*plans, dual_shape=shape) if dual_refusal(shape, *plans) is None else None
 
 

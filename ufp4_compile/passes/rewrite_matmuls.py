@@ -70,6 +70,7 @@ class _Rewriter:
         self.position = {node: i for i, node in enumerate(graph.nodes)}
         self.seeds: dict[torch.device, fx.Node] = {}
         self.salt = rank_salt()  # 0 on rank 0 (seeds.py)
+        self.centers: dict[tuple, tuple[fx.Node, fx.Node]] = {}  # (operand, transposed) -> (2-D node, its mu)
 
     def resolve(self, node: fx.Node) -> fx.Node:
         while node in self.replaced:
@@ -87,6 +88,22 @@ class _Rewriter:
         if device not in self.seeds:
             self.seeds[device] = step_seed(self.graph, self.fake_mode, self.recipe, device, self.is_joint, self.salt)
         return self.seeds[device]
+
+    def center(self, op: Operand, template: fx.Node) -> tuple[fx.Node, fx.Node]:
+        """A split operand as a 2-D node and its ``mu`` (``ops.sample_median``), inserted right after the operand
+        is made, once per operand: every quantization of it, wherever the pass puts it, then comes after ``mu``.
+        The lowering takes a tensor's row-wise and column-wise quantizations from one read (the dual launch)
+        only where both jobs' inputs, the shift included, exist before the first; in a backward, dY's Wgrad
+        quantization comes before its Dgrad GEMM."""
+        key = (op.node, op.transposed)
+        if key not in self.centers:
+            anchor = op.node.next
+            while anchor.op == "placeholder":
+                anchor = anchor.next
+            early = NodeBuilder(self.graph, self.fake_mode, anchor, template)
+            node = early.transpose(op.node) if op.transposed else op.node
+            self.centers[key] = (node, early.call(ops.sample_median, node))
+        return self.centers[key]
 
     def _placement(self, site: Site, gemm: Gemm, op: Operand) -> NodeBuilder:
         """Quantize a forward-computed operand of a backward GEMM in the forward (saves codes, not X)."""
@@ -139,8 +156,7 @@ class _Rewriter:
         if split is not MeanSplit.OFF:
             # mu (numerics.sample_median: one selection launch on GPUs); the quantize op subtracts it (its
             # shift), so the residual x - mu is never written
-            a_node = here.transpose(a_op.node) if a_op.transposed else a_op.node
-            mu = here.call(ops.sample_median, a_node)
+            a_node, mu = self.center(a_op, gemm.node)
             a_op = Operand(a_node)
         qa = self.quantize(here, a_op, grecipe.a, grecipe.rht, rht_seed, (site.key, role, "a"), shift=mu)
         qb = self.quantize(self._placement(site, gemm, gemm.b), gemm.b, grecipe.b, grecipe.rht, rht_seed,
