@@ -107,3 +107,59 @@ def test_equals_the_reference_at_real_shapes(dtype, tokens, channels):
     x = _special(tokens, channels, dtype, channels)
     _check(x)
     _check(x.t().contiguous().t())
+
+
+Q_SPECS = ["int4/16/fp32/nearest", "int4/16/fp32/stochastic", "e2m1/16/fp32/stochastic"]
+
+
+def _quantized_check(x, spec, rht, dtype):
+    """The selection launch that quantizes mu too: mu, and mu's quantization bit for bit the reference's (the
+    single quantize launch's, itself tested against numerics)."""
+    from ufp4_compile import numerics
+
+    seed = torch.tensor(99, device=x.device)
+    mu, got = median.sample_median_quantized(x, spec, rht, 5, seed, 7 << 32, dtype)
+    want_mu = sample_median(x.cpu())
+    assert torch.equal(mu.cpu(), want_mu)
+    if dtype is None:
+        q = numerics.quantize(want_mu, 1, spec, rht=rht, rht_seed=5, seed=seed.cpu(), offset=7 << 32)
+        want = (q.codes, q.scales, q.tensor_scale)
+    else:
+        want = numerics.quantize_dequantize(want_mu, 1, spec, rht=rht, rht_seed=5, seed=seed.cpu(), offset=7 << 32,
+                                            dtype=dtype)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        g, w = g.cpu(), w.cpu()
+        assert torch.equal(g, w) if not g.is_floating_point() else torch.equal(g.float().view(torch.int32),
+                                                                               w.float().view(torch.int32))
+
+
+@pytest.mark.parametrize("spec", Q_SPECS)
+@pytest.mark.parametrize("rht", [0, 16])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_quantized_mu_equals_the_reference(spec, rht, dtype):
+    _quantized_check(_special(300, 64, torch.bfloat16, 3).to(DEVICE), spec, rht, dtype)
+
+
+def test_quantized_mu_refusals():
+    from ufp4_compile.numerics import OperandFormat
+
+    refusal = lambda spec, rht=16, channels=64: median.quantize_refusal(channels, OperandFormat.from_spec(spec), rht)
+    assert refusal("int4/16/fp32/nearest") is None and refusal("int4/16/fp32/stochastic", 0) is None
+    assert "blocks of 32" in refusal("e2m1/32/e8m0/stochastic")
+    assert "e4m3 scales" in refusal("e2m1/16/e4m3/nearest")
+    assert "16 x 16" in refusal("e2m1/16x16/e4m3/nearest")
+    assert refusal("int4/16/fp32/nearest", channels=48) is None
+    assert "40 channels" in refusal("int4/16/fp32/nearest", channels=40)
+    with pytest.raises(ValueError, match="blocks of 32"):
+        median.sample_median_quantized(torch.zeros(8, 64, device=DEVICE), "e2m1/32/e8m0/nearest", 16, 5, None, 0,
+                                        torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("spec", Q_SPECS)
+@pytest.mark.parametrize("channels", [1024, 2752, 3072])
+def test_quantized_mu_equals_the_reference_at_real_shapes(spec, channels):
+    for dtype in (None, torch.bfloat16):
+        _quantized_check(_special(8192, channels, torch.bfloat16, 4).to(DEVICE), spec, 16, dtype)

@@ -269,9 +269,10 @@ def test_emulated_gemm_uses_the_tensor_cores(report, loop, target, needle):
 
 @pytest.mark.slow
 def test_quantize_and_dequantize_compile_everywhere(report):
-    rows = [r for r in report["results"] if r["kernel"].startswith(("quantize", "dequantize"))]
+    rows = [r for r in report["results"] if r["kernel"].startswith(("quantize", "dequantize", "sample_median"))]
     variants, _ = targets.collect_variants(["ufp4_compile.kernels.quantize", "ufp4_compile.kernels.quantize_pair",
-                                            "ufp4_compile.kernels.prepass", "ufp4_compile.kernels.dequantize"])
+                                            "ufp4_compile.kernels.prepass", "ufp4_compile.kernels.dequantize",
+                                            "ufp4_compile.kernels.median"])
     assert len(rows) == 3 * len(variants)
     for row in rows:  # element-wise kernels: compiled, used on every GPU, no matrix instruction
         assert row["compiled"] and row["used"] and row["status"] == "ok" and row["instructions"] == [], row

@@ -115,8 +115,9 @@ def test_cuda_split_is_one_selection_launch(wrappers):
     assert "nanmedian" not in code and "sample_median.default(" not in code
     # reads the producer's buffer: 1024 channels with strides (1024, 1), every 17th of 8192 tokens (482);
     # the grid's three dimensions (Inductor's launcher of a user kernel takes all three)
-    assert re.search(r"_sample_median_kernel_\d+\.run\(buf\d+, buf\d+, 1024, 1024, 1, 17, 482, 64, 1, 1, stream",
-                     selections[0])
+    # (no quantization: its five pointers None, its offset and RHT key 0)
+    assert re.search(r"_sample_median_kernel_\d+\.run\(buf\d+, buf\d+, 1024, 1024, 1, 17, 482, -1, -1, -1, -1, -1, "
+                     r"0, 0, 64, 1, 1, stream", selections[0])
     assert len(launches) == 3, launches  # producer, selection, residual
 
 
@@ -126,42 +127,48 @@ def _names(launches):
 
 def test_split_forward_reads_x_once_for_both_axes(wrappers):
     """A split X's residual values (the kernel subtracts mu) and its column-wise codes share the dual launch,
-    with W's two in the two-duals launch: one read of X and of W, as without the split; mu's values alone."""
+    with W's two in the two-duals launch: one read of X and of W, as without the split; the selection launch
+    quantizes mu: two launches a split."""
     launches = _launches(wrappers["split_forward"])
-    assert _names(launches) == ["triton_poi_fused", "_sample_median_kernel", "_quantize_two_duals_kernel",
-                                "_quantize_kernel"], launches
-    mu = re.match(r"_sample_median_kernel_\d+\.run\(\w+, (buf\d+),", launches[1]).group(1)
-    assert re.search(rf"\b{mu}\b", launches[2])  # the row-wise job's shift
-    assert re.match(rf"_quantize_kernel_\d+\.run\({mu}, ", launches[3])  # mu's values
+    assert _names(launches) == ["triton_poi_fused", "_sample_median_kernel", "_quantize_two_duals_kernel"], launches
+    selection = re.match(r"_sample_median_kernel_\d+\.run\(\w+, (buf\d+), .*, -1, -1, (buf\d+), (buf\d+), -1, 0, ",
+                         launches[1])
+    assert selection, launches[1]  # mu, and mu's values and tensor scale
+    assert re.search(rf"\b{selection.group(1)}\b", launches[2])  # the row-wise job's shift
 
 
 def test_split_backward_reads_dy_once_beside_the_dequantizations(wrappers):
     """A split dY's residual values (Dgrad) and column-wise values (Wgrad) share the dual launch with the two
-    dequantizations of the saved codes: the layer's backward launches as without the split, plus mu's."""
+    dequantizations of the saved codes, and the selection quantizes mu (stochastic rounding: the seed and
+    offset of mu's quantize node): the layer's backward launches as without the split, plus the selection."""
     launches = _launches(wrappers["split_backward"])
-    names = _names(launches)
-    assert names.count("_quantize_dual_dequantize_kernel") == 1, launches
-    assert "_dequantize_pair_kernel" not in names and "_quantize_pair_kernel" not in names[:3], launches
-    mu = re.match(r"_sample_median_kernel_\d+\.run\(\w+, (buf\d+),", launches[names.index("_sample_median_kernel")])
-    dual = launches[names.index("_quantize_dual_dequantize_kernel")]
-    assert re.search(rf"\b{mu.group(1)}\b", dual)
+    assert _names(launches) == ["triton_poi_fused", "_sample_median_kernel", "_quantize_dual_dequantize_kernel"], \
+        launches
+    selection = re.match(rf"_sample_median_kernel_\d+\.run\(\w+, (buf\d+), .*, -1, -1, buf\d+, buf\d+, seed_1, "
+                         rf"{1 << 33}, ", launches[1])
+    assert selection, launches[1]
+    assert re.search(rf"\b{selection.group(1)}\b", launches[2])
 
 
 def test_cuda_reads_a_transposed_view_in_place(wrappers):
     launches = _launches(wrappers["transposed"])
     assert len(launches) == 1, launches  # no copy first
     assert re.search(r"_sample_median_kernel_\d+\.run\(reinterpret_tensor\(x_1, \(4096, 1024\), \(1, 4096\), 0\), "
-                     r"buf\d+, 1024, 1, 4096, 9, 456, 64, 1, 1, stream", launches[0])
+                     r"buf\d+, 1024, 1, 4096, 9, 456, -1, -1, -1, -1, -1, 0, 0, 64, 1, 1, stream", launches[0])
 
 
 def test_cuda_quantizes_the_residual_without_writing_it(wrappers):
-    """The selection, then one pair launch of the residual's values (the kernel subtracts mu as it loads x)
-    and mu's: no kernel writes x - mu."""
+    """The selection, which quantizes mu too (its values), then one launch of the residual's values (the kernel
+    subtracts mu as it loads x): no kernel writes x - mu."""
     launches = _launches(wrappers["shifted"])
     kernels = [line.split(".run(")[0].rstrip("_0123456789") for line in launches]
-    assert kernels == ["triton_poi_fused", "_sample_median_kernel", "_quantize_pair_kernel"], launches
-    # the pair reads the producer's buffer and mu, and takes mu as the first job's shift
-    assert re.match(r"_quantize_pair_kernel_\d+\.run\((buf\d+), (buf\d+), .*, \2, -1, 64, 64, ", launches[2])
+    assert kernels == ["triton_poi_fused", "_sample_median_kernel", "_quantize_kernel"], launches
+    # the selection writes mu and mu's values and tensor scale (no codes, no scales, no seed: round to nearest)
+    selection = re.match(r"_sample_median_kernel_\d+\.run\((buf\d+), (buf\d+), 1024, 1024, 1, 17, 482, -1, -1, "
+                         r"(buf\d+), (buf\d+), -1, 0, ", launches[1])
+    assert selection, launches[1]
+    # the residual's launch reads the producer's buffer and takes mu as its shift
+    assert re.match(rf"_quantize_kernel_\d+\.run\({selection.group(1)}, .*\b{selection.group(2)}, ", launches[2])
 
 
 def test_cuda_two_level_formats_quantize_the_difference(wrappers):

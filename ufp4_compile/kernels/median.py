@@ -18,18 +18,35 @@ import torch
 import triton
 import triton.language as tl
 
+from ufp4_compile.kernels.quantize import _quantize_at, launch_plan as quantize_launch_plan
+from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.mean_split import sample_stride
 
 # bits of the stored value, and the magnitude at which the exponent field is all ones (Inf / NaN)
 _KEYS = {torch.bfloat16: (16, 0x7F80), torch.float16: (16, 0x7C00), torch.float32: (32, 0x7F800000)}
 DTYPES = tuple(_KEYS)
 BLOCK_C = 16  # channels a program: 32 contiguous bytes of a bfloat16 token row
+_Q_ROWS = tl.constexpr(2)  # the rows of the fused quantization's tile (mu has one; the tile code takes at least two)
+# the format constexprs of a quantize plan that the fused quantization takes (its tile is the kernel's own)
+_Q_KEYS = ("GRID", "SCALE", "BLOCK", "STOCHASTIC", "SR_GROUPED", "E8M0_FLOOR", "Q_MAX", "RHT", "INV_SQRT",
+           "SIGN_MASK", "WRITE_CODES", "WRITE_VALUES", "ASM")
 
 
 @triton.jit
 def _sample_median_kernel(x_ptr, mu_ptr, C, stride_t, stride_c, token_step, n_tokens,
                           BITS: tl.constexpr, INF_BITS: tl.constexpr, HALF: tl.constexpr,
-                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+                          q_codes_ptr=None, q_scales_ptr=None, q_values_ptr=None, q_ts_ptr=None, q_seed_ptr=None,
+                          q_offset=0, q_rht_key=0, QUANTIZE: tl.constexpr = False, GRID: tl.constexpr = 0,
+                          SCALE: tl.constexpr = 0, BLOCK: tl.constexpr = 16, STOCHASTIC: tl.constexpr = False,
+                          SR_GROUPED: tl.constexpr = True, E8M0_FLOOR: tl.constexpr = False,
+                          Q_MAX: tl.constexpr = 7.0, RHT: tl.constexpr = 0, INV_SQRT: tl.constexpr = 0.25,
+                          SIGN_MASK: tl.constexpr = 0, WRITE_CODES: tl.constexpr = False,
+                          WRITE_VALUES: tl.constexpr = False, ASM: tl.constexpr = False):
+    """``mu`` of ``BLOCK_C`` channels a program; ``QUANTIZE``: then ``mu``'s row-wise quantization too, those
+    ``BLOCK_C`` (one block and RHT group of 16) channels a program, through the single quantize launch's own
+    code (``quantize._quantize_at``; the format's constexprs are its plan's): the split's quantized ``mu``
+    without a launch of its own."""
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     rows = tl.arange(0, BLOCK_S)
     mask = (rows < n_tokens)[:, None] & (cols < C)[None, :]
@@ -67,6 +84,13 @@ def _sample_median_kernel(x_ptr, mu_ptr, C, stride_t, stride_c, token_step, n_to
     else:
         value = chosen.to(tl.float32, bitcast=True)
     tl.store(mu_ptr + cols, tl.where(n > 0, value, 0.0), mask=cols < C)
+    if QUANTIZE:
+        tl.debug_barrier()  # the program's mu, stored by its threads, is read back by others
+        pid = tl.program_id(0)
+        _quantize_at(mu_ptr, q_codes_ptr, q_scales_ptr, q_values_ptr, q_ts_ptr, None, q_seed_ptr, 1, C, 0, C, 1,
+                     q_offset, q_rht_key, pid * BLOCK_C, 0, tl.arange(0, _Q_ROWS), pid * 0, pid == 0, GRID, SCALE,
+                     BLOCK, False, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, True, 1,
+                     WRITE_CODES, WRITE_VALUES, ASM, BLOCK_C, _Q_ROWS, False)
 
 
 def launch_plan(tokens: int, channels: int, dtype: torch.dtype) -> tuple[tuple, int, dict, dict]:
@@ -80,6 +104,35 @@ def launch_plan(tokens: int, channels: int, dtype: torch.dtype) -> tuple[tuple, 
     scalars = dict(C=channels, token_step=step, n_tokens=n_tokens)
     constexprs = dict(BITS=bits, INF_BITS=inf_bits, HALF=1 << (bits - 1), BLOCK_S=block_s, BLOCK_C=BLOCK_C)
     return (triton.cdiv(channels, BLOCK_C), 1, 1), num_warps, scalars, constexprs
+
+
+def quantize_refusal(channels: int, fmt: OperandFormat, rht: int) -> str | None:
+    """Why the selection launch cannot also quantize ``mu`` (``(1, channels)``, row-wise) in ``fmt`` with an
+    RHT of ``rht``, or None: a program's ``BLOCK_C`` channels must be whole blocks and RHT groups of one-level
+    scales (two-level ones need a global maximum first)."""
+    if fmt.block_2d or fmt.block != BLOCK_C:
+        return f"blocks of {fmt.block}{' x 16' if fmt.block_2d else ''} (a program holds {BLOCK_C} channels)"
+    if fmt.scale is not ScaleFormat.FP32:
+        return f"{fmt.scale.value} scales (the fused quantization takes FP32 ones)"
+    if rht not in (0, BLOCK_C):
+        return f"an RHT of {rht}"
+    if channels % BLOCK_C:
+        return f"{channels} channels (not a multiple of {BLOCK_C})"
+    return None
+
+
+# the fused quantization's constexprs where the launch selects only (every argument passed: the launchers of
+# user-defined kernels take no defaults)
+NO_QUANTIZE = dict(QUANTIZE=False, GRID=0, SCALE=0, BLOCK=16, STOCHASTIC=False, SR_GROUPED=True, E8M0_FLOOR=False,
+                   Q_MAX=7.0, RHT=0, INV_SQRT=0.25, SIGN_MASK=0, WRITE_CODES=False, WRITE_VALUES=False, ASM=False)
+
+
+def quantize_constexprs(channels: int, fmt: OperandFormat, rht: int, write_codes: bool, write_values: bool,
+                        asm: bool) -> dict:
+    """The fused quantization's constexprs (``quantize_refusal`` is None): the format's, from the single
+    launch's plan of ``mu``, so each value goes through the same code with the same constants."""
+    plan = quantize_launch_plan((1, channels), 4, 1, fmt, rht, write_codes, write_values, asm)
+    return {"QUANTIZE": True, **{k: plan.constexprs[k] for k in _Q_KEYS}}
 
 
 def refusal(x: torch.Tensor) -> str | None:
@@ -104,3 +157,66 @@ def sample_median(x: torch.Tensor) -> torch.Tensor:
     _sample_median_kernel[grid](x, mu, stride_t=x.stride(0), stride_c=x.stride(1), **scalars, **constexprs,
                                 num_warps=num_warps)
     return mu
+
+
+def sample_median_quantized(x: torch.Tensor, fmt, rht: int, rht_seed: int, seed, offset: int,
+                            dtype: torch.dtype | None) -> tuple:
+    """``mu = sample_median(x)`` and ``mu``'s row-wise quantization (``kernels.quantize.quantize`` for
+    ``dtype=None``, else ``quantize_dequantize``'s values) from one launch, where :func:`quantize_refusal`
+    allows: ``(mu, result)``, each bit for bit its own call's."""
+    from ufp4_compile.kernels.quantize import _seed_tensor, plan_for, rht_key
+    from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
+
+    fmt = as_format(fmt)
+    reason = refusal(x) or quantize_refusal(x.shape[1], fmt, rht)
+    if reason is not None:
+        raise ValueError(f"sample_median_quantized: {reason}")
+    mu = torch.empty((1, x.shape[1]), dtype=torch.float32, device=x.device)
+    check_quantize_inputs(mu, 1, fmt, rht, seed)
+    plan = plan_for(mu, 1, fmt, rht, codes=dtype is None, values=dtype is not None)
+    grid, num_warps, scalars, constexprs = launch_plan(x.shape[0], x.shape[1], x.dtype)
+    q = quantize_constexprs(x.shape[1], fmt, rht, dtype is None, dtype is not None, plan.constexprs["ASM"])
+    codes = scales = values = None
+    if dtype is None:
+        codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
+        scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=x.device)
+    else:
+        values = torch.empty(mu.shape, dtype=dtype, device=x.device)
+    ts = torch.empty((), dtype=torch.float32, device=x.device)
+    seed_t = _seed_tensor(seed, x.device) if q["STOCHASTIC"] else None
+    _sample_median_kernel[grid](x, mu, stride_t=x.stride(0), stride_c=x.stride(1), q_codes_ptr=codes,
+                                q_scales_ptr=scales, q_values_ptr=values, q_ts_ptr=ts, q_seed_ptr=seed_t,
+                                q_offset=int(offset), q_rht_key=rht_key(plan, rht_seed), **scalars, **constexprs,
+                                **q, num_warps=num_warps)
+    if dtype is None:
+        return mu, (codes, scales.view(plan.result_scale_dtype), ts)
+    return mu, (values, ts)
+
+
+# ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------
+
+def compile_variants():
+    """The selection launch of a bfloat16 (8192, 4096) operand (the step's sample of 482 tokens), alone and with
+    ufp4-mean's quantizations of mu: its forward's values (round to nearest) and its backward's (stochastic)."""
+    from ufp4_compile.kernels.targets import KernelVariant
+
+    grid, num_warps, scalars, constexprs = launch_plan(8192, 4096, torch.bfloat16)
+    types = dict(x_ptr="*bf16", mu_ptr="*fp32", C="i32", stride_t="i32", token_step="i32", n_tokens="i32")
+    nones = dict(q_codes_ptr=None, q_scales_ptr=None, q_values_ptr=None, q_ts_ptr=None, q_seed_ptr=None)
+    variants = [KernelVariant.build("sample_median[bf16]", "ufp4-mean", _sample_median_kernel, types,
+                                    {"stride_c": 1, "q_offset": 0, "q_rht_key": 0, **constexprs, **nones,
+                                     **NO_QUANTIZE}, aligned=("x_ptr", "mu_ptr", "C"),
+                                    options=dict(num_warps=num_warps))]
+    for spec in ("int4/16/fp32/nearest", "int4/16/fp32/stochastic"):
+        q = quantize_constexprs(4096, OperandFormat.from_spec(spec), 16, False, True, False)  # no inline PTX
+        q_types = dict(q_values_ptr="*bf16", q_ts_ptr="*fp32", q_offset="i64", q_rht_key="i32")
+        unused = dict(q_codes_ptr=None, q_scales_ptr=None)
+        if q["STOCHASTIC"]:
+            q_types["q_seed_ptr"] = "*i64"
+        else:
+            unused["q_seed_ptr"] = None
+        variants.append(KernelVariant.build(
+            f"sample_median[bf16, mu's {spec} values]", "ufp4-mean", _sample_median_kernel, types | q_types,
+            {"stride_c": 1, **constexprs, **unused, **q}, aligned=("x_ptr", "mu_ptr", "C", "q_values_ptr"),
+            options=dict(num_warps=num_warps)))
+    return variants

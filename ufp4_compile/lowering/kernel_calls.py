@@ -272,6 +272,18 @@ def _shifted_input(x, fmt, shift):
 
 # ---- two launches in one (which ones: lowering/partners.py) -----------------------------------------------
 
+def pairing_state() -> dict:
+    """The graph being lowered's pairing state: its FX nodes' order, and the results lowered ahead for their
+    nodes (``ahead``: a node found there returns that result when its turn comes)."""
+    from torch._inductor.virtualized import V
+
+    graph = V.graph
+    state = getattr(graph, "_ufp4_pairs", None)
+    if state is None:
+        state = graph._ufp4_pairs = {"order": {n: i for i, n in enumerate(graph.graph.nodes)}, "ahead": {}}
+    return state
+
+
 def _lower_paired(find_siblings, lower_all):
     """The result of the node being lowered when pairing lowered it ahead with an earlier one, or when it
     shares a launch with ``find_siblings(node, order, taken)`` now (``lower_all(node, siblings)``: the node's
@@ -281,11 +293,8 @@ def _lower_paired(find_siblings, lower_all):
         return None
     from torch._inductor.virtualized import V
 
-    graph = V.graph
-    state = getattr(graph, "_ufp4_pairs", None)
-    if state is None:  # per graph: its node order, and the results lowered ahead for their nodes
-        state = graph._ufp4_pairs = {"order": {n: i for i, n in enumerate(graph.graph.nodes)}, "ahead": {}}
-    node = graph.current_node
+    state = pairing_state()
+    node = V.graph.current_node
     if node in state["ahead"]:
         return state["ahead"].pop(node)
     siblings = find_siblings(node, state["order"], state["ahead"]) if node is not None else []
