@@ -257,7 +257,7 @@ def test_static_launchers_from_the_worker_pools_binaries(recipe):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref", "nvfp4", "ufp4-nv"])
+@pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref", "nvfp4", "ufp4-nv", "ufp4-mean"])
 def test_paired_training_step_equals_unpaired(recipe):
     """A training step of backend="ufp4" with paired launches (the default without CUDA graphs: X's, W's and
     dY's two quantizations each from one read, dY's launch with the dequantizations of the saved codes, or
@@ -265,7 +265,9 @@ def test_paired_training_step_equals_unpaired(recipe):
     step with pair_launches(False), with pairs but without the one-read dual launch, and with the dual launch
     last (same-axis partners first: X's and W's row-wise quantizations side by side, their column-wise ones):
     the same output and gradients, bit for bit, and the pair and dual kernels in the generated code. nvfp4
-    and ufp4-nv (E4M3 scales) pair too, each tensor's two global-amax pre-passes from one read of it."""
+    and ufp4-nv (E4M3 scales) pair too, each tensor's two global-amax pre-passes from one read of it. ufp4-mean's
+    split X and dY take the one-read launches too (the kernels subtract mu from the row-wise job), and the
+    selection launch quantizes mu."""
     from torch._inductor import config
     from torch._inductor.utils import run_and_get_code
 
@@ -323,6 +325,12 @@ def test_paired_training_step_equals_unpaired(recipe):
     # (e2m1-ref rotates Wgrad's dY only)
     assert (launches[3]["_quantize_pair_kernel"] or no_same_axis) and (launches[3]["_quantize_dual_kernel"]
                                                                        or recipe != "ufp4")
+    if recipe == "ufp4-mean":  # mu quantized by the selection launch with pairing on, by its own launch without
+        # (an unfused selection passes five None pointers, offset 0 and RHT key 0 for the quantization)
+        unfused = lambda code: [line for line in re.findall(r"_sample_median_kernel_\d+\.run\(.*", code)
+                                if "-1, -1, -1, -1, -1, 0, 0, " in line]
+        assert _launches("_sample_median_kernel", codes[1]) == 4 and not unfused(codes[1])
+        assert len(unfused(codes[0])) == _launches("_sample_median_kernel", codes[0]) == 4
     for unpaired, *others in zip(*results):
         for other in others:
             torch.testing.assert_close(other, unpaired, rtol=0, atol=0)
