@@ -1,6 +1,7 @@
 """Quantizing ``x - shift`` (a mean split's residual) inside the kernels: the single launch, the pair launch
-and the dual launches (their row-wise job) subtract the shift as they load a tile and give the reference's bits (``numerics.quantize`` with
-``shift``, itself ``quantize(x.float() - shift)``); two-level formats quantize the difference computed first.
+and the dual launches (their row-wise job) subtract the shift as they load a tile and give the reference's
+bits (``numerics.quantize`` with ``shift``, itself ``quantize(x.float() - shift)``); two-level formats
+quantize the difference computed first.
 
 On CPU the kernels run in Triton's interpreter (tests/conftest.py), so shapes stay small; the GPU tests
 repeat the comparison at the training step's shapes.

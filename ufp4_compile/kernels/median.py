@@ -121,8 +121,8 @@ def quantize_refusal(channels: int, fmt: OperandFormat, rht: int) -> str | None:
     return None
 
 
-# the fused quantization's constexprs where the launch selects only (every argument passed: the launchers of
-# user-defined kernels take no defaults)
+# the fused quantization's constexprs where the launch only selects (the lowering passes every argument of
+# the kernel, these included, rather than count on its defaults)
 NO_QUANTIZE = dict(QUANTIZE=False, GRID=0, SCALE=0, BLOCK=16, STOCHASTIC=False, SR_GROUPED=True, E8M0_FLOOR=False,
                    Q_MAX=7.0, RHT=0, INV_SQRT=0.25, SIGN_MASK=0, WRITE_CODES=False, WRITE_VALUES=False, ASM=False)
 

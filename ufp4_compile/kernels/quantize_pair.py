@@ -124,10 +124,11 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                           B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr, a_shift_ptr=None,
                           A_SHIFT: tl.constexpr = False):
     """One 2-D tensor ``x (M, N)``'s row-wise quantization (job a, of ``x - shift`` where ``A_SHIFT``) and
-    column-wise one (job b), each with its own RHT, from one read of it, in the column-wise launch's grid ``(cdiv(N, B), M // U)``. A program takes
-    rows ``U pid_m ..`` x columns ``B pid_n ..`` (``U``: the jobs' block and RHT group span, 16 or 32): first
-    job a on the tile's ``U B / U`` row segments of U, as the folded row-wise launch holds them, ``ROW_B`` segments at a time; then job b on the column-wise
-    launch's tile, whose load finds the tile in the cache. Each element goes through the code of its own
+    column-wise one (job b), each with its own RHT, from one read of it, in the column-wise launch's grid
+    ``(cdiv(N, B), M // U)``. A program takes rows ``U pid_m ..`` x columns ``B pid_n ..`` (``U``: the jobs'
+    block and RHT group span, 16 or 32): first job a on the tile's ``U B / U`` row segments of U, as the folded
+    row-wise launch holds them, ``ROW_B`` segments at a time; then job b on the column-wise launch's tile,
+    whose load finds the tile in the cache. Each element goes through the code of its own
     launch: the bits are the two single launches'. The arguments are :func:`_quantize_pair_kernel`'s
     (``b_x_ptr`` is ``a_x_ptr``) with ``M, N`` for the sizes; a launcher whose first
     job is the column-wise one passes each job's arguments under the other's prefix (``PairLaunch.prefixes``)."""
@@ -334,8 +335,6 @@ def pair_launch(a: LaunchPlan, b: LaunchPlan, dual_shape: tuple | None = None,
         constexprs.update({f"{p}_{k}": plan.constexprs[k] for k in _PAIR_OWN})
     n = a.grid[0] * a.grid[1] * a.grid[2] + b.grid[0] * b.grid[1] * b.grid[2]
     return PairLaunch((n, 1, 1), a.num_warps, scalars, constexprs, _quantize_pair_kernel)
-
-
 
 
 def two_duals_refusal(first: PairLaunch, second: PairLaunch) -> str | None:

@@ -4,8 +4,8 @@
 Inductor's own lowering of the op's reference took a copy of the sample, ``aten.nanmedian`` (an extern
 call of five launches) and a fix-up kernel for every split. The same launch also quantizes ``mu`` where the
 split quantizes it next (:func:`_fused_quantization`): the quantize node's result waits for it as a paired
-launch's does. Off CUDA, with symbolic sizes, and for inputs the
-kernel refuses (``kernels.median.refusal``), the op's own implementation runs as an extern call.
+launch's does. Off CUDA, with symbolic sizes, and for inputs the kernel refuses (``kernels.median.refusal``),
+the op's own implementation runs as an extern call.
 """
 
 from __future__ import annotations
