@@ -39,6 +39,11 @@ def _launches(code: str):
             and re.search(r"^\w+\.run\(|extern_kernels\.\w+\(|torch\.ops\.\w+\.\w+\.\w+\(", line)]
 
 
+def _names(launches):
+    """The kernels the launches run, without Inductor's numbering."""
+    return [re.sub(r"_\d+$", "", line.split(".run(")[0]) for line in launches if ".run(" in line]
+
+
 def _split_quantized(spec):
     """The mean split as the rewrite pass leaves it for a dense GEMM: ``mu``, then the residual's values with
     the quantize op subtracting ``mu`` (its shift) and ``mu``'s own values."""
@@ -121,10 +126,6 @@ def test_cuda_split_is_one_selection_launch(wrappers):
     assert len(launches) == 3, launches  # producer, selection, residual
 
 
-def _names(launches):
-    return [re.sub(r"_\d+$", "", line.split(".run(")[0]) for line in launches if ".run(" in line]
-
-
 def test_split_forward_reads_x_once_for_both_axes(wrappers):
     """A split X's residual values (the kernel subtracts mu) and its column-wise codes share the dual launch,
     with W's two in the two-duals launch: one read of X and of W, as without the split; the selection launch
@@ -161,8 +162,7 @@ def test_cuda_quantizes_the_residual_without_writing_it(wrappers):
     """The selection, which quantizes mu too (its values), then one launch of the residual's values (the kernel
     subtracts mu as it loads x): no kernel writes x - mu."""
     launches = _launches(wrappers["shifted"])
-    kernels = [line.split(".run(")[0].rstrip("_0123456789") for line in launches]
-    assert kernels == ["triton_poi_fused", "_sample_median_kernel", "_quantize_kernel"], launches
+    assert _names(launches) == ["triton_poi_fused", "_sample_median_kernel", "_quantize_kernel"], launches
     # the selection writes mu and mu's values and tensor scale (no codes, no scales, no seed: round to nearest)
     selection = re.match(r"_sample_median_kernel_\d+\.run\((buf\d+), (buf\d+), 1024, 1024, 1, 17, 482, -1, -1, "
                          r"(buf\d+), (buf\d+), -1, 0, ", launches[1])
@@ -174,8 +174,7 @@ def test_cuda_quantizes_the_residual_without_writing_it(wrappers):
 def test_cuda_two_level_formats_quantize_the_difference(wrappers):
     """NVFP4's global-amax pre-pass reads its input as it is: the lowering writes x - mu first."""
     launches = _launches(wrappers["shifted_two_level"])
-    kernels = [line.split(".run(")[0].rstrip("_0123456789") for line in launches]
-    assert kernels[:3] == ["triton_poi_fused", "_sample_median_kernel", "triton_poi_fused"], launches
+    assert _names(launches)[:3] == ["triton_poi_fused", "_sample_median_kernel", "triton_poi_fused"], launches
     # the difference reads the producer's buffer and mu, and the residual's pre-pass reads the difference
     producer, mu, difference = (re.search(r"\.run\((\w+), (\w+)(?:, (\w+))?", line).groups() for line in launches[:3])
     assert difference[:2] == (producer[1], mu[1]) and re.match(rf"_amax_kernel_\d+\.run\({difference[2]},", launches[3])

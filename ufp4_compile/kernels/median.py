@@ -127,11 +127,10 @@ NO_QUANTIZE = dict(QUANTIZE=False, GRID=0, SCALE=0, BLOCK=16, STOCHASTIC=False, 
                    Q_MAX=7.0, RHT=0, INV_SQRT=0.25, SIGN_MASK=0, WRITE_CODES=False, WRITE_VALUES=False, ASM=False)
 
 
-def quantize_constexprs(channels: int, fmt: OperandFormat, rht: int, write_codes: bool, write_values: bool,
-                        asm: bool) -> dict:
-    """The fused quantization's constexprs (``quantize_refusal`` is None): the format's, from the single
-    launch's plan of ``mu``, so each value goes through the same code with the same constants."""
-    plan = quantize_launch_plan((1, channels), 4, 1, fmt, rht, write_codes, write_values, asm)
+def quantize_constexprs(plan) -> dict:
+    """The fused quantization's constexprs (``quantize_refusal`` is None): the format's, from ``plan``, the
+    single launch's plan of ``mu`` (``kernels.quantize.launch_plan``), so each value goes through the same
+    code with the same constants."""
     return {"QUANTIZE": True, **{k: plan.constexprs[k] for k in _Q_KEYS}}
 
 
@@ -175,7 +174,7 @@ def sample_median_quantized(x: torch.Tensor, fmt, rht: int, rht_seed: int, seed,
     check_quantize_inputs(mu, 1, fmt, rht, seed)
     plan = plan_for(mu, 1, fmt, rht, codes=dtype is None, values=dtype is not None)
     grid, num_warps, scalars, constexprs = launch_plan(x.shape[0], x.shape[1], x.dtype)
-    q = quantize_constexprs(x.shape[1], fmt, rht, dtype is None, dtype is not None, plan.constexprs["ASM"])
+    q = quantize_constexprs(plan)
     codes = scales = values = None
     if dtype is None:
         codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
@@ -208,7 +207,8 @@ def compile_variants():
                                      **NO_QUANTIZE}, aligned=("x_ptr", "mu_ptr", "C"),
                                     options=dict(num_warps=num_warps))]
     for spec in ("int4/16/fp32/nearest", "int4/16/fp32/stochastic"):
-        q = quantize_constexprs(4096, OperandFormat.from_spec(spec), 16, False, True, False)  # no inline PTX
+        plan = quantize_launch_plan((1, 4096), 4, 1, OperandFormat.from_spec(spec), 16, False, True, False)
+        q = quantize_constexprs(plan)  # values, no inline PTX
         q_types = dict(q_values_ptr="*bf16", q_ts_ptr="*fp32", q_offset="i64", q_rht_key="i32")
         unused = dict(q_codes_ptr=None, q_scales_ptr=None)
         if q["STOCHASTIC"]:

@@ -458,7 +458,6 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
     launch's ``B``, ``num_warps`` and ``cols`` (:func:`pair_launch`). ``shifts``: each job's ``shift`` (None, or
     ``quantize``'s): shifted jobs share the pair kernel only (one-level scales), else run as single calls."""
     fmt = as_format(fmt)
-    shifts = tuple(shifts) if shifts is not None else (None, None)
     if len(jobs) != 2:
         raise ValueError(f"jobs={jobs!r} is not valid: two (axis, offset, dtype) triples")
     rhts = tuple(rht) if isinstance(rht, (tuple, list)) else (rht, rht)
@@ -473,10 +472,9 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
             raise ValueError(f"dtype={dtype} is not valid; valid values: None (codes), "
                              f"{', '.join(map(str, _VALUE_DTYPES))}")
     inputs = [(t.contiguous(), r, s) for t, r, s in inputs]
-    for (t, _, _), axis, shift in zip(inputs, axes, shifts):
-        check_shift(t, axis, shift)
+    shifts = _checked_shifts(shifts, 2, [t for t, _, _ in inputs], axes)
     shifted = any(shift is not None for shift in shifts)
-    if shifted and not kernel_takes_shift(fmt):
+    if not _kernel_shifts(shifts, fmt):
         return [quantize(t, axis, fmt, size, r, s, offset, shift) if dtype is None else
                 quantize_dequantize(t, axis, fmt, size, r, s, offset, dtype, shift)
                 for (t, r, s), axis, (_, offset, dtype), size, shift in zip(inputs, axes, jobs, rhts, shifts)]
@@ -525,7 +523,7 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shi
     """Allocate the jobs' outputs, run their global-amax pre-passes (two-level scales, two a launch) and
     ``launch`` (with ``extra`` arguments: other jobs' tensors); each job's result (``quantize``'s or
     ``quantize_dequantize``'s), in the order of ``plans``."""
-    shifts = shifts or (None,) * len(plans)  # each job's shift (the pair kernel's jobs take one)
+    shifts = shifts or (None,) * len(plans)  # each job's shift, contiguous (_checked_shifts)
     partials = [torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=t.device)  # every program writes its slot
                 if plan.amax_constexprs is not None else None for plan, (t, _, _) in zip(plans, inputs)]
     keys = [rht_key(plan, r) for plan, (_, r, _) in zip(plans, inputs)]
@@ -545,8 +543,7 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shi
             values = torch.empty(t.shape, dtype=dtype, device=t.device)
             outputs.append((values, ts))
         seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else None  # no tensor for nothing
-        kwargs.update(job_pointers(launch, p, plan, t, (codes, scales, values, ts), gamax, seed_t,
-                                   None if shift is None else shift.contiguous()),
+        kwargs.update(job_pointers(launch, p, plan, t, (codes, scales, values, ts), gamax, seed_t, shift),
                       **{f"{p}_offset": int(offset), f"{p}_rht_key": key})
     launch.kernel[launch.grid](**kwargs, **(extra or {}), **launch.scalars, **launch.constexprs,
                                num_warps=launch.num_warps)

@@ -35,11 +35,11 @@ def _fixed_strides(x):
 
 def _fused_quantization(node, channels: int):
     """The quantization of ``mu`` that the selection launch of ``node`` (the ``sample_median`` node being
-    lowered) takes too, or None: with pairing on (its result waits for its node as a pair's does,
-    ``kernel_calls._lower_paired``), the first later ``quantize`` / ``quantize_dequantize`` of ``mu`` along its
-    last axis with no shift, a seed that exists already, and a format and RHT that
-    ``kernels.median.quantize_refusal`` accepts. A split quantizes ``mu`` for its rank-one term: a launch fewer
-    per split."""
+    lowered) takes too, as ``(its node, its call: partners._quantize_call)``, or None: with pairing on (its
+    result waits for its node as a pair's does, ``kernel_calls._lower_paired``), the first later ``quantize``
+    / ``quantize_dequantize`` of ``mu`` along its last axis with no shift, a seed that exists already, and a
+    format and RHT that ``kernels.median.quantize_refusal`` accepts. A split quantizes ``mu`` for its rank-one
+    term: a launch fewer per split."""
     from torch._inductor.virtualized import V
 
     from ufp4_compile.kernels.median import quantize_refusal
@@ -53,12 +53,12 @@ def _fused_quantization(node, channels: int):
     for user in node.users:
         call = partners._quantize_call(user)
         if (call is None or call[0] is not node or call[1] not in (1, -1) or call[8] is not None
-                or user in state["ahead"] or (best is not None and state["order"][user] > state["order"][best])):
+                or user in state["ahead"] or (best is not None and state["order"][user] > state["order"][best[0]])):
             continue
         if hasattr(call[5], "op") and call[5] not in V.graph.env:
             continue
         if quantize_refusal(channels, as_format(call[2]), call[3]) is None:
-            best = user
+            best = (user, call)
     return best
 
 
@@ -82,16 +82,15 @@ def lower_sample_median(x):
     tensors = dict(x_ptr=x, mu_ptr=mu, q_codes_ptr=None, q_scales_ptr=None, q_values_ptr=None, q_ts_ptr=None,
                    q_seed_ptr=None)
     scalars.update(stride_t=strides[0], stride_c=strides[1], q_offset=0, q_rht_key=0, **NO_QUANTIZE)
-    user = _fused_quantization(V.graph.current_node, channels)
+    fused = _fused_quantization(V.graph.current_node, channels)
     result = None
-    if user is not None:
+    if fused is not None:
         from ufp4_compile.kernels.quantize import rht_key
-        from ufp4_compile.lowering.partners import _asm, _plan, _quantize_call
-        from ufp4_compile.numerics.quantize import as_format
+        from ufp4_compile.lowering.partners import _plan
 
-        call = _quantize_call(user)
+        user, call = fused
         plan = _plan((1, channels), 4, call[1], call[2], call[3], call[7])
-        q = quantize_constexprs(channels, as_format(call[2]), call[3], call[7] is None, call[7] is not None, _asm())
+        q = quantize_constexprs(plan)
         outputs = kernel_calls._outputs(plan, call[7], (1, channels), device)
         seed = V.graph.env[call[5]] if hasattr(call[5], "op") else None
         tensors.update(q_codes_ptr=outputs[0], q_scales_ptr=outputs[1], q_values_ptr=outputs[2],
