@@ -200,7 +200,10 @@ def _pairing(value):
 def _inner_compile(joint, sinks, pairing=contextlib.nullcontext):
     from torch._inductor.compile_fx import compile_fx_inner
 
+    from ufp4_compile.passes.hoist_seeds import hoist_seeds
+
     def inner(gm, example_inputs, **kwargs):
+        hoist_seeds(gm)
         for sink in sinks:
             sink.compiled(joint.last_graph_id, gm, bool(kwargs.get("is_backward", False)))
         with pairing():

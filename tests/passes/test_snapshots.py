@@ -106,8 +106,8 @@ class GraphModule(torch.nn.Module):
         self.assertExpectedInline(bw, """\
 class GraphModule(torch.nn.Module):
     def forward(self, primals_4: "f32[32, 64]", getitem_17: "f32[]", permute_default_2: "u8[32, 8]", permute_default_3: "f32[32, 1]", getitem_29: "f32[]", permute_default_8: "u8[64, 8]", permute_default_9: "f32[64, 1]", le: "b8[2, 8, 64]", tangents_1: "f32[2, 8, 32]"):
-        view_4: "f32[16, 32]" = torch.ops.aten.reshape.default(tangents_1, [16, 32])
         full_default: "i64[]" = torch.ops.aten.full.default([], 0, dtype = torch.int64, layout = torch.strided, device = device(type='cpu'), pin_memory = False)
+        view_4: "f32[16, 32]" = torch.ops.aten.reshape.default(tangents_1, [16, 32])
         getitem_18, getitem_19, getitem_20 = torch.ops.ufp4.quantize.default(view_4, 1, 'int4/16/fp32/stochastic', 16, 0, full_default, 742084032791052288)  # u8[16, 16], f32[16, 2], f32[]
         getitem_21, getitem_22, getitem_23 = torch.ops.ufp4.quantize.default(primals_4, 0, 'int4/16/fp32/nearest', 16, 0, None, 0)  # u8[16, 64], f32[2, 64], f32[]
         permute_default_4: "u8[64, 16]" = torch.ops.aten.permute.default(getitem_21, [1, 0])
@@ -174,8 +174,8 @@ class GraphModule(torch.nn.Module):
         self.assertExpectedInline(bw, """\
 class GraphModule(torch.nn.Module):
     def forward(self, primals_4: "f32[32, 64]", getitem_23: "f32[]", permute_default_2: "u8[32, 8]", permute_default_3: "f32[32, 1]", scaled_mm_default: "f32[16, 64]", scaled_mm_default_1: "f32[16, 64]", getitem_41: "f32[]", permute_default_12: "u8[64, 8]", permute_default_13: "f32[64, 1]", tangents_1: "f32[2, 8, 32]"):
-        view_6: "f32[16, 32]" = torch.ops.aten.reshape.default(tangents_1, [16, 32])
         full_default: "i64[]" = torch.ops.aten.full.default([], 0, dtype = torch.int64, layout = torch.strided, device = device(type='cpu'), pin_memory = False)
+        view_6: "f32[16, 32]" = torch.ops.aten.reshape.default(tangents_1, [16, 32])
         getitem_36, getitem_37, getitem_38 = torch.ops.ufp4.quantize.default(view_6, 0, 'int4/16/fp32/stochastic', 16, 0, full_default, 7189976378232537088)  # u8[8, 32], f32[1, 32], f32[]
         permute_default_10: "u8[32, 8]" = torch.ops.aten.permute.default(getitem_36, [1, 0])
         permute_default_11: "f32[32, 1]" = torch.ops.aten.permute.default(getitem_37, [1, 0])
@@ -249,8 +249,8 @@ class GraphModule(torch.nn.Module):
         self.assertExpectedInline(bw, """\
 class GraphModule(torch.nn.Module):
     def forward(self, primals_3: "f32[32, 32]", getitem_22: "f32[]", permute_default_2: "u8[32, 16]", permute_default_3: "f32[32, 2]", select: "f32[2, 2, 16, 16]", select_1: "f32[2, 2, 16, 16]", select_2: "f32[2, 2, 16, 16]", getitem: "f32[2, 2, 16, 16]", getitem_1: "f32[2, 2, 16]", tangents_1: "f32[2, 16, 32]"):
-        view_6: "f32[32, 32]" = torch.ops.aten.reshape.default(tangents_1, [32, 32])
         full_default: "i64[]" = torch.ops.aten.full.default([], 0, dtype = torch.int64, layout = torch.strided, device = device(type='cpu'), pin_memory = False)
+        view_6: "f32[32, 32]" = torch.ops.aten.reshape.default(tangents_1, [32, 32])
         getitem_29, getitem_30, getitem_31 = torch.ops.ufp4.quantize.default(view_6, 0, 'int4/16/fp32/stochastic', 16, 0, full_default, 8589448839788756992)  # u8[16, 32], f32[2, 32], f32[]
         permute_default_6: "u8[32, 16]" = torch.ops.aten.permute.default(getitem_29, [1, 0])
         permute_default_7: "f32[32, 2]" = torch.ops.aten.permute.default(getitem_30, [1, 0])
@@ -322,6 +322,7 @@ class GraphModule(torch.nn.Module):
         self.assertExpectedInline(bw, """\
 class GraphModule(torch.nn.Module):
     def forward(self, primals_1: "f32[64, 32]", primals_2: "i64[2, 8]", primals_3: "f32[32, 32]", getitem_17: "f32[]", permute_default_4: "u8[32, 8]", permute_default_5: "f32[32, 1]", view_2: "f32[16, 32]", le: "b8[2, 8, 32]", tangents_1: "f32[2, 8, 64]"):
+        full_default: "i64[]" = torch.ops.aten.full.default([], 0, dtype = torch.int64, layout = torch.strided, device = device(type='cpu'), pin_memory = False)
         view_4: "f32[16, 64]" = torch.ops.aten.reshape.default(tangents_1, [16, 64])
         permute_2: "f32[64, 16]" = torch.ops.aten.permute.default(view_4, [1, 0])
         permute_1: "f32[32, 64]" = torch.ops.aten.permute.default(primals_1, [1, 0])
@@ -331,7 +332,6 @@ class GraphModule(torch.nn.Module):
         full_default_1: "f32[]" = torch.ops.aten.full.default([], 0.0, dtype = torch.float32, layout = torch.strided, device = device(type='cpu'), pin_memory = False)
         where: "f32[2, 8, 32]" = torch.ops.aten.where.self(le, full_default_1, view_5)
         view_6: "f32[16, 32]" = torch.ops.aten.reshape.default(where, [16, 32])
-        full_default: "i64[]" = torch.ops.aten.full.default([], 0, dtype = torch.int64, layout = torch.strided, device = device(type='cpu'), pin_memory = False)
         getitem_12, getitem_13, getitem_14 = torch.ops.ufp4.quantize.default(view_6, 0, 'int4/16/fp32/stochastic', 16, 0, full_default, 3239240600653922304)  # u8[8, 32], f32[1, 32], f32[]
         permute_default_2: "u8[32, 8]" = torch.ops.aten.permute.default(getitem_12, [1, 0])
         permute_default_3: "f32[32, 1]" = torch.ops.aten.permute.default(getitem_13, [1, 0])
