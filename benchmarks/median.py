@@ -8,6 +8,7 @@ whether ``mu`` and the residual are the same bits. (At 3f54e0c this script compa
 formulation with ``nanmedian``: 1.46-1.59 times its time, ``median_3f54e0c_nvidia-h200.log``.)
 
     python benchmarks/median.py          # GPU; a few seconds per shape
+    python benchmarks/median.py --warps 1,2,4,8,16   # the selection launch alone at each warp count
 """
 from __future__ import annotations
 
@@ -40,13 +41,44 @@ def launches(fn, x) -> int:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
+def warps_sweep(warps: list[int]) -> int:
+    """The selection launch alone (``kernels.median._sample_median_kernel``, no quantization) at each shape and
+    warp count against the warp count ``launch_plan`` picks; every count's ``mu`` must be the plan's bits (a
+    selection counts keys, so the layout cannot change the answer)."""
+    from ufp4_compile.kernels.median import NO_QUANTIZE, _sample_median_kernel, launch_plan
+
+    differ = 0
+    for shape in SHAPES:
+        x = (torch.randn(shape, device="cuda") + torch.linspace(-2, 2, shape[1], device="cuda")).bfloat16()
+        grid, planned, scalars, constexprs = launch_plan(*shape, x.dtype)
+
+        def run(num_warps):
+            mu = torch.empty((1, shape[1]), dtype=torch.float32, device="cuda")
+            _sample_median_kernel[grid](x, mu, stride_t=x.stride(0), stride_c=x.stride(1), **scalars, **constexprs,
+                                        **NO_QUANTIZE, num_warps=num_warps)
+            return mu
+
+        want = run(planned)
+        cells = []
+        for w in warps:
+            same = torch.equal(run(w).view(torch.int32), want.view(torch.int32))
+            differ += not same
+            cells.append(f"{w} warps {bench_launch(lambda: run(w)) * 1e3:6.1f} us{'' if same else ' (DIFFERENT BITS)'}")
+        print(f"{str(shape):13s} planned {planned} warps, {grid[0]} programs: " + "; ".join(cells), flush=True)
+    return 1 if differ else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parse_timed_args(parser, argv)
+    parser.add_argument("--warps", default=None, help="comma-separated warp counts: sweep the selection launch alone")
+    args = parse_timed_args(parser, argv)
     if not torch.cuda.is_available():
         print("no GPU: nothing to measure", file=sys.stderr)
         return 2
     lowering.register()
+    if args.warps:
+        print(f"device {torch.cuda.get_device_name()}; {timing_note()}", flush=True)
+        return warps_sweep([int(w) for w in args.warps.split(",")])
     kernel_fn, select_fn = torch.compile(kernel_split), torch.compile(mean_split)
     print(f"device {torch.cuda.get_device_name()}; {timing_note()}", flush=True)
     differ = 0
