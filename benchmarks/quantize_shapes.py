@@ -77,7 +77,7 @@ def pairs(seed) -> int:
     and in the pair kernel (``-pair``: two reads), and two tensors' row-wise values or column-wise codes (X
     and W). Each launch's results against the single launches', bit for bit. Returns the number of
     mismatches."""
-    from ufp4_compile.kernels.quantize_pair import quantize_pair
+    from ufp4_compile.kernels.quantize_pair_launchers import quantize_pair
 
     bad = 0
     w_seed = torch.tensor(11, device="cuda")

@@ -78,7 +78,7 @@ def dual_configs(quick: bool, span: int = 16):
 def sweep_duals(seed, copy_gbs: float, quick: bool, spec_filter: str | None = None) -> int:
     """The dual launch per config, against its default and against the two single launches (each at its
     default tile); bits against the default's. Returns the number of configs whose bits differ."""
-    from ufp4_compile.kernels.quantize_pair import quantize_pair
+    from ufp4_compile.kernels.quantize_pair_launchers import quantize_pair
 
     bad = 0
     for spec, rhts, shape, jobs in DUALS:

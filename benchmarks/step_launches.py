@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no GPU: nothing to profile", file=sys.stderr)
         return 2
-    from ufp4_compile.kernels.quantize_pair import quantize_pair
+    from ufp4_compile.kernels.quantize_pair_launchers import quantize_pair
 
     seed = torch.tensor(7, device="cuda")
     x = torch.randn(args.rows, args.cols, device="cuda", dtype=torch.bfloat16) * 3

@@ -17,6 +17,7 @@ from ufp4_compile.numerics.formats import OperandFormat
 
 kernels_quantize = pytest.importorskip("ufp4_compile.kernels.quantize")
 quantize_pair = pytest.importorskip("ufp4_compile.kernels.quantize_pair")
+launchers = pytest.importorskip("ufp4_compile.kernels.quantize_pair_launchers")
 prepass = pytest.importorskip("ufp4_compile.kernels.prepass")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,7 +129,7 @@ def test_two_tensors_dual_pre_passes_in_one_launch(spec, rhts):
         kernel[grid](**tensors, **scalars, num_warps=num_warps)
         assert int(got.min()) >= 0 and int(got.max()) == int(want.max())
     jobs = ((1, 16, torch.bfloat16), (0, 1 << 32, None))
-    results = quantize_pair.quantize_two_duals(spec, (x, 3, None, rhts, jobs), (w, 5, None, rhts, jobs))
+    results = launchers.quantize_two_duals(spec, (x, 3, None, rhts, jobs), (w, 5, None, rhts, jobs))
     singles = [f(t, axis, spec, rht, r, None, offset, *([dtype] if dtype is not None else []))
                for t, r in ((x, 3), (w, 5)) for (axis, offset, dtype), rht in zip(jobs, rhts)
                for f in [kernels_quantize.quantize if dtype is None else kernels_quantize.quantize_dequantize]]

@@ -16,6 +16,7 @@ from ufp4_compile.numerics.quantize import quantize_dequantize as quantize_dequa
 
 kernels_quantize = pytest.importorskip("ufp4_compile.kernels.quantize")
 quantize_pair = pytest.importorskip("ufp4_compile.kernels.quantize_pair")
+launchers = pytest.importorskip("ufp4_compile.kernels.quantize_pair_launchers")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -53,7 +54,7 @@ def test_pair_launch_matches_reference(spec, rht, shape, jobs):
     plans = [kernels_quantize.plan_for(x, axis % x.dim(), fmt, rht, codes=dtype is None, values=dtype is not None)
              for axis, _, dtype in jobs]
     assert (quantize_pair.pair_refusal(*plans) is None) == ("fp32" in spec)
-    results = quantize_pair.quantize_pair(x, spec, rht, 3, seed, jobs)
+    results = launchers.quantize_pair(x, spec, rht, 3, seed, jobs)
     for job, got in zip(jobs, results):
         want = _pair_reference(x, spec, rht, seed, job)
         assert len(got) == len(want)
@@ -82,7 +83,7 @@ def test_dual_launch_matches_reference(spec, rht, shape, jobs):
              for axis, _, dtype in jobs]
     assert quantize_pair.dual_refusal(tuple(x.shape), *plans) is None
     assert quantize_pair.pair_launch(*plans, dual_shape=tuple(x.shape)).kernel is quantize_pair._quantize_dual_kernel
-    results = quantize_pair.quantize_pair(x, spec, rht, 3, seed, jobs)
+    results = launchers.quantize_pair(x, spec, rht, 3, seed, jobs)
     for (axis, offset, dtype), got in zip(jobs, results):
         single = (kernels_quantize.quantize(x, axis, spec, rht, 3, seed, offset) if dtype is None else
                   kernels_quantize.quantize_dequantize(x, axis, spec, rht, 3, seed, offset, dtype))
@@ -109,7 +110,7 @@ def test_dual_launch_tile_changes_no_bit(config):
         assert (launch.constexprs["COLS"], launch.constexprs["B"], launch.num_warps) == (
             config["cols"], config["B"], config["num_warps"])
         assert launch.grid == (128 // config["B"], 2, 1)
-        results = quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs, config=config)
+        results = launchers.quantize_pair(x, spec, 16, 3, seed, jobs, config=config)
         singles = [kernels_quantize.quantize_dequantize(x, 1, spec, 16, 3, seed, 16)[:1],
                    kernels_quantize.quantize(x, 0, spec, 16, 3, seed, 9)[:2]]
         for got, want in zip(results, singles):
@@ -166,7 +167,7 @@ def test_pair_launch_of_two_tensors_matches_reference(spec, rht, shapes, jobs):
     row-wise quantizations for Fprop): each result is its single reference's, bit for bit."""
     x, w = (torch.randn(shape, device=DEVICE) * 3 for shape in shapes)
     seeds = torch.tensor(1234, device=DEVICE), torch.tensor(77, device=DEVICE)
-    results = quantize_pair.quantize_pair(x, spec, rht, 3, seeds[0], jobs, other=(w, 5, seeds[1]))
+    results = launchers.quantize_pair(x, spec, rht, 3, seeds[0], jobs, other=(w, 5, seeds[1]))
     for t, rht_seed, seed, job, got in zip((x, w), (3, 5), seeds, jobs, results):
         want = _pair_reference(t, spec, rht, seed, job, rht_seed)
         assert len(got) == len(want)
@@ -182,7 +183,7 @@ def test_pair_launch_of_two_weights_in_16x16_blocks(jobs):
     spec = "e2m1/16x16/e4m3/nearest"
     w1, w2 = torch.randn(48, 64, device=DEVICE) * 3, torch.randn(32, 80, device=DEVICE)
     w2[3, 4] = 1e4
-    results = quantize_pair.quantize_pair(w1, spec, 0, 3, None, jobs, other=(w2, 5, None))
+    results = launchers.quantize_pair(w1, spec, 0, 3, None, jobs, other=(w2, 5, None))
     for t, job, got in zip((w1, w2), jobs, results):
         for g, w_ in zip(got, _pair_reference(t, spec, 0, None, job)):
             assert g.dtype == w_.dtype and g.shape == w_.shape
@@ -210,7 +211,7 @@ def test_jobs_with_their_own_rht(spec, shape, jobs, other_shape):
     # one launch, or two where E8M0's (and E4M3's) row-wise and column-wise tiles take different warp counts
     # (E4M3's dual launch takes one tensor's two at its own tile)
     assert (quantize_pair.pair_refusal(*plans) is None) == ("fp32" in spec or jobs[0][0] == jobs[1][0])
-    results = quantize_pair.quantize_pair(x, spec, rhts, 3, seeds[0], jobs, other=other)
+    results = launchers.quantize_pair(x, spec, rhts, 3, seeds[0], jobs, other=other)
     for (t, rht_seed, seed), rht, (axis, offset, dtype), got in zip(inputs, rhts, jobs, results):
         single = (kernels_quantize.quantize(t, axis, spec, rht, rht_seed, seed, offset) if dtype is None else
                   kernels_quantize.quantize_dequantize(t, axis, spec, rht, rht_seed, seed, offset, dtype))
@@ -230,13 +231,13 @@ def test_pair_refusal_names_the_reason():
     assert "STOCHASTIC" in quantize_pair.pair_refusal(plan("int4/16/fp32/nearest", 1),
                                                       plan("int4/16/fp32/stochastic", 0))
     with pytest.raises(ValueError, match="rht"):
-        quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", (16, 16, 0), 3, None, [(1, 0, None), (0, 0, None)])
+        launchers.quantize_pair(x, "int4/16/fp32/nearest", (16, 16, 0), 3, None, [(1, 0, None), (0, 0, None)])
     with pytest.raises(ValueError, match="jobs"):
-        quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None)])
+        launchers.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None)])
     with pytest.raises(ValueError, match="dtype"):
-        quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, torch.int8)])
+        launchers.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, torch.int8)])
     with pytest.raises(ValueError, match="other"):
-        quantize_pair.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, None)], other=x)
+        launchers.quantize_pair(x, "int4/16/fp32/nearest", 16, 3, None, [(1, 0, None), (0, 0, None)], other=x)
 
 
 @pytest.mark.parametrize("spec, rhts", [("int4/16/fp32/nearest", (16, 16)), ("int4/16/fp32/stochastic", (16, 16)),
@@ -261,7 +262,7 @@ def test_two_duals_in_one_launch_match_single_launches(spec, rhts):
     assert quantize_pair.two_duals_refusal(*duals) is None
     launch = quantize_pair.two_duals_launch(*duals)
     assert launch.kernel is quantize_pair._quantize_two_duals_kernel and launch.prefixes == "abdc"
-    results = quantize_pair.quantize_two_duals(spec, first, second)
+    results = launchers.quantize_two_duals(spec, first, second)
     singles = [kernels_quantize.quantize(t, axis, spec, r, rs, s, offset) if dtype is None else
                kernels_quantize.quantize_dequantize(t, axis, spec, r, rs, s, offset, dtype)
                for t, rs, s, rr, jobs in (first, second) for (axis, offset, dtype), r in zip(jobs, rr)]
@@ -295,7 +296,7 @@ def test_dual_launches_at_a_span_of_32_match_single_launches(spec, rhts, monkeyp
         assert (launches[-1].constexprs["B"], launches[-1].constexprs["COLS"]) == (32, 2)  # 32 columns, 2 each
     assert quantize_pair.two_duals_refusal(*launches) is None
     first, second = (x, 3, seed, rhts, x_jobs), (w, 5, seed, rhts[::-1], w_jobs)
-    results = quantize_pair.quantize_two_duals(spec, first, second)
+    results = launchers.quantize_two_duals(spec, first, second)
     singles = [kernels_quantize.quantize(t, axis, spec, r, rs, s, offset) if dtype is None else
                kernels_quantize.quantize_dequantize(t, axis, spec, r, rs, s, offset, dtype)
                for t, rs, s, rr, jobs in (first, second) for (axis, offset, dtype), r in zip(jobs, rr)]
@@ -311,9 +312,9 @@ def test_dual_launches_at_a_span_of_32_match_single_launches(spec, rhts, monkeyp
     saved = [(*kernels_quantize.quantize(t, 0, spec.replace("stochastic", "nearest"), 16, rs, None, 0), 0,
               spec.replace("stochastic", "nearest"), torch.bfloat16) for t, rs in ((w.T.contiguous(), 5), (x, 7))]
     taken = []  # the launches the call made: one of the dual-dequantize kernel, not a fallback
-    monkeypatch.setattr(quantize_pair, "dual_dequantize_launch",
-                        lambda *a, f=quantize_pair.dual_dequantize_launch: taken.append(f(*a)) or taken[-1])
-    results = quantize_pair.quantize_dual_dequantize(x, spec, rhts, 3, seed, dy_jobs, saved)
+    monkeypatch.setattr(launchers, "dual_dequantize_launch",
+                        lambda *a, f=launchers.dual_dequantize_launch: taken.append(f(*a)) or taken[-1])
+    results = launchers.quantize_dual_dequantize(x, spec, rhts, 3, seed, dy_jobs, saved)
     assert len(results) == 4 and [launch.constexprs["U"] for launch in taken] == [32]
     for (axis, offset, dtype), r, got in zip(dy_jobs, rhts, results[:2]):
         want = kernels_quantize.quantize_dequantize(x, axis, spec, r, 3, seed, offset, dtype)
@@ -335,7 +336,7 @@ def test_two_duals_refusal_names_the_reason():
     assert "B" in quantize_pair.two_duals_refusal(dual(x, ok), dual(narrow, ok))  # a 32-column tile
     pair = quantize_pair.pair_launch(plan(x, 1, ok), plan(x, 1, ok))
     assert "not two dual launches" in quantize_pair.two_duals_refusal(dual(x, ok), pair)
-    results = quantize_pair.quantize_two_duals(ok, (x, 3, None, (16, 16), ((1, 0, torch.bfloat16), (0, 0, None))),
+    results = launchers.quantize_two_duals(ok, (x, 3, None, (16, 16), ((1, 0, torch.bfloat16), (0, 0, None))),
                                                (narrow, 4, None, (16, 16), ((1, 0, torch.bfloat16), (0, 0, None))))
     for got, (t, rs) in zip(results[::2], ((x, 3), (narrow, 4))):
         assert torch.equal(got[0], kernels_quantize.quantize_dequantize(t, 1, ok, 16, rs, None, 0)[0])
@@ -365,7 +366,7 @@ def test_dual_and_two_dequantizations_in_one_launch_match_single_launches(spec, 
     plans = [kernels_quantize.plan_for(dy, axis, fmt, r, codes=False, values=True) for (axis, _, _), r in zip(jobs, rhts)]
     dual = quantize_pair.pair_launch(*plans, dual_shape=tuple(dy.shape))
     assert dual.prefixes == "ba"  # the first job is the column-wise one
-    results = quantize_pair.quantize_dual_dequantize(dy, spec, rhts, 3, seed, jobs, saved)
+    results = launchers.quantize_dual_dequantize(dy, spec, rhts, 3, seed, jobs, saved)
     assert len(results) == 4
     singles = [kernels_quantize.quantize_dequantize(dy, axis, spec, r, 3, seed, offset, dtype)
                for (axis, offset, dtype), r in zip(jobs, rhts)]
@@ -397,10 +398,10 @@ def test_dual_dequantize_refusal_names_the_reason():
     assert "two" in quantize_pair.dual_dequantize_refusal(dual, [deq(fits)])
     assert "more than" in quantize_pair.dual_dequantize_refusal(dual, [deq(4096)] * 2)
     with pytest.raises(ValueError, match="two"):
-        quantize_pair.quantize_dual_dequantize(x, spec, (16, 16), 3, None, ((1, 0, None), (0, 0, None)), [])
+        launchers.quantize_dual_dequantize(x, spec, (16, 16), 3, None, ((1, 0, None), (0, 0, None)), [])
     narrow = torch.randn(40, 24)  # not whole 16 x 16 tiles: no dual launch
     saved = [(*_saved_codes(torch.randn(32, 16), 0, spec, 5), 0, spec, torch.float32)] * 2
-    results = quantize_pair.quantize_dual_dequantize(narrow, spec, (16, 16), 3, None,
+    results = launchers.quantize_dual_dequantize(narrow, spec, (16, 16), 3, None,
                                                      ((1, 0, torch.bfloat16), (0, 0, None)), saved)
     assert torch.equal(results[0][0], kernels_quantize.quantize_dequantize(narrow, 1, spec, 16, 3, None, 0)[0])
     assert torch.equal(results[2], dq.dequantize(*saved[0]))
@@ -417,8 +418,8 @@ def test_dual_launch_matches_reference_real_shapes(spec, shape):
     x = (torch.randn(shape, device="cuda") * 2).to(torch.bfloat16)
     seed = torch.tensor(99, device="cuda")
     jobs = ((0, 1 << 33, torch.bfloat16), (1, 123456, torch.bfloat16))
-    dual = quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs)
-    pair = quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs, dual=False)
+    dual = launchers.quantize_pair(x, spec, 16, 3, seed, jobs)
+    pair = launchers.quantize_pair(x, spec, 16, 3, seed, jobs, dual=False)
     for job, got, other in zip(jobs, dual, pair):
         for g, o, w in zip(got, other, _pair_reference(x, spec, 16, seed, job)):
             assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(_bits(g), _bits(w))
@@ -438,7 +439,7 @@ def test_two_duals_match_reference_real_shapes(spec):
     for w_shape in ((3072, 1024), (1024, 2816)):
         x = (torch.randn(8192, w_shape[1], device="cuda") * 2).to(torch.bfloat16)
         w = (torch.randn(w_shape, device="cuda") * 0.02).to(torch.bfloat16)
-        results = quantize_pair.quantize_two_duals(spec, (x, 3, seed, rhts, jobs), (w, 4, w_seed, rhts, jobs))
+        results = launchers.quantize_two_duals(spec, (x, 3, seed, rhts, jobs), (w, 4, w_seed, rhts, jobs))
         for (t, rs, s), (job, rht), got in zip([(x, 3, seed)] * 2 + [(w, 4, w_seed)] * 2, list(zip(jobs, rhts)) * 2,
                                                results):
             axis, offset, dtype = job
@@ -471,7 +472,7 @@ def test_dual_dequantize_matches_reference_real_shapes(spec):
         fwd = spec.replace("stochastic", "nearest")
         saved = [(*kernels_quantize.quantize(t, 0, fwd, 16, rs, None, 0), 0, fwd, torch.bfloat16)
                  for t, rs in ((w, 5), (x, 7))]
-        results = quantize_pair.quantize_dual_dequantize(dy, spec, rhts, 3, seed, jobs, saved)
+        results = launchers.quantize_dual_dequantize(dy, spec, rhts, 3, seed, jobs, saved)
         for job, rht, got in zip(jobs, rhts, results[:2]):
             for g, w_ in zip(got, _pair_reference(dy, spec, rht, seed, job)):
                 assert g.dtype == w_.dtype and g.shape == w_.shape and torch.equal(_bits(g), _bits(w_))
@@ -486,7 +487,7 @@ def test_pair_launch_matches_reference_real_shapes(spec):
     x = (torch.randn(4096, 2048, device="cuda") * 2).to(torch.bfloat16)
     seed = torch.tensor(99, device="cuda")
     jobs = ((1, 123456, torch.bfloat16), (0, 1 << 40, None))
-    for job, got in zip(jobs, quantize_pair.quantize_pair(x, spec, 16, 3, seed, jobs)):
+    for job, got in zip(jobs, launchers.quantize_pair(x, spec, 16, 3, seed, jobs)):
         for g, w in zip(got, _pair_reference(x, spec, 16, seed, job)):
             assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(_bits(g), _bits(w))
 
@@ -501,7 +502,7 @@ def test_16x16_blocks_codes_and_values_in_one_launch(jobs):
     x[3, 5], x[20, 40], x[33, 70] = 1e30, float("nan"), float("-inf")
     fmt = OperandFormat.from_spec(spec)
     assert quantize_pair.same_values_refusal((64, 96), fmt, [(axis, 0, dtype) for axis, _, dtype in jobs]) is None
-    results = quantize_pair.quantize_pair(x, spec, 0, 0, None, jobs)
+    results = launchers.quantize_pair(x, spec, 0, 0, None, jobs)
     for (axis, offset, dtype), got in zip(jobs, results):
         single = (kernels_quantize.quantize(x, axis, spec, 0, 0, None, offset) if dtype is None else
                   kernels_quantize.quantize_dequantize(x, axis, spec, 0, 0, None, offset, dtype))

@@ -16,6 +16,7 @@ from ufp4_compile import numerics
 
 kernels_quantize = pytest.importorskip("ufp4_compile.kernels.quantize")
 quantize_pair = pytest.importorskip("ufp4_compile.kernels.quantize_pair")
+launchers = pytest.importorskip("ufp4_compile.kernels.quantize_pair_launchers")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SPECS = ["int4/16/fp32/nearest", "int4/16/fp32/stochastic", "e2m1/32/e8m0/stochastic", "e2m1/16/e4m3/nearest"]
@@ -73,7 +74,7 @@ def test_pair_launch_with_a_shifted_job(spec):
     plans = [kernels_quantize.plan_for(x, 1, fmt, 16, codes=False, values=True, shift=True),
              kernels_quantize.plan_for(mu, 1, fmt, 16, codes=False, values=True)]
     assert quantize_pair.pair_refusal(*plans) is None  # the test runs the pair kernel
-    (values, ts), (mu_values, mu_ts) = quantize_pair.quantize_pair(
+    (values, ts), (mu_values, mu_ts) = launchers.quantize_pair(
         x, spec, 16, 5, seed, [(1, 7 << 32, torch.bfloat16), (1, 7 << 32, torch.bfloat16)], other=(mu, 5, seed),
         shifts=(mu, None))
     want = _reference(x, mu, spec, 16, torch.bfloat16)
@@ -84,10 +85,10 @@ def test_pair_launch_with_a_shifted_job(spec):
 
 
 def _launches(monkeypatch, name):
-    """The launches ``kernels.quantize_pair.<name>`` builds while the test runs (one launch of that kernel, not
-    a fallback to single calls)."""
+    """The launches ``kernels.quantize_pair.<name>`` builds for the eager launchers while the test runs (one
+    launch of that kernel, not a fallback to single calls)."""
     taken = []
-    monkeypatch.setattr(quantize_pair, name, lambda *a, f=getattr(quantize_pair, name), **k: taken.append(f(*a, **k))
+    monkeypatch.setattr(launchers, name, lambda *a, f=getattr(launchers, name), **k: taken.append(f(*a, **k))
                         or taken[-1])
     return taken
 
@@ -121,7 +122,7 @@ def test_dual_launch_with_a_shifted_row_job(spec, row_first, monkeypatch):
     if not row_first:
         jobs, shifts = jobs[::-1], shifts[::-1]
     taken = _launches(monkeypatch, "pair_launch")
-    results = quantize_pair.quantize_pair(x, spec, 16, 5, seed, jobs, shifts=shifts)
+    results = launchers.quantize_pair(x, spec, 16, 5, seed, jobs, shifts=shifts)
     assert [launch.kernel for launch in taken] == [quantize_pair._quantize_dual_kernel]
     assert taken[0].constexprs["A_SHIFT"]
     for got, (axis, offset, dtype), shift in zip(results, jobs, shifts):
@@ -148,7 +149,7 @@ def test_two_duals_with_a_shifted_row_job(spec, monkeypatch):
     seed = torch.tensor(99, device=DEVICE)
     x_jobs, w_jobs = ((1, 7 << 32, torch.bfloat16), (0, 9 << 32, None)), ((0, 3, None), (1, 5, torch.bfloat16))
     taken = _launches(monkeypatch, "two_duals_launch")
-    results = quantize_pair.quantize_two_duals(spec, (x, 5, seed, (16, 16), x_jobs), (w, 6, seed, (16, 16), w_jobs),
+    results = launchers.quantize_two_duals(spec, (x, 5, seed, (16, 16), x_jobs), (w, 6, seed, (16, 16), w_jobs),
                                                shifts=(mu, None, None, None))
     assert len(taken) == 1 and taken[0].constexprs["A_SHIFT"] and not taken[0].constexprs["C_SHIFT"]
     singles = [_single(x, a, spec, o, d, mu if i == 0 else None) for i, (a, o, d) in enumerate(x_jobs)]
@@ -170,7 +171,7 @@ def test_dual_dequantize_with_a_shifted_row_job(spec, monkeypatch):
     jobs = ((0, 1 << 33, torch.bfloat16), (1, 16, torch.bfloat16))
     taken = _launches(monkeypatch, "dual_dequantize_launch")
     seed = torch.tensor(99, device=DEVICE)
-    results = quantize_pair.quantize_dual_dequantize(dy, spec, (16, 16), 5, seed, jobs, saved, shifts=(None, mu))
+    results = launchers.quantize_dual_dequantize(dy, spec, (16, 16), 5, seed, jobs, saved, shifts=(None, mu))
     assert len(taken) == 1 and taken[0].constexprs["A_SHIFT"]
     _same(results[0], _single(dy, 0, spec, 1 << 33, torch.bfloat16))
     _same(results[1], _single(dy, 1, spec, 16, torch.bfloat16, mu))
@@ -183,14 +184,14 @@ def test_one_launch_forms_with_two_level_scales_quantize_the_difference():
     difference, with the reference's bits."""
     spec = "e2m1/16/e4m3/nearest"
     x, mu = _operand((64, 96), torch.bfloat16, 7)
-    results = quantize_pair.quantize_two_duals(spec, (x, 5, None, (16, 16), ((1, 0, torch.bfloat16), (0, 0, None))),
+    results = launchers.quantize_two_duals(spec, (x, 5, None, (16, 16), ((1, 0, torch.bfloat16), (0, 0, None))),
                                                (x, 5, None, (16, 16), ((1, 0, torch.bfloat16), (0, 0, None))),
                                                shifts=(mu, None, None, None))
     want = numerics.quantize_dequantize(x.cpu(), 1, spec, rht=16, rht_seed=5, offset=0, dtype=torch.bfloat16,
                                         shift=mu.cpu())
     _same(results[0], want)
     with pytest.raises(ValueError, match="shifts has 3 entries"):
-        quantize_pair.quantize_two_duals(spec, (x, 5, None, (16, 16), ((1, 0, None), (0, 0, None))),
+        launchers.quantize_two_duals(spec, (x, 5, None, (16, 16), ((1, 0, None), (0, 0, None))),
                                          (x, 5, None, (16, 16), ((1, 0, None), (0, 0, None))), shifts=(mu, None, None))
 
 
@@ -227,7 +228,7 @@ def test_shifted_one_read_launches_at_real_shapes(spec, shape, monkeypatch):
     seed = torch.tensor(99, device=DEVICE)
     x_jobs, w_jobs = ((1, 7 << 32, torch.bfloat16), (0, 9 << 32, None)), ((0, 3, None), (1, 5, torch.bfloat16))
     taken = _launches(monkeypatch, "two_duals_launch")
-    results = quantize_pair.quantize_two_duals(spec, (x, 5, seed, (16, 16), x_jobs), (w, 6, seed, (16, 16), w_jobs),
+    results = launchers.quantize_two_duals(spec, (x, 5, seed, (16, 16), x_jobs), (w, 6, seed, (16, 16), w_jobs),
                                                shifts=(mu, None, None, None))
     assert len(taken) == 1
     singles = [_single(x, a, spec, o, d, mu if i == 0 else None) for i, (a, o, d) in enumerate(x_jobs)]
@@ -242,7 +243,7 @@ def test_shifted_one_read_launches_at_real_shapes(spec, shape, monkeypatch):
              for t in (w.T.contiguous()[:, :1024], x[:, :1024])]
     jobs = ((0, 1 << 33, torch.bfloat16), (1, 16, torch.bfloat16))
     taken = _launches(monkeypatch, "dual_dequantize_launch")
-    results = quantize_pair.quantize_dual_dequantize(x, spec, (16, 16), 5, seed, jobs, saved, shifts=(None, mu))
+    results = launchers.quantize_dual_dequantize(x, spec, (16, 16), 5, seed, jobs, saved, shifts=(None, mu))
     assert len(taken) == 1
     _same(results[0], _single(x, 0, spec, 1 << 33, torch.bfloat16))
     _same(results[1], _single(x, 1, spec, 16, torch.bfloat16, mu))

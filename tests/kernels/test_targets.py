@@ -270,7 +270,7 @@ def test_emulated_gemm_uses_the_tensor_cores(report, loop, target, needle):
 @pytest.mark.slow
 def test_quantize_and_dequantize_compile_everywhere(report):
     rows = [r for r in report["results"] if r["kernel"].startswith(("quantize", "dequantize", "sample_median"))]
-    variants, _ = targets.collect_variants(["ufp4_compile.kernels.quantize", "ufp4_compile.kernels.quantize_pair",
+    variants, _ = targets.collect_variants(["ufp4_compile.kernels.quantize", "ufp4_compile.kernels.quantize_pair_launchers",
                                             "ufp4_compile.kernels.prepass", "ufp4_compile.kernels.dequantize",
                                             "ufp4_compile.kernels.median"])
     assert len(rows) == 3 * len(variants)

@@ -64,14 +64,14 @@ def _compile_with_constant_scalars() -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as triton_compile
 
-    from ufp4_compile.kernels import quantize, quantize_pair
+    from ufp4_compile.kernels import quantize, quantize_pair_launchers
     from ufp4_compile.numerics.hadamard import sign_mask
 
     one = dict(O=4096, L=4096, s_page=2, offset=16, rht_key=sign_mask(16, 3))
     scalars = {f"{p}{k}": v for p in ("", "a_", "b_") for k, v in one.items()}  # a pair kernel's jobs a and b
     scalars.update(M=4096, N=4096)  # the dual kernel's sizes
     errors = {}
-    for variant in quantize.compile_variants() + quantize_pair.compile_variants():
+    for variant in quantize.compile_variants() + quantize_pair_launchers.compile_variants():
         signature = {k: ("constexpr" if k in scalars else v) for k, v in variant.signature.items()}
         constexprs = {**variant.constexprs, **{k: v for k, v in scalars.items() if k in signature}}
         for p, key in (("", "rht_key"), ("A_", "a_rht_key"), ("B_", "b_rht_key")):  # each job's own RHT

@@ -35,7 +35,8 @@ from ufp4_compile.dispatch import GemmPath, Target, gemm_paths
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.recipes import PRESETS, Role
 
-KERNEL_MODULES = ("ufp4_compile.kernels.quantize", "ufp4_compile.kernels.quantize_pair", "ufp4_compile.kernels.prepass",
+KERNEL_MODULES = ("ufp4_compile.kernels.quantize", "ufp4_compile.kernels.quantize_pair_launchers",
+                  "ufp4_compile.kernels.prepass",
                   "ufp4_compile.kernels.dequantize", "ufp4_compile.kernels.gemm", "ufp4_compile.kernels.native_gemm",
                   "ufp4_compile.kernels.median")
 
