@@ -15,6 +15,7 @@ from ufp4_compile.numerics.quantize import quantize as quantize_reference
 from ufp4_compile.numerics.quantize import quantize_dequantize as quantize_dequantize_reference
 
 kernels_quantize = pytest.importorskip("ufp4_compile.kernels.quantize")
+kernels_tile = pytest.importorskip("ufp4_compile.kernels.quantize_tile")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -225,7 +226,7 @@ def test_stochastic_level_helper_every_gap(grid):
     @triton.jit
     def level_kernel(a_ptr, rand_ptr, out_ptr, N: tl.constexpr, GRID: tl.constexpr):
         i = tl.arange(0, N)
-        tl.store(out_ptr + i, kernels_quantize._level_stochastic(tl.load(a_ptr + i), tl.load(rand_ptr + i), GRID))
+        tl.store(out_ptr + i, kernels_tile._level_stochastic(tl.load(a_ptr + i), tl.load(rand_ptr + i), GRID))
 
     top = 7.0 if grid == 0 else 6.0
     a = (torch.arange(481, dtype=torch.float32) / 64).clamp(max=top)

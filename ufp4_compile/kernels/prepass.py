@@ -21,9 +21,9 @@ import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, RHT_KEYS, ROW_SEGMENTS,
-                                           LaunchPlan, _abs_max_nan, _all_small, _amax_at, _column_max, _load_tile,
-                                           _max_nan, _no_big_group, _rht_known, amax_launch, amax_scalars,
-                                           launch_plan, one_read_refusal)
+                                           LaunchPlan, _amax_at, _column_max, amax_launch, amax_scalars, launch_plan,
+                                           one_read_refusal)
+from ufp4_compile.kernels.quantize_tile import _abs_max_nan, _all_small, _load_tile, _max_nan, _no_big_group, _rht_known
 
 # ---- kernels -------------------------------------------------------------------------------------------
 
