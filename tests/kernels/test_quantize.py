@@ -291,3 +291,28 @@ def test_column_vector_width_changes_no_bit():
             assert torch.equal(values, default_values)
     with pytest.raises(ValueError, match="cols"):
         kernels_quantize.quantize(x, 0, "int4/16/fp32/nearest", 16, config={"cols": 3})
+
+
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("e2m1/32/e8m0/nearest", 0),
+                                       ("e2m1/16/e4m3/stochastic", 16)])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_launch_without_a_tensor_scale_pointer_writes_the_same_bits(spec, rht, axis):
+    """The lowering passes no tensor-scale pointer where nobody reads the tensor scale (a dense GEMM's operand of
+    one-level scales): the launch then writes the same codes, scales and values, and no tensor scale."""
+    torch.manual_seed(0)
+    x = (torch.randn(64, 96, device=DEVICE) * 3).bfloat16()
+    x[5, 7] = float("nan")
+    for codes_out in (True, False):
+        plan = kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), rht, codes=codes_out,
+                                         values=not codes_out)
+        results = []
+        for tensor_scale in (True, False):
+            codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=DEVICE) if codes_out else None
+            scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=DEVICE) if codes_out else None
+            values = None if codes_out else torch.empty(x.shape, dtype=torch.bfloat16, device=DEVICE)
+            ts = kernels_quantize._launch(x, plan, 3, 1234, 5 << 32, codes, scales, values,
+                                          tensor_scale=tensor_scale)
+            assert (ts is None) == (not tensor_scale)
+            results.append([t.view(torch.uint8) for t in (codes, scales, values) if t is not None])
+        for with_ts, without in zip(*results):
+            torch.testing.assert_close(without, with_ts, rtol=0, atol=0)

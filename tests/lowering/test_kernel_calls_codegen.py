@@ -275,8 +275,40 @@ def _pair_check() -> dict:
     return out
 
 
+def _unread_tensor_scales() -> dict:
+    """Per format and pairing: the tensor-scale buffers (``(1,)`` FP32) the wrapper allocates when only the values
+    of a quantize_dequantize and the codes and scales of a quantize are returned (nobody reads their tensor
+    scales), and when the tensor scales are returned too."""
+    from ufp4_compile import lowering
+    from ufp4_compile.lowering import kernel_calls
+    from ufp4_compile.testing.fake_cuda import wrapper_code
+
+    lowering.register()
+    out = {}
+    for spec, rht in (("int4/16/fp32/stochastic", 16), ("e2m1/16/e4m3/nearest", 0)):
+        def unread(x, seed):
+            values, _ = torch.ops.ufp4.quantize_dequantize(x, 1, spec, rht, 3, seed, 16, torch.bfloat16)
+            codes, scales, _ = torch.ops.ufp4.quantize(x, 0, spec, rht, 3, seed, 32)
+            return values, codes, scales
+
+        def read(x, seed):
+            values, ts = torch.ops.ufp4.quantize_dequantize(x, 1, spec, rht, 3, seed, 16, torch.bfloat16)
+            codes, scales, ts2 = torch.ops.ufp4.quantize(x, 0, spec, rht, 3, seed, 32)
+            return values, codes, scales, ts, ts2
+
+        for paired in (False, True):
+            for name, fn in (("unread", unread), ("read", read)):
+                # no buffer reuse: each allocation its own line
+                with kernel_calls.pair_launches(paired), torch._inductor.config.patch(allow_buffer_reuse=False):
+                    code = wrapper_code(fn, ((256, 512), torch.bfloat16), ((), torch.int64))
+                out[f"{spec}/{int(paired)}/{name}"] = len(re.findall(
+                    r"empty_strided_cuda\(\(1, \), \(1, \), torch.float32\)", code))
+    return out
+
+
 if __name__ == "__main__":
     out = {f"{spec}/{rht}/{axis}": _wrapper(spec, rht, axis) for spec, rht, axis in CASES}
+    out["tensor_scales"] = _unread_tensor_scales()
     out["pairs"] = _pair_check()
     out["constant_scalars"] = _compile_with_constant_scalars()
     out["access_memo"] = _memoized_analysis_check()
@@ -330,15 +362,17 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     accesses = {(tuple(reads), tuple(writes), fuse) for reads, writes, fuse in pairs["pair_accesses"]}
     for reads, _, _ in accesses:
         assert {"a_x_ptr", "b_x_ptr"} <= set(reads)
-    rows, cols = {"a_values_ptr", "a_ts_ptr", "b_values_ptr", "b_ts_ptr"}, {"a_codes_ptr", "a_scales_ptr",
-                                                                            "a_ts_ptr", "b_values_ptr", "b_ts_ptr"}
-    row_col = {"a_values_ptr", "a_ts_ptr", "b_codes_ptr", "b_scales_ptr", "b_ts_ptr"}
-    assert {frozenset(writes) for _, writes, _ in accesses} == {frozenset(rows), frozenset(cols), frozenset(row_col)}
+    # the written outputs, tensor scales aside: a job writes its tensor scale only where a node reads it
+    # (test_a_tensor_scale_nobody_reads_gets_no_buffer), which differs between these graphs
+    outs = lambda writes: frozenset(w for w in writes if not w.endswith("_ts_ptr"))
+    rows, cols = {"a_values_ptr", "b_values_ptr"}, {"a_codes_ptr", "a_scales_ptr", "b_values_ptr"}
+    row_col = {"a_values_ptr", "b_codes_ptr", "b_scales_ptr"}
+    assert {outs(writes) for _, writes, _ in accesses} == {frozenset(rows), frozenset(cols), frozenset(row_col)}
     dual = {(tuple(reads), tuple(writes)) for reads, writes, _ in pairs["dual_accesses"]}
     assert dual and all("a_x_ptr" in reads for reads, _ in dual)
     # X's row-wise values and column-wise codes; dY's two values (the backward with dual_dequantize off)
-    assert {frozenset(writes) for _, writes in dual} == {frozenset(row_col), frozenset(rows)}
-    two = {frozenset(writes) for reads, writes, _ in pairs["two_duals_accesses"]}
+    assert {outs(writes) for _, writes in dual} == {frozenset(row_col), frozenset(rows)}
+    two = {outs(writes) for reads, writes, _ in pairs["two_duals_accesses"]}
     assert two == {frozenset(row_col | {w.replace("a_", "c_").replace("b_", "d_") for w in row_col})}
     assert all({"a_x_ptr", "c_x_ptr"} <= set(reads) for reads, _, _ in pairs["two_duals_accesses"])
 
@@ -411,3 +445,14 @@ def test_memos_take_either_torch_api():
     bare = types.SimpleNamespace()
     assert kernel_calls.memoize_access_analysis(bare) is None and kernel_calls.memoize_closure_source(bare) is False
     assert vars(bare) == {}
+
+
+def test_a_tensor_scale_nobody_reads_gets_no_buffer(wrappers):
+    """One-level scales (UFP4): a quantization whose tensor scale no node reads (the dense GEMMs' operands) is
+    launched without a tensor-scale pointer and allocates no buffer for it, alone or sharing a launch; returned
+    tensor scales keep theirs. Two-level (E4M3) scales always keep theirs (the GEMM epilogue's factor)."""
+    counts = wrappers["tensor_scales"]
+    for paired in (0, 1):
+        assert counts[f"int4/16/fp32/stochastic/{paired}/unread"] == 0
+        assert counts[f"int4/16/fp32/stochastic/{paired}/read"] == 2
+        assert counts[f"e2m1/16/e4m3/nearest/{paired}/unread"] == counts[f"e2m1/16/e4m3/nearest/{paired}/read"] == 2

@@ -132,9 +132,9 @@ def test_split_forward_reads_x_once_for_both_axes(wrappers):
     quantizes mu: two launches a split."""
     launches = _launches(wrappers["split_forward"])
     assert _names(launches) == ["triton_poi_fused", "_sample_median_kernel", "_quantize_two_duals_kernel"], launches
-    selection = re.match(r"_sample_median_kernel_\d+\.run\(\w+, (buf\d+), .*, -1, -1, (buf\d+), (buf\d+), -1, 0, ",
+    selection = re.match(r"_sample_median_kernel_\d+\.run\(\w+, (buf\d+), .*, -1, -1, (buf\d+), -1, -1, 0, ",
                          launches[1])
-    assert selection, launches[1]  # mu, and mu's values and tensor scale
+    assert selection, launches[1]  # mu, and mu's values (no tensor scale: nobody reads it)
     assert re.search(rf"\b{selection.group(1)}\b", launches[2])  # the row-wise job's shift
 
 
@@ -145,7 +145,7 @@ def test_split_backward_reads_dy_once_beside_the_dequantizations(wrappers):
     launches = _launches(wrappers["split_backward"])
     assert _names(launches) == ["triton_poi_fused", "_sample_median_kernel", "_quantize_dual_dequantize_kernel"], \
         launches
-    selection = re.match(rf"_sample_median_kernel_\d+\.run\(\w+, (buf\d+), .*, -1, -1, buf\d+, buf\d+, seed_1, "
+    selection = re.match(rf"_sample_median_kernel_\d+\.run\(\w+, (buf\d+), .*, -1, -1, buf\d+, -1, seed_1, "
                          rf"{1 << 33}, ", launches[1])
     assert selection, launches[1]
     assert re.search(rf"\b{selection.group(1)}\b", launches[2])
@@ -163,9 +163,10 @@ def test_cuda_quantizes_the_residual_without_writing_it(wrappers):
     subtracts mu as it loads x): no kernel writes x - mu."""
     launches = _launches(wrappers["shifted"])
     assert _names(launches) == ["triton_poi_fused", "_sample_median_kernel", "_quantize_kernel"], launches
-    # the selection writes mu and mu's values and tensor scale (no codes, no scales, no seed: round to nearest)
+    # the selection writes mu and mu's values (no codes, no scales, no seed: round to nearest; no tensor scale:
+    # nobody reads it)
     selection = re.match(r"_sample_median_kernel_\d+\.run\((buf\d+), (buf\d+), 1024, 1024, 1, 17, 482, -1, -1, "
-                         r"(buf\d+), (buf\d+), -1, 0, ", launches[1])
+                         r"(buf\d+), -1, -1, 0, ", launches[1])
     assert selection, launches[1]
     # the residual's launch reads the producer's buffer and takes mu as its shift
     assert re.match(rf"_quantize_kernel_\d+\.run\({selection.group(1)}, .*\b{selection.group(2)}, ", launches[2])

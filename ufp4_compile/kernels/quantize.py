@@ -196,11 +196,13 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
     g = 0.0
     if SCALE == 1:
         g = tl.max(tl.load(gamax_ptr + tl.arange(0, _AMAX_PROGRAMS)), axis=0).to(tl.float32, bitcast=True)
+    # ts_ptr None (a constant): nobody reads this quantization's tensor scale, and it is not written
+    if ts_ptr is not None:
         if first:
-            tl.store(ts_ptr, div_rn(tl.full(g.shape, 1.0, tl.float32), _e4m3_encode(g, Q_MAX, ASM), ASM))
-    else:
-        if first:  # one-level scales: the tensor scale is 1 (written here, saving the host a fill launch)
-            tl.store(ts_ptr, 1.0)
+            if SCALE == 1:
+                tl.store(ts_ptr, div_rn(tl.full(g.shape, 1.0, tl.float32), _e4m3_encode(g, Q_MAX, ASM), ASM))
+            else:  # one-level scales: the tensor scale is 1 (written here, saving the host a fill launch)
+                tl.store(ts_ptr, 1.0)
     stored, lift, mult, ok, decoded, limit = _scales(amax, g, GRID, SCALE, Q_MAX, E8M0_FLOOR, ASM)
 
     blocks = tl.reshape(x, (NB, BLOCK, B))
@@ -513,10 +515,11 @@ def amax_launch(plan: LaunchPlan, x, gamax, key) -> tuple:
             {**amax_scalars(plan), "rht_key": key, **plan.amax_constexprs})
 
 
-def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values, shift=None):
-    """Run the (pre-pass and) kernel; returns the tensor scale."""
+def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values, shift=None, tensor_scale=True):
+    """Run the (pre-pass and) kernel; returns the tensor scale (``tensor_scale=False``: None, not written; what
+    the lowering does for a tensor scale nobody reads)."""
     device = x.device
-    tensor_scale = torch.empty((), dtype=torch.float32, device=device)  # the kernel writes it
+    tensor_scale = torch.empty((), dtype=torch.float32, device=device) if tensor_scale else None  # kernel-written
     seed_t = _seed_tensor(seed, device) if plan.constexprs["STOCHASTIC"] else None
     if plan.amax_constexprs is not None:
         gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import operator
 
 import torch
 from torch._inductor import ir
@@ -202,24 +203,52 @@ def _on_cuda(x) -> bool:
     return device is not None and device.type == "cuda"
 
 
-def _outputs(plan, values_dtype, shape, device) -> tuple:
-    """(codes, scales, values, tensor scale) buffers of one quantization: codes and scales, or values."""
+def _outputs(plan, values_dtype, shape, device, node=None) -> tuple:
+    """(codes, scales, values, tensor scale) buffers of one quantization: codes and scales, or values; the tensor
+    scale None where :func:`_tensor_scale_unread` says nobody reads it (``node``: the quantization's FX node)."""
     codes_buf = scales_buf = values_buf = None
     if values_dtype is None:
         codes_buf = _empty(plan.codes_shape, torch.uint8, device)
         scales_buf = _empty(plan.scales_shape, plan.result_scale_dtype, device)
     else:
         values_buf = _empty(shape, values_dtype, device)
+    if _tensor_scale_unread(node, plan):
+        return codes_buf, scales_buf, values_buf, None
     # The tensor scale as a (1,) buffer viewed as 0-d (_result): Inductor lowers an empty 0-d buffer to a fill
     # kernel (an empty buffer is a pointwise fill with zero ranges, and a 0-d one has no range to zero), one
     # more launch per quantization; a (1,) one costs nothing.
     return codes_buf, scales_buf, values_buf, _empty((1,), torch.float32, device)
 
 
-def _result(outputs, values_dtype) -> tuple:
-    """The op's result: ``quantize``'s (codes, scales, tensor scale) or ``quantize_dequantize``'s (values, ts)."""
+def _tensor_scale_unread(node, plan) -> bool:
+    """Whether the quantization ``node`` (an FX node of ``quantize`` / ``quantize_dequantize``, or None: unknown)
+    has one-level scales and a tensor scale no node reads: the dense GEMMs' operands (values) of UFP4, MXFP4 and
+    the E2M1 baseline, whose tensor scale is 1 and unused. The launch then writes none and allocates no buffer
+    for it (an allocation and a pointer fewer for the host per quantization); the result's tensor scale is the
+    constant 1, the value the kernel would have written, so a reader this misses still gets the right value."""
+    ops = (torch.ops.ufp4.quantize.default, torch.ops.ufp4.quantize_dequantize.default)
+    if node is None or node.target not in ops or plan.amax_constexprs is not None:
+        return False
+    value = node.meta.get("val")
+    if not isinstance(value, (tuple, list)):
+        return False
+    last = len(value) - 1  # quantize: (codes, scales, ts); quantize_dequantize: (values, ts)
+    for user in node.users:
+        if user.target is not operator.getitem or not isinstance(user.args[1], int):
+            return False
+        if user.args[1] % len(value) == last and user.users:
+            return False
+    return True
+
+
+def _result(outputs, values_dtype, device=None) -> tuple:
+    """The op's result: ``quantize``'s (codes, scales, tensor scale) or ``quantize_dequantize``'s (values, ts);
+    a tensor scale that was not written (None in ``outputs``) is the constant 1 on ``device``."""
     codes_buf, scales_buf, values_buf, tensor_scale = outputs
-    tensor_scale = lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
+    if tensor_scale is None:
+        tensor_scale = lowerings[torch.ops.aten.full.default]([], 1.0, dtype=torch.float32, device=device)
+    else:
+        tensor_scale = lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
     return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
 
 
@@ -252,10 +281,12 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
         return None
     shape = sizes[0]
     x = _contiguous(x)
+    from torch._inductor.virtualized import V
+
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype, shift is not None)
-    outputs = _outputs(plan, values_dtype, shape, x.get_device())
+    outputs = _outputs(plan, values_dtype, shape, x.get_device(), V.graph.current_node)
     _emit_single(x, plan, outputs, rht_seed, seed, offset, None if shift is None else _contiguous(shift))
-    return _result(outputs, values_dtype)
+    return _result(outputs, values_dtype, x.get_device())
 
 
 def _shifted_input(x, fmt, shift):
@@ -317,6 +348,7 @@ def _quantize_pair(x, seed, shift=None):
 
         quantizations = [_quantize_call(n) for n in (node, *siblings)]
         calls = [c for c in quantizations if c is not None]  # the dequantizations come last (_siblings)
+        nodes = [n for n, c in zip((node, *siblings), quantizations) if c is not None]
         dequantizations = [_dequantize_call(n) for n, c in zip(siblings, quantizations[1:]) if c is None]
         try:  # the siblings' inputs, seeds and shifts as lowered (they exist: the siblings were chosen so)
             lowered = [(x, seed, shift)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (c[0], c[5], c[8]))
@@ -341,13 +373,14 @@ def _quantize_pair(x, seed, shift=None):
         if len(calls) == 4 and len(duals) == 2 and two_duals_refusal(*duals) is None:
             launch = two_duals_launch(*duals)
         elif dequantizations and len(duals) == 1:
-            return _emit_dual_dequantize(duals[0], calls, lowered, sizes, plans, dequantizations, x.get_device())
+            return _emit_dual_dequantize(duals[0], calls, lowered, sizes, plans, dequantizations, x.get_device(),
+                                         nodes)
         else:
-            calls, lowered, sizes, plans = calls[:2], lowered[:2], sizes[:2], plans[:2]
+            calls, lowered, sizes, plans, nodes = calls[:2], lowered[:2], sizes[:2], plans[:2], nodes[:2]
             if not one_read[0] and pair_refusal(*plans) is not None:
                 return None
             launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read[0] else None)
-        return _emit_quantize_launch(launch, calls, lowered, sizes, plans, x.get_device())
+        return _emit_quantize_launch(launch, calls, lowered, sizes, plans, x.get_device(), nodes=nodes)
 
     return _lower_paired(_siblings, lower_all) if _on_cuda(x) else None
 
@@ -369,7 +402,7 @@ def _emit_shared_values(calls, x, shape: tuple, device) -> tuple:
     return results if codes_job == 0 else results[::-1]
 
 
-def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device) -> tuple:
+def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device, nodes=None) -> tuple:
     """Emit ``dual`` (two quantizations of one tensor) with the two ``dequantizations`` (their FX calls) as one
     launch where ``kernels.quantize_pair.dual_dequantize_refusal`` accepts them: the four op results; else the
     dual launch alone: its two (the dequantizations lower on their own)."""
@@ -383,23 +416,25 @@ def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, d
     except KeyError:
         planned = [None]
     if any(p is None for p in planned) or dual_dequantize_refusal(dual, [p[0] for p in planned]) is not None:
-        return _emit_quantize_launch(dual, calls, lowered, sizes, plans, device)
+        return _emit_quantize_launch(dual, calls, lowered, sizes, plans, device, nodes=nodes)
     extra = {f"{p}_{k}": v for p, (_, tensors, _) in zip("cd", planned) for k, v in tensors.items()}
     results = _emit_quantize_launch(dual_dequantize_launch(dual, [p[0] for p in planned]), calls, lowered, sizes,
-                                    plans, device, extra)
+                                    plans, device, extra, nodes)
     return (*results, *(out for _, _, out in planned))
 
 
-def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: dict | None = None) -> tuple:
+def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: dict | None = None,
+                          nodes=None) -> tuple:
     """Emit the jobs' outputs, their global-amax pre-passes (two a launch) and ``launch`` (a pair, dual or
     two-duals launch, its jobs under ``launch.prefixes``; ``extra``: other jobs' buffers); each quantize job's op
-    result."""
+    result. ``nodes``: the jobs' FX nodes (for :func:`_tensor_scale_unread`), or None."""
     from ufp4_compile.kernels.quantize import rht_key
     from ufp4_compile.kernels.quantize import AMAX_PROGRAMS
     from ufp4_compile.kernels.prepass import prepass_launches
     from ufp4_compile.kernels.quantize_pair import job_pointers, one_read_shapes
 
-    outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
+    outputs = [_outputs(plan, call[7], size[0], device, node)
+               for plan, call, size, node in zip(plans, calls, sizes, nodes or [None] * len(calls))]
     inputs = [_contiguous(t) for t, _, _ in lowered]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
     partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None
@@ -413,7 +448,7 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
         scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
     kernel_launch(launch.kernel, launch.grid, launch.num_warps, {**tensors, **(extra or {})},
                   {**scalars, **launch.constexprs})
-    return tuple(_result(out, call[7]) for out, call in zip(outputs, calls))
+    return tuple(_result(out, call[7], device) for out, call in zip(outputs, calls))
 
 
 def lower_quantize(x, axis, fmt, rht, rht_seed, seed, offset, shift=None):
