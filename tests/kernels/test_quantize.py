@@ -306,13 +306,13 @@ def test_a_launch_without_a_tensor_scale_pointer_writes_the_same_bits(spec, rht,
         plan = kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), rht, codes=codes_out,
                                          values=not codes_out)
         results = []
-        for tensor_scale in (True, False):
+        for write in (True, False):
             codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=DEVICE) if codes_out else None
             scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=DEVICE) if codes_out else None
             values = None if codes_out else torch.empty(x.shape, dtype=torch.bfloat16, device=DEVICE)
             ts = kernels_quantize._launch(x, plan, 3, 1234, 5 << 32, codes, scales, values,
-                                          tensor_scale=tensor_scale)
-            assert (ts is None) == (not tensor_scale)
+                                          write_tensor_scale=write)
+            assert (ts is None) == (not write)
             results.append([t.view(torch.uint8) for t in (codes, scales, values) if t is not None])
         for with_ts, without in zip(*results):
             torch.testing.assert_close(without, with_ts, rtol=0, atol=0)

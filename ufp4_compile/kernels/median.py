@@ -163,7 +163,7 @@ def sample_median_quantized(x: torch.Tensor, fmt, rht: int, rht_seed: int, seed,
     """``mu = sample_median(x)`` and ``mu``'s row-wise quantization (``kernels.quantize.quantize`` for
     ``dtype=None``, else ``quantize_dequantize``'s values) from one launch, where :func:`quantize_refusal`
     allows: ``(mu, result)``, each bit for bit its own call's."""
-    from ufp4_compile.kernels.quantize import _seed_tensor, plan_for, rht_key
+    from ufp4_compile.kernels.quantize import _seed_tensor, eager_outputs, plan_for, rht_key
     from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs
 
     fmt = as_format(fmt)
@@ -175,21 +175,13 @@ def sample_median_quantized(x: torch.Tensor, fmt, rht: int, rht_seed: int, seed,
     plan = plan_for(mu, 1, fmt, rht, codes=dtype is None, values=dtype is not None)
     grid, num_warps, scalars, constexprs = launch_plan(x.shape[0], x.shape[1], x.dtype)
     q = quantize_constexprs(plan)
-    codes = scales = values = None
-    if dtype is None:
-        codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=x.device)
-        scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=x.device)
-    else:
-        values = torch.empty(mu.shape, dtype=dtype, device=x.device)
-    ts = torch.empty((), dtype=torch.float32, device=x.device)
+    (codes, scales, values, ts), result = eager_outputs(plan, mu.shape, dtype, x.device)
     seed_t = _seed_tensor(seed, x.device) if q["STOCHASTIC"] else None
     _sample_median_kernel[grid](x, mu, stride_t=x.stride(0), stride_c=x.stride(1), q_codes_ptr=codes,
                                 q_scales_ptr=scales, q_values_ptr=values, q_ts_ptr=ts, q_seed_ptr=seed_t,
                                 q_offset=int(offset), q_rht_key=rht_key(plan, rht_seed), **scalars, **constexprs,
                                 **q, num_warps=num_warps)
-    if dtype is None:
-        return mu, (codes, scales.view(plan.result_scale_dtype), ts)
-    return mu, (values, ts)
+    return mu, result
 
 
 # ---- compile-only variants (ufp4_compile.kernels.targets protocol) --------------------------------------

@@ -493,6 +493,19 @@ def rht_key(plan: LaunchPlan, rht_seed) -> int:
 PLAN_SCALARS = ("O", "L", "s_page", "s_o", "s_l")  # LaunchPlan.args, in the kernels' order
 
 
+def eager_outputs(plan: LaunchPlan, shape: tuple, dtype, device) -> tuple:
+    """The tensors an eager launch of ``plan`` writes for one quantization, ``(codes, scales, values, tensor
+    scale)`` (None for those it does not write: codes and scales for ``dtype=None``, else values of ``dtype`` and
+    ``shape``), and the op's result over them: ``quantize``'s or ``quantize_dequantize``'s."""
+    ts = torch.empty((), dtype=torch.float32, device=device)
+    if dtype is None:
+        codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=device)
+        scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=device)
+        return (codes, scales, None, ts), (codes, scales.view(plan.result_scale_dtype), ts)
+    values = torch.empty(shape, dtype=dtype, device=device)
+    return (None, None, values, ts), (values, ts)
+
+
 def output_pointers(codes, scales, values, prefix: str = "") -> dict:
     """The kernels' three output pointers (``prefix``: a pair kernel's ``a_`` / ``b_``); None for one the launch
     does not write, as for any pointer a launch does not read (the gamax of one-level scales, the seed of round
@@ -515,11 +528,12 @@ def amax_launch(plan: LaunchPlan, x, gamax, key) -> tuple:
             {**amax_scalars(plan), "rht_key": key, **plan.amax_constexprs})
 
 
-def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values, shift=None, tensor_scale=True):
-    """Run the (pre-pass and) kernel; returns the tensor scale (``tensor_scale=False``: None, not written; what
-    the lowering does for a tensor scale nobody reads)."""
+def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values, shift=None,
+            write_tensor_scale=True):
+    """Run the (pre-pass and) kernel; returns the tensor scale (``write_tensor_scale=False``: None, not written;
+    what the lowering does for a tensor scale nobody reads)."""
     device = x.device
-    tensor_scale = torch.empty((), dtype=torch.float32, device=device) if tensor_scale else None  # kernel-written
+    tensor_scale = torch.empty((), dtype=torch.float32, device=device) if write_tensor_scale else None
     seed_t = _seed_tensor(seed, device) if plan.constexprs["STOCHASTIC"] else None
     if plan.amax_constexprs is not None:
         gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)

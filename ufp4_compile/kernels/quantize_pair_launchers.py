@@ -18,8 +18,8 @@ import torch
 from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.prepass import prepass_launches
 from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS, _launch,
-                                           _seed_tensor, kernel_takes_shift, launch_plan, plan_for, quantize,
-                                           quantize_dequantize, rht_key, unused_pointers)
+                                           _seed_tensor, eager_outputs, kernel_takes_shift, launch_plan, plan_for,
+                                           quantize, quantize_dequantize, rht_key, unused_pointers)
 from ufp4_compile.kernels.quantize_pair import (PairLaunch, _quantize_dual_dequantize_kernel, _quantize_dual_kernel,
                                                 _quantize_pair_kernel, _quantize_two_duals_kernel,
                                                 dual_dequantize_elements, dual_dequantize_launch,
@@ -110,17 +110,10 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shi
     outputs, kwargs = [], {}
     for p, plan, (t, _, s), (_, offset, dtype), gamax, key, shift in zip(launch.prefixes, plans, inputs, jobs,
                                                                           partials, keys, shifts):
-        ts = torch.empty((), dtype=torch.float32, device=t.device)
-        codes = scales = values = None
-        if dtype is None:
-            codes = torch.empty(plan.codes_shape, dtype=torch.uint8, device=t.device)
-            scales = torch.empty(plan.scales_shape, dtype=plan.scale_dtype, device=t.device)
-            outputs.append((codes, scales.view(plan.result_scale_dtype), ts))
-        else:
-            values = torch.empty(t.shape, dtype=dtype, device=t.device)
-            outputs.append((values, ts))
+        written, result = eager_outputs(plan, t.shape, dtype, t.device)
+        outputs.append(result)
         seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else None  # no tensor for nothing
-        kwargs.update(job_pointers(launch, p, plan, t, (codes, scales, values, ts), gamax, seed_t, shift),
+        kwargs.update(job_pointers(launch, p, plan, t, written, gamax, seed_t, shift),
                       **{f"{p}_offset": int(offset), f"{p}_rht_key": key})
     launch.kernel[launch.grid](**kwargs, **(extra or {}), **launch.scalars, **launch.constexprs,
                                num_warps=launch.num_warps)

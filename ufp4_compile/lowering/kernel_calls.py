@@ -276,13 +276,13 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     """Lower one quantize launch (codes for ``values_dtype=None``, else values) of ``x`` less ``shift`` (one the
     kernel takes: :func:`_shifted_input` first); the op's result, or None when the launch cannot be planned
     here."""
+    from torch._inductor.virtualized import V
+
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
         return None
     shape = sizes[0]
     x = _contiguous(x)
-    from torch._inductor.virtualized import V
-
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype, shift is not None)
     outputs = _outputs(plan, values_dtype, shape, x.get_device(), V.graph.current_node)
     _emit_single(x, plan, outputs, rht_seed, seed, offset, None if shift is None else _contiguous(shift))
