@@ -4,15 +4,17 @@ What a user would write without the backend: a ``torch.autograd.Function`` that 
 the operands of each GEMM of a linear layer in plain PyTorch and leaves the rest to Inductor. It reads the
 recipe's grid, block, RHT per GEMM and rounding per operand. Kept simple on purpose: every block scale is
 an FP32 amax / q_max (E4M3 two-level and E8M0 scales are approximated by it), NVFP4's 16x16 weight blocks
-are 1x16 blocks, the mean-residual split is left out, the RHT signs come from torch's generator and the
-rounding noise from ``torch.rand_like`` (not Philox). Its numerics are close to the backend's; its cost is
-what the benchmark compares against.
+are 1x16 blocks, the RHT signs come from torch's generator and the rounding noise from ``torch.rand_like``
+(not Philox). A recipe with the mean-residual split (``ufp4-mean``) gets it as Averis writes it: the
+per-channel mean over the tokens (where the backend takes the median of a sample of them), the residual and
+the mean each fake-quantized, and the rank-one product added. Its numerics are close to the backend's; its
+cost is what the benchmark compares against.
 """
 
 import torch
 from torch import nn
 
-from ufp4_compile.recipes import Grid, Rounding, get_recipe
+from ufp4_compile.recipes import Grid, MeanSplit, Rounding, get_recipe
 
 
 def rht_matrix(seed: int) -> torch.Tensor:
@@ -41,15 +43,34 @@ def fake_quant(x, dim, grid, rht=None, stochastic=False, block=16):
     return (torch.sign(y) * level * step * scale).flatten(-2).movedim(-1, dim).to(x.dtype)
 
 
+def fake_quant_operand(t, dim, gemm, fmt, rht):
+    """One operand of a GEMM (``fmt``: its ``OperandFormat`` in ``gemm``) along its reduction dim."""
+    if gemm.rht not in (0, 16):
+        raise ValueError(f"rht={gemm.rht}: this peer implements RHT-16 only; valid values: 0, 16")
+    return fake_quant(t, dim, fmt.grid, rht if gemm.rht else None, fmt.rounding is Rounding.STOCHASTIC, fmt.block)
+
+
 def fake_quant_pair(a, a_dim, b, b_dim, gemm, rht):
     """Both operands of one GEMM (a ``GemmRecipe``, ``None`` = high precision), along their reduction dims."""
     if gemm is None:
         return a, b
-    if gemm.rht not in (0, 16):
-        raise ValueError(f"rht={gemm.rht}: this peer implements RHT-16 only; valid values: 0, 16")
-    r = rht if gemm.rht else None
-    return tuple(fake_quant(t, dim, f.grid, r, f.rounding is Rounding.STOCHASTIC, f.block)
-                 for t, dim, f in ((a, a_dim, gemm.a), (b, b_dim, gemm.b)))
+    return fake_quant_operand(a, a_dim, gemm, gemm.a, rht), fake_quant_operand(b, b_dim, gemm, gemm.b, rht)
+
+
+def split_product(a, b, gemm, rht):
+    """``a @ b`` for a GEMM whose first operand ``a`` (tokens, reduction) is fake-quantized by ``gemm`` and
+    whose second ``b`` (reduction, out) is already: with the recipe's mean-residual split, Averis's
+    ``q(a - mu) @ b + q(mu) @ b`` (``mu`` the per-channel mean over the tokens; left unquantized where the
+    split keeps it in high precision), else ``q(a) @ b``."""
+    if gemm is None:
+        return a @ b
+    if gemm.mean_split is MeanSplit.OFF:
+        return fake_quant_operand(a, 1, gemm, gemm.a, rht) @ b
+    mu = a.float().mean(0, keepdim=True)
+    residual = fake_quant_operand((a.float() - mu).to(a.dtype), 1, gemm, gemm.a, rht)
+    if gemm.mean_split is MeanSplit.FP4:
+        mu = fake_quant_operand(mu, 1, gemm, gemm.a, rht)
+    return (residual.float() @ b.float() + mu @ b.float()).to(a.dtype)
 
 
 class QDQLinearFn(torch.autograd.Function):
@@ -60,15 +81,17 @@ class QDQLinearFn(torch.autograd.Function):
     def forward(ctx, x, w, rht, recipe):
         ctx.save_for_backward(x, w, rht)  # the unquantized inputs (bf16 under autocast)
         ctx.recipe = recipe
-        xq, wq = fake_quant_pair(x, 1, w, 1, recipe.fprop, rht)
-        return xq @ wq.t()
+        fprop = recipe.fprop
+        wq = w if fprop is None else fake_quant_operand(w, 1, fprop, fprop.b, rht)
+        return split_product(x, wq.t(), fprop, rht)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy):
         x, w, rht = ctx.saved_tensors
-        dyq, wq = fake_quant_pair(dy, 1, w, 0, ctx.recipe.dgrad, rht)  # dX = dY W, reduced over N
-        dx = dyq @ wq
+        dgrad = ctx.recipe.dgrad
+        wq = w if dgrad is None else fake_quant_operand(w, 0, dgrad, dgrad.b, rht)  # dX = dY W, reduced over N
+        dx = split_product(dy, wq, dgrad, rht)
         dyq, xq = fake_quant_pair(dy, 0, x, 0, ctx.recipe.wgrad, rht)  # dW = dY^T X, reduced over M
         return dx, dyq.t() @ xq, None, None
 

@@ -179,7 +179,7 @@ def test_fake_quant_int4_nearest_is_the_reference_quantize_dequantize(bench):
         torch.testing.assert_close(bench.qdq_peer.fake_quant(x, dim, Grid.INT4), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref"])
+@pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref", "ufp4-mean"])
 def test_qdq_linear_gradients_are_close_to_the_plain_linear(bench, recipe):
     torch.manual_seed(0)  # the weights and torch.rand_like's stochastic-rounding noise
     linear = torch.nn.Linear(64, 96)
@@ -198,6 +198,27 @@ def test_qdq_linear_gradients_are_close_to_the_plain_linear(bench, recipe):
     for got, want in zip(*grads):
         assert ((got - want).norm() / want.norm()).item() < 0.25
     torch.testing.assert_close(grads[0][2], grads[1][2])  # the bias gradient is exact
+
+
+def test_the_ufp4_mean_peer_splits_off_the_channel_means(bench):
+    """Activations and gradients whose channels sit far from zero (offsets of 50 and 20 over unit noise): the
+    unsplit recipe's block scales follow the offsets and round away most of what varies between tokens; the
+    split quantizes the residual. Measured on the outputs less their mean over the tokens (Y in the forward,
+    dX in the backward), the split's error is a fraction of the unsplit one's."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 96, bias=False)
+    x = (torch.randn(128, 64) + 50 * torch.randn(1, 64).sign()).requires_grad_()
+    g = torch.randn(128, 96) + 20
+    errors: dict = {}
+    for recipe in ("ufp4", "ufp4-mean"):
+        peer = bench.qdq_peer.QDQLinear(linear, bench.get_recipe(recipe))
+        x.grad = None
+        y = peer(x)
+        (y * g).sum().backward()
+        for got, want in ((y, x @ linear.weight.t()), (x.grad, g @ linear.weight)):
+            got, want = got - got.mean(0), want - want.mean(0)
+            errors.setdefault(recipe, []).append(((got - want).norm() / want.norm()).item())
+    assert all(m < 0.5 * u for m, u in zip(errors["ufp4-mean"], errors["ufp4"])), errors
 
 
 def test_swap_linears_keeps_the_output_head(bench):
