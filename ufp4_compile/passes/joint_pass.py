@@ -1,6 +1,7 @@
 """The Inductor hook: one composite ``CustomGraphPass`` run on the joint (or inference) graph.
 
-It rewrites the matmuls (:func:`rewrite_matmuls`), collects the report rows and hands the graph before and
+It rewrites the matmuls (:func:`rewrite_matmuls`; then, where the device takes dense GEMMs, :func:`dense_gemms`
+and :func:`split_epilogues`), collects the report rows and hands the graph before and
 after to the debugging sinks (dump files, structured trace). ``uuid()`` covers everything that changes
 the compiled output, so Inductor's FX/AOT caches stay correct: the sources of the pass, the ops, the
 numerics, the lowering and the kernels, the recipe and the torch/Triton versions. On a cache hit Inductor
@@ -23,6 +24,7 @@ from ufp4_compile.passes.rewrite_grouped_mm import rewrite_grouped_mm
 from ufp4_compile.passes.report import Report, trace_report
 from ufp4_compile.passes.rewrite_matmuls import rewrite_matmuls
 from ufp4_compile.passes.seeds import rank_salt
+from ufp4_compile.passes.split_epilogues import split_epilogues
 from ufp4_compile.recipes import Recipe
 
 log = logging.getLogger("ufp4_compile.passes.joint_pass")
@@ -75,7 +77,8 @@ class Ufp4JointPass(CustomGraphPass):
         rows = rewrite_matmuls(graph, self.recipe, graph_index=graph_id, dry_run=self.dry_run, inputs=self.inputs)
         rows += rewrite_grouped_mm(graph, self.recipe, graph_index=graph_id, dry_run=self.dry_run)
         if not self.dry_run and self.dense is not False:
-            dense_gemms(graph, force=self.dense is True)
+            if dense_gemms(graph, force=self.dense is True):
+                split_epilogues(graph)
         self.report.extend(rows)
         self.report.graphs += 1
         done = sum(r.rewritten for r in rows)

@@ -52,8 +52,9 @@ def _as_sm90():
         yield
 
 
-def wrapper_code(fn, *shapes_dtypes) -> str:
-    """The Python wrapper Inductor generates for ``fn`` on CUDA tensors of ``(shape, dtype)``."""
+def wrapper_code(fn, *shapes_dtypes, decompose: bool = False) -> str:
+    """The Python wrapper Inductor generates for ``fn`` on CUDA tensors of ``(shape, dtype)``; ``decompose``:
+    traced with Inductor's decompositions (for ops, such as ``silu``, that Inductor only decomposes)."""
     from torch._inductor.debug import DebugContext
     from torch._inductor.graph import GraphLowering
     from torch._inductor.virtualized import V
@@ -63,7 +64,12 @@ def wrapper_code(fn, *shapes_dtypes) -> str:
     mode = FakeTensorMode()
     with mode:
         inputs = [torch.empty(shape, dtype=dtype, device="cuda") for shape, dtype in shapes_dtypes]
-        gm = make_fx(fn)(*inputs)
+        if decompose:
+            from torch._inductor.decomposition import select_decomp_table
+
+            gm = make_fx(fn, decomposition_table=select_decomp_table())(*inputs)
+        else:
+            gm = make_fx(fn)(*inputs)
     with _as_sm90(), V.set_debug_handler(DebugContext()), V.set_fake_mode(mode):
         graph = GraphLowering(gm, example_inputs=inputs)
         with V.set_graph_handler(graph):
