@@ -70,7 +70,7 @@ def split_product(a, b, gemm, rht):
     residual = fake_quant_operand((a.float() - mu).to(a.dtype), 1, gemm, gemm.a, rht)
     if gemm.mean_split is MeanSplit.FP4:
         mu = fake_quant_operand(mu, 1, gemm, gemm.a, rht)
-    return (residual.float() @ b.float() + mu @ b.float()).to(a.dtype)
+    return residual @ b + mu.to(a.dtype) @ b  # GEMMs in the operands' dtype, as the unsplit product
 
 
 class QDQLinearFn(torch.autograd.Function):
