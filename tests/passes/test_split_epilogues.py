@@ -33,13 +33,13 @@ class Block(nn.Module):
         return x + self.down(F.silu(gate) * up)
 
 
-def _run(recipe, split: bool, monkeypatch, ctx=None, device="cpu", d=32):
+def _run(recipe, split: bool, monkeypatch, ctx=None, device="cpu", d=32, dynamic=False):
     monkeypatch.setattr(joint_pass, "split_epilogues", split_epilogues if split else (lambda graph: 0))
     torch.manual_seed(0)
     model = Block(d, 2 * d).to(device)
     x = torch.randn(2, 16 * d // 32, d, device=device, requires_grad=True)
     run = compile_and_run(model, x, options={"recipe": recipe, "sr_seed_policy": "fixed", "dense_gemms": True},
-                          ctx=ctx)
+                          ctx=ctx, dynamic=dynamic)
     return run, [run.out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]]
 
 
@@ -85,6 +85,19 @@ def test_fp32_model_pieces_equal_the_whole(monkeypatch):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
     assert count_calls(pieces.forward, aten.split.Tensor) == 0 and count_calls(whole.forward, aten.split.Tensor) == 1
+
+
+def test_symbolic_token_counts_are_left_alone(monkeypatch):
+    """A dynamic token count: the pieces' views would need the graph's size nodes, so the pass leaves the
+    epilogues whole (no guard added, no error) and the results are the graph's without it."""
+    whole, want = _run("nvfp4", False, monkeypatch, dynamic=True)
+    pieces, got = _run("nvfp4", True, monkeypatch, dynamic=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert count_calls(pieces.forward, aten.split.Tensor) == count_calls(whole.forward, aten.split.Tensor) == 1
+    symbolic = [n for n in pieces.forward.graph.nodes if n.op == "placeholder"
+                and isinstance(n.meta.get("val"), torch.SymInt)]
+    assert symbolic, "the token count was not symbolic"
 
 
 def _graph(fn, *shapes) -> fx.GraphModule:

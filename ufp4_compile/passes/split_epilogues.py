@@ -20,7 +20,8 @@ output was written in bfloat16 and its readers loaded the rounded values; fused,
 FP32 value a plain conversion leaves inside a kernel (``lowering/rounding.py``). Conversions to other
 low-precision dtypes are not split.
 
-It applies only to an FP32 ``mm`` followed by a chain of the elementwise ops below, each read by the next op
+It applies only to static sizes (a symbolic token count leaves the graph as it is) and to an FP32 ``mm``
+followed by a chain of the elementwise ops below, each read by the next op
 only, whose end is read (through views that keep the last dimension) by nothing but a split along that
 dimension, or a view that splits the last dimension into ``(S, ...)`` and selects (or unbinds) along ``S``.
 """
@@ -54,15 +55,15 @@ def _epilogue(end: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
     """``(product, chain)``: the FP32 2-D GEMM product ``end`` is an elementwise epilogue of, and the chain's
     ops from the product's reader to ``end``; None where ``end`` is not such an epilogue's end."""
     shape = tuple(value(end).shape) if value(end) is not None else None
-    if shape is None or len(shape) != 2:
-        return None
+    if shape is None or len(shape) != 2 or not _static(shape):
+        return None  # symbolic sizes (a dynamic token count): the views would need their size nodes
     chain, node = [], end
     while _target(node) in EPILOGUE_OPS:
         if chain and len(node.users) != 1:
             return None
         chain.insert(0, node)
         source = node.args[0]
-        if value(source) is None or tuple(value(source).shape) != shape:
+        if value(source) is None or not _static(value(source).shape) or tuple(value(source).shape) != shape:
             return None
         for other in list(node.args[1:]) + list(node.kwargs.values()):
             if isinstance(other, fx.Node) and not _broadcast_operand(other, shape):
@@ -84,7 +85,13 @@ def _broadcast_operand(node: fx.Node, shape: tuple) -> bool:
     if val is None:
         return False
     dims = tuple(val.shape)
-    return len(dims) <= 2 and all(d in (1, n) for d, n in zip(reversed(dims), reversed(shape)))
+    return (len(dims) <= 2 and _static(dims)
+            and all(d in (1, n) for d, n in zip(reversed(dims), reversed(shape))))
+
+
+def _static(dims) -> bool:
+    """Whether every size is a plain int (comparing a symbolic one would add a guard)."""
+    return all(type(d) is int for d in dims)
 
 
 def _through_views(end: fx.Node, width: int) -> fx.Node:
@@ -94,7 +101,8 @@ def _through_views(end: fx.Node, width: int) -> fx.Node:
     while len(node.users) == 1:
         (user,) = node.users
         val = value(user)
-        if _target(user) not in _LEADING_VIEWS or val is None or val.dim() == 0 or val.shape[-1] != width:
+        if (_target(user) not in _LEADING_VIEWS or val is None or val.dim() == 0 or not _static(val.shape)
+                or val.shape[-1] != width):
             break
         if _target(user) is aten.unsqueeze.default and user.args[1] % val.dim() == val.dim() - 1:
             break
@@ -142,7 +150,8 @@ def _select_pieces(view: fx.Node, width: int) -> list[tuple[int, int, fx.Node, t
     if _target(shaped) not in (aten.view.default, aten._unsafe_view.default, aten.reshape.default) or val is None:
         return None
     dims = tuple(val.shape)
-    if dims[:len(lead)] != lead or len(dims) <= len(lead) + 1 or math.prod(dims[len(lead):]) != width:
+    if (not _static(dims) or dims[:len(lead)] != lead or len(dims) <= len(lead) + 1
+            or math.prod(dims[len(lead):]) != width):
         return None
     axis, count, rest = len(lead), dims[len(lead)], dims[len(lead) + 1:]
     readers, perm = list(shaped.users), list(range(len(dims)))
