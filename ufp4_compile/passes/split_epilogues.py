@@ -211,14 +211,6 @@ def _split(graph: fx.Graph, fake_mode, end: fx.Node) -> bool:
                              for a in op.args[1:]]
             node = builder.call(op.target, *args, **op.kwargs)
         reader.replace_all_uses_with(_rebuild(builder, node, lead, layout))
-    dead = [reader for _, _, reader, _ in pieces]
-    while dead:  # the readers, then what only they read, back to the old epilogue (never the product)
-        node = dead.pop()
-        if node.users or getattr(node, "_erased", False):
-            continue
-        inputs = [a for a in node.all_input_nodes if a is not product]
-        graph.erase_node(node)
-        dead += [a for a in inputs if not a.users and a.op == "call_function"]
     return True
 
 
@@ -228,8 +220,9 @@ def split_epilogues(graph: fx.Graph) -> int:
     fake_mode = detect_fake_mode(graph)
     ends = [n for n in graph.nodes if _target(n) in EPILOGUE_OPS and not any(_target(u) in EPILOGUE_OPS
                                                                           for u in n.users)]
-    count = sum(_split(graph, fake_mode, end) for end in ends if not getattr(end, "_erased", False))
-    if count:
+    count = sum(_split(graph, fake_mode, end) for end in ends)
+    if count:  # the whole epilogues, their splits and views, now read by nobody
+        graph.eliminate_dead_code()
         graph.lint()
         log.info("%d dense GEMM epilogue(s) taken per piece of their output", count)
     return count
