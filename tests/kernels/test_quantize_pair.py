@@ -342,6 +342,76 @@ def test_two_duals_refusal_names_the_reason():
         assert torch.equal(got[0], kernels_quantize.quantize_dequantize(t, 1, ok, 16, rs, None, 0)[0])
 
 
+def _dual_shared_singles(spec, wspec, first, second):
+    """The single launches' results of quantize_dual_shared's four jobs."""
+    (x, rs, seed, rhts, jobs), (w, _, w_rs, w_jobs) = first, second
+    singles = [kernels_quantize.quantize(x, axis, spec, r, rs, seed, offset) if dtype is None else
+               kernels_quantize.quantize_dequantize(x, axis, spec, r, rs, seed, offset, dtype)
+               for (axis, offset, dtype), r in zip(jobs, rhts)]
+    return singles + [kernels_quantize.quantize(w, axis, wspec, 0, w_rs, None, offset) if dtype is None else
+                      kernels_quantize.quantize_dequantize(w, axis, wspec, 0, w_rs, None, offset, dtype)
+                      for axis, offset, dtype in w_jobs]
+
+
+@pytest.mark.parametrize("w_jobs", [((1, 3, torch.bfloat16), (0, 7, None)), ((0, 7, None), (1, 3, torch.float32))])
+def test_dual_and_shared_values_in_one_launch_match_single_launches(w_jobs, monkeypatch):
+    """NVFP4's linear forward: X's row-wise values and column-wise codes (1 x 16 blocks, RHT on the column-wise
+    job) and W's one launch of its codes and values (16 x 16 blocks) as one launch of the dual-single kernel,
+    after one pre-pass launch for the three jobs, with NaN, Inf and huge values in both: each result is its single
+    launch's bit for bit (NaN for NaN)."""
+    from ufp4_compile.kernels import prepass
+
+    spec, wspec = "e2m1/16/e4m3/nearest", "e2m1/16x16/e4m3/nearest"
+    x, w = torch.randn(32, 64, device=DEVICE) * 3, torch.randn(48, 32, device=DEVICE)
+    x[0, 5], x[3, 17], x[7, 40:56] = float("nan"), float("-inf"), 1e30
+    w[3, 5], w[20, 9] = 1e30, float("nan")
+    first = (x, 3, None, (0, 16), ((1, 16, torch.bfloat16), (0, 1 << 32, None)))
+    second = (w, wspec, 5, w_jobs)
+    taken, prepasses = [], []
+    monkeypatch.setattr(launchers, "dual_single_launch",
+                        lambda *a, f=launchers.dual_single_launch: taken.append(f(*a)) or taken[-1])
+    monkeypatch.setattr(launchers, "prepass_launches",
+                        lambda *a, f=launchers.prepass_launches: prepasses.extend(f(*a)) or prepasses)
+    results = launchers.quantize_dual_shared(spec, first, second)
+    assert [launch.kernel for launch in taken] == [quantize_pair._quantize_dual_single_kernel]
+    assert [launch[0] for launch in prepasses] == [prepass._dual_single_amax_kernel]
+    singles = _dual_shared_singles(spec, wspec, first, second)
+    assert len(results) == len(singles) == 4
+    for got, want in zip(results, singles):
+        assert len(got) == len(want)
+        for g, w_ in zip(got, want):
+            assert g.dtype == w_.dtype and g.shape == w_.shape
+            torch.testing.assert_close(g, w_, rtol=0, atol=0, equal_nan=True)
+
+
+def test_dual_single_refusal_names_the_reason():
+    """A dual launch takes a second tensor's single launch at one format but for the blocks' shape, without a
+    shift; a refused pair (another scale format) runs as the two launches, with their single launches' bits."""
+    spec, wspec = "e2m1/16/e4m3/nearest", "e2m1/16x16/e4m3/nearest"
+    fmt = OperandFormat.from_spec(spec)
+    x, w = torch.randn(32, 64), torch.randn(32, 32)
+    plans = [kernels_quantize.plan_for(x, 1, fmt, 0, codes=False, values=True),
+             kernels_quantize.plan_for(x, 0, fmt, 16, codes=True, values=False)]
+    dual = quantize_pair.pair_launch(*plans, dual_shape=(32, 64))
+    single = lambda s: kernels_quantize.plan_for(w, 0, OperandFormat.from_spec(s), 0, codes=True, values=True)
+    assert quantize_pair.dual_single_refusal(dual, single(wspec)) is None
+    assert "SCALE" in quantize_pair.dual_single_refusal(dual, single("e2m1/16x16/fp32/nearest"))
+    pair = quantize_pair.pair_launch(plans[0], plans[0])
+    assert "not a dual launch" in quantize_pair.dual_single_refusal(pair, single(wspec))
+    shifted = kernels_quantize.plan_for(w, 1, OperandFormat.from_spec("e2m1/16/fp32/nearest"), 0, codes=True,
+                                        values=False, shift=True)
+    one_level = [kernels_quantize.plan_for(x, a, OperandFormat.from_spec("e2m1/16/fp32/nearest"), 0,
+                                           codes=a == 0, values=a == 1) for a in (1, 0)]
+    assert "shift" in quantize_pair.dual_single_refusal(quantize_pair.pair_launch(*one_level, dual_shape=(32, 64)),
+                                                        shifted)
+    first = (x, 3, None, (0, 16), ((1, 16, torch.bfloat16), (0, 1 << 32, None)))
+    second = (w, "e2m1/16x16/fp32/nearest", 5, ((1, 3, torch.bfloat16), (0, 7, None)))
+    for got, want in zip(launchers.quantize_dual_shared(spec, first, second),
+                         _dual_shared_singles(spec, "e2m1/16x16/fp32/nearest", first, second)):
+        assert all(torch.equal(_bits(g), _bits(w_)) or g.is_floating_point() and torch.equal(g, w_)
+                   for g, w_ in zip(got, want))
+
+
 def _saved_codes(t, axis, spec, rht_seed):
     """Codes, scales and tensor scale of ``t`` along ``axis`` as the forward saves them for the backward (round to
     nearest: the forward's format)."""
@@ -448,6 +518,24 @@ def test_two_duals_match_reference_real_shapes(spec):
             want = ((want.codes, want.scales, want.tensor_scale) if want is not None else
                     quantize_dequantize_reference(t, axis, spec, rht=rht, rht_seed=rs, seed=s, offset=offset,
                                                   dtype=dtype))
+            for g, w_ in zip(got, want):
+                assert g.dtype == w_.dtype and g.shape == w_.shape and torch.equal(_bits(g), _bits(w_))
+
+
+@gpu
+@pytest.mark.gpu
+def test_dual_shared_matches_reference_real_shapes():
+    """NVFP4's linear forward at the step's shapes (X 8192 x 1024 and 8192 x 2816, W 3072 x 1024 and 1024 x
+    2816) in one launch: the reference's bits for X's two and W's two."""
+    spec, wspec = "e2m1/16/e4m3/nearest", "e2m1/16x16/e4m3/nearest"
+    jobs, w_jobs = ((1, 123456, torch.bfloat16), (0, 1 << 40, None)), ((1, 0, torch.bfloat16), (0, 1 << 33, None))
+    for w_shape in ((3072, 1024), (1024, 2816)):
+        x = (torch.randn(8192, w_shape[1], device="cuda") * 2).to(torch.bfloat16)
+        w = (torch.randn(w_shape, device="cuda") * 0.02).to(torch.bfloat16)
+        results = launchers.quantize_dual_shared(spec, (x, 3, None, (0, 16), jobs), (w, wspec, 4, w_jobs))
+        wants = [_pair_reference(x, spec, rht, None, job) for job, rht in zip(jobs, (0, 16))]
+        wants += [_pair_reference(w, wspec, 0, None, job, rht_seed=4) for job in w_jobs]
+        for got, want in zip(results, wants):
             for g, w_ in zip(got, want):
                 assert g.dtype == w_.dtype and g.shape == w_.shape and torch.equal(_bits(g), _bits(w_))
 

@@ -297,16 +297,18 @@ def test_paired_training_step_equals_unpaired(recipe):
         results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
     launches = [{k: _launches(k, code) for k in ("_quantize_pair_kernel", "_dequantize_pair_kernel",
                                                  "_quantize_dual_kernel", "_quantize_two_duals_kernel",
-                                                 "_quantize_dual_dequantize_kernel")}
+                                                 "_quantize_dual_dequantize_kernel", "_quantize_dual_single_kernel")}
                 for code in codes]
     # by default a linear layer's X and W duals share one launch (W's bf16 copy exists before X's
-    # quantizations); with two_duals off each is its own dual launch. Not nvfp4's: its W (16 x 16 blocks) is
-    # another format than X and takes no dual launch.
-    if recipe != "nvfp4":
-        assert launches[1]["_quantize_two_duals_kernel"] and not launches[4]["_quantize_two_duals_kernel"]
-        assert launches[4]["_quantize_dual_kernel"] > launches[1]["_quantize_dual_kernel"]
-    else:
-        assert not launches[1]["_quantize_two_duals_kernel"]
+    # quantizations); with two_duals off each is its own dual launch. nvfp4's W (16 x 16 blocks) takes no dual
+    # launch but one launch for its two quantizations, which joins X's dual (the dual-single kernel, after one
+    # pre-pass launch for the three jobs); with two_duals off, X's dual launch and W's own.
+    two = "_quantize_dual_single_kernel" if recipe == "nvfp4" else "_quantize_two_duals_kernel"
+    assert launches[1][two] and not launches[4][two]
+    assert launches[4]["_quantize_dual_kernel"] > launches[1]["_quantize_dual_kernel"]
+    assert (recipe == "nvfp4") == bool(launches[1]["_quantize_dual_single_kernel"])
+    if recipe == "nvfp4":
+        assert _launches("_dual_single_amax_kernel", codes[1]) and not _launches("_dual_single_amax_kernel", codes[4])
     # dY's dual launch takes the dequantizations of the saved codes beside it; with dual_dequantize off (5),
     # dY's two share the dual launch and the dequantizations pair with each other
     assert not any(launches[0].values()) and launches[1]["_quantize_dual_dequantize_kernel"]

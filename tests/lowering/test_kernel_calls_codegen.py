@@ -246,6 +246,22 @@ def _pair_check() -> dict:
         with kernel_calls.pair_launches(on):
             code = wrapper_code(weights, ((384, 512), torch.bfloat16), ((), torch.int64))
         out[f"16x16/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+
+    def nvfp4(x, w, seed):  # NVFP4's linear forward: X's dual (1 x 16 blocks), W's 16 x 16 values and codes
+        xv = torch.ops.ufp4.quantize_dequantize(x, 1, "e2m1/16/e4m3/nearest", 0, 3, seed, 16, torch.bfloat16)
+        wv = torch.ops.ufp4.quantize_dequantize(w, 1, "e2m1/16x16/e4m3/nearest", 0, 5, seed, 0, torch.bfloat16)
+        wc = torch.ops.ufp4.quantize(w, 0, "e2m1/16x16/e4m3/nearest", 0, 5, seed, 1 << 33)
+        xc = torch.ops.ufp4.quantize(x, 0, "e2m1/16/e4m3/nearest", 16, 3, seed, 1 << 32)
+        return (*xv, *wv, *wc, *xc)
+
+    for on in (False, True):
+        with kernel_calls.pair_launches(two_duals=on):
+            code = wrapper_code(nvfp4, ((256, 512), torch.bfloat16), ((384, 512), torch.bfloat16),
+                                ((), torch.int64))
+        out[f"nvfp4/two/{int(on)}"] = [re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", code)]
+    out["dual_single_accesses"] = [
+        kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
+        if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_dual_single_kernel"]
     out["dual_dequantize_accesses"] = [
         kernel_calls._access_summary(a) for key, a in kernel_calls._ACCESSES.items()
         if getattr(getattr(key[0], "fn", None), "__name__", "") == "_quantize_dual_dequantize_kernel"]
@@ -354,6 +370,16 @@ def test_quantizations_and_dequantizations_share_launches_when_pairing(wrappers)
     # NVFP4's weights (16 x 16 blocks, no RHT, round to nearest): one launch writes the row-wise values and
     # the column-wise codes, after one pre-pass
     assert pairs["16x16/1"] == e4m3 and pairs["16x16/0"] == e4m3 * 2
+    # NVFP4's linear forward: X's dual and W's one launch as one, after one pre-pass launch for the three jobs;
+    # with two_duals off, X's dual (and its dual pre-pass) and W's launch (and its pre-pass)
+    assert pairs["nvfp4/two/1"] == ["_dual_single_amax_kernel", "_quantize_dual_single_kernel"]
+    assert sorted(pairs["nvfp4/two/0"]) == sorted(["_dual_amax_kernel", "_quantize_dual_kernel"] + e4m3)
+    single = {(tuple(reads), tuple(writes)) for reads, writes, _ in pairs["dual_single_accesses"]}
+    assert single, "the dual-single kernel was never analysed"
+    for reads, writes in single:  # X read as a_x_ptr, W as c_x_ptr; W's codes, scales and values written
+        assert {"a_x_ptr", "c_x_ptr"} <= set(reads)
+        assert {"a_values_ptr", "b_codes_ptr", "b_scales_ptr", "c_codes_ptr", "c_scales_ptr", "c_values_ptr",
+                "c_ts_ptr"} <= set(writes)
     assert pairs["dequantize/0"] == ["_dequantize_kernel"] * 3
     assert sorted(pairs["dequantize/1"]) == ["_dequantize_kernel", "_dequantize_pair_kernel"]
     for reads, writes, _ in pairs["dequantize_pair_accesses"]:

@@ -50,11 +50,15 @@ def _step_pairs(monkeypatch, autocast: bool, cudagraphs: bool, recipe: str = "uf
                 siblings = [s for s in siblings if s not in dequantized]
                 sibling = siblings[0]
                 a, b = node.args, sibling.args
-                assert all(s.args[2] == a[2] for s in siblings)  # the format (each job has its own RHT)
+                # the format (each job has its own RHT); NVFP4's W beside X's dual in its 16 x 16 blocks
+                shared = len(siblings) == 3 and siblings[1].args[2] != a[2]
+                assert all(s.args[2] == a[2] for s in (siblings[:1] if shared else siblings))
+                assert not shared or siblings[1].args[2] == siblings[2].args[2] == a[2].replace("/16/", "/16x16/")
                 same_axis = partners._rowwise(a) == partners._rowwise(b)
                 one_read = partners._can_dual(partners._quantize_call(node), partners._quantize_call(sibling))
                 assert not dequantized or (len(dequantized) == 2 and one_read and len(siblings) == 1)
-                kinds.append("two duals" if len(siblings) == 3 else "same axis" if same_axis else
+                kinds.append("dual + shared values" if shared else "two duals" if len(siblings) == 3 else
+                             "same axis" if same_axis else
                              "one read + 2 dequantize" if dequantized else "one read" if one_read else
                              "one tensor" if a[0] is b[0] else "other axis")
             dequantizations = [n for n in gm.graph.nodes if partners._dequantize_call(n) is not None]
@@ -111,6 +115,21 @@ def test_pairing_of_a_bf16_step(monkeypatch, cudagraphs):
         found = _step_pairs(monkeypatch, autocast=True, cudagraphs=cudagraphs)
     assert found["forward"][:2] == (4 * linears, ["same axis"] * (2 * linears))
     assert found["backward"][:2] == (2 * linears, [] if cudagraphs else ["one read"] * linears)
+
+
+def test_pairing_of_nvfp4_weights_beside_the_dual(monkeypatch):
+    """NVFP4 quantizes W in 16 x 16 blocks, so one launch writes W's row-wise values and column-wise codes: with
+    two_duals on (the default) that launch joins X's dual launch (kernels.quantize_pair's dual-single kernel),
+    one launch per linear layer's forward; with it off, X's dual and W's one launch stay two."""
+    from ufp4_compile.lowering import partners
+
+    found = _step_pairs(monkeypatch, autocast=True, cudagraphs=False, recipe="nvfp4")
+    linears = 4
+    assert found["forward"][:2] == (4 * linears, ["dual + shared values"] * linears)
+    assert found["backward"][:2] == (2 * linears, ["one read + 2 dequantize"] * linears)
+    with partners.pair_launches(two_duals=False):
+        found = _step_pairs(monkeypatch, autocast=True, cudagraphs=False, recipe="nvfp4")
+    assert found["forward"][:2] == (4 * linears, sorted(["one read", "one tensor"] * linears))
 
 
 @pytest.mark.parametrize("recipe", ["e2m1-ref", "mxfp4"])

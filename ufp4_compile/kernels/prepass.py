@@ -9,7 +9,8 @@ programs each writing a partial maximum, which the quantize kernel reduces). Her
 - :func:`_dual_amax_kernel`: one 2-D tensor's row-wise and column-wise pre-passes (each with its own RHT)
   from one read of it, in the dual quantize launch's tiles (``kernels.quantize_pair``);
 - :func:`_two_dual_amax_kernel`: two tensors' dual pre-passes in one launch (X's and W's before their
-  two-duals launch).
+  two-duals launch); :func:`_dual_single_amax_kernel`: a dual pre-pass and a second tensor's single one (NVFP4's
+  X and W).
 
 Every job's partial maxima reduce to the word its own pre-pass gives, so the codes are the single launches'.
 """
@@ -20,9 +21,9 @@ import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
-from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, RHT_KEYS, ROW_SEGMENTS,
-                                           LaunchPlan, _amax_at, _column_max, amax_launch, amax_scalars, launch_plan,
-                                           one_read_refusal)
+from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, PLAN_SCALARS, RHT_KEYS,
+                                           ROW_SEGMENTS, LaunchPlan, _amax_at, _column_max, amax_launch, amax_scalars,
+                                           launch_plan, one_read_refusal)
 from ufp4_compile.kernels.quantize_tile import _abs_max_nan, _all_small, _load_tile, _max_nan, _no_big_group, _rht_known
 
 # ---- kernels -------------------------------------------------------------------------------------------
@@ -186,6 +187,28 @@ def _two_dual_amax_kernel(a_x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_pt
                       C_INV_SQRT, C_SIGN_MASK, D_RHT, D_INV_SQRT, D_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
 
 
+@triton.jit
+def _dual_single_amax_kernel(x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_ptr, a_rht_key, b_rht_key, c_rht_key,
+                             M, N, c_O, c_L, c_s_page, c_s_o, c_s_l, c_pages,
+                             A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+                             B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+                             COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
+                             STAGES: tl.constexpr, C_RHT: tl.constexpr, C_INV_SQRT: tl.constexpr,
+                             C_SIGN_MASK: tl.constexpr, C_ROWWISE: tl.constexpr, C_U: tl.constexpr,
+                             C_B: tl.constexpr, C_COLS: tl.constexpr, C_PARTIAL: tl.constexpr):
+    """One tensor's dual pre-pass and a second tensor's single one in one launch (NVFP4's X and W before their
+    dual-single launch, ``kernels.quantize_pair._quantize_dual_single_kernel``): the first ``AMAX_PROGRAMS``
+    programs are :func:`_dual_amax_kernel`'s over ``x (M, N)`` (jobs a row-wise, b column-wise), the rest
+    ``kernels.quantize._amax_kernel``'s for job c, each writing what it writes in its own launch."""
+    pid = tl.program_id(0)
+    if pid < _AMAX_PROGRAMS:
+        _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
+                      A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
+    else:
+        _amax_at(c_x_ptr, c_gamax_ptr, pid - _AMAX_PROGRAMS, c_O, c_L, c_s_page, c_s_o, c_s_l, c_pages, c_rht_key,
+                 C_RHT, C_INV_SQRT, C_SIGN_MASK, C_ROWWISE, C_U, C_B, C_COLS, C_PARTIAL)
+
+
 # ---- launches -------------------------------------------------------------------------------------------
 
 # The dual pre-pass's tile (:func:`_dual_amax_kernel`): the dual launch's two columns per thread, at four warps
@@ -235,10 +258,16 @@ def prepass_launches(shapes: list, plans, inputs, partials, keys) -> list[tuple]
     """The global-amax pre-pass launches of a launch's jobs (``plans``, ``inputs``, ``partials``, ``keys`` in
     its job order; none for one-level scales): ``shapes``, per two consecutive jobs, the shape of the tensor
     they quantize from one read, else None (``kernels.quantize_pair.one_read_shapes``). Two tensors' dual
-    pre-passes in one launch of :func:`_two_dual_amax_kernel` where both read their tensor once at one tile,
-    else :func:`amax_launches` per two consecutive jobs. Each as ``(kernel, grid, num_warps, tensors,
+    pre-passes in one launch of :func:`_two_dual_amax_kernel` where both read their tensor once at one tile, a
+    dual pre-pass and a third job's single one in one launch of :func:`_dual_single_amax_kernel`, else
+    :func:`amax_launches` per two consecutive jobs. Each as ``(kernel, grid, num_warps, tensors,
     scalars)``."""
-    if len(shapes) == 2 and all(dual_amax_refusal(shape, *plans[i:i + 2]) is None
+    if len(plans) == 3:  # a dual launch's two jobs and a single one (kernels.quantize_pair.dual_single_launch)
+        if (shapes[1] is None and plans[2].amax_constexprs is not None
+                and dual_amax_refusal(shapes[0], *plans[:2]) is None):
+            return [_dual_single_amax(dual_amax_launch(shapes[0], plans[:2], inputs[:2], partials[:2], keys[:2]),
+                                      amax_launch(plans[2], inputs[2], partials[2], keys[2]))]
+    elif len(shapes) == 2 and all(dual_amax_refusal(shape, *plans[i:i + 2]) is None
                                 for i, shape in zip((0, 2), shapes)):
         first, second = (dual_amax_launch(shape, plans[i:i + 2], inputs[i:i + 2], partials[i:i + 2], keys[i:i + 2])
                          for i, shape in zip((0, 2), shapes))
@@ -257,6 +286,15 @@ def _two_dual_amax(first: tuple, second: tuple) -> tuple:
     scalars = {**s1, "P": s2["M"], "Q": s2["N"], "c_rht_key": s2["a_rht_key"], "d_rht_key": s2["b_rht_key"],
                **{f"{q}_{k}": s2[f"{p}_{k}"] for p, q in (("A", "C"), ("B", "D")) for k in RHT_KEYS}}
     return (_two_dual_amax_kernel, (2 * AMAX_PROGRAMS, 1, 1), warps, tensors, scalars)
+
+
+def _dual_single_amax(dual: tuple, single: tuple) -> tuple:
+    """The one launch of a dual pre-pass (jobs a, b) and a single one (job c) at the dual's warps."""
+    (_, _, warps, t1, s1), (_, _, _, t2, s2) = dual, single
+    tensors = {**t1, "c_x_ptr": t2["x_ptr"], "c_gamax_ptr": t2["gamax_ptr"]}
+    lower = (*PLAN_SCALARS, "pages", "rht_key")  # the single pre-pass's scalars; the rest are its constexprs
+    scalars = {**s1, **{f"c_{k}" if k in lower else f"C_{k}": v for k, v in s2.items()}}
+    return (_dual_single_amax_kernel, (2 * AMAX_PROGRAMS, 1, 1), warps, tensors, scalars)
 
 
 def amax_launches(plans, inputs, partials, keys, dual_shape: tuple | None = None) -> list[tuple]:
@@ -285,11 +323,13 @@ def amax_launches(plans, inputs, partials, keys, dual_shape: tuple | None = None
 def compile_variants():
     """The pre-pass launches of the presets' two-level quantizations (bf16 input, 4096 x 4096): per format and
     pair of the RHT sizes it is used with, a row-wise and a column-wise job's pre-passes in one launch, the same
-    from one read of the tensor, and two tensors' one-read pre-passes in one launch."""
+    from one read of the tensor, two tensors' one-read pre-passes in one launch, and a one-read pre-pass with a
+    second tensor's in square blocks (NVFP4's X and W)."""
     from ufp4_compile.kernels.targets import KernelVariant, preset_quantize_calls
 
     by_format: dict = {}
-    for (fmt, rht, _), presets in preset_quantize_calls().items():
+    calls = preset_quantize_calls()
+    for (fmt, rht, _), presets in calls.items():
         if format_constants(fmt).scale == 1:
             by_format.setdefault(fmt, {}).setdefault(rht, set()).update(presets.split(", "))
     variants = []
@@ -324,4 +364,18 @@ def compile_variants():
                 f"quantize_two_dual_amax[{fmt.spec} {rht} row-wise + column-wise, twice]", names,
                 _two_dual_amax_kernel, types, {k: v for k, v in scalars.items() if k not in types},
                 aligned=("a_x_ptr", "c_x_ptr", "M", "N", "P", "Q"), options=dict(num_warps=warps)))
+            square = by_format.get(fmt.square(), {})
+            if 0 in square and (fmt, ra, True) in calls and (fmt, rb, False) in calls:  # X's dual (its RHT
+                # sizes as used) and W's square blocks (NVFP4)
+                single = launch_plan(shape, 2, 0, fmt.square(), 0, True, True, False)
+                (_, _, warps, _, scalars), = prepass_launches([shape, None], [*plans, single], ("x",) * 3,
+                                                              ("g",) * 3, (0,) * 3)
+                types = dict(x_ptr="*bf16", c_x_ptr="*bf16", a_gamax_ptr="*i32", b_gamax_ptr="*i32",
+                             c_gamax_ptr="*i32", a_rht_key="i32", b_rht_key="i32", c_rht_key="i32", M="i32",
+                             N="i32", c_O="i32", c_L="i32", c_s_page="i32", c_pages="i32")
+                variants.append(KernelVariant.build(
+                    f"quantize_dual_single_amax[{fmt.spec} {rht} row-wise + column-wise, {fmt.square().spec} "
+                    "column-wise]", ", ".join(sorted(set(names.split(", ")) & square[0])), _dual_single_amax_kernel,
+                    types, {k: v for k, v in scalars.items() if k not in types} | dict(c_s_o=1),
+                    aligned=("x_ptr", "c_x_ptr", "M", "N", "c_O", "c_L"), options=dict(num_warps=warps)))
     return variants

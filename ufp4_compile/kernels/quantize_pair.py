@@ -8,8 +8,10 @@
   segments, then its columns (the second load of the tile hits the cache); U, the span of a block and an RHT
   group, is 16 (UFP4, NVFP4) or 32 (MXFP4).
 - :func:`_quantize_two_duals_kernel` runs two tensors' dual grids in one launch (X's and W's in a linear
-  layer's forward); :func:`_quantize_dual_dequantize_kernel` a dual grid and two dequantize grids (dY's two
-  and the saved codes of W and X in its backward).
+  layer's forward); :func:`_quantize_dual_single_kernel` a dual grid and a second tensor's single launch grid
+  (NVFP4's X and W: W's 16 x 16 blocks take one launch for both its quantizations);
+  :func:`_quantize_dual_dequantize_kernel` a dual grid and two dequantize grids (dY's two and the saved codes of
+  W and X in its backward).
 
 Each runs each element through the code of its own single launch (``kernels.quantize._quantize_at``,
 ``kernels.dequantize._dequantize_tile``), so the bits are the single launches'. Below the kernels: which
@@ -177,6 +179,49 @@ def _quantize_two_duals_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_
                  c_offset, d_offset, q % g_second, q // g_second, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, C_RHT, C_INV_SQRT, C_SIGN_MASK, C_WRITE_CODES, C_WRITE_VALUES, D_RHT, D_INV_SQRT,
                  D_SIGN_MASK, D_WRITE_CODES, D_WRITE_VALUES, COLS, B, ROW_B, U, c_shift_ptr, C_SHIFT)
+
+
+@triton.jit
+def _quantize_dual_single_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_ptr, a_gamax_ptr, b_gamax_ptr,
+                                 c_gamax_ptr, a_rht_key, b_rht_key, c_rht_key,
+                                 a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr,
+                                 b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr,
+                                 c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr,
+                                 M, N, a_offset, b_offset, c_offset, n_first, g_first,
+                                 c_O, c_L, c_s_page, c_s_o, c_s_l, c_g0, c_g1,
+                                 GRID: tl.constexpr, SCALE: tl.constexpr, BLOCK: tl.constexpr,
+                                 BLOCK_2D: tl.constexpr, STOCHASTIC: tl.constexpr, E8M0_FLOOR: tl.constexpr,
+                                 Q_MAX: tl.constexpr, ASM: tl.constexpr,
+                                 A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
+                                 A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
+                                 B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
+                                 B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr,
+                                 COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
+                                 C_BLOCK_2D: tl.constexpr, C_SR_GROUPED: tl.constexpr, C_RHT: tl.constexpr,
+                                 C_INV_SQRT: tl.constexpr, C_SIGN_MASK: tl.constexpr, C_ROWWISE: tl.constexpr,
+                                 C_COLS: tl.constexpr, C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
+                                 C_U: tl.constexpr, C_B: tl.constexpr, C_PARTIAL: tl.constexpr,
+                                 a_shift_ptr=None, A_SHIFT: tl.constexpr = False):
+    """One tensor's dual launch and a second tensor's single quantize launch in one (a linear layer's forward
+    under NVFP4: X's two quantizations, and W's one launch that writes its column-wise codes and its row-wise
+    values from 16 x 16 blocks): the first ``n_first = g_first * (M // U)`` programs are
+    :func:`_quantize_dual_kernel`'s grid over ``x (M, N)`` (jobs a row-wise, b column-wise), the rest job c's
+    own launch grid (``c_g0 x c_g1`` tiles a page; ``kernels.quantize._quantize_kernel``'s programs, at its own
+    tile and ``C_BLOCK_2D``), each program exactly the tile it runs in its own launch, so the bits are. A launch
+    fewer per linear layer's forward: the default mode of a training step waits on the host's time per launch."""
+    pid = tl.program_id(0)
+    if pid < n_first:
+        _dual_at(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, a_codes_ptr,
+                 a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
+                 a_offset, b_offset, pid % g_first, pid // g_first, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
+                 Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT)
+    else:
+        q = pid - n_first
+        _program_at(c_x_ptr, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, c_gamax_ptr, c_seed_ptr, c_O, c_L,
+                    c_s_page, c_s_o, c_s_l, c_offset, c_rht_key, q % c_g0, (q // c_g0) % c_g1, q // (c_g0 * c_g1),
+                    GRID, SCALE, BLOCK, C_BLOCK_2D, STOCHASTIC, C_SR_GROUPED, E8M0_FLOOR, Q_MAX, C_RHT, C_INV_SQRT,
+                    C_SIGN_MASK, C_ROWWISE, C_COLS, C_WRITE_CODES, C_WRITE_VALUES, ASM, C_U, C_B, C_PARTIAL)
 
 
 @triton.jit
@@ -358,6 +403,39 @@ def two_duals_launch(first: PairLaunch, second: PairLaunch) -> PairLaunch:
                       _quantize_two_duals_kernel, prefixes, reads_x="ac")
 
 
+# A single job's own constexprs in a dual-single launch (its tile, its blocks, its axis), under the prefix C_
+_SINGLE_OWN = ("BLOCK_2D", "SR_GROUPED") + RHT_KEYS + ("ROWWISE", "COLS", "WRITE_CODES", "WRITE_VALUES", "U", "B",
+                                                       "PARTIAL")
+
+
+def dual_single_refusal(dual: PairLaunch, single: LaunchPlan) -> str | None:
+    """Why a dual launch and a second tensor's single quantize launch (``single``, its plan) cannot run as one
+    (:func:`_quantize_dual_single_kernel`), or None: the format alike but for the blocks' shape (NVFP4's X in
+    1 x 16 blocks, its W in 16 x 16), no shift on the single job."""
+    if dual.kernel is not _quantize_dual_kernel:
+        return "not a dual launch"
+    differ = [k for k in _PAIR_SHARED if k != "BLOCK_2D" and dual.constexprs[k] != single.constexprs[k]]
+    if differ:
+        return f"formats differ ({', '.join(differ)})"
+    if single.constexprs["SHIFT"]:
+        return "a single job with a shift"
+    return None
+
+
+def dual_single_launch(dual: PairLaunch, single: LaunchPlan) -> PairLaunch:
+    """The one launch of ``dual`` and a second tensor's ``single`` plan (``dual_single_refusal`` is None): the
+    dual's jobs under its ``prefixes``, the single job under ``c``, at the dual's warps (the single job's tile
+    keeps its shape; only its threads are fewer or more)."""
+    constexprs = dict(dual.constexprs)
+    constexprs.update({f"C_{k}": single.constexprs[k] for k in _SINGLE_OWN})
+    n_first = dual.grid[0] * dual.grid[1]
+    g0, g1, g2 = single.grid
+    scalars = dict(M=dual.scalars["M"], N=dual.scalars["N"], n_first=n_first, g_first=dual.grid[0],
+                   **{f"c_{k}": single.args[k] for k in PLAN_SCALARS}, c_g0=g0, c_g1=g1)
+    return PairLaunch((n_first + g0 * g1 * g2, 1, 1), dual.num_warps, scalars, constexprs,
+                      _quantize_dual_single_kernel, dual.prefixes + "c", reads_x="ac")
+
+
 # The values per program of a dequantize job in a dual launch, per warp: the dual launch's tile holds 32
 # elements per thread in either pass, and so does this (the single dequantize launch: 4096 at four warps).
 DEQUANTIZE_ELEMENTS_PER_WARP = 1024
@@ -406,6 +484,8 @@ def one_read_shapes(launch: PairLaunch) -> list:
         return [(s["M"], s["N"]), (s["P"], s["Q"])]
     if launch.kernel in (_quantize_dual_kernel, _quantize_dual_dequantize_kernel):
         return [(s["M"], s["N"])]
+    if launch.kernel is _quantize_dual_single_kernel:
+        return [(s["M"], s["N"]), None]
     return [None]
 
 

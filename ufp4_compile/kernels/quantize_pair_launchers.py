@@ -1,9 +1,9 @@
 """The pair kernels' launchers (``kernels.quantize_pair``): eager launches on real tensors and compile-only variants.
 
-- :func:`quantize_pair`, :func:`quantize_two_duals` and :func:`quantize_dual_dequantize` run the one-launch forms
-  on tensors, each result bit for bit its single call's (``kernels.quantize.quantize``, ``quantize_dequantize``,
-  ``kernels.dequantize.dequantize``), falling back to those calls where a launch refuses: what the kernel tests
-  compare and the benchmarks time. Inductor's generated code launches the same kernels itself
+- :func:`quantize_pair`, :func:`quantize_two_duals`, :func:`quantize_dual_shared` and
+  :func:`quantize_dual_dequantize` run the one-launch forms on tensors, each result bit for bit its single call's
+  (``kernels.quantize.quantize``, ``quantize_dequantize``, ``kernels.dequantize.dequantize``), falling back to
+  those calls where a launch refuses: what the kernel tests compare and the benchmarks time. Inductor's generated code launches the same kernels itself
   (``lowering.kernel_calls``), with the plans and pointers of ``kernels.quantize_pair``.
 - :func:`compile_variants`: the presets' pair and dual launches for ``kernels.targets`` (compiled for sm_90,
   sm_100 and gfx950 without a GPU).
@@ -21,11 +21,12 @@ from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARI
                                            _seed_tensor, eager_outputs, kernel_takes_shift, launch_plan, plan_for,
                                            quantize, quantize_dequantize, rht_key, unused_pointers)
 from ufp4_compile.kernels.quantize_pair import (PairLaunch, _quantize_dual_dequantize_kernel, _quantize_dual_kernel,
-                                                _quantize_pair_kernel, _quantize_two_duals_kernel,
-                                                dual_dequantize_elements, dual_dequantize_launch,
-                                                dual_dequantize_refusal, dual_refusal, job_pointers, one_read_shapes,
-                                                pair_launch, pair_refusal, same_values_refusal, two_duals_launch,
-                                                two_duals_refusal)
+                                                _quantize_dual_single_kernel, _quantize_pair_kernel,
+                                                _quantize_two_duals_kernel, dual_dequantize_elements,
+                                                dual_dequantize_launch, dual_dequantize_refusal, dual_refusal,
+                                                dual_single_launch, dual_single_refusal, job_pointers,
+                                                one_read_shapes, pair_launch, pair_refusal, same_values_refusal,
+                                                two_duals_launch, two_duals_refusal)
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs, check_shift
 
@@ -115,8 +116,8 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shi
         seed_t = _seed_tensor(s, t.device) if plan.constexprs["STOCHASTIC"] else None  # no tensor for nothing
         kwargs.update(job_pointers(launch, p, plan, t, written, gamax, seed_t, shift),
                       **{f"{p}_offset": int(offset), f"{p}_rht_key": key})
-    launch.kernel[launch.grid](**kwargs, **(extra or {}), **launch.scalars, **launch.constexprs,
-                               num_warps=launch.num_warps)
+    launch.kernel[launch.grid](**{**kwargs, **(extra or {})}, **launch.scalars, **launch.constexprs,
+                               num_warps=launch.num_warps)  # extra may fill a pointer the job left None
     return outputs
 
 
@@ -167,6 +168,43 @@ def quantize_two_duals(fmt: OperandFormat | str, first: tuple, second: tuple, *,
     launch = two_duals_launch(*duals)
     return _run(launch, plans, [(g[0], g[1], g[2]) for g in groups for _ in range(2)],
                 [j for g in groups for j in g[4]], shifts=shifts)
+
+
+def quantize_dual_shared(fmt: OperandFormat | str, first: tuple, second: tuple, *,
+                         config: dict | None = None) -> list[tuple]:
+    """A 2-D tensor's row-wise and column-wise quantizations and a second tensor's two that one launch writes
+    (:func:`same_values_refusal`: NVFP4's W in 16 x 16 blocks, its codes along one axis and its values along the
+    other) in one launch of :func:`_quantize_dual_single_kernel` where :func:`dual_refusal`,
+    :func:`same_values_refusal` and :func:`dual_single_refusal` allow, else by :func:`quantize_pair` for each
+    tensor. ``first``: ``(tensor, rht_seed, seed, rhts, jobs)`` as :func:`quantize_two_duals` takes it, in
+    ``fmt``; ``second``: ``(tensor, format, rht_seed, jobs)``, two ``(axis, offset, dtype)`` jobs without RHT.
+    The four results, the first tensor's two first; each bit for bit its single call's."""
+    fmt = as_format(fmt)
+    x, rs, seed, rhts, jobs = first
+    w, w_fmt, w_rs, w_jobs = second
+    w_fmt = as_format(w_fmt)
+    if len(jobs) != 2 or len(rhts) != 2 or len(w_jobs) != 2:
+        raise ValueError(f"jobs={jobs!r}, rhts={rhts!r}, second jobs={w_jobs!r} are not valid: two (axis, offset, "
+                         "dtype) triples per tensor and two RHT sizes for the first")
+    axes = [check_quantize_inputs(x, axis, fmt, rht, seed) for (axis, _, _), rht in zip(jobs, rhts)]
+    w_axes = [check_quantize_inputs(w, axis, w_fmt, 0, None) for axis, _, _ in w_jobs]
+    x, w = x.contiguous(), w.contiguous()
+    plans = [plan_for(x, axis, fmt, rht, codes=dtype is None, values=dtype is not None, config=config)
+             for axis, (_, _, dtype), rht in zip(axes, jobs, rhts)]
+    dual = (pair_launch(*plans, dual_shape=tuple(x.shape), tile=config)
+            if x.numel() and dual_refusal(tuple(x.shape), *plans) is None else None)
+    codes_job = 0 if w_jobs[0][2] is None else 1
+    same = [(axis, 0, dtype) for axis, (_, _, dtype) in zip(w_axes, w_jobs)]
+    single = (plan_for(w, w_axes[codes_job], w_fmt, 0, codes=True, values=True)
+              if w.numel() and same_values_refusal(tuple(w.shape), w_fmt, same) is None else None)
+    if dual is None or single is None or dual_single_refusal(dual, single) is not None:
+        return [*quantize_pair(x, fmt, rhts, rs, seed, jobs, config=config),
+                *quantize_pair(w, w_fmt, 0, w_rs, None, w_jobs)]
+    values = torch.empty(w.shape, dtype=w_jobs[1 - codes_job][2], device=w.device)
+    results = _run(dual_single_launch(dual, single), [*plans, single], [(x, rs, seed)] * 2 + [(w, w_rs, None)],
+                   [*jobs, (w_axes[codes_job], w_jobs[codes_job][1], None)], extra={"c_values_ptr": values})
+    codes, shared = results[2], (values, results[2][2])  # one tensor scale for both
+    return [*results[:2], *((codes, shared) if codes_job == 0 else (shared, codes))]
 
 
 def quantize_dual_dequantize(x: torch.Tensor, fmt: OperandFormat | str, rhts: tuple, rht_seed: int, seed, jobs,
@@ -220,7 +258,8 @@ def compile_variants():
 
     variants = []
     by_format: dict = {}
-    for (fmt, rht, rowwise), presets in preset_quantize_calls().items():
+    calls = preset_quantize_calls()
+    for (fmt, rht, rowwise), presets in calls.items():
         by_format.setdefault(fmt, {}).setdefault(rht, set()).update(presets.split(", "))
     # each job has its own RHT: every pair of the RHT sizes a format is used with (e2m1-ref rotates Wgrad's
     # operands only, so its X and dY go through 0 and 16)
@@ -312,4 +351,27 @@ def compile_variants():
                     aligned=("a_x_ptr", "c_x_ptr", *written, *(w.replace("a_", "c_").replace("b_", "d_")
                                                                 for w in written), "M", "N", "P", "Q"),
                     options=dict(num_warps=two.num_warps)))
+                square = fmt.square()
+                blocks = by_format.get(square, {})
+                used = 0 in blocks and (fmt, ra, True) in calls and (fmt, rb, False) in calls  # X's RHT sizes
+                single = launch_plan(shape, 2, 0, square, 0, True, True, False) if used else None
+                if single is not None and dual_single_refusal(launch, single) is None:  # X's dual and W's one
+                    # launch of its square blocks' column-wise codes and row-wise values (NVFP4's forward)
+                    one = dual_single_launch(launch, single)
+                    c_nones = {k: v for k, v in unused_pointers(c, values=True, prefix="c_").items()
+                               if k not in ("c_codes_ptr", "c_scales_ptr")}
+                    c_types = {f"c_{k}": v for k, v in dict(
+                        x_ptr="*bf16", gamax_ptr="*i32", seed_ptr="*i64", rht_key="i32", codes_ptr="*u8",
+                        scales_ptr=_SCALE_POINTERS[c.scale], values_ptr="*bf16", ts_ptr="*fp32", offset="i64",
+                        O="i32", L="i32", s_page="i32", g0="i32", g1="i32").items() if f"c_{k}" not in c_nones}
+                    own = {k: v for k, v in types.items() if k[:2] in ("a_", "b_") or k in ("M", "N")}
+                    variants.append(KernelVariant.build(
+                        f"quantize_dual_single[{fmt.spec} {rht} row-wise values + column-wise codes, "
+                        f"{square.spec} column-wise codes and row-wise values]",
+                        ", ".join(sorted(names & blocks[0])), _quantize_dual_single_kernel,
+                        own | c_types | dict(n_first="i32", g_first="i32"),
+                        one.constexprs | {k: v for k, v in nones.items() if k != "b_x_ptr"} | c_nones
+                        | dict(c_s_o=1, c_s_l=_VARIANT_SIZE),
+                        aligned=("a_x_ptr", "c_x_ptr", *written, "c_codes_ptr", "c_values_ptr", "M", "N", "c_O", "c_L"),
+                        options=dict(num_warps=one.num_warps)))
     return variants

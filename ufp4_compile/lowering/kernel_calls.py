@@ -23,8 +23,8 @@ from torch._inductor import ir
 from torch._inductor.lowering import empty_strided, fallback_handler, lowerings
 
 from ufp4_compile.lowering import partners
-from ufp4_compile.lowering.partners import (_asm, _can_dual, _can_share_values, _dequantize_call, _dequantize_sibling,
-                                           _pairs_shift, _plan, _quantize_call, _siblings)
+from ufp4_compile.lowering.partners import (_can_dual, _can_share_values, _dequantize_call, _dequantize_sibling,
+                                           _pairs_shift, _plan, _quantize_call, _siblings, shared_values_plan)
 from ufp4_compile.lowering.partners import pair_launches, state_key  # noqa: F401  (this module's API before)
 from ufp4_compile.numerics.quantize import as_format
 
@@ -372,6 +372,8 @@ def _quantize_pair(x, seed, shift=None):
                  and one_read[i // 2]]
         if len(calls) == 4 and len(duals) == 2 and two_duals_refusal(*duals) is None:
             launch = two_duals_launch(*duals)
+        elif len(calls) == 4 and len(duals) == 1 and one_read[0] and _can_share_values(*calls[2:]):
+            return _emit_dual_shared(duals[0], calls, lowered, sizes, plans, x.get_device(), nodes)
         elif dequantizations and len(duals) == 1:
             return _emit_dual_dequantize(duals[0], calls, lowered, sizes, plans, dequantizations, x.get_device(),
                                          nodes)
@@ -389,17 +391,34 @@ def _emit_shared_values(calls, x, shape: tuple, device) -> tuple:
     """Emit the one launch of two quantizations of ``x`` that :func:`_can_share_values` accepts: the codes job's
     launch writing the values job's values too, one tensor scale for both; the two op results in ``calls``'
     order."""
-    from ufp4_compile.kernels.quantize import launch_plan
-
     codes_job = 0 if calls[0][7] is None else 1
     mine, theirs = calls[codes_job], calls[1 - codes_job]
-    plan = launch_plan(shape, x.get_dtype().itemsize, mine[1] % len(shape), as_format(mine[2]), 0, True, True,
-                       _asm())
+    plan = shared_values_plan(*calls)
     codes, scales, _, ts = _outputs(plan, None, shape, device)
     values = _empty(shape, theirs[7], device)
     _emit_single(x, plan, (codes, scales, values, ts), mine[4], None, mine[6])  # round to nearest: no seed
     results = (_result((codes, scales, None, ts), None), _result((None, None, values, ts), theirs[7]))
     return results if codes_job == 0 else results[::-1]
+
+
+def _emit_dual_shared(dual, calls, lowered, sizes, plans, device, nodes) -> tuple:
+    """Emit ``dual`` (``calls[:2]``, one tensor's two quantizations) with the one launch of a second tensor's two
+    that :func:`_can_share_values` accepts (``calls[2:]``, NVFP4's W) as one launch where
+    ``kernels.quantize_pair.dual_single_refusal`` accepts them: the four op results; else the dual launch alone:
+    its two (the other two lower on their own)."""
+    from ufp4_compile.kernels.quantize_pair import dual_single_launch, dual_single_refusal
+
+    single = shared_values_plan(*calls[2:])
+    if single is None or dual_single_refusal(dual, single) is not None:
+        return _emit_quantize_launch(dual, calls[:2], lowered[:2], sizes[:2], plans[:2], device, nodes=nodes[:2])
+    codes_job = 2 if calls[2][7] is None else 3
+    values = _empty(sizes[codes_job][0], calls[5 - codes_job][7], device)
+    jobs = [0, 1, codes_job]
+    results = _emit_quantize_launch(dual_single_launch(dual, single), [calls[i] for i in jobs],
+                                    [lowered[i] for i in jobs], [sizes[i] for i in jobs], [*plans[:2], single],
+                                    device, {"c_values_ptr": values}, [*nodes[:2], None])
+    codes, shared = results[2], (values, results[2][2])  # one tensor scale for both
+    return (*results[:2], *((codes, shared) if codes_job == 2 else (shared, codes)))
 
 
 def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device, nodes=None) -> tuple:

@@ -71,7 +71,9 @@ _dual = "first"
 _DUAL_KEYS = {"first": "F", "last": "L", False: "0"}
 # With the dual kernel first, two tensors' duals in one launch (kernels.quantize_pair._quantize_two_duals_kernel)
 # where a second tensor's two quantizations follow within reach with their inputs already there (X's and W's in
-# the forward): a launch fewer per linear layer's forward.
+# the forward): a launch fewer per linear layer's forward. NVFP4's W, whose 16 x 16 blocks give one launch for
+# both its quantizations, joins X's dual the same way (_quantize_dual_single_kernel, and one pre-pass launch for
+# the three jobs).
 _two_duals = True
 # A dual launch with no second tensor's dual takes the next two dequantizations within reach whose inputs exist
 # before it (kernels.quantize_pair._quantize_dual_dequantize_kernel): in a linear layer's backward, dY's two
@@ -95,7 +97,8 @@ def pair_launches(enabled: bool = True, *, other_axis: bool | None = None, dual:
     ``triton.cudagraphs``). ``dual``: when one 2-D tensor's row-wise and column-wise quantizations share the
     launch that reads the tensor once (the dual kernel): ``"first"`` (the default) before any other partner,
     ``"last"`` only where a quantization found no same-axis partner and other-axis pairs are on, False never.
-    ``two_duals``: with the dual kernel first, two tensors' duals in one launch where they can (the default).
+    ``two_duals``: with the dual kernel first, two tensors' duals in one launch where they can, or a dual and
+    NVFP4's one launch of W's two (the default).
     ``dual_dequantize``: a dual launch with no second dual takes the next two dequantizations whose inputs
     exist (dY's and the saved codes' in a linear layer's backward; the default). Keep the setting for the
     first backward too: the backward compiles then."""
@@ -208,6 +211,19 @@ def _can_share_values(mine, other) -> bool:
     return same_values_refusal(tuple(val.shape), as_format(mine[2]), jobs) is None
 
 
+def shared_values_plan(mine, other):
+    """The launch plan of two quantize calls that :func:`_can_share_values` accepts: the codes job's launch,
+    writing the values job's values too; None where the input's shape is not known."""
+    from ufp4_compile.kernels.quantize import launch_plan
+
+    val = getattr(mine[0], "meta", {}).get("val")
+    if val is None:
+        return None
+    codes = mine if mine[7] is None else other
+    shape = tuple(val.shape)
+    return launch_plan(shape, val.dtype.itemsize, codes[1] % len(shape), as_format(codes[2]), 0, True, True, _asm())
+
+
 def _sibling(node, order: dict, taken=()):
     """The quantization that shares ``node``'s launch, not one in ``taken``: with the dual kernel first (the
     default), the first later quantization of ``node``'s own input along the other axis that the dual kernel
@@ -250,8 +266,9 @@ def _sibling(node, order: dict, taken=()):
 def _siblings(node, order: dict, taken=()) -> list:
     """The quantizations that share ``node``'s launch: its partner (:func:`_sibling`), and where that is the dual
     launch of ``node``'s tensor and two tensors' duals are on, a second tensor's two quantizations (the first
-    later quantization within reach of the format whose input and seed exist before ``node``, with its own
-    dual partner) that one launch takes with them (``kernels.quantize_pair.two_duals_refusal``)."""
+    later quantization within reach whose input and seed exist before ``node``, of the format with its own
+    dual partner, or of the format in 16 x 16 blocks with the partner it shares a launch with) that one launch
+    takes with them (``kernels.quantize_pair.two_duals_refusal``, ``dual_single_refusal``)."""
     partner = _sibling(node, order, taken)
     if partner is None:
         return []
@@ -259,7 +276,7 @@ def _siblings(node, order: dict, taken=()) -> list:
     first = _dual_launch(mine, theirs) if (_two_duals or _dual_dequantize) and _dual == "first" else None
     if first is None:
         return [partner]
-    from ufp4_compile.kernels.quantize_pair import two_duals_refusal
+    from ufp4_compile.kernels.quantize_pair import dual_single_refusal, two_duals_refusal
 
     here, busy = order[node], {*taken, node, partner}
     exists = lambda call: all(order.get(a, here) < here for a in (call[0], call[5], call[8]) if hasattr(a, "op"))
@@ -268,11 +285,18 @@ def _siblings(node, order: dict, taken=()) -> list:
         if later.op == "root":
             break
         other = _quantize_call(later) if later not in busy else None
-        if other is not None and other[2] == mine[2] and other[0] is not mine[0] and exists(other):
-            second = _own_partner(later, other, order, busy, _can_dual)
-            if second is not None and exists(_quantize_call(second)):
-                if two_duals_refusal(first, _dual_launch(other, _quantize_call(second))) is None:
-                    return [partner, later, second]
+        if other is not None and other[0] is not mine[0] and exists(other):
+            if other[2] == mine[2]:
+                second = _own_partner(later, other, order, busy, _can_dual)
+                if second is not None and exists(_quantize_call(second)):
+                    if two_duals_refusal(first, _dual_launch(other, _quantize_call(second))) is None:
+                        return [partner, later, second]
+            elif "x16/" in other[2]:  # NVFP4's W: its two quantizations in one launch, beside X's dual
+                second = _own_partner(later, other, order, busy, _can_share_values)
+                if second is not None and exists(_quantize_call(second)):
+                    single = shared_values_plan(other, _quantize_call(second))
+                    if single is not None and dual_single_refusal(first, single) is None:
+                        return [partner, later, second]
         later = later.next
     dequantizations = _dequantize_siblings(node, order, busy, 2) if _dual_dequantize else []
     return [partner, *dequantizations] if len(dequantizations) == 2 else [partner]

@@ -94,6 +94,11 @@ class OperandFormat:
     def q_max(self) -> float:
         return Q_MAX[self.grid]
 
+    def square(self) -> "OperandFormat | None":
+        """This format in 16 x 16 blocks (NVFP4's weights beside its activations' 1 x 16), or None where it has
+        them already or its blocks are not 16 long."""
+        return dataclasses.replace(self, block_2d=True) if self.block == 16 and not self.block_2d else None
+
     @property
     def spec(self) -> str:
         block = f"{self.block}x{self.block}" if self.block_2d else str(self.block)
