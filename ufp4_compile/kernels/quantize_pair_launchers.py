@@ -24,9 +24,9 @@ from ufp4_compile.kernels.quantize_pair import (PairLaunch, _quantize_dual_dequa
                                                 _quantize_dual_single_kernel, _quantize_pair_kernel,
                                                 _quantize_two_duals_kernel, dual_dequantize_elements,
                                                 dual_dequantize_launch, dual_dequantize_refusal, dual_refusal,
-                                                dual_single_launch, dual_single_refusal, job_pointers,
-                                                one_read_shapes, pair_launch, pair_refusal, same_values_refusal,
-                                                two_duals_launch, two_duals_refusal)
+                                                dual_single_launch, dual_single_refusal, dual_single_tile,
+                                                job_pointers, one_read_shapes, pair_launch, pair_refusal,
+                                                same_values_refusal, two_duals_launch, two_duals_refusal)
 from ufp4_compile.numerics.formats import OperandFormat
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs, check_shift
 
@@ -195,8 +195,9 @@ def quantize_dual_shared(fmt: OperandFormat | str, first: tuple, second: tuple, 
             if x.numel() and dual_refusal(tuple(x.shape), *plans) is None else None)
     codes_job = 0 if w_jobs[0][2] is None else 1
     same = [(axis, 0, dtype) for axis, (_, _, dtype) in zip(w_axes, w_jobs)]
-    single = (plan_for(w, w_axes[codes_job], w_fmt, 0, codes=True, values=True)
-              if w.numel() and same_values_refusal(tuple(w.shape), w_fmt, same) is None else None)
+    single = (plan_for(w, w_axes[codes_job], w_fmt, 0, codes=True, values=True, config=dual_single_tile(dual))
+              if dual is not None and w.numel() and same_values_refusal(tuple(w.shape), w_fmt, same) is None
+              else None)
     if dual is None or single is None or dual_single_refusal(dual, single) is not None:
         return [*quantize_pair(x, fmt, rhts, rs, seed, jobs, config=config),
                 *quantize_pair(w, w_fmt, 0, w_rs, None, w_jobs)]
@@ -354,7 +355,8 @@ def compile_variants():
                 square = fmt.square()
                 blocks = by_format.get(square, {})
                 used = 0 in blocks and (fmt, ra, True) in calls and (fmt, rb, False) in calls  # X's RHT sizes
-                single = launch_plan(shape, 2, 0, square, 0, True, True, False) if used else None
+                single = (launch_plan(shape, 2, 0, square, 0, True, True, False,
+                                      tuple(sorted(dual_single_tile(launch).items()))) if used else None)
                 if single is not None and dual_single_refusal(launch, single) is None:  # X's dual and W's one
                     # launch of its square blocks' column-wise codes and row-wise values (NVFP4's forward)
                     one = dual_single_launch(launch, single)

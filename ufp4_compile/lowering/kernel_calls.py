@@ -406,9 +406,9 @@ def _emit_dual_shared(dual, calls, lowered, sizes, plans, device, nodes) -> tupl
     that :func:`_can_share_values` accepts (``calls[2:]``, NVFP4's W) as one launch where
     ``kernels.quantize_pair.dual_single_refusal`` accepts them: the four op results; else the dual launch alone:
     its two (the other two lower on their own)."""
-    from ufp4_compile.kernels.quantize_pair import dual_single_launch, dual_single_refusal
+    from ufp4_compile.kernels.quantize_pair import dual_single_launch, dual_single_refusal, dual_single_tile
 
-    single = shared_values_plan(*calls[2:])
+    single = shared_values_plan(*calls[2:], dual_single_tile(dual))
     if single is None or dual_single_refusal(dual, single) is not None:
         return _emit_quantize_launch(dual, calls[:2], lowered[:2], sizes[:2], plans[:2], device, nodes=nodes[:2])
     codes_job = 2 if calls[2][7] is None else 3

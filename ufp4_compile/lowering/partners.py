@@ -211,9 +211,10 @@ def _can_share_values(mine, other) -> bool:
     return same_values_refusal(tuple(val.shape), as_format(mine[2]), jobs) is None
 
 
-def shared_values_plan(mine, other):
+def shared_values_plan(mine, other, tile: dict | None = None):
     """The launch plan of two quantize calls that :func:`_can_share_values` accepts: the codes job's launch,
-    writing the values job's values too; None where the input's shape is not known."""
+    writing the values job's values too, at its own tile or ``tile`` (a launch config: beside a dual launch,
+    ``kernels.quantize_pair.dual_single_tile``); None where the input's shape is not known."""
     from ufp4_compile.kernels.quantize import launch_plan
 
     val = getattr(mine[0], "meta", {}).get("val")
@@ -221,7 +222,8 @@ def shared_values_plan(mine, other):
         return None
     codes = mine if mine[7] is None else other
     shape = tuple(val.shape)
-    return launch_plan(shape, val.dtype.itemsize, codes[1] % len(shape), as_format(codes[2]), 0, True, True, _asm())
+    return launch_plan(shape, val.dtype.itemsize, codes[1] % len(shape), as_format(codes[2]), 0, True, True, _asm(),
+                       tuple(sorted(tile.items())) if tile else None)
 
 
 def _sibling(node, order: dict, taken=()):
@@ -276,7 +278,7 @@ def _siblings(node, order: dict, taken=()) -> list:
     first = _dual_launch(mine, theirs) if (_two_duals or _dual_dequantize) and _dual == "first" else None
     if first is None:
         return [partner]
-    from ufp4_compile.kernels.quantize_pair import dual_single_refusal, two_duals_refusal
+    from ufp4_compile.kernels.quantize_pair import dual_single_refusal, dual_single_tile, two_duals_refusal
 
     here, busy = order[node], {*taken, node, partner}
     exists = lambda call: all(order.get(a, here) < here for a in (call[0], call[5], call[8]) if hasattr(a, "op"))
@@ -294,7 +296,7 @@ def _siblings(node, order: dict, taken=()) -> list:
             elif "x16/" in other[2]:  # NVFP4's W: its two quantizations in one launch, beside X's dual
                 second = _own_partner(later, other, order, busy, _can_share_values)
                 if second is not None and exists(_quantize_call(second)):
-                    single = shared_values_plan(other, _quantize_call(second))
+                    single = shared_values_plan(other, _quantize_call(second), dual_single_tile(first))
                     if single is not None and dual_single_refusal(first, single) is None:
                         return [partner, later, second]
         later = later.next
