@@ -140,8 +140,9 @@ def variants(args) -> list[tuple[str, str, str | None]]:
 # Kernel name -> category, first match wins. Our kernels are named in ufp4_compile/kernels/; cuBLAS GEMMs
 # appear as sm90_xmma*/nvjet*/cutlass*/gemm*; SDPA as flash/fmha/efficient-attention kernels.
 CATEGORIES = (
-    # the dual-dequantize launch (dY's two quantizations with the dequantizations of saved codes) counts here
-    ("quantize", re.compile(r"_quantize_(pair_|dual_|two_duals_|dual_dequantize_)?kernel|mean_split")),
+    # the dual-dequantize launch (dY's two quantizations with the dequantizations of saved codes) and the
+    # dual-single one (NVFP4's X and W) count here
+    ("quantize", re.compile(r"_quantize_(pair_|dual_|two_duals_|dual_dequantize_|dual_single_)?kernel|mean_split")),
     ("dequantize", re.compile(r"_dequantize_(pair_)?kernel")),
     ("amax pre-pass", re.compile(r"_amax_(pair_)?kernel")),
     ("gemm (ufp4 template/native)", re.compile(r"_scaled_mm_kernel|ufp4_scaled_mm|native_scaled_mm")),
