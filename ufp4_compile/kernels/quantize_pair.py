@@ -206,9 +206,10 @@ def _quantize_dual_single_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_see
     under NVFP4: X's two quantizations, and W's one launch that writes its column-wise codes and its row-wise
     values from 16 x 16 blocks): the first ``n_first = g_first * (M // U)`` programs are
     :func:`_quantize_dual_kernel`'s grid over ``x (M, N)`` (jobs a row-wise, b column-wise), the rest job c's
-    own launch grid (``c_g0 x c_g1`` tiles a page; ``kernels.quantize._quantize_kernel``'s programs, at its own
-    tile and ``C_BLOCK_2D``), each program exactly the tile it runs in its own launch, so the bits are. A launch
-    fewer per linear layer's forward: the default mode of a training step waits on the host's time per launch."""
+    own launch grid (``c_g0 x c_g1`` tiles a page; ``kernels.quantize._quantize_kernel``'s programs at the tile
+    its plan has, :func:`dual_single_tile`, and ``C_BLOCK_2D``), each program exactly the tile it runs in its own
+    launch of that plan, so the bits are (a quantize tile changes no bit). A launch fewer per linear layer's
+    forward: the default mode of a training step waits on the host's time per launch."""
     pid = tl.program_id(0)
     if pid < n_first:
         _dual_at(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, a_codes_ptr,
