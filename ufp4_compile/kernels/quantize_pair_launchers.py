@@ -3,8 +3,9 @@
 - :func:`quantize_pair`, :func:`quantize_two_duals`, :func:`quantize_dual_shared` and
   :func:`quantize_dual_dequantize` run the one-launch forms on tensors, each result bit for bit its single call's
   (``kernels.quantize.quantize``, ``quantize_dequantize``, ``kernels.dequantize.dequantize``), falling back to
-  those calls where a launch refuses: what the kernel tests compare and the benchmarks time. Inductor's generated code launches the same kernels itself
-  (``lowering.kernel_calls``), with the plans and pointers of ``kernels.quantize_pair``.
+  those calls where a launch refuses: what the kernel tests compare and the benchmarks time. Inductor's
+  generated code launches the same kernels itself (``lowering.kernel_calls``), with the plans and pointers of
+  ``kernels.quantize_pair``.
 - :func:`compile_variants`: the presets' pair and dual launches for ``kernels.targets`` (compiled for sm_90,
   sm_100 and gfx950 without a GPU).
 """
