@@ -110,6 +110,40 @@ def test_low_precision_inputs(dtype):
     assert_same(x.to(DEVICE), 0, "e2m1/16/e4m3/nearest", rht=16)
 
 
+def _half_range_tensor(dtype) -> torch.Tensor:
+    """16-bit values where folding 1 / sqrt(R) into the RHT signs could go wrong if it were not exact:
+    bf16's subnormals and the FP32 subnormal range the rotated sums reach, cancellations there, values just
+    below and at the RHT guard's 2**64, a NaN group, and ordinary values beside them."""
+    x = torch.randn(64, 128)
+    if dtype == torch.bfloat16:
+        x[0] = torch.randn(128) * 2.0**-130  # bf16 subnormals (down to 2**-133)
+        x[1] = torch.randn(128) * 2.0**-124
+        x[2, ::2], x[2, 1::2] = 2.0**-126, -(2.0**-126) * (1 + 2.0**-7)  # sums cancel into the subnormals
+        x[3] = torch.randn(128) * 2.0**62  # large, below the guard
+        x[4, :16] = 2.0**64  # one group through the guard, its neighbours not
+        x[4, 16:32] = torch.randn(16) * 2.0**-120
+        x[5, 32:48] = float("nan")
+    else:  # fp16: subnormals from 2**-24, largest 65504
+        x[0] = torch.randn(128) * 2.0**-20
+        x[1, ::2], x[1, 1::2] = 2.0**-14, -(2.0**-14) * (1 + 2.0**-10)
+        x[2] = torch.randn(128) * 30000
+        x[5, 32:48] = float("nan")
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("spec, rht", [("int4/16/fp32/nearest", 16), ("int4/16/fp32/stochastic", 64),
+                                       ("e2m1/16/e4m3/stochastic", 16), ("int4/16/e4m3/nearest", 64),
+                                       ("int4/16/fp32/nearest", 32), ("e2m1/32/e8m0/nearest", 32)])
+def test_16_bit_inputs_at_the_ends_of_the_range(dtype, spec, rht):
+    """bf16 / fp16 inputs take the RHT with 1 / sqrt(R) folded into the signs where it is a power of two
+    (R = 16, 64; R = 32 keeps the final multiplication): the same bits as the reference at both ends of the
+    range, on both axes (the E4M3 formats through the global-amax pre-pass too)."""
+    x = _half_range_tensor(dtype)
+    assert_same(x.to(DEVICE), 1, spec, rht=rht)
+    assert_same(x.t().contiguous().to(DEVICE), 0, spec, rht=rht)
+
+
 def test_strided_input_and_large_counters():
     """A transposed (non-contiguous) view, an offset past 2**32 and seeds past 2**63 (64-bit keys)."""
     base = torch.randn(64, 48)

@@ -109,13 +109,14 @@ def _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid,
         else:
             seen = _max_nan(seen, _abs_max_nan(x))
         xb = x
+        HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16  # x as loaded
         if B_RHT > 0:
-            xb = _rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK)
+            xb = _rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK, HALF)
         best_b = tl.maximum(best_b, _column_max(xb, EXACT))
         if A_RHT > 0:
             for h in tl.static_range(B // ROW_B):
                 xa = _dual_row_segments(x_ptr, t, h, g_n, M, N, B, ROW_B, U, COLS)
-                xa = _rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT, A_INV_SQRT, A_SIGN_MASK)
+                xa = _rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT, A_INV_SQRT, A_SIGN_MASK, HALF)
                 best_a = tl.maximum(best_a, _column_max(xa, EXACT))
         else:
             best_a = tl.maximum(best_a, _column_max(x, EXACT))

@@ -47,11 +47,11 @@ import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
-from ufp4_compile.kernels.quantize_tile import (_RNE_MAGIC, _abs_max_nan, _all_small, _block_amax, _chunk_mask,
+from ufp4_compile.kernels.quantize_tile import (_RNE_MAGIC, _abs_max_nan, _all_small, _chunk_mask,
                                                 _e2m1_nearest, _e2m1_stochastic, _e4m3_encode, _finite_bits,
                                                 _from_rows, _load_tile, _max_nan, _pack, _random_bits, _rht_known,
-                                                _rotated_tile, _scales, _stochastic_offset, _store_chunks,
-                                                _tile_index, _whole_groups, div_rn)
+                                                _rotated_blocks, _rotated_tile, _scales, _stochastic_offset,
+                                                _store_chunks, _tile_index, _whole_groups, div_rn)
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.hadamard import MAX_SIGN_MASK_SIZE, inv_sqrt, sign_mask
 from ufp4_compile.numerics.quantize import as_format, check_quantize_inputs, check_shift, padded_length
@@ -126,8 +126,9 @@ def _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, 
                               COLS)
             seen = _max_nan(seen, _abs_max_nan(x))
             if RHT > 0:
-                x = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT, U,
-                                  PARTIAL)
+                HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16  # x as loaded
+                x = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK, HALF), x, l0, L, RHT,
+                                  U, PARTIAL)
         best = tl.maximum(best, _column_max(x, EXACT))
     return best, seen
 
@@ -189,10 +190,10 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
     """The tile at ``l0`` along the quantized axis and ``o0 .. o0 + B`` along the other (row-wise: the rows
     ``rows``, ``o0 + arange(B)`` or any others); ``first``: the program that writes the tensor scale;
     ``SHIFT``: of ``x - shift`` (:func:`_shifted`)."""
-    x, flat = _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT, SIGN_MASK,
-                            U, B, ROWWISE, COLS, PARTIAL, shift_ptr, shift_period, SHIFT)
+    x, flat, amax = _rotated_blocks(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT,
+                                    SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL, BLOCK, BLOCK_2D, shift_ptr, shift_period,
+                                    SHIFT)
     NB: tl.constexpr = U // BLOCK
-    amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
     g = 0.0
     if SCALE == 1:
         g = tl.max(tl.load(gamax_ptr + tl.arange(0, _AMAX_PROGRAMS)), axis=0).to(tl.float32, bitcast=True)

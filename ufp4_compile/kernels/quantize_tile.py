@@ -26,6 +26,8 @@ _LIFT = tl.constexpr(_ref_scales.TINY_SCALE_LIFT)
 _BIG_GROUP_BITS = tl.constexpr(0x5F800000)
 _BIG_DOWN = tl.constexpr(1.0 / _ref_hadamard.BIG_GROUP)
 _BIG_UP = tl.constexpr(_ref_hadamard.BIG_GROUP)
+# _rotated_blocks: rotated maxima below 2**59 (FP32 bits) rule out any group at or above 2**64 for R <= 256
+_GUARD_AFTER_BITS = tl.constexpr(0x5D000000)
 _RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |y| < 2**22 to an integer, ties to even
 
 
@@ -212,7 +214,7 @@ def _butterfly(v, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr):
 
 @triton.jit
 def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT: tl.constexpr,
-         SIGN_MASK: tl.constexpr):
+         SIGN_MASK: tl.constexpr, HALF: tl.constexpr = False):
     """``H_R diag(s) v / sqrt(R)`` on each R consecutive rows, in numerics.hadamard's butterfly order
     (h = 1, 2, 4, ...). The sign products are exact, so contraction into FMAs cannot change a sum.
 
@@ -223,8 +225,8 @@ def _rht(x, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT
     at the end, a finite overflow saturating at +-FP32_MAX (numerics.hadamard); the scaling is its own
     multiplication, so the product that feeds the butterfly's first sum stays the exact sign product.
     A tile without such a group (the common case, decided once per program) skips that guard: scaling
-    by 1 and a check that cannot fire give the same bits."""
-    return _rht_known(x, _no_big_group(x), rht_key, U, B, R, INV_SQRT, SIGN_MASK)
+    by 1 and a check that cannot fire give the same bits. ``HALF``: see :func:`_rht_known`."""
+    return _rht_known(x, _no_big_group(x), rht_key, U, B, R, INV_SQRT, SIGN_MASK, HALF)
 
 
 @triton.jit
@@ -236,10 +238,17 @@ def _no_big_group(x):
 
 @triton.jit
 def _rht_known(x, small, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.constexpr, INV_SQRT: tl.constexpr,
-               SIGN_MASK: tl.constexpr):
+               SIGN_MASK: tl.constexpr, HALF: tl.constexpr = False):
     """:func:`_rht` with its guard decided by the caller: ``small`` (a scalar) True only where no group of
     ``x`` has an amax >= 2**64 or a NaN. False is always right (the guarded path gives a small group the same
-    bits); a caller that holds the same elements in another layout decides once for both."""
+    bits); a caller that holds the same elements in another layout decides once for both.
+
+    ``HALF``: the elements of ``x`` are bf16 or fp16 values as loaded (multiples of 2**-133). Where
+    ``1 / sqrt(R)`` is a power of two ``2**-k`` (R = 4, 16, 64, 256), the common path then folds it into the
+    signs, ``H (D 2**-k) x`` instead of ``(H D x) 2**-k``: the same bits, one multiplication per element
+    less. Every value either way is a multiple of 2**-(133 + k), at least 2**-149 for k <= 16, so each
+    scaled sum is the unscaled one times 2**-k exactly (a normal result scales its rounding; one in the
+    subnormal range is exact in both) and nothing overflows (every ``|x| < 2**64``)."""
     idx = tl.arange(0, U) % R
     if SIGN_MASK:
         # tl.cast, not .to: Inductor's mutation analysis compiles the kernel with its scalars as constants
@@ -250,7 +259,10 @@ def _rht_known(x, small, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.conste
         bits = bits & 1
     sign = (1.0 - 2.0 * bits.to(tl.float32))[:, None]
     if small:
-        out = _butterfly(x * sign, U, B, R) * INV_SQRT
+        if HALF and (R & 0x55555555) != 0:  # 1 / sqrt(R) = 2**-k: folded into the signs
+            out = _butterfly(x * (sign * INV_SQRT), U, B, R)
+        else:
+            out = _butterfly(x * sign, U, B, R) * INV_SQRT
     else:
         mag = abs_bits(x)
         group_amax = tl.max(tl.reshape(mag, (U // R, R, B)), axis=1)
@@ -274,8 +286,42 @@ def _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RH
     x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS, shift_ptr,
                          shift_period, SHIFT)
     if RHT > 0:
-        x = _whole_groups(_rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT, U, PARTIAL)
+        HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16 and not SHIFT  # x as loaded
+        x = _whole_groups(_rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK, HALF), x, l0, L, RHT, U, PARTIAL)
     return x, flat
+
+
+@triton.jit
+def _rotated_blocks(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT: tl.constexpr,
+                    INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
+                    ROWWISE: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK: tl.constexpr,
+                    BLOCK_2D: tl.constexpr, shift_ptr=None, shift_period=1, SHIFT: tl.constexpr = False):
+    """:func:`_rotated_tile` and its block amax (:func:`_block_amax`), as (tile, flat indices, amax).
+
+    With an RHT, the tile is rotated on the common path first and the guard decided afterwards, from the
+    block maxima the scales need anyway instead of a pass over the loaded elements: a tile whose rotated
+    values are all below 2**59 (no NaN, no Inf) has no group at or above 2**64 (the rotation keeps each
+    group's 2-norm, so ``max |x| <= sqrt(R) max |RHT(x)|``, and sqrt(R) <= 16 for R <= 256), and the
+    common path's values are the guarded path's there. Any other tile is rotated again through the guard
+    (:func:`_rht_known`), as before: the same bits either way."""
+    x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS, shift_ptr,
+                         shift_period, SHIFT)
+    if RHT > 0:
+        HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16 and not SHIFT  # x as loaded
+        rotated = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK, HALF), x, l0, L,
+                                RHT, U, PARTIAL)
+        amax = _block_amax(rotated, U, B, BLOCK, BLOCK_2D)
+        if tl.max(tl.max(amax.to(tl.int32, bitcast=True), axis=1), axis=0) >= _GUARD_AFTER_BITS:
+            # read again rather than held: the loaded tile's registers are free once it is rotated
+            x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS, shift_ptr,
+                                 shift_period, SHIFT)
+            rotated = _whole_groups(_rht_known(x, False, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT,
+                                    U, PARTIAL)
+            amax = _block_amax(rotated, U, B, BLOCK, BLOCK_2D)
+        x = rotated
+    else:
+        amax = _block_amax(x, U, B, BLOCK, BLOCK_2D)
+    return x, flat, amax
 
 
 @triton.jit
