@@ -22,9 +22,9 @@ import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.quantize import (_AMAX_PROGRAMS, _VARIANT_SIZE, AMAX_PROGRAMS, PLAN_SCALARS, RHT_KEYS,
-                                           ROW_SEGMENTS, LaunchPlan, _amax_at, _column_max, amax_launch, amax_scalars,
-                                           launch_plan, one_read_refusal)
-from ufp4_compile.kernels.quantize_tile import _abs_max_nan, _all_small, _load_tile, _max_nan, _no_big_group, _rht_known
+                                           ROW_SEGMENTS, LaunchPlan, _amax_at, _column_max, _max_into, amax_launch,
+                                           amax_scalars, launch_plan, one_read_refusal)
+from ufp4_compile.kernels.quantize_tile import _below_guard, _load_tile, _no_big_group, _rht_known
 
 # ---- kernels -------------------------------------------------------------------------------------------
 
@@ -63,20 +63,21 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
     tile itself (the maximum of unrotated values does not depend on the layout); with RHT it loads the tile's
     row segments (from L1/L2) and rotates them.
 
-    As in ``quantize._amax_at``, the tiles are read on the common path first (every ``|x| < 2**64``: no
-    RHT guard, float maxima of finite values) and again with the exact finite-only path (the RHT's guard
-    decided once per tile for both jobs, the row segments being the same elements) only where that fails."""
+    As in ``quantize._amax_at``, the tiles are read on the common path first (no RHT guard, NaN-propagating
+    float maxima, checked by those maxima themselves: :func:`quantize_tile._below_guard`) and again with the
+    exact finite-only path (the RHT's guard decided once per tile for both jobs, the row segments being the
+    same elements) only where that fails."""
     tiles = tl.cdiv(N, B) * (M // U)
     if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
-        best_a, best_b, seen = _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT, A_SIGN_MASK,
-                                            B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES, False)
-        if _all_small(seen):
+        best_a, best_b = _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT, A_SIGN_MASK,
+                                      B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES, False)
+        if _below_guard(best_a) & _below_guard(best_b):
             tl.store(a_gamax_ptr + pid, tl.max(best_a, axis=0).to(tl.int32, bitcast=True))
             tl.store(b_gamax_ptr + pid, tl.max(best_b, axis=0).to(tl.int32, bitcast=True))
         else:
-            exact_a, exact_b, _ = _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
-                                               A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES,
-                                               True)
+            exact_a, exact_b = _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
+                                            A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES,
+                                            True)
             tl.store(a_gamax_ptr + pid, tl.max(exact_a, axis=0))
             tl.store(b_gamax_ptr + pid, tl.max(exact_b, axis=0))
     else:
@@ -90,37 +91,34 @@ def _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid,
                  B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                  COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
                  STAGES: tl.constexpr, EXACT: tl.constexpr):
-    """:func:`_dual_amax_at`'s read of its tiles, as (job a's per-column maxima, job b's, per-column max
-    ``|x|`` with NaN): ``EXACT``, the RHT's guard decided once per tile for both jobs and finite-only bits
-    (``quantize._column_max``); else the common path, with the third result to check it by."""
+    """:func:`_dual_amax_at`'s read of its tiles, as (job a's per-column maxima, job b's): ``EXACT``, the RHT's
+    guard decided once per tile for both jobs and finite-only bits (``quantize._column_max``); else the common
+    path, NaN-propagating float maxima."""
     g_n = tl.cdiv(N, B)
     best_b = _column_max(tl.zeros((U, B), tl.float32), EXACT)  # zeros of the maxima's type
     if A_RHT > 0:
         best_a = _column_max(tl.zeros((U, ROW_B), tl.float32), EXACT)
     else:
         best_a = best_b
-    seen = tl.zeros((B,), tl.float32)
     for t in tl.range(pid, g_n * (M // U), _AMAX_PROGRAMS, num_stages=STAGES):
         x = _dual_tile(x_ptr, t, g_n, M, N, B, U, COLS)
         small = True
         if EXACT:
             if A_RHT > 0 or B_RHT > 0:
                 small = _no_big_group(x)
-        else:
-            seen = _max_nan(seen, _abs_max_nan(x))
         xb = x
         HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16  # x as loaded
         if B_RHT > 0:
             xb = _rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK, HALF)
-        best_b = tl.maximum(best_b, _column_max(xb, EXACT))
+        best_b = _max_into(best_b, _column_max(xb, EXACT), EXACT)
         if A_RHT > 0:
             for h in tl.static_range(B // ROW_B):
                 xa = _dual_row_segments(x_ptr, t, h, g_n, M, N, B, ROW_B, U, COLS)
                 xa = _rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT, A_INV_SQRT, A_SIGN_MASK, HALF)
-                best_a = tl.maximum(best_a, _column_max(xa, EXACT))
+                best_a = _max_into(best_a, _column_max(xa, EXACT), EXACT)
         else:
-            best_a = tl.maximum(best_a, _column_max(x, EXACT))
-    return best_a, best_b, seen
+            best_a = _max_into(best_a, _column_max(x, EXACT), EXACT)
+    return best_a, best_b
 
 
 @triton.jit

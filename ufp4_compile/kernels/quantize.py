@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from ufp4_compile.kernels.common import format_constants
-from ufp4_compile.kernels.quantize_tile import (_RNE_MAGIC, _abs_max_nan, _all_small, _chunk_mask,
+from ufp4_compile.kernels.quantize_tile import (_RNE_MAGIC, _abs_max_nan, _below_guard, _chunk_mask,
                                                 _e2m1_nearest, _e2m1_stochastic, _e4m3_encode, _finite_bits,
                                                 _from_rows, _load_tile, _max_nan, _pack, _random_bits, _rht_known,
                                                 _rotated_blocks, _rotated_tile, _scales, _stochastic_offset,
@@ -83,11 +83,12 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
              U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
     """Program ``pid`` of the global-amax pre-pass (:func:`_amax_kernel`).
 
-    Its tiles are first read on the common path: every ``|x| < 2**64`` (no NaN, no Inf), so no RHT group
-    needs the big-group guard and every rotated value is finite, and a float maximum of ``|RHT(x)|`` is
-    the maximum finite magnitude. Only where that check fails (:func:`_all_small`) does the program read
-    its tiles again with the finite-only bit maximum and the guarded RHT (:func:`_amax_maxima`): the same
-    word either way."""
+    Its tiles are first read on the common path, without the RHT's guard and with NaN-propagating float
+    maxima of ``|RHT(x)|``. Where every maximum is below 2**59 (:func:`_below_guard`: no NaN, no Inf, and
+    no RHT group that reached 2**64, the rotation keeping each group's 2-norm), the common path's values
+    are exact and their maximum is the maximum finite magnitude. Only where that check fails does the
+    program read its tiles again with the finite-only bit maximum and the guarded RHT
+    (:func:`_amax_maxima`): the same word either way."""
     tiles_l, tiles_o = tl.cdiv(L, U), tl.cdiv(O, B)
     if ROWWISE:
         first = tiles_l
@@ -95,13 +96,13 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
         first = tiles_o
     tiles = tiles_l * tiles_o * pages
     if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
-        best, seen = _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key, RHT,
-                                  INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, False)
-        if _all_small(seen):
+        best = _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key, RHT,
+                            INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, False)
+        if _below_guard(best):
             tl.store(gamax_ptr + pid, tl.max(best, axis=0).to(tl.int32, bitcast=True))
         else:
-            exact, _ = _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key,
-                                    RHT, INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, True)
+            exact = _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key, RHT,
+                                 INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, True)
             tl.store(gamax_ptr + pid, tl.max(exact, axis=0))
     else:
         tl.store(gamax_ptr + pid, pid * 0)
@@ -111,11 +112,9 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
 def _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key,
                  RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
                  U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr, EXACT: tl.constexpr):
-    """:func:`_amax_at`'s read of its tiles, as (per-column maxima, per-column max ``|x|`` with NaN): the
-    maxima as :func:`_column_max` takes them (``EXACT``: the guarded RHT and finite-only bits; else the
-    common path, with the second result to check it by)."""
+    """:func:`_amax_at`'s read of its tiles, as per-column maxima (:func:`_column_max`: ``EXACT``, the
+    guarded RHT and finite-only bits; else the common path, NaN-propagating float maxima)."""
     best = _column_max(tl.zeros((U, B), tl.float32), EXACT)  # zeros of the maxima's type
-    seen = tl.zeros((B,), tl.float32)
     for t in range(pid, tiles, _AMAX_PROGRAMS):
         page, l0, o0 = _amax_tile(t, first, tiles_l, tiles_o, U, B, ROWWISE)
         if EXACT:
@@ -124,24 +123,34 @@ def _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, 
         else:
             x, _ = _load_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, U, B, ROWWISE,
                               COLS)
-            seen = _max_nan(seen, _abs_max_nan(x))
             if RHT > 0:
                 HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16  # x as loaded
                 x = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK, HALF), x, l0, L, RHT,
                                   U, PARTIAL)
-        best = tl.maximum(best, _column_max(x, EXACT))
-    return best, seen
+        best = _max_into(best, _column_max(x, EXACT), EXACT)
+    return best
 
 
 @triton.jit
 def _column_max(v, EXACT: tl.constexpr):
     """Per column of the 2-D tile ``v``: the maximum finite ``|v|`` as int32 FP32 bits (``EXACT``), else the
-    float maximum ``|v|``, the same value where every element is finite (the pre-passes' common path)."""
+    float maximum ``|v|``, NaN if one is NaN: the same value where every element is finite (the pre-passes'
+    common path, which :func:`_below_guard` checks by these maxima themselves)."""
     if EXACT:
         m = tl.max(_finite_bits(v), axis=0)
     else:
-        m = tl.max(tl.abs(v), axis=0)
+        m = _abs_max_nan(v)
     return m
+
+
+@triton.jit
+def _max_into(best, m, EXACT: tl.constexpr):
+    """``best`` and the maxima ``m`` of :func:`_column_max` combined (NaN kept on the common path)."""
+    if EXACT:
+        best = tl.maximum(best, m)
+    else:
+        best = _max_nan(best, m)
+    return best
 
 
 @triton.jit

@@ -28,6 +28,7 @@ _BIG_DOWN = tl.constexpr(1.0 / _ref_hadamard.BIG_GROUP)
 _BIG_UP = tl.constexpr(_ref_hadamard.BIG_GROUP)
 # _rotated_blocks: rotated maxima below 2**59 (FP32 bits) rule out any group at or above 2**64 for R <= 256
 _GUARD_AFTER_BITS = tl.constexpr(0x5D000000)
+_GUARD_AFTER = tl.constexpr(2.0**59)
 _RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |y| < 2**22 to an integer, ties to even
 
 
@@ -525,6 +526,14 @@ def _max_nan(a, b):
 def _abs_max_nan(x):
     """Per column of the 2-D tile ``x``: the maximum ``|x|`` over its rows, NaN if one is NaN."""
     return tl.reduce(tl.abs(x), 0, _max_nan)
+
+
+@triton.jit
+def _below_guard(maxima):
+    """True (a scalar) where the NaN-propagating maxima of rotated (or unrotated) magnitudes are all below
+    2**59: no NaN, no Inf, and no RHT group of R <= 256 elements that reached 2**64 (the rotation keeps a
+    group's 2-norm, so ``max |x| <= sqrt(R) max |RHT(x)|``)."""
+    return tl.reduce(maxima, 0, _max_nan) < _GUARD_AFTER
 
 
 @triton.jit
