@@ -26,9 +26,10 @@ _LIFT = tl.constexpr(_ref_scales.TINY_SCALE_LIFT)
 _BIG_GROUP_BITS = tl.constexpr(0x5F800000)
 _BIG_DOWN = tl.constexpr(1.0 / _ref_hadamard.BIG_GROUP)
 _BIG_UP = tl.constexpr(_ref_hadamard.BIG_GROUP)
-# _rotated_blocks: rotated maxima below 2**59 (FP32 bits) rule out any group at or above 2**64 for R <= 256
-_GUARD_AFTER_BITS = tl.constexpr(0x5D000000)
-_GUARD_AFTER = tl.constexpr(2.0**59)
+# _rotated_blocks, _below_guard: rotated maxima below 2**59 rule out any group at or above 2**64 for R <= 256
+_GUARD_AFTER_EXP = 59
+_GUARD_AFTER = tl.constexpr(2.0**_GUARD_AFTER_EXP)
+_GUARD_AFTER_BITS = tl.constexpr((_GUARD_AFTER_EXP + 127) << 23)  # its FP32 bit pattern
 _RNE_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2**23: adding it rounds |y| < 2**22 to an integer, ties to even
 
 
