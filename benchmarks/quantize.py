@@ -57,11 +57,31 @@ TILE_CONFIGS = {
     0: [{"B": 512, "num_warps": 2}, {"B": 256, "num_warps": 1}, {"B": 1024, "num_warps": 4},
         {"B": 256, "num_warps": 2}],
 }
+# Dequantize tiles tried beside the launcher's plan (kernels.dequantize.launch_plan at its defaults: 4096
+# values a program at four warps, 64 code bytes a row row-wise and 32 column-wise), by axis of the codes.
+DEQUANTIZE_TILE_CONFIGS = {
+    1: [{"elements": 8192, "max_l2": 64, "num_warps": 4}, {"elements": 8192, "max_l2": 128, "num_warps": 4},
+        {"elements": 8192, "max_l2": 64, "num_warps": 8}, {"elements": 16384, "max_l2": 128, "num_warps": 8},
+        {"elements": 4096, "max_l2": 128, "num_warps": 4}, {"elements": 16384, "max_l2": 64, "num_warps": 4}],
+    0: [{"elements": 8192, "max_l2": 32, "num_warps": 4}, {"elements": 4096, "max_l2": 16, "num_warps": 4},
+        {"elements": 8192, "max_l2": 16, "num_warps": 4}, {"elements": 16384, "max_l2": 32, "num_warps": 8},
+        {"elements": 8192, "max_l2": 32, "num_warps": 8}, {"elements": 16384, "max_l2": 16, "num_warps": 4}],
+}
+
+def _dequantize_plan_tile(axis: int) -> dict:
+    """The tile ``kernels.dequantize`` plans for an 8192-wide operand along ``axis`` (its defaults)."""
+    from ufp4_compile.kernels import dequantize as dq
+
+    return {"elements": dq.PLAN_ELEMENTS, "max_l2": dq.PLAN_MAX_L2[axis == 1], "num_warps": dq.PLAN_WARPS}
+
+
 # What each mode moves per element of x (bf16 in): the codes + scales, or the dequantized bf16 operand.
 MODES = ("codes", "values")
 
 
 def _tile(cfg: dict) -> str:
+    if "elements" in cfg:  # a dequantize tile
+        return f"E{cfg['elements']}/L{cfg['max_l2']}/w{cfg['num_warps']}"
     return f"B{cfg['B']}/w{cfg['num_warps']}"
 
 
@@ -73,6 +93,16 @@ def _time_plan_and_tiles(fn, plan_tile: str, configs):
             timed[_tile(cfg)] = bench_launch(lambda: fn(cfg))
     best = min(timed, key=timed.get)
     return timed[f"plan {plan_tile}"], (timed[best], best), timed
+
+
+def _prepass_ms(x, plan) -> float:
+    """Milliseconds of the E4M3 global-amax pre-pass of ``plan`` alone (the first of the quantization's two
+    launches, included in its ``ms``), timed as the rows are."""
+    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS, amax_launch, rht_key
+
+    gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=x.device)
+    kernel, grid, num_warps, tensors, scalars = amax_launch(plan, x, gamax, rht_key(plan, 5))
+    return bench_launch(lambda: kernel[grid](**tensors, **scalars, num_warps=num_warps))
 
 
 def run(rows: int, cols: int, every: bool = False, specs=None) -> list[dict]:
@@ -105,8 +135,10 @@ def run(rows: int, cols: int, every: bool = False, specs=None) -> list[dict]:
                 plan_tile = _tile(dict(B=plan.constexprs["B"], num_warps=plan.num_warps))
                 ms, (best_ms, best), timed = _time_plan_and_tiles(fn, plan_tile, TILE_CONFIGS[axis])
                 gbs = moved / ms / 1e6
+                prepass_ms = _prepass_ms(x, plan) if plan.amax_constexprs is not None else None
                 row = {"kernel": f"quantize ({mode})", "spec": spec, "rht": rht, "axis": axis, "presets": presets,
-                       "ms": ms, "GB/s": gbs, "copy_GB/s": copy_gbs, "fraction_of_copy": gbs / copy_gbs,
+                       "ms": ms, "prepass_ms": prepass_ms, "GB/s": gbs, "copy_GB/s": copy_gbs,
+                       "fraction_of_copy": gbs / copy_gbs,
                        "tile": f"plan {plan_tile}", "best_tile": best,
                        "best_fraction_of_copy": moved / best_ms / 1e6 / copy_gbs,
                        "per_tile_GB/s": {name: moved / t / 1e6 for name, t in timed.items()}}
@@ -117,14 +149,27 @@ def run(rows: int, cols: int, every: bool = False, specs=None) -> list[dict]:
             if rht == 0 or fmt.rounding.value == "stochastic":
                 continue
             codes, scales, ts = quantize(x, axis, fmt, rht, 5, seed, 0)
-            ms = bench_launch(lambda: dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False))
+            plain = dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False)
+
+            def deq(cfg):
+                out = dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False, config=cfg)
+                return out
+
+            for cfg in DEQUANTIZE_TILE_CONFIGS[axis]:  # any tile gives the plan's bits
+                if not torch.equal(deq(cfg).view(torch.int16), plain.view(torch.int16)):
+                    raise AssertionError(f"dequantize {spec} axis {axis}: tile {_tile(cfg)} changed the bits")
             moved = x.numel() * (code_bytes + x.element_size())
+            ms, (best_ms, best), timed = _time_plan_and_tiles(deq, _tile(_dequantize_plan_tile(axis)),
+                                                             DEQUANTIZE_TILE_CONFIGS[axis])
             gbs = moved / ms / 1e6
             results.append({"kernel": "dequantize", "spec": spec, "rht": 0, "axis": axis, "presets": presets, "ms": ms,
-                            "GB/s": gbs, "copy_GB/s": copy_gbs, "fraction_of_copy": gbs / copy_gbs, "tile": "-",
-                            "per_tile_GB/s": {}})
+                            "GB/s": gbs, "copy_GB/s": copy_gbs, "fraction_of_copy": gbs / copy_gbs,
+                            "tile": f"plan {_tile(_dequantize_plan_tile(axis))}", "best_tile": best,
+                            "best_fraction_of_copy": moved / best_ms / 1e6 / copy_gbs,
+                            "per_tile_GB/s": {name: moved / t / 1e6 for name, t in timed.items()}})
             print(f"dequantize {spec:28s} axis {axis}: {ms:7.3f} ms {gbs:7.0f} GB/s "
-                  f"({gbs / copy_gbs:.2f} of copy)", flush=True)
+                  f"({gbs / copy_gbs:.2f} of copy); fastest {best} ({results[-1]['best_fraction_of_copy']:.2f})",
+                  flush=True)
     return results
 
 
@@ -173,10 +218,12 @@ def main(argv=None) -> int:
         return 0
     env = environment()
     if args.configs is not None:
-        for axis in TILE_CONFIGS:
-            TILE_CONFIGS[axis] = TILE_CONFIGS[axis][:args.configs]
+        for configs in (TILE_CONFIGS, DEQUANTIZE_TILE_CONFIGS):
+            for axis in configs:
+                configs[axis] = configs[axis][:args.configs]
     results = run(args.rows, args.cols, args.every, args.specs.split(",") if args.specs else None)
     columns = [("kernel", "kernel"), ("spec", "format"), ("rht", "RHT"), ("axis", "axis"), ("presets", "presets"), ("ms", "ms"),
+               ("prepass_ms", "of it pre-pass ms"),
                ("GB/s", "GB/s"), ("fraction_of_copy", "of copy"), ("tile", "tile"), ("best_tile", "fastest tile"),
                ("best_fraction_of_copy", "its fraction")]
     md = header(env, f"ufp4 fused RHT + quantize, bf16 {args.rows} x {args.cols}") + (

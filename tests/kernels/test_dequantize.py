@@ -28,6 +28,24 @@ def test_matches_reference(spec, shape, axis, dtype):
     torch.testing.assert_close(no_ts, _values_times_scales(q).to(dtype), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "e2m1/32/e8m0/nearest"])
+@pytest.mark.parametrize("shape, axis", [((40, 256), 1), ((256, 40), 0)])
+@pytest.mark.parametrize("config", [dict(elements=256, max_l2=16, num_warps=1), dict(elements=1024, max_l2=128),
+                                    dict(elements=8192, max_l2=128, num_warps=8)])
+def test_any_tile_gives_the_same_values(spec, shape, axis, config):
+    """The benchmarks' tile override: a tile other than the plan's (partial tiles at the edges included)."""
+    q = quantize(torch.randn(shape).to(DEVICE), axis, spec)
+    out = kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, axis, spec, torch.bfloat16,
+                                        config=config)
+    torch.testing.assert_close(out, dequantize_reference(q, torch.bfloat16), rtol=0, atol=0)
+
+
+def test_bad_config_key_is_a_value_error():
+    q = quantize(torch.randn(16, 32).to(DEVICE), 1, "int4/16/fp32/nearest")
+    with pytest.raises(ValueError, match="unknown keys \\['B'\\]"):
+        kernels_dequantize.dequantize(q.codes, q.scales, q.tensor_scale, 1, q.fmt, config={"B": 64})
+
+
 def test_transposed_view():
     q = quantize(torch.randn(64, 48).to(DEVICE), 0, "int4/16/e4m3/nearest")
     qt = q.t()  # codes (48, 32) with strides (1, 48), quantized along dim 1

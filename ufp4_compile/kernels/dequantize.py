@@ -87,6 +87,9 @@ def _dequantize_pair_kernel(a_codes_ptr, a_scales_ptr, a_ts_ptr, a_out_ptr, a_O,
                          B_GRID, B_SCALE, B_BLOCK, B_APPLY_TS, B_ROWWISE, B_BLOCK_O, B_BLOCK_L2)
 
 
+# The tile of a dequantize launch: values a program, warps, and the most code bytes a program's row holds
+# along the quantized axis (row-wise, column-wise): 32 values a thread.
+PLAN_ELEMENTS, PLAN_WARPS, PLAN_MAX_L2 = 4096, 4, {True: 64, False: 32}
 PLAN_ARGS = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")  # launch_plan's args, in order
 
 
@@ -113,11 +116,13 @@ def _view3(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, bool]:
 
 @functools.lru_cache(maxsize=4096)  # bounded: shapes that never repeat (dynamic shapes) must not grow it
 def launch_plan(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bool, fmt: OperandFormat,
-                apply_tensor_scale: bool, elements: int = 4096) -> tuple[tuple, tuple, dict]:
+                apply_tensor_scale: bool, elements: int = PLAN_ELEMENTS,
+                max_l2: int | None = None) -> tuple[tuple, tuple, dict]:
     """(grid, strides and sizes, launch kwargs) of codes viewed as ``shape3``, computed once per call site.
     ``elements``: the values per program (4096 at the launch's four warps; a launch at fewer warps, as the
-    dual launch that takes two dequantizations, plans fewer). Each value is decoded alone, so any tile gives
-    the same bits."""
+    dual launch that takes two dequantizations, plans fewer). ``max_l2``: the most code bytes a program's
+    row holds along the quantized axis (``PLAN_MAX_L2`` unless given). Each value is decoded alone, so any
+    tile gives the same bits."""
     c = format_constants(fmt)
     if rowwise:
         pages, O, L2 = 1, shape3[1], shape3[2]
@@ -125,7 +130,9 @@ def launch_plan(shape3: tuple, stride3: tuple, scale_stride3: tuple, rowwise: bo
     else:
         pages, L2, O = shape3
         strides = (stride3[0], stride3[2], stride3[1], scale_stride3[0], scale_stride3[2], scale_stride3[1])
-    block_l2 = max(fmt.block // 2, min(triton.next_power_of_2(L2), 64 if rowwise else 32, elements // 32))
+    if max_l2 is None:
+        max_l2 = PLAN_MAX_L2[rowwise]
+    block_l2 = max(fmt.block // 2, min(triton.next_power_of_2(L2), max_l2, elements // 32))
     block_o = max(16, min(triton.next_power_of_2(O), elements // (2 * block_l2)))
     grid = (triton.cdiv(O, block_o), triton.cdiv(L2, block_l2), pages)
     kwargs = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, APPLY_TS=apply_tensor_scale, ROWWISE=rowwise,
@@ -154,12 +161,20 @@ def _checked(codes: torch.Tensor, scales: torch.Tensor, axis, fmt) -> tuple[Oper
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Tensor, axis: int,
                fmt: OperandFormat | str, dtype: torch.dtype = torch.float32, *,
-               apply_tensor_scale: bool = True, length: int | None = None) -> torch.Tensor:
+               apply_tensor_scale: bool = True, length: int | None = None,
+               config: dict | None = None) -> torch.Tensor:
     """Values of packed ``codes`` quantized along ``axis`` (a contiguous tensor in the original shape).
 
     Codes cover whole blocks; ``length`` (the quantized tensor's length along ``axis``, when it is not a
     multiple of the block) crops the padding. Without it the result has ``2 * codes.shape[axis]`` elements.
+    ``config`` (benchmarks): ``{"elements": .., "num_warps": .., "max_l2": ..}`` overrides the tile
+    (:func:`launch_plan`'s arguments and the launch's warps); the bits do not depend on it.
     """
+    config = dict(config or {})
+    num_warps = config.pop("num_warps", PLAN_WARPS)
+    unknown = set(config) - {"elements", "max_l2"}
+    if unknown:
+        raise ValueError(f"config has unknown keys {sorted(unknown)}; valid keys: elements, max_l2, num_warps")
     fmt, axis, shape = _checked(codes, scales, axis, fmt)
     if length is not None and not (0 <= length <= shape[axis] and padded_length(length, fmt.block) == shape[axis]):
         raise ValueError(f"length={length!r} is not valid for codes of {shape[axis]} elements along axis {axis}; "
@@ -169,8 +184,8 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, tensor_scale: torch.Te
         c3, rowwise = _view3(codes, axis)
         s3, _ = _view3(scales, axis)
         grid, args, kwargs = launch_plan(tuple(c3.shape), c3.stride(), s3.stride(), rowwise, fmt,
-                                         apply_tensor_scale)
-        _dequantize_kernel[grid](c3, s3, tensor_scale, out, *args, **kwargs)
+                                         apply_tensor_scale, **config)
+        _dequantize_kernel[grid](c3, s3, tensor_scale, out, *args, **kwargs, num_warps=num_warps)
     if length is not None and length != shape[axis]:
         out = out.narrow(axis, 0, length).contiguous()
     return out
