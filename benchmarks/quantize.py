@@ -59,11 +59,13 @@ TILE_CONFIGS = {
 }
 # Dequantize tiles tried beside the launcher's plan (kernels.dequantize.launch_plan at its defaults: 4096
 # values a program at four warps, 64 code bytes a row row-wise and 32 column-wise), by axis of the codes.
-DEQUANTIZE_TILE_CONFIGS = {
-    1: [{"elements": 8192, "max_l2": 64, "num_warps": 4}, {"elements": 8192, "max_l2": 128, "num_warps": 4},
+DEQUANTIZE_TILE_CONFIGS = {  # the first of each: the plan before 37dda39
+    1: [{"elements": 4096, "max_l2": 64, "num_warps": 4},
+        {"elements": 8192, "max_l2": 64, "num_warps": 4}, {"elements": 8192, "max_l2": 128, "num_warps": 4},
         {"elements": 8192, "max_l2": 64, "num_warps": 8}, {"elements": 16384, "max_l2": 128, "num_warps": 8},
         {"elements": 4096, "max_l2": 128, "num_warps": 4}, {"elements": 16384, "max_l2": 64, "num_warps": 4}],
-    0: [{"elements": 8192, "max_l2": 32, "num_warps": 4}, {"elements": 4096, "max_l2": 16, "num_warps": 4},
+    0: [{"elements": 4096, "max_l2": 32, "num_warps": 4},
+        {"elements": 8192, "max_l2": 32, "num_warps": 4}, {"elements": 4096, "max_l2": 16, "num_warps": 4},
         {"elements": 8192, "max_l2": 16, "num_warps": 4}, {"elements": 16384, "max_l2": 32, "num_warps": 8},
         {"elements": 8192, "max_l2": 32, "num_warps": 8}, {"elements": 16384, "max_l2": 16, "num_warps": 4}],
 }
@@ -202,6 +204,8 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", type=int, default=None,
                         help="besides the launcher's plan, try only the first N other tiles per axis "
                              "(0: the plan alone)")
+    parser.add_argument("--dequantize-configs", type=int, default=None,
+                        help="the same for the dequantize rows (default: --configs)")
     parser.add_argument("--rht", type=int, default=16)
     parser.add_argument("--axis", type=int, default=1)
     args = parse_timed_args(parser, argv)
@@ -217,10 +221,12 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
         return 0
     env = environment()
-    if args.configs is not None:
-        for configs in (TILE_CONFIGS, DEQUANTIZE_TILE_CONFIGS):
+    for configs, n in ((TILE_CONFIGS, args.configs), (DEQUANTIZE_TILE_CONFIGS,
+                                                      args.configs if args.dequantize_configs is None
+                                                      else args.dequantize_configs)):
+        if n is not None:
             for axis in configs:
-                configs[axis] = configs[axis][:args.configs]
+                configs[axis] = configs[axis][:n]
     results = run(args.rows, args.cols, args.every, args.specs.split(",") if args.specs else None)
     columns = [("kernel", "kernel"), ("spec", "format"), ("rht", "RHT"), ("axis", "axis"), ("presets", "presets"), ("ms", "ms"),
                ("prepass_ms", "of it pre-pass ms"),
