@@ -89,9 +89,9 @@ def _dequantize_pair_kernel(a_codes_ptr, a_scales_ptr, a_ts_ptr, a_out_ptr, a_O,
 
 # The tile of a dequantize launch: values a program, warps, and the most code bytes a program's row holds
 # along the quantized axis (row-wise, column-wise): 32 values a thread. Row-wise a program writes 16 rows of
-# 256 values, column-wise 32 rows of 128 (each 256 contiguous bytes of bf16): on the H200, bf16 8192^2, these
-# ran at 0.79-0.83 of copy against 0.71-0.77 for 32 rows of 128 values row-wise and 64 of 64 column-wise
-# (benchmarks/quantize.py's dequantize tiles).
+# 256 values, column-wise 32 rows of 128 (512 and 256 contiguous bytes of bf16): on the H200, bf16 8192^2,
+# every format's dequantize ran faster than at 32 rows of 128 row-wise and 64 of 64 column-wise, 0.62-0.93 of
+# copy against 0.61-0.90 in the same run (benchmarks/quantize.py's dequantize tiles; docs/kernels.md).
 PLAN_ELEMENTS, PLAN_WARPS, PLAN_MAX_L2 = 4096, 4, {True: 128, False: 16}
 PLAN_ARGS = ("O", "L2", "s_page", "s_o", "s_l", "ss_page", "ss_o", "ss_l")  # launch_plan's args, in order
 
@@ -205,11 +205,11 @@ def dequantize_pair(jobs) -> list[torch.Tensor]:
     prepared = [prepare(job, check) for job, check in zip(jobs, checked)]
     grid, scalars, constexprs = pair_launch(*(plan for plan, _, _ in prepared))
     tensors = {f"{p}_{k}": v for p, (_, job_tensors, _) in zip("ab", prepared) for k, v in job_tensors.items()}
-    _dequantize_pair_kernel[grid](**tensors, **scalars, **constexprs, num_warps=4)
+    _dequantize_pair_kernel[grid](**tensors, **scalars, **constexprs, num_warps=PLAN_WARPS)
     return [out for _, _, out in prepared]
 
 
-def prepare(job, checked, elements: int = 4096) -> tuple:
+def prepare(job, checked, elements: int = PLAN_ELEMENTS) -> tuple:
     """(launch plan, the kernel's tensors by argument name, the output) of one dequantize call ``job``
     (``(codes, scales, tensor_scale, axis, fmt, dtype)``, ``checked`` its :func:`_checked` result) at
     ``elements`` values a program (:func:`launch_plan`), for a launch that takes it beside other jobs."""
@@ -256,7 +256,7 @@ def compile_variants():
         short = fmt.spec.rsplit("/", 1)[0].replace("16x16", "16")
         variants.append(KernelVariant.build(
             f"dequantize[{short}]", ", ".join(presets), _dequantize_kernel, types, constexprs,
-            aligned=("codes_ptr", "scales_ptr", "out_ptr", "O", "L2", "s_o"), options={"num_warps": 4},
+            aligned=("codes_ptr", "scales_ptr", "out_ptr", "O", "L2", "s_o"), options={"num_warps": PLAN_WARPS},
             formats=(fmt, fmt), path=GemmPath.DEQUANT_MM))
     # The backward's two saved-codes dequantizations in one launch (backward pairing): each format with itself,
     # column-wise (the saved codes of X and W are quantized along the token and output axes).
@@ -277,5 +277,5 @@ def compile_variants():
         variants.append(KernelVariant.build(
             f"dequantize_pair[{short} column-wise x2]", ", ".join(presets), _dequantize_pair_kernel, types,
             constexprs, aligned=("a_codes_ptr", "b_codes_ptr", "a_out_ptr", "b_out_ptr", "a_O", "b_O"),
-            options={"num_warps": 4}, formats=(fmt, fmt), path=GemmPath.DEQUANT_MM))
+            options={"num_warps": PLAN_WARPS}, formats=(fmt, fmt), path=GemmPath.DEQUANT_MM))
     return variants

@@ -505,10 +505,13 @@ def _view3(shape: tuple, axis: int) -> tuple[tuple, tuple, bool]:
     return (pages, shape[axis], inner), (shape[axis] * inner, inner, 1), False
 
 
-def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype, elements: int = 4096):
-    """(launch plan, tensors, output buffer) of one dequantize launch (``elements`` values a program), or None
-    when it cannot be planned here."""
-    from ufp4_compile.kernels.dequantize import launch_plan
+def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype, elements: int | None = None):
+    """(launch plan, tensors, output buffer) of one dequantize launch (``elements`` values a program; the
+    single launch's ``PLAN_ELEMENTS`` unless given), or None when it cannot be planned here."""
+    from ufp4_compile.kernels.dequantize import PLAN_ELEMENTS, launch_plan
+
+    if elements is None:
+        elements = PLAN_ELEMENTS
 
     sizes = _static_sizes(codes, scales)
     if sizes is None or not _on_cuda(codes) or 0 in sizes[0]:
@@ -530,7 +533,7 @@ def _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype):
     def lower_both(node, siblings):
         from torch._inductor.virtualized import V
 
-        from ufp4_compile.kernels.dequantize import _dequantize_pair_kernel, pair_launch
+        from ufp4_compile.kernels.dequantize import PLAN_WARPS, _dequantize_pair_kernel, pair_launch
 
         theirs = _dequantize_call(siblings[0])
         try:
@@ -543,7 +546,7 @@ def _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype):
             return None
         grid, scalars, constexprs = pair_launch(planned[0][0], planned[1][0])
         tensors = {f"{j}_{k}": v for j, p in zip("ab", planned) for k, v in p[1].items()}
-        kernel_launch(_dequantize_pair_kernel, grid, 4, tensors, {**scalars, **constexprs})
+        kernel_launch(_dequantize_pair_kernel, grid, PLAN_WARPS, tensors, {**scalars, **constexprs})
         return planned[0][2], planned[1][2]
 
     def find(node, order, taken):
@@ -554,7 +557,7 @@ def _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype):
 
 
 def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
-    from ufp4_compile.kernels.dequantize import PLAN_ARGS, _dequantize_kernel
+    from ufp4_compile.kernels.dequantize import PLAN_ARGS, PLAN_WARPS, _dequantize_kernel
 
     paired = _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype)
     if paired is not None:
@@ -564,7 +567,7 @@ def lower_dequantize(codes, scales, tensor_scale, axis, fmt, dtype):
         return fallback_handler(torch.ops.ufp4.dequantize.default, add_to_fallback_set=False)(
             codes, scales, tensor_scale, axis, fmt, dtype)
     (grid, args, constexprs), tensors, out = planned
-    kernel_launch(_dequantize_kernel, grid, 4, tensors, {**dict(zip(PLAN_ARGS, args)), **constexprs})
+    kernel_launch(_dequantize_kernel, grid, PLAN_WARPS, tensors, {**dict(zip(PLAN_ARGS, args)), **constexprs})
     return out
 
 
