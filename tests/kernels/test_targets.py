@@ -179,8 +179,8 @@ def test_collect_variants_reports_missing_modules():
     assert "no compile_variants()" in missing["ufp4_compile.recipes"]
 
 
-# ---- real compilation (one subprocess compiling in one worker per CPU; about 9 minutes for the 762
-# variants on 2 cores with an empty Triton cache, a few seconds with a warm one) ---------------------------
+# ---- real compilation (one subprocess compiling in one worker per CPU; about 9 minutes for 254
+# variants x 3 targets on 2 cores with an empty Triton cache, a few seconds with a warm one) ---------------
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
