@@ -57,9 +57,10 @@ TILE_CONFIGS = {
     0: [{"B": 512, "num_warps": 2}, {"B": 256, "num_warps": 1}, {"B": 1024, "num_warps": 4},
         {"B": 256, "num_warps": 2}],
 }
-# Dequantize tiles tried beside the launcher's plan (kernels.dequantize.launch_plan at its defaults: 4096
-# values a program at four warps, 64 code bytes a row row-wise and 32 column-wise), by axis of the codes.
-DEQUANTIZE_TILE_CONFIGS = {  # the first of each: the plan before 37dda39
+# Dequantize tiles tried beside the launcher's plan (kernels.dequantize.launch_plan at its defaults), by axis
+# of the codes: values a program, the most code bytes a program's row holds, warps. The first of each axis is
+# the plan before 37dda39 (4096 values, 64 code bytes a row row-wise, 32 column-wise, four warps).
+DEQUANTIZE_TILE_CONFIGS = {
     1: [{"elements": 4096, "max_l2": 64, "num_warps": 4},
         {"elements": 8192, "max_l2": 64, "num_warps": 4}, {"elements": 8192, "max_l2": 128, "num_warps": 4},
         {"elements": 8192, "max_l2": 64, "num_warps": 8}, {"elements": 16384, "max_l2": 128, "num_warps": 8},
@@ -69,6 +70,7 @@ DEQUANTIZE_TILE_CONFIGS = {  # the first of each: the plan before 37dda39
         {"elements": 8192, "max_l2": 16, "num_warps": 4}, {"elements": 16384, "max_l2": 32, "num_warps": 8},
         {"elements": 8192, "max_l2": 32, "num_warps": 8}, {"elements": 16384, "max_l2": 16, "num_warps": 4}],
 }
+
 
 def _dequantize_plan_tile(axis: int) -> dict:
     """The tile ``kernels.dequantize`` plans for an 8192-wide operand along ``axis`` (its defaults)."""
@@ -154,8 +156,7 @@ def run(rows: int, cols: int, every: bool = False, specs=None) -> list[dict]:
             plain = dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False)
 
             def deq(cfg):
-                out = dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False, config=cfg)
-                return out
+                return dequantize(codes, scales, ts, axis, fmt, torch.bfloat16, apply_tensor_scale=False, config=cfg)
 
             for cfg in DEQUANTIZE_TILE_CONFIGS[axis]:  # any tile gives the plan's bits
                 if not torch.equal(deq(cfg).view(torch.int16), plain.view(torch.int16)):
