@@ -228,6 +228,15 @@ _SCALE_POINTERS = {ScaleFormat.FP32: "*fp32", ScaleFormat.E4M3: "*fp8e4nv", Scal
 _VARIANT_SIZE = 4096  # variants use the launcher's tile for a 4096 x 4096 operand
 
 
+def variant_tile(fmt: OperandFormat, rowwise: bool, elements: int = PLAN_ELEMENTS) -> dict:
+    """``BLOCK_O`` and ``BLOCK_L2`` of :func:`launch_plan` for the codes of a ``_VARIANT_SIZE`` square operand
+    (compile-only variants: this module's and the dual launches' dequantize jobs)."""
+    half = _VARIANT_SIZE // 2
+    shape3 = (1, _VARIANT_SIZE, half) if rowwise else (1, half, _VARIANT_SIZE)
+    _, _, kwargs = launch_plan(shape3, (0, 0, 0), (0, 0, 0), rowwise, fmt, False, elements)
+    return dict(BLOCK_O=kwargs["BLOCK_O"], BLOCK_L2=kwargs["BLOCK_L2"])
+
+
 def compile_variants():
     """The instances the dequantize + matmul GEMM path launches: one per GEMM operand format of the presets
     (row-wise along K, bf16 output, tensor scales left to the GEMM)."""
@@ -239,20 +248,13 @@ def compile_variants():
         for fmt in (gemm.a, gemm.b):
             key = (fmt.grid, fmt.scale, fmt.block)  # what the kernel sees
             operands.setdefault(key, (fmt, {}))[1].update(dict.fromkeys(gemm.label.split(", ")))
-    l2 = _VARIANT_SIZE // 2
     variants = []
-
-    def tile(fmt, rowwise: bool) -> dict:  # launch_plan's for codes of a 4096 x 4096 operand
-        shape3 = (1, _VARIANT_SIZE, l2) if rowwise else (1, l2, _VARIANT_SIZE)
-        _, _, kwargs = launch_plan(shape3, (0, 0, 0), (0, 0, 0), rowwise, fmt, False)
-        return dict(BLOCK_O=kwargs["BLOCK_O"], BLOCK_L2=kwargs["BLOCK_L2"])
-
     for fmt, presets in operands.values():
         c = format_constants(fmt)
         types = dict(codes_ptr="*u8", scales_ptr=_SCALE_POINTERS[fmt.scale], ts_ptr="*fp32", out_ptr="*bf16",
                      O="i32", L2="i32", s_page="i32", s_o="i32", ss_page="i32", ss_o="i32")
         constexprs = dict(s_l=1, ss_l=1, GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, APPLY_TS=False, ROWWISE=True,
-                          **tile(fmt, True))
+                          **variant_tile(fmt, True))
         short = fmt.spec.rsplit("/", 1)[0].replace("16x16", "16")
         variants.append(KernelVariant.build(
             f"dequantize[{short}]", ", ".join(presets), _dequantize_kernel, types, constexprs,
@@ -271,7 +273,7 @@ def compile_variants():
             constexprs.update({f"{p}_s_o": 1, f"{p}_ss_o": 1, f"{p.upper()}_GRID": c.grid,
                                f"{p.upper()}_SCALE": c.scale, f"{p.upper()}_BLOCK": fmt.block,
                                f"{p.upper()}_APPLY_TS": True, f"{p.upper()}_ROWWISE": False,
-                               **{f"{p.upper()}_{k}": v for k, v in tile(fmt, False).items()}})
+                               **{f"{p.upper()}_{k}": v for k, v in variant_tile(fmt, False).items()}})
         types["a_g2"] = "i32"
         short = fmt.spec.rsplit("/", 1)[0].replace("16x16", "16")
         variants.append(KernelVariant.build(

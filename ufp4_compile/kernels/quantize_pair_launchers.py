@@ -256,7 +256,7 @@ def compile_variants():
     values and column-wise codes of one tensor, two tensors' row-wise values, their column-wise codes, for every
     pair of the RHT sizes the format is used with; and the dual launch of one tensor's row-wise values with its
     column-wise codes or values."""
-    from ufp4_compile.kernels.dequantize import launch_plan as deq_plan
+    from ufp4_compile.kernels.dequantize import variant_tile
     from ufp4_compile.kernels.targets import KernelVariant, preset_quantize_calls
 
     variants = []
@@ -325,10 +325,8 @@ def compile_variants():
             if col_values and c.stochastic and rb == 16:  # dY's dual (stochastic, Wgrad's job rotated) with the
                 # dequantizations of two saved column-wise codes of the format (a linear layer's backward), at
                 # the dequantize tile of the dual launch's warps (kernels.dequantize.launch_plan)
-                _, _, deq_kwargs = deq_plan((1, _VARIANT_SIZE // 2, _VARIANT_SIZE), (0, 0, 0), (0, 0, 0), False,
-                                            fmt, True, dual_dequantize_elements(launch))
                 side = dict(GRID=c.grid, SCALE=c.scale, BLOCK=fmt.block, APPLY_TS=True, ROWWISE=False,
-                            BLOCK_O=deq_kwargs["BLOCK_O"], BLOCK_L2=deq_kwargs["BLOCK_L2"])
+                            **variant_tile(fmt, False, dual_dequantize_elements(launch)))
                 deq_types, deq_unit = {}, {}
                 for p in "cd":
                     deq_types.update({f"{p}_codes_ptr": "*u8", f"{p}_scales_ptr": _SCALE_POINTERS[c.scale],
