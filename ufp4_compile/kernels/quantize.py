@@ -225,7 +225,7 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
         # gives the level (+0.0 for 0). No float-to-int conversion (a quarter-rate instruction). Stochastic
         # rounding first adds the random offset with y's sign: sign(y) * round(|y| + v), rounding being odd.
         if STOCHASTIC:
-            v = _stochastic_offset(_random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED))
+            v = _stochastic_offset(_random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, SELECT=True))
             sign = y.to(tl.uint32, bitcast=True) & 0x80000000
             y = y + (v.to(tl.uint32, bitcast=True) ^ sign).to(tl.float32, bitcast=True)
         shifted = y + _RNE_MAGIC
@@ -237,7 +237,8 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
         a = tl.reshape(tl.minimum(tl.abs(y), limit[:, None, :]), (U, B))
         y = tl.reshape(y, (U, B))
         if STOCHASTIC:
-            level, magnitude = _e2m1_stochastic(a, _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED))
+            bits = _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, SELECT=False)
+            level, magnitude = _e2m1_stochastic(a, bits)
         else:
             level, magnitude = _e2m1_nearest(a)
         neg = (y < 0.0).to(tl.int32)

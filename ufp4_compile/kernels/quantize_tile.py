@@ -482,12 +482,17 @@ def _word_bytes(w):
 
 
 @triton.jit
-def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUPED: tl.constexpr):
+def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUPED: tl.constexpr,
+                 SELECT: tl.constexpr):
     """8 random bits per element: byte ``n % 4`` of word ``(n % 16) // 4`` of ``philox(seed, offset + n // 16)``
     for each element's index ``n`` in the axis-last order (numerics.rounding.element_bits), ``flat``.
 
     ``GROUPED`` (L % 16 == 0): the sixteen elements of a call are sixteen consecutive rows of the tile, along
-    the quantized axis, in one thread in either orientation, so each call is made once."""
+    the quantized axis, in one thread in either orientation, so each call is made once. ``SELECT``: each
+    element picks its word and byte by its row (no data movement); else the sixteen bytes are joined and
+    permuted into rows, which column-wise costs a shared-memory round trip with two barriers per group.
+    On an H200 (``quantize_duals_*`` logs in benchmarks/results) SELECT made INT4's one-read dual launch
+    8-9% faster and the E2M1 grid's 2-6% slower: the INT4 grid selects, E2M1 joins."""
     seed = tl.load(seed_ptr)
     if not GROUPED:
         r0, r1, r2, r3 = _philox_words(seed, offset + (flat >> 4))
@@ -501,11 +506,30 @@ def _random_bits(seed_ptr, offset, flat, U: tl.constexpr, B: tl.constexpr, GROUP
         firsts, _ = tl.split(firsts)
         firsts, _ = tl.split(firsts)
         r0, r1, r2, r3 = _philox_words(seed, offset + (firsts >> 4))
-        # [.., d, c, b, a] = byte 2c + d of word 2a + b, element 8a + 4b + 2c + d of the sixteen: reversed
-        words = tl.join(tl.join(_word_bytes(r0), _word_bytes(r1)), tl.join(_word_bytes(r2), _word_bytes(r3)))
-        words = tl.permute(words, (0, 1, 5, 4, 3, 2))
-        bits = tl.reshape(tl.permute(tl.reshape(words, (U // 16, B, 16)), (0, 2, 1)), (U, B))
+        if SELECT:
+            # each group's four words over its sixteen rows, then per row its word and its byte: each register
+            # of a thread holds one row (a thread holds whole groups in either orientation), so the row is a
+            # constant and the selects fold away
+            row = tl.arange(0, U)[:, None] % 16
+            word = tl.where(row < 8, tl.where(row < 4, _over_rows(r0, U, B), _over_rows(r1, U, B)),
+                            tl.where(row < 12, _over_rows(r2, U, B), _over_rows(r3, U, B)))
+            bits = ((word >> ((row & 3) * 8).to(tl.uint32)) & 0xFF).to(tl.int32)
+        else:
+            # [.., d, c, b, a] = byte 2c + d of word 2a + b, element 8a + 4b + 2c + d of the sixteen: reversed
+            words = tl.join(tl.join(_word_bytes(r0), _word_bytes(r1)), tl.join(_word_bytes(r2), _word_bytes(r3)))
+            words = tl.permute(words, (0, 1, 5, 4, 3, 2))
+            bits = tl.reshape(tl.permute(tl.reshape(words, (U // 16, B, 16)), (0, 2, 1)), (U, B))
     return bits
+
+
+@triton.jit
+def _over_rows(w, U: tl.constexpr, B: tl.constexpr):
+    """``(U // 16, B)`` as ``(U, B)``: row ``i`` takes row ``i // 16``."""
+    if U == 16:
+        out = tl.broadcast_to(w, (U, B))
+    else:
+        out = tl.reshape(tl.broadcast_to(w[:, None, :], (U // 16, 16, B)), (U, B))
+    return out
 
 
 @triton.jit
