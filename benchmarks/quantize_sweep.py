@@ -68,6 +68,13 @@ def configs(axis: int, quick: bool):
                 yield {"B": b, "num_warps": w, "cols": cols}
 
 
+def pipeline_configs():
+    """Several tiles a program at the default tile, their loads software-pipelined ``stages`` deep
+    (``kernels.quantize._quantize_kernel``'s ``TILES`` / ``STAGES``; stages 1: the loop alone)."""
+    for tiles, stages in itertools.product((2, 4, 8), (1, 2, 3)):
+        yield {"tiles": tiles, "stages": stages}
+
+
 def dual_configs(quick: bool, span: int = 16):
     """The dual launch's tiles, ``width`` columns (``B``, what pair_launch takes, is ``width * span / 16``)."""
     for cols, width, w in itertools.product((4, 2, 1), (32, 64, 128, 256, 512), (1, 2, 4) if quick else (1, 2, 4, 8)):
@@ -140,6 +147,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", choices=("single", "dual"), help="sweep only the single or only the dual launches")
     parser.add_argument("--spec", help="only the variants whose format spec contains this (e2m1/32: MXFP4's)")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="the single launches: several tiles a program, pipelined, instead of the tile sweep")
+    parser.add_argument("--shape", type=int, nargs=2, help="the single launches' shape (default: each variant's)")
     args = parse_timed_args(parser)
     if not torch.cuda.is_available():
         print("no GPU: nothing to measure", file=sys.stderr)
@@ -152,6 +162,7 @@ def main() -> int:
     for spec, rht, shape, axis, mode in (VARIANTS if args.only != "dual" else ()):
         if args.spec and args.spec not in spec:
             continue
+        shape = tuple(args.shape) if args.shape else shape
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16) * 3
         nbytes = x.numel() * 4 if mode == "values" else x.numel() * 2 + x.numel() // 2 + x.numel() // 16 * 4
         expect = output_bytes(run(x, spec, rht, axis, mode, seed, None))
@@ -160,7 +171,7 @@ def main() -> int:
         print(f"{name} default {default_ms * 1e3:7.1f} us ({nbytes / default_ms / 1e6 / copy_gbs:.2f} of copy)",
               flush=True)
         best = (default_ms, "default")
-        for config in configs(axis, args.quick):
+        for config in (pipeline_configs() if args.pipeline else configs(axis, args.quick)):
             try:
                 same = torch.equal(output_bytes(run(x, spec, rht, axis, mode, seed, config)), expect)
                 ms = bench(lambda: run(x, spec, rht, axis, mode, seed, config))

@@ -327,6 +327,29 @@ def test_column_vector_width_changes_no_bit():
         kernels_quantize.quantize(x, 0, "int4/16/fp32/nearest", 16, config={"cols": 3})
 
 
+def test_tiles_a_program_change_no_bit():
+    """``config={"tiles": .., "stages": ..}`` (the sweep's pipelined loop: several tiles a program) computes each
+    tile as its own program would: codes, scales, tensor scale and values equal the default launch's bit for
+    bit in both orientations (stochastic counters and the first program's tensor scale included); a count that
+    does not divide the grid is refused by name."""
+    x = (torch.randn(64, 96, generator=torch.Generator().manual_seed(6)) * 3).to(DEVICE)
+    for spec in ("int4/16/fp32/stochastic", "e2m1/16/e4m3/nearest"):
+        for axis in (0, 1):
+            default = kernels_quantize.quantize(x, axis, spec, 16, 5, 77, 9)
+            default_values = kernels_quantize.quantize_dequantize(x, axis, spec, 16, 5, 77, 9)[0]
+            config = {"tiles": 2, "stages": 2, "B": 16} if axis == 1 else {"tiles": 4, "stages": 2}
+            plan = kernels_quantize.plan_for(x, axis, OperandFormat.from_spec(spec), 16, codes=True, values=False,
+                                             config=config)
+            assert plan.constexprs["TILES"] == config["tiles"]
+            for a, b in zip(default, kernels_quantize.quantize(x, axis, spec, 16, 5, 77, 9, config=config)):
+                assert torch.equal(a.view(torch.uint8) if a.element_size() == 1 else a,
+                                   b.view(torch.uint8) if b.element_size() == 1 else b)
+            values = kernels_quantize.quantize_dequantize(x, axis, spec, 16, 5, 77, 9, config=config)[0]
+            assert torch.equal(values, default_values)
+    with pytest.raises(ValueError, match="tiles"):
+        kernels_quantize.quantize(x, 0, "int4/16/fp32/nearest", 16, config={"tiles": 3})
+
+
 @pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("e2m1/32/e8m0/nearest", 0),
                                        ("e2m1/16/e4m3/stochastic", 16)])
 @pytest.mark.parametrize("axis", [0, 1])

@@ -315,11 +315,23 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                      Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
                      ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                     PARTIAL: tl.constexpr, SHIFT: tl.constexpr):
-    _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
-                offset, rht_key, tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK, BLOCK_2D,
-                STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS, WRITE_CODES,
-                WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT)
+                     PARTIAL: tl.constexpr, SHIFT: tl.constexpr, TILES: tl.constexpr = 1, STAGES: tl.constexpr = 1):
+    """``TILES > 1``: each program runs ``TILES`` consecutive tiles along grid axis 1 (the launch plan divides
+    that axis by it), in a loop whose loads are software-pipelined ``STAGES`` deep (``tl.range``: the next
+    tiles' loads go to shared memory while this one is computed). Each tile is computed as its own program
+    computes it, so the bits do not depend on either."""
+    if TILES == 1:
+        _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
+                    offset, rht_key, tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK,
+                    BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS,
+                    WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT)
+    else:
+        for i in tl.range(0, TILES, num_stages=STAGES):
+            _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o,
+                        s_l, offset, rht_key, tl.program_id(0), tl.program_id(1) * TILES + i, tl.program_id(2), GRID,
+                        SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK,
+                        ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period,
+                        SHIFT)
 
 
 # ---- launch plans --------------------------------------------------------------------------------------
@@ -350,9 +362,9 @@ def _tile(unit: int, other: int, itemsize: int, rowwise: bool, two_level: bool, 
     b = max(16, min(b, triton.next_power_of_2(other)))
     if config:
         b, warps = config.get("B", b), config.get("num_warps", warps)
-        if set(config) - {"B", "num_warps", "fold", "amax_B", "amax_warps", "cols"}:
+        if set(config) - {"B", "num_warps", "fold", "amax_B", "amax_warps", "cols", "tiles", "stages"}:
             raise ValueError(f"config={config!r} is not valid: its keys are B, num_warps, fold, amax_B, amax_warps, "
-                             "cols")
+                             "cols, tiles, stages")
         if b % 16 or b & (b - 1):
             raise ValueError(f"config={config!r} is not valid: B must be a power of two multiple of 16")
         cols = config.get("cols", 1)
@@ -427,6 +439,11 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
         strides = dict(s_page=L * O, s_o=1, s_l=O)
     u, b, warps = _tile(unit, O, itemsize, rowwise, c.scale != 0, config)
     grid = (triton.cdiv(L, u), triton.cdiv(O, b), pages) if rowwise else (triton.cdiv(O, b), triton.cdiv(L, u), pages)
+    tiles, stages = config.get("tiles", 1), config.get("stages", 1)
+    if tiles != 1:
+        if grid[1] % tiles:
+            raise ValueError(f"config={config!r} is not valid: tiles must divide the grid's axis 1 ({grid[1]})")
+        grid = (grid[0], grid[1] // tiles, grid[2])
     partial = L % u != 0  # the last tile reaches past L: masked stores, and a partial RHT group left unrotated
     codes_shape, scales_shape = list(shape), list(shape)
     codes_shape[axis] = padded_length(length, fmt.block) // 2
@@ -441,6 +458,8 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
                       INV_SQRT=inv_sqrt(rht) if rht else 1.0, SIGN_MASK=0 < rht <= MAX_SIGN_MASK_SIZE,
                       ROWWISE=rowwise, COLS=cols, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
                       PARTIAL=partial, SHIFT=shift)
+    if tiles != 1:
+        constexprs.update(TILES=tiles, STAGES=stages)
     # The pre-pass's tiles are wider than the quantize kernel's (the same elements per thread with more warps):
     # its fixed number of programs must keep enough loads in flight to run at bandwidth.
     amax_warps = config.get("amax_warps", AMAX_WARPS)
@@ -575,8 +594,9 @@ def quantize(x: torch.Tensor, axis: int, fmt: OperandFormat | str, rht: int = 0,
     ``axis``: ``numerics.quantize``'s, bit for bit.
 
     ``config`` (benchmarks): ``{"B": .., "num_warps": .., "fold": False, "amax_B": .., "amax_warps": ..,
-    "cols": ..}`` overrides the tile (``fold``: see :func:`_folds`; ``amax_*``: the E4M3 global-amax
-    pre-pass's; ``cols``: column-wise, the consecutive columns a thread holds, the vector width).
+    "cols": .., "tiles": .., "stages": ..}`` overrides the tile (``fold``: see :func:`_folds`; ``amax_*``: the
+    E4M3 global-amax pre-pass's; ``cols``: column-wise, the consecutive columns a thread holds, the vector
+    width; ``tiles`` / ``stages``: several tiles a program, pipelined, :func:`_quantize_kernel`).
     """
     fmt = as_format(fmt)
     axis = check_quantize_inputs(x, axis, fmt, rht, seed)
