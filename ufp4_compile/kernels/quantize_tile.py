@@ -259,7 +259,8 @@ def _rht_known(x, small, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.conste
         zero = tl.zeros((U,), tl.uint32)
         bits, _, _, _ = tl.philox(rht_key, idx.to(tl.uint32), zero, zero, zero)
         bits = bits & 1
-    sign = (1.0 - 2.0 * bits.to(tl.float32))[:, None]
+    # +-1.0 from the sign bit (exact; no integer-to-float conversion)
+    sign = ((bits.to(tl.int32) << 31) | 0x3F800000).to(tl.float32, bitcast=True)[:, None]
     if small:
         if HALF and (R & 0x55555555) != 0:  # 1 / sqrt(R) = 2**-k: folded into the signs
             out = _butterfly(x * (sign * INV_SQRT), U, B, R)
