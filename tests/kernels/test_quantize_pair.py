@@ -230,6 +230,11 @@ def test_pair_refusal_names_the_reason():
     assert "warps" in quantize_pair.pair_refusal(plan("e2m1/32/e8m0/nearest", 1), plan("e2m1/32/e8m0/nearest", 0))
     assert "STOCHASTIC" in quantize_pair.pair_refusal(plan("int4/16/fp32/nearest", 1),
                                                       plan("int4/16/fp32/stochastic", 0))
+    # several tiles a program (a benchmark config): only the single launch loops over them
+    looping = kernels_quantize.plan_for(x, 1, OperandFormat.from_spec("int4/16/fp32/nearest"), 16, codes=True,
+                                        values=False, config={"tiles": 2})
+    assert "tiles" in quantize_pair.pair_refusal(looping, plan("int4/16/fp32/nearest", 1))
+    assert "tiles" in quantize_pair.dual_refusal((64, 64), looping, plan("int4/16/fp32/nearest", 0))
     with pytest.raises(ValueError, match="rht"):
         launchers.quantize_pair(x, "int4/16/fp32/nearest", (16, 16, 0), 3, None, [(1, 0, None), (0, 0, None)])
     with pytest.raises(ValueError, match="jobs"):

@@ -288,6 +288,8 @@ _PAIR_OWN = RHT_KEYS + ("SR_GROUPED", "ROWWISE", "COLS", "WRITE_CODES", "WRITE_V
 
 
 def _format_refusal(a: LaunchPlan, b: LaunchPlan) -> str | None:
+    if a.constexprs.get("TILES", 1) != 1 or b.constexprs.get("TILES", 1) != 1:
+        return "several tiles a program (a benchmark config: only the single launch loops over them)"
     differ = [k for k in _PAIR_SHARED if a.constexprs[k] != b.constexprs[k]]
     return f"formats differ ({', '.join(differ)})" if differ else None
 
