@@ -663,6 +663,7 @@ def compile_variants():
         types = {k: v for k, v in types.items() if k not in unused}
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         unit.update(shift_ptr=None, shift_period=1)  # no shift (the presets')
+        unit.update(TILES=1, STAGES=1)  # one tile a program, as every plan launches (tiles: a benchmark config)
         orientation = "row-wise" if rowwise else "column-wise"
         variants.append(KernelVariant.build(
             f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types,
