@@ -348,6 +348,8 @@ def test_tiles_a_program_change_no_bit():
             assert torch.equal(values, default_values)
     with pytest.raises(ValueError, match="tiles"):
         kernels_quantize.quantize(x, 0, "int4/16/fp32/nearest", 16, config={"tiles": 3})
+    with pytest.raises(ValueError, match="tiles"):
+        kernels_quantize.quantize(x, 0, "int4/16/fp32/nearest", 16, config={"tiles": 0})
 
 
 @pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("e2m1/32/e8m0/nearest", 0),

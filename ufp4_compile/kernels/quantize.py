@@ -440,6 +440,9 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
     u, b, warps = _tile(unit, O, itemsize, rowwise, c.scale != 0, config)
     grid = (triton.cdiv(L, u), triton.cdiv(O, b), pages) if rowwise else (triton.cdiv(O, b), triton.cdiv(L, u), pages)
     tiles, stages = config.get("tiles", 1), config.get("stages", 1)
+    for name, value in (("tiles", tiles), ("stages", stages)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config={config!r} is not valid: {name} is a positive integer")
     if tiles != 1:
         if grid[1] % tiles:
             raise ValueError(f"config={config!r} is not valid: tiles must divide the grid's axis 1 ({grid[1]})")
