@@ -6,6 +6,8 @@ repeat the comparison at real shapes.
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -350,6 +352,21 @@ def test_tiles_a_program_change_no_bit():
         kernels_quantize.quantize(x, 0, "int4/16/fp32/nearest", 16, config={"tiles": 3})
     with pytest.raises(ValueError, match="tiles"):
         kernels_quantize.quantize(x, 0, "int4/16/fp32/nearest", 16, config={"tiles": 0})
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_plans_name_every_constexpr_of_the_kernel(axis):
+    """Inductor launches ``_quantize_kernel`` with the plan's arguments and compiles a constexpr it is not given
+    as None rather than as the Python default (a plan without ``TILES`` failed to compile in every compiled
+    graph with a single quantize launch on the GPU, while the interpreter applied the default): every plan
+    names each constexpr parameter, and none has a default to fall back on."""
+    params = inspect.signature(kernels_quantize._quantize_kernel.fn).parameters.values()
+    constexprs = {p.name for p in params if "constexpr" in str(p.annotation)}
+    assert {"U", "TILES", "STAGES"} <= constexprs
+    assert all(p.default is inspect.Parameter.empty for p in params if p.name in constexprs)
+    for spec in ("int4/16/fp32/stochastic", "e2m1/16/e4m3/nearest", "e2m1/32/e8m0/nearest"):
+        plan = kernels_quantize.launch_plan((64, 96), 2, axis, OperandFormat.from_spec(spec), 16, True, False, False)
+        assert constexprs == set(plan.constexprs)
 
 
 @pytest.mark.parametrize("spec, rht", [("int4/16/fp32/stochastic", 16), ("e2m1/32/e8m0/nearest", 0),

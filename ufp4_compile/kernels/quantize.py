@@ -315,11 +315,12 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                      Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
                      ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                     PARTIAL: tl.constexpr, SHIFT: tl.constexpr, TILES: tl.constexpr = 1, STAGES: tl.constexpr = 1):
+                     PARTIAL: tl.constexpr, SHIFT: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr):
     """``TILES > 1``: each program runs ``TILES`` consecutive tiles along grid axis 1 (the launch plan divides
     that axis by it), in a loop whose loads are software-pipelined ``STAGES`` deep (``tl.range``: the next
     tiles' loads go to shared memory while this one is computed). Each tile is computed as its own program
-    computes it, so the bits do not depend on either."""
+    computes it, so the bits do not depend on either. Every plan names both (1, 1 unless configured): a
+    constexpr that Inductor's generated launch does not pass compiles as None, not as a Python default."""
     if TILES == 1:
         _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
                     offset, rht_key, tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK,
@@ -460,9 +461,7 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
                       SR_GROUPED=grouped, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
                       INV_SQRT=inv_sqrt(rht) if rht else 1.0, SIGN_MASK=0 < rht <= MAX_SIGN_MASK_SIZE,
                       ROWWISE=rowwise, COLS=cols, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
-                      PARTIAL=partial, SHIFT=shift)
-    if tiles != 1:
-        constexprs.update(TILES=tiles, STAGES=stages)
+                      PARTIAL=partial, SHIFT=shift, TILES=tiles, STAGES=stages)
     # The pre-pass's tiles are wider than the quantize kernel's (the same elements per thread with more warps):
     # its fixed number of programs must keep enough loads in flight to run at bandwidth.
     amax_warps = config.get("amax_warps", AMAX_WARPS)
@@ -666,7 +665,6 @@ def compile_variants():
         types = {k: v for k, v in types.items() if k not in unused}
         unit = dict(s_o=_VARIANT_SIZE, s_l=1) if rowwise else dict(s_o=1, s_l=_VARIANT_SIZE)
         unit.update(shift_ptr=None, shift_period=1)  # no shift (the presets')
-        unit.update(TILES=1, STAGES=1)  # one tile a program, as every plan launches (tiles: a benchmark config)
         orientation = "row-wise" if rowwise else "column-wise"
         variants.append(KernelVariant.build(
             f"quantize[{fmt.spec} rht{rht} {orientation}]", presets, _quantize_kernel, types,
