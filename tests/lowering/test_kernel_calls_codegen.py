@@ -322,8 +322,65 @@ def _unread_tensor_scales() -> dict:
     return out
 
 
+def _definitions(code: str) -> tuple[dict, list]:
+    """A wrapper's definitions of our kernels (name -> source, Inductor's ``kernel_name`` entry taken out) and
+    its launches of them (names, in order)."""
+    quotes = "'" * 3
+    pattern = rf"^(\w+) = async_compile\.triton\('\w+', {quotes}(.*?){quotes}, device_str"
+    sources = dict(re.findall(pattern, code, re.M | re.S))
+    sources = {name: re.sub(r"'kernel_name': '\w+', ", "", src) for name, src in sources.items()
+               if not name.startswith("triton_")}  # ours, not Inductor's
+    launches = re.findall(r"^\s*(\w+)\.run\(", code, re.M)
+    return sources, [name for name in launches if name in sources]
+
+
+def _shared_definitions_check() -> dict:
+    """Stochastic quantizations of three tensors of one shape and one of another, each with its own Philox
+    offset and RHT seed (as a step's layers differ), one launch each; and two layers' backward quantizations
+    and dequantizations, paired as in a step; lowered with our kernels' definitions shared (the default) and
+    once per launch site (Inductor's keying on scalar values)."""
+    from ufp4_compile import lowering
+    from ufp4_compile.lowering import kernel_calls
+    from ufp4_compile.testing.fake_cuda import wrapper_code
+
+    lowering.register()
+    spec = "int4/16/fp32/stochastic"
+
+    def quantizations(x, y, seed):
+        outs = [torch.ops.ufp4.quantize(t, 1, spec, 16, 3 + i, seed, 16 * (i + 1))
+                for i, t in enumerate((x, x * 2, x * 3, y))]
+        return tuple(t for o in outs for t in o)
+
+    def backward(dy, x, w, seed):
+        outs = []
+        for i, g in enumerate((dy, dy * 2)):
+            xc, xs, xt = torch.ops.ufp4.quantize(x * (i + 1), 0, spec, 16, 5 + i, seed, 0)
+            wc, ws, wt = torch.ops.ufp4.quantize(w * (i + 1), 0, spec, 16, 7 + i, seed, 0)
+            a, at = torch.ops.ufp4.quantize_dequantize(g, 1, spec, 16, 9 + i, seed, 32 * i + 16, torch.bfloat16)
+            b, bt = torch.ops.ufp4.quantize_dequantize(g, 0, spec, 16, 11 + i, seed, 32 * i + 32, torch.bfloat16)
+            outs += [a, at, b, bt, torch.ops.ufp4.dequantize(xc, xs, xt, 0, spec, torch.bfloat16),
+                     torch.ops.ufp4.dequantize(wc, ws, wt, 0, spec, torch.bfloat16)]
+        return tuple(outs)
+
+    out = {}
+    for share in (True, False):
+        kernel_calls.SHARE_DEFINITIONS = share
+        try:
+            with kernel_calls.pair_launches(False):
+                code = wrapper_code(quantizations, ((256, 512), torch.bfloat16), ((512, 256), torch.bfloat16),
+                                    ((), torch.int64))
+            with kernel_calls.pair_launches(True):
+                back = wrapper_code(backward, ((256, 512), torch.bfloat16), ((256, 256), torch.bfloat16),
+                                    ((512, 256), torch.bfloat16), ((), torch.int64))
+        finally:
+            kernel_calls.SHARE_DEFINITIONS = True
+        out[f"{int(share)}/quantize"], out[f"{int(share)}/backward"] = _definitions(code), _definitions(back)
+    return out
+
+
 if __name__ == "__main__":
     out = {f"{spec}/{rht}/{axis}": _wrapper(spec, rht, axis) for spec, rht, axis in CASES}
+    out["shared_definitions"] = _shared_definitions_check()
     out["tensor_scales"] = _unread_tensor_scales()
     out["pairs"] = _pair_check()
     out["constant_scalars"] = _compile_with_constant_scalars()
@@ -484,3 +541,63 @@ def test_a_tensor_scale_nobody_reads_gets_no_buffer(wrappers):
         assert counts[f"int4/16/fp32/stochastic/{paired}/unread"] == 0
         assert counts[f"int4/16/fp32/stochastic/{paired}/read"] == 2
         assert counts[f"e2m1/16/e4m3/nearest/{paired}/unread"] == counts[f"e2m1/16/e4m3/nearest/{paired}/read"] == 2
+
+
+def test_a_kernel_variant_is_defined_once_whatever_its_scalars(wrappers):
+    """Launches of one kernel variant that differ only in scalar values (Philox offsets, RHT seeds, sizes of
+    one class) share one definition, so the graph compiles the kernel once; each launch passes its own
+    values, and each definition kept is exactly the source Inductor would have compiled for every launch it
+    serves (its launch configuration, signature, specializations and constexprs)."""
+    checked = wrappers["shared_definitions"]
+    for graph in ("quantize", "backward"):
+        shared, launches = checked[f"1/{graph}"]
+        apart, apart_launches = checked[f"0/{graph}"]
+        assert len(launches) == len(apart_launches) >= 4
+        assert len(shared) < len(apart), (sorted(shared), sorted(apart))
+        for ours, theirs in zip(launches, apart_launches):
+            assert shared[ours] == apart[theirs], (ours, theirs)
+    _, apart = checked["0/quantize"]
+    assert [re.sub(r"_\d+$", "", n) for n in apart] == ["_quantize_kernel"] * 4 and len(set(apart)) == 4
+    _, launches = checked["1/quantize"]
+    assert len(set(launches[:3])) == 1  # x's three launches: one definition (y's, another shape, may differ)
+
+
+def test_shared_definitions_change_only_our_kernels_integers():
+    """The definition wrapper hands Inductor a representative of each non-constexpr integer of our kernels
+    (same class: 1, a multiple of 16, past INT32_MAX) and everything else as it is; another kernel, or one of
+    ours with several configs (an autotuner would pick by the values), keeps its values. Installing it twice
+    wraps once; a class without the method is left alone."""
+    import types
+
+    from ufp4_compile.lowering import kernel_calls
+
+    seen = []
+
+    class Wrapper:
+        def define_user_defined_triton_kernel(self, kernel, configs, kwargs, *rest):
+            seen.append(dict(kwargs))
+            return "name"
+
+    class Kernel:
+        fn = types.SimpleNamespace(__module__="ufp4_compile.kernels.quantize")
+        params = [types.SimpleNamespace(name="BLOCK", is_constexpr=True),
+                  types.SimpleNamespace(name="offset", is_constexpr=False)]
+
+    assert kernel_calls.define_once_per_variant(Wrapper) is True
+    define = Wrapper.define_user_defined_triton_kernel
+    assert kernel_calls.define_once_per_variant(Wrapper) is True and Wrapper.define_user_defined_triton_kernel is define
+    kwargs = {"BLOCK": 48, "x_ptr": "buf0", "scale": 0.5, "flag": True, "none": None}
+    values = {"one": 1, "zero": 0, "sixteen": 4096, "odd": 939, "negative": -3, "wide": 2**33, "wide_odd": 2**33 + 5}
+    Wrapper().define_user_defined_triton_kernel(Kernel(), [object()], {**kwargs, **values})
+    assert {k: seen[-1][k] for k in kwargs} == kwargs  # the constexpr, a tensor, a float, a bool, None
+    got = {k: int(seen[-1][k]) for k in values}
+    for name, value in values.items():
+        assert (got[name] == 1) == (value == 1) and (got[name] % 16 == 0) == (value % 16 == 0), name
+        assert (got[name] <= 2**31 - 1) == (value <= 2**31 - 1), name
+    assert len({got["sixteen"], got["zero"]}) == 1 and got["odd"] == got["negative"]
+    foreign = types.SimpleNamespace(fn=types.SimpleNamespace(__module__="user"), params=Kernel.params)
+    for kernel, configs in ((foreign, [object()]), (Kernel(), [object(), object()])):
+        Wrapper().define_user_defined_triton_kernel(kernel, configs, {"offset": 939})
+        assert seen[-1] == {"offset": 939}
+    bare = type("Bare", (), {})
+    assert kernel_calls.define_once_per_variant(bare) is False and not hasattr(bare, "define_user_defined_triton_kernel")

@@ -145,14 +145,65 @@ def memoize_closure_source(wrapper) -> bool:
     return True
 
 
+_INT32_MAX = 2**31 - 1
+SHARE_DEFINITIONS = True  # tests: False defines our kernels once per distinct scalar value, as Inductor does
+
+
+def _representative(value):
+    """An integer of ``value``'s class for Inductor's signature of a user kernel (the only things it derives
+    from an integer argument: equal to 1, a multiple of 16, at most INT32_MAX, i.e. i32 or i64); any other
+    value as it is."""
+    import sympy
+
+    if isinstance(value, bool) or not isinstance(value, (int, sympy.Integer)):
+        return value
+    value = int(value)
+    if value == 1:
+        return sympy.Integer(1)
+    base = 16 if value % 16 == 0 else 17
+    return sympy.Integer(base if value <= _INT32_MAX else 2**32 + base - 16)
+
+
+def define_once_per_variant(wrapper_cls) -> bool:
+    """Let a graph define each of our kernel variants once, whatever its launches' scalar values.
+
+    Inductor keys the definition (``async_compile.triton``: one compile of the kernel in its worker pool) of a
+    user kernel with a launch configuration (``triton.autotune``, which is how a user kernel takes
+    ``num_warps``, :func:`_with_warps`) on every scalar argument's value, for the autotuner's sake, so a step
+    whose launches differ only in a seed or a Philox offset (dY's stochastic rounding in each layer)
+    compiled the same kernel once per launch site: 40 compiles of the dual-dequantize kernel in a 12-layer
+    backward. With one config there is nothing to autotune, and the compiled kernel depends on an integer
+    only through the signature Inductor derives from it (:func:`_representative`), so our kernels are
+    defined with each non-constexpr integer replaced by a representative of its class; the launches still
+    pass their own values. tests/lowering/test_kernel_calls_codegen.py checks that every definition it saves
+    has exactly the source Inductor would have compiled for each launch it serves. False when
+    ``wrapper_cls`` has no such method."""
+    define = getattr(wrapper_cls, "define_user_defined_triton_kernel", None)
+    if define is None or getattr(define, "_ufp4_shared", False):
+        return define is not None
+
+    def define_shared(self, kernel, configs, kwargs, *rest, **kw):
+        if SHARE_DEFINITIONS and _ours(kernel) and len(configs) == 1:
+            constexprs = {p.name for p in kernel.params if p.is_constexpr}
+            kwargs = {k: v if k in constexprs else _representative(v) for k, v in kwargs.items()}
+        return define(self, kernel, configs, kwargs, *rest, **kw)
+
+    define_shared._ufp4_shared = True
+    define_shared.original = define
+    wrapper_cls.define_user_defined_triton_kernel = define_shared
+    return True
+
+
 def install_memos() -> None:
     """Serve Inductor's per-launch-site access analysis and kernel source closure of our kernels from
-    memos (once per process); any other kernel, and a kernel with an epilogue fused in, goes to Inductor's."""
+    memos (once per process), and define each of our kernel variants once per graph; any other kernel, and
+    a kernel with an epilogue fused in, goes to Inductor's."""
     import torch._higher_order_ops.triton_kernel_wrap as wrap
     from torch._inductor.codegen import wrapper
 
     memoize_access_analysis(wrap)
     memoize_closure_source(wrapper)
+    define_once_per_variant(wrapper.PythonWrapperCodegen)
 
 
 def kernel_launch(kernel, grid: tuple, num_warps: int, tensors: dict, scalars: dict) -> None:
