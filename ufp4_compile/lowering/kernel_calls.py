@@ -171,8 +171,8 @@ def define_once_per_variant(wrapper_cls) -> bool:
     user kernel with a launch configuration (``triton.autotune``, which is how a user kernel takes
     ``num_warps``, :func:`_with_warps`) on every scalar argument's value, for the autotuner's sake, so a step
     whose launches differ only in a seed or a Philox offset (dY's stochastic rounding in each layer)
-    compiled the same kernel once per launch site: 40 compiles of the dual-dequantize kernel in a 12-layer
-    backward. With one config there is nothing to autotune, and the compiled kernel depends on an integer
+    defined the same kernel once per launch site and handed each definition to the pool to compile: 40
+    definitions of the dual-dequantize kernel in a 12-layer backward. With one config there is nothing to autotune, and the compiled kernel depends on an integer
     only through the signature Inductor derives from it (:func:`_representative`), so our kernels are
     defined with each non-constexpr integer replaced by a representative of its class; the launches still
     pass their own values. tests/lowering/test_kernel_calls_codegen.py checks that every definition it saves
