@@ -600,4 +600,5 @@ def test_shared_definitions_change_only_our_kernels_integers():
         Wrapper().define_user_defined_triton_kernel(kernel, configs, {"offset": 939})
         assert seen[-1] == {"offset": 939}
     bare = type("Bare", (), {})
-    assert kernel_calls.define_once_per_variant(bare) is False and not hasattr(bare, "define_user_defined_triton_kernel")
+    assert kernel_calls.define_once_per_variant(bare) is False
+    assert not hasattr(bare, "define_user_defined_triton_kernel")

@@ -152,7 +152,8 @@ SHARE_DEFINITIONS = True  # tests: False defines our kernels once per distinct s
 def _representative(value):
     """An integer of ``value``'s class for Inductor's signature of a user kernel (the only things it derives
     from an integer argument: equal to 1, a multiple of 16, at most INT32_MAX, i.e. i32 or i64); any other
-    value as it is."""
+    value as it is. The i32 rule is Inductor's (``expr_fits_within_32bit``: an upper bound only), not
+    :func:`_scalar_class`'s bit length, which keys what Triton itself specializes in the access analysis."""
     import sympy
 
     if isinstance(value, bool) or not isinstance(value, (int, sympy.Integer)):
@@ -172,12 +173,12 @@ def define_once_per_variant(wrapper_cls) -> bool:
     ``num_warps``, :func:`_with_warps`) on every scalar argument's value, for the autotuner's sake, so a step
     whose launches differ only in a seed or a Philox offset (dY's stochastic rounding in each layer)
     defined the same kernel once per launch site and handed each definition to the pool to compile: 40
-    definitions of the dual-dequantize kernel in a 12-layer backward. With one config there is nothing to autotune, and the compiled kernel depends on an integer
-    only through the signature Inductor derives from it (:func:`_representative`), so our kernels are
-    defined with each non-constexpr integer replaced by a representative of its class; the launches still
-    pass their own values. tests/lowering/test_kernel_calls_codegen.py checks that every definition it saves
-    has exactly the source Inductor would have compiled for each launch it serves. False when
-    ``wrapper_cls`` has no such method."""
+    definitions of the dual-dequantize kernel in a 12-layer backward. With one config there is nothing to
+    autotune, and the compiled kernel depends on an integer only through the signature Inductor derives from
+    it (:func:`_representative`), so our kernels are defined with each non-constexpr integer replaced by a
+    representative of its class; the launches still pass their own values.
+    tests/lowering/test_kernel_calls_codegen.py checks that every definition it keeps has exactly the source
+    Inductor would have compiled for each launch it serves. False when ``wrapper_cls`` has no such method."""
     define = getattr(wrapper_cls, "define_user_defined_triton_kernel", None)
     if define is None or getattr(define, "_ufp4_shared", False):
         return define is not None
