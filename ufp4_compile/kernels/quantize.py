@@ -50,7 +50,8 @@ from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.quantize_tile import (_RNE_MAGIC, _abs_max_nan, _below_guard, _chunk_mask,
                                                 _e2m1_nearest, _e2m1_stochastic, _e4m3_encode, _finite_bits,
                                                 _from_rows, _load_tile, _max_nan, _pack, _random_bits, _rht_known,
-                                                _rotated_blocks, _rotated_tile, _scales, _stochastic_offset,
+                                                _rotated_blocks, _rotated_tile, _scaled_blocks, _scales,
+                                                _stochastic_offset,
                                                 _store_chunks, _tile_index, _whole_groups, div_rn)
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.hadamard import MAX_SIGN_MASK_SIZE, inv_sqrt, sign_mask
@@ -215,11 +216,9 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
                 tl.store(ts_ptr, 1.0)
     stored, lift, mult, ok, decoded, limit = _scales(amax, g, GRID, SCALE, Q_MAX, E8M0_FLOOR, ASM)
 
-    blocks = tl.reshape(x, (NB, BLOCK, B))
-    y = (blocks * lift[:, None, :]) * mult[:, None, :]
-    y = tl.where(ok[:, None, :], y, 0.0)
+    # y: the scaled tile, clamped to +-limit (where the scales leave it within the limit anyway, as is)
+    y = _scaled_blocks(tl.reshape(x, (NB, BLOCK, B)), amax, lift, mult, ok, limit, SCALE, Q_MAX, U, B)
     if GRID == 0:
-        y = tl.reshape(tl.minimum(tl.maximum(y, -limit[:, None, :]), limit[:, None, :]), (U, B))
         # INT4: y + 1.5 * 2**23 rounds y to the nearest integer, ties to even (|y| <= 7, so the sum is exact up
         # to that rounding); its low bits are the two's-complement code, and subtracting the constant back
         # gives the level (+0.0 for 0). No float-to-int conversion (a quarter-rate instruction). Stochastic
@@ -233,9 +232,8 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
         level_value = shifted - _RNE_MAGIC
     else:
         # E2M1 (GRID == 1): the index for the codes, the level itself for the values, with y's sign (-0.0
-        # for a negative y that rounds to 0, as decoding the code gives); the clamp to +-limit taken on |y|
-        a = tl.reshape(tl.minimum(tl.abs(y), limit[:, None, :]), (U, B))
-        y = tl.reshape(y, (U, B))
+        # for a negative y that rounds to 0, as decoding the code gives)
+        a = tl.abs(y)
         if STOCHASTIC:
             bits = _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, SELECT=False)
             level, magnitude = _e2m1_stochastic(a, bits)
