@@ -105,6 +105,28 @@ def test_special_blocks(spec):
     assert_same(finite.t().contiguous().to(DEVICE), 0, spec)
 
 
+@pytest.mark.parametrize("spec", ["int4/16/fp32/nearest", "int4/16/fp32/stochastic", "e2m1/16/fp32/nearest",
+                                  "e2m1/16/fp32/stochastic"])
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("rht", [0, 16])
+def test_fp32_scales_clamp_where_a_tile_has_a_subnormal_scale(spec, axis, rht):
+    """FP32 scales skip the clamp in tiles whose block scales are all normal and at least 2**-64
+    (quantize_tile._scaled_blocks): a block whose scale is subnormal (amax = 10 * 2**-149: |x| / s reaches 10)
+    or below 2**-64 (lifted), in a tile of ordinary blocks, must still take it; a tile at the threshold
+    itself (every amax q_max * 2**-64) and the ordinary tiles around them must not change a bit."""
+    q_max = OperandFormat.from_spec(spec).q_max
+    x = torch.randn(64, 64)
+    tiny = 2.0 ** -149
+    pattern = torch.tensor([10, 3, -7, 1, 0, 5, -10, 2, 9, -1, 4, 6, -8, 0, 1, 10]) * tiny
+    lifted = torch.linspace(-1, 1, 16) * 2.0 ** -70
+    threshold = torch.where(torch.arange(16) % 2 == 0, 1.0, -0.5) * q_max * 2.0 ** -64
+    if axis == 1:  # blocks along rows
+        x[5, 16:32], x[40, 48:64], x[20, :16] = pattern, lifted, threshold
+    else:  # blocks along columns
+        x[16:32, 5], x[48:64, 40], x[:16, 20] = pattern, lifted, threshold
+    assert_same(x.to(DEVICE), axis, spec, rht=rht)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_inputs(dtype):
     x = (torch.randn(32, 48) * 4).to(dtype)
