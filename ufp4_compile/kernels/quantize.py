@@ -196,10 +196,12 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
                  Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
                  ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                  WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                 PARTIAL: tl.constexpr, shift_ptr=None, shift_period=1, SHIFT: tl.constexpr = False):
+                 PARTIAL: tl.constexpr, shift_ptr=None, shift_period=1, SHIFT: tl.constexpr = False,
+                 SINGLE: tl.constexpr = False):
     """The tile at ``l0`` along the quantized axis and ``o0 .. o0 + B`` along the other (row-wise: the rows
     ``rows``, ``o0 + arange(B)`` or any others); ``first``: the program that writes the tensor scale;
-    ``SHIFT``: of ``x - shift`` (:func:`_shifted`)."""
+    ``SHIFT``: of ``x - shift`` (:func:`_shifted`); ``SINGLE``: a program of a single (or pair) launch, not of
+    a dual one."""
     x, flat, amax = _rotated_blocks(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT,
                                     SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL, BLOCK, BLOCK_2D, shift_ptr, shift_period,
                                     SHIFT)
@@ -216,9 +218,13 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
                 tl.store(ts_ptr, 1.0)
     stored, lift, mult, ok, decoded, limit = _scales(amax, g, GRID, SCALE, Q_MAX, E8M0_FLOOR, ASM)
 
-    # y: the scaled tile, clamped to +-limit (where the scales leave it within the limit anyway, as is)
-    y = _scaled_blocks(tl.reshape(x, (NB, BLOCK, B)), amax, lift, mult, ok, limit, SCALE, Q_MAX, U, B)
+    blocks = tl.reshape(x, (NB, BLOCK, B))
     if GRID == 0:
+        # y: the scaled tile clamped to +-limit, as is where the scales leave it within the limit anyway (FP32
+        # scales in ordinary tiles), except in a single row-wise launch writing values with round to nearest,
+        # which got slower with that shortcut on the H200 (docs/kernels.md)
+        SHORTCUT: tl.constexpr = not (SINGLE and ROWWISE and WRITE_VALUES and not STOCHASTIC)
+        y = _scaled_blocks(blocks, amax, lift, mult, ok, limit, SCALE, Q_MAX, U, B, SHORTCUT)
         # INT4: y + 1.5 * 2**23 rounds y to the nearest integer, ties to even (|y| <= 7, so the sum is exact up
         # to that rounding); its low bits are the two's-complement code, and subtracting the constant back
         # gives the level (+0.0 for 0). No float-to-int conversion (a quarter-rate instruction). Stochastic
@@ -232,8 +238,12 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
         level_value = shifted - _RNE_MAGIC
     else:
         # E2M1 (GRID == 1): the index for the codes, the level itself for the values, with y's sign (-0.0
-        # for a negative y that rounds to 0, as decoding the code gives)
-        a = tl.abs(y)
+        # for a negative y that rounds to 0, as decoding the code gives); the clamp to +-limit taken on |y|
+        # (the shortcut of the INT4 grid made E2M1's launches slower on the H200)
+        y = (blocks * lift[:, None, :]) * mult[:, None, :]
+        y = tl.where(ok[:, None, :], y, 0.0)
+        a = tl.reshape(tl.minimum(tl.abs(y), limit[:, None, :]), (U, B))
+        y = tl.reshape(y, (U, B))
         if STOCHASTIC:
             bits = _random_bits(seed_ptr, offset, flat, U, B, SR_GROUPED, SELECT=False)
             level, magnitude = _e2m1_stochastic(a, bits)
@@ -302,7 +312,8 @@ def _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, see
     _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
                  offset, rht_key, l0, o0, o0 + tl.arange(0, B), page, (pid_0 == 0) & (pid_1 == 0) & (page == 0),
                  GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK,
-                 ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT)
+                 ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT,
+                 SINGLE=True)
 
 
 @triton.jit

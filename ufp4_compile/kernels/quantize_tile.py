@@ -411,11 +411,11 @@ def _scales(amax, g, GRID: tl.constexpr, SCALE: tl.constexpr, Q_MAX: tl.constexp
 
 @triton.jit
 def _scaled_blocks(blocks, amax, lift, mult, ok, limit, SCALE: tl.constexpr, Q_MAX: tl.constexpr, U: tl.constexpr,
-                   B: tl.constexpr):
+                   B: tl.constexpr, SHORTCUT: tl.constexpr):
     """The blocks ``(U // BLOCK, BLOCK, B)`` scaled by :func:`_scales`' lift and multiplier, 0 where not ``ok``,
-    clamped to +-limit, as ``(U, B)``: the reference's scaled block.
+    clamped to +-limit, as ``(U, B)``: the reference's scaled block (the INT4 grid's; E2M1 clamps ``|y|``).
 
-    FP32 scales (``SCALE == 0``) in a tile whose every block amax is finite and at least ``Q_MAX * 2**-64``
+    With ``SHORTCUT``, FP32 scales (``SCALE == 0``) in a tile whose every block amax is finite and at least ``Q_MAX * 2**-64``
     take ``blocks * mult`` alone, the same bits: there every ``s = amax / q`` is a normal number at least
     TINY, so the lift is 1 (``x * 1.0`` is ``x``), every block is ``ok``, and ``|y| <= amax (1 + u)^2 / s``
     with ``s >= (amax / q)(1 - u)`` (u = 2**-24) keeps ``|y|`` below ``q (1 + 2**-21)``, which the clamp
@@ -423,7 +423,7 @@ def _scaled_blocks(blocks, amax, lift, mult, ok, limit, SCALE: tl.constexpr, Q_M
     stochastic offset (``|v| < 1/2``) stays below ``q + 1/2``, an E2M1 one adds at most ``0x3FE000`` to the
     bits of ``|y|``, short of the next binade (docs/numerics.md). A tile with a tiny, zero or non-finite
     block, and every two-level or power-of-two scale, takes the whole computation."""
-    if SCALE == 0:
+    if SCALE == 0 and SHORTCUT:
         plain = (amax >= Q_MAX * _TINY) & (amax < float("inf"))  # False for NaN
         if tl.min(tl.min(plain.to(tl.int32), axis=1), axis=0) == 1:
             y = blocks * mult[:, None, :]
