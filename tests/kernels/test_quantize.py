@@ -110,8 +110,8 @@ def test_special_blocks(spec):
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("rht", [0, 16])
 def test_fp32_scales_clamp_where_a_tile_has_a_subnormal_scale(spec, axis, rht):
-    """FP32 scales skip the clamp in tiles whose block scales are all normal and at least 2**-64
-    (quantize_tile._scaled_blocks): a block whose scale is subnormal (amax = 10 * 2**-149: |x| / s reaches 10)
+    """The INT4 grid with FP32 scales skips the clamp in tiles whose block scales are all normal and at least
+    2**-64 (quantize_tile._scaled_blocks; E2M1 keeps it everywhere): a block whose scale is subnormal (amax = 10 * 2**-149: |x| / s reaches 10)
     or below 2**-64 (lifted), in a tile of ordinary blocks, must still take it; a tile at the threshold
     itself (every amax q_max * 2**-64) and the ordinary tiles around them must not change a bit."""
     q_max = OperandFormat.from_spec(spec).q_max
