@@ -51,7 +51,7 @@ from ufp4_compile.kernels.quantize_tile import (_RNE_MAGIC, _abs_max_nan, _below
                                                 _e2m1_nearest, _e2m1_stochastic, _e4m3_encode, _finite_bits,
                                                 _from_rows, _load_tile, _max_nan, _pack, _random_bits, _rht_known,
                                                 _rotated_blocks, _rotated_tile, _scaled_blocks, _scales,
-                                                _stochastic_offset,
+                                                _stochastic_offset, _unclamped_blocks,
                                                 _store_chunks, _tile_index, _whole_groups, div_rn)
 from ufp4_compile.numerics.formats import OperandFormat, ScaleFormat
 from ufp4_compile.numerics.hadamard import MAX_SIGN_MASK_SIZE, inv_sqrt, sign_mask
@@ -240,8 +240,7 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
         # E2M1 (GRID == 1): the index for the codes, the level itself for the values, with y's sign (-0.0
         # for a negative y that rounds to 0, as decoding the code gives); the clamp to +-limit taken on |y|
         # (the shortcut of the INT4 grid made E2M1's launches slower on the H200)
-        y = (blocks * lift[:, None, :]) * mult[:, None, :]
-        y = tl.where(ok[:, None, :], y, 0.0)
+        y = _unclamped_blocks(blocks, lift, mult, ok)
         a = tl.reshape(tl.minimum(tl.abs(y), limit[:, None, :]), (U, B))
         y = tl.reshape(y, (U, B))
         if STOCHASTIC:

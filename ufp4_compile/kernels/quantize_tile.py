@@ -415,14 +415,12 @@ def _scaled_blocks(blocks, amax, lift, mult, ok, limit, SCALE: tl.constexpr, Q_M
     """The blocks ``(U // BLOCK, BLOCK, B)`` scaled by :func:`_scales`' lift and multiplier, 0 where not ``ok``,
     clamped to +-limit, as ``(U, B)``: the reference's scaled block (the INT4 grid's; E2M1 clamps ``|y|``).
 
-    With ``SHORTCUT``, FP32 scales (``SCALE == 0``) in a tile whose every block amax is finite and at least ``Q_MAX * 2**-64``
-    take ``blocks * mult`` alone, the same bits: there every ``s = amax / q`` is a normal number at least
-    TINY, so the lift is 1 (``x * 1.0`` is ``x``), every block is ``ok``, and ``|y| <= amax (1 + u)^2 / s``
-    with ``s >= (amax / q)(1 - u)`` (u = 2**-24) keeps ``|y|`` below ``q (1 + 2**-21)``, which the clamp
-    leaves as it is and which rounds to the same level as ``q`` itself: round to nearest gives ``q``, an INT4
-    stochastic offset (``|v| < 1/2``) stays below ``q + 1/2``, an E2M1 one adds at most ``0x3FE000`` to the
-    bits of ``|y|``, short of the next binade (docs/numerics.md). A tile with a tiny, zero or non-finite
-    block, and every two-level or power-of-two scale, takes the whole computation."""
+    With ``SHORTCUT``, FP32 scales (``SCALE == 0``) in a tile whose every block amax is finite and at least
+    ``Q_MAX * 2**-64`` take ``blocks * mult`` alone, the same bits: there every ``s = amax / q`` is a normal
+    number at least TINY, so the lift is 1 (``x * 1.0`` is ``x``), every block is ``ok``, and ``|y|`` stays
+    below ``q (1 + 2**-21)``, which rounds to the level of ``q`` itself in either rounding (docs/numerics.md,
+    Scales). A tile with a tiny, zero or non-finite block, and every two-level or power-of-two scale, takes
+    the whole computation."""
     if SCALE == 0 and SHORTCUT:
         plain = (amax >= Q_MAX * _TINY) & (amax < float("inf"))  # False for NaN
         if tl.min(tl.min(plain.to(tl.int32), axis=1), axis=0) == 1:
@@ -438,9 +436,15 @@ def _scaled_blocks(blocks, amax, lift, mult, ok, limit, SCALE: tl.constexpr, Q_M
 def _clamped_blocks(blocks, lift, mult, ok, limit):
     """``(blocks * lift) * mult``, 0 where not ``ok``, clamped to +-limit (symmetric: the sign of a clamped
     value is the sign of the unclamped one, its magnitude ``min(|y|, limit)``)."""
-    y = (blocks * lift[:, None, :]) * mult[:, None, :]
-    y = tl.where(ok[:, None, :], y, 0.0)
+    y = _unclamped_blocks(blocks, lift, mult, ok)
     return tl.minimum(tl.maximum(y, -limit[:, None, :]), limit[:, None, :])
+
+
+@triton.jit
+def _unclamped_blocks(blocks, lift, mult, ok):
+    """``(blocks * lift) * mult``, 0 where not ``ok`` (the E2M1 grid clamps ``|y|`` itself)."""
+    y = (blocks * lift[:, None, :]) * mult[:, None, :]
+    return tl.where(ok[:, None, :], y, 0.0)
 
 
 @triton.jit
