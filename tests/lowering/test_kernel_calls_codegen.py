@@ -52,8 +52,15 @@ def test_ops_lower_to_direct_kernel_launches(wrappers, spec, rht, axis):
     fills = [n for n in names if n.startswith("triton_")]
     assert not fills, fills  # no fill kernel: the E4M3 pre-pass writes every partial maximum it leaves
     assert not [line for line in calls if "torch.ops.ufp4." in line], "an op ran as an extern fallback"
-    # the tensor scale: a (1,) buffer the quantize kernel writes, handed out (and to dequantize) as a 0-d view
-    assert re.search(r"reinterpret_tensor\(buf\d+, \(\), \(\), 0\)", code)
+    returned = re.search(r"return \((.*)\)", code[code.index("def call("):]).group(1)
+    dequantize = re.search(r"_dequantize_kernel_\d+\.run\(\w+, \w+, (-1|reinterpret_tensor|\w+)", code)
+    if e4m3:  # the tensor scale: a (1,) buffer the quantize kernel writes, handed out (and to dequantize) as 0-d
+        assert re.search(r"reinterpret_tensor\(buf\d+, \(\), \(\), 0\)", returned)
+        assert dequantize.group(1) == "reinterpret_tensor"
+    else:  # one-level scales: the graph's constant 1, no buffer; dequantize takes no tensor-scale pointer
+        assert "reinterpret_tensor" not in returned and returned.count("ufp4_unit_tensor_scale") == 2
+        assert not re.search(r"empty_strided_cuda\(\(1, \), \(1, \), torch.float32\)", code)
+        assert dequantize.group(1) == "-1"
 
 
 def _compile_with_constant_scalars() -> dict:
@@ -292,9 +299,9 @@ def _pair_check() -> dict:
 
 
 def _unread_tensor_scales() -> dict:
-    """Per format and pairing: the tensor-scale buffers (``(1,)`` FP32) the wrapper allocates when only the values
-    of a quantize_dequantize and the codes and scales of a quantize are returned (nobody reads their tensor
-    scales), and when the tensor scales are returned too."""
+    """Per format and pairing: the tensor-scale buffers (``(1,)`` FP32) the wrapper allocates and the unit constants
+    beyond the first it names, when only the values of a quantize_dequantize and the codes and scales of a
+    quantize are returned (nobody reads their tensor scales), and when the tensor scales are returned too."""
     from ufp4_compile import lowering
     from ufp4_compile.lowering import kernel_calls
     from ufp4_compile.testing.fake_cuda import wrapper_code
@@ -317,8 +324,12 @@ def _unread_tensor_scales() -> dict:
                 # no buffer reuse: each allocation its own line
                 with kernel_calls.pair_launches(paired), torch._inductor.config.patch(allow_buffer_reuse=False):
                     code = wrapper_code(fn, ((256, 512), torch.bfloat16), ((), torch.int64))
-                out[f"{spec}/{int(paired)}/{name}"] = len(re.findall(
-                    r"empty_strided_cuda\(\(1, \), \(1, \), torch.float32\)", code))
+                returned = re.search(r"return \((.*)\)", code[code.index("def call("):]).group(1)
+                # (tensor-scale buffers allocated, graph constants 1 defined); and how many results are the constant
+                out[f"{spec}/{int(paired)}/{name}"] = (
+                    len(re.findall(r"empty_strided_cuda\(\(1, \), \(1, \), torch.float32\)", code)),
+                    len(set(re.findall(r"ufp4_unit_tensor_scale\w*", code)) - {"ufp4_unit_tensor_scale"}))
+                out[f"{spec}/{int(paired)}/{name}/returned"] = returned.count("ufp4_unit_tensor_scale")
     return out
 
 
@@ -475,9 +486,13 @@ def test_dual_launch_takes_the_backward_dequantizations(wrappers):
                                                                "_quantize_dual_kernel"]
     accesses = pairs["dual_dequantize_accesses"]
     assert accesses, "the dual-dequantize kernel was never analysed"
+    written = set()
     for reads, writes, _ in accesses:
         assert {"a_x_ptr", "c_codes_ptr", "c_scales_ptr", "d_codes_ptr", "d_scales_ptr"} <= set(reads)
-        assert set(writes) == {"a_values_ptr", "a_ts_ptr", "b_values_ptr", "b_ts_ptr", "c_out_ptr", "d_out_ptr"}
+        written.add(frozenset(writes))
+    # UFP4's one-level tensor scales are the graph's constant (no pointer); E4M3's are written
+    values = {"a_values_ptr", "b_values_ptr", "c_out_ptr", "d_out_ptr"}
+    assert written == {frozenset(values), frozenset(values | {"a_ts_ptr", "b_ts_ptr"})}
 
 
 def test_memos_take_either_torch_api():
@@ -532,15 +547,18 @@ def test_memos_take_either_torch_api():
     assert vars(bare) == {}
 
 
-def test_a_tensor_scale_nobody_reads_gets_no_buffer(wrappers):
-    """One-level scales (UFP4): a quantization whose tensor scale no node reads (the dense GEMMs' operands) is
-    launched without a tensor-scale pointer and allocates no buffer for it, alone or sharing a launch; returned
-    tensor scales keep theirs. Two-level (E4M3) scales always keep theirs (the GEMM epilogue's factor)."""
+def test_one_level_tensor_scales_are_the_graphs_constant_one(wrappers):
+    """One-level scales (UFP4): a quantization is launched without a tensor-scale pointer and allocates no buffer
+    for it, alone or sharing a launch, whether or not its tensor scale is read; a returned one is the graph's
+    constant 1 (one per graph, however many return it). Two-level (E4M3) scales keep a buffer each (the GEMM
+    epilogue's factor)."""
     counts = wrappers["tensor_scales"]
     for paired in (0, 1):
-        assert counts[f"int4/16/fp32/stochastic/{paired}/unread"] == 0
-        assert counts[f"int4/16/fp32/stochastic/{paired}/read"] == 2
-        assert counts[f"e2m1/16/e4m3/nearest/{paired}/unread"] == counts[f"e2m1/16/e4m3/nearest/{paired}/read"] == 2
+        for read in ("unread", "read"):
+            assert counts[f"int4/16/fp32/stochastic/{paired}/{read}"] == [0, 0]  # JSON: lists
+        assert counts[f"int4/16/fp32/stochastic/{paired}/read/returned"] == 2
+        for read in ("unread", "read"):
+            assert counts[f"e2m1/16/e4m3/nearest/{paired}/{read}"] == [2, 0]
 
 
 def test_a_kernel_variant_is_defined_once_whatever_its_scalars(wrappers):

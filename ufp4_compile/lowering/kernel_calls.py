@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import operator
 
 import torch
 from torch._inductor import ir
@@ -255,16 +254,19 @@ def _on_cuda(x) -> bool:
     return device is not None and device.type == "cuda"
 
 
-def _outputs(plan, values_dtype, shape, device, node=None) -> tuple:
+def _outputs(plan, values_dtype, shape, device) -> tuple:
     """(codes, scales, values, tensor scale) buffers of one quantization: codes and scales, or values; the tensor
-    scale None where :func:`_tensor_scale_unread` says nobody reads it (``node``: the quantization's FX node)."""
+    scale None for one-level scales (UFP4, MXFP4, the E2M1 baseline), whose tensor scale is the constant 1
+    (:func:`_result` hands out the graph's :func:`unit_tensor_scale`): the launch writes none and the graph
+    allocates no buffer for it, an allocation and a pointer fewer for the host per quantization (outside CUDA
+    graphs: :func:`_recorded_in_cuda_graphs`)."""
     codes_buf = scales_buf = values_buf = None
     if values_dtype is None:
         codes_buf = _empty(plan.codes_shape, torch.uint8, device)
         scales_buf = _empty(plan.scales_shape, plan.result_scale_dtype, device)
     else:
         values_buf = _empty(shape, values_dtype, device)
-    if _tensor_scale_unread(node, plan):
+    if plan.amax_constexprs is None and not _recorded_in_cuda_graphs():
         return codes_buf, scales_buf, values_buf, None
     # The tensor scale as a (1,) buffer viewed as 0-d (_result): Inductor lowers an empty 0-d buffer to a fill
     # kernel (an empty buffer is a pointwise fill with zero ranges, and a 0-d one has no range to zero), one
@@ -272,33 +274,63 @@ def _outputs(plan, values_dtype, shape, device, node=None) -> tuple:
     return codes_buf, scales_buf, values_buf, _empty((1,), torch.float32, device)
 
 
-def _tensor_scale_unread(node, plan) -> bool:
-    """Whether the quantization ``node`` (an FX node of ``quantize`` / ``quantize_dequantize``, or None: unknown)
-    has one-level scales and a tensor scale no node reads: the dense GEMMs' operands (values) of UFP4, MXFP4 and
-    the E2M1 baseline, whose tensor scale is 1 and unused. The launch then writes none and allocates no buffer
-    for it (an allocation and a pointer fewer for the host per quantization); the result's tensor scale is the
-    constant 1, the value the kernel would have written, so a reader this misses still gets the right value."""
-    ops = (torch.ops.ufp4.quantize.default, torch.ops.ufp4.quantize_dequantize.default)
-    if node is None or node.target not in ops or plan.amax_constexprs is not None:
-        return False
-    value = node.meta.get("val")
-    if not isinstance(value, (tuple, list)):
-        return False
-    last = len(value) - 1  # quantize: (codes, scales, ts); quantize_dequantize: (values, ts)
-    for user in node.users:
-        if user.target is not operator.getitem or not isinstance(user.args[1], int):
-            return False
-        if user.args[1] % len(value) == last and user.users:
-            return False
-    return True
+UNIT_TENSOR_SCALE = "ufp4_unit_tensor_scale"
 
 
-def _result(outputs, values_dtype, device=None) -> tuple:
+def _recorded_in_cuda_graphs() -> bool:
+    """Whether the graph being compiled runs under Inductor's CUDA graphs (``mode="reduce-overhead"``). Its
+    outputs then keep a (1,) buffer each as their tensor scale: CUDA-graph trees take an output that is no input
+    for memory of their own pool, which a graph constant is not; and a recorded graph costs the host nothing
+    per allocation."""
+    from torch._inductor import config
+
+    return bool(config.triton.cudagraphs)
+
+
+def device_constant(value: float, device) -> torch.Tensor:
+    """A 0-d FP32 tensor of ``value`` on ``device``, made outside any fake mode (a graph constant holds real
+    data); testing/fake_cuda.py makes a fake one where there is no GPU."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        return torch.full((), value, dtype=torch.float32, device=device)
+
+
+def unit_tensor_scale(device) -> ir.TensorBox:
+    """The tensor scale of every one-level-scale quantization of the graph being lowered: one 0-d graph constant
+    1 on ``device`` (a module attribute of the compiled graph, so no allocation or kernel per call). Saved for
+    the backward, it is one tensor however many quantizations return it."""
+    from torch._inductor.virtualized import V
+
+    constants = V.graph.__dict__.setdefault("_ufp4_unit_tensor_scales", {})
+    if device not in constants:
+        constants[device] = device_constant(1.0, device)
+    box = V.graph.add_tensor_constant(constants[device], UNIT_TENSOR_SCALE)  # the same name for the same tensor
+    V.graph.__dict__.setdefault("_ufp4_unit_tensor_scale_names", set()).add(box.get_name())
+    return box
+
+
+def _is_unit_tensor_scale(tensor_scale) -> bool:
+    """Whether ``tensor_scale`` (a lowered op input) is this graph's :func:`unit_tensor_scale`, so a dequantize
+    launch may leave it out (multiplying by 1 changes no value, NaN and infinities included)."""
+    from torch._inductor.virtualized import V
+
+    names = V.graph.__dict__.get("_ufp4_unit_tensor_scale_names")
+    get_name = getattr(tensor_scale, "get_name", None)
+    if not names or get_name is None:
+        return False
+    try:
+        return get_name() in names
+    except (AttributeError, NotImplementedError):
+        return False
+
+
+def _result(outputs, values_dtype, device) -> tuple:
     """The op's result: ``quantize``'s (codes, scales, tensor scale) or ``quantize_dequantize``'s (values, ts);
-    a tensor scale that was not written (None in ``outputs``) is the constant 1 on ``device``."""
+    a tensor scale that was not written (None in ``outputs``: one-level scales) is the graph's constant 1."""
     codes_buf, scales_buf, values_buf, tensor_scale = outputs
     if tensor_scale is None:
-        tensor_scale = lowerings[torch.ops.aten.full.default]([], 1.0, dtype=torch.float32, device=device)
+        tensor_scale = unit_tensor_scale(device)
     else:
         tensor_scale = lowerings[torch.ops.aten.reshape.default](tensor_scale, [])
     return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
@@ -328,15 +360,13 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     """Lower one quantize launch (codes for ``values_dtype=None``, else values) of ``x`` less ``shift`` (one the
     kernel takes: :func:`_shifted_input` first); the op's result, or None when the launch cannot be planned
     here."""
-    from torch._inductor.virtualized import V
-
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
         return None
     shape = sizes[0]
     x = _contiguous(x)
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype, shift is not None)
-    outputs = _outputs(plan, values_dtype, shape, x.get_device(), V.graph.current_node)
+    outputs = _outputs(plan, values_dtype, shape, x.get_device())
     _emit_single(x, plan, outputs, rht_seed, seed, offset, None if shift is None else _contiguous(shift))
     return _result(outputs, values_dtype, x.get_device())
 
@@ -400,7 +430,6 @@ def _quantize_pair(x, seed, shift=None):
 
         quantizations = [_quantize_call(n) for n in (node, *siblings)]
         calls = [c for c in quantizations if c is not None]  # the dequantizations come last (_siblings)
-        nodes = [n for n, c in zip((node, *siblings), quantizations) if c is not None]
         dequantizations = [_dequantize_call(n) for n, c in zip(siblings, quantizations[1:]) if c is None]
         try:  # the siblings' inputs, seeds and shifts as lowered (they exist: the siblings were chosen so)
             lowered = [(x, seed, shift)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (c[0], c[5], c[8]))
@@ -425,16 +454,15 @@ def _quantize_pair(x, seed, shift=None):
         if len(calls) == 4 and len(duals) == 2 and two_duals_refusal(*duals) is None:
             launch = two_duals_launch(*duals)
         elif len(calls) == 4 and len(duals) == 1 and one_read[0] and _can_share_values(*calls[2:]):
-            return _emit_dual_shared(duals[0], calls, lowered, sizes, plans, x.get_device(), nodes)
+            return _emit_dual_shared(duals[0], calls, lowered, sizes, plans, x.get_device())
         elif dequantizations and len(duals) == 1:
-            return _emit_dual_dequantize(duals[0], calls, lowered, sizes, plans, dequantizations, x.get_device(),
-                                         nodes)
+            return _emit_dual_dequantize(duals[0], calls, lowered, sizes, plans, dequantizations, x.get_device())
         else:
-            calls, lowered, sizes, plans, nodes = calls[:2], lowered[:2], sizes[:2], plans[:2], nodes[:2]
+            calls, lowered, sizes, plans = calls[:2], lowered[:2], sizes[:2], plans[:2]
             if not one_read[0] and pair_refusal(*plans) is not None:
                 return None
             launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read[0] else None)
-        return _emit_quantize_launch(launch, calls, lowered, sizes, plans, x.get_device(), nodes=nodes)
+        return _emit_quantize_launch(launch, calls, lowered, sizes, plans, x.get_device())
 
     return _lower_paired(_siblings, lower_all) if _on_cuda(x) else None
 
@@ -449,11 +477,12 @@ def _emit_shared_values(calls, x, shape: tuple, device) -> tuple:
     codes, scales, _, ts = _outputs(plan, None, shape, device)
     values = _empty(shape, theirs[7], device)
     _emit_single(x, plan, (codes, scales, values, ts), mine[4], None, mine[6])  # round to nearest: no seed
-    results = (_result((codes, scales, None, ts), None), _result((None, None, values, ts), theirs[7]))
+    results = (_result((codes, scales, None, ts), None, device),
+               _result((None, None, values, ts), theirs[7], device))
     return results if codes_job == 0 else results[::-1]
 
 
-def _emit_dual_shared(dual, calls, lowered, sizes, plans, device, nodes) -> tuple:
+def _emit_dual_shared(dual, calls, lowered, sizes, plans, device) -> tuple:
     """Emit ``dual`` (``calls[:2]``, one tensor's two quantizations) with the one launch of a second tensor's two
     that :func:`_can_share_values` accepts (``calls[2:]``, NVFP4's W) as one launch where
     ``kernels.quantize_pair.dual_single_refusal`` accepts them: the four op results; else the dual launch alone:
@@ -462,18 +491,18 @@ def _emit_dual_shared(dual, calls, lowered, sizes, plans, device, nodes) -> tupl
 
     single = shared_values_plan(*calls[2:], dual_single_tile(dual))
     if single is None or dual_single_refusal(dual, single) is not None:
-        return _emit_quantize_launch(dual, calls[:2], lowered[:2], sizes[:2], plans[:2], device, nodes=nodes[:2])
+        return _emit_quantize_launch(dual, calls[:2], lowered[:2], sizes[:2], plans[:2], device)
     codes_job = 2 if calls[2][7] is None else 3
     values = _empty(sizes[codes_job][0], calls[5 - codes_job][7], device)
     jobs = [0, 1, codes_job]
     results = _emit_quantize_launch(dual_single_launch(dual, single), [calls[i] for i in jobs],
                                     [lowered[i] for i in jobs], [sizes[i] for i in jobs], [*plans[:2], single],
-                                    device, {"c_values_ptr": values}, [*nodes[:2], None])
+                                    device, {"c_values_ptr": values})
     codes, shared = results[2], (values, results[2][2])  # one tensor scale for both
     return (*results[:2], *((codes, shared) if codes_job == 2 else (shared, codes)))
 
 
-def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device, nodes=None) -> tuple:
+def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device) -> tuple:
     """Emit ``dual`` (two quantizations of one tensor) with the two ``dequantizations`` (their FX calls) as one
     launch where ``kernels.quantize_pair.dual_dequantize_refusal`` accepts them: the four op results; else the
     dual launch alone: its two (the dequantizations lower on their own)."""
@@ -487,25 +516,23 @@ def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, d
     except KeyError:
         planned = [None]
     if any(p is None for p in planned) or dual_dequantize_refusal(dual, [p[0] for p in planned]) is not None:
-        return _emit_quantize_launch(dual, calls, lowered, sizes, plans, device, nodes=nodes)
+        return _emit_quantize_launch(dual, calls, lowered, sizes, plans, device)
     extra = {f"{p}_{k}": v for p, (_, tensors, _) in zip("cd", planned) for k, v in tensors.items()}
     results = _emit_quantize_launch(dual_dequantize_launch(dual, [p[0] for p in planned]), calls, lowered, sizes,
-                                    plans, device, extra, nodes)
+                                    plans, device, extra)
     return (*results, *(out for _, _, out in planned))
 
 
-def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: dict | None = None,
-                          nodes=None) -> tuple:
+def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: dict | None = None) -> tuple:
     """Emit the jobs' outputs, their global-amax pre-passes (two a launch) and ``launch`` (a pair, dual or
     two-duals launch, its jobs under ``launch.prefixes``; ``extra``: other jobs' buffers); each quantize job's op
-    result. ``nodes``: the jobs' FX nodes (for :func:`_tensor_scale_unread`), or None."""
+    result."""
     from ufp4_compile.kernels.quantize import rht_key
     from ufp4_compile.kernels.quantize import AMAX_PROGRAMS
     from ufp4_compile.kernels.prepass import prepass_launches
     from ufp4_compile.kernels.quantize_pair import job_pointers, one_read_shapes
 
-    outputs = [_outputs(plan, call[7], size[0], device, node)
-               for plan, call, size, node in zip(plans, calls, sizes, nodes or [None] * len(calls))]
+    outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
     inputs = [_contiguous(t) for t, _, _ in lowered]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
     partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None
@@ -573,11 +600,12 @@ def _dequantize_plan(codes, scales, tensor_scale, axis, fmt, dtype, elements: in
     codes, scales = _contiguous(codes), _contiguous(scales)
     shape3, stride3, rowwise = _view3(shape, axis)
     _, scale_stride3, _ = _view3(scale_shape, axis)
-    plan = launch_plan(shape3, stride3, scale_stride3, rowwise, as_format(fmt), True, elements)
+    unit = _is_unit_tensor_scale(tensor_scale)  # the graph's constant 1: no pointer, no multiply
+    plan = launch_plan(shape3, stride3, scale_stride3, rowwise, as_format(fmt), not unit, elements)
     out_shape = list(shape)
     out_shape[axis] *= 2
     out = _empty(tuple(out_shape), dtype, codes.get_device())
-    return plan, dict(codes_ptr=codes, scales_ptr=scales, ts_ptr=tensor_scale, out_ptr=out), out
+    return plan, dict(codes_ptr=codes, scales_ptr=scales, ts_ptr=None if unit else tensor_scale, out_ptr=out), out
 
 
 def _dequantize_pair(codes, scales, tensor_scale, axis, fmt, dtype):

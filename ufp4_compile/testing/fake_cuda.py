@@ -70,7 +70,12 @@ def wrapper_code(fn, *shapes_dtypes, decompose: bool = False) -> str:
             gm = make_fx(fn, decomposition_table=select_decomp_table())(*inputs)
         else:
             gm = make_fx(fn)(*inputs)
-    with _as_sm90(), V.set_debug_handler(DebugContext()), V.set_fake_mode(mode):
+    def fake_constant(value, device):  # a graph constant the lowering makes: fake, as there is no GPU
+        with mode:
+            return torch.full((), value, dtype=torch.float32, device=device)
+
+    with (_as_sm90(), V.set_debug_handler(DebugContext()), V.set_fake_mode(mode),
+          mock.patch("ufp4_compile.lowering.kernel_calls.device_constant", fake_constant)):
         graph = GraphLowering(gm, example_inputs=inputs)
         with V.set_graph_handler(graph):
             graph.run(*inputs)
