@@ -333,6 +333,37 @@ def _unread_tensor_scales() -> dict:
     return out
 
 
+def _unit_fill_check() -> dict:
+    """A backward's dequantizations of saved codes as the dense-GEMM pass writes them (one-level scales): their
+    tensor scale one ``full([], 1.0)`` of the graph. Per pairing: the wrapper's launches and the tensor-scale
+    argument each dequantize job was passed."""
+    from ufp4_compile import lowering
+    from ufp4_compile.lowering import kernel_calls
+    from ufp4_compile.testing.fake_cuda import wrapper_code
+
+    lowering.register()
+    spec = "int4/16/fp32/nearest"
+
+    def f(codes, scales, w_codes, w_scales):
+        one = torch.full([], 1.0, dtype=torch.float32, device=codes.device)
+        x = torch.ops.ufp4.dequantize(codes, scales, one, 0, spec, torch.bfloat16)
+        w = torch.ops.ufp4.dequantize(w_codes, w_scales, one, 0, spec, torch.bfloat16)
+        return x, w
+
+    out = {}
+    for paired in (False, True):
+        with kernel_calls.pair_launches(paired):
+            code = wrapper_code(f, ((128, 512), torch.uint8), ((16, 512), torch.float32), ((64, 256), torch.uint8),
+                                ((8, 256), torch.float32))
+        body = code[code.index("def call("):]
+        out[str(int(paired))] = dict(
+            launches=[re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", body)],
+            # each job's arguments start (codes, scales, tensor scale): -1 where the launch takes no pointer
+            tensor_scales=[ts for line in body.splitlines() if ".run(" in line
+                           for ts in re.findall(r"\b(?:w_)?codes_1, (?:w_)?scales_1, ([^,]+),", line)])
+    return out
+
+
 def _definitions(code: str) -> tuple[dict, list]:
     """A wrapper's definitions of our kernels (name -> source, Inductor's ``kernel_name`` entry taken out) and
     its launches of them (names, in order)."""
@@ -393,6 +424,7 @@ if __name__ == "__main__":
     out = {f"{spec}/{rht}/{axis}": _wrapper(spec, rht, axis) for spec, rht, axis in CASES}
     out["shared_definitions"] = _shared_definitions_check()
     out["tensor_scales"] = _unread_tensor_scales()
+    out["unit_fill"] = _unit_fill_check()
     out["pairs"] = _pair_check()
     out["constant_scalars"] = _compile_with_constant_scalars()
     out["access_memo"] = _memoized_analysis_check()
@@ -545,6 +577,14 @@ def test_memos_take_either_torch_api():
     bare = types.SimpleNamespace()
     assert kernel_calls.memoize_access_analysis(bare) is None and kernel_calls.memoize_closure_source(bare) is False
     assert vars(bare) == {}
+
+
+def test_a_unit_fill_as_tensor_scale_is_left_out(wrappers):
+    """The dense-GEMM pass's tensor scale for saved codes, one ``full([], 1.0)`` a partition: the dequantize
+    launches (alone or paired) take no pointer for it and no fill kernel is launched."""
+    unit = wrappers["unit_fill"]
+    assert unit["0"] == {"launches": ["_dequantize_kernel"] * 2, "tensor_scales": ["-1", "-1"]}
+    assert unit["1"] == {"launches": ["_dequantize_pair_kernel"], "tensor_scales": ["-1", "-1"]}
 
 
 def test_one_level_tensor_scales_are_the_graphs_constant_one(wrappers):

@@ -310,11 +310,27 @@ def unit_tensor_scale(device) -> ir.TensorBox:
     return box
 
 
+def _unit_fills(graph) -> list:
+    """The FX nodes of ``graph`` that make a 0-d FP32 constant 1 (``full([], 1.0)``: the dense-GEMM pass's
+    tensor scale of dequantized operands), once per graph."""
+    found = graph.__dict__.get("_ufp4_unit_fills")
+    if found is None:
+        full = torch.ops.aten.full.default
+        found = graph.__dict__["_ufp4_unit_fills"] = [
+            n for n in graph.graph.nodes if n.op == "call_function" and n.target is full
+            and len(n.args) >= 2 and list(n.args[0]) == [] and n.args[1] == 1.0
+            and n.kwargs.get("dtype") == torch.float32]
+    return found
+
+
 def _is_unit_tensor_scale(tensor_scale) -> bool:
-    """Whether ``tensor_scale`` (a lowered op input) is this graph's :func:`unit_tensor_scale`, so a dequantize
-    launch may leave it out (multiplying by 1 changes no value, NaN and infinities included)."""
+    """Whether ``tensor_scale`` (a lowered op input) is the constant 1: this graph's :func:`unit_tensor_scale`,
+    or a ``full([], 1.0)`` of the graph as lowered. A dequantize launch then leaves it out (multiplying by 1
+    changes no value, NaN and infinities included), and a fill no one else reads is never launched."""
     from torch._inductor.virtualized import V
 
+    if any(V.graph.env.get(n) is tensor_scale for n in _unit_fills(V.graph)):
+        return True
     names = V.graph.__dict__.get("_ufp4_unit_tensor_scale_names")
     get_name = getattr(tensor_scale, "get_name", None)
     if not names or get_name is None:

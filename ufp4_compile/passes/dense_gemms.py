@@ -115,21 +115,23 @@ class _Densifier:
             axis, fmt = quantize.args[1], quantize.args[2]
             items = {item.args[1]: item for item in quantize.users if item.target is operator.getitem}
             builder = NodeBuilder(self.graph, self.fake_mode, reader, reader)
-            if as_format(fmt).scale is ScaleFormat.E4M3:  # two-level: the operand leaves its tensor scale out
-                one = self._one(builder, tag, value(items[0]).device)
-            else:  # one-level scales: the quantization's own tensor scale is exactly 1 (no fill kernel)
-                one = items[2]
+            # Two-level scales: the operand leaves its tensor scale out (the GEMM's epilogue takes it). One-level:
+            # the quantization's tensor scale is exactly 1, so the constant takes its place too and it is not
+            # saved for the backward (CUDA's lowering passes a dequantize no pointer for this constant and
+            # launches no fill for it: lowering/kernel_calls.py).
+            one = self._one(builder, tag, value(items[0]).device)
             values = builder.call(ops.dequantize, items[0], items[1], one, axis, fmt, compute_dtype_of(compute))
             length, padded = value(quantize.args[0]).shape[axis], value(values).shape[axis]
             if not (isinstance(length, int) and length == padded):  # codes cover whole blocks: crop the last
                 end = length if isinstance(length, int) else builder.call(aten.sym_size.int, quantize.args[0], axis)
                 values = builder.call(aten.slice.Tensor, values, axis, 0, end)
-            self.done[key] = (values, items[2])
+            self.done[key] = (values, items[2] if as_format(fmt).scale is ScaleFormat.E4M3 else one)
         return self.done[key]
 
     def _one(self, builder: NodeBuilder, tag, device) -> fx.Node:
-        """A 0-d FP32 1.0, one per partition (each ``full`` node is a kernel launch in Inductor's code),
-        made at the first reader of the partition in graph order, so it comes before every later one."""
+        """A 0-d FP32 1.0, one per partition (a ``full`` node is a kernel launch in Inductor's code where a
+        reader needs it as a tensor), made at the first reader of the partition in graph order, so it comes
+        before every later one."""
         key = ("one", tag, device)
         if key not in self.done:
             self.done[key] = builder.call(aten.full.default, [], 1.0, dtype=torch.float32, device=device)
