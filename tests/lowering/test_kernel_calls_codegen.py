@@ -52,15 +52,11 @@ def test_ops_lower_to_direct_kernel_launches(wrappers, spec, rht, axis):
     fills = [n for n in names if n.startswith("triton_")]
     assert not fills, fills  # no fill kernel: the E4M3 pre-pass writes every partial maximum it leaves
     assert not [line for line in calls if "torch.ops.ufp4." in line], "an op ran as an extern fallback"
+    # the tensor scale, returned to the user: a (1,) buffer the quantize kernel writes, handed out (and to
+    # dequantize) as a 0-d view (one-level scales too: the user owns it; saved ones are tested below)
     returned = re.search(r"return \((.*)\)", code[code.index("def call("):]).group(1)
-    dequantize = re.search(r"_dequantize_kernel_\d+\.run\(\w+, \w+, (-1|reinterpret_tensor|\w+)", code)
-    if e4m3:  # the tensor scale: a (1,) buffer the quantize kernel writes, handed out (and to dequantize) as 0-d
-        assert re.search(r"reinterpret_tensor\(buf\d+, \(\), \(\), 0\)", returned)
-        assert dequantize.group(1) == "reinterpret_tensor"
-    else:  # one-level scales: the graph's constant 1, no buffer; dequantize takes no tensor-scale pointer
-        assert "reinterpret_tensor" not in returned and returned.count("ufp4_unit_tensor_scale") == 2
-        assert not re.search(r"empty_strided_cuda\(\(1, \), \(1, \), torch.float32\)", code)
-        assert dequantize.group(1) == "-1"
+    assert len(re.findall(r"reinterpret_tensor\(buf\d+, \(\), \(\), 0\)", returned)) == 2
+    assert re.search(r"_dequantize_kernel_\d+\.run\(\w+, \w+, reinterpret_tensor", code)
 
 
 def _compile_with_constant_scalars() -> dict:
@@ -235,7 +231,7 @@ def _pair_check() -> dict:
             xv = torch.ops.ufp4.dequantize(cx, sx, tx, 0, near, torch.bfloat16)
             dyr = torch.ops.ufp4.quantize_dequantize(dy, 1, sr, 16, 3, seed, 16, torch.bfloat16)
             wv = torch.ops.ufp4.dequantize(cw, sw, tw, 0, near, torch.bfloat16)
-            return (*dyc, xv, *dyr, wv)
+            return dyc[0], xv, dyr[0], wv  # dY's tensor scales unread, as in a backward
 
         shapes = (((256, 384), torch.bfloat16), ((128, 512), torch.uint8), ((16, 512), scale_dtype),
                   ((), torch.float32), ((192, 512), torch.uint8), ((24, 512), scale_dtype), ((), torch.float32),
@@ -301,7 +297,8 @@ def _pair_check() -> dict:
 def _unread_tensor_scales() -> dict:
     """Per format and pairing: the tensor-scale buffers (``(1,)`` FP32) the wrapper allocates and the unit constants
     beyond the first it names, when only the values of a quantize_dequantize and the codes and scales of a
-    quantize are returned (nobody reads their tensor scales), and when the tensor scales are returned too."""
+    quantize are returned (nobody reads their tensor scales), when the tensor scales are returned too, and when
+    they are outputs saved for a backward; and how many outputs are the unit constant."""
     from ufp4_compile import lowering
     from ufp4_compile.lowering import kernel_calls
     from ufp4_compile.testing.fake_cuda import wrapper_code
@@ -319,11 +316,13 @@ def _unread_tensor_scales() -> dict:
             codes, scales, ts2 = torch.ops.ufp4.quantize(x, 0, spec, rht, 3, seed, 32)
             return values, codes, scales, ts, ts2
 
+        # "read": the tensor scales returned to the user; "saved": the same outputs, the tensor scales kept for a
+        # backward (outputs Inductor does not mark user-visible)
         for paired in (False, True):
-            for name, fn in (("unread", unread), ("read", read)):
+            for name, fn, visible in (("unread", unread, None), ("read", read, None), ("saved", read, [0, 1, 2])):
                 # no buffer reuse: each allocation its own line
                 with kernel_calls.pair_launches(paired), torch._inductor.config.patch(allow_buffer_reuse=False):
-                    code = wrapper_code(fn, ((256, 512), torch.bfloat16), ((), torch.int64))
+                    code = wrapper_code(fn, ((256, 512), torch.bfloat16), ((), torch.int64), user_visible=visible)
                 returned = re.search(r"return \((.*)\)", code[code.index("def call("):]).group(1)
                 # (tensor-scale buffers allocated, graph constants 1 defined); and how many results are the constant
                 out[f"{spec}/{int(paired)}/{name}"] = (
@@ -588,16 +587,17 @@ def test_a_unit_fill_as_tensor_scale_is_left_out(wrappers):
 
 
 def test_one_level_tensor_scales_are_the_graphs_constant_one(wrappers):
-    """One-level scales (UFP4): a quantization is launched without a tensor-scale pointer and allocates no buffer
-    for it, alone or sharing a launch, whether or not its tensor scale is read; a returned one is the graph's
-    constant 1 (one per graph, however many return it). Two-level (E4M3) scales keep a buffer each (the GEMM
-    epilogue's factor)."""
+    """One-level scales (UFP4): a quantization whose tensor scale nobody reads, or that is saved for a backward,
+    is launched without a tensor-scale pointer and allocates no buffer for it, alone or sharing a launch; a saved
+    one is the graph's constant 1 (one per graph, however many). One returned to the user keeps a buffer of its
+    own. Two-level (E4M3) scales keep a buffer each (the GEMM epilogue's factor)."""
     counts = wrappers["tensor_scales"]
     for paired in (0, 1):
-        for read in ("unread", "read"):
-            assert counts[f"int4/16/fp32/stochastic/{paired}/{read}"] == [0, 0]  # JSON: lists
-        assert counts[f"int4/16/fp32/stochastic/{paired}/read/returned"] == 2
-        for read in ("unread", "read"):
+        int4 = "int4/16/fp32/stochastic"
+        assert counts[f"{int4}/{paired}/unread"] == counts[f"{int4}/{paired}/saved"] == [0, 0]  # JSON: lists
+        assert counts[f"{int4}/{paired}/saved/returned"] == 2
+        assert counts[f"{int4}/{paired}/read"] == [2, 0] and counts[f"{int4}/{paired}/read/returned"] == 0
+        for read in ("unread", "read", "saved"):
             assert counts[f"e2m1/16/e4m3/nearest/{paired}/{read}"] == [2, 0]
 
 
@@ -660,3 +660,33 @@ def test_shared_definitions_change_only_our_kernels_integers():
     bare = type("Bare", (), {})
     assert kernel_calls.define_once_per_variant(bare) is False
     assert not hasattr(bare, "define_user_defined_triton_kernel")
+
+
+@pytest.mark.parametrize("returns, visible, expected", [
+    ("all", None, True),  # the graph does not say which outputs reach the user: every one may
+    ("all", [0, 1], False),  # the tensor scale an output saved for a backward
+    ("all", [0, 1, 2], True),
+    ("view", [0], True),  # a view of it leaves the graph
+    ("codes", None, False),  # nobody reads it
+])
+def test_a_tensor_scale_reaches_the_user_by_a_visible_output_or_a_view(returns, visible, expected):
+    """Which one-level tensor scales keep a buffer of their own (the user owns what it is handed; the graph's
+    constant 1 serves the rest): those of outputs Inductor marks user-visible, or all outputs where it does
+    not say, and those that leave through a view."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    import ufp4_compile.ops  # noqa: F401  (defines the ufp4 ops)
+    from ufp4_compile.lowering import kernel_calls
+
+    def f(x, seed):
+        codes, scales, ts = torch.ops.ufp4.quantize(x, 1, "int4/16/fp32/nearest", 16, 3, seed, 0)
+        if returns == "view":
+            return codes, ts.reshape(1)
+        return (codes, scales, ts) if returns == "all" else (codes, scales)
+
+    gm = make_fx(f)(torch.randn(32, 64), torch.tensor(3))
+    if visible is not None:
+        next(n for n in gm.graph.nodes if n.op == "output").meta["user_visible_output_idxs"] = visible
+    node = next(n for n in gm.graph.nodes if n.target is torch.ops.ufp4.quantize.default)
+    assert kernel_calls._tensor_scale_returned(node) is expected
+    assert kernel_calls._tensor_scale_returned(None)  # unknown: kept

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import operator
 
 import torch
 from torch._inductor import ir
@@ -254,19 +255,20 @@ def _on_cuda(x) -> bool:
     return device is not None and device.type == "cuda"
 
 
-def _outputs(plan, values_dtype, shape, device) -> tuple:
+def _outputs(plan, values_dtype, shape, device, node=None) -> tuple:
     """(codes, scales, values, tensor scale) buffers of one quantization: codes and scales, or values; the tensor
     scale None for one-level scales (UFP4, MXFP4, the E2M1 baseline), whose tensor scale is the constant 1
     (:func:`_result` hands out the graph's :func:`unit_tensor_scale`): the launch writes none and the graph
-    allocates no buffer for it, an allocation and a pointer fewer for the host per quantization (outside CUDA
-    graphs: :func:`_recorded_in_cuda_graphs`)."""
+    allocates no buffer for it, an allocation and a pointer fewer for the host per quantization. Not under CUDA
+    graphs (:func:`_recorded_in_cuda_graphs`), nor where the quantization's FX ``node`` (None: unknown) hands its
+    tensor scale to the user (:func:`_tensor_scale_returned`)."""
     codes_buf = scales_buf = values_buf = None
     if values_dtype is None:
         codes_buf = _empty(plan.codes_shape, torch.uint8, device)
         scales_buf = _empty(plan.scales_shape, plan.result_scale_dtype, device)
     else:
         values_buf = _empty(shape, values_dtype, device)
-    if plan.amax_constexprs is None and not _recorded_in_cuda_graphs():
+    if plan.amax_constexprs is None and not _recorded_in_cuda_graphs() and not _tensor_scale_returned(node):
         return codes_buf, scales_buf, values_buf, None
     # The tensor scale as a (1,) buffer viewed as 0-d (_result): Inductor lowers an empty 0-d buffer to a fill
     # kernel (an empty buffer is a pointwise fill with zero ranges, and a 0-d one has no range to zero), one
@@ -275,6 +277,32 @@ def _outputs(plan, values_dtype, shape, device) -> tuple:
 
 
 UNIT_TENSOR_SCALE = "ufp4_unit_tensor_scale"
+
+
+def _tensor_scale_returned(node) -> bool:
+    """Whether the quantization ``node`` (an FX node of ``quantize`` / ``quantize_dequantize``; None: unknown) may
+    hand its tensor scale to the user: as an output the graph marks user-visible (every output where the graph
+    does not say; tensors saved for the backward are not), or through a view. The user then owns a tensor of its
+    own, which the graph's constant would not be (an in-place change would reach later calls)."""
+    ops = (torch.ops.ufp4.quantize.default, torch.ops.ufp4.quantize_dequantize.default)
+    if node is None or node.target not in ops or not isinstance(node.meta.get("val"), (tuple, list)):
+        return True
+    value = node.meta["val"]
+    last = len(value) - 1  # quantize: (codes, scales, ts); quantize_dequantize: (values, ts)
+    for item in node.users:
+        if item.target is not operator.getitem or not isinstance(item.args[1], int):
+            return True
+        if item.args[1] % len(value) != last:
+            continue
+        for user in item.users:
+            if user.op == "output":
+                outputs = user.args[0] if isinstance(user.args[0], (tuple, list)) else [user.args[0]]
+                visible = user.meta.get("user_visible_output_idxs")
+                if visible is None or any(o is item and i in visible for i, o in enumerate(outputs)):
+                    return True
+            elif isinstance(user.target, torch._ops.OpOverload) and user.target.is_view:
+                return True
+    return False
 
 
 def _recorded_in_cuda_graphs() -> bool:
@@ -376,13 +404,15 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     """Lower one quantize launch (codes for ``values_dtype=None``, else values) of ``x`` less ``shift`` (one the
     kernel takes: :func:`_shifted_input` first); the op's result, or None when the launch cannot be planned
     here."""
+    from torch._inductor.virtualized import V
+
     sizes = _static_sizes(x)
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
         return None
     shape = sizes[0]
     x = _contiguous(x)
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype, shift is not None)
-    outputs = _outputs(plan, values_dtype, shape, x.get_device())
+    outputs = _outputs(plan, values_dtype, shape, x.get_device(), V.graph.current_node)
     _emit_single(x, plan, outputs, rht_seed, seed, offset, None if shift is None else _contiguous(shift))
     return _result(outputs, values_dtype, x.get_device())
 
@@ -446,6 +476,7 @@ def _quantize_pair(x, seed, shift=None):
 
         quantizations = [_quantize_call(n) for n in (node, *siblings)]
         calls = [c for c in quantizations if c is not None]  # the dequantizations come last (_siblings)
+        nodes = [n for n, c in zip((node, *siblings), quantizations) if c is not None]
         dequantizations = [_dequantize_call(n) for n, c in zip(siblings, quantizations[1:]) if c is None]
         try:  # the siblings' inputs, seeds and shifts as lowered (they exist: the siblings were chosen so)
             lowered = [(x, seed, shift)] + [tuple(V.graph.env[a] if hasattr(a, "op") else a for a in (c[0], c[5], c[8]))
@@ -470,15 +501,16 @@ def _quantize_pair(x, seed, shift=None):
         if len(calls) == 4 and len(duals) == 2 and two_duals_refusal(*duals) is None:
             launch = two_duals_launch(*duals)
         elif len(calls) == 4 and len(duals) == 1 and one_read[0] and _can_share_values(*calls[2:]):
-            return _emit_dual_shared(duals[0], calls, lowered, sizes, plans, x.get_device())
+            return _emit_dual_shared(duals[0], calls, lowered, sizes, plans, x.get_device(), nodes)
         elif dequantizations and len(duals) == 1:
-            return _emit_dual_dequantize(duals[0], calls, lowered, sizes, plans, dequantizations, x.get_device())
+            return _emit_dual_dequantize(duals[0], calls, lowered, sizes, plans, dequantizations, x.get_device(),
+                                         nodes)
         else:
-            calls, lowered, sizes, plans = calls[:2], lowered[:2], sizes[:2], plans[:2]
+            calls, lowered, sizes, plans, nodes = calls[:2], lowered[:2], sizes[:2], plans[:2], nodes[:2]
             if not one_read[0] and pair_refusal(*plans) is not None:
                 return None
             launch = pair_launch(*plans, dual_shape=sizes[0][0] if one_read[0] else None)
-        return _emit_quantize_launch(launch, calls, lowered, sizes, plans, x.get_device())
+        return _emit_quantize_launch(launch, calls, lowered, sizes, plans, x.get_device(), nodes=nodes)
 
     return _lower_paired(_siblings, lower_all) if _on_cuda(x) else None
 
@@ -498,7 +530,7 @@ def _emit_shared_values(calls, x, shape: tuple, device) -> tuple:
     return results if codes_job == 0 else results[::-1]
 
 
-def _emit_dual_shared(dual, calls, lowered, sizes, plans, device) -> tuple:
+def _emit_dual_shared(dual, calls, lowered, sizes, plans, device, nodes) -> tuple:
     """Emit ``dual`` (``calls[:2]``, one tensor's two quantizations) with the one launch of a second tensor's two
     that :func:`_can_share_values` accepts (``calls[2:]``, NVFP4's W) as one launch where
     ``kernels.quantize_pair.dual_single_refusal`` accepts them: the four op results; else the dual launch alone:
@@ -507,18 +539,18 @@ def _emit_dual_shared(dual, calls, lowered, sizes, plans, device) -> tuple:
 
     single = shared_values_plan(*calls[2:], dual_single_tile(dual))
     if single is None or dual_single_refusal(dual, single) is not None:
-        return _emit_quantize_launch(dual, calls[:2], lowered[:2], sizes[:2], plans[:2], device)
+        return _emit_quantize_launch(dual, calls[:2], lowered[:2], sizes[:2], plans[:2], device, nodes=nodes[:2])
     codes_job = 2 if calls[2][7] is None else 3
     values = _empty(sizes[codes_job][0], calls[5 - codes_job][7], device)
     jobs = [0, 1, codes_job]
     results = _emit_quantize_launch(dual_single_launch(dual, single), [calls[i] for i in jobs],
                                     [lowered[i] for i in jobs], [sizes[i] for i in jobs], [*plans[:2], single],
-                                    device, {"c_values_ptr": values})
+                                    device, {"c_values_ptr": values}, [*nodes[:2], None])
     codes, shared = results[2], (values, results[2][2])  # one tensor scale for both
     return (*results[:2], *((codes, shared) if codes_job == 2 else (shared, codes)))
 
 
-def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device) -> tuple:
+def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, device, nodes=None) -> tuple:
     """Emit ``dual`` (two quantizations of one tensor) with the two ``dequantizations`` (their FX calls) as one
     launch where ``kernels.quantize_pair.dual_dequantize_refusal`` accepts them: the four op results; else the
     dual launch alone: its two (the dequantizations lower on their own)."""
@@ -532,23 +564,25 @@ def _emit_dual_dequantize(dual, calls, lowered, sizes, plans, dequantizations, d
     except KeyError:
         planned = [None]
     if any(p is None for p in planned) or dual_dequantize_refusal(dual, [p[0] for p in planned]) is not None:
-        return _emit_quantize_launch(dual, calls, lowered, sizes, plans, device)
+        return _emit_quantize_launch(dual, calls, lowered, sizes, plans, device, nodes=nodes)
     extra = {f"{p}_{k}": v for p, (_, tensors, _) in zip("cd", planned) for k, v in tensors.items()}
     results = _emit_quantize_launch(dual_dequantize_launch(dual, [p[0] for p in planned]), calls, lowered, sizes,
-                                    plans, device, extra)
+                                    plans, device, extra, nodes)
     return (*results, *(out for _, _, out in planned))
 
 
-def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: dict | None = None) -> tuple:
+def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: dict | None = None,
+                          nodes=None) -> tuple:
     """Emit the jobs' outputs, their global-amax pre-passes (two a launch) and ``launch`` (a pair, dual or
     two-duals launch, its jobs under ``launch.prefixes``; ``extra``: other jobs' buffers); each quantize job's op
-    result."""
+    result. ``nodes``: the jobs' FX nodes (for :func:`_tensor_scale_returned`), or None."""
     from ufp4_compile.kernels.quantize import rht_key
     from ufp4_compile.kernels.quantize import AMAX_PROGRAMS
     from ufp4_compile.kernels.prepass import prepass_launches
     from ufp4_compile.kernels.quantize_pair import job_pointers, one_read_shapes
 
-    outputs = [_outputs(plan, call[7], size[0], device) for plan, call, size in zip(plans, calls, sizes)]
+    outputs = [_outputs(plan, call[7], size[0], device, node)
+               for plan, call, size, node in zip(plans, calls, sizes, nodes or [None] * len(calls))]
     inputs = [_contiguous(t) for t, _, _ in lowered]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
     partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None

@@ -91,7 +91,7 @@ def lower_sample_median(x):
         user, call = fused
         plan = _plan((1, channels), 4, call[1], call[2], call[3], call[7])
         q = quantize_constexprs(plan)
-        outputs = kernel_calls._outputs(plan, call[7], (1, channels), device)
+        outputs = kernel_calls._outputs(plan, call[7], (1, channels), device, user)
         seed = V.graph.env[call[5]] if hasattr(call[5], "op") else None
         tensors.update(q_codes_ptr=outputs[0], q_scales_ptr=outputs[1], q_values_ptr=outputs[2],
                        q_ts_ptr=outputs[3], q_seed_ptr=seed if q["STOCHASTIC"] else None)

@@ -52,9 +52,11 @@ def _as_sm90():
         yield
 
 
-def wrapper_code(fn, *shapes_dtypes, decompose: bool = False) -> str:
+def wrapper_code(fn, *shapes_dtypes, decompose: bool = False, user_visible: list[int] | None = None) -> str:
     """The Python wrapper Inductor generates for ``fn`` on CUDA tensors of ``(shape, dtype)``; ``decompose``:
-    traced with Inductor's decompositions (for ops, such as ``silu``, that Inductor only decomposes)."""
+    traced with Inductor's decompositions (for ops, such as ``silu``, that Inductor only decomposes);
+    ``user_visible``: the indices of ``fn``'s outputs that reach the user, as Inductor marks a training
+    forward's (the rest are saved for the backward); unmarked, as here by default, every output is."""
     from torch._inductor.debug import DebugContext
     from torch._inductor.graph import GraphLowering
     from torch._inductor.virtualized import V
@@ -70,6 +72,11 @@ def wrapper_code(fn, *shapes_dtypes, decompose: bool = False) -> str:
             gm = make_fx(fn, decomposition_table=select_decomp_table())(*inputs)
         else:
             gm = make_fx(fn)(*inputs)
+    if user_visible is not None:  # with the outputs' strides, which Inductor keeps for the user-visible ones
+        output = next(n for n in gm.graph.nodes if n.op == "output")
+        output.meta["user_visible_output_idxs"] = list(user_visible)
+        output.meta["original_output_strides"] = [
+            tuple(o.meta["val"].stride()) if isinstance(o, torch.fx.Node) else None for o in output.args[0]]
     def fake_constant(value, device):  # a graph constant the lowering makes: fake, as there is no GPU
         with mode:
             return torch.full((), value, dtype=torch.float32, device=device)
