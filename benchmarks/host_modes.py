@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import train_step  # noqa: E402
 from common import device_slug, git_sha  # noqa: E402
+from host_profile import variant_specs  # noqa: E402
 
 from ufp4_compile.models.gpt import get_config  # noqa: E402
 
@@ -66,10 +67,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda")
     config = get_config("bench")
     phases = {}
-    for spec in [k.strip() for k in args.variants.split(",") if k.strip()]:
-        kind, _, recipe = spec.partition(":")
-        recipe = None if kind.startswith("inductor") else (recipe or args.recipe)
-        label = f"bf16-{kind}" if recipe is None else f"{kind}:{recipe}"
+    for label, kind, recipe in variant_specs(args.variants, args.recipe):
         print(f"building {label} ...", flush=True)
         # train_step.build resets Dynamo; the variants built earlier keep their compiled code
         model, optimizer, fn = train_step.build(kind, recipe, config, device)

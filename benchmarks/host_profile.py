@@ -113,6 +113,17 @@ def launch_costs(forward, backward, n: int, device) -> list[tuple[str, int, floa
     return sorted(rows, key=lambda r: -r[1] * r[2])
 
 
+def variant_specs(text: str, default_recipe: str) -> list[tuple[str, str, str | None]]:
+    """(label, kind, recipe) of each comma-separated ``KIND[:RECIPE]`` in ``text`` (train_step.py's kinds; the
+    bf16 ``inductor`` kinds take no recipe, the others ``default_recipe`` unless they name one)."""
+    out = []
+    for spec in [k.strip() for k in text.split(",") if k.strip()]:
+        kind, _, recipe = spec.partition(":")
+        recipe = None if kind.startswith("inductor") else (recipe or default_recipe)
+        out.append((f"bf16-{kind}" if recipe is None else f"{kind}:{recipe}", kind, recipe))
+    return out
+
+
 def profile_variant(label: str, kind: str, recipe: str | None, config, args, device) -> dict:
     model, optimizer, fn = train_step.build(kind, recipe, config, device)
     forward, backward = train_step.make_phases(fn, optimizer, config, args.batch_size, device)
@@ -184,10 +195,7 @@ def main(argv=None) -> int:
              + ". `host ms`: the step issued behind a sleep kernel without the profiler (median; `queue full` where "
              "the step filled the launch queue and waited for the sleep). `step ms`: CUDA events, median, with "
              "Python's garbage collector on and off; `gc ms`: the collector's time per step.", ""]
-    for spec in [k.strip() for k in args.variants.split(",") if k.strip()]:
-        kind, _, recipe = spec.partition(":")
-        recipe = None if kind.startswith("inductor") else (recipe or args.recipe)
-        label = f"bf16-{kind}" if recipe is None else f"{kind}:{recipe}"
+    for label, kind, recipe in variant_specs(args.variants, args.recipe):
         print(f"{label} ...", flush=True)
         row = profile_variant(label, kind, recipe, config, args, device)
         host = "queue full" if row["queue_full"] else f"{row['host_ms']:.1f} ms"

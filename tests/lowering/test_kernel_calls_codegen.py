@@ -360,6 +360,15 @@ def _unit_fill_check() -> dict:
             # each job's arguments start (codes, scales, tensor scale): -1 where the launch takes no pointer
             tensor_scales=[ts for line in body.splitlines() if ".run(" in line
                            for ts in re.findall(r"\b(?:w_)?codes_1, (?:w_)?scales_1, ([^,]+),", line)])
+
+    def roundtrip(x, seed):  # a quantization's own tensor scale (the graph's constant 1) into its dequantize
+        codes, scales, ts = torch.ops.ufp4.quantize(x, 0, spec, 16, 3, seed, 0)
+        return torch.ops.ufp4.dequantize(codes, scales, ts, 0, spec, torch.bfloat16)
+
+    with kernel_calls.pair_launches(False):
+        body = wrapper_code(roundtrip, ((256, 512), torch.bfloat16), ((), torch.int64))
+    body = body[body.index("def call("):]
+    out["constant"] = re.findall(r"_dequantize_kernel_\d+\.run\(\w+, \w+, ([^,]+),", body)
     return out
 
 
@@ -584,6 +593,7 @@ def test_a_unit_fill_as_tensor_scale_is_left_out(wrappers):
     unit = wrappers["unit_fill"]
     assert unit["0"] == {"launches": ["_dequantize_kernel"] * 2, "tensor_scales": ["-1", "-1"]}
     assert unit["1"] == {"launches": ["_dequantize_pair_kernel"], "tensor_scales": ["-1", "-1"]}
+    assert unit["constant"] == ["-1"]  # the graph's constant 1 as a quantization's tensor scale, likewise
 
 
 def test_one_level_tensor_scales_are_the_graphs_constant_one(wrappers):

@@ -333,9 +333,7 @@ def unit_tensor_scale(device) -> ir.TensorBox:
     constants = V.graph.__dict__.setdefault("_ufp4_unit_tensor_scales", {})
     if device not in constants:
         constants[device] = device_constant(1.0, device)
-    box = V.graph.add_tensor_constant(constants[device], UNIT_TENSOR_SCALE)  # the same name for the same tensor
-    V.graph.__dict__.setdefault("_ufp4_unit_tensor_scale_names", set()).add(box.get_name())
-    return box
+    return V.graph.add_tensor_constant(constants[device], UNIT_TENSOR_SCALE)  # the same name for the same tensor
 
 
 def _unit_fills(graph) -> list:
@@ -359,14 +357,15 @@ def _is_unit_tensor_scale(tensor_scale) -> bool:
 
     if any(V.graph.env.get(n) is tensor_scale for n in _unit_fills(V.graph)):
         return True
-    names = V.graph.__dict__.get("_ufp4_unit_tensor_scale_names")
+    units = V.graph.__dict__.get("_ufp4_unit_tensor_scales", {}).values()
     get_name = getattr(tensor_scale, "get_name", None)
-    if not names or get_name is None:
+    if not units or get_name is None:
         return False
     try:
-        return get_name() in names
+        name = get_name()
     except (AttributeError, NotImplementedError):
         return False
+    return any(V.graph.constants.get(name) is unit for unit in units)
 
 
 def _result(outputs, values_dtype, device) -> tuple:

@@ -125,7 +125,8 @@ class _Densifier:
             if not (isinstance(length, int) and length == padded):  # codes cover whole blocks: crop the last
                 end = length if isinstance(length, int) else builder.call(aten.sym_size.int, quantize.args[0], axis)
                 values = builder.call(aten.slice.Tensor, values, axis, 0, end)
-            self.done[key] = (values, items[2] if as_format(fmt).scale is ScaleFormat.E4M3 else one)
+            two_level = as_format(fmt).scale is ScaleFormat.E4M3
+            self.done[key] = (values, items[2] if two_level else one)
         return self.done[key]
 
     def _one(self, builder: NodeBuilder, tag, device) -> fx.Node:

@@ -77,6 +77,7 @@ def wrapper_code(fn, *shapes_dtypes, decompose: bool = False, user_visible: list
         output.meta["user_visible_output_idxs"] = list(user_visible)
         output.meta["original_output_strides"] = [
             tuple(o.meta["val"].stride()) if isinstance(o, torch.fx.Node) else None for o in output.args[0]]
+
     def fake_constant(value, device):  # a graph constant the lowering makes: fake, as there is no GPU
         with mode:
             return torch.full((), value, dtype=torch.float32, device=device)
