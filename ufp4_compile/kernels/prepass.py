@@ -36,17 +36,17 @@ def _amax_pair_kernel(a_x_ptr, b_x_ptr, a_gamax_ptr, b_gamax_ptr, a_O, a_L, a_s_
                       A_PARTIAL: tl.constexpr,
                       B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                       B_ROWWISE: tl.constexpr, B_U: tl.constexpr, B_B: tl.constexpr, B_COLS: tl.constexpr,
-                      B_PARTIAL: tl.constexpr):
+                      B_PARTIAL: tl.constexpr, A_ROUND: tl.constexpr = False, B_ROUND: tl.constexpr = False):
     """The global-amax pre-passes of two two-level quantizations in one launch: the first ``AMAX_PROGRAMS``
     programs are job a's (``kernels.quantize._amax_kernel``'s programs), the rest job b's, each writing its
     own job's partial maxima, as its own launch would."""
     pid = tl.program_id(0)
     if pid < _AMAX_PROGRAMS:
         _amax_at(a_x_ptr, a_gamax_ptr, pid, a_O, a_L, a_s_page, a_s_o, a_s_l, a_pages, a_rht_key, A_RHT,
-                 A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_U, A_B, A_COLS, A_PARTIAL)
+                 A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_U, A_B, A_COLS, A_PARTIAL, A_ROUND)
     else:
         _amax_at(b_x_ptr, b_gamax_ptr, pid - _AMAX_PROGRAMS, b_O, b_L, b_s_page, b_s_o, b_s_l, b_pages, b_rht_key,
-                 B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_U, B_B, B_COLS, B_PARTIAL)
+                 B_RHT, B_INV_SQRT, B_SIGN_MASK, B_ROWWISE, B_U, B_B, B_COLS, B_PARTIAL, B_ROUND)
 
 
 @triton.jit
@@ -54,8 +54,8 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
                   A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
                   B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                   COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
-                  STAGES: tl.constexpr):
-    """Program ``pid`` of :func:`_dual_amax_kernel`.
+                  STAGES: tl.constexpr, ROUND: tl.constexpr = False):
+    """Program ``pid`` of :func:`_dual_amax_kernel` (``ROUND``: of an FP32 ``x`` rounded to bf16 first).
 
     Per tile, one load in the column-wise layout (each thread holds a column's ``U`` rows), and each job's
     maxima kept per column (a maximum over the thread's own rows: no exchange between threads) until the end
@@ -70,14 +70,14 @@ def _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, p
     tiles = tl.cdiv(N, B) * (M // U)
     if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
         best_a, best_b = _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT, A_SIGN_MASK,
-                                      B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES, False)
+                                      B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES, False, ROUND)
         if _below_guard(best_a) & _below_guard(best_b):
             tl.store(a_gamax_ptr + pid, tl.max(best_a, axis=0).to(tl.int32, bitcast=True))
             tl.store(b_gamax_ptr + pid, tl.max(best_b, axis=0).to(tl.int32, bitcast=True))
         else:
             exact_a, exact_b = _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
                                             A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES,
-                                            True)
+                                            True, ROUND)
             tl.store(a_gamax_ptr + pid, tl.max(exact_a, axis=0))
             tl.store(b_gamax_ptr + pid, tl.max(exact_b, axis=0))
     else:
@@ -90,7 +90,7 @@ def _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid,
                  A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
                  B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                  COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
-                 STAGES: tl.constexpr, EXACT: tl.constexpr):
+                 STAGES: tl.constexpr, EXACT: tl.constexpr, ROUND: tl.constexpr = False):
     """:func:`_dual_amax_at`'s read of its tiles, as (job a's per-column maxima, job b's): ``EXACT``, the RHT's
     guard decided once per tile for both jobs and finite-only bits (``quantize._column_max``); else the common
     path, NaN-propagating float maxima."""
@@ -101,19 +101,19 @@ def _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid,
     else:
         best_a = best_b
     for t in tl.range(pid, g_n * (M // U), _AMAX_PROGRAMS, num_stages=STAGES):
-        x = _dual_tile(x_ptr, t, g_n, M, N, B, U, COLS)
+        x = _dual_tile(x_ptr, t, g_n, M, N, B, U, COLS, ROUND)
         small = True
         if EXACT:
             if A_RHT > 0 or B_RHT > 0:
                 small = _no_big_group(x)
         xb = x
-        HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16  # x as loaded
+        HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16 or ROUND  # x as loaded
         if B_RHT > 0:
             xb = _rht_known(x, small, b_rht_key, U, B, B_RHT, B_INV_SQRT, B_SIGN_MASK, HALF)
         best_b = _max_into(best_b, _column_max(xb, EXACT), EXACT)
         if A_RHT > 0:
             for h in tl.static_range(B // ROW_B):
-                xa = _dual_row_segments(x_ptr, t, h, g_n, M, N, B, ROW_B, U, COLS)
+                xa = _dual_row_segments(x_ptr, t, h, g_n, M, N, B, ROW_B, U, COLS, ROUND)
                 xa = _rht_known(xa, small, a_rht_key, U, ROW_B, A_RHT, A_INV_SQRT, A_SIGN_MASK, HALF)
                 best_a = _max_into(best_a, _column_max(xa, EXACT), EXACT)
         else:
@@ -122,18 +122,19 @@ def _dual_maxima(x_ptr, a_rht_key, b_rht_key, M, N, pid,
 
 
 @triton.jit
-def _dual_tile(x_ptr, t, g_n, M, N, B: tl.constexpr, U: tl.constexpr, COLS: tl.constexpr):
+def _dual_tile(x_ptr, t, g_n, M, N, B: tl.constexpr, U: tl.constexpr, COLS: tl.constexpr,
+               ROUND: tl.constexpr = False):
     """Tile ``t`` of the dual tiling of ``x (M, N)`` (``g_n`` tiles across), loaded column-wise as ``(U, B)``."""
     pid_n = t % g_n
     pid_m = t // g_n
     x, _ = _load_tile(x_ptr, pid_m * 0, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), N, M, 0, 1, N, U, B,
-                      False, COLS)
+                      False, COLS, ROUND=ROUND)
     return x
 
 
 @triton.jit
 def _dual_row_segments(x_ptr, t, h, g_n, M, N, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
-                       COLS: tl.constexpr):
+                       COLS: tl.constexpr, ROUND: tl.constexpr = False):
     """The row segments ``h * ROW_B ..`` of tile ``t`` as the dual quantize kernel has them, as ``(U, ROW_B)``
     (each row segment of ``U`` elements a column)."""
     SEGS: tl.constexpr = B // U
@@ -143,7 +144,7 @@ def _dual_row_segments(x_ptr, t, h, g_n, M, N, B: tl.constexpr, ROW_B: tl.conste
     j = h * ROW_B + tl.arange(0, ROW_B)
     seg = pid_n * SEGS + j % SEGS
     rows = tl.where(seg < N // U, (pid_m * U + j // SEGS).to(tl.int64) * (N // U) + seg, segments)
-    xa, _ = _load_tile(x_ptr, pid_m * 0, 0, 0, rows, segments, U, 0, U, 1, U, ROW_B, True, COLS)
+    xa, _ = _load_tile(x_ptr, pid_m * 0, 0, 0, rows, segments, U, 0, U, 1, U, ROW_B, True, COLS, ROUND=ROUND)
     return xa
 
 
@@ -152,16 +153,17 @@ def _dual_amax_kernel(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, 
                       A_RHT: tl.constexpr, A_INV_SQRT: tl.constexpr, A_SIGN_MASK: tl.constexpr,
                       B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                       COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
-                      STAGES: tl.constexpr):
+                      STAGES: tl.constexpr, ROUND: tl.constexpr = False):
     """The global-amax pre-passes of one 2-D tensor ``x (M, N)``'s row-wise (job a) and column-wise (job b)
     two-level quantizations, each with its own RHT, from one read of it: ``AMAX_PROGRAMS`` programs, program p
     takes the tiles p, p + AMAX_PROGRAMS, ... of :func:`_quantize_dual_kernel`'s ``U x B`` tiling, rotates each
     tile's row segments and its columns as that kernel does, and writes the maximum finite ``|RHT(x)|`` bits of
     each to ``a_gamax_ptr[p]`` and ``b_gamax_ptr[p]``. Each job's partial maxima differ from its own pre-pass's
     (another tiling) but their maximum, the only thing its quantize kernel reads, is the same word: the same
-    rotated values (an RHT group is rotated alone), the same finite-only maximum."""
+    rotated values (an RHT group is rotated alone), the same finite-only maximum. ``ROUND``: ``x`` is FP32,
+    rounded to bf16 first."""
     _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, tl.program_id(0), A_RHT,
-                  A_INV_SQRT, A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
+                  A_INV_SQRT, A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES, ROUND)
 
 
 @triton.jit
@@ -172,7 +174,7 @@ def _two_dual_amax_kernel(a_x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_pt
                           C_RHT: tl.constexpr, C_INV_SQRT: tl.constexpr, C_SIGN_MASK: tl.constexpr,
                           D_RHT: tl.constexpr, D_INV_SQRT: tl.constexpr, D_SIGN_MASK: tl.constexpr,
                           COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
-                          STAGES: tl.constexpr):
+                          STAGES: tl.constexpr, A_ROUND: tl.constexpr = False, C_ROUND: tl.constexpr = False):
     """Two tensors' dual pre-passes in one launch (X's and W's in a linear layer's forward, before their
     two-duals launch): the first ``AMAX_PROGRAMS`` programs are :func:`_dual_amax_kernel`'s over ``x (M, N)``
     (jobs a row-wise, b column-wise), the rest its programs over ``w (P, Q)`` (jobs c, d), each writing what it
@@ -180,10 +182,10 @@ def _two_dual_amax_kernel(a_x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_pt
     pid = tl.program_id(0)
     if pid < _AMAX_PROGRAMS:
         _dual_amax_at(a_x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
-                      A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
+                      A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES, A_ROUND)
     else:
         _dual_amax_at(c_x_ptr, c_gamax_ptr, d_gamax_ptr, c_rht_key, d_rht_key, P, Q, pid - _AMAX_PROGRAMS, C_RHT,
-                      C_INV_SQRT, C_SIGN_MASK, D_RHT, D_INV_SQRT, D_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
+                      C_INV_SQRT, C_SIGN_MASK, D_RHT, D_INV_SQRT, D_SIGN_MASK, COLS, B, ROW_B, U, STAGES, C_ROUND)
 
 
 @triton.jit
@@ -194,7 +196,8 @@ def _dual_single_amax_kernel(x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_p
                              COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
                              STAGES: tl.constexpr, C_RHT: tl.constexpr, C_INV_SQRT: tl.constexpr,
                              C_SIGN_MASK: tl.constexpr, C_ROWWISE: tl.constexpr, C_U: tl.constexpr,
-                             C_B: tl.constexpr, C_COLS: tl.constexpr, C_PARTIAL: tl.constexpr):
+                             C_B: tl.constexpr, C_COLS: tl.constexpr, C_PARTIAL: tl.constexpr,
+                             ROUND: tl.constexpr = False, C_ROUND: tl.constexpr = False):
     """One tensor's dual pre-pass and a second tensor's single one in one launch (NVFP4's X and W before their
     dual-single launch, ``kernels.quantize_pair._quantize_dual_single_kernel``): the first ``AMAX_PROGRAMS``
     programs are :func:`_dual_amax_kernel`'s over ``x (M, N)`` (jobs a row-wise, b column-wise), the rest
@@ -202,10 +205,10 @@ def _dual_single_amax_kernel(x_ptr, c_x_ptr, a_gamax_ptr, b_gamax_ptr, c_gamax_p
     pid = tl.program_id(0)
     if pid < _AMAX_PROGRAMS:
         _dual_amax_at(x_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, M, N, pid, A_RHT, A_INV_SQRT,
-                      A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES)
+                      A_SIGN_MASK, B_RHT, B_INV_SQRT, B_SIGN_MASK, COLS, B, ROW_B, U, STAGES, ROUND)
     else:
         _amax_at(c_x_ptr, c_gamax_ptr, pid - _AMAX_PROGRAMS, c_O, c_L, c_s_page, c_s_o, c_s_l, c_pages, c_rht_key,
-                 C_RHT, C_INV_SQRT, C_SIGN_MASK, C_ROWWISE, C_U, C_B, C_COLS, C_PARTIAL)
+                 C_RHT, C_INV_SQRT, C_SIGN_MASK, C_ROWWISE, C_U, C_B, C_COLS, C_PARTIAL, C_ROUND)
 
 
 # ---- launches -------------------------------------------------------------------------------------------

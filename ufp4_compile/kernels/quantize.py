@@ -81,8 +81,10 @@ _VALUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 @triton.jit
 def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
              RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
-             U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
-    """Program ``pid`` of the global-amax pre-pass (:func:`_amax_kernel`).
+             U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr,
+             ROUND: tl.constexpr = False):
+    """Program ``pid`` of the global-amax pre-pass (:func:`_amax_kernel`; ``ROUND``: of an FP32 input rounded to
+    bf16 first, ``quantize_tile._loaded``).
 
     Its tiles are first read on the common path, without the RHT's guard and with NaN-propagating float
     maxima of ``|RHT(x)|``. Where every maximum is below 2**59 (:func:`_below_guard`: no NaN, no Inf, and
@@ -98,12 +100,12 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
     tiles = tiles_l * tiles_o * pages
     if pid < tiles:  # a program without tiles writes 0 (the interpreter runs every one of them)
         best = _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key, RHT,
-                            INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, False)
+                            INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, False, ROUND)
         if _below_guard(best):
             tl.store(gamax_ptr + pid, tl.max(best, axis=0).to(tl.int32, bitcast=True))
         else:
             exact = _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key, RHT,
-                                 INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, True)
+                                 INV_SQRT, SIGN_MASK, ROWWISE, U, B, COLS, PARTIAL, True, ROUND)
             tl.store(gamax_ptr + pid, tl.max(exact, axis=0))
     else:
         tl.store(gamax_ptr + pid, pid * 0)
@@ -112,7 +114,8 @@ def _amax_at(x_ptr, gamax_ptr, pid, O, L, s_page, s_o, s_l, pages, rht_key,
 @triton.jit
 def _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, s_l, rht_key,
                  RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
-                 U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr, EXACT: tl.constexpr):
+                 U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr, EXACT: tl.constexpr,
+                 ROUND: tl.constexpr = False):
     """:func:`_amax_at`'s read of its tiles, as per-column maxima (:func:`_column_max`: ``EXACT``, the
     guarded RHT and finite-only bits; else the common path, NaN-propagating float maxima)."""
     best = _column_max(tl.zeros((U, B), tl.float32), EXACT)  # zeros of the maxima's type
@@ -120,12 +123,12 @@ def _amax_maxima(x_ptr, pid, tiles, first, tiles_l, tiles_o, O, L, s_page, s_o, 
         page, l0, o0 = _amax_tile(t, first, tiles_l, tiles_o, U, B, ROWWISE)
         if EXACT:
             x, _ = _rotated_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, rht_key, RHT,
-                                 INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL)
+                                 INV_SQRT, SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL, ROUND=ROUND)
         else:
             x, _ = _load_tile(x_ptr, page, l0, o0, o0 + tl.arange(0, B), O, L, s_page, s_o, s_l, U, B, ROWWISE,
-                              COLS)
+                              COLS, ROUND=ROUND)
             if RHT > 0:
-                HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16  # x as loaded
+                HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16 or ROUND  # x as loaded
                 x = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK, HALF), x, l0, L, RHT,
                                   U, PARTIAL)
         best = _max_into(best, _column_max(x, EXACT), EXACT)
@@ -168,13 +171,14 @@ def _amax_tile(t, first, tiles_l, tiles_o, U: tl.constexpr, B: tl.constexpr, ROW
 @triton.jit
 def _amax_kernel(x_ptr, gamax_ptr, O, L, s_page, s_o, s_l, pages, rht_key,
                  RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
-                 U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr):
+                 U: tl.constexpr, B: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr,
+                 ROUND: tl.constexpr = False):
     """Max |RHT(x)| over the finite elements as int32 FP32 bits (numerics.quantize._finite_amax: NaN and +-Inf
     count as 0, so they poison only their own blocks): ``AMAX_PROGRAMS`` programs, program p takes the tiles
     p, p + AMAX_PROGRAMS, ... of the ``U x B`` tiling (its own ``B``, wider than the quantize kernel's) and
     writes its maximum to ``gamax_ptr[p]``."""
     _amax_at(x_ptr, gamax_ptr, tl.program_id(0), O, L, s_page, s_o, s_l, pages, rht_key, RHT, INV_SQRT, SIGN_MASK,
-             ROWWISE, U, B, COLS, PARTIAL)
+             ROWWISE, U, B, COLS, PARTIAL, ROUND)
 
 
 @triton.jit
@@ -197,14 +201,14 @@ def _quantize_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, se
                  ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                  WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                  PARTIAL: tl.constexpr, shift_ptr=None, shift_period=1, SHIFT: tl.constexpr = False,
-                 SINGLE: tl.constexpr = False):
+                 SINGLE: tl.constexpr = False, ROUND: tl.constexpr = False):
     """The tile at ``l0`` along the quantized axis and ``o0 .. o0 + B`` along the other (row-wise: the rows
     ``rows``, ``o0 + arange(B)`` or any others); ``first``: the program that writes the tensor scale;
     ``SHIFT``: of ``x - shift`` (:func:`_shifted`); ``SINGLE``: a program of a single (or pair) launch, not of
-    a dual one."""
+    a dual one; ``ROUND``: of an FP32 input rounded to bf16 first (``quantize_tile._loaded``)."""
     x, flat, amax = _rotated_blocks(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT, INV_SQRT,
                                     SIGN_MASK, U, B, ROWWISE, COLS, PARTIAL, BLOCK, BLOCK_2D, shift_ptr, shift_period,
-                                    SHIFT)
+                                    SHIFT, ROUND)
     NB: tl.constexpr = U // BLOCK
     g = 0.0
     if SCALE == 1:
@@ -304,7 +308,7 @@ def _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, see
                 RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, ROWWISE: tl.constexpr,
                 COLS: tl.constexpr, WRITE_CODES: tl.constexpr, WRITE_VALUES: tl.constexpr, ASM: tl.constexpr,
                 U: tl.constexpr, B: tl.constexpr, PARTIAL: tl.constexpr, shift_ptr=None, shift_period=1,
-                SHIFT: tl.constexpr = False):
+                SHIFT: tl.constexpr = False, ROUND: tl.constexpr = False):
     """The program at ``(pid_0, pid_1, page)`` of a quantize launch's grid: its tile, and the tensor scale
     written by the first program (:func:`_quantize_kernel`; the pair kernel's jobs)."""
     l0, o0 = _place(pid_0, pid_1, U, B, ROWWISE)
@@ -312,7 +316,7 @@ def _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, see
                  offset, rht_key, l0, o0, o0 + tl.arange(0, B), page, (pid_0 == 0) & (pid_1 == 0) & (page == 0),
                  GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK,
                  ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT,
-                 SINGLE=True)
+                 SINGLE=True, ROUND=ROUND)
 
 
 @triton.jit
@@ -323,7 +327,8 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                      Q_MAX: tl.constexpr, RHT: tl.constexpr, INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr,
                      ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
-                     PARTIAL: tl.constexpr, SHIFT: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr):
+                     PARTIAL: tl.constexpr, SHIFT: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr,
+                     ROUND: tl.constexpr = False):
     """``TILES > 1``: each program runs ``TILES`` consecutive tiles along grid axis 1 (the launch plan divides
     that axis by it), in a loop whose loads are software-pipelined ``STAGES`` deep (``tl.range``: the next
     tiles' loads go to shared memory while this one is computed). Each tile is computed as its own program
@@ -333,14 +338,14 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
         _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o, s_l,
                     offset, rht_key, tl.program_id(0), tl.program_id(1), tl.program_id(2), GRID, SCALE, BLOCK,
                     BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK, ROWWISE, COLS,
-                    WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT)
+                    WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period, SHIFT, ROUND)
     else:
         for i in tl.range(0, TILES, num_stages=STAGES):
             _program_at(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr, seed_ptr, O, L, s_page, s_o,
                         s_l, offset, rht_key, tl.program_id(0), tl.program_id(1) * TILES + i, tl.program_id(2), GRID,
                         SCALE, BLOCK, BLOCK_2D, STOCHASTIC, SR_GROUPED, E8M0_FLOOR, Q_MAX, RHT, INV_SQRT, SIGN_MASK,
                         ROWWISE, COLS, WRITE_CODES, WRITE_VALUES, ASM, U, B, PARTIAL, shift_ptr, shift_period,
-                        SHIFT)
+                        SHIFT, ROUND)
 
 
 # ---- launch plans --------------------------------------------------------------------------------------
@@ -568,23 +573,46 @@ def amax_launch(plan: LaunchPlan, x, gamax, key) -> tuple:
             {**amax_scalars(plan), "rht_key": key, **plan.amax_constexprs})
 
 
+def rounding_constexprs(kernel, tensors: dict, rounded) -> dict:
+    """The ``ROUND`` constexprs of a launch of ``kernel`` (one per input pointer: ``x_ptr``'s ``ROUND``,
+    ``a_x_ptr``'s ``A_ROUND``, ...), each True where ``tensors`` passes that pointer one of the tensors in
+    ``rounded`` (by identity: FP32 tensors that the launch rounds to bf16 as it loads them,
+    ``quantize_tile._loaded``, in place of their bf16 casts). All of them: Inductor's analysis of a launch
+    takes every argument of the kernel."""
+    return {input_constexpr(name): any(tensors.get(name) is r for r in rounded) for name in kernel.arg_names
+            if input_constexpr(name) is not None}
+
+
+def input_constexpr(name: str) -> str | None:
+    """The ``ROUND`` constexpr of a kernel's input pointer ``name`` (``x_ptr``: ``ROUND``, ``c_x_ptr``:
+    ``C_ROUND``), or None for another argument."""
+    if name == "x_ptr":
+        return "ROUND"
+    if len(name) == 7 and name[1:] == "_x_ptr":
+        return f"{name[0].upper()}_ROUND"
+    return None
+
+
 def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values, shift=None,
-            write_tensor_scale=True):
+            write_tensor_scale=True, rounded: bool = False):
     """Run the (pre-pass and) kernel; returns the tensor scale (``write_tensor_scale=False``: None, not written;
-    what the lowering does for a tensor scale nobody reads)."""
+    what the lowering does for a tensor scale nobody reads). ``rounded``: ``x`` is FP32 and the launch quantizes
+    ``x.to(torch.bfloat16)``, rounding it as it loads it (the lowering's folded casts; ``plan``, a bf16 one)."""
     device = x.device
     tensor_scale = torch.empty((), dtype=torch.float32, device=device) if write_tensor_scale else None
     seed_t = _seed_tensor(seed, device) if plan.constexprs["STOCHASTIC"] else None
     if plan.amax_constexprs is not None:
         gamax = torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=device)
         kernel, grid, num_warps, tensors, scalars = amax_launch(plan, x, gamax, rht_key(plan, rht_seed))
-        kernel[grid](**tensors, **scalars, num_warps=num_warps)
+        kernel[grid](**tensors, **scalars, **rounding_constexprs(kernel, tensors, [x] if rounded else []),
+                     num_warps=num_warps)
     else:
         gamax = None  # not read: one-level scales have no global amax
     _quantize_kernel[plan.grid](x, **output_pointers(codes, scales, values), ts_ptr=tensor_scale, gamax_ptr=gamax,
                                 seed_ptr=seed_t, shift_ptr=shift, **{k: plan.args[k] for k in PLAN_SCALARS},
                                 offset=int(offset), rht_key=rht_key(plan, rht_seed),
-                                shift_period=plan.args["shift_period"], **plan.constexprs, num_warps=plan.num_warps)
+                                shift_period=plan.args["shift_period"], **plan.constexprs, ROUND=rounded,
+                                num_warps=plan.num_warps)
     return tensor_scale
 
 

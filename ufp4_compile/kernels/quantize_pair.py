@@ -51,13 +51,14 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                           B_SR_GROUPED: tl.constexpr, B_ROWWISE: tl.constexpr, B_COLS: tl.constexpr,
                           B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, B_U: tl.constexpr,
                           B_B: tl.constexpr, B_PARTIAL: tl.constexpr, A_SHIFT: tl.constexpr,
-                          B_SHIFT: tl.constexpr):
+                          B_SHIFT: tl.constexpr, A_ROUND: tl.constexpr = False, B_ROUND: tl.constexpr = False):
     """Two quantizations in one launch (one format; each its own input, RHT, seeds, axis and outputs):
     the first ``a_g0 * a_g1 * a_g2`` programs are job a's grid, the rest job b's, each in the grid order of
     its own launch. A launch fewer per pair: the default mode of a training step is bound by the host's time
     per launch. Each program runs exactly the tile it runs in its own launch, so the bits are. The two jobs
     share one register allocation: two row-wise (or two column-wise) jobs keep a single launch's occupancy,
-    a row-wise and a column-wise one take the larger tile's registers for both."""
+    a row-wise and a column-wise one take the larger tile's registers for both. ``A_ROUND``, ``B_ROUND``: the
+    job's input is FP32, rounded to bf16 first (``quantize_tile._loaded``)."""
     pid = tl.program_id(0)
     n_a = a_g0 * a_g1 * a_g2
     if pid < n_a:
@@ -65,14 +66,14 @@ def _quantize_pair_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                     a_s_page, a_s_o, a_s_l, a_offset, a_rht_key, pid % a_g0, (pid // a_g0) % a_g1,
                     pid // (a_g0 * a_g1), GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, A_SR_GROUPED, E8M0_FLOOR, Q_MAX,
                     A_RHT, A_INV_SQRT, A_SIGN_MASK, A_ROWWISE, A_COLS, A_WRITE_CODES, A_WRITE_VALUES, ASM, A_U, A_B,
-                    A_PARTIAL, a_shift_ptr, a_shift_period, A_SHIFT)
+                    A_PARTIAL, a_shift_ptr, a_shift_period, A_SHIFT, A_ROUND)
     else:
         q = pid - n_a
         _program_at(b_x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, b_O, b_L,
                     b_s_page, b_s_o, b_s_l, b_offset, b_rht_key, q % b_g0, (q // b_g0) % b_g1, q // (b_g0 * b_g1),
                     GRID, SCALE, BLOCK, BLOCK_2D, STOCHASTIC, B_SR_GROUPED, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT,
                     B_SIGN_MASK, B_ROWWISE, B_COLS, B_WRITE_CODES, B_WRITE_VALUES, ASM, B_U, B_B, B_PARTIAL,
-                    b_shift_ptr, b_shift_period, B_SHIFT)
+                    b_shift_ptr, b_shift_period, B_SHIFT, B_ROUND)
 
 
 @triton.jit
@@ -85,11 +86,13 @@ def _dual_at(x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key,
              A_WRITE_CODES: tl.constexpr, A_WRITE_VALUES: tl.constexpr,
              B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
              B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
-             B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr, a_shift_ptr, A_SHIFT: tl.constexpr):
+             B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr, a_shift_ptr, A_SHIFT: tl.constexpr,
+             ROUND: tl.constexpr = False):
     """The program at ``(pid_n, pid_m)`` of :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``: rows
     ``U pid_m ..`` (``U``: both jobs' block and RHT group span, 16 or 32) x columns ``B pid_n ..``.
     ``A_SHIFT``: the row-wise job quantizes ``x - shift`` (``a_shift_ptr``, one FP32 value per column: a mean
-    split's residual, as the single launch subtracts it); the column-wise job reads ``x`` as it is."""
+    split's residual, as the single launch subtracts it); the column-wise job reads ``x`` as it is. ``ROUND``:
+    ``x`` is FP32, both jobs round it to bf16 first (``quantize_tile._loaded``)."""
     zero = pid_m * 0  # the page (a tensor: the tile code converts it)
     first = (pid_n == 0) & (pid_m == 0)
     SEGS: tl.constexpr = B // U  # row segments per tile row
@@ -101,11 +104,12 @@ def _dual_at(x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key,
         _quantize_at(x_ptr, a_codes_ptr, a_scales_ptr, a_values_ptr, a_ts_ptr, a_gamax_ptr, a_seed_ptr, segments,
                      U, 0, U, 1, a_offset, a_rht_key, 0, 0, rows, zero, first & (zero + h == 0), GRID, SCALE,
                      BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, A_RHT, A_INV_SQRT, A_SIGN_MASK, True, COLS,
-                     A_WRITE_CODES, A_WRITE_VALUES, ASM, U, ROW_B, False, a_shift_ptr, N // U, A_SHIFT)
+                     A_WRITE_CODES, A_WRITE_VALUES, ASM, U, ROW_B, False, a_shift_ptr, N // U, A_SHIFT,
+                     ROUND=ROUND)
     _quantize_at(x_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, b_gamax_ptr, b_seed_ptr, N, M, 0, 1, N,
                  b_offset, b_rht_key, pid_m * U, pid_n * B, pid_n * B + tl.arange(0, B), zero, first, GRID, SCALE,
                  BLOCK, False, STOCHASTIC, True, E8M0_FLOOR, Q_MAX, B_RHT, B_INV_SQRT, B_SIGN_MASK, False, COLS,
-                 B_WRITE_CODES, B_WRITE_VALUES, ASM, U, B, False)
+                 B_WRITE_CODES, B_WRITE_VALUES, ASM, U, B, False, ROUND=ROUND)
 
 
 @triton.jit
@@ -119,7 +123,8 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
                           B_RHT: tl.constexpr, B_INV_SQRT: tl.constexpr, B_SIGN_MASK: tl.constexpr,
                           B_WRITE_CODES: tl.constexpr, B_WRITE_VALUES: tl.constexpr, COLS: tl.constexpr,
                           B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr, a_shift_ptr=None,
-                          A_SHIFT: tl.constexpr = False):
+                          A_SHIFT: tl.constexpr = False, A_ROUND: tl.constexpr = False,
+                          B_ROUND: tl.constexpr = False):
     """One 2-D tensor ``x (M, N)``'s row-wise quantization (job a, of ``x - shift`` where ``A_SHIFT``) and
     column-wise one (job b), each with its own RHT, from one read of it, in the column-wise launch's grid
     ``(cdiv(N, B), M // U)``. A program takes rows ``U pid_m ..`` x columns ``B pid_n ..`` (``U``: the jobs'
@@ -128,12 +133,13 @@ def _quantize_dual_kernel(a_x_ptr, b_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr,
     whose load finds the tile in the cache. Each element goes through the code of its own
     launch: the bits are the two single launches'. The arguments are :func:`_quantize_pair_kernel`'s
     (``b_x_ptr`` is ``a_x_ptr``) with ``M, N`` for the sizes; a launcher whose first
-    job is the column-wise one passes each job's arguments under the other's prefix (``PairLaunch.prefixes``)."""
+    job is the column-wise one passes each job's arguments under the other's prefix (``PairLaunch.prefixes``).
+    ``A_ROUND`` (``B_ROUND``, the same tensor's): ``x`` is FP32, rounded to bf16 first."""
     _dual_at(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, a_codes_ptr,
              a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N, a_offset,
              b_offset, tl.program_id(0), tl.program_id(1), GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR, Q_MAX, ASM,
              A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT, B_SIGN_MASK,
-             B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT)
+             B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT, A_ROUND or B_ROUND)
 
 
 @triton.jit
@@ -158,27 +164,29 @@ def _quantize_two_duals_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_seed_
                                D_WRITE_CODES: tl.constexpr, D_WRITE_VALUES: tl.constexpr,
                                COLS: tl.constexpr, B: tl.constexpr, ROW_B: tl.constexpr, U: tl.constexpr,
                                a_shift_ptr=None, c_shift_ptr=None, A_SHIFT: tl.constexpr = False,
-                               C_SHIFT: tl.constexpr = False):
+                               C_SHIFT: tl.constexpr = False, A_ROUND: tl.constexpr = False,
+                               C_ROUND: tl.constexpr = False):
     """Two tensors' dual launches in one (X's and W's in the forward, one format, one tile; a row-wise job
     of either may take a shift, as in :func:`_quantize_dual_kernel`): the first
     ``n_first = g_first * (M // U)`` programs are :func:`_quantize_dual_kernel`'s grid over ``x (M, N)``
     (jobs a row-wise, b column-wise), the rest its grid over ``w (P, Q)`` (jobs c row-wise, d column-wise),
     each program exactly the tile it runs in its own launch, so the bits are. A launch fewer per pair of
-    duals: the default mode of a training step waits on the host's time per launch."""
+    duals: the default mode of a training step waits on the host's time per launch. ``A_ROUND``, ``C_ROUND``:
+    that tensor is FP32, rounded to bf16 first (W's FP32 master copy in place of its bf16 cast)."""
     pid = tl.program_id(0)
     if pid < n_first:
         _dual_at(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, a_codes_ptr,
                  a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
                  a_offset, b_offset, pid % g_first, pid // g_first, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
-                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT)
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT, A_ROUND)
     else:
         q = pid - n_first
         _dual_at(c_x_ptr, c_seed_ptr, d_seed_ptr, c_gamax_ptr, d_gamax_ptr, c_rht_key, d_rht_key, c_codes_ptr,
                  c_scales_ptr, c_values_ptr, c_ts_ptr, d_codes_ptr, d_scales_ptr, d_values_ptr, d_ts_ptr, P, Q,
                  c_offset, d_offset, q % g_second, q // g_second, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, C_RHT, C_INV_SQRT, C_SIGN_MASK, C_WRITE_CODES, C_WRITE_VALUES, D_RHT, D_INV_SQRT,
-                 D_SIGN_MASK, D_WRITE_CODES, D_WRITE_VALUES, COLS, B, ROW_B, U, c_shift_ptr, C_SHIFT)
+                 D_SIGN_MASK, D_WRITE_CODES, D_WRITE_VALUES, COLS, B, ROW_B, U, c_shift_ptr, C_SHIFT, C_ROUND)
 
 
 @triton.jit
@@ -201,7 +209,8 @@ def _quantize_dual_single_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_see
                                  C_INV_SQRT: tl.constexpr, C_SIGN_MASK: tl.constexpr, C_ROWWISE: tl.constexpr,
                                  C_COLS: tl.constexpr, C_WRITE_CODES: tl.constexpr, C_WRITE_VALUES: tl.constexpr,
                                  C_U: tl.constexpr, C_B: tl.constexpr, C_PARTIAL: tl.constexpr,
-                                 a_shift_ptr=None, A_SHIFT: tl.constexpr = False):
+                                 a_shift_ptr=None, A_SHIFT: tl.constexpr = False, A_ROUND: tl.constexpr = False,
+                                 C_ROUND: tl.constexpr = False):
     """One tensor's dual launch and a second tensor's single quantize launch in one (a linear layer's forward
     under NVFP4: X's two quantizations, and W's one launch that writes its column-wise codes and its row-wise
     values from 16 x 16 blocks): the first ``n_first = g_first * (M // U)`` programs are
@@ -209,20 +218,22 @@ def _quantize_dual_single_kernel(a_x_ptr, c_x_ptr, a_seed_ptr, b_seed_ptr, c_see
     own launch grid (``c_g0 x c_g1`` tiles a page; ``kernels.quantize._quantize_kernel``'s programs at the tile
     its plan has, :func:`dual_single_tile`, and ``C_BLOCK_2D``), each program exactly the tile it runs in its own
     launch of that plan, so the bits are (a quantize tile changes no bit). A launch fewer per linear layer's
-    forward: the default mode of a training step waits on the host's time per launch."""
+    forward: the default mode of a training step waits on the host's time per launch. ``A_ROUND``,
+    ``C_ROUND``: that tensor is FP32, rounded to bf16 first."""
     pid = tl.program_id(0)
     if pid < n_first:
         _dual_at(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_ptr, b_gamax_ptr, a_rht_key, b_rht_key, a_codes_ptr,
                  a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
                  a_offset, b_offset, pid % g_first, pid // g_first, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
-                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT)
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT, A_ROUND)
     else:
         q = pid - n_first
         _program_at(c_x_ptr, c_codes_ptr, c_scales_ptr, c_values_ptr, c_ts_ptr, c_gamax_ptr, c_seed_ptr, c_O, c_L,
                     c_s_page, c_s_o, c_s_l, c_offset, c_rht_key, q % c_g0, (q // c_g0) % c_g1, q // (c_g0 * c_g1),
                     GRID, SCALE, BLOCK, C_BLOCK_2D, STOCHASTIC, C_SR_GROUPED, E8M0_FLOOR, Q_MAX, C_RHT, C_INV_SQRT,
-                    C_SIGN_MASK, C_ROWWISE, C_COLS, C_WRITE_CODES, C_WRITE_VALUES, ASM, C_U, C_B, C_PARTIAL)
+                    C_SIGN_MASK, C_ROWWISE, C_COLS, C_WRITE_CODES, C_WRITE_VALUES, ASM, C_U, C_B, C_PARTIAL,
+                    ROUND=C_ROUND)
 
 
 @triton.jit
@@ -247,7 +258,8 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
                                      C_BLOCK_L2: tl.constexpr,
                                      D_GRID: tl.constexpr, D_SCALE: tl.constexpr, D_BLOCK: tl.constexpr,
                                      D_APPLY_TS: tl.constexpr, D_ROWWISE: tl.constexpr, D_BLOCK_O: tl.constexpr,
-                                     D_BLOCK_L2: tl.constexpr, a_shift_ptr=None, A_SHIFT: tl.constexpr = False):
+                                     D_BLOCK_L2: tl.constexpr, a_shift_ptr=None, A_SHIFT: tl.constexpr = False,
+                                     A_ROUND: tl.constexpr = False):
     """One tensor's dual launch and two dequantizations in one (a linear layer's backward: dY's row-wise (less
     a shift where ``A_SHIFT``, as in :func:`_quantize_dual_kernel`) and column-wise quantizations, and the
     dequantizations of the saved codes of W and X beside them): the first
@@ -262,7 +274,7 @@ def _quantize_dual_dequantize_kernel(a_x_ptr, a_seed_ptr, b_seed_ptr, a_gamax_pt
                  a_scales_ptr, a_values_ptr, a_ts_ptr, b_codes_ptr, b_scales_ptr, b_values_ptr, b_ts_ptr, M, N,
                  a_offset, b_offset, pid % g_dual, pid // g_dual, GRID, SCALE, BLOCK, STOCHASTIC, E8M0_FLOOR,
                  Q_MAX, ASM, A_RHT, A_INV_SQRT, A_SIGN_MASK, A_WRITE_CODES, A_WRITE_VALUES, B_RHT, B_INV_SQRT,
-                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT)
+                 B_SIGN_MASK, B_WRITE_CODES, B_WRITE_VALUES, COLS, B, ROW_B, U, a_shift_ptr, A_SHIFT, A_ROUND)
     elif pid < n_dual + n_c:
         q = pid - n_dual
         _dequantize_tile(c_codes_ptr, c_scales_ptr, c_ts_ptr, c_out_ptr, c_O, c_L2, c_s_page, c_s_o, c_s_l,

@@ -20,7 +20,8 @@ from ufp4_compile.kernels.common import format_constants
 from ufp4_compile.kernels.prepass import prepass_launches
 from ufp4_compile.kernels.quantize import (_SCALE_POINTERS, _VALUE_DTYPES, _VARIANT_SIZE, AMAX_PROGRAMS, _launch,
                                            _seed_tensor, eager_outputs, kernel_takes_shift, launch_plan, plan_for,
-                                           quantize, quantize_dequantize, rht_key, unused_pointers)
+                                           quantize, quantize_dequantize, rht_key, rounding_constexprs,
+                                           unused_pointers)
 from ufp4_compile.kernels.quantize_pair import (PairLaunch, _quantize_dual_dequantize_kernel, _quantize_dual_kernel,
                                                 _quantize_dual_single_kernel, _quantize_pair_kernel,
                                                 _quantize_two_duals_kernel, dual_dequantize_elements,
@@ -97,18 +98,19 @@ def quantize_pair(x: torch.Tensor, fmt: OperandFormat | str, rht: int | tuple, r
     return _run(launch, plans, inputs, jobs, shifts=shifts)
 
 
-def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shifts: tuple | None = None
-         ) -> list[tuple]:
+def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shifts: tuple | None = None,
+         rounded: tuple = ()) -> list[tuple]:
     """Allocate the jobs' outputs, run their global-amax pre-passes (two-level scales, two a launch) and
     ``launch`` (with ``extra`` arguments: other jobs' tensors); each job's result (``quantize``'s or
-    ``quantize_dequantize``'s), in the order of ``plans``."""
+    ``quantize_dequantize``'s), in the order of ``plans``. ``rounded``: FP32 inputs that the launches round to
+    bf16 as they load them (``kernels.quantize.rounding_constexprs``; the plans, bf16 ones)."""
     shifts = shifts or (None,) * len(plans)  # each job's shift, contiguous (_checked_shifts)
     partials = [torch.empty(AMAX_PROGRAMS, dtype=torch.int32, device=t.device)  # every program writes its slot
                 if plan.amax_constexprs is not None else None for plan, (t, _, _) in zip(plans, inputs)]
     keys = [rht_key(plan, r) for plan, (_, r, _) in zip(plans, inputs)]
     for kernel, grid, num_warps, tensors, scalars in prepass_launches(one_read_shapes(launch), plans,
                                                                       [t for t, _, _ in inputs], partials, keys):
-        kernel[grid](**tensors, **scalars, num_warps=num_warps)
+        kernel[grid](**tensors, **scalars, **rounding_constexprs(kernel, tensors, rounded), num_warps=num_warps)
     outputs, kwargs = [], {}
     for p, plan, (t, _, s), (_, offset, dtype), gamax, key, shift in zip(launch.prefixes, plans, inputs, jobs,
                                                                           partials, keys, shifts):
@@ -118,6 +120,7 @@ def _run(launch: PairLaunch, plans, inputs, jobs, extra: dict | None = None, shi
         kwargs.update(job_pointers(launch, p, plan, t, written, gamax, seed_t, shift),
                       **{f"{p}_offset": int(offset), f"{p}_rht_key": key})
     launch.kernel[launch.grid](**{**kwargs, **(extra or {})}, **launch.scalars, **launch.constexprs,
+                               **rounding_constexprs(launch.kernel, kwargs, rounded),
                                num_warps=launch.num_warps)  # extra may fill a pointer the job left None
     return outputs
 

@@ -96,16 +96,26 @@ def _shifted(x, mask, o, l, L, shift_ptr, shift_period, SHIFT: tl.constexpr):
 
 
 @triton.jit
+def _loaded(x, ROUND: tl.constexpr):
+    """Loaded input elements as FP32. ``ROUND``: an FP32 input rounded to bfloat16 first (round to nearest
+    even, what ``x.to(torch.bfloat16)`` gives): a launch that reads a bf16 cast's FP32 source in its place (the
+    lowering's folded weight casts, docs/kernels.md) quantizes the cast's values."""
+    if ROUND:
+        x = x.to(tl.bfloat16)
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _chunk(x_ptr, c: tl.constexpr, l0, rows, O, L, s_o, s_l, shift_ptr=None, shift_period=1,
-           SHIFT: tl.constexpr = False):
+           SHIFT: tl.constexpr = False, ROUND: tl.constexpr = False):
     """Row-wise: elements ``l0 + 8c .. l0 + 8c + 8`` of the rows ``rows`` (``(B,)``: ``o0 .. o0 + B``, or
     any row indices; one ``>= O`` is masked out) as ``(B, 8)`` (one 16-byte vector per thread for bf16), with
-    their row-major flat indices; less ``shift`` along the row where ``SHIFT``."""
+    their row-major flat indices; less ``shift`` along the row where ``SHIFT``; ``ROUND``: see :func:`_loaded`."""
     o = rows[:, None]
     l = l0 + c * 8 + tl.arange(0, 8)[None, :]
     mask = (o < O) & (l < L)
-    x = tl.load(x_ptr + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask, other=0.0)
-    return _shifted(x.to(tl.float32), mask, o, l, L, shift_ptr, shift_period, SHIFT), o.to(tl.int64) * L + l
+    x = _loaded(tl.load(x_ptr + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask, other=0.0), ROUND)
+    return _shifted(x, mask, o, l, L, shift_ptr, shift_period, SHIFT), o.to(tl.int64) * L + l
 
 
 @triton.jit
@@ -153,26 +163,27 @@ def _store_chunks(ptr, v, l0, rows, O, L, U: tl.constexpr, B: tl.constexpr, PART
 @triton.jit
 def _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U: tl.constexpr, B: tl.constexpr,
                ROWWISE: tl.constexpr, COLS: tl.constexpr, shift_ptr=None, shift_period=1,
-               SHIFT: tl.constexpr = False):
+               SHIFT: tl.constexpr = False, ROUND: tl.constexpr = False):
     """The FP32 tile ``x[page, l0 + i, o0 + j]`` as ``(U, B)`` (zeros outside) and each element's index in the
     axis-last order (``x[page, o, l]`` flattened; stochastic rounding's counter). Row-wise with U = 16 or 32,
     ``rows`` (``(B,)``) names the tile's rows, ``o0 .. o0 + B`` or any others (``kernels.quantize_pair``'s dual
-    kernel). ``SHIFT``: less ``shift`` (:func:`_shifted`)."""
+    kernel). ``SHIFT``: less ``shift`` (:func:`_shifted`); ``ROUND``: an FP32 input rounded to bf16 first
+    (:func:`_loaded`)."""
     if ROWWISE and (U == 16 or U == 32):
-        c0, f0 = _chunk(x_ptr, 0, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT)
-        c1, f1 = _chunk(x_ptr, 1, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT)
+        c0, f0 = _chunk(x_ptr, 0, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT, ROUND)
+        c1, f1 = _chunk(x_ptr, 1, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT, ROUND)
         c2, f2 = c0, f0
         c3, f3 = c1, f1
         if U == 32:
-            c2, f2 = _chunk(x_ptr, 2, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT)
-            c3, f3 = _chunk(x_ptr, 3, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT)
+            c2, f2 = _chunk(x_ptr, 2, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT, ROUND)
+            c3, f3 = _chunk(x_ptr, 3, l0, rows, O, L, s_o, s_l, shift_ptr, shift_period, SHIFT, ROUND)
         x = _join_chunks(c0, c1, c2, c3, U, B)
         flat = _join_chunks(f0, f1, f2, f3, U, B)
     else:
         l, o = _tile_index(l0, o0, U, B, ROWWISE, COLS)
         mask = (l < L) & (o < O)
-        t = tl.load(x_ptr + page.to(tl.int64) * s_page + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l, mask=mask,
-                    other=0.0).to(tl.float32)
+        t = _loaded(tl.load(x_ptr + page.to(tl.int64) * s_page + o.to(tl.int64) * s_o + l.to(tl.int64) * s_l,
+                            mask=mask, other=0.0), ROUND)
         t = _shifted(t, mask, o, l, L, shift_ptr, shift_period, SHIFT)
         if ROWWISE:
             f = o.to(tl.int64) * L + l
@@ -282,14 +293,15 @@ def _rht_known(x, small, rht_key, U: tl.constexpr, B: tl.constexpr, R: tl.conste
 def _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT: tl.constexpr,
                   INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                   ROWWISE: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr, shift_ptr=None,
-                  shift_period=1, SHIFT: tl.constexpr = False):
+                  shift_period=1, SHIFT: tl.constexpr = False, ROUND: tl.constexpr = False):
     """The loaded tile (less the shift where ``SHIFT``), rotated when ``RHT``; ``PARTIAL`` (L is not a multiple
     of U): rows of a group that ends past ``L`` keep their loaded values (a trailing partial group is not
     rotated; padding is zeros)."""
     x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS, shift_ptr,
-                         shift_period, SHIFT)
+                         shift_period, SHIFT, ROUND)
     if RHT > 0:
-        HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16 and not SHIFT  # x as loaded
+        # x as loaded holds bf16 or fp16 values: a 16-bit input, or an FP32 one rounded to bf16
+        HALF: tl.constexpr = (x_ptr.dtype.element_ty.primitive_bitwidth == 16 or ROUND) and not SHIFT
         x = _whole_groups(_rht(x, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK, HALF), x, l0, L, RHT, U, PARTIAL)
     return x, flat
 
@@ -298,7 +310,8 @@ def _rotated_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RH
 def _rotated_blocks(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, RHT: tl.constexpr,
                     INV_SQRT: tl.constexpr, SIGN_MASK: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                     ROWWISE: tl.constexpr, COLS: tl.constexpr, PARTIAL: tl.constexpr, BLOCK: tl.constexpr,
-                    BLOCK_2D: tl.constexpr, shift_ptr=None, shift_period=1, SHIFT: tl.constexpr = False):
+                    BLOCK_2D: tl.constexpr, shift_ptr=None, shift_period=1, SHIFT: tl.constexpr = False,
+                    ROUND: tl.constexpr = False):
     """:func:`_rotated_tile` and its block amax (:func:`_block_amax`), as (tile, flat indices, amax).
 
     With an RHT, the tile is rotated on the common path first and the guard decided afterwards, from the
@@ -308,16 +321,17 @@ def _rotated_blocks(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, rht_key, 
     common path's values are the guarded path's there. Any other tile is rotated again through the guard
     (:func:`_rht_known`), as before: the same bits either way."""
     x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS, shift_ptr,
-                         shift_period, SHIFT)
+                         shift_period, SHIFT, ROUND)
     if RHT > 0:
-        HALF: tl.constexpr = x_ptr.dtype.element_ty.primitive_bitwidth == 16 and not SHIFT  # x as loaded
+        # x as loaded holds bf16 or fp16 values: a 16-bit input, or an FP32 one rounded to bf16
+        HALF: tl.constexpr = (x_ptr.dtype.element_ty.primitive_bitwidth == 16 or ROUND) and not SHIFT
         rotated = _whole_groups(_rht_known(x, True, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK, HALF), x, l0, L,
                                 RHT, U, PARTIAL)
         amax = _block_amax(rotated, U, B, BLOCK, BLOCK_2D)
         if tl.max(tl.max(amax.to(tl.int32, bitcast=True), axis=1), axis=0) >= _GUARD_AFTER_BITS:
             # read again rather than held: the loaded tile's registers are free once it is rotated
             x, flat = _load_tile(x_ptr, page, l0, o0, rows, O, L, s_page, s_o, s_l, U, B, ROWWISE, COLS, shift_ptr,
-                                 shift_period, SHIFT)
+                                 shift_period, SHIFT, ROUND)
             rotated = _whole_groups(_rht_known(x, False, rht_key, U, B, RHT, INV_SQRT, SIGN_MASK), x, l0, L, RHT,
                                     U, PARTIAL)
             amax = _block_amax(rotated, U, B, BLOCK, BLOCK_2D)

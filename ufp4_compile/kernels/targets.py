@@ -72,10 +72,14 @@ class KernelVariant:
 
     @classmethod
     def build(cls, name: str, recipe: str, fn, types: dict[str, str], constexprs: dict[str, Any], **kwargs):
-        """A variant whose signature is ``types`` plus ``"constexpr"`` for every key of ``constexprs``."""
+        """A variant whose signature is ``types`` plus ``"constexpr"`` for every key of ``constexprs`` (and for
+        a constexpr with a default that ``constexprs`` leaves out: its default, as an eager launch takes it)."""
         arg_names = list(fn.arg_names)
-        signature = {}
+        defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
+        signature, constexprs = {}, dict(constexprs)
         for arg in arg_names:
+            if arg not in constexprs and arg not in types and arg in defaults:
+                constexprs[arg] = defaults[arg]
             if arg in constexprs:
                 signature[arg] = "constexpr"
             elif arg in types:
