@@ -60,7 +60,8 @@ TARGETS = {name: {"step_time": step, "peak_memory": 0.90, "compile_time": 2.0}
 VARIANT_KINDS = ("inductor", "eager", "ufp4", "qdq", "inductor-cg", "ufp4-cg", "qdq-cg", "inductor-cpp", "ufp4-cpp",
                  "ufp4-pylaunch", "ufp4-nopairs", "ufp4-nopairs-cg", "ufp4-sameaxis",
                  "ufp4-sameaxis-cg", "ufp4-nodual", "ufp4-nodual-cg", "ufp4-duallast", "ufp4-duallast-cg",
-                 "ufp4-singleduals", "ufp4-singleduals-cg", "ufp4-deqapart", "ufp4-deqapart-cg")  # run order: each baseline before its rows
+                 "ufp4-singleduals", "ufp4-singleduals-cg", "ufp4-deqapart", "ufp4-deqapart-cg", "ufp4-nofold",
+                 "ufp4-nofold-cg")  # run order: each baseline before its rows
 CUDAGRAPH_BASELINE = "bf16-inductor-cg"
 
 
@@ -86,7 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "ufp4-singleduals / ufp4-singleduals-cg (each tensor's dual launch its own: "
                         "pair_launches(two_duals=False); the default runs a linear layer's X and W duals as one), "
                         "ufp4-deqapart / ufp4-deqapart-cg (the backward's dequantizations in launches of their own: "
-                        "pair_launches(dual_dequantize=False); the default runs them in dY's dual launch) "
+                        "pair_launches(dual_dequantize=False); the default runs them in dY's dual launch), "
+                        "ufp4-nofold / ufp4-nofold-cg (each weight's bf16 cast computed by Inductor and read by the "
+                        "quantize launches: kernel_calls.fold_casts(False); the default folds it into them) "
                         "to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
@@ -579,7 +582,8 @@ def main(argv=None) -> int:
                                                 dual={"-duallast": "last", "-nodual": False}.get(
                                                     re.sub(r"^ufp4|-cg$", "", kind), "first"),
                                                 two_duals="-singleduals" not in kind,
-                                                dual_dequantize="-deqapart" not in kind):
+                                                dual_dequantize="-deqapart" not in kind), \
+                        kernel_calls.fold_casts("-nofold" not in kind):
                     rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})

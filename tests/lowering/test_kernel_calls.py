@@ -371,3 +371,43 @@ def test_dense_default_equals_codes_path_on_cuda(recipe):
         matmul.allow_bf16_reduced_precision_reduction = saved
     for codes_path, dense_path in zip(*results):
         torch.testing.assert_close(dense_path, codes_path, rtol=0, atol=0)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("recipe", ["ufp4", "nvfp4", "ufp4-nv", "mxfp4", "ufp4-mean"])
+def test_folded_weight_casts_give_the_casts_bits(recipe):
+    """A training step under autocast with each weight's bf16 cast folded into the launches that quantize it
+    (the default: they read the FP32 weight and round it as they load it) against the same step with
+    fold_casts(False) (Inductor computes each cast, the launches read it): the same output and gradients, bit
+    for bit; the folded forward sets a ROUND constexpr, launches fewer Inductor kernels, and the other none."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from ufp4_compile.backend import make_backend
+    from ufp4_compile.lowering import kernel_calls
+
+    results, codes = [], []
+    for fold in (True, False):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = MLP(256, 512).cuda()
+        x = torch.randn(4, 64, 256, device="cuda", requires_grad=True)
+        backend = make_backend({"recipe": recipe, "sr_seed_policy": "fixed"})
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = torch.compile(model, backend=backend, fullgraph=True)(x)
+            out.float().square().sum().backward()
+            return out
+
+        with kernel_calls.fold_casts(fold), config.patch(force_disable_caches=True):
+            out, code = run_and_get_code(step)
+        codes.append("\n".join(code))
+        results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
+    rounds = [len(re.findall(r"'[A-Z]?_?ROUND': True", code)) for code in codes]
+    inductor = [_launches("triton_", code) for code in codes]
+    assert rounds[0] > 0 and rounds[1] == 0
+    assert inductor[0] < inductor[1], inductor
+    for folded, cast in zip(*results):
+        torch.testing.assert_close(folded, cast, rtol=0, atol=0)

@@ -372,6 +372,37 @@ def _unit_fill_check() -> dict:
     return out
 
 
+def _folded_cast_check() -> dict:
+    """A linear layer's forward as the pass writes it under autocast: X (bf16) and W's bf16 cast of its FP32
+    master copy (a graph input), each quantized row-wise and column-wise. Per format and case (the cast read
+    by the quantizations only; the cast also returned): the wrapper's launches, whether the cast was computed,
+    and the ``ROUND`` constexprs the launches' definitions carry."""
+    from ufp4_compile import lowering
+    from ufp4_compile.lowering import kernel_calls
+    from ufp4_compile.testing.fake_cuda import wrapper_code
+
+    lowering.register()
+    out = {}
+    for spec in ("int4/16/fp32/nearest", "int4/16/e4m3/nearest"):
+        for returned in (False, True):
+            def f(x, w, seed):
+                wc = torch.ops.prims.convert_element_type(w, torch.bfloat16)
+                outs = [torch.ops.ufp4.quantize_dequantize(x, 1, spec, 16, 3, seed, 0, torch.bfloat16)[0],
+                        *torch.ops.ufp4.quantize(x, 0, spec, 16, 3, seed, 1 << 32)[:2],
+                        *torch.ops.ufp4.quantize(wc, 0, spec, 16, 5, seed, 7)[:2],
+                        torch.ops.ufp4.quantize_dequantize(wc, 1, spec, 16, 5, seed, 3, torch.bfloat16)[0]]
+                return outs + [wc] if returned else outs
+
+            code = wrapper_code(f, ((256, 512), torch.bfloat16), ((128, 512), torch.float32), ((), torch.int64))
+            body = code[code.index("def call("):]
+            out[f"{spec}/{int(returned)}"] = dict(
+                launches=[re.sub(r"_\d+$", "", n) for n in re.findall(r"(\w+)\.run\(", body)],
+                rounds=sorted(set(re.findall(r"'([A-Z]?_?ROUND)': True", code))),
+                w_read=[line.strip().split("(")[0] for line in body.splitlines()
+                        if ".run(" in line and re.search(r"\bw_1\b", line)])
+    return out
+
+
 def _definitions(code: str) -> tuple[dict, list]:
     """A wrapper's definitions of our kernels (name -> source, Inductor's ``kernel_name`` entry taken out) and
     its launches of them (names, in order)."""
@@ -437,6 +468,7 @@ if __name__ == "__main__":
     out["constant_scalars"] = _compile_with_constant_scalars()
     out["access_memo"] = _memoized_analysis_check()
     out["source_memo"] = _source_memo_check()
+    out["folded_cast"] = _folded_cast_check()
     print(json.dumps(out))
 
 
@@ -700,3 +732,19 @@ def test_a_tensor_scale_reaches_the_user_by_a_visible_output_or_a_view(returns, 
     node = next(n for n in gm.graph.nodes if n.target is torch.ops.ufp4.quantize.default)
     assert kernel_calls._tensor_scale_returned(node) is expected
     assert kernel_calls._tensor_scale_returned(None)  # unknown: kept
+
+
+def test_a_weight_cast_read_only_by_quantizations_is_folded_into_their_launches(wrappers):
+    """W's bf16 cast of its FP32 master copy, read by its two quantizations only: no cast kernel and no bf16
+    copy; the launches (the two-duals launch, and for E4M3 scales the pre-pass before it) read the FP32 input
+    and round it as they load it (``C_ROUND``, W's jobs; X's stay unrounded). Where the cast has another reader
+    (here: returned), it is computed as before and the launches read it, unrounded."""
+    folded = wrappers["folded_cast"]
+    for spec, prepass in (("int4/16/fp32/nearest", []), ("int4/16/e4m3/nearest", ["_two_dual_amax_kernel"])):
+        alone, kept = folded[f"{spec}/0"], folded[f"{spec}/1"]
+        assert alone["launches"] == [*prepass, "_quantize_two_duals_kernel"]
+        assert [re.sub(r"_\d+\.run$", "", n) for n in alone["w_read"]] == alone["launches"]
+        assert alone["rounds"] == ["C_ROUND"]
+        assert kept["launches"] == ["triton_poi_fused", *prepass, "_quantize_two_duals_kernel"]
+        assert [re.sub(r"_\d+\.run$", "", n) for n in kept["w_read"]] == ["triton_poi_fused"]
+        assert kept["rounds"] == []

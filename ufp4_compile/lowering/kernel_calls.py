@@ -14,6 +14,7 @@ Which quantizations share a launch is ``lowering/partners.py``'s choice; this mo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import operator
@@ -379,24 +380,76 @@ def _result(outputs, values_dtype, device) -> tuple:
     return (codes_buf, scales_buf, tensor_scale) if values_dtype is None else (values_buf, tensor_scale)
 
 
-def _emit_single(x, plan, outputs: tuple, rht_seed, seed, offset, shift=None) -> None:
+def _emit_single(x, plan, outputs: tuple, rht_seed, seed, offset, shift=None, rounded: bool = False) -> None:
     """Emit one ``_quantize_kernel`` launch of ``plan`` on ``x`` into ``outputs`` (codes, scales, values, tensor
     scale; None for one it does not write), after its global-amax pre-pass for two-level scales (its partial
-    maxima: every pre-pass program writes its slot, so no zero fill, a kernel launch, is needed)."""
+    maxima: every pre-pass program writes its slot, so no zero fill, a kernel launch, is needed). ``rounded``:
+    ``x`` is a folded cast's FP32 source (:func:`_folded_cast`), rounded to bf16 as it is loaded."""
     from ufp4_compile.kernels.quantize import (AMAX_PROGRAMS, PLAN_SCALARS, _quantize_kernel, amax_launch,
                                                output_pointers, rht_key)
 
     key = rht_key(plan, rht_seed)
     gamax = None
+    round_flag = {"ROUND": rounded}  # every constexpr of the kernel: Inductor's analysis of a launch takes all
     if plan.amax_constexprs is not None:
         gamax = _empty((AMAX_PROGRAMS,), torch.int32, x.get_device())
-        kernel_launch(*amax_launch(plan, x, gamax, key))
+        kernel, grid, warps, tensors, scalars = amax_launch(plan, x, gamax, key)
+        kernel_launch(kernel, grid, warps, tensors, {**scalars, **round_flag})
     tensors = dict(x_ptr=x, **output_pointers(*outputs[:3]), ts_ptr=outputs[3], gamax_ptr=gamax,
                    seed_ptr=seed if plan.constexprs["STOCHASTIC"] else None,
                    shift_ptr=shift if plan.constexprs["SHIFT"] else None)
     kernel_launch(_quantize_kernel, plan.grid, plan.num_warps, tensors,
                   {**{k: plan.args[k] for k in PLAN_SCALARS}, "rht_key": key, "offset": int(offset),
-                   "shift_period": plan.args["shift_period"], **plan.constexprs})
+                   "shift_period": plan.args["shift_period"], **plan.constexprs, **round_flag})
+
+
+_folding = True
+
+
+@contextlib.contextmanager
+def fold_casts(enabled: bool = True):
+    """Fold a graph input's bf16 cast into the quantize launches that read it (:func:`_folded_cast`) while
+    compiling (the default; ``enabled=False``: the launches read the cast, which Inductor computes). Keep the
+    setting for the first backward too: the backward compiles then."""
+    if enabled is not True and enabled is not False:
+        raise ValueError(f"enabled={enabled!r} is not valid: True or False")
+    global _folding
+    previous, _folding = _folding, enabled
+    try:
+        yield
+    finally:
+        _folding = previous
+
+
+def _folded_cast(call):
+    """The FP32 source of the bf16 cast that the quantize ``call`` (``partners._quantize_call``'s tuple)
+    quantizes, lowered, where the launches read it in place of the cast: the source is a graph input (a
+    weight's FP32 master copy under autocast) with contiguous strides, and every user of the cast is a
+    quantization without a shift, so no one else reads the cast and Inductor, which computes a node only for a
+    reader, launches no cast kernel and allocates no bf16 copy (docs/kernels.md, "The weight casts folded into
+    the quantize launches"). Else None: the launch reads the cast. The launch rounds each element to bf16 as
+    it loads it (``kernels.quantize_tile._loaded``), the cast's bits."""
+    from torch._inductor.virtualized import V
+
+    cast = call[0] if _folding and call is not None and call[8] is None else None
+    if (not isinstance(cast, torch.fx.Node) or cast.target is not torch.ops.prims.convert_element_type.default
+            or cast.args[1] is not torch.bfloat16 or cast.kwargs):
+        return None
+    source = cast.args[0]
+    if (not isinstance(source, torch.fx.Node) or source.op != "placeholder"
+            or getattr(source.meta.get("val"), "dtype", None) is not torch.float32):
+        return None
+    for user in cast.users:
+        other = partners._quantize_call(user)
+        if other is None or other[0] is not cast or other[8] is not None:
+            return None
+    lowered = V.graph.graph_inputs.get(source.target)  # (its env entry is gone after its last reader, the cast)
+    if not isinstance(lowered, ir.TensorBox) or not _on_cuda(lowered) or _static_sizes(lowered) is None:
+        return None
+    sizes = _static_sizes(lowered)[0]
+    if tuple(int(s) for s in lowered.get_stride()) != tuple(ir.FlexibleLayout.contiguous_strides(sizes)):
+        return None
+    return lowered
 
 
 def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None, shift=None):
@@ -409,10 +462,12 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
     if sizes is None or not _on_cuda(x) or 0 in sizes[0]:
         return None
     shape = sizes[0]
-    x = _contiguous(x)
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype, shift is not None)
+    source = _folded_cast(partners._quantize_call(V.graph.current_node)) if shift is None else None
+    x = _contiguous(x) if source is None else source
     outputs = _outputs(plan, values_dtype, shape, x.get_device(), V.graph.current_node)
-    _emit_single(x, plan, outputs, rht_seed, seed, offset, None if shift is None else _contiguous(shift))
+    _emit_single(x, plan, outputs, rht_seed, seed, offset, None if shift is None else _contiguous(shift),
+                 rounded=source is not None)
     return _result(outputs, values_dtype, x.get_device())
 
 
@@ -490,7 +545,9 @@ def _quantize_pair(x, seed, shift=None):
         if not all(_pairs_shift(c) for c in calls):  # a difference computed first launches alone
             return None
         if len(calls) == 2 and not dequantizations and _can_share_values(*calls):
-            return _emit_shared_values(calls, _contiguous(x), sizes[0][0], x.get_device())
+            source = _folded_cast(calls[0])
+            return _emit_shared_values(calls, _contiguous(x) if source is None else source, sizes[0][0],
+                                       x.get_device(), rounded=source is not None)
         plans = [_plan(size[0], t.get_dtype().itemsize, call[1], call[2], call[3], call[7], call[8] is not None)
                  for size, (t, _, _), call in zip(sizes, lowered, calls)]
         one_read = [_can_dual(*calls[i:i + 2]) and dual_refusal(sizes[i][0], *plans[i:i + 2]) is None
@@ -514,16 +571,17 @@ def _quantize_pair(x, seed, shift=None):
     return _lower_paired(_siblings, lower_all) if _on_cuda(x) else None
 
 
-def _emit_shared_values(calls, x, shape: tuple, device) -> tuple:
+def _emit_shared_values(calls, x, shape: tuple, device, rounded: bool = False) -> tuple:
     """Emit the one launch of two quantizations of ``x`` that :func:`_can_share_values` accepts: the codes job's
     launch writing the values job's values too, one tensor scale for both; the two op results in ``calls``'
-    order."""
+    order. ``rounded``: ``x`` is a folded cast's FP32 source (:func:`_folded_cast`)."""
     codes_job = 0 if calls[0][7] is None else 1
     mine, theirs = calls[codes_job], calls[1 - codes_job]
     plan = shared_values_plan(*calls)
     codes, scales, _, ts = _outputs(plan, None, shape, device)
     values = _empty(shape, theirs[7], device)
-    _emit_single(x, plan, (codes, scales, values, ts), mine[4], None, mine[6])  # round to nearest: no seed
+    _emit_single(x, plan, (codes, scales, values, ts), mine[4], None, mine[6],  # round to nearest: no seed
+                 rounded=rounded)
     results = (_result((codes, scales, None, ts), None, device),
                _result((None, None, values, ts), theirs[7], device))
     return results if codes_job == 0 else results[::-1]
@@ -575,26 +633,32 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
     """Emit the jobs' outputs, their global-amax pre-passes (two a launch) and ``launch`` (a pair, dual or
     two-duals launch, its jobs under ``launch.prefixes``; ``extra``: other jobs' buffers); each quantize job's op
     result. ``nodes``: the jobs' FX nodes (for :func:`_tensor_scale_returned`), or None."""
-    from ufp4_compile.kernels.quantize import rht_key
-    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS
     from ufp4_compile.kernels.prepass import prepass_launches
+    from ufp4_compile.kernels.quantize import AMAX_PROGRAMS, rht_key, rounding_constexprs
     from ufp4_compile.kernels.quantize_pair import job_pointers, one_read_shapes
 
     outputs = [_outputs(plan, call[7], size[0], device, node)
                for plan, call, size, node in zip(plans, calls, sizes, nodes or [None] * len(calls))]
-    inputs = [_contiguous(t) for t, _, _ in lowered]
+    sources = {}  # a folded cast's source, once per cast (its jobs' pointers, one object: rounding_constexprs)
+    for call in calls:
+        if call[0] not in sources:
+            sources[call[0]] = _folded_cast(call)
+    inputs = [_contiguous(t) if sources[call[0]] is None else sources[call[0]] for (t, _, _), call in zip(lowered, calls)]
+    rounded = [source for source in sources.values() if source is not None]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
     partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None
                 for plan in plans]  # every pre-pass program writes its slot: no zero fill
-    for prepass in prepass_launches(one_read_shapes(launch), plans, inputs, partials, keys):
-        kernel_launch(*prepass)
+    for kernel, grid, warps, prepass_tensors, prepass_scalars in prepass_launches(one_read_shapes(launch), plans,
+                                                                                inputs, partials, keys):
+        kernel_launch(kernel, grid, warps, prepass_tensors,
+                      {**prepass_scalars, **rounding_constexprs(kernel, prepass_tensors, rounded)})
     tensors, scalars = {}, dict(launch.scalars)
     for p, out, call, plan, (_, s, shift), t, key, gamax in zip(launch.prefixes, outputs, calls, plans, lowered,
                                                                  inputs, keys, partials):
         tensors.update(job_pointers(launch, p, plan, t, out, gamax, s, None if shift is None else _contiguous(shift)))
         scalars.update({f"{p}_offset": int(call[6]), f"{p}_rht_key": key})
     kernel_launch(launch.kernel, launch.grid, launch.num_warps, {**tensors, **(extra or {})},
-                  {**scalars, **launch.constexprs})
+                  {**scalars, **launch.constexprs, **rounding_constexprs(launch.kernel, tensors, rounded)})
     return tuple(_result(out, call[7], device) for out, call in zip(outputs, calls))
 
 
