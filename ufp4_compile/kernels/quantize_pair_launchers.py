@@ -357,6 +357,14 @@ def compile_variants():
                     aligned=("a_x_ptr", "c_x_ptr", *written, *(w.replace("a_", "c_").replace("b_", "d_")
                                                                 for w in written), "M", "N", "P", "Q"),
                     options=dict(num_warps=two.num_warps)))
+                # W's FP32 master copy rounded to bf16 as it is loaded (the lowering's folded weight casts)
+                variants.append(KernelVariant.build(
+                    f"quantize_two_duals[{fmt.spec} {rht} row-wise values + column-wise codes, twice, the second "
+                    "from FP32 rounded to bf16]", ", ".join(sorted(names)), _quantize_two_duals_kernel,
+                    types | {"c_x_ptr": "*fp32"}, two.constexprs | two_nones | {"C_ROUND": True},
+                    aligned=("a_x_ptr", "c_x_ptr", *written, *(w.replace("a_", "c_").replace("b_", "d_")
+                                                                for w in written), "M", "N", "P", "Q"),
+                    options=dict(num_warps=two.num_warps)))
                 square = fmt.square()
                 blocks = by_format.get(square, {})
                 used = 0 in blocks and (fmt, ra, True) in calls and (fmt, rb, False) in calls  # X's RHT sizes

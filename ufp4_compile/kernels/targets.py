@@ -24,6 +24,7 @@ import dataclasses
 import fnmatch
 import functools
 import importlib
+import inspect
 import multiprocessing
 import os
 import re
@@ -73,9 +74,11 @@ class KernelVariant:
     @classmethod
     def build(cls, name: str, recipe: str, fn, types: dict[str, str], constexprs: dict[str, Any], **kwargs):
         """A variant whose signature is ``types`` plus ``"constexpr"`` for every key of ``constexprs`` (and for
-        a constexpr with a default that ``constexprs`` leaves out: its default, as an eager launch takes it)."""
+        an argument with a default that neither names: its default, as an eager launch takes it)."""
         arg_names = list(fn.arg_names)
-        defaults = {p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}
+        python_fn = getattr(fn, "fn", None)  # a JITFunction's (or the interpreter's) function
+        defaults = ({name: p.default for name, p in inspect.signature(python_fn).parameters.items()
+                     if p.default is not inspect.Parameter.empty} if callable(python_fn) else {})
         signature, constexprs = {}, dict(constexprs)
         for arg in arg_names:
             if arg not in constexprs and arg not in types and arg in defaults:
