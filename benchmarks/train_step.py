@@ -47,7 +47,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import qdq_peer  # noqa: E402
 from common import device_slug, git_sha  # noqa: E402
 
-from ufp4_compile.lowering import kernel_calls, static_launch  # noqa: E402
+from ufp4_compile.lowering import folded_casts, kernel_calls, static_launch  # noqa: E402
 from ufp4_compile.models.gpt import GPT, get_config  # noqa: E402
 from ufp4_compile.recipes import get_recipe, recipe_names  # noqa: E402
 
@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "ufp4-deqapart / ufp4-deqapart-cg (the backward's dequantizations in launches of their own: "
                         "pair_launches(dual_dequantize=False); the default runs them in dY's dual launch), "
                         "ufp4-nofold / ufp4-nofold-cg (each weight's bf16 cast computed by Inductor and read by the "
-                        "quantize launches: kernel_calls.fold_casts(False); the default folds it into them) "
+                        "quantize launches: lowering.folded_casts.fold_casts(False); the default folds it into them) "
                         "to run (default: eager, inductor, ufp4, qdq)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--warmup", type=int, default=5, help="untimed steps after the first (compiling) step")
@@ -583,7 +583,7 @@ def main(argv=None) -> int:
                                                     re.sub(r"^ufp4|-cg$", "", kind), "first"),
                                                 two_duals="-singleduals" not in kind,
                                                 dual_dequantize="-deqapart" not in kind), \
-                        kernel_calls.fold_casts("-nofold" not in kind):
+                        folded_casts.fold_casts("-nofold" not in kind):
                     rows.append({"variant": label, **measure(kind, recipe, config, args, device)})
             except Exception:  # one failing variant must not hide the others' figures
                 rows.append({"variant": label, "error": traceback.format_exc()})

@@ -255,6 +255,32 @@ def test_static_launchers_from_the_worker_pools_binaries(recipe):
     assert timed[1] == 0
 
 
+def _mlp_step(recipe: str, lowering_setting, device: str = "cuda") -> tuple[list, str]:
+    """One training step of a fresh ``MLP(256, 512)`` (seed 0) compiled by backend="ufp4" under bf16 autocast,
+    with ``lowering_setting`` (a context manager) around the compiles, caches off: ``[output, x's gradient, each
+    parameter's gradient]`` and the generated code."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from ufp4_compile.backend import make_backend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MLP(256, 512).to(device)
+    x = torch.randn(4, 64, 256, device=device, requires_grad=True)
+    backend = make_backend({"recipe": recipe, "sr_seed_policy": "fixed"})
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = torch.compile(model, backend=backend, fullgraph=True)(x)
+        out.float().square().sum().backward()
+        return out
+
+    with lowering_setting, config.patch(force_disable_caches=True):
+        out, code = run_and_get_code(step)
+    return [out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]], "\n".join(code)
+
+
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("recipe", ["ufp4", "e2m1-ref", "nvfp4", "ufp4-nv", "ufp4-mean"])
@@ -268,33 +294,16 @@ def test_paired_training_step_equals_unpaired(recipe):
     and ufp4-nv (E4M3 scales) pair too, each tensor's two global-amax pre-passes from one read of it. ufp4-mean's
     split X and dY take the one-read launches too (the kernels subtract mu from the row-wise job), and the
     selection launch quantizes mu."""
-    from torch._inductor import config
-    from torch._inductor.utils import run_and_get_code
-
-    from ufp4_compile.backend import make_backend
     from ufp4_compile.lowering import kernel_calls
 
     results, codes = [], []
     for paired, dual, two, deq in ((False, "first", True, True), (True, "first", True, True),
                                    (True, False, True, True), (True, "last", True, True),
                                    (True, "first", False, True), (True, "first", True, False)):
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        model = MLP(256, 512).cuda()
-        x = torch.randn(4, 64, 256, device="cuda", requires_grad=True)
-        backend = make_backend({"recipe": recipe, "sr_seed_policy": "fixed"})
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = torch.compile(model, backend=backend, fullgraph=True)(x)
-            out.float().square().sum().backward()
-            return out
-
-        with (kernel_calls.pair_launches(paired, dual=dual, two_duals=two, dual_dequantize=deq),
-              config.patch(force_disable_caches=True)):
-            out, code = run_and_get_code(step)
-        codes.append("\n".join(code))
-        results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
+        result, code = _mlp_step(recipe, kernel_calls.pair_launches(paired, dual=dual, two_duals=two,
+                                                                    dual_dequantize=deq))
+        results.append(result)
+        codes.append(code)
     launches = [{k: _launches(k, code) for k in ("_quantize_pair_kernel", "_dequantize_pair_kernel",
                                                  "_quantize_dual_kernel", "_quantize_two_duals_kernel",
                                                  "_quantize_dual_dequantize_kernel", "_quantize_dual_single_kernel")}
@@ -381,30 +390,9 @@ def test_folded_weight_casts_give_the_casts_bits(recipe):
     (the default: they read the FP32 weight and round it as they load it) against the same step with
     fold_casts(False) (Inductor computes each cast, the launches read it): the same output and gradients, bit
     for bit; the folded forward sets a ROUND constexpr, launches fewer Inductor kernels, and the other none."""
-    from torch._inductor import config
-    from torch._inductor.utils import run_and_get_code
+    from ufp4_compile.lowering import folded_casts
 
-    from ufp4_compile.backend import make_backend
-    from ufp4_compile.lowering import kernel_calls
-
-    results, codes = [], []
-    for fold in (True, False):
-        torch._dynamo.reset()
-        torch.manual_seed(0)
-        model = MLP(256, 512).cuda()
-        x = torch.randn(4, 64, 256, device="cuda", requires_grad=True)
-        backend = make_backend({"recipe": recipe, "sr_seed_policy": "fixed"})
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = torch.compile(model, backend=backend, fullgraph=True)(x)
-            out.float().square().sum().backward()
-            return out
-
-        with kernel_calls.fold_casts(fold), config.patch(force_disable_caches=True):
-            out, code = run_and_get_code(step)
-        codes.append("\n".join(code))
-        results.append([out.detach(), x.grad.clone(), *[p.grad.clone() for p in model.parameters()]])
+    results, codes = zip(*(_mlp_step(recipe, folded_casts.fold_casts(fold)) for fold in (True, False)))
     rounds = [len(re.findall(r"'[A-Z]?_?ROUND': True", code)) for code in codes]
     inductor = [_launches("triton_", code) for code in codes]
     assert rounds[0] > 0 and rounds[1] == 0

@@ -14,7 +14,6 @@ Which quantizations share a launch is ``lowering/partners.py``'s choice; this mo
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import operator
@@ -24,6 +23,7 @@ from torch._inductor import ir
 from torch._inductor.lowering import empty_strided, fallback_handler, lowerings
 
 from ufp4_compile.lowering import partners
+from ufp4_compile.lowering.folded_casts import fold_casts, folded_cast  # noqa: F401  (fold_casts: this API too)
 from ufp4_compile.lowering.partners import (_can_dual, _can_share_values, _dequantize_call, _dequantize_sibling,
                                            _pairs_shift, _plan, _quantize_call, _siblings, shared_values_plan)
 from ufp4_compile.lowering.partners import pair_launches, state_key  # noqa: F401  (this module's API before)
@@ -384,7 +384,7 @@ def _emit_single(x, plan, outputs: tuple, rht_seed, seed, offset, shift=None, ro
     """Emit one ``_quantize_kernel`` launch of ``plan`` on ``x`` into ``outputs`` (codes, scales, values, tensor
     scale; None for one it does not write), after its global-amax pre-pass for two-level scales (its partial
     maxima: every pre-pass program writes its slot, so no zero fill, a kernel launch, is needed). ``rounded``:
-    ``x`` is a folded cast's FP32 source (:func:`_folded_cast`), rounded to bf16 as it is loaded."""
+    ``x`` is a folded cast's FP32 source (``lowering.folded_casts.folded_cast``), rounded to bf16 as it is loaded."""
     from ufp4_compile.kernels.quantize import (AMAX_PROGRAMS, PLAN_SCALARS, _quantize_kernel, amax_launch,
                                                output_pointers, rht_key)
 
@@ -403,55 +403,6 @@ def _emit_single(x, plan, outputs: tuple, rht_seed, seed, offset, shift=None, ro
                    "shift_period": plan.args["shift_period"], **plan.constexprs, **round_flag})
 
 
-_folding = True
-
-
-@contextlib.contextmanager
-def fold_casts(enabled: bool = True):
-    """Fold a graph input's bf16 cast into the quantize launches that read it (:func:`_folded_cast`) while
-    compiling (the default; ``enabled=False``: the launches read the cast, which Inductor computes). Keep the
-    setting for the first backward too: the backward compiles then."""
-    if enabled is not True and enabled is not False:
-        raise ValueError(f"enabled={enabled!r} is not valid: True or False")
-    global _folding
-    previous, _folding = _folding, enabled
-    try:
-        yield
-    finally:
-        _folding = previous
-
-
-def _folded_cast(call):
-    """The FP32 source of the bf16 cast that the quantize ``call`` (``partners._quantize_call``'s tuple)
-    quantizes, lowered, where the launches read it in place of the cast: the source is a graph input (a
-    weight's FP32 master copy under autocast) with contiguous strides, and every user of the cast is a
-    quantization without a shift, so no one else reads the cast and Inductor, which computes a node only for a
-    reader, launches no cast kernel and allocates no bf16 copy (docs/kernels.md, "The weight casts folded into
-    the quantize launches"). Else None: the launch reads the cast. The launch rounds each element to bf16 as
-    it loads it (``kernels.quantize_tile._loaded``), the cast's bits."""
-    from torch._inductor.virtualized import V
-
-    cast = call[0] if _folding and call is not None and call[8] is None else None
-    if (not isinstance(cast, torch.fx.Node) or cast.target is not torch.ops.prims.convert_element_type.default
-            or cast.args[1] is not torch.bfloat16 or cast.kwargs):
-        return None
-    source = cast.args[0]
-    if (not isinstance(source, torch.fx.Node) or source.op != "placeholder"
-            or getattr(source.meta.get("val"), "dtype", None) is not torch.float32):
-        return None
-    for user in cast.users:
-        other = partners._quantize_call(user)
-        if other is None or other[0] is not cast or other[8] is not None:
-            return None
-    lowered = V.graph.graph_inputs.get(source.target)  # (its env entry is gone after its last reader, the cast)
-    if not isinstance(lowered, ir.TensorBox) or not _on_cuda(lowered) or _static_sizes(lowered) is None:
-        return None
-    sizes = _static_sizes(lowered)[0]
-    if tuple(int(s) for s in lowered.get_stride()) != tuple(ir.FlexibleLayout.contiguous_strides(sizes)):
-        return None
-    return lowered
-
-
 def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=None, shift=None):
     """Lower one quantize launch (codes for ``values_dtype=None``, else values) of ``x`` less ``shift`` (one the
     kernel takes: :func:`_shifted_input` first); the op's result, or None when the launch cannot be planned
@@ -463,7 +414,7 @@ def _quantize_launch(x, axis, fmt, rht, rht_seed, seed, offset, values_dtype=Non
         return None
     shape = sizes[0]
     plan = _plan(shape, x.get_dtype().itemsize, axis, fmt, rht, values_dtype, shift is not None)
-    source = _folded_cast(partners._quantize_call(V.graph.current_node)) if shift is None else None
+    source = folded_cast(partners._quantize_call(V.graph.current_node)) if shift is None else None
     x = _contiguous(x) if source is None else source
     outputs = _outputs(plan, values_dtype, shape, x.get_device(), V.graph.current_node)
     _emit_single(x, plan, outputs, rht_seed, seed, offset, None if shift is None else _contiguous(shift),
@@ -545,7 +496,7 @@ def _quantize_pair(x, seed, shift=None):
         if not all(_pairs_shift(c) for c in calls):  # a difference computed first launches alone
             return None
         if len(calls) == 2 and not dequantizations and _can_share_values(*calls):
-            source = _folded_cast(calls[0])
+            source = folded_cast(calls[0])
             return _emit_shared_values(calls, _contiguous(x) if source is None else source, sizes[0][0],
                                        x.get_device(), rounded=source is not None)
         plans = [_plan(size[0], t.get_dtype().itemsize, call[1], call[2], call[3], call[7], call[8] is not None)
@@ -574,7 +525,7 @@ def _quantize_pair(x, seed, shift=None):
 def _emit_shared_values(calls, x, shape: tuple, device, rounded: bool = False) -> tuple:
     """Emit the one launch of two quantizations of ``x`` that :func:`_can_share_values` accepts: the codes job's
     launch writing the values job's values too, one tensor scale for both; the two op results in ``calls``'
-    order. ``rounded``: ``x`` is a folded cast's FP32 source (:func:`_folded_cast`)."""
+    order. ``rounded``: ``x`` is a folded cast's FP32 source (``lowering.folded_casts.folded_cast``)."""
     codes_job = 0 if calls[0][7] is None else 1
     mine, theirs = calls[codes_job], calls[1 - codes_job]
     plan = shared_values_plan(*calls)
@@ -642,8 +593,9 @@ def _emit_quantize_launch(launch, calls, lowered, sizes, plans, device, extra: d
     sources = {}  # a folded cast's source, once per cast (its jobs' pointers, one object: rounding_constexprs)
     for call in calls:
         if call[0] not in sources:
-            sources[call[0]] = _folded_cast(call)
-    inputs = [_contiguous(t) if sources[call[0]] is None else sources[call[0]] for (t, _, _), call in zip(lowered, calls)]
+            sources[call[0]] = folded_cast(call)
+    inputs = [_contiguous(t) if sources[call[0]] is None else sources[call[0]]
+              for (t, _, _), call in zip(lowered, calls)]
     rounded = [source for source in sources.values() if source is not None]
     keys = [rht_key(plan, call[4]) for plan, call in zip(plans, calls)]
     partials = [_empty((AMAX_PROGRAMS,), torch.int32, device) if plan.amax_constexprs is not None else None
