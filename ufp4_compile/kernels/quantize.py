@@ -328,7 +328,7 @@ def _quantize_kernel(x_ptr, codes_ptr, scales_ptr, values_ptr, ts_ptr, gamax_ptr
                      ROWWISE: tl.constexpr, COLS: tl.constexpr, WRITE_CODES: tl.constexpr,
                      WRITE_VALUES: tl.constexpr, ASM: tl.constexpr, U: tl.constexpr, B: tl.constexpr,
                      PARTIAL: tl.constexpr, SHIFT: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr,
-                     ROUND: tl.constexpr = False):
+                     ROUND: tl.constexpr):
     """``TILES > 1``: each program runs ``TILES`` consecutive tiles along grid axis 1 (the launch plan divides
     that axis by it), in a loop whose loads are software-pipelined ``STAGES`` deep (``tl.range``: the next
     tiles' loads go to shared memory while this one is computed). Each tile is computed as its own program
@@ -474,7 +474,8 @@ def launch_plan(shape: tuple, itemsize: int, axis: int, fmt: OperandFormat, rht:
                       SR_GROUPED=grouped, E8M0_FLOOR=c.e8m0_floor, Q_MAX=c.q_max, RHT=rht,
                       INV_SQRT=inv_sqrt(rht) if rht else 1.0, SIGN_MASK=0 < rht <= MAX_SIGN_MASK_SIZE,
                       ROWWISE=rowwise, COLS=cols, WRITE_CODES=write_codes, WRITE_VALUES=write_values, ASM=asm, U=u, B=b,
-                      PARTIAL=partial, SHIFT=shift, TILES=tiles, STAGES=stages)
+                      PARTIAL=partial, SHIFT=shift, TILES=tiles, STAGES=stages,
+                      ROUND=False)  # an FP32 input rounded to bf16 as loaded: the launch's to set (rounding_constexprs)
     # The pre-pass's tiles are wider than the quantize kernel's (the same elements per thread with more warps):
     # its fixed number of programs must keep enough loads in flight to run at bandwidth.
     amax_warps = config.get("amax_warps", AMAX_WARPS)
@@ -611,7 +612,7 @@ def _launch(x, plan: LaunchPlan, rht_seed, seed, offset, codes, scales, values, 
     _quantize_kernel[plan.grid](x, **output_pointers(codes, scales, values), ts_ptr=tensor_scale, gamax_ptr=gamax,
                                 seed_ptr=seed_t, shift_ptr=shift, **{k: plan.args[k] for k in PLAN_SCALARS},
                                 offset=int(offset), rht_key=rht_key(plan, rht_seed),
-                                shift_period=plan.args["shift_period"], **plan.constexprs, ROUND=rounded,
+                                shift_period=plan.args["shift_period"], **{**plan.constexprs, "ROUND": rounded},
                                 num_warps=plan.num_warps)
     return tensor_scale
 
